@@ -1,0 +1,50 @@
+"""Helpers the subcommands share: printing tables with rich, JSON output, loading."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(_clean(obj), indent=1) + "\n")
+
+
+def _clean(o):
+    if isinstance(o, float):
+        return None if math.isnan(o) else (str(o) if math.isinf(o) else o)
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def table(title: str, columns: list[str], rows: list[list], justify_right_from: int = 1) -> Table:
+    t = Table(title=title, show_lines=False)
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i >= justify_right_from else "left")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    return t
+
+
+def fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        if a >= 1e5 or a < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}" if a < 100 else f"{v:.1f}"
+    return str(v)

@@ -1,0 +1,276 @@
+"""The analytic cost model: what a hybrid-parallel plan costs on a cluster.
+
+This is the single source of truth shared by planners, environments, benchmarks and
+the runtime's predictions. Every formula is written out in docs/cost-model.md (same
+symbols as the comments below) with a worked example that tests/test_cost_model.py
+recomputes by hand. Prefix sums make a stage O(group size) whatever its block count.
+
+Symbols: m = samples per micro-batch, M = micro-batches, S = stages,
+c_s = forward compute time of stage s per micro-batch (slowest member),
+o_k / x_k = occupancy / occupancy+latency of boundary k per micro-batch,
+T = steady-state period per micro-batch (slowest stage, boundary or medium)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dora_rl.cost.metrics import Metrics
+from dora_rl.plan import Plan
+from dora_rl.scenario import OPTIMIZER_STATE, Scenario
+
+EPS = 1e-12
+
+
+class CostModel:
+    """Precomputes per-scenario tables once; `evaluate(plan)` is then cheap."""
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        prof, cl, wl = scenario.profile, scenario.cluster, scenario.workload
+        self.profile, self.cluster, self.workload, self.qoe = prof, cl, wl, scenario.qoe
+        self.n_blocks = prof.n_blocks
+        self.training = wl.training
+        self.fp = prof.flops_prefix.tolist()
+        self.pp = prof.param_prefix.tolist()
+        self.ap = prof.act_prefix.tolist()
+        # bytes per sample crossing cut k (k = 0: model input; k = B: model output)
+        self.bnd = [float(prof.input_bytes)] + prof.out_bytes.tolist()
+        # peak live activation of a block = its input + its output; range max over [l, r)
+        live = np.array(self.bnd[:-1]) + np.array(self.bnd[1:])
+        B = self.n_blocks
+        peak = np.zeros((B + 1, B + 1))
+        for l in range(B):
+            peak[l, l + 1:] = np.maximum.accumulate(live[l:])
+        self.peak = peak.tolist()
+        self.src = cl.index[wl.source]
+        self.n = cl.n
+        self.names = cl.names
+        self.rate = cl.rate_l
+        self.bw = cl.bw_l
+        self.lat = cl.lat_l
+        self.hops = cl.hops
+        self.medium_bps = cl.medium_bps.tolist()
+        self.media_names = cl.media_names
+        self.mem = cl.mem.tolist()
+        self.idle_w = cl.idle_w.tolist()
+        self.active_w = cl.active_w.tolist()
+        self.radio = cl.radio_j_per_byte.tolist()
+        self.battery_j = [None if d.battery_wh is None else d.battery_wh * d.battery_level * 3600.0
+                          for d in cl.devices]
+        self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
+
+    # ------------------------------------------------------------------
+    def stage_indices(self, plan: Plan) -> list[tuple[int, int, list[int], list[float]]]:
+        idx = self.cluster.index
+        return [(s.start, s.end, [idx[d] for d in s.devices], list(s.shares)) for s in plan.stages]
+
+    def validate(self, plan: Plan) -> Plan:
+        return plan.validate(self.n_blocks, self.names, self.workload.batch)
+
+    def evaluate(self, plan: Plan, validate: bool = True) -> Metrics:
+        """Metrics of `plan`. With validate=False the plan must already be valid
+        (planners that build plans themselves skip the check in their inner loop)."""
+        if validate:
+            self.validate(plan)
+        return self.evaluate_stages(self.stage_indices(plan), plan.microbatches)
+
+    # --- building blocks (also used by planners) ---------------------------
+    def stage_compute(self, l: int, r: int, devs, shares, m: float) -> tuple[float, list[float]]:
+        """Forward time of stage [l, r) per micro-batch of m samples: c_s = max_d w_d m F / g_d."""
+        work = m * (self.fp[r] - self.fp[l])
+        per = [w * work / self.rate[d] for d, w in zip(devs, shares)]
+        return max(per), per
+
+    def transfer(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
+        """Move a micro-batch's activation (nbytes in total) from group A to group B.
+
+        Samples are laid out as contiguous slices in share order, so device i of A sends
+        to device j of B exactly the overlap of their slices (nothing when i == j).
+        Returns (occupancy o_k, latency, {medium: bytes carried}, [(i, j, bytes), ...]).
+        occupancy = max(max_flow bytes/bw, max_medium load/capacity): concurrent flows on
+        one medium share its capacity (contention)."""
+        flows = []
+        if len(a_devs) == 1 and len(b_devs) == 1:
+            if a_devs[0] != b_devs[0] and nbytes > 0:
+                flows.append((a_devs[0], b_devs[0], nbytes))
+        else:
+            i = j = 0
+            a_lo = b_lo = 0.0
+            na, nb = len(a_devs), len(b_devs)
+            while i < na and j < nb:
+                a_hi = a_lo + a_sh[i]
+                b_hi = b_lo + b_sh[j]
+                ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
+                if ov > EPS and a_devs[i] != b_devs[j]:
+                    flows.append((a_devs[i], b_devs[j], ov * nbytes))
+                if a_hi < b_hi or j == nb - 1:
+                    a_lo = a_hi
+                    i += 1
+                else:
+                    b_lo = b_hi
+                    j += 1
+        occ = lat = 0.0
+        load: dict[int, float] = {}
+        bw, lt, hops = self.bw, self.lat, self.hops
+        for i, j, b in flows:
+            t = b / bw[i][j]
+            if t > occ:
+                occ = t
+            if lt[i][j] > lat:
+                lat = lt[i][j]
+            for mu, cnt in hops[i][j]:
+                load[mu] = load.get(mu, 0.0) + b * cnt
+        for mu, b in load.items():
+            t = b / self.medium_bps[mu]
+            if t > occ:
+                occ = t
+        return occ, lat, load, flows
+
+    def allreduce(self, devs, param_bytes: float):
+        """Ring all-reduce of a stage's gradients over its group (in group order):
+        2(g-1) steps, each sending P/g over every ring link at once.
+        Returns (time, {medium: bytes}, bytes sent per device)."""
+        g = len(devs)
+        if g < 2 or param_bytes <= 0:
+            return 0.0, {}, 0.0
+        chunk = param_bytes / g
+        step = 0.0
+        load: dict[int, float] = {}
+        for t in range(g):
+            i, j = devs[t], devs[(t + 1) % g]
+            s = self.lat[i][j] + chunk / self.bw[i][j]
+            if s > step:
+                step = s
+            for mu, cnt in self.hops[i][j]:
+                load[mu] = load.get(mu, 0.0) + chunk * cnt
+        for mu, b in load.items():
+            step = max(step, b / self.medium_bps[mu])
+        steps = 2 * (g - 1)
+        return steps * step, {mu: b * steps for mu, b in load.items()}, steps * chunk
+
+    # --- the whole plan ------------------------------------------------------
+    def evaluate_stages(self, stages, M: int) -> Metrics:
+        n, src, training = self.n, self.src, self.training
+        m = self.workload.batch / M
+        S = len(stages)
+        busy = [0.0] * n
+        sent = [0.0] * n           # bytes sent+received per micro-batch (radio)
+        mem = [0.0] * n
+        part = {src}
+        comp = []
+        bname = ""
+        T = 0.0                    # steady-state period per micro-batch
+        fill = 0.0                 # one micro-batch's pass through every resource
+        back = 3.0 if training else 1.0   # forward + backward (= 2x forward) per micro-batch
+        # compute + memory, per stage
+        for s, (l, r, devs, sh) in enumerate(stages):
+            c, per = self.stage_compute(l, r, devs, sh, m)
+            comp.append(c)
+            u = back * c
+            fill += u
+            if u > T:
+                T, bname = u, f"stage {s}"
+            params = self.pp[r] - self.pp[l]
+            if training:
+                act = (self.bnd[l] + self.ap[r] - self.ap[l]) * min(M, S - s)   # 1F1B in-flight
+                base = params * self.param_copies
+            else:
+                act = self.peak[l][r]
+                base = params
+            for d, w, t in zip(devs, sh, per):
+                busy[d] += back * t * M
+                mem[d] = base + w * m * act
+                part.add(d)
+        # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source)
+        srcg = ([src], [1.0])
+        groups = [srcg] + [(st[2], st[3]) for st in stages]
+        if not training:
+            groups.append(srcg)
+        medium_load: dict[int, float] = {}
+        xs = []
+        for k in range(len(groups) - 1):
+            a, b = groups[k], groups[k + 1]
+            nbytes = m * self.bnd[stages[k - 1][1]] if k > 0 else m * self.bnd[0]
+            occ, lat, load, flows = self.transfer(a[0], a[1], b[0], b[1], nbytes)
+            dirs = 2.0 if (training and k > 0) else 1.0   # training: activations forward, gradients back
+            xs.append(occ + lat)
+            fill += dirs * (occ + lat)
+            if dirs * occ > T:
+                T, bname = dirs * occ, f"boundary {k}"
+            for mu, bts in load.items():
+                medium_load[mu] = medium_load.get(mu, 0.0) + dirs * bts
+            for i, j, bts in flows:
+                sent[i] += dirs * bts
+                sent[j] += dirs * bts
+        for mu, bts in medium_load.items():
+            t = bts / self.medium_bps[mu]
+            if t > T:
+                T, bname = t, f"medium {self.media_names[mu]}"
+        radio_bytes = [b * M for b in sent]
+        A = 0.0
+        if training:
+            ar_media: dict[int, float] = {}
+            for (l, r, devs, sh) in stages:
+                t, load, per_dev = self.allreduce(devs, self.pp[r] - self.pp[l])
+                A = max(A, t)
+                for mu, bts in load.items():
+                    ar_media[mu] = ar_media.get(mu, 0.0) + bts
+                for d in devs:
+                    radio_bytes[d] += 2 * per_dev if len(devs) > 1 else 0.0
+            for mu, bts in ar_media.items():
+                A = max(A, bts / self.medium_bps[mu])
+        total = fill + (M - 1) * T + A    # fill + drain + steady state (+ all-reduce)
+        if training:
+            period = total
+            throughput = self.workload.batch / total
+        else:
+            throughput = 1.0 / (M * T) if T > 0 else math.inf
+            rate = self.workload.request_rate
+            period = max(1.0 / rate, M * T) if rate else M * T
+        if period <= 0:
+            period = total if total > 0 else EPS
+        energy = [0.0] * n
+        for d in part:
+            energy[d] = (self.active_w[d] * busy[d] + self.idle_w[d] * (period - busy[d])
+                         + self.radio[d] * radio_bytes[d])
+        return self._finish(stages, comp, xs, A, total, throughput, period, T, bname,
+                            sorted(part), busy, mem, energy)
+
+    def _finish(self, stages, comp, xs, A, total, throughput, period, T, bname, part, busy, mem, energy) -> Metrics:
+        q = self.qoe
+        viol = []
+        feasible = True
+        for d in part:
+            if mem[d] > self.mem[d]:
+                feasible = False
+                viol.append(f"memory: {self.names[d]} needs {mem[d] / 1e9:.3g} GB > {self.mem[d] / 1e9:.3g} GB")
+        latency_ms = total * 1e3
+        if q.latency_slo_ms is not None and latency_ms > q.latency_slo_ms * (1 + 1e-9):
+            viol.append(f"latency: {latency_ms:.4g} ms > SLO {q.latency_slo_ms:.4g} ms")
+        unit = "samples/s" if self.training else "req/s"
+        if q.min_throughput is not None and throughput < q.min_throughput * (1 - 1e-9):
+            viol.append(f"throughput: {throughput:.4g} {unit} < {q.min_throughput:.4g} {unit}")
+        rate = self.workload.request_rate
+        if not self.training and rate and throughput < rate * (1 - 1e-9):
+            viol.append(f"throughput: capacity {throughput:.4g} req/s < offered request_rate {rate:.4g} req/s")
+        hours = {}
+        for d in part:
+            bj = self.battery_j[d]
+            if bj is None:
+                continue
+            pw = energy[d] / period
+            hours[d] = bj / pw / 3600.0 if pw > 0 else math.inf
+            if q.min_battery_hours is not None and hours[d] < q.min_battery_hours * (1 - 1e-9):
+                viol.append(f"battery: {self.names[d]} lasts {hours[d]:.3g} h < {q.min_battery_hours:.3g} h")
+        return Metrics(feasible=feasible, qoe_ok=feasible and not viol, violations=viol,
+                       latency_ms=latency_ms, throughput=throughput, energy_j=sum(energy), period_s=period,
+                       bottleneck_s=T, bottleneck=bname, device_names=self.names, participants=part,
+                       busy_s=busy, memory_bytes=mem, energy_by_device=energy, battery_hours=hours,
+                       stage_compute_s=comp, transfer_s=xs, allreduce_s=A, training=self.training)
+
+
+def score(scenario: Scenario, plan: Plan) -> Metrics:
+    """One-shot convenience: validate and evaluate `plan` on `scenario`."""
+    return CostModel(scenario).evaluate(plan)

@@ -1,0 +1,59 @@
+"""The `dora` command: tables, --json, and one-line errors with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dora_rl.cli import main
+from dora_rl.plan import Plan
+
+
+def run(*args):
+    p = subprocess.run([sys.executable, "-m", "dora_rl.cli", *args], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_profile_json(capsys):
+    assert main(["profile", "tiny_cnn", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["name"] == "tiny_cnn" and len(d["blocks"]) > 3
+
+
+def test_profile_table(capsys):
+    assert main(["profile", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet18" in out and "layer4" in out
+
+
+def test_score_json_and_table(tmp_path, capsys):
+    Plan.make([(0, 18, ["jetson"])], 1).save(tmp_path / "p.json")
+    assert main(["score", "smart_home", str(tmp_path / "p.json"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["qoe_ok"] is True and d["latency_ms"] > 0 and "jetson" in d["memory_bytes"]
+    assert main(["score", "smart_home", str(tmp_path / "p.json")]) == 0
+    assert "QoE met" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, words", [
+    (["score", "nowhere", "p.json"], "unknown scenario 'nowhere'"),
+    (["score", "smart_home", "missing.json"], "does not exist"),
+    (["profile", "alexnet"], "unknown model 'alexnet'"),
+])
+def test_errors_one_line_exit_2(args, words, tmp_path):
+    code, out, err = run(*args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("dora: error:") and words in err
+    assert "Traceback" not in err
+
+
+def test_bad_plan_exit_2(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"stages": [{"blocks": [0, 5], "devices": ["jetson"]}]}))
+    code, _, err = run("score", "smart_home", str(tmp_path / "p.json"))
+    assert code == 2 and "stages end at block 5 but the model has 18 blocks" in err
+
+
+def test_unknown_command_exit_2():
+    code, _, err = run("frobnicate")
+    assert code == 2 and "invalid choice" in err

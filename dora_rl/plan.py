@@ -15,6 +15,20 @@ from dora_rl.errors import PlanError
 SHARE_TOL = 1e-6
 
 
+def sample_edges(m: int, shares) -> list[int]:
+    """Integer slice edges [0, e_1, ..., m] of a micro-batch of m samples split by
+    `shares`: e_i = floor(m * (w_0 + ... + w_{i-1}) + 1/2), so the counts sum to m and
+    follow the shares as closely as whole samples can. Device i of a stage computes
+    samples [e_i, e_{i+1}); the cost model and the runtime both use this split."""
+    edges = [0]
+    acc = 0.0
+    for s in shares[:-1]:
+        acc += s
+        edges.append(min(m, max(edges[-1], math.floor(acc * m + 0.5))))
+    edges.append(m)
+    return edges
+
+
 @dataclass(frozen=True)
 class Stage:
     start: int

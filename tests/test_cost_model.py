@@ -38,14 +38,31 @@ def test_worked_example_plan_a(home):
 
 
 def test_worked_example_plan_b_contention(home):
+    m = home.evaluate(Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [0.5, 0.5])], 1))
+    # m = 2 samples: phone 2 x 2e9 / 1e11; laptop 1 x 8e9 / 5e11; tv 1 x 8e9 / 2.5e11
+    assert m.stage_compute_s == [approx(0.040), approx(0.032)]
+    # the two 200 kB flows of boundary 1 share the WiFi: 400 kB / 1e7 B/s, not 200 kB / 1e7
+    assert m.transfer_s == [0.0, approx(0.002 + 0.040), approx(0.002 + 0.0008)]
+    assert m.bottleneck == "medium wifi" and m.bottleneck_s == approx(0.0408)
+    assert m.latency_ms == approx(116.8)
+    assert m.throughput == approx(1 / 0.0408)
+    d = m.to_dict()
+    assert d["energy_by_device_j"] == {"phone": approx(0.4708), "laptop": approx(2.9102), "tv": approx(1.2662)}
+    assert m.energy_j == approx(4.6472)
+    assert d["memory_bytes"]["tv"] == approx(11.3e6)
+
+
+def test_shares_are_realized_in_whole_samples(home):
+    """A 1-sample micro-batch cannot be split: shares (2/3, 1/3) give the laptop the
+    sample (edges [0, floor(2/3 + 1/2) = 1, 1]) and the tv nothing."""
     m = home.evaluate(Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [2 / 3, 1 / 3])], 2))
-    assert m.stage_compute_s == [approx(0.020), approx(8e9 / 3 / 2.5e11)]
-    # the two flows of boundary 1 share the WiFi: 200 kB / 1e7 B/s, not the larger flow's 133 kB / 1e7
-    assert m.transfer_s[1] == approx(0.002 + 0.020)
-    assert m.bottleneck == "medium wifi" and m.bottleneck_s == approx(0.0204)
-    assert m.latency_ms == approx((0.020 + 8e9 / 3 / 2.5e11 + 0.022 + 0.0024 + 0.0204) * 1e3)
-    assert m.energy_j == approx(0.4708 + 3.0469333333333335 + 1.1774666666666667)
-    assert m.to_dict()["memory_bytes"]["tv"] == approx(11.1e6)
+    assert m.stage_compute_s == [approx(0.020), approx(8e9 / 5e11)]
+    assert m.busy_s[2] == 0.0
+    from dora_rl.plan import sample_edges
+
+    assert sample_edges(1, [2 / 3, 1 / 3]) == [0, 1, 1]
+    assert sample_edges(10, [0.25, 0.25, 0.5]) == [0, 3, 5, 10]
+    assert sample_edges(3, [1 / 3] * 3) == [0, 1, 2, 3]
 
 
 def test_contention_halves_bandwidth():
@@ -63,9 +80,9 @@ def test_contention_halves_bandwidth():
 def test_memory_overflow_is_infeasible():
     d = {**HOME, "devices": [dict(x) for x in HOME["devices"]]}
     d["devices"][2]["memory_gb"] = 0.01  # tv: 10 MB < 11.1 MB needed
-    m = CostModel(scenario(d)).evaluate(Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [2 / 3, 1 / 3])], 2))
+    m = CostModel(scenario(d)).evaluate(Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [0.5, 0.5])], 1))
     assert not m.feasible and not m.qoe_ok
-    assert any(v.startswith("memory: tv needs 0.0111 GB > 0.01 GB") for v in m.violations)
+    assert any(v.startswith("memory: tv needs 0.0113 GB > 0.01 GB") for v in m.violations)
 
 
 def test_qoe_violations_are_named(home):

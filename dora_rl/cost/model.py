@@ -5,7 +5,8 @@ the runtime's predictions. Every formula is written out in docs/cost-model.md (s
 symbols as the comments below) with a worked example that tests/test_cost_model.py
 recomputes by hand. Prefix sums make a stage O(group size) whatever its block count.
 
-Symbols: m = samples per micro-batch, M = micro-batches, S = stages,
+Symbols: m = samples per micro-batch (whole samples, split by `sample_edges`),
+M = micro-batches, S = stages,
 c_s = forward compute time of stage s per micro-batch (slowest member),
 o_k / x_k = occupancy / occupancy+latency of boundary k per micro-batch,
 T = steady-state period per micro-batch (slowest stage, boundary or medium)."""
@@ -17,7 +18,7 @@ import math
 import numpy as np
 
 from dora_rl.cost.metrics import Metrics
-from dora_rl.plan import Plan
+from dora_rl.plan import Plan, sample_edges
 from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
 EPS = 1e-12
@@ -60,6 +61,7 @@ class CostModel:
         self.battery_j = [None if d.battery_wh is None else d.battery_wh * d.battery_level * 3600.0
                           for d in cl.devices]
         self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
+        self._realized: dict = {}
 
     # ------------------------------------------------------------------
     def stage_indices(self, plan: Plan) -> list[tuple[int, int, list[int], list[float]]]:
@@ -77,8 +79,20 @@ class CostModel:
         return self.evaluate_stages(self.stage_indices(plan), plan.microbatches)
 
     # --- building blocks (also used by planners) ---------------------------
+    def realized(self, m: int, shares) -> list[float]:
+        """The shares a plan really gets: whole samples. A micro-batch of m samples is
+        split by `plan.sample_edges` (the runtime's split), so member i computes n_i
+        samples and its realized share is n_i / m (cached per (m, shares))."""
+        key = (m, tuple(shares))
+        r = self._realized.get(key)
+        if r is None:
+            e = sample_edges(m, shares)
+            r = self._realized[key] = [(e[i + 1] - e[i]) / m for i in range(len(shares))]
+        return r
+
     def stage_compute(self, l: int, r: int, devs, shares, m: float) -> tuple[float, list[float]]:
-        """Forward time of stage [l, r) per micro-batch of m samples: c_s = max_d w_d m F / g_d."""
+        """Forward time of stage [l, r) per micro-batch of m samples with (realized)
+        shares w: c_s = max_d w_d m F_s / g_d."""
         work = m * (self.fp[r] - self.fp[l])
         per = [w * work / self.rate[d] for d, w in zip(devs, shares)]
         return max(per), per
@@ -153,7 +167,7 @@ class CostModel:
     # --- the whole plan ------------------------------------------------------
     def evaluate_stages(self, stages, M: int) -> Metrics:
         n, src, training = self.n, self.src, self.training
-        m = self.workload.batch / M
+        m = self.workload.batch // M
         S = len(stages)
         busy = [0.0] * n
         sent = [0.0] * n           # bytes sent+received per micro-batch (radio)
@@ -165,6 +179,7 @@ class CostModel:
         fill = 0.0                 # one micro-batch's pass through every resource
         back = 3.0 if training else 1.0   # forward + backward (= 2x forward) per micro-batch
         # compute + memory, per stage
+        stages = [(l, r, devs, self.realized(m, sh)) for (l, r, devs, sh) in stages]
         for s, (l, r, devs, sh) in enumerate(stages):
             c, per = self.stage_compute(l, r, devs, sh, m)
             comp.append(c)

@@ -1,0 +1,80 @@
+"""Cost-model speed: plans of 8 stages over a 50-block profile on 8 devices scored per
+second on one core (target >= 20,000), and the time to profile resnet50 (< 5 s)."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _instance():
+    from dora_rl.cluster import random_cluster
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.scenario import QoE, Scenario, Workload
+    from dora_rl.synthetic import random_profile
+
+    rng = np.random.default_rng(0)
+    prof = random_profile(rng, n_blocks=50)
+    cl = random_cluster(rng, n_devices=8)
+    scen = Scenario("bench", {"profile": "synthetic"}, prof, cl,
+                    Workload("inference", 8, 4, 5.0, cl.names[0]), QoE(500, 5, 2, "latency"))
+    cm = CostModel(scen)
+    plans = []
+    for _ in range(200):
+        cuts = sorted(rng.choice(np.arange(1, 50), 7, replace=False).tolist())
+        bounds = [0, *cuts, 50]
+        devs = rng.permutation(cl.names).tolist()
+        plans.append(Plan.make([(bounds[i], bounds[i + 1], [devs[i]]) for i in range(8)], 4))
+    # a hybrid variant: 4 stages x 2 devices each
+    hybrid = []
+    for _ in range(200):
+        cuts = sorted(rng.choice(np.arange(1, 50), 3, replace=False).tolist())
+        bounds = [0, *cuts, 50]
+        devs = rng.permutation(cl.names).tolist()
+        hybrid.append(Plan.make([(bounds[i], bounds[i + 1], devs[2 * i:2 * i + 2], [0.6, 0.4]) for i in range(4)], 4))
+    return cm, plans, hybrid
+
+
+def _rate(cm, plans, validate, repeats=7):
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for p in plans:
+            cm.evaluate(p, validate=validate)
+        rates.append(len(plans) / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def run(results: dict) -> None:
+    cm, plans, hybrid = _instance()
+    for p in plans[:3]:
+        cm.evaluate(p)  # warm
+    results["plans_per_s_8stages_validated"] = _rate(cm, plans, True)
+    results["plans_per_s_8stages_prevalidated"] = _rate(cm, plans, False)
+    results["plans_per_s_hybrid_4x2_validated"] = _rate(cm, hybrid, True)
+    train = cm.scenario.replace(workload=cm.workload.__class__("training", 8, 4, None, cm.workload.source, "adam"))
+    from dora_rl.cost import CostModel
+
+    results["plans_per_s_8stages_training_validated"] = _rate(CostModel(train), plans, True)
+    results["target_plans_per_s"] = 20000
+    # profiling resnet50 in a fresh process (includes torch's one-off FlopCounterMode warm-up)
+    code = ("import time; from dora_rl.profile.profiler import profile_module; from dora_rl.profile.zoo import build_model;"
+            "m,x=build_model('resnet50',device='meta'); t=time.perf_counter(); profile_module(m,x,'resnet50');"
+            "a=time.perf_counter()-t; t=time.perf_counter(); profile_module(m,x,'resnet50'); print(a, time.perf_counter()-t)")
+    cold, warm = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    results["profile_resnet50_cold_s"] = cold
+    results["profile_resnet50_warm_s"] = warm
+    results["target_profile_s"] = 5.0
+    for k, v in results.items():
+        print(f"  {k:42s} {v:,.4g}" if isinstance(v, float) else f"  {k:42s} {v}")
+
+
+if __name__ == "__main__":
+    r: dict = {}
+    run(r)

@@ -1,0 +1,164 @@
+"""Runtime benchmark: predicted (cost model) vs measured (emulated workers) latency on
+the three presets, executor overhead with emulation off, plan-switch time.
+
+This machine has 2 CPU cores, slower than most modelled devices, so each preset is
+emulated at a compute slowdown X (every device's gflops / X; links unchanged) chosen
+so that the modelled compute time exceeds the real compute time (otherwise the
+emulation saturates and says so). Plans come from the planners on the *unscaled*
+preset (what a user would deploy); the prediction is the cost model evaluated on the
+same scaled scenario the workers emulate. edge_cluster fine-tunes BERT-base
+(~2 TFLOP per iteration: minutes per iteration on this CPU), so it runs a scaled
+variant: resnet18, global batch 8 in 4 micro-batches, SGD.
+
+    PYTHONPATH=. python bench/bench_runtime.py      # writes bench/results/runtime.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dora_rl.cost import CostModel  # noqa: E402
+from dora_rl.plan import Plan  # noqa: E402
+from dora_rl.planners import get_planner  # noqa: E402
+from dora_rl.runtime import Runtime, scale_scenario  # noqa: E402
+from dora_rl.runtime.measure import measure  # noqa: E402
+from dora_rl.scenario import Scenario, load_scenario  # noqa: E402
+
+CASES = [
+    # preset, slowdown, planners, requests (inference) / iterations (training)
+    ("smart_home", 100.0, ["dora", "neurosurgeon", "pipeedge"], 4),
+    ("traffic_analytics", 150.0, ["dora", "offload", "pipeedge"], 8),
+    ("edge_cluster", 300.0, ["dora", "pipeedge", "even"], 2),
+]
+
+
+def edge_cluster_variant() -> Scenario:
+    sc = load_scenario("edge_cluster")
+    d = sc.to_dict()
+    d["model"] = "resnet18"
+    d["workload"].update(batch=8, microbatches=4, optimizer="sgd")
+    d["qoe"] = {"objective": d["qoe"].get("objective", "latency")}
+    d.pop("dynamics", None)
+    d["name"] = "edge_cluster_resnet18"
+    return Scenario.from_dict(d)
+
+
+def plan_for(sc: Scenario, name: str) -> Plan:
+    return get_planner(name).plan(sc, CostModel(sc))
+
+
+def accuracy(results: dict) -> None:
+    rows = []
+    for preset, X, planners, n in CASES:
+        base = edge_cluster_variant() if preset == "edge_cluster" else load_scenario(preset)
+        scaled = scale_scenario(base, X)
+        for pn in planners:
+            try:
+                plan = plan_for(base, pn)
+            except Exception as e:  # noqa: BLE001
+                rows.append({"preset": preset, "planner": pn, "error": str(e)})
+                continue
+            t = time.monotonic()
+            out = measure(scaled, plan, requests=n, iterations=n, warmup=1, throughput_phase=False, timeout=300)
+            row = {"preset": base.name, "planner": pn, "slowdown": X,
+                   "stages": [(s["blocks"], s["devices"]) for s in out["plan"]["stages"]],
+                   "microbatches": out["plan"]["microbatches"],
+                   "predicted_ms": out["predicted"]["latency_ms"],
+                   "measured_p50_ms": out["measured"]["latency_ms"]["p50"],
+                   "measured_mean_ms": out["measured"]["latency_ms"]["mean"],
+                   "error": out["latency_error"],
+                   "predicted_energy_j": out["predicted"]["energy_j"], "measured_energy_j": out["measured"]["energy_j"],
+                   "saturated": out["measured"]["saturated"], "bench_s": time.monotonic() - t}
+            rows.append(row)
+            print(f"{base.name:24s} {pn:13s} pred {row['predicted_ms']:9.1f} ms  meas p50 {row['measured_p50_ms']:9.1f} ms"
+                  f"  err {row['error'] * 100:5.1f}%  sat {bool(row['saturated'])}", flush=True)
+    errs = [r["error"] for r in rows if "error" in r and isinstance(r["error"], float)]
+    results["accuracy"] = {"rows": rows, "median_abs_error": statistics.median(errs) if errs else None,
+                           "target": 0.15}
+
+
+def overhead(results: dict) -> None:
+    """2-stage resnet18 pipeline, micro-batches of 8, emulation off, vs one process."""
+    from dora_rl.profile import build_model
+    sc = Scenario.from_dict({
+        "name": "overhead", "model": "resnet18",
+        "workload": {"kind": "inference", "batch": 8, "microbatches": 1, "source": "a"},
+        "devices": [{"name": "a", "gflops": 100, "memory_gb": 8}, {"name": "b", "gflops": 100, "memory_gb": 8}],
+        "links": [{"a": "a", "b": "b", "mbps": 1000, "latency_ms": 0.1}]})
+    n = 24
+    model, _ = build_model("resnet18")
+    x = torch.randn(8, 3, 224, 224)
+    single = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            model(x)
+            t = time.perf_counter()
+            for _ in range(n // 2):
+                model(x)
+            single[threads] = (n // 2) / (time.perf_counter() - t)
+    torch.set_num_threads(2)
+    del model
+    plan = Plan.make([(0, 5, ["a"]), (5, 10, ["b"])])
+    with Runtime(sc, emulate=False, timeout=120) as rt:
+        rt.start(plan)
+        rt.infer(2, window=1)
+        res = rt.infer(n, window=3)
+    results["overhead"] = {"single_process_req_per_s": {"1_thread": single[1], "2_threads": single[2]},
+                           "pipeline_req_per_s": res.throughput,
+                           "ratio_vs_2_threads": res.throughput / single[2],
+                           "ratio_vs_1_thread": res.throughput / single[1], "target": 0.8,
+                           "note": "requests of 8 samples; 2 workers x 1 thread vs one process"}
+    print("overhead", json.dumps(results["overhead"]), flush=True)
+
+
+def switch(results: dict) -> None:
+    """smart_home: switches in the middle of a request stream (window 1, so the drain
+    is at most one request). `cut`: laptop -> jetson pipeline with its cut moved one
+    block (what an adapter does when bandwidth shifts: one block's weights move);
+    `offload`: a whole-model move (dora's plan -> pipeedge's), bounded by the WiFi."""
+    base = load_scenario("smart_home")
+    X = 100.0
+    scaled = scale_scenario(base, X)
+    a = Plan.make([(0, 11, ["laptop"]), (11, 18, ["jetson"])])
+    cut = Plan.make([(0, 10, ["laptop"]), (10, 18, ["jetson"])])
+    out = {"preset": "smart_home", "slowdown": X, "target_s": 2.0,
+           "note": "drain_s is inflated by the slowdown (a request takes ~X times longer than modelled "
+                   "at full speed); move_s is paced over the emulated WiFi at its real bandwidth"}
+    with Runtime(scaled, emulate=True, timeout=300) as rt:
+        rt.start(a)
+        rt.infer(1, window=1)
+        res = rt.infer(4, window=1, switch_at=2, switch_plan=cut)
+        out["cut"] = {"from": a.to_dict(), "to": cut.to_dict(), "answered": sorted(res.answered), **res.switch}
+        other = plan_for(base, "dora")
+        res = rt.infer(4, window=1, switch_at=2, switch_plan=other)
+        out["whole_model"] = {"to": other.to_dict(), "answered": sorted(res.answered), **res.switch}
+    results["switch"] = out
+    print("switch cut", json.dumps({k: v for k, v in out["cut"].items() if k not in ("from", "to")}), flush=True)
+    print("switch whole", json.dumps({k: v for k, v in out["whole_model"].items() if k != "to"}), flush=True)
+
+
+def run(results: dict) -> dict:
+    t = time.monotonic()
+    overhead(results)
+    switch(results)
+    accuracy(results)
+    results["bench_seconds"] = time.monotonic() - t
+    return results
+
+
+if __name__ == "__main__":
+    res = run({})
+    out = ROOT / "bench" / "results" / "runtime.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    print("wrote", out)

@@ -1,0 +1,153 @@
+"""`dora plan SCENARIO --planner NAME` and `dora compare SCENARIO`."""
+
+from __future__ import annotations
+
+import math
+
+from dora_rl.commands.basic import print_metrics, print_plan
+from dora_rl.commands.common import console, print_json, table
+from dora_rl.errors import AgentError, NoFeasiblePlan, PlannerError
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("plan", help="plan a scenario with one planner; print the plan and its metrics")
+    p.add_argument("scenario", help="preset name or scenario YAML path")
+    p.add_argument("--planner", default="dora", help="planner name (see `dora compare`); default dora")
+    p.add_argument("--json", action="store_true", help="print {plan, metrics, seconds} as JSON")
+    p.add_argument("--out", help="write the plan JSON here (the format `dora score` and `dora run` read)")
+    p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
+    p.set_defaults(func=cmd_plan)
+
+    c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")
+    c.add_argument("scenario", help="preset name or scenario YAML path")
+    c.add_argument("--planners", help="comma-separated subset (default: all)")
+    c.add_argument("--json", action="store_true", help="print the rows as JSON")
+    c.add_argument("--plot", metavar="FILE.png", help="draw the dora Pareto front with every planner as a point")
+    c.set_defaults(func=cmd_compare)
+
+
+def _options(name: str, seed):
+    return {"seed": seed} if seed is not None and name in ("random", "ppo") else {}
+
+
+def cmd_plan(args) -> int:
+    from dora_rl.planners import run_planner
+    from dora_rl.scenario import load_scenario
+
+    scen = load_scenario(args.scenario)
+    res = run_planner(args.planner, scen, **_options(args.planner, args.seed))
+    if args.out:
+        res.plan.save(args.out)
+    if args.json:
+        print_json({"planner": args.planner, "plan": res.plan.to_dict(), "metrics": res.metrics.to_dict(),
+                    "planning_s": res.seconds})
+        return 0
+    print_plan(scen, res.plan, f"{args.planner} plan on {scen.name} ({res.plan.microbatches} micro-batches, "
+                                f"planned in {res.seconds * 1e3:.1f} ms)")
+    print_metrics(scen, res.metrics)
+    if args.out:
+        console.print(f"plan written to {args.out}")
+    return 0
+
+
+def compare(scen, names=None) -> dict:
+    """Run planners on one scenario; rows with metrics, planning time, ratios, errors."""
+    from dora_rl.cost import CostModel
+    from dora_rl.planners import lower_bounds, planner_names, run_planner
+
+    cost = CostModel(scen)
+    obj = scen.qoe.objective
+    rows = []
+    for name in names or planner_names():
+        row = {"planner": name}
+        try:
+            res = run_planner(name, scen, cost)
+        except NoFeasiblePlan as e:
+            row.update(status="no feasible plan", error=str(e))
+        except (PlannerError, AgentError) as e:
+            row.update(status="skipped", error=str(e))
+        else:
+            m = res.metrics
+            row.update(status="ok", plan=res.plan.to_dict(), metrics=m.to_dict(), planning_s=res.seconds,
+                       latency_ms=m.latency_ms, throughput=m.throughput, energy_j=m.energy_j,
+                       qoe_ok=m.qoe_ok, objective=m.objective(obj))
+        rows.append(row)
+    ref = {r["planner"]: r.get("objective") for r in rows}
+    for r in rows:
+        for other in ("dora", "oracle"):
+            if r.get("objective") is not None and ref.get(other):
+                r[f"vs_{other}"] = r["objective"] / ref[other]
+    return {"scenario": scen.name, "objective": obj, "rows": rows, "lower_bounds": lower_bounds(scen, cost)}
+
+
+def cmd_compare(args) -> int:
+    from dora_rl.scenario import load_scenario
+
+    scen = load_scenario(args.scenario)
+    names = [n.strip() for n in args.planners.split(",")] if args.planners else None
+    if names:
+        from dora_rl.planners import get_planner
+
+        for n in names:
+            get_planner(n)  # unknown names fail before any work
+    with console.status(f"planning {scen.name} with every planner..."):
+        out = compare(scen, names)
+    if args.plot:
+        plot_compare(scen, out, args.plot)
+    if args.json:
+        print_json(out)
+        return 0
+    unit = "samples/s" if scen.workload.training else "req/s"
+    what = "iter" if scen.workload.training else "req"
+    cols = ["planner", f"latency ms/{what}", f"throughput {unit}", f"energy J/{what}", "QoE ok", "plan ms",
+            "vs dora", "vs oracle", "stages"]
+    rows = []
+    for r in out["rows"]:
+        if r["status"] != "ok":
+            rows.append([r["planner"], "-", "-", "-", "-", "-", "-", "-", r["status"]])
+            continue
+        rows.append([r["planner"], r["latency_ms"], r["throughput"], r["energy_j"], r["qoe_ok"],
+                     r["planning_s"] * 1e3, r.get("vs_dora", math.nan), r.get("vs_oracle", math.nan),
+                     len(r["plan"]["stages"])])
+    console.print(table(f"{scen.name}: objective = {out['objective']} (ratios are objective / reference; lower is better)",
+                        cols, rows))
+    lb = out["lower_bounds"]
+    console.print("lower bounds: " + ", ".join(f"{k} = {v:.4g}" for k, v in lb.items()))
+    for r in out["rows"]:
+        if r["status"] != "ok":
+            console.print(f"[dim]{r['planner']}: {r['error']}[/dim]")
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def plot_compare(scen, out: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dora_rl.planners import pareto
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    try:
+        front = sorted((m.latency_ms, m.energy_j) for _, m in pareto(scen))
+    except NoFeasiblePlan:
+        front = []
+    if front:
+        xs, ys = zip(*front)
+        ax.step(xs, ys, where="post", color="C0", alpha=0.6)
+        ax.plot(xs, ys, "o", color="C0", label="dora Pareto set (QoE-compliant)")
+    for i, r in enumerate(r for r in out["rows"] if r["status"] == "ok"):
+        mk = "o" if r["qoe_ok"] else "x"
+        ax.plot(r["latency_ms"], r["energy_j"], mk, color=f"C{(i % 9) + 1}", markersize=9, label=r["planner"])
+    if scen.qoe.latency_slo_ms:
+        ax.axvline(scen.qoe.latency_slo_ms, color="red", ls="--", lw=1, label="latency SLO")
+    what = "iteration" if scen.workload.training else "request"
+    ax.set_xlabel(f"latency per {what} (ms)")
+    ax.set_ylabel(f"energy per {what} (J)")
+    ax.set_title(f"{scen.name}: planners vs the Pareto front (x = violates QoE)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

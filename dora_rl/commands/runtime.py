@@ -1,0 +1,114 @@
+"""`dora run` (execute a plan on worker processes, emulating the cluster, and compare
+with the cost model) and `dora worker` (one worker; joins via env vars)."""
+
+from __future__ import annotations
+
+from dora_rl.commands.common import console, fmt, print_json, table
+from dora_rl.errors import PlanError
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("run", help="execute a plan on torch workers (emulated cluster) and compare with the cost model",
+                       description="Spawn one worker per device (one torch.distributed gloo group), run the plan, "
+                                   "report measured latency/throughput/energy beside the cost model's prediction.")
+    p.add_argument("scenario", help="preset name or scenario YAML")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--plan", help="plan JSON file")
+    g.add_argument("--planner", default=None, help="planner name (default: dora)")
+    p.add_argument("--requests", type=int, default=30, help="requests per phase (inference)")
+    p.add_argument("--iterations", type=int, default=5, help="timed iterations (training)")
+    p.add_argument("--rate", type=float, default=None, help="offered request rate (default: the scenario's, "
+                                                            "capped at 0.8x predicted capacity)")
+    p.add_argument("--slowdown", type=float, default=1.0,
+                   help="divide every device's gflops by X (emulate on a CPU slower than the modelled devices; "
+                        "the prediction uses the same scaled speeds)")
+    p.add_argument("--no-emulate", action="store_true", help="run at this machine's real speed, unpaced")
+    p.add_argument("--switch-to", default=None, metavar="PLANNER_OR_FILE",
+                   help="switch to this plan half-way through (a planner name or a plan JSON)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds any single wait may take")
+    p.add_argument("--adapter", default=None, help="run the adapter NAME (with --simulate: over a bandwidth trace "
+                                                      "on the cost model; see docs/adapter.md)")
+    p.add_argument("--simulate", action="store_true", help="simulate the adapter instead of executing on workers")
+    p.add_argument("--trace", default=None, help="bandwidth trace for --simulate (file, markov, markov:SEED)")
+    p.add_argument("--duration", type=float, default=120.0, help="simulated seconds (--simulate)")
+    p.add_argument("--out", default="runs/adapter", help="output folder (--simulate)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="run one worker (MASTER_ADDR, MASTER_PORT, RANK>=1, WORLD_SIZE from the env)")
+    w.add_argument("--device", required=True, help="the device this worker plays")
+    w.add_argument("--scenario", default=None, help="check the device name against this scenario first")
+    w.add_argument("--timeout", type=float, default=60.0)
+    w.set_defaults(func=cmd_worker)
+
+
+def _plan_for(scenario, what: str):
+    from pathlib import Path
+
+    from dora_rl.plan import Plan
+    if what.endswith(".json") or Path(what).exists():
+        return Plan.load(what)
+    from dora_rl.planners import get_planner
+    from dora_rl.cost import CostModel
+    return get_planner(what).plan(scenario, CostModel(scenario))
+
+
+def cmd_run(args) -> int:
+    from dora_rl.runtime.coordinator import scale_scenario
+    from dora_rl.runtime.measure import measure
+    from dora_rl.scenario import load_scenario
+
+    if args.simulate or args.adapter:
+        if not (args.simulate and args.adapter):
+            raise PlanError("running an adapter on live workers is not built yet: give both --adapter NAME and "
+                            "--simulate (simulated over a bandwidth trace), or neither (execute one plan)")
+        from dora_rl.runtime.adapter import run_simulation_cli
+        res = run_simulation_cli(args.scenario, args.adapter, args.trace, args.duration, out_dir=args.out,
+                                 live=not args.json, console=console)
+        if args.json:
+            print_json(res)
+        else:
+            console.print(res["summary"])
+            console.print(f"log: {res['log']}  timeline: {res['png']}")
+        return 0
+    for name in ("requests", "iterations"):
+        if getattr(args, name) < 1:
+            raise PlanError(f"--{name} must be >= 1")
+    sc = scale_scenario(load_scenario(args.scenario), args.slowdown)
+    plan = _plan_for(sc, args.plan or args.planner or "dora")
+    switch = _plan_for(sc, args.switch_to) if args.switch_to else None
+    out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
+                  rate=args.rate, timeout=args.timeout, switch_plan=switch)
+    out["slowdown"] = args.slowdown
+    if args.json:
+        print_json(out)
+        return 0
+    pr, me = out["predicted"], out["measured"]
+    lat = me["latency_ms"]
+    unit = "iteration" if sc.workload.training else "request"
+    rows = [[f"latency per {unit} (ms)", pr["latency_ms"], lat["mean"], lat["p50"], lat["p95"]],
+            [f"throughput ({out['unit']})", pr["throughput"], me.get("throughput", float("nan")), "", ""],
+            [f"energy per {unit} (J)", pr["energy_j"], me["energy_j"], "", ""]]
+    console.print(table(f"dora run {sc.name} ({'emulated' if out['emulated'] else 'real speed'}"
+                        f"{', slowdown ' + fmt(args.slowdown) if args.slowdown != 1 else ''})",
+                        ["", "predicted", "measured (mean)", "p50", "p95"], rows))
+    console.print(f"plan: {[(s['blocks'], s['devices']) for s in out['plan']['stages']]}, "
+                  f"microbatches {out['plan']['microbatches']}; latency error (p50 vs predicted) "
+                  f"{out['latency_error'] * 100:.1f}%")
+    if me.get("switch"):
+        console.print(f"plan switch: {me['switch']['total_s'] * 1e3:.1f} ms "
+                      f"(drain {me['switch']['drain_s'] * 1e3:.1f} ms, moved blocks {me['switch']['moved_blocks']})")
+    if me.get("saturated"):
+        console.print("[yellow]emulation saturated[/yellow] (this CPU is slower than the modelled device) on: "
+                      + ", ".join(f"{d} ({v['sections']} sections, +{v['excess_s'] * 1e3:.0f} ms)"
+                                  for d, v in me["saturated"].items()) + "; try --slowdown")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    import os
+    import signal
+
+    from dora_rl.runtime.worker import run_worker
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    return run_worker(args.device, args.timeout, args.scenario)

@@ -1,0 +1,213 @@
+"""`oracle`: exhaustive search, exact on small instances; the yardstick for `dora`.
+
+It enumerates the same plan space as `dora` (docs/planners.md): for every stage count
+S, depth first, an ordered sequence of disjoint device groups (ascending device order,
+at most `max_group` devices each) times every composition of the blocks into S
+contiguous ranges, shares from `proportional_shares` (training: in-flight count
+min(M, S - s)). Every complete plan is scored with the full cost model
+(`CostModel.evaluate_stages`, full contention) and the best QoE-compliant plan by the
+scenario's objective wins.
+
+Pruning never changes the answer:
+- memory: a stage that does not fit ends the branch (memory does not depend on later
+  stages once S is fixed);
+- monotone QoE bounds: a prefix whose partial latency or partial period already breaks
+  the latency SLO / throughput target cannot be completed into a compliant plan;
+- branch and bound on the objective: the prefix's partial latency (sum of stage and
+  transfer times so far + (M-1) x partial bottleneck + partial all-reduce) and partial
+  energy (participants so far, with the period lower bound) only grow as stages are
+  added; a prefix no better than the incumbent is cut.
+
+Instances beyond `MAX_DEVICES` devices or `MAX_BLOCKS` blocks are refused
+(`PlannerError`): the space grows like (ordered set partitions) x C(B-1, S-1)."""
+
+from __future__ import annotations
+
+import math
+
+from dora_rl.cost import CostModel
+from dora_rl.errors import PlannerError
+from dora_rl.plan import Plan
+from dora_rl.planners.base import Planner, proportional_shares, register
+from dora_rl.planners.dp import Space, explain_infeasible
+from dora_rl.scenario import Scenario
+
+MAX_DEVICES = 6
+MAX_BLOCKS = 24
+TOL = 1e-9
+
+
+class _Oracle:
+    def __init__(self, cost: CostModel, max_group: int | None, prune: bool = True):
+        self.cost = cost
+        n, B = cost.n, cost.n_blocks
+        self.space = Space(list(range(n)), n if max_group is None else max_group)
+        self.groups = self.space.groups()
+        self.gmask = [sum(1 << d for d in g) for g in self.groups]
+        self.prune = prune
+        wl, q = cost.workload, cost.qoe
+        self.M = wl.microbatches
+        self.m = wl.batch / self.M
+        self.B = B
+        self.tr = cost.training
+        self.back = 3.0 if self.tr else 1.0
+        self.obj = q.objective
+        self.nmed = len(cost.medium_bps)
+        self.Lbound = math.inf
+        self.Tbound = math.inf
+        if q.latency_slo_ms is not None:
+            self.Lbound = q.latency_slo_ms * 1e-3 * (1 + TOL)
+        if self.tr:
+            if q.min_throughput is not None:
+                self.Lbound = min(self.Lbound, wl.batch / (q.min_throughput * (1 - TOL)))
+        else:
+            need = max(q.min_throughput or 0.0, wl.request_rate or 0.0)
+            if need > 0:
+                self.Tbound = 1.0 / (self.M * need * (1 - TOL))
+        self.best = None          # (objective, stages, metrics)
+        self.evaluated = 0
+        self.nodes = 0
+
+    # -- partial figures (prefix of stages, source boundary included) --------
+    def _lb(self, P):
+        """Lower bounds (latency s, energy J, T_eff) of any completion of prefix state P."""
+        cost, M = self.cost, self.M
+        caps = cost.medium_bps
+        T = P["T"]
+        for mu, b in P["load"].items():
+            T = max(T, b / caps[mu])
+        A = P["A"]
+        for mu, b in P["arload"].items():
+            A = max(A, b / caps[mu])
+        L = P["fill"] + (M - 1) * T + A
+        if self.tr:
+            period = L
+        else:
+            rate = cost.workload.request_rate
+            period = max(1.0 / rate, M * T) if rate else M * T
+        E = 0.0
+        for d in P["part"]:
+            busy = P["busy"].get(d, 0.0)
+            E += (cost.active_w[d] * busy + cost.idle_w[d] * max(period - busy, 0.0)
+                  + cost.radio[d] * P["bytes"].get(d, 0.0))
+        return L, E, T
+
+    def _add_stage(self, P, prev, l, r, devs, sh, c, per):
+        """New prefix state after appending stage (l, r, devs, sh) behind group `prev`."""
+        cost, M = self.cost, self.M
+        Q = {"fill": P["fill"], "T": P["T"], "A": P["A"], "load": dict(P["load"]), "arload": dict(P["arload"]),
+             "busy": dict(P["busy"]), "bytes": dict(P["bytes"]), "part": P["part"] | set(devs)}
+        u = self.back * c
+        Q["fill"] += u
+        Q["T"] = max(Q["T"], u)
+        for d, t in zip(devs, per):
+            Q["busy"][d] = Q["busy"].get(d, 0.0) + self.back * t * M
+        dirs = 2.0 if (self.tr and l > 0) else 1.0
+        occ, lat, load, flows = cost.transfer(prev[0], prev[1], list(devs), list(sh), self.m * cost.bnd[l])
+        Q["fill"] += dirs * (occ + lat)
+        Q["T"] = max(Q["T"], dirs * occ)
+        for mu, b in load.items():
+            Q["load"][mu] = Q["load"].get(mu, 0.0) + dirs * b
+        for i, j, b in flows:
+            Q["bytes"][i] = Q["bytes"].get(i, 0.0) + dirs * b * M
+            Q["bytes"][j] = Q["bytes"].get(j, 0.0) + dirs * b * M
+        if self.tr:
+            t, arl, per_dev = cost.allreduce(list(devs), cost.pp[r] - cost.pp[l])
+            Q["A"] = max(Q["A"], t)
+            for mu, b in arl.items():
+                Q["arload"][mu] = Q["arload"].get(mu, 0.0) + b
+            if len(devs) > 1:
+                for d in devs:
+                    Q["bytes"][d] = Q["bytes"].get(d, 0.0) + 2 * per_dev
+        return Q
+
+    def _stage(self, l, r, gi, inflight):
+        cost = self.cost
+        devs = self.groups[gi]
+        sh = proportional_shares(cost, list(devs), l, r, self.m, inflight)
+        if sh is None:
+            return None
+        work = self.m * (cost.fp[r] - cost.fp[l])
+        per = [w * work / cost.rate[d] for d, w in zip(devs, sh)]
+        return sh, max(per), per
+
+    def _cut(self, P):
+        if not self.prune:
+            return False
+        L, E, T = self._lb(P)
+        if T > self.Tbound or L > self.Lbound:
+            return True
+        if self.best is None:
+            return False
+        v = L * 1e3 if self.obj == "latency" else E
+        return v > self.best[0] * (1 + 1e-12)
+
+    def run(self):
+        cost = self.cost
+        src = cost.src
+        nd = len(self.space.devices)
+        for S in range(1, min(nd, self.B) + 1):
+            P0 = {"fill": 0.0, "T": 0.0, "A": 0.0, "load": {}, "arload": {}, "busy": {}, "bytes": {},
+                  "part": {src}}
+            self._dfs(S, 0, 0, 0, ([src], [1.0]), P0, [])
+        return self.best
+
+    def _dfs(self, S, s, l, used, prev, P, stages):
+        cost, B = self.cost, self.B
+        inflight = min(self.M, S - s) if self.tr else 1
+        last = s == S - 1
+        rs = [B] if last else range(l + 1, B - (S - 1 - s) + 1)
+        for gi, g in enumerate(self.groups):
+            if self.gmask[gi] & used:
+                continue
+            for r in rs:
+                st = self._stage(l, r, gi, inflight)
+                if st is None:
+                    continue
+                sh, c, per = st
+                self.nodes += 1
+                stg = stages + [(l, r, list(g), sh)]
+                if last:
+                    self.evaluated += 1
+                    met = cost.evaluate_stages(stg, self.M)
+                    if met.qoe_ok:
+                        v = met.objective(self.obj)
+                        if self.best is None or v < self.best[0]:
+                            self.best = (v, stg, met)
+                    continue
+                Q = self._add_stage(P, prev, l, r, g, sh, c, per)
+                if self._cut(Q):
+                    continue
+                self._dfs(S, s + 1, r, used | self.gmask[gi], (list(g), list(sh)), Q, stg)
+
+
+def oracle_search(scenario: Scenario, cost: CostModel | None = None, *, max_group: int | None = None,
+                  prune: bool = True, max_devices: int = MAX_DEVICES, max_blocks: int = MAX_BLOCKS):
+    """Best QoE-compliant plan by the objective as (objective value, stages, Metrics), or None."""
+    cost = cost or CostModel(scenario)
+    if cost.n > max_devices or cost.n_blocks > max_blocks:
+        raise PlannerError(f"oracle: exhaustive search is limited to {max_devices} devices x {max_blocks} blocks; "
+                           f"this scenario has {cost.n} devices x {cost.n_blocks} blocks. Use planner 'dora' "
+                           "(exact DP) instead")
+    o = _Oracle(cost, max_group, prune)
+    best = o.run()
+    return best, o
+
+
+@register
+class Oracle(Planner):
+    """Exhaustive search with exact pruning; small instances only (options: max_group)."""
+
+    name = "oracle"
+    description = f"exhaustive search (<= {MAX_DEVICES} devices x {MAX_BLOCKS} blocks), the yardstick"
+
+    def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
+        self.check_supported(scenario)
+        cost = cost or CostModel(scenario)
+        mg = self.options.get("max_group")
+        best, _ = oracle_search(scenario, cost, max_group=mg)
+        if best is None:
+            raise explain_infeasible(self.name, scenario, cost, max_group=mg, exact=True)
+        names = cost.names
+        return Plan.make([(l, r, [names[d] for d in devs], sh) for l, r, devs, sh in best[1]],
+                         cost.workload.microbatches)

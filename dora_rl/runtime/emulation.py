@@ -1,0 +1,193 @@
+"""Device and network emulation on one machine.
+
+Compute: a worker runs the real torch code, measures the real time and sleeps out the
+difference to the modelled time (FLOPs / device rate, the cost model's formula). When
+the real time exceeds the modelled time the emulation is *saturated* (this CPU is
+slower than the modelled device): the excess is counted and reported, never hidden.
+
+Network: every transfer reserves time on a shared calendar that all workers on this
+machine see (a small memory-mapped file of `free_at` times guarded by `flock`): one
+slot per ordered device pair (the route's bottleneck bandwidth) and one per shared
+medium (its capacity). A message of b bytes from i to j starts when the pair and every
+medium its route crosses are free, occupies the pair for b/bw and each medium for
+b*hops/capacity, and is *delivered* (usable by the receiver) at the end of that
+occupancy plus the route latency. The bytes themselves move over gloo at once; the
+receiver waits until the delivery time. So a link never carries more than its
+bandwidth, and flows on one medium queue behind each other (FIFO per message: two
+long flows each get about half). Same formulas and routes as `cost/model.py`.
+
+Energy: busy (modelled compute) seconds at active power, the rest of the window at
+idle power, plus radio energy per byte sent and received."""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+
+now = time.monotonic   # CLOCK_MONOTONIC: one clock for every process on this machine
+
+
+def sleep_until(t: float) -> None:
+    d = t - now()
+    if d > 0:
+        time.sleep(d)
+
+
+class Calendar:
+    """The shared `free_at` table: n*n pair slots then one slot per medium."""
+
+    def __init__(self, path: str, n_slots: int, create: bool = False):
+        self.path = path
+        self.n_slots = n_slots
+        size = 8 * n_slots
+        if create:
+            with open(path, "wb") as f:
+                f.write(b"\0" * size)
+        self.fd = os.open(path, os.O_RDWR)
+        self.mm = mmap.mmap(self.fd, size)
+        self.lockfd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def reserve(self, slots_durs: list[tuple[int, float]], earliest: float) -> tuple[float, float]:
+        """Atomically book every (slot, duration) from one common start (>= earliest and
+        >= each slot's free_at). Returns (start, end of the longest booking)."""
+        fcntl.flock(self.lockfd, fcntl.LOCK_EX)
+        try:
+            start = earliest
+            for s, _ in slots_durs:
+                f = struct.unpack_from("d", self.mm, 8 * s)[0]
+                if f > start:
+                    start = f
+            end = start
+            for s, d in slots_durs:
+                struct.pack_into("d", self.mm, 8 * s, start + d)
+                end = max(end, start + d)
+            return start, end
+        finally:
+            fcntl.flock(self.lockfd, fcntl.LOCK_UN)
+
+    def reset(self) -> None:
+        fcntl.flock(self.lockfd, fcntl.LOCK_EX)
+        try:
+            self.mm[:] = b"\0" * (8 * self.n_slots)
+        finally:
+            fcntl.flock(self.lockfd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        try:
+            self.mm.close()
+            os.close(self.fd)
+            os.close(self.lockfd)
+        except (OSError, ValueError):
+            pass
+
+
+class NetEmulator:
+    """Paces transfers between devices (indices into the cluster's device list)."""
+
+    def __init__(self, net: dict, calendar_path: str | None):
+        # net: {"bw": n x n bytes/s, "lat": n x n s, "hops": n x n [(medium, count)], "medium_bps": [...]}
+        self.bw = net["bw"]
+        self.lat = net["lat"]
+        self.hops = net["hops"]
+        self.medium_bps = net["medium_bps"]
+        self.n = len(self.bw)
+        self.cal = Calendar(calendar_path, self.n * self.n + len(self.medium_bps)) if calendar_path else None
+
+    def _slots(self, i: int, j: int, nbytes: float):
+        slots = [(i * self.n + j, nbytes / self.bw[i][j])]
+        for mu, cnt in self.hops[i][j]:
+            slots.append((self.n * self.n + mu, nbytes * cnt / self.medium_bps[mu]))
+        return slots
+
+    def book(self, i: int, j: int, nbytes: float) -> float:
+        """Reserve the route i -> j for nbytes in one piece, without waiting (bulk
+        transfers such as weights); return the delivery time."""
+        if self.cal is None or i == j or nbytes <= 0:
+            return 0.0
+        _, end = self.cal.reserve(self._slots(i, j, nbytes), now())
+        return end + self.lat[i][j]
+
+    def pace(self, i: int, j: int, nbytes: float, state: dict) -> float:
+        """Transmit nbytes over i -> j in real time: book chunks of ~2 ms one after
+        another, sleeping through each, so that flows sharing a medium interleave
+        chunk by chunk (fair sharing). A backlogged flow chains its chunks from the
+        previous chunk's end (sleep overshoot does not accumulate). Blocks the calling
+        (sender) thread; returns the delivery time (end + route latency)."""
+        if self.cal is None or i == j or nbytes <= 0:
+            return 0.0
+        rate = self.bw[i][j]
+        for mu, cnt in self.hops[i][j]:
+            rate = min(rate, self.medium_bps[mu] / cnt)
+        chunk = max(16384.0, rate * 0.002)
+        prev = state.get("end", 0.0)
+        left = float(nbytes)
+        while left > 0:
+            c = min(chunk, left)
+            t = now()
+            earliest = prev if 0.0 <= t - prev < 1e-3 else t
+            _, end = self.cal.reserve(self._slots(i, j, c), earliest)
+            sleep_until(end)
+            prev = end
+            left -= c
+        state["end"] = prev
+        return prev + self.lat[i][j]
+
+    def close(self) -> None:
+        if self.cal is not None:
+            self.cal.close()
+
+
+@dataclass
+class ComputeClock:
+    """Stretches compute to a device's modelled speed and accounts busy time."""
+
+    flops_per_s: float
+    emulate: bool = True
+    busy_s: float = 0.0          # modelled (emulated) busy seconds, or real seconds without emulation
+    real_s: float = 0.0          # real compute seconds
+    saturated: int = 0           # sections where the real time exceeded the modelled time
+    excess_s: float = 0.0        # total real-minus-modelled time of those sections
+    sections: int = 0
+
+    def stretch(self, t0: float, flops: float) -> None:
+        """Call after a compute section that started at t0 and did `flops`."""
+        real = now() - t0
+        self.real_s += real
+        self.sections += 1
+        if not self.emulate:
+            self.busy_s += real
+            return
+        model = flops / self.flops_per_s
+        if real > model:
+            self.saturated += 1
+            self.excess_s += real - model
+            self.busy_s += real
+        else:
+            sleep_until(t0 + model)
+            self.busy_s += model
+
+    def snapshot(self) -> dict:
+        return {"busy_s": self.busy_s, "real_s": self.real_s, "saturated": self.saturated,
+                "excess_s": self.excess_s, "sections": self.sections}
+
+    def reset(self) -> None:
+        self.busy_s = self.real_s = self.excess_s = 0.0
+        self.saturated = self.sections = 0
+
+
+@dataclass
+class Traffic:
+    sent_bytes: float = 0.0
+    recv_bytes: float = 0.0
+    by_peer: dict = field(default_factory=dict)
+
+
+def energy_j(busy_s: float, window_s: float, idle_w: float, active_w: float,
+             radio_bytes: float, radio_j_per_byte: float) -> float:
+    """Energy of one device over a window: active while busy, idle otherwise, + radio."""
+    busy = min(busy_s, window_s)
+    return active_w * busy + idle_w * (window_s - busy) + radio_j_per_byte * radio_bytes

@@ -28,10 +28,11 @@ def test_profile_table(capsys):
 
 
 def test_score_json_and_table(tmp_path, capsys):
-    Plan.make([(0, 18, ["jetson"])], 1).save(tmp_path / "p.json")
+    # the laptop+jetson pipeline that meets every smart_home target (docs: envs/smart_home.yaml)
+    Plan.make([(0, 12, ["jetson"]), (12, 14, ["laptop"])], 1).save(tmp_path / "p.json")
     assert main(["score", "smart_home", str(tmp_path / "p.json"), "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
-    assert d["qoe_ok"] is True and d["latency_ms"] > 0 and "jetson" in d["memory_bytes"]
+    assert d["qoe_ok"] is True and d["latency_ms"] > 0 and set(d["memory_bytes"]) == {"phone", "jetson", "laptop"}
     assert main(["score", "smart_home", str(tmp_path / "p.json")]) == 0
     assert "QoE met" in capsys.readouterr().out
 
@@ -51,7 +52,7 @@ def test_errors_one_line_exit_2(args, words, tmp_path):
 def test_bad_plan_exit_2(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"stages": [{"blocks": [0, 5], "devices": ["jetson"]}]}))
     code, _, err = run("score", "smart_home", str(tmp_path / "p.json"))
-    assert code == 2 and "stages end at block 5 but the model has 18 blocks" in err
+    assert code == 2 and "stages end at block 5 but the model has 14 blocks" in err
 
 
 def test_unknown_command_exit_2():

@@ -98,9 +98,8 @@ def cmd_compare(args) -> int:
         print_json(out)
         return 0
     unit = "samples/s" if scen.workload.training else "req/s"
-    what = "iter" if scen.workload.training else "req"
-    cols = ["planner", f"latency ms/{what}", f"throughput {unit}", f"energy J/{what}", "QoE ok", "plan ms",
-            "vs dora", "vs oracle", "stages"]
+    what = "iteration" if scen.workload.training else "request"
+    cols = ["planner", "latency ms", unit, "energy J", "QoE", "plan ms", "×dora", "×oracle", "stages"]
     rows = []
     for r in out["rows"]:
         if r["status"] != "ok":
@@ -109,8 +108,8 @@ def cmd_compare(args) -> int:
         rows.append([r["planner"], r["latency_ms"], r["throughput"], r["energy_j"], r["qoe_ok"],
                      r["planning_s"] * 1e3, r.get("vs_dora", math.nan), r.get("vs_oracle", math.nan),
                      len(r["plan"]["stages"])])
-    console.print(table(f"{scen.name}: objective = {out['objective']} (ratios are objective / reference; lower is better)",
-                        cols, rows))
+    console.print(table(f"{scen.name}: per {what}, objective = {out['objective']} "
+                        "(×ref = objective / ref's; lower is better)", cols, rows))
     lb = out["lower_bounds"]
     console.print("lower bounds: " + ", ".join(f"{k} = {v:.4g}" for k, v in lb.items()))
     for r in out["rows"]:

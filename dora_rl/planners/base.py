@@ -155,8 +155,10 @@ def best_of(cost: CostModel, plans, objective: str | None = None) -> tuple[Plan,
 
 
 def no_fit(name: str, scenario: Scenario, detail: str = "") -> NoFeasiblePlan:
+    """The memory NoFeasiblePlan; `best` = the model's parameter GB, `required` = the
+    largest device's GB (what one device would have to hold vs what there is)."""
     total = scenario.profile.total_params / 1e9
     biggest = max(d.memory_gb for d in scenario.cluster.devices)
     return NoFeasiblePlan(f"{name}: no plan fits in memory ({detail or 'every candidate overflows a device'}); "
                           f"the model has {total:.3g} GB of parameters and the largest device {biggest:.3g} GB",
-                          constraint="memory")
+                          constraint="memory", best=total, required=biggest)

@@ -36,9 +36,10 @@ Global constraints prune early: the latency SLO (partial latency only grows), th
 throughput target (T bound), memory (per stage), battery (per device once its
 energy is complete, when the period is fixed by the request rate).
 
-Past the exact regime (too many candidate transitions for a few seconds in Python)
-the planner narrows the search (docs/planners.md): smaller groups, then the source and
-the fastest devices only, then a beam on each Pareto list. It never hangs."""
+Past the exact regime (too many candidate transitions for about a second in CPython)
+the planner switches to the chain approximation (docs/planners.md): groups are runs of
+consecutive devices in a speed order used in that order, candidate cuts are thinned, and
+each Pareto list keeps a beam of labels. It never hangs."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ from itertools import combinations
 import numpy as np
 
 from dora_rl.cost import CostModel, Metrics
-from dora_rl.errors import NoFeasiblePlan, PlannerError
+from dora_rl.errors import NoFeasiblePlan
 from dora_rl.plan import Plan
 from dora_rl.planners.base import Planner, no_fit, proportional_shares, register
 from dora_rl.scenario import Scenario
@@ -60,10 +61,11 @@ INF = math.inf
 
 # Exact-regime budget: estimated transitions (key pairs x block pairs). Above it the
 # planner narrows the search. Chosen so the exact DP stays around a second in CPython.
-EXACT_BUDGET = 400_000
-APPROX_DEVICES = 6     # past the exact regime: the source + the fastest devices, up to this many
+EXACT_BUDGET = 100_000
 APPROX_GROUP = 3       # past the exact regime: at most this many devices per stage
-APPROX_BEAM = 24       # past the exact regime: labels kept per DP key
+APPROX_BEAM = 12       # past the exact regime: labels kept per DP key
+APPROX_CUTS = 24       # past the exact regime: candidate cut positions (fewer if needed)
+APPROX_BUDGET = 30_000  # past the exact regime: transitions (cut pairs x group pairs x j)
 
 
 # ----------------------------------------------------------------------------- space
@@ -82,6 +84,7 @@ class Space:
     exact: bool = True
     note: str = ""
     order: list[int] | None = None
+    cuts: list[int] | None = None      # allowed stage boundaries (None: every block boundary)
 
     def groups(self) -> list[tuple[int, ...]]:
         out = []
@@ -123,6 +126,40 @@ def estimate_work(n_dev: int, max_group: int, n_blocks: int, jmax: int) -> float
     return (pairs + g) * blocks * jmax * 2 ** max(n_dev - 3, 0)
 
 
+def candidate_cuts(cost: CostModel, k: int) -> list[int]:
+    """At most k interior cut positions (+ 0 and B): half spread evenly by FLOPs, half at
+    the boundaries with the smallest activations (cheap to cross)."""
+    B = cost.n_blocks
+    if B - 1 <= k:
+        return list(range(B + 1))
+    fp = cost.fp
+    tot = fp[-1] or 1.0
+    chosen = set()
+    half = k // 2
+    for i in range(1, half + 1):
+        target = tot * i / (half + 1)
+        best = min(range(1, B), key=lambda c: (abs(fp[c] - target), c))
+        chosen.add(best)
+    for c in sorted(range(1, B), key=lambda c: (cost.bnd[c], c)):
+        if len(chosen) >= k:
+            break
+        chosen.add(c)
+    return [0] + sorted(chosen) + [B]
+
+
+def memory_binds(cost: CostModel) -> bool:
+    """False when every device could hold the whole model with all M micro-batches in
+    flight (then shares never hit a memory cap and the 1F1B count cannot matter)."""
+    B, M = cost.n_blocks, cost.workload.microbatches
+    m = cost.workload.batch / M
+    if cost.training:
+        need_act = max((cost.bnd[l] + cost.ap[r] - cost.ap[l]) for l in range(B) for r in (B,))
+        need = cost.pp[B] * cost.param_copies + m * need_act * M
+    else:
+        need = cost.pp[B] + m * cost.peak[0][B]
+    return any(need > mem for mem in cost.mem)
+
+
 def speed_order(cost: CostModel, source_first: bool = True) -> list[int]:
     order = sorted(range(cost.n), key=lambda d: (-cost.rate[d], -cost.mem[d], d))
     if source_first:
@@ -136,17 +173,30 @@ def choose_spaces(cost: CostModel, max_group: int | None = None, exact: bool | N
     `budget` (or `exact=True`); otherwise the chain approximation, run for two device
     orders (source first then fastest first; fastest first) with a beam."""
     n, B = cost.n, cost.n_blocks
-    jmax = min(cost.workload.microbatches, n) if cost.training else 1
+    jmax = min(cost.workload.microbatches, n) if cost.training and memory_binds(cost) else 1
     mg = n if max_group is None else max(1, int(max_group))
-    if exact or (exact is None and estimate_work(n, mg, B, jmax) <= budget):
+    heavy = 2.0 if cost.training else 1.0      # training labels carry more components
+    if exact or (exact is None and heavy * estimate_work(n, mg, B, jmax) <= budget):
         return [Space(list(range(n)), mg, None, True, "exact")]
     g = min(mg, APPROX_GROUP)
+    k = APPROX_CUTS
+
+    def approx_work(g, k):
+        ng = sum(max(n - a, 0) for a in range(g))
+        return (k + 2) * (k + 1) / 2 * ng * ng / 2 * jmax * (3.0 if cost.training else 1.0)
+
+    while approx_work(g, k) > APPROX_BUDGET and k > 8:
+        k -= 4
+    while approx_work(g, k) > APPROX_BUDGET and g > 1:
+        g -= 1
+    cuts = candidate_cuts(cost, k)
     out = []
     for sf in (True, False):
         order = speed_order(cost, sf)
         out.append(Space(list(range(n)), g, APPROX_BEAM, False,
                          f"chain approximation: stages on runs of <= {g} consecutive devices of the order "
-                         f"{'source, then fastest first' if sf else 'fastest first'}; beam {APPROX_BEAM}", order))
+                         f"{'source, then fastest first' if sf else 'fastest first'}; "
+                         f"{len(cuts) - 2} candidate cuts of {B - 1}; beam {APPROX_BEAM}", order, cuts))
     if out[0].order == out[1].order:
         out = out[:1]
     return out
@@ -190,6 +240,8 @@ class _DP:
         self.gmask = [sum(1 << d for d in g) for g in self.groups]
         self.claim = space.claims()
         self.jmax = min(M, len(space.devices)) if tr else 1
+        if tr and not memory_binds(cost):
+            self.jmax = 1       # exact: in-flight counts only matter when memory can bind
         rate = wl.request_rate
         # period: fixed (1/rate) for compliant inference plans with a request rate
         self.fixed_period = constrained and (not tr) and bool(rate)
@@ -220,6 +272,9 @@ class _DP:
         self.iL = 7
         self.iAR = 7 + self.nmed
         self.dim = 7 + self.nmed * (2 if tr else 1)
+        self.battery_variable = self.battery and not self.fixed_period
+        self.pcols = [self.iF, self.iT, self.iA] + list(range(self.iL, self.dim))
+        self.rcap = self._battery_cap() if self.battery_variable else 0.0
         self._stage_cache: dict = {}
         self._shid: dict = {}
         self.n_labels = 0
@@ -314,11 +369,16 @@ class _DP:
         return True
 
     # --- Pareto lists ------------------------------------------------------
-    @staticmethod
-    def _prune(lst):
+    def _prune(self, lst, gi: int | None = None):
         """Keep the labels no other label dominates (vec and pend <=, device set subset).
         Vectorised: sorted by a scaled sum (a dominator always sorts first), then checked
-        chunk by chunk against the survivors so far."""
+        chunk by chunk against the survivors so far.
+
+        Battery with a variable period (training, or inference without a request rate): a
+        longer period lowers average power, so a faster label may fail a battery target its
+        slower rival meets. Then a label dominates only a rival with the same
+        period-determining components, unless its own period lower bound already exceeds
+        every battery demand any plan can have (`rcap`): dominance stays exact."""
         k = len(lst)
         if k <= 1:
             return lst
@@ -330,8 +390,19 @@ class _DP:
         pop = np.array([bin(u).count("1") for u in U.tolist()])
         order = np.lexsort((pop, key))
         X, U = X[order], U[order]
+        bv = self.battery_variable
+        if bv:
+            P = X[:, self.pcols]
+            # battery demands still possible: devices outside U (and the source), or R itself
+            need = np.maximum(X[:, self.iR], self.rsrc)
+            first = self.gmask[gi] if gi is not None else -1     # pending devices: not final yet
+            for bit, rd in self.rdev:
+                need = np.where(((U & bit) == 0) | ((first & bit) != 0), np.maximum(need, rd), need)
+            safe = self._period_lb(X) >= need
         keptX = np.empty((0, X.shape[1]))
         keptU = np.empty(0, dtype=np.int64)
+        keptP = np.empty((0, len(self.pcols)))
+        keptS = np.empty(0, dtype=bool)
         keep_idx = []
         CH = 128
         for c0 in range(0, k, CH):
@@ -339,9 +410,15 @@ class _DP:
             alive = np.ones(len(cx), dtype=bool)
             if len(keptX):
                 dom = (keptX[:, None, :] <= cx[None, :, :]).all(axis=2) & ((keptU[:, None] & ~cu[None, :]) == 0)
+                if bv:
+                    cp = P[c0:c0 + CH]
+                    dom &= keptS[:, None] | (keptP[:, None, :] == cp[None, :, :]).all(axis=2)
                 alive &= ~dom.any(axis=0)
             # inside the chunk: an earlier label (in sorted order) may dominate a later one
             le = (cx[:, None, :] <= cx[None, :, :]).all(axis=2) & ((cu[:, None] & ~cu[None, :]) == 0)
+            if bv:
+                cp, cs = P[c0:c0 + CH], safe[c0:c0 + CH]
+                le &= cs[:, None] | (cp[:, None, :] == cp[None, :, :]).all(axis=2)
             np.fill_diagonal(le, False)
             le &= np.tri(len(cx), dtype=bool, k=-1).T    # a (row) before b (column)
             alive &= ~le.any(axis=0)
@@ -349,11 +426,53 @@ class _DP:
             if len(idx):
                 keptX = np.vstack([keptX, cx[idx]])
                 keptU = np.concatenate([keptU, cu[idx]])
+                if bv:
+                    keptP = np.vstack([keptP, P[c0:c0 + CH][idx]])
+                    keptS = np.concatenate([keptS, safe[c0:c0 + CH][idx]])
                 keep_idx.extend((order[c0 + i] for i in idx.tolist()))
         return [lst[i] for i in keep_idx]
 
-    def _beam(self, lst):
+    def _period_lb(self, X):
+        """Lower bound of the final period of any completion of labels X (rows)."""
+        T = X[:, self.iT].copy()
+        A = X[:, self.iA].copy()
+        for mu in range(self.nmed):
+            T = np.maximum(T, X[:, self.iL + mu] / self.caps[mu])
+            if self.training:
+                A = np.maximum(A, X[:, self.iAR + mu] / self.caps[mu])
+        if self.training:
+            return X[:, self.iF] + (self.M - 1) * T + A
+        return self.M * T
+
+    def _battery_cap(self) -> float:
+        """Upper bound of any battery demand e_d / (P_max - idle) over every plan; also sets
+        `rdev` [(device bit, bound)] and `rsrc` (the source's bound)."""
+        cost = self.cost
+        self.rdev, self.rsrc = [], 0.0
+        F = cost.fp[-1]
+        batch = cost.workload.batch
+        bytes_ub = 8.0 * batch * max(cost.bnd) + 4.0 * cost.pp[-1]
+        cap = 0.0
+        for d in range(cost.n):
+            p = self.pmax[d]
+            if p is None:
+                continue
+            room = p - cost.idle_w[d]
+            if room <= 0:
+                continue
+            e = (cost.active_w[d] - cost.idle_w[d]) * self.back * batch * F / cost.rate[d] + cost.radio[d] * bytes_ub
+            cap = max(cap, e / room)
+            if d == self.src:
+                self.rsrc = e / room
+            else:
+                self.rdev.append((1 << d, e / room))
+        return cap
+
+    def _beam(self, lst, factor: int = 1):
         K = self.space.beam
+        if K is None or len(lst) <= K * factor:
+            return
+        K *= factor
         if K is None or len(lst) <= K:
             return
         M = self.M
@@ -378,8 +497,9 @@ class _DP:
         fixed = self.fixed_period
         # labels[l][(gi, shid, j)] = list of labels
         labels: list[dict] = [dict() for _ in range(B + 1)]
+        cuts = self.space.cuts or list(range(B + 1))
         # initial: last stage [l, B) (+ return to the source for inference)
-        for l in range(B):
+        for l in cuts[:-1]:
             for gi in range(ng):
                 st = self.stage(l, B, gi, 1)
                 if st is None:
@@ -421,18 +541,18 @@ class _DP:
                 labels[l].setdefault((gi, shid, 1), []).append(lab)
         # prepend stages, back to front
         bcache: dict = {}
-        for l in range(B - 1, 0, -1):
+        for ci in range(len(cuts) - 2, 0, -1):
+            l = cuts[ci]
             layer = labels[l]
             for (gi, shid, j), lst in layer.items():
-                lst[:] = self._prune(lst)
+                self._beam(lst, 8)
+                lst[:] = self._prune(lst, gi)
                 self._beam(lst)
                 if not lst:
                     continue
                 devs = groups[gi]
                 sh = lst[0][3][0][3]
-                j0 = min(M, j + 1) if tr else 1
-                if j0 > self.jmax:
-                    continue
+                j0 = min(M, j + 1, self.jmax) if tr else 1
                 umin = lst[0][1] if self.space.order is not None else gmask[gi]
                 for gi0 in range(ng):
                     if gmask[gi0] & umin:
@@ -443,7 +563,7 @@ class _DP:
                     if not avail:
                         continue
                     devs0 = groups[gi0]
-                    for l0 in range(l - 1, -1, -1):
+                    for l0 in cuts[ci - 1::-1]:
                         st = self.stage(l0, l, gi0, j0 if tr else 1)
                         if st is None:
                             break       # a longer range on the same group cannot fit either
@@ -506,7 +626,7 @@ class _DP:
         q = cost.qoe
         out = []
         for (gi, shid, j), lst in layer.items():
-            lst = self._prune(lst)
+            lst = self._prune(lst, gi)
             if not lst:
                 continue
             devs = groups[gi]

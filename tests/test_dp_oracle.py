@@ -1,0 +1,178 @@
+"""`dora` (exact Pareto DP), `oracle` (exhaustive search) and the lower bounds.
+
+The yardstick is the cost model itself: the oracle scores every plan of the shared
+plan space with `CostModel.evaluate_stages`, so dora == oracle on random small
+instances checks that the DP's decomposition of the cost (fill / bottleneck / energy /
+media loads / battery) and its pruning are exact."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dora_rl.cost import CostModel
+from dora_rl.errors import NoFeasiblePlan, PlannerError
+from dora_rl.planners import get_planner, lower_bounds, pareto, run_planner
+from dora_rl.planners.dp import best_candidate, search
+from dora_rl.planners.oracle import oracle_search
+from dora_rl.synthetic import random_scenario
+from tests.toy import HOME, LAB, scenario
+
+REL = 1e-9
+
+
+def _instance(seed: int, shared: bool | None = None, max_devices: int = 4, max_blocks: int = 8):
+    rng = np.random.default_rng(seed)
+    shared = bool(seed % 2) if shared is None else shared
+    kind = "training" if seed % 4 >= 2 else "inference"
+    objective = "energy" if seed % 8 >= 4 else "latency"
+    qoe = "none" if seed % 3 == 0 else "random"
+    return random_scenario(rng, max_devices=max_devices, n_blocks=int(rng.integers(2, max_blocks + 1)),
+                           kind=kind, objective=objective, shared_media=shared, qoe=qoe)
+
+
+def _compare(sc):
+    cost = CostModel(sc)
+    res = search(sc, cost)
+    assert res.space.exact, res.space.note
+    b = best_candidate(res.candidates, sc.qoe.objective)
+    ob, _ = oracle_search(sc, cost)
+    if ob is None:
+        assert b is None, "dora found a compliant plan the oracle did not"
+        return None
+    assert b is not None, f"oracle found {ob[0]} but dora found nothing"
+    dv = b.metrics.objective(sc.qoe.objective)
+    assert abs(dv - ob[0]) <= REL * abs(ob[0]), (dv, ob[0], b.stages, ob[1])
+    return dv
+
+
+def test_dora_equals_oracle_on_seeded_set():
+    found = 0
+    for seed in range(40):
+        if _compare(_instance(seed)) is not None:
+            found += 1
+    assert found >= 10          # the set must exercise compliant instances, not only infeasible ones
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(min_value=10_000, max_value=2**31 - 1))
+def test_dora_equals_oracle_property(seed):
+    _compare(_instance(seed, max_devices=3, max_blocks=6))
+
+
+def test_toy_scenarios_agree_and_score_consistently():
+    for d in (HOME, LAB):
+        sc = scenario(d)
+        a = run_planner("dora", sc)
+        o = run_planner("oracle", sc)
+        assert a.metrics.qoe_ok and o.metrics.qoe_ok
+        obj = sc.qoe.objective
+        assert a.metrics.objective(obj) == pytest.approx(o.metrics.objective(obj), rel=REL)
+
+
+def test_pareto_is_non_dominated_and_compliant():
+    checked = 0
+    for seed in range(12):
+        sc = _instance(seed, max_devices=4, max_blocks=8)
+        cost = CostModel(sc)
+        front = pareto(sc, cost)
+        for plan, m in front:
+            assert m.qoe_ok
+            again = cost.evaluate(plan)
+            assert again.latency_ms == pytest.approx(m.latency_ms, rel=1e-12)
+        for i, (_, a) in enumerate(front):
+            for j, (_, b) in enumerate(front):
+                if i != j:
+                    assert not (a.latency_ms <= b.latency_ms and a.energy_j <= b.energy_j)
+        if front:
+            checked += 1
+            # the planner's pick is the front's best by the objective
+            plan = get_planner("dora").plan(sc, cost)
+            m = cost.evaluate(plan)
+            obj = sc.qoe.objective
+            assert m.objective(obj) == pytest.approx(min(x.objective(obj) for _, x in front), rel=REL)
+    assert checked >= 3
+    # the toy home scenario trades latency for energy: more than one point
+    assert len(pareto(scenario(HOME))) >= 2
+
+
+def test_no_feasible_plan_memory():
+    d = {**HOME, "devices": [{**dev, "memory_gb": 0.001} for dev in HOME["devices"]]}
+    sc = scenario(d)
+    for name in ("dora", "oracle"):
+        with pytest.raises(NoFeasiblePlan) as e:
+            get_planner(name).plan(sc)
+        assert e.value.constraint == "memory"
+        assert "memory" in str(e.value)
+
+
+def test_no_feasible_plan_latency_below_lower_bound():
+    sc = scenario(HOME)
+    lb = lower_bounds(sc)["latency_ms"]
+    sc = sc.replace(qoe=sc.qoe.__class__(latency_slo_ms=lb * 0.5, objective="latency"))
+    for name in ("dora", "oracle"):
+        with pytest.raises(NoFeasiblePlan) as e:
+            get_planner(name).plan(sc)
+        err = e.value
+        assert err.constraint == "latency"
+        assert err.required == pytest.approx(lb * 0.5)
+        assert err.best > err.required
+        assert "SLO" in str(err)
+
+
+def test_no_feasible_plan_throughput():
+    sc = scenario(HOME)
+    q = sc.qoe
+    sc = sc.replace(qoe=q.__class__(min_throughput=1e6, objective="latency"))
+    with pytest.raises(NoFeasiblePlan) as e:
+        get_planner("dora").plan(sc)
+    assert e.value.constraint == "throughput" and e.value.best < 1e6
+
+
+def test_oracle_refuses_large_instance():
+    rng = np.random.default_rng(3)
+    sc = random_scenario(rng, min_devices=7, max_devices=7, n_blocks=10)
+    with pytest.raises(PlannerError) as e:
+        get_planner("oracle").plan(sc)
+    assert "6 devices" in str(e.value) and "24 blocks" in str(e.value)
+    rng = np.random.default_rng(4)
+    sc = random_scenario(rng, min_devices=3, max_devices=3, n_blocks=30)
+    with pytest.raises(PlannerError):
+        get_planner("oracle").plan(sc)
+
+
+def test_lower_bounds_below_dora():
+    n = 0
+    for seed in range(30):
+        sc = _instance(seed, max_devices=5, max_blocks=10)
+        cost = CostModel(sc)
+        lb = lower_bounds(sc, cost)
+        for name in ("latency_ms", "energy_j", "throughput_max"):
+            assert name in lb
+        res = search(sc, cost, constrained=False)
+        for c in res.candidates:
+            m = c.metrics
+            if not m.feasible:
+                continue
+            n += 1
+            assert m.latency_ms >= lb["latency_ms"] * (1 - 1e-9)
+            assert m.energy_j >= lb["energy_j"] * (1 - 1e-9)
+            assert m.throughput <= lb["throughput_max"] * (1 + 1e-9)
+    assert n > 20
+
+
+def test_large_instance_is_approximate_and_fast():
+    rng = np.random.default_rng(7)
+    sc = random_scenario(rng, min_devices=16, max_devices=16, n_blocks=50, qoe="none", kind="inference")
+    cost = CostModel(sc)
+    t0 = time.perf_counter()
+    plan = get_planner("dora").plan(sc, cost)
+    dt = time.perf_counter() - t0
+    assert dt < 15
+    cost.validate(plan)
+    res = search(sc, cost)
+    assert not res.space.exact and "approximation" in res.space.note

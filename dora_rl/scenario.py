@@ -135,14 +135,20 @@ def _num(v, field_name: str, scen: str, *, positive=True, allow_none=True, integ
     return int(v) if integer else float(v)
 
 
-def _parse_workload(w: dict, cluster: Cluster, name: str) -> Workload:
-    if not isinstance(w, dict):
-        raise ScenarioError(f"scenario {name!r}: 'workload' must be a mapping")
-    allowed = {"kind", "batch", "microbatches", "request_rate", "source", "optimizer"}
-    unknown = set(w) - allowed
+def _section(d, section: str, cls, name: str) -> dict:
+    """Check that a section is a mapping whose keys are fields of `cls`."""
+    if not isinstance(d, dict):
+        raise ScenarioError(f"scenario {name!r}: {section!r} must be a mapping")
+    allowed = set(cls.__dataclass_fields__)
+    unknown = set(map(str, d)) - allowed
     if unknown:
-        raise ScenarioError(f"scenario {name!r}: workload has unknown field(s) {', '.join(sorted(unknown))}; "
+        raise ScenarioError(f"scenario {name!r}: {section} has unknown field(s) {', '.join(sorted(unknown))}; "
                             f"allowed: {', '.join(sorted(allowed))}")
+    return d
+
+
+def _parse_workload(w: dict, cluster: Cluster, name: str) -> Workload:
+    _section(w, "workload", Workload, name)
     kind = w.get("kind", "inference")
     if kind not in ("inference", "training"):
         raise ScenarioError(f"scenario {name!r}: workload.kind must be 'inference' or 'training', got {kind!r}")
@@ -162,13 +168,7 @@ def _parse_workload(w: dict, cluster: Cluster, name: str) -> Workload:
 
 
 def _parse_qoe(q: dict, name: str) -> QoE:
-    if not isinstance(q, dict):
-        raise ScenarioError(f"scenario {name!r}: 'qoe' must be a mapping")
-    allowed = {"latency_slo_ms", "min_throughput", "min_battery_hours", "objective"}
-    unknown = set(q) - allowed
-    if unknown:
-        raise ScenarioError(f"scenario {name!r}: qoe has unknown field(s) {', '.join(sorted(unknown))}; "
-                            f"allowed: {', '.join(sorted(allowed))}")
+    _section(q, "qoe", QoE, name)
     obj = q.get("objective", "latency")
     if obj not in ("latency", "energy"):
         raise ScenarioError(f"scenario {name!r}: qoe.objective must be 'latency' or 'energy', got {obj!r}")

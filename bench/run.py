@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime"]
+MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter"]
 
 
 def main(argv: list[str]) -> int:

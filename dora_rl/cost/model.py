@@ -233,7 +233,7 @@ class CostModel:
                 for mu, bts in load.items():
                     ar_media[mu] = ar_media.get(mu, 0.0) + bts
                 for d in devs:
-                    radio_bytes[d] += 2 * per_dev if len(devs) > 1 else 0.0
+                    radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
             for mu, bts in ar_media.items():
                 A = max(A, bts / self.medium_bps[mu])
         total = fill + (M - 1) * T + A    # fill + drain + steady state (+ all-reduce)

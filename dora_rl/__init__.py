@@ -5,6 +5,7 @@ with classical planners (exact DP, oracle, published baselines) and learned PPO
 policies; see DESIGN.md and docs/."""
 
 from dora_rl.errors import DoraError, NoFeasiblePlan
+from dora_rl import envs as _envs  # noqa: F401  registers the Gymnasium environments (entry-point strings only)
 
 __version__ = "0.1.0"
 __all__ = ["DoraError", "NoFeasiblePlan", "__version__"]

@@ -16,6 +16,8 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print {plan, metrics, seconds} as JSON")
     p.add_argument("--out", help="write the plan JSON here (the format `dora score` and `dora run` read)")
     p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
+    p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
+    p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")
@@ -26,8 +28,16 @@ def add_commands(sub) -> None:
     c.set_defaults(func=cmd_compare)
 
 
-def _options(name: str, seed):
-    return {"seed": seed} if seed is not None and name in ("random", "ppo") else {}
+def _options(args) -> dict:
+    """Planner options from the command line; a planner that does not take one says so."""
+    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples") if getattr(args, k, None) is not None}
+    if args.planner != "ppo":
+        for k in ("agent", "samples"):
+            if k in opts:
+                raise PlannerError(f"--{k} is an option of the ppo planner, not of {args.planner!r}")
+        if args.planner != "random":
+            opts.pop("seed", None)
+    return opts
 
 
 def cmd_plan(args) -> int:
@@ -35,7 +45,7 @@ def cmd_plan(args) -> int:
     from dora_rl.scenario import load_scenario
 
     scen = load_scenario(args.scenario)
-    res = run_planner(args.planner, scen, **_options(args.planner, args.seed))
+    res = run_planner(args.planner, scen, **_options(args))
     if args.out:
         res.plan.save(args.out)
     if args.json:

@@ -1,0 +1,149 @@
+"""Learning benchmark: environment speed, planning speed, and the shipped generalist
+against the oracle, `dora` and every baseline (DESIGN.md §7 targets).
+
+    PYTHONPATH=. python bench/bench_learning.py [N]     # N held-out instances (default 100)
+
+Writes bench/results/learning.json. `run(results)` fills `results["learning"]`."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"median_ratio_oracle_max": 1.05, "qoe_compliance_min": 0.95, "preset_ratio_dora_max": 1.05,
+           "plan_ms_8x50_max": 20.0, "env_steps_per_s_min": 5000, "train_minutes_max": 60}
+
+
+def env_speed(seconds: float = 2.0) -> dict:
+    from dora_rl.envs.adapt import AdaptEnv
+    from dora_rl.envs.partition import PartitionEnv
+    from dora_rl.synthetic import random_scenario
+
+    out = {}
+    rng = np.random.default_rng(0)
+
+    def measure(env, masks=True):
+        steps, t0, ep = 0, time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            env.reset(seed=ep)
+            ep += 1
+            done = False
+            while not done:
+                m = env.action_masks()
+                _, _, te, tr, _ = env.step(int(rng.choice(np.flatnonzero(m))))
+                done = te or tr
+                steps += 1
+        return steps / (time.perf_counter() - t0)
+
+    big = random_scenario(np.random.default_rng(2), max_devices=8, min_devices=8, n_blocks=50)
+    out["partition_8dev_50blocks"] = measure(PartitionEnv(scenario=big))
+    warm = PartitionEnv(seed=0, pool_size=200)
+    for s in range(200):   # warm the instance cache (synthetic instances are built once)
+        warm.reset(seed=s)
+    out["partition_synthetic_warm"] = measure(warm)
+    out["partition_synthetic_fresh"] = measure(PartitionEnv(seed=12345, pool_size=10**9))
+    out["adapt_traffic_analytics"] = measure(AdaptEnv(scenario="traffic_analytics"))
+    return out
+
+
+def plan_speed(agent, reps: int = 20) -> dict:
+    from dora_rl.synthetic import random_scenario
+
+    sc = random_scenario(np.random.default_rng(3), max_devices=8, min_devices=8, n_blocks=50)
+    agent.plan(sc)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        agent.plan(sc)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(ts), "min_ms": min(ts)}
+
+
+REFS = ROOT / "bench" / "results" / "learning_refs.json"
+
+
+def reference_cache(scenarios, timeout: float = 60.0, path: Path = REFS) -> dict:
+    """Reference planners' results per scenario name, computed once and kept in
+    bench/results/learning_refs.json (they do not depend on the agent)."""
+    from dora_rl.policies.evaluation import REFERENCES, reference_results
+
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    todo = [sc for sc in scenarios if sc.name not in cache]
+    for i, sc in enumerate(todo):
+        cache[sc.name] = reference_results(sc, REFERENCES, timeout)
+        if i % 5 == 4 or i == len(todo) - 1:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cache, default=str) + "\n")
+    return cache
+
+
+def run(results: dict, n: int = 100, timeout: float = 60.0) -> dict:
+    import torch
+
+    from dora_rl.policies.agents import load_agent
+    from dora_rl.policies.evaluation import REFERENCES, evaluate_agent, held_out_scenarios, reuse_references
+    from dora_rl.scenario import load_scenario, preset_names
+
+    torch.set_num_threads(1)
+    out: dict = {"targets": TARGETS}
+    out["env_steps_per_s"] = env_speed()
+    agent = load_agent(None)
+    out["agent"] = str(agent.path.relative_to(ROOT))
+    out["train"] = {k: agent.config.get(k) for k in ("timesteps", "train_seconds", "seed")}
+    out["plan_8x50"] = plan_speed(agent)
+    t0 = time.time()
+    presets = [load_scenario(p) for p in preset_names()]
+    held = held_out_scenarios(n)
+    cache = reference_cache(presets + held, timeout)
+    ev_p = evaluate_agent(agent, presets, REFERENCES, timeout=timeout, refs_by_name=cache)
+    ev_h = evaluate_agent(agent, held, REFERENCES, timeout=timeout, refs_by_name=cache)
+    ev_h8 = reuse_references(agent, held, ev_h["rows"], samples=8)
+    ev_p8 = reuse_references(agent, presets, ev_p["rows"], samples=8)
+    out["eval_seconds"] = round(time.time() - t0, 1)
+    out["presets"] = ev_p
+    out["heldout"] = {"summary": ev_h["summary"], "rows": ev_h["rows"]}
+    out["heldout_samples8"] = {"summary": ev_h8["summary"]}
+    out["presets_samples8"] = {"summary": ev_p8["summary"],
+                               "ratio_dora": {r["scenario"]: r["vs"].get("dora", {}).get("ratio") for r in ev_p8["rows"]}}
+    s = ev_h["summary"]
+    base_ok = all((v["median_ratio"] or 0) < 1.0 for p, v in s["vs"].items() if p not in ("oracle", "dora")
+                  and v["median_ratio"] is not None)
+    pr = [r["vs"]["dora"]["ratio"] for r in ev_p["rows"] if "dora" in r["vs"]]
+    out["checks"] = {
+        "median_ratio_oracle": s["vs"]["oracle"]["median_ratio"],
+        "median_ratio_oracle_ok": (s["vs"]["oracle"]["median_ratio"] or 9) <= TARGETS["median_ratio_oracle_max"],
+        "better_than_every_baseline_median": base_ok,
+        "qoe_compliance": s["qoe_compliance"],
+        "qoe_compliance_ok": (s["qoe_compliance"] or 0) >= TARGETS["qoe_compliance_min"],
+        "preset_ratio_dora": pr,
+        "preset_ratio_dora_ok": bool(pr) and max(pr) <= TARGETS["preset_ratio_dora_max"],
+        "plan_ms_8x50_ok": out["plan_8x50"]["median_ms"] <= TARGETS["plan_ms_8x50_max"],
+        "env_steps_per_s_ok": out["env_steps_per_s"]["partition_synthetic_warm"] >= TARGETS["env_steps_per_s_min"],
+        "train_minutes": (out["train"]["train_seconds"] or 0) / 60.0,
+    }
+    results["learning"] = out
+    return out
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    if len(sys.argv) > 2 and sys.argv[2] == "--refs-only":
+        from dora_rl.policies.evaluation import held_out_scenarios
+        from dora_rl.scenario import load_scenario, preset_names
+        reference_cache([load_scenario(p) for p in preset_names()] + held_out_scenarios(n))
+        raise SystemExit(0)
+    res: dict = {}
+    run(res, n=n)
+    path = ROOT / "bench" / "results" / "learning.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res["learning"], indent=1, default=str) + "\n")
+    print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "checks", "train")},
+                     indent=1, default=str))

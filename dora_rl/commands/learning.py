@@ -1,0 +1,125 @@
+"""`dora train ENV` and `dora evaluate AGENT` (docs/learning.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dora_rl.errors import AgentError, DoraError
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a MaskablePPO agent on an environment (e.g. dora_rl/Partition-v0)",
+                       description="Train MaskablePPO on a registered environment with the hyperparameters of "
+                                   "policies/ppo.yml; writes TensorBoard logs and an agent folder.")
+    p.add_argument("env", help="environment id, e.g. dora_rl/Partition-v0 or dora_rl/Partition-smart_home-v0")
+    p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: from policies/ppo.yml)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="compare a trained agent with the oracle, dora and the baselines",
+                       description="Plan each scenario with the agent and with every reference planner; "
+                                   "report objective, QoE compliance and ratios.")
+    e.add_argument("agent", nargs="?", default=None,
+                   help="agent folder, model.zip, env id or trained_agents/ name (default: the shipped generalist)")
+    e.add_argument("--scenarios", nargs="*", default=None,
+                   help="preset names or YAML paths; 'heldout' = N seeded synthetic instances "
+                        "(default: the presets and the held-out set)")
+    e.add_argument("--n", type=int, default=20, help="number of held-out synthetic instances (default 20)")
+    e.add_argument("--samples", type=int, default=1, help="agent plans per scenario, best kept (default 1: greedy)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--planners", default=None, help="comma-separated reference planners (default: all)")
+    e.add_argument("--timeout", type=float, default=120.0, help="seconds per reference planner and scenario")
+    e.add_argument("--write-results", action="store_true", help="also write the agent folder's results.json")
+    e.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    e.set_defaults(func=cmd_evaluate)
+
+
+def cmd_train(args) -> int:
+    from dora_rl.commands.common import console, print_json
+    from dora_rl.policies.training import train
+
+    if args.timesteps is not None and args.timesteps <= 0:
+        raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
+    folder = train(args.env, timesteps=args.timesteps, seed=args.seed, out=args.out, max_minutes=args.max_minutes,
+                   progress=not args.no_progress and not args.json, n_threads=args.threads)
+    import json
+    res = json.loads((folder / "results.json").read_text())
+    if args.json:
+        print_json({"agent": str(folder), **res})
+    else:
+        console.print(f"trained {args.env}: {res['timesteps']} steps in {res['train_seconds']:.0f} s; "
+                      f"best eval reward {res.get('best_eval_mean_reward')}; agent in {folder}; "
+                      f"TensorBoard: tensorboard --logdir {Path(args.out) / 'tb'}")
+    return 0
+
+
+def _scenarios(names, n: int, max_devices: int):
+    from dora_rl.policies.evaluation import held_out_scenarios
+    from dora_rl.scenario import load_scenario, preset_names
+
+    if names is None:
+        names = preset_names() + ["heldout"]
+    out = []
+    for s in names:
+        if s in ("heldout", "synthetic"):
+            if n <= 0:
+                raise DoraError(f"--n must be >= 1, got {n}")
+            out += held_out_scenarios(n, max_devices=min(6, max_devices))
+        else:
+            out.append(load_scenario(s))
+    return out
+
+
+def cmd_evaluate(args) -> int:
+    from dora_rl.commands.common import console, print_json, table
+    from dora_rl.policies.agents import load_agent
+    from dora_rl.policies.evaluation import REFERENCES, evaluate_agent
+
+    agent = load_agent(args.agent)
+    planners = REFERENCES if not args.planners else tuple(p.strip() for p in args.planners.split(",") if p.strip())
+    from dora_rl.planners import planner_names
+    bad = [p for p in planners if p not in planner_names()]
+    if bad:
+        raise DoraError(f"unknown planner(s) {', '.join(bad)}; available: {', '.join(planner_names())}")
+    scs = _scenarios(args.scenarios, args.n, agent.max_devices)
+    for sc in scs:
+        agent.check_scenario(sc)
+    res = evaluate_agent(agent, scs, planners, samples=args.samples, seed=args.seed, timeout=args.timeout,
+                         progress=not args.json)
+    res["agent"] = str(agent.path)
+    if args.write_results:
+        import json
+        path = agent.path / "results.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        old["evaluation"] = {"summary": res["summary"], "rows": res["rows"]}
+        path.write_text(json.dumps(old, indent=1, default=str) + "\n")
+    if args.json:
+        print_json(res)
+        return 0
+    rows = []
+    for r in res["rows"]:
+        a = r["agent"]
+        cells = [r["scenario"], r["devices"], a["objective"], a["qoe_ok"]]
+        for p in ("oracle", "dora"):
+            v = r["vs"].get(p)
+            cells.append(v["ratio"] if v else "-")
+        base = [r["vs"][p]["ratio"] for p in planners if p not in ("oracle", "dora") and p in r["vs"]]
+        cells.append(min(base) if base else "-")
+        rows.append(cells)
+    console.print(table(f"agent {agent.name}: objective ratio agent / planner (< 1: agent better)",
+                        ["scenario", "devices", "objective", "QoE ok", "/oracle", "/dora", "/best baseline"], rows))
+    s = res["summary"]
+    srows = [[p, v["median_ratio"] if v["median_ratio"] is not None else "-", v["n_both"],
+              v["win_or_tie"] if v["win_or_tie"] is not None else "-"] for p, v in s["vs"].items()]
+    console.print(table("summary (median ratio over scenarios where both plans meet QoE)",
+                        ["planner", "median ratio", "n both ok", "agent wins/ties"], srows))
+    comp = s["qoe_compliance"]
+    console.print(f"QoE compliance where a compliant plan exists: "
+                  f"{'-' if comp is None else f'{100 * comp:.1f}%'} of {s['n_compliant_exists']}; "
+                  f"median planning time {s['median_plan_ms']:.1f} ms")
+    return 0

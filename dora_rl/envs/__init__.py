@@ -1,0 +1,58 @@
+"""Gymnasium environments, registered on import (cheap: entry-point strings only, no
+torch, no scenario loading until `gymnasium.make`).
+
+- `dora_rl/Partition-v0`: build one plan per episode on a synthetic scenario (up to 8
+  devices) - the generalist's training environment;
+- `dora_rl/Partition-<preset>-v0`: the same on one preset scenario (envs/<preset>.yaml);
+- `dora_rl/Adapt-v0` and `dora_rl/Adapt-<preset>-v0`: keep or switch plans while
+  bandwidth moves and batteries drain.
+
+See docs/learning.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gymnasium.envs.registration import register, registry
+
+NAMESPACE = "dora_rl"
+KNOWN_PRESETS = ("smart_home", "traffic_analytics", "edge_cluster")
+_PRESET_DIR = Path(__file__).resolve().parents[2] / "envs"
+
+
+def preset_env_names() -> list[str]:
+    found = {p.stem for p in _PRESET_DIR.glob("*.yaml")} if _PRESET_DIR.is_dir() else set()
+    return sorted(found | set(KNOWN_PRESETS))
+
+
+def _reg(env_id: str, entry: str, kwargs: dict, max_steps: int | None = None) -> None:
+    if env_id not in registry:
+        register(id=env_id, entry_point=entry, kwargs=kwargs, max_episode_steps=max_steps)
+
+
+def register_all() -> None:
+    _reg(f"{NAMESPACE}/Partition-v0", "dora_rl.envs.partition:PartitionEnv", {})
+    _reg(f"{NAMESPACE}/Adapt-v0", "dora_rl.envs.adapt:AdaptEnv", {})
+    for name in preset_env_names():
+        _reg(f"{NAMESPACE}/Partition-{name}-v0", "dora_rl.envs.partition:PartitionEnv", {"scenario": name})
+        _reg(f"{NAMESPACE}/Adapt-{name}-v0", "dora_rl.envs.adapt:AdaptEnv", {"scenario": name})
+
+
+def sanitize(env_id: str) -> str:
+    """`dora_rl/Partition-v0` -> `dora_rl__Partition-v0` (a folder name)."""
+    return env_id.replace("/", "__")
+
+
+def __getattr__(name: str):  # lazy access to the classes without importing them on `import dora_rl.envs`
+    if name == "PartitionEnv":
+        from dora_rl.envs.partition import PartitionEnv
+        return PartitionEnv
+    if name == "AdaptEnv":
+        from dora_rl.envs.adapt import AdaptEnv
+        return AdaptEnv
+    raise AttributeError(name)
+
+
+register_all()
+
+__all__ = ["NAMESPACE", "register_all", "sanitize", "preset_env_names", "PartitionEnv", "AdaptEnv"]

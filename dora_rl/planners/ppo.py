@@ -1,0 +1,55 @@
+"""`ppo`: the learned planner - a trained MaskablePPO agent building the plan block by
+block with action masks (dora_rl/envs/partition.py).
+
+Options: `agent=PATH` (an agent folder, its model.zip, an env id or a folder name under
+trained_agents/; default: the shipped generalist `dora_rl/Partition-v0`), `samples=K`
+(the greedy plan plus K-1 sampled ones, the best under the cost model is kept: QoE-
+compliant first, then the objective), `seed=S` (the sampler's seed)."""
+
+from __future__ import annotations
+
+from dora_rl.cost import CostModel
+from dora_rl.errors import PlannerError
+from dora_rl.plan import Plan
+from dora_rl.planners.base import Planner, register
+from dora_rl.scenario import Scenario
+
+_AGENTS: dict[str, object] = {}
+
+
+def cached_agent(agent=None):
+    """Load an agent once per process (torch and the network are the slow part)."""
+    from dora_rl.policies.agents import load_agent, resolve_agent_path
+
+    key = str(resolve_agent_path(agent).resolve())
+    if key not in _AGENTS:
+        _AGENTS[key] = load_agent(key)
+    return _AGENTS[key]
+
+
+def _int(options: dict, key: str, default: int, lo: int = 0) -> int:
+    v = options.get(key, default)
+    try:
+        iv = int(v)
+    except (TypeError, ValueError):
+        raise PlannerError(f"planner 'ppo': option {key}={v!r} must be a whole number") from None
+    if iv < lo:
+        raise PlannerError(f"planner 'ppo': option {key}={v!r} must be >= {lo}")
+    return iv
+
+
+@register
+class PPOPlanner(Planner):
+    name = "ppo"
+    description = "learned policy (pretrained MaskablePPO agent); greedy with masks, samples=K keeps the best of K"
+
+    def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
+        unknown = set(self.options) - {"agent", "samples", "seed"}
+        if unknown:
+            raise PlannerError(f"planner 'ppo': unknown option(s) {', '.join(sorted(unknown))}; "
+                               "known: agent=PATH, samples=K, seed=S")
+        samples = _int(self.options, "samples", 1, 1)
+        seed = _int(self.options, "seed", 0)
+        agent = cached_agent(self.options.get("agent"))
+        plan, _ = agent.plan(scenario, samples=samples, seed=seed, cost=cost)
+        return plan

@@ -23,6 +23,10 @@ def add_commands(sub) -> None:
                    help="divide every device's gflops by X (emulate on a CPU slower than the modelled devices; "
                         "the prediction uses the same scaled speeds)")
     p.add_argument("--no-emulate", action="store_true", help="run at this machine's real speed, unpaced")
+    p.add_argument("--network", choices=["pace", "netns"], default="pace",
+                   help="how links and media are emulated: pace = in-process pacing calendar (default); netns = one "
+                        "network namespace per device, veth pairs, kernel tc/htb shaping (root only; "
+                        "see docs/runtime.md)")
     p.add_argument("--switch-to", default=None, metavar="PLANNER_OR_FILE",
                    help="switch to this plan half-way through (a planner name or a plan JSON)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds any single wait may take")
@@ -78,7 +82,7 @@ def cmd_run(args) -> int:
     plan = _plan_for(sc, args.plan or args.planner or "dora")
     switch = _plan_for(sc, args.switch_to) if args.switch_to else None
     out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
-                  rate=args.rate, timeout=args.timeout, switch_plan=switch)
+                  rate=args.rate, timeout=args.timeout, switch_plan=switch, network=args.network)
     out["slowdown"] = args.slowdown
     if args.json:
         print_json(out)
@@ -90,6 +94,7 @@ def cmd_run(args) -> int:
             [f"throughput ({out['unit']})", pr["throughput"], me.get("throughput", float("nan")), "", ""],
             [f"energy per {unit} (J)", pr["energy_j"], me["energy_j"], "", ""]]
     console.print(table(f"dora run {sc.name} ({'emulated' if out['emulated'] else 'real speed'}"
+                        f"{', kernel-shaped network (netns)' if args.network == 'netns' else ''}"
                         f"{', slowdown ' + fmt(args.slowdown) if args.slowdown != 1 else ''})",
                         ["", "predicted", "measured (mean)", "p50", "p95"], rows))
     console.print(f"plan: {[(s['blocks'], s['devices']) for s in out['plan']['stages']]}, "

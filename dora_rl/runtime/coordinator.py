@@ -139,12 +139,15 @@ class TrainResult:
 
 
 class Runtime:
-    """Coordinator of one run. `emulate=False` runs at this machine's real speed."""
+    """Coordinator of one run. `emulate=False` runs at this machine's real speed.
+    `network="netns"`: workers in network namespaces, links/media shaped by the kernel
+    (`tc` htb) instead of the pacing calendar (root only; `netns.py`)."""
 
     def __init__(self, scenario: Scenario, *, emulate: bool = True, timeout: float = 60.0,
                  lr: float = 0.01, momentum: float = 0.0, seed: int = 0,
                  spawn: bool = True, spawn_devices: list[str] | None = None,
-                 master_addr: str = "127.0.0.1", master_port: int | None = None):
+                 master_addr: str = "127.0.0.1", master_port: int | None = None,
+                 network: str = "pace"):
         if not isinstance(scenario.model, str):
             raise RuntimeFault(f"scenario {scenario.name!r}: the runtime needs a zoo model (weights are built "
                                "from the zoo); a profile-only model cannot be executed")
@@ -166,6 +169,14 @@ class Runtime:
         self.replies: queue.Queue = queue.Queue()
         self.started = False
         self.pg = False
+        # [netns] network="netns": workers in network namespaces, kernel (tc) shaping; see netns.py
+        if network not in ("pace", "netns"):
+            raise RuntimeFault(f"network must be 'pace' (in-process pacing) or 'netns' (kernel shaping), got {network!r}")
+        if network == "netns" and not spawn:
+            raise RuntimeFault("network='netns' starts the workers itself (inside their namespaces); spawn=False is "
+                               "not supported with it")
+        self.network = network
+        self.netns = None
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self):
@@ -204,6 +215,10 @@ class Runtime:
         self.tmp = tempfile.mkdtemp(prefix="dora_rt_")
         _LIVE.add(self)
         try:
+            if self.network == "netns":   # [netns]
+                from dora_rl.runtime.netns import NetNS
+                self.netns = NetNS(self.sc.cluster).build()
+                self.addr = self.netns.coord_addr
             if self.spawn:
                 for r, dev in enumerate(self.spawn_devices, start=1):
                     self._spawn(dev, r, world)
@@ -221,8 +236,12 @@ class Runtime:
                    WORLD_SIZE=str(world), DORA_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS="1",
                    PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         log = open(os.path.join(self.tmp, f"worker-{rank}.log"), "wb")
-        p = subprocess.Popen([sys.executable, "-m", "dora_rl.runtime.worker", "--device", dev,
-                              "--timeout", str(self.timeout)], env=env, stdout=log, stderr=subprocess.STDOUT,
+        pre = []
+        if self.netns is not None and dev in self.netns.dev_ns:   # [netns] start inside the device's namespace
+            pre = self.netns.exec_prefix(dev)
+            env.update(self.netns.worker_env(dev))
+        p = subprocess.Popen(pre + [sys.executable, "-m", "dora_rl.runtime.worker", "--device", dev,
+                                    "--timeout", str(self.timeout)], env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         p.log_path = log.name
         log.close()
@@ -246,8 +265,10 @@ class Runtime:
 
         def init():
             try:
-                dist.init_process_group("gloo", init_method=f"tcp://{self.addr}:{self.port}", rank=0,
-                                        world_size=world, timeout=datetime.timedelta(seconds=self.timeout))
+                import contextlib   # [netns] this thread's sockets (store, gloo) live in the hub namespace
+                with self.netns.entered_hub() if self.netns is not None else contextlib.nullcontext():
+                    dist.init_process_group("gloo", init_method=f"tcp://{self.addr}:{self.port}", rank=0,
+                                            world_size=world, timeout=datetime.timedelta(seconds=self.timeout))
             except Exception as e:  # noqa: BLE001
                 err.append(e)
 
@@ -297,7 +318,7 @@ class Runtime:
         for dev, r in self.ranks.items():
             cfg = {"op": "setup", "names": self.names, "ranks": self.ranks, "source": self.sc.source,
                    "flops_prefix": self.cost.fp, "shapes": self.shapes, "dtypes": self.dtypes,
-                   "emulate": self.emulate, "net": net, "calendar": cal,
+                   "emulate": self.emulate, "net": net, "calendar": cal, "network": self.network,
                    "flops_per_s": cl.device(dev).flops_per_s, "lr": self.lr, "momentum": self.momentum}
             send_obj(cfg, r, TAG_CTRL)
         self.reply_thread = threading.Thread(target=self._reply_loop, daemon=True)
@@ -608,6 +629,9 @@ class Runtime:
                 pass
             self.pg = False
         _LIVE.discard(self)
+        if self.netns is not None:   # [netns] after the workers are gone
+            self.netns.close()
+            self.netns = None
         if self.tmp:
             import shutil
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -13,7 +13,8 @@ from dora_rl.scenario import Scenario
 
 def measure(scenario: Scenario, plan: Plan, *, requests: int = 30, iterations: int = 5, warmup: int = 2,
             emulate: bool = True, rate: float | None = None, throughput_phase: bool = True,
-            timeout: float = 120.0, lr: float = 0.01, switch_plan: Plan | None = None) -> dict:
+            timeout: float = 120.0, lr: float = 0.01, switch_plan: Plan | None = None,
+            network: str = "pace") -> dict:
     """Measure `plan` on `scenario` (already scaled, if emulating at a slowdown).
 
     Inference: a latency phase with open-loop arrivals at `rate` (default: the
@@ -23,10 +24,10 @@ def measure(scenario: Scenario, plan: Plan, *, requests: int = 30, iterations: i
     plan is switched half-way through the latency phase / the timed iterations."""
     cost = CostModel(scenario)
     pred = cost.evaluate(plan)
-    out = {"scenario": scenario.name, "plan": plan.to_dict(), "emulated": emulate,
+    out = {"scenario": scenario.name, "plan": plan.to_dict(), "emulated": emulate, "network": network,
            "predicted": {"latency_ms": pred.latency_ms, "throughput": pred.throughput, "energy_j": pred.energy_j,
                          "feasible": pred.feasible, "qoe_ok": pred.qoe_ok, "violations": pred.violations}}
-    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr) as rt:
+    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr, network=network) as rt:   # [netns] network
         rt.start(plan)
         if scenario.workload.training:
             if warmup:

@@ -70,7 +70,11 @@ class Worker:
         self.shapes = [tuple(s) for s in cfg["shapes"]]
         self.dtypes = [DTYPES[d] for d in cfg["dtypes"]]
         self.emulate = cfg["emulate"]
-        self.net = NetEmulator(cfg["net"], cfg["calendar"] if self.emulate else None)
+        if cfg.get("network") == "netns":   # [netns] the kernel (tc) shapes the bytes: no calendar, latency floor
+            from dora_rl.runtime.netns import KernelNet
+            self.net = KernelNet(cfg["net"])
+        else:
+            self.net = NetEmulator(cfg["net"], cfg["calendar"] if self.emulate else None)
         self.clock = ComputeClock(cfg["flops_per_s"], self.emulate)
         self.tx = Transmitter(self.net, self.idx, self.ranks, self.names, self.emulate)
         self.lr = cfg.get("lr", 0.01)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter"]
+MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter", "bench_faults"]
 
 
 def main(argv: list[str]) -> int:

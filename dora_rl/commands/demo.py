@@ -19,6 +19,9 @@ def add_commands(sub) -> None:
     d.add_argument("--slowdown", type=float, default=50.0,
                    help="emulate every device this many times slower, so this CPU can keep up (default 50)")
     d.add_argument("--no-run", action="store_true", help="skip executing the plan on workers")
+    d.add_argument("--adapter", default="pareto", help="adapter for the live step (default pareto)")
+    d.add_argument("--live-seconds", type=float, default=30.0,
+                   help="seconds of the adapter on live workers at the end (0: skip; default 30)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -67,8 +70,21 @@ def cmd_demo(args) -> int:
                             [["latency ms", pr["latency_ms"], me["latency_ms"]["p50"]],
                              ["energy J / request", pr["energy_j"], me["energy_j"]]]))
         summary["run"] = run
+    if not args.no_run and args.live_seconds > 0 and not scen.workload.training:   # [live]
+        from dora_rl.runtime.live import run_live
+        console.rule(f"[bold]5. the {args.adapter} adapter on live workers ({args.live_seconds:g} s, bandwidth "
+                     "following the scenario's trace)")
+        console.print(f"[dim]the scenario time-dilated {args.slowdown:g}x (compute, links, SLO, request rate); the "
+                      "trace replayed 10x faster; the monitor fed by the workers' measured transfers[/dim]")
+        live = run_live(scen, args.adapter, duration=args.live_seconds, slowdown=args.slowdown, out_dir=out,
+                        console=console)
+        s = live["summary"]
+        console.print(f"{s['requests']} requests, each answered once: {s['answered_once']}; switches "
+                      f"{s['switches']}; QoE-violating intervals {s['violation_frac']:.0%}")
+        summary["live"] = {**s, "log": live["log"], "timeline": live["png"]}
     (out / f"{scen.name}_demo.json").write_text(json.dumps(summary, indent=1, default=str))
-    console.print(f"\nwritten: {out}/ (plan JSON, comparison plot, demo JSON)")
+    console.print(f"\nwritten: {out}/ (plan JSON, comparison plot, demo JSON"
+                  f"{', live adapter log + timeline' if 'live' in summary else ''})")
     return 0
 
 

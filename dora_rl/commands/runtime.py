@@ -30,12 +30,21 @@ def add_commands(sub) -> None:
     p.add_argument("--switch-to", default=None, metavar="PLANNER_OR_FILE",
                    help="switch to this plan half-way through (a planner name or a plan JSON)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds any single wait may take")
-    p.add_argument("--adapter", default=None, help="run the adapter NAME (with --simulate: over a bandwidth trace "
-                                                      "on the cost model; see docs/adapter.md)")
+    p.add_argument("--adapter", default=None, help="run the adapter NAME on live workers (bandwidth follows the "
+                                                      "scenario's dynamics trace; docs/runtime.md), or with "
+                                                      "--simulate over a trace on the cost model (docs/adapter.md)")
     p.add_argument("--simulate", action="store_true", help="simulate the adapter instead of executing on workers")
-    p.add_argument("--trace", default=None, help="bandwidth trace for --simulate (file, markov, markov:SEED)")
-    p.add_argument("--duration", type=float, default=120.0, help="simulated seconds (--simulate)")
-    p.add_argument("--out", default="runs/adapter", help="output folder (--simulate)")
+    p.add_argument("--trace", default=None, help="bandwidth trace for --adapter (file, markov, markov:SEED; default: "
+                                                 "the scenario's dynamics)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live)")
+    p.add_argument("--time-scale", type=float, default=10.0,
+                   help="live adapter: replay the trace this many times faster than real time (default 10)")
+    p.add_argument("--fail", action="append", default=[], metavar="DEVICE@SECONDS",
+                   help="kill that device's worker after SECONDS (repeatable): detected, re-planned on the "
+                        "survivors, resumed with every request answered once / no training update lost")
+    p.add_argument("--out", default=None, help="output folder for the adapter's log and timeline "
+                                               "(default runs/adapter, live: runs/live)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -62,12 +71,20 @@ def cmd_run(args) -> int:
     from dora_rl.runtime.measure import measure
     from dora_rl.scenario import load_scenario
 
+    from dora_rl.runtime.faults import parse_fail   # [live]
+    fails = [parse_fail(f) for f in args.fail]
+    if args.adapter and not args.simulate:   # [live] the adapter on live workers
+        return _run_live(args, fails)
+    if fails:
+        if args.simulate:
+            raise PlanError("--fail kills live workers; it cannot be combined with --simulate")
+        return _run_with_faults(args, fails)
     if args.simulate or args.adapter:
         if not (args.simulate and args.adapter):
-            raise PlanError("running an adapter on live workers is not built yet: give both --adapter NAME and "
-                            "--simulate (simulated over a bandwidth trace), or neither (execute one plan)")
+            raise PlanError("--simulate needs --adapter NAME (the adapter to simulate over a bandwidth trace)")
         from dora_rl.runtime.adapter import run_simulation_cli
-        res = run_simulation_cli(args.scenario, args.adapter, args.trace, args.duration, out_dir=args.out,
+        res = run_simulation_cli(args.scenario, args.adapter, args.trace, args.duration or 120.0,
+                                 out_dir=args.out or "runs/adapter",
                                  live=not args.json, console=console)
         if args.json:
             print_json(res)
@@ -107,6 +124,50 @@ def cmd_run(args) -> int:
         console.print("[yellow]emulation saturated[/yellow] (this CPU is slower than the modelled device) on: "
                       + ", ".join(f"{d} ({v['sections']} sections, +{v['excess_s'] * 1e3:.0f} ms)"
                                   for d, v in me["saturated"].items()) + "; try --slowdown")
+    return 0
+
+
+def _run_live(args, fails) -> int:   # [live]
+    from dora_rl.runtime.live import run_live
+    res = run_live(args.scenario, args.adapter, duration=args.duration or 30.0, slowdown=args.slowdown,
+                   rate=args.rate, trace=args.trace, time_scale=args.time_scale, fail=fails,
+                   out_dir=args.out or "runs/live", live=not args.json, console=console, timeout=args.timeout)
+    if args.json:
+        print_json(res["summary"])
+        return 0
+    s = res["summary"]
+    console.print(f"{s['requests']} requests, answered exactly once: {s['answered_once']}; switches {s['switches']}; "
+                  f"QoE-violating intervals {s['violation_frac']:.0%}; latency at device speed p50 "
+                  f"{s['latency_ms']['p50']:.1f} ms p95 {s['latency_ms']['p95']:.1f} ms")
+    for f in s["faults"]:
+        console.print(f"fault: {', '.join(f['devices'])} lost, detected in "
+                      + ", ".join(f"{v:.2f} s" for v in f["detected_s"].values())
+                      + f", recovered in {f['recover_s']:.1f} s, {len(f.get('reissued', []))} request(s) re-issued")
+    console.print(f"log: {res['log']}  timeline: {res['png']}")
+    return 0
+
+
+def _run_with_faults(args, fails) -> int:   # [faults] one plan, workers killed on purpose
+    from dora_rl.runtime.coordinator import scale_scenario
+    from dora_rl.runtime.faults import ResilientRuntime
+    from dora_rl.scenario import load_scenario
+    sc = scale_scenario(load_scenario(args.scenario), args.slowdown)
+    plan = _plan_for(sc, args.plan or args.planner or "dora")
+    with ResilientRuntime(sc, timeout=args.timeout) as rt:
+        rt.start(plan)
+        for dev, at in fails:
+            rt.fail_at(dev, at)
+        if sc.workload.training:
+            res = rt.train(args.iterations)
+            out = {"iterations": args.iterations, "iter_ms": [t * 1e3 for t in res.iter_s]}
+        else:
+            res = rt.infer(args.requests, rate=args.rate)
+            out = {"requests": res.n, "answered_once": sorted(res.answered) == list(range(res.n)),
+                   "reissued": res.reissued, "duplicates_dropped": res.duplicates, "latency_ms": res.latency_ms}
+        out["faults"] = [{k: v for k, v in f.items() if k != "plan"} | {"plan": [(s["blocks"], s["devices"]) for s in
+                                                                                f["plan"]["stages"]]}
+                         for f in rt.faults]
+    print_json(out) if args.json else console.print(out)
     return 0
 
 

@@ -96,11 +96,32 @@ class NetEmulator:
         self.medium_bps = net["medium_bps"]
         self.n = len(self.bw)
         self.cal = Calendar(calendar_path, self.n * self.n + len(self.medium_bps)) if calendar_path else None
+        # [live] bandwidth dynamics: a shared table of per-medium factors (calendar + ".scale", written by
+        # the live adapter loop, `set_medium_scale`); every link on a medium scales with it
+        self.scale = None
+        if calendar_path and os.path.exists(calendar_path + ".scale"):
+            fd = os.open(calendar_path + ".scale", os.O_RDONLY)
+            self.scale = mmap.mmap(fd, 8 * max(1, len(self.medium_bps)), prot=mmap.PROT_READ)
+            os.close(fd)
+        from collections import deque
+        self.observed = deque(maxlen=4096)   # [live] (dst index, bytes, seconds) per paced message
+
+    def _mf(self, mu: int) -> float:
+        if self.scale is None:
+            return 1.0
+        f = struct.unpack_from("d", self.scale, 8 * mu)[0]
+        return f if f > 0 else 1.0
+
+    def _rf(self, i: int, j: int) -> float:
+        """Factor of route i -> j: the lowest of the media it crosses."""
+        if self.scale is None:
+            return 1.0
+        return min([self._mf(mu) for mu, _ in self.hops[i][j]] or [1.0])
 
     def _slots(self, i: int, j: int, nbytes: float):
-        slots = [(i * self.n + j, nbytes / self.bw[i][j])]
+        slots = [(i * self.n + j, nbytes / (self.bw[i][j] * self._rf(i, j)))]
         for mu, cnt in self.hops[i][j]:
-            slots.append((self.n * self.n + mu, nbytes * cnt / self.medium_bps[mu]))
+            slots.append((self.n * self.n + mu, nbytes * cnt / (self.medium_bps[mu] * self._mf(mu))))
         return slots
 
     def book(self, i: int, j: int, nbytes: float) -> float:
@@ -119,21 +140,25 @@ class NetEmulator:
         (sender) thread; returns the delivery time (end + route latency)."""
         if self.cal is None or i == j or nbytes <= 0:
             return 0.0
-        rate = self.bw[i][j]
+        rate = self.bw[i][j] * self._rf(i, j)
         for mu, cnt in self.hops[i][j]:
-            rate = min(rate, self.medium_bps[mu] / cnt)
+            rate = min(rate, self.medium_bps[mu] * self._mf(mu) / cnt)
         chunk = max(16384.0, rate * 0.002)
         prev = state.get("end", 0.0)
         left = float(nbytes)
+        t_begin = None
         while left > 0:
             c = min(chunk, left)
             t = now()
             earliest = prev if 0.0 <= t - prev < 1e-3 else t
-            _, end = self.cal.reserve(self._slots(i, j, c), earliest)
+            start, end = self.cal.reserve(self._slots(i, j, c), earliest)
+            if t_begin is None:
+                t_begin = start   # [live] measure from the first chunk's start (not the queueing before it)
             sleep_until(end)
             prev = end
             left -= c
         state["end"] = prev
+        self.observed.append((j, float(nbytes), max(prev - t_begin, 1e-9)))   # [live] measured transfer
         return prev + self.lat[i][j]
 
     def close(self) -> None:
@@ -191,3 +216,19 @@ def energy_j(busy_s: float, window_s: float, idle_w: float, active_w: float,
     """Energy of one device over a window: active while busy, idle otherwise, + radio."""
     busy = min(busy_s, window_s)
     return active_w * busy + idle_w * (window_s - busy) + radio_j_per_byte * radio_bytes
+
+
+def set_medium_scale(calendar_path: str, factors: list[float]) -> None:
+    """[live] Write per-medium bandwidth factors (1.0 = nominal) read by every worker's
+    NetEmulator (creates the table; create it before the workers start)."""
+    data = struct.pack(f"{max(1, len(factors))}d", *(factors or [1.0]))
+    path = calendar_path + ".scale"
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, 0)
+    finally:
+        os.close(fd)

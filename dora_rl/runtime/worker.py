@@ -57,6 +57,7 @@ class Worker:
         self.collector = None
         self.sent_bytes = 0.0
         self.recv_bytes = 0.0
+        self.faults = None   # [faults] WorkerFaults when fault tolerance is on
 
     # ------------------------------------------------------------------ setup
     def setup(self, cfg: dict) -> None:
@@ -103,7 +104,11 @@ class Worker:
             if op == "stop":
                 break
             handler = getattr(self, "op_" + op)
+            if self.faults is not None:   # [faults] freeze point for a rejoin (faults.py)
+                self.faults.gate(op)
             handler(cmd)
+            if self.faults is not None:   # [faults]
+                self.faults.done()
         self.flush()
         self.tx.close()
         if self.is_source:
@@ -136,6 +141,10 @@ class Worker:
         for b, mod in cmd.get("weights", {}).items():
             self.blocks[b] = mod
             self.opt_state[b] = {}
+        for b, st in cmd.get("opt", {}).items():   # [faults] optimizer state shipped with re-deployed blocks
+            self.opt_state[b] = st
+        if "version" in cmd and self.faults is not None:   # [faults]
+            self.faults.version = cmd["version"]
         sends.wait()
         self._adopt(plan)
         self.ack({"op": "plan", "device": self.device, "seconds": now() - t0,
@@ -300,6 +309,13 @@ class Worker:
 
     # ------------------------------------------------------------------ training
     def op_train(self, cmd: dict) -> None:
+        if self.faults is not None and "v" in cmd:   # [faults] snapshot at the iteration boundary
+            self.faults.begin_iteration(self, cmd["v"])
+        self._op_train(cmd)
+        if self.faults is not None and "v" in cmd:   # [faults]
+            self.faults.end_iteration(cmd["v"])
+
+    def _op_train(self, cmd: dict) -> None:
         t0 = now()
         batch = cmd["batch"]
         M, S = self.M, self.S
@@ -452,6 +468,12 @@ class Worker:
             self.sent_bytes = self.recv_bytes = 0.0
         self.ack(snap)
 
+    def op_checkpoint(self, cmd: dict) -> None:   # [faults] parameters + optimizer state per block
+        self.flush()
+        self.ack({"op": "checkpoint", "state": {
+            b: ({k: v.detach().clone() for k, v in m.state_dict().items()},
+                {k: v.clone() for k, v in self.opt_state.get(b, {}).items()}) for b, m in self.blocks.items()}})
+
     def op_params(self, cmd: dict) -> None:
         self.flush()
         self.ack({"op": "params", "params": {b: {k: v.detach().clone() for k, v in m.state_dict().items()}
@@ -496,6 +518,10 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         raise RuntimeFault(f"worker {device}: RANK must be >= 1 (rank 0 is the coordinator), got {rank}")
     if os.environ.get("DORA_PARENT_PID"):
         _watch_parent(int(os.environ["DORA_PARENT_PID"]))
+    fx = None
+    if os.environ.get("DORA_HB_PORT"):   # [faults] heartbeats + rejoin orders (faults.py)
+        from dora_rl.runtime.faults import WorkerFaults
+        fx = WorkerFaults(device)
     torch.set_num_threads(1)
     addr = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
@@ -505,16 +531,30 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         raise RuntimeFault(f"worker {device}: cannot reach the coordinator at {addr} within {timeout:g} s "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     try:
-        send_obj({"device": device}, 0, TAG_ACK)
+        hello = {"device": device}
+        resumed = {}
+        if fx is not None:   # [faults] a re-executed survivor reports the blocks it kept
+            from dora_rl.runtime.faults import worker_resume
+            resumed = worker_resume()
+            hello.update(blocks=sorted(resumed.get("blocks", {})), version=resumed.get("version", -1))
+        send_obj(hello, 0, TAG_ACK)
         cfg = recv_obj(0, TAG_CTRL)
         if cfg.get("op") == "error":
             raise RuntimeFault(cfg["message"])
         w = Worker(device, rank, world)
         w.setup(cfg)
+        if fx is not None:   # [faults]
+            w.faults, fx.worker = fx, w
+            w.blocks.update(resumed.get("blocks", {}))
+            w.opt_state.update(resumed.get("opt_state", {}))
         w.serve()
     except RuntimeFault:
+        if fx is not None:   # [faults] a peer died: keep heartbeating, wait for the rejoin order (re-exec)
+            fx.wait_for_order(timeout)
         raise
     except Exception as e:  # noqa: BLE001
+        if fx is not None:   # [faults]
+            fx.wait_for_order(timeout)
         raise RuntimeFault(f"worker {device}: lost the coordinator or a peer ({type(e).__name__}: "
                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
     finally:

@@ -115,6 +115,29 @@ def score(cost: CostModel, pid: int, plan: Plan) -> Scored:
     return Scored(pid, plan, m, cap, tot, tot_sat, dev_power, dev_sat, lat_ok)
 
 
+def band_score(lo: Scored, mid: Scored, hi: Scored) -> Scored:
+    """One plan scored over a BAND of bandwidths [lo, hi] (same plan on three
+    conditions): compliant only if compliant at both ends; capacity and latency as at
+    the low end (the worst case); power as at `mid` (the expected rate, what energy is
+    ranked on); each battery device's draw the worst of the three (a plan that gets
+    faster when bandwidth rises also draws more: a time-share whose fractions were
+    solved at a low rate can break a battery budget when the rate recovers).
+    The composition LP on band-scored plans gives fractions that meet capacity at the
+    low end AND the battery budgets at the high end: robust to the rate moving anywhere
+    in the band during the interval, where a time-share solved at one rate has no slack."""
+    import dataclasses
+    viol = list(dict.fromkeys(list(lo.metrics.violations) + list(hi.metrics.violations)))
+    ok = lo.metrics.qoe_ok and hi.metrics.qoe_ok
+    m = dataclasses.replace(lo.metrics, qoe_ok=ok, violations=viol) if dataclasses.is_dataclass(lo.metrics) \
+        else lo.metrics
+    dev = {d: max(lo.dev_power.get(d, 0.0), mid.dev_power.get(d, 0.0), hi.dev_power.get(d, 0.0))
+           for d in set(lo.dev_power) | set(mid.dev_power) | set(hi.dev_power)}
+    dsat = {d: max(lo.dev_power_sat.get(d, 0.0), mid.dev_power_sat.get(d, 0.0), hi.dev_power_sat.get(d, 0.0))
+            for d in set(lo.dev_power_sat) | set(mid.dev_power_sat) | set(hi.dev_power_sat)}
+    return Scored(lo.pid, lo.plan, m, min(lo.cap, mid.cap, hi.cap), mid.power, mid.power_sat, dev, dsat,
+                  lo.lat_ok and hi.lat_ok and mid.lat_ok)
+
+
 def battery_budgets(cost: CostModel) -> dict[str, float]:
     """W each battery device may average and still last qoe.min_battery_hours."""
     h = cost.qoe.min_battery_hours
@@ -229,6 +252,52 @@ def choose_mix(scored: list[Scored], need: float, budgets: dict[str, float], slo
     return best
 
 
+VERTEX_MAX_N = 16       # composition LPs this small are solved by vertex enumeration (exact, ~0.3 ms)
+VERTEX_MAX_ROWS = 3     # capacity + up to two battery budgets; larger ones go to HiGHS
+
+
+def vertex_lp(c: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float = 1e-9) -> np.ndarray | None:
+    """min c.x  s.t.  a x <= b,  sum x = 1,  x >= 0, by enumerating the polytope's
+    vertices: a vertex has k <= 1 + rows nonzeros, fixed by sum x = 1 and k - 1 tight
+    rows, so every (support, tight rows) pair is one k x k solve, batched with numpy.
+    Exact like the simplex (the optimum of a bounded LP is a vertex) and, for the
+    handful of plans and rows composition has, ~10x faster than scipy's linprog
+    call overhead. None when infeasible."""
+    from itertools import combinations
+
+    n, m = len(c), len(b)
+    best, best_x = math.inf, None
+    for k in range(1, min(n, m + 1) + 1):
+        sup = np.array(list(combinations(range(n), k)))                     # (S, k)
+        rows = list(combinations(range(m), k - 1)) or [()]
+        for t in rows:
+            t = list(t)
+            mats = np.ones((len(sup), k, k))
+            if t:
+                mats[:, 1:, :] = a[t][:, sup].transpose(1, 0, 2)              # (S, k-1, k)
+            rhs = np.concatenate([[1.0], b[t]]) if t else np.array([1.0])
+            det = np.linalg.det(mats)
+            ok = np.abs(det) > 1e-12
+            if not ok.any():
+                continue
+            xs = np.linalg.solve(mats[ok], np.broadcast_to(rhs, (int(ok.sum()), k))[..., None])[..., 0]
+            ss = sup[ok]
+            good = (xs >= -tol).all(axis=1)
+            if m:
+                lhs = np.einsum("rsk,sk->sr", a[:, ss], xs)                   # (S, m)
+                good &= (lhs <= b + tol * np.maximum(1.0, np.abs(b))).all(axis=1)
+            if not good.any():
+                continue
+            obj = (c[ss] * xs).sum(axis=1)
+            obj[~good] = math.inf
+            i = int(np.argmin(obj))
+            if obj[i] < best - 1e-12:
+                best = float(obj[i])
+                best_x = np.zeros(n)
+                best_x[ss[i]] = np.clip(xs[i], 0.0, None)
+    return best_x
+
+
 def lp_mix(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: float | None) -> Mix | None:
     """Solve the composition LP over `cands` (each already feasible and within the SLO).
     None when infeasible or when the optimum is a single plan."""
@@ -248,11 +317,17 @@ def lp_mix(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: 
         if any(row):
             a_ub.append(row)
             b_ub.append(b * (1 - 1e-7))
-    res = linprog(c, A_ub=np.array(a_ub) if a_ub else None, b_ub=np.array(b_ub) if b_ub else None,
-                  A_eq=np.ones((1, n)), b_eq=[1.0], bounds=[(0.0, 1.0)] * n, method="highs")
-    if res.status != 0:
-        return None
-    x = np.where(res.x < MIN_FRACTION, 0.0, res.x)
+    if n <= VERTEX_MAX_N and len(a_ub) <= VERTEX_MAX_ROWS:
+        xs = vertex_lp(c, np.array(a_ub, dtype=float).reshape(len(a_ub), n), np.array(b_ub, dtype=float))
+        if xs is None:
+            return None
+    else:
+        res = linprog(c, A_ub=np.array(a_ub) if a_ub else None, b_ub=np.array(b_ub) if b_ub else None,
+                      A_eq=np.ones((1, n)), b_eq=[1.0], bounds=[(0.0, 1.0)] * n, method="highs")
+        if res.status != 0:
+            return None
+        xs = res.x
+    x = np.where(xs < MIN_FRACTION, 0.0, xs)
     if x.sum() <= 0:
         return None
     x = x / x.sum()

@@ -5,17 +5,22 @@ Every adapter is reachable by name (`get_adapter(name, scenario, **options)`):
 - `static`  the initial `dora` plan, forever;
 - `replan`  re-runs the `dora` DP on the measured bandwidth every interval (MPC-style
             baseline; no composition; weights move on demand);
-- `pareto`  the Pareto set computed once at nominal bandwidth (weights pre-staged at
-            deployment), re-scored every interval on the current condition, composed
-            with the LP of compose.py;
+- `pareto`  the Pareto sets computed once at 0.25x..2x nominal bandwidth plus the
+            composition ingredients (weights pre-staged at deployment), re-scored every
+            interval over the planning band, composed with the LP of compose.py;
 - `ppo`     the learned adapter (an AdaptEnv agent from trained_agents/), pluggable
             through `register_agent_loader`; raises AgentError when none is available;
 - `oracle`  offline: knows the whole trace (`bind`), scores every interval on the TRUE
             bandwidth with no estimation lag, over the nominal Pareto set plus the DP's
             Pareto set at the true bandwidth, composed, switching for free; a bound.
 
-The switching rule (all but `static` and `oracle`): plans are scored at the *planning
-bandwidth* = estimate / (1 + recent overshoot) x (1 - safety). Switch when the current
+The switching rule (all but `static` and `oracle`): plans are scored over the *planning
+band* (compose.band_score): low end = estimate / (1 + overshoot) x (1 - safety), the
+overshoot being the largest seen over the last `memory_s`; energy ranked at the raw
+estimate; battery budgets checked up to the raw estimate x (1 + overshoot), at least
+nominal. When nothing complies over the band, the most robust compliant option (the
+highest low end between the discounted and the raw estimate at which something
+complies; `fallback="robust"`). Switch when the current
 plan (or mix) is not compliant there (QoE at risk), or when a compliant plan/mix is
 cheaper by more than `margin` (relative power: hysteresis), is still compliant with
 `headroom` less bandwidth (hysteresis on QoE), at least `min_dwell_s` passed since the
@@ -38,7 +43,7 @@ from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan, PlannerError
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 from dora_rl.runtime.adapter.compose import (Mix, Scored, battery_budgets, best_mix, block_params, conditions,
-                                             lp_mix, make_mix, radio_joules, required_rate, rescore, score,
+                                             band_score, lp_mix, make_mix, radio_joules, required_rate, rescore, score,
                                              shortfall, transfer_seconds, weights_to_move)
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
@@ -110,8 +115,11 @@ _DP_CACHE: dict = {}
 BW_BIN = 0.01          # binned DP runs at the bandwidth rounded down to a 1% log-bin (cache key)
 
 
-def _bin(v: float) -> float:
-    step = math.log1p(BW_BIN)
+SCORE_BIN = 0.02       # adapters score on the bandwidth rounded down to a 2% log-bin (cache key)
+
+
+def _bin(v: float, width: float = BW_BIN) -> float:
+    step = math.log1p(width)
     return math.exp(math.floor(math.log(max(v, 1e-6)) / step + 1e-9) * step)
 
 
@@ -142,6 +150,37 @@ def dp_pareto(scenario: Scenario, bandwidth: dict[str, float], battery: dict[str
     return plans, dt
 
 
+def relaxed_for_composition(scenario: Scenario) -> Scenario:
+    """The scenario with the QoE targets a time-share can meet on AVERAGE relaxed
+    (min_throughput, request_rate, min_battery_hours); the latency SLO and memory stay
+    (every plan in a time-share must meet them on its own)."""
+    import dataclasses
+    q = dataclasses.replace(scenario.qoe, min_throughput=None, min_battery_hours=None)
+    wl = scenario.workload if scenario.workload.training else dataclasses.replace(scenario.workload, request_rate=None)
+    return scenario.replace(qoe=q, workload=wl)
+
+
+INGREDIENT_LEVELS = (2.0, 1.0, 0.75, 0.5, 0.35, 0.25)
+
+
+def ingredient_plans(scenario: Scenario, levels=INGREDIENT_LEVELS) -> list[Plan]:
+    """Composition ingredients: the DP's Pareto sets of `relaxed_for_composition` at
+    `levels` x the dynamic medium's nominal rate. Such a plan may miss the throughput or
+    a battery budget on its own (a Jetson alone a little under the frame rate, the
+    laptop alone over its battery budget) yet, time-shared by the LP, meet both on
+    average, at lower power and at lower bandwidth than any single compliant plan."""
+    if scenario.workload.training:
+        return []
+    relaxed = relaxed_for_composition(scenario)
+    medium = dynamic_medium(scenario)
+    plans: list[Plan] = []
+    for f in levels:
+        bw = {} if (f == 1.0 or medium is None) else {medium: scenario.cluster.media[medium].mbps * f}
+        got, _ = dp_pareto(relaxed, bw, {})
+        plans.extend(got)
+    return plans
+
+
 # ------------------------------------------------------------------ base adapter
 class Adapter:
     """Base: keeps the plan table, weight holdings and the current mix; `decide`."""
@@ -150,12 +189,21 @@ class Adapter:
     compose = True            # time-share plans with the LP
     free_switch = False       # the oracle's switches cost nothing (it is a bound)
     prestage = False          # ship the whole candidate set's weights before the run
+    band = True               # score over a bandwidth band (lo, mid, hi), not one point
 
     def __init__(self, scenario: Scenario, *, safety: float = 0.05, robust: bool = True, margin: float = 0.05,
                  headroom: float = 0.1, horizon_s: float = 10.0, drain_s: float = 0.1, min_dwell_s: float = 3.0,
                  candidates: list[Plan] | None = None, initial: Plan | None = None, prestage: bool | None = None,
+                 fallback: str = "robust", cache: bool = True, memory_s: float = 10.0, prior_error: float = 0.25,
                  **_ignored):
+        if fallback not in ("robust", "raw"):
+            raise PlannerError(f"adapter fallback must be 'robust' or 'raw', got {fallback!r}")
         self.scenario = scenario
+        self.fallback = fallback
+        self.memory_s, self.prior_error = float(memory_s), float(prior_error)
+        self._err_hist: list[tuple[float, dict]] = []
+        self.cache_scores = bool(cache)
+        self._score_cache: dict = {}
         self.robust = bool(robust)
         self.headroom = float(headroom)
         self.safety, self.margin, self.horizon_s = float(safety), float(margin), float(horizon_s)
@@ -221,35 +269,152 @@ class Adapter:
         ones are always added)."""
         return list(range(len(self.plans)))
 
+    def discount(self, state: State) -> dict[str, float]:
+        """Per medium, the overshoot to plan against: the largest `state.error` seen over
+        the last `memory_s` seconds (the monitor's own window is a few intervals; a bursty
+        link's deep drops come back after longer than that), and `prior_error` before the
+        first decision (nothing measured yet: the estimate is the nominal prior)."""
+        if not self.robust:
+            return {}
+        err = dict(state.error or {})
+        if self.current is None and not self._err_hist:
+            err = {m: max(err.get(m, 0.0), self.prior_error) for m in state.bandwidth}
+        self._err_hist = [(t, e) for t, e in self._err_hist if state.t - t < self.memory_s and t <= state.t]
+        self._err_hist.append((state.t, err))
+        out: dict[str, float] = {}
+        for _, e in self._err_hist:
+            for m, v in e.items():
+                out[m] = max(out.get(m, 0.0), v)
+        return out
+
     def planning_bandwidth(self, state: State) -> dict[str, float]:
-        err = state.error or {}
-        return {m: v / (1.0 + (err.get(m, 0.0) if self.robust else 0.0)) * (1.0 - self.safety)
+        err = self._disc if getattr(self, "_disc_t", None) == state.t else self.discount(state)
+        self._disc, self._disc_t = err, state.t
+        return {m: v / (1.0 + err.get(m, 0.0)) * (1.0 - self.safety)
                 for m, v in state.bandwidth.items() if v is not None}
 
     def bind(self, trace, medium: str | None, interval_s: float) -> None:
         """The simulator tells the adapter the trace it replays (only the oracle looks)."""
+
+    # --- scoring (cached per bandwidth bin) ------------------------------------------
+    def _key(self, bandwidth, battery):
+        if self.cache_scores:
+            bandwidth = {m: _bin(v, SCORE_BIN) for m, v in bandwidth.items()}
+            battery = {d: math.floor(v * 100) / 100 for d, v in battery.items()}
+        return bandwidth, battery, (tuple(sorted(bandwidth.items())), tuple(sorted(battery.items())))
+
+    def score_at(self, bandwidth: dict[str, float], battery: dict[str, float], pids: list[int]):
+        """(cost model, {pid: Scored}) of `pids` on one condition. With the cache on, the
+        bandwidth is rounded DOWN to a 2% log-bin and battery levels down to 1% (both
+        conservative) and the result is kept: bandwidth revisits the same levels all the
+        time, so scoring is mostly a dictionary lookup."""
+        bandwidth, battery, k = self._key(bandwidth, battery)
+        key = ("pt", k, tuple(pids))
+        hit = self._score_cache.get(key) if self.cache_scores else None
+        if hit is not None:
+            return hit
+        cost = CostModel(conditions(self.scenario, bandwidth, battery))
+        out = (cost, {p: score(cost, p, self.plans[p]) for p in pids})
+        self._remember(key, out)
+        return out
+
+    def prewarm(self, lo_frac: float = 0.2, hi_frac: float = 3.0) -> int:
+        """Score every candidate on every bandwidth bin of the dynamic medium between
+        lo_frac and hi_frac x nominal, at the initial battery levels, before the run (the
+        candidate set is fixed: `pareto`, `ppo`), so that decisions seldom build a cost
+        model online. Returns the number of conditions scored."""
+        medium = dynamic_medium(self.scenario)
+        if not self.cache_scores or medium is None:
+            return 0
+        nom = self.scenario.cluster.media[medium].mbps
+        step = math.log1p(SCORE_BIN)
+        lvl = {d.name: d.battery_level for d in self.scenario.cluster.devices if d.on_battery}
+        others = {m: med.mbps for m, med in self.scenario.cluster.media.items() if m != medium}
+        pids = list(range(len(self.plans)))
+        k0, k1 = math.floor(math.log(nom * lo_frac) / step), math.ceil(math.log(nom * hi_frac) / step)
+        for k in range(k0, k1 + 1):
+            self.score_at({**others, medium: math.exp(k * step)}, lvl, pids)
+        self.score_at({**others, medium: nom}, lvl, pids)
+        return k1 - k0 + 2
+
+    def _remember(self, key, out) -> None:
+        if self.cache_scores:
+            if len(self._score_cache) > 50000:
+                self._score_cache.clear()
+            self._score_cache[key] = out
+
+    def evaluate(self, band: tuple[dict, dict, dict], battery: dict[str, float], pids: list[int]):
+        """(cost model, {pid: band-scored plan}, best Mix) over the bandwidth band
+        (lo, mid, hi): see compose.band_score. lo == mid == hi is a point."""
+        lo, mid, hi = band
+        keys = tuple(self._key(b, battery)[2] for b in band)
+        key = ("band", keys, tuple(pids))
+        hit = self._score_cache.get(key) if self.cache_scores else None
+        if hit is not None:
+            return hit
+        cost, by_lo = self.score_at(lo, battery, pids)
+        if keys[0] == keys[1] == keys[2]:
+            by = by_lo
+        else:
+            by_mid = self.score_at(mid, battery, pids)[1]
+            by_hi = self.score_at(hi, battery, pids)[1]
+            by = {p: band_score(by_lo[p], by_mid[p], by_hi[p]) for p in pids}
+        out = (cost, by, best_mix([by[p] for p in pids], cost, compose=self.compose))
+        self._remember(key, out)
+        return out
+
+    def planning_band(self, state: State) -> tuple[dict, dict, dict]:
+        """(lo, mid, hi) Mbps per medium: lo the discounted estimate (planning_bandwidth),
+        mid the raw estimate (energy is ranked there), hi the raw estimate x (1 + recent
+        overshoot) and at least the nominal rate (battery budgets must hold up there)."""
+        lo = self.planning_bandwidth(state)
+        if not self.band:
+            return lo, lo, lo
+        err = self._disc
+        mid = {m: v for m, v in state.bandwidth.items() if v is not None and m in lo}
+        nominal = {m: med.mbps for m, med in self.scenario.cluster.media.items()}
+        hi = {m: max(v * (1.0 + (err.get(m, 0.0) if self.robust else 0.0)), nominal.get(m, v)) for m, v in mid.items()}
+        mid = {m: max(v, lo[m]) for m, v in mid.items()}
+        return lo, mid, hi
 
     # --- the decision -------------------------------------------------------------------
     def decide(self, state: State) -> Decision:
         """The plan (or time-share) to run from `state.t` on. Call once per control
         interval; the adapter remembers what it chose (its `current`)."""
         t0 = time.perf_counter()
-        # plan at the discounted bandwidth; when nothing complies there, fall back to the
-        # raw estimate before settling for the least-bad plan (the margin is a preference)
-        levels = [self.planning_bandwidth(state)]
+        band = self.planning_band(state)
+        lo, mid, hi = band
         raw = {m: v for m, v in state.bandwidth.items() if v is not None}
-        if raw != levels[0]:
-            levels.append(raw)
-        for bw in levels:
-            cost = CostModel(conditions(self.scenario, bw, state.battery))
-            pids = self.candidates(state, bw)
-            if self.current is not None:
-                pids = list(dict.fromkeys(list(pids) + list(self.current.pids)))
-            scored = [score(cost, p, self.plans[p]) for p in pids]
-            by = {s.pid: s for s in scored}
-            best = best_mix(scored, cost, compose=self.compose)
-            if best.ok:
-                break
+        pids = self.candidates(state, lo)
+        if self.current is not None:
+            pids = list(dict.fromkeys(list(pids) + list(self.current.pids)))
+        cost, by, best = self.evaluate(band, state.battery, pids)
+        if not best.ok and raw != lo:
+            # nothing complies over the whole band: the discount is a preference, not a
+            # requirement. `robust`: bisect (log scale) for the HIGHEST low end between the
+            # discounted and the raw estimate at which some plan/mix still complies, i.e.
+            # the most robust compliant option; `raw`: the cheapest option at the raw
+            # estimate alone (tuned to exactly that rate: the first drop breaks it).
+            top = (mid, mid, hi) if self.band else (raw, raw, raw)
+            ev_top = self.evaluate(top, state.battery, pids)
+            if not ev_top[2].ok and self.band:
+                top = (mid, mid, mid)
+                ev_top = self.evaluate(top, state.battery, pids)
+            found = (top, *ev_top)
+            if ev_top[2].ok and self.fallback == "robust":
+                w_lo, w_hi = 0.0, 1.0    # log-interpolation weight from lo towards top's low end
+                for _ in range(5):
+                    w = (w_lo + w_hi) / 2
+                    mbw = {m: v * (top[0][m] / v) ** w if v > 0 else top[0][m] for m, v in lo.items()}
+                    b = (mbw, top[1], top[2])
+                    ev = self.evaluate(b, state.battery, pids)
+                    if ev[2].ok:
+                        w_hi, found = w, (b, *ev)
+                    else:
+                        w_lo = w
+            band, cost, by, best = found
+        bw = band[0]
+        self._band = band
         self._plan_bw = bw
         new, reason = self._choose(state, cost, best, by)
         switch = self.current is None or set(new.pids) != set(self.current.pids)
@@ -297,9 +462,11 @@ class Adapter:
         if not better:
             return cur, "keep"
         if self.headroom > 0:   # hysteresis on QoE: a voluntary switch must also hold at less bandwidth
-            low = {m: v * (1 - self.headroom) for m, v in self._plan_bw.items()}
-            lcost = CostModel(conditions(self.scenario, low, state.battery))
-            if not rescore(best, {s.pid: score(lcost, s.pid, s.plan) for s, _ in best.parts}, lcost).ok:
+            lo, mid, hi = self._band
+            low = {m: v * (1 - self.headroom) for m, v in lo.items()}
+            lcost, lby, _ = self.evaluate((low, mid, hi) if self.band else (low, low, low), state.battery,
+                                          sorted(by))
+            if not rescore(best, lby, lcost).ok:
                 return cur, "keep"
         if cost.qoe.objective != "latency":
             move = weights_to_move(best.plans, self.holdings, self.params, self.source)
@@ -369,14 +536,22 @@ class ParetoAdapter(Adapter):
     name = "pareto"
     prestage = True
 
-    def __init__(self, scenario: Scenario, *, levels=PARETO_LEVELS, **options):
+    def __init__(self, scenario: Scenario, *, levels=PARETO_LEVELS, ingredients: bool = True, prewarm: bool = True,
+                 **options):
         self.levels = tuple(float(x) for x in levels)
+        self.ingredients = bool(ingredients)
+        self.prewarm_cache = bool(prewarm)
         super().__init__(scenario, **options)
 
     def setup(self) -> None:
         self.pid(self.initial_plan())
         for p in self.nominal_pareto(self.levels):
             self.pid(p)
+        if self.ingredients and self.compose and self._given is None:
+            for p in ingredient_plans(self.scenario):
+                self.pid(p)
+        if self.prewarm_cache:
+            self.prewarm()
 
 
 @register_adapter
@@ -410,9 +585,10 @@ class OracleAdapter(Adapter):
 
     name = "oracle"
     free_switch = True
+    band = False              # it knows the interval's true rate
 
     def __init__(self, scenario: Scenario, *, exact_dp: bool = False, **options):
-        options.update(safety=0.0, margin=0.0, min_dwell_s=0.0, robust=False, headroom=0.0)
+        options.update(safety=0.0, margin=0.0, min_dwell_s=0.0, robust=False, headroom=0.0, cache=False)
         self.exact_dp = exact_dp
         self.trace = None
         self.medium = None
@@ -423,6 +599,9 @@ class OracleAdapter(Adapter):
         self.pid(self.initial_plan())
         for p in self.nominal_pareto(PARETO_LEVELS):
             self.pid(p)
+        if self._given is None:     # every candidate `pareto` may have: it is a bound
+            for p in ingredient_plans(self.scenario):
+                self.pid(p)
 
     def bind(self, trace, medium, interval_s) -> None:
         self.trace, self.medium, self.interval_s = trace, medium, float(interval_s)
@@ -534,6 +713,7 @@ class PPOAdapter(Adapter):
         self.pid(self.initial_plan())
         for p in self.nominal_pareto(self.levels):
             self.pid(p)
+        self.prewarm()
 
     def _choose(self, state, cost, best, by):
         options = [by[p] for p in sorted(by)]

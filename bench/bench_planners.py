@@ -129,6 +129,7 @@ def run(results: dict, quick: bool = False) -> dict:
     out["contention"] = compare_set(n, shared=True, seed0=100_000)
     out["approximation"] = approximation_gap(20 if quick else 60)
     results["planners"] = out
+    report(out)
     return out
 
 
@@ -139,8 +140,13 @@ def _fmt(x, pct=False):
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
-    res = run({}, quick=quick)
+    res = run({}, quick="--quick" in sys.argv)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {os.path.relpath(OUT)}")
+
+
+def report(res: dict) -> None:
     print("dora planning time (s), no QoE pruning, one core")
     print(f"{'devices':>7} {'blocks':>6} {'median':>8} {'max':>8}  regime")
     for r in res["timing"]:
@@ -155,9 +161,6 @@ def main() -> None:
     a = res["approximation"]
     print(f"chain approximation vs exact (5 devices x 10 blocks): gap median {_fmt(a['gap_median'], True)}, "
           f"worst {_fmt(a['gap_worst'], True)} over {a['compared']}; approx found nothing on {a['approx_found_nothing']}")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(res, indent=1) + "\n")
-    print(f"wrote {os.path.relpath(OUT)}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 against the oracle, `dora` and every baseline (DESIGN.md §7 targets).
 
     PYTHONPATH=. python bench/bench_learning.py [N]     # N held-out instances (default 100)
+    PYTHONPATH=. python bench/bench_learning.py 100 --agent runs/dora_rl__Partition-v0 --out /tmp/l.json
 
-Writes bench/results/learning.json. `run(results)` fills `results["learning"]`."""
+Writes bench/results/learning.json (or --out). `run(results)` fills `results["learning"]`."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def reference_cache(scenarios, timeout: float = 60.0, path: Path = REFS) -> dict
     return cache
 
 
-def run(results: dict, n: int = 100, timeout: float = 60.0) -> dict:
+def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> dict:
     import torch
 
     from dora_rl.policies.agents import load_agent
@@ -95,9 +96,16 @@ def run(results: dict, n: int = 100, timeout: float = 60.0) -> dict:
     torch.set_num_threads(1)
     out: dict = {"targets": TARGETS}
     out["env_steps_per_s"] = env_speed()
-    agent = load_agent(None)
-    out["agent"] = str(agent.path.relative_to(ROOT))
-    out["train"] = {k: agent.config.get(k) for k in ("timesteps", "train_seconds", "seed")}
+    agent = load_agent(agent_path)
+    try:
+        out["agent"] = str(agent.path.resolve().relative_to(ROOT))
+    except ValueError:
+        out["agent"] = str(agent.path)
+    out["train"] = {k: agent.config.get(k) for k in ("timesteps", "train_seconds", "seed", "ppo_timesteps",
+                                                      "ppo_seconds", "shipped_checkpoint")}
+    bc = agent.config.get("bc") or {}
+    out["train"]["bc"] = {k: bc.get(k) for k in ("episodes", "decisions", "teacher_seconds", "bc_seconds", "epochs",
+                                                 "eval_mean_reward")} if bc else None
     out["plan_8x50"] = plan_speed(agent)
     t0 = time.time()
     presets = [load_scenario(p) for p in preset_names()]
@@ -124,7 +132,10 @@ def run(results: dict, n: int = 100, timeout: float = 60.0) -> dict:
         "qoe_compliance": s["qoe_compliance"],
         "qoe_compliance_ok": (s["qoe_compliance"] or 0) >= TARGETS["qoe_compliance_min"],
         "preset_ratio_dora": pr,
-        "preset_ratio_dora_ok": bool(pr) and max(pr) <= TARGETS["preset_ratio_dora_max"],
+        # within 5% of dora AND QoE-compliant wherever dora is (a cheaper plan that misses QoE is no match)
+        "preset_ratio_dora_ok": bool(pr) and max(pr) <= TARGETS["preset_ratio_dora_max"] and all(
+            r["agent"]["qoe_ok"] or not r["planners"]["dora"].get("qoe_ok") for r in ev_p["rows"] if "dora" in r["vs"]),
+        "preset_qoe_ok": {r["scenario"]: r["agent"]["qoe_ok"] for r in ev_p["rows"]},
         "plan_ms_8x50_ok": out["plan_8x50"]["median_ms"] <= TARGETS["plan_ms_8x50_max"],
         "env_steps_per_s_ok": out["env_steps_per_s"]["partition_synthetic_warm"] >= TARGETS["env_steps_per_s_min"],
         "train_minutes": (out["train"]["train_seconds"] or 0) / 60.0,
@@ -140,9 +151,11 @@ if __name__ == "__main__":
         from dora_rl.scenario import load_scenario, preset_names
         reference_cache([load_scenario(p) for p in preset_names()] + held_out_scenarios(n))
         raise SystemExit(0)
+    args = sys.argv[2:]
+    agent_path = args[args.index("--agent") + 1] if "--agent" in args else None
     res: dict = {}
-    run(res, n=n)
-    path = ROOT / "bench" / "results" / "learning.json"
+    run(res, n=n, agent_path=agent_path)
+    path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res["learning"], indent=1, default=str) + "\n")
     print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "checks", "train")},

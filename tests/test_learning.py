@@ -22,7 +22,8 @@ FAST = {"policy": "SetPointerPolicy", "n_envs": 4, "n_steps": 128, "batch_size":
         "learning_rate": 3e-3, "gamma": 1.0, "ent_coef": 0.0,
         "policy_kwargs": {"features_extractor_kwargs": {"hidden": 32, "device_dim": 16},
                           "net_arch": {"pi": [], "vf": [32]}},
-        "env_kwargs": {"max_devices": 8}, "n_eval_episodes": 5}
+        "env_kwargs": {"max_devices": 8}, "n_eval_episodes": 5,
+        "bc": {"episodes": 8, "epochs": 3}, "finetune": {"learning_rate": 1e-3}}
 
 
 def _random_utility(scenario, n=200):
@@ -59,6 +60,9 @@ def test_short_training_improves_on_random(tiny_agent):
     assert (tiny_agent.parent / "tb").is_dir()        # TensorBoard logs
     cfg = yaml.safe_load((tiny_agent / "config.yml").read_text())
     assert cfg["max_devices"] == 8 and cfg["obs_version"] >= 1
+    # imitation warm-start ran (the preset env: its dora plan, x episodes) and is recorded
+    assert cfg["bc"]["teacher"] == "dora" and cfg["bc"]["dora"] == 1 and cfg["bc"]["decisions"] > 0
+    assert cfg["hyperparams"]["learning_rate"] == 1e-3 and cfg["ppo_timesteps"] >= 4096
 
 
 def test_ppo_planner_with_agent_option(tiny_agent):
@@ -118,9 +122,17 @@ def test_cli_evaluate_json(tiny_agent, capsys):
     assert cli_main(["evaluate", str(tiny_agent / "missing")]) == 2
 
 
-def _shipped():
+def _shipped(kind="partition"):
     root = REPO / "trained_agents"
-    return sorted(p for p in root.iterdir() if (p / "model.zip").is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.iterdir()):
+        if (p / "model.zip").is_file():
+            cfg = yaml.safe_load((p / "config.yml").read_text()) or {}
+            if (cfg.get("kind") == "adapt") == (kind == "adapt"):
+                out.append(p)
+    return out
 
 
 @pytest.mark.parametrize("folder", _shipped(), ids=lambda p: p.name)
@@ -167,3 +179,70 @@ def test_numpy_actor_matches_torch(tiny_agent):
 def test_cli_train_rejects_unknown_env(capsys):
     assert cli_main(["train", "dora_rl/Nope-v0", "--timesteps", "10", "--no-progress"]) == 2
     assert "unknown environment" in capsys.readouterr().err
+
+
+def test_generalist_records_imitation_warm_start():
+    cfg = yaml.safe_load((REPO / "trained_agents" / "dora_rl__Partition-v0" / "config.yml").read_text())
+    bc = cfg.get("bc") or {}
+    assert bc.get("teacher") == "dora" and bc["episodes"] > 0 and bc["decisions"] > 0
+    assert cfg["ppo_timesteps"] >= 0 and cfg["train_seconds"] >= bc["teacher_seconds"] + bc["bc_seconds"]
+
+
+def test_behaviour_cloning_fits_the_teacher():
+    """A few teacher episodes, a few epochs: the cloned policy reproduces dora's choices
+    on its own training data (masked cross-entropy drops, accuracy high)."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.policies.extractor import SetPointerPolicy
+    from dora_rl.policies.imitation import behaviour_clone, teacher_dataset
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    data = teacher_dataset(0, presets=("traffic_analytics",), preset_repeat=32)
+    assert data["stats"]["dora"] == 1 and data["stats"]["unreachable"] == 0
+    env = PartitionEnv(scenario="traffic_analytics")
+    model = MaskablePPO(SetPointerPolicy, env, seed=0, device="cpu", policy_kwargs=FAST["policy_kwargs"])
+    fit = behaviour_clone(model.policy, data, epochs=30, batch_size=64, lr=3e-3, val_frac=0.0)
+    assert fit["history"][-1]["train_ce"] < 0.5 * fit["history"][0]["train_ce"]
+    from dora_rl.policies.agents import Agent
+    agent = Agent(model, {"max_devices": 8}, Path("."))
+    from dora_rl.planners import run_planner
+    for name in ("traffic_analytics",):
+        sc = load_scenario(name)
+        plan, m = agent.plan(sc)
+        ref = run_planner("dora", sc).metrics
+        assert m.qoe_ok and m.objective(sc.qoe.objective) == pytest.approx(ref.objective(sc.qoe.objective), rel=1e-6)
+
+
+@pytest.mark.parametrize("folder", _shipped("adapt"), ids=lambda p: p.name)
+def test_shipped_adapt_agent_matches_results_and_beats_random(folder):
+    from dora_rl.envs.adapt import AdaptEnv
+    from dora_rl.policies.adapt_eval import _rule, check_entries, run_episodes, load_model
+
+    res = json.loads((folder / "results.json").read_text())
+    assert res.get("check"), "results.json must record greedy returns to re-check"
+    for c, now in zip(res["check"], check_entries(folder, presets=sorted({c["scenario"] for c in res["check"]}),
+                                                  seeds=sorted({c["seed"] for c in res["check"]}))):
+        assert (c["scenario"], c["seed"]) == (now["scenario"], now["seed"])
+        assert now["return"] == pytest.approx(c["return"], rel=1e-6, abs=1e-9)
+    model = load_model(folder)
+    env = AdaptEnv(scenario="traffic_analytics")
+    agent = run_episodes(env, _rule("agent", model, None), range(3))
+    rnd = run_episodes(env, _rule("random", model, np.random.default_rng(0)), range(3))
+    assert agent["mean_return"] > rnd["mean_return"]
+
+
+def test_ppo_adapter_loads_shipped_agent_and_decides():
+    from dora_rl.runtime.adapter import get_adapter
+    from dora_rl.runtime.adapter.policies import State
+
+    if not _shipped("adapt"):
+        pytest.skip("no AdaptEnv agent shipped")
+    sc = load_scenario("traffic_analytics")
+    ad = get_adapter("ppo", sc)
+    d0 = ad.decide(State(0.0, {"uplink": 300.0}))
+    assert d0.pids and d0.reason in ("initial", "guard")
+    d1 = ad.decide(State(5.0, {"uplink": 60.0}))
+    assert d1.pids and d1.reason in ("keep", "agent", "qoe-risk", "guard")
+    assert d1.predicted is not None

@@ -17,6 +17,10 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--bc-episodes", type=int, default=None, metavar="N",
+                   help="imitation warm-start: replay the `dora` planner's plans on N training instances and "
+                        "behaviour-clone them before PPO (Partition envs; default: the `bc` block of "
+                        "policies/ppo.yml, 2500 for dora_rl/Partition-v0; 0 = pure PPO)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
@@ -45,8 +49,11 @@ def cmd_train(args) -> int:
 
     if args.timesteps is not None and args.timesteps <= 0:
         raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
+    if args.bc_episodes is not None and args.bc_episodes < 0:
+        raise AgentError(f"--bc-episodes must be >= 0, got {args.bc_episodes}")
     folder = train(args.env, timesteps=args.timesteps, seed=args.seed, out=args.out, max_minutes=args.max_minutes,
-                   progress=not args.no_progress and not args.json, n_threads=args.threads)
+                   progress=not args.no_progress and not args.json, n_threads=args.threads,
+                   bc_episodes=args.bc_episodes)
     import json
     res = json.loads((folder / "results.json").read_text())
     if args.json:

@@ -36,6 +36,7 @@ CAND_FEATURES = ("valid", "current", "log_latency", "log_energy", "latency_ok", 
                  "log_battery_margin", "switch_cost", "qoe_ok")
 GLOBAL_FEATURES = ("log_bw", "log_bw_prev", "progress", "min_battery", "obj_energy", "has_battery_target")
 NC, NGA = len(CAND_FEATURES), len(GLOBAL_FEATURES)
+ADAPT_OBS_VERSION = 1
 CLIP = 10.0
 _CANDIDATES: dict[int, tuple] = {}
 
@@ -338,3 +339,152 @@ class AdaptEnv(gym.Env):
         if self.render_mode != "ansi":
             return None
         return f"t={self.t} bw={self._mbps()} plan={self.current} {self.dyn.plans[self.current].to_dict()}"
+
+
+# ---------------------------------------------------------------------- the `ppo` adapter
+def moved_fraction(pp, stages_from, stages_to) -> float:
+    """Share of the model's weights that devices must receive to go from one plan's
+    stages to another's (what AdaptEnv charges `w_switch` for)."""
+    total = pp[-1] or 1.0
+    held = {}
+    for (l, r, devs, _) in stages_from:
+        for d in devs:
+            held[d] = (l, r)
+    mv = 0.0
+    for (l, r, devs, _) in stages_to:
+        for d in devs:
+            if d in held:
+                l0, r0 = held[d]
+                ov = pp[min(r, r0)] - pp[max(l, l0)] if min(r, r0) > max(l, l0) else 0.0
+                mv += (pp[r] - pp[l]) - ov
+            else:
+                mv += pp[r] - pp[l]
+    return mv / total
+
+
+class AdaptAgentPolicy:
+    """A trained AdaptEnv agent as the runtime adapter's policy (`choose`): the adapter's
+    candidates, scored on its planning condition, become an AdaptEnv observation (same
+    features: latency/energy relative to the nominal references, QoE flags, battery
+    margin, weights to move from the current plan; bandwidth relative to nominal,
+    battery level), the agent picks one with masks, greedily. More candidates than the
+    agent's slots: the current plan and the best ones (QoE first, then objective) are
+    kept. Slots are ordered by nominal latency (AdaptEnv orders its Pareto set that way)."""
+
+    def __init__(self, scenario: Scenario, path):
+        from pathlib import Path
+
+        import yaml
+
+        from dora_rl.cost import CostModel
+        from dora_rl.errors import AgentError
+
+        folder = Path(path)
+        folder = folder.parent if folder.suffix == ".zip" else folder
+        cpath, zpath = folder / "config.yml", folder / "model.zip"
+        if not cpath.is_file() or not zpath.is_file():
+            raise AgentError(f"adapter agent {str(folder)!r}: model.zip or config.yml is missing")
+        cfg = yaml.safe_load(cpath.read_text()) or {}
+        if cfg.get("kind") != "adapt" or cfg.get("obs_version") != ADAPT_OBS_VERSION \
+                or cfg.get("candidate_features") != NC or cfg.get("global_features") != NGA:
+            raise AgentError(f"adapter agent {str(folder)!r}: not an AdaptEnv agent with this dora_rl's observation "
+                             f"layout (v{ADAPT_OBS_VERSION}, {NC} candidate / {NGA} global features); retrain it "
+                             "with `dora train dora_rl/Adapt-v0`")
+        try:
+            from sb3_contrib import MaskablePPO
+
+            from dora_rl.policies.agents import CUSTOM_OBJECTS
+            self.model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
+        except Exception as e:  # noqa: BLE001
+            raise AgentError(f"adapter agent {str(folder)!r}: model.zip is corrupt or unreadable "
+                             f"({type(e).__name__}: {str(e)[:120]})") from None
+        self.path, self.config = folder, cfg
+        self.K = int(cfg.get("max_candidates", 8))
+        if self.model.observation_space["candidates"].shape != (self.K, NC):
+            raise AgentError(f"adapter agent {str(folder)!r}: config.yml and the network disagree on the candidates")
+        ek = cfg.get("env_kwargs") or {}
+        self.horizon_s = float(ek.get("horizon", 60)) * float(ek.get("dt", 5.0))
+        self.scenario = scenario
+        self.cost0 = CostModel(scenario)
+        self.pp = self.cost0.pp
+        self.medium = _medium(scenario)
+        self.nominal = scenario.cluster.media[self.medium].mbps if self.medium else None
+        self._nominal: dict[str, tuple] = {}     # plan -> (stage indices, nominal metrics)
+        self.bw_prev = None
+
+    def _nom(self, plan: Plan):
+        import json
+        k = json.dumps(plan.to_dict(), sort_keys=True)
+        if k not in self._nominal:
+            st = self.cost0.stage_indices(plan)
+            self._nominal[k] = (st, self.cost0.evaluate_stages(st, plan.microbatches))
+        return self._nominal[k]
+
+    def observation(self, state, options, current) -> tuple[dict, list[int]]:
+        q, cost = self.cost0.qoe, self.cost0
+        K = self.K
+        nom = [self._nom(o.plan) for o in options]
+        cur_pid = None
+        if current is not None and current.parts:
+            cur_pid = max(current.parts, key=lambda x: x[1])[0].pid
+        idx = list(range(len(options)))
+        if len(idx) > K:
+            obj = q.objective
+            rank = sorted(idx, key=lambda i: (options[i].pid != cur_pid, not options[i].ok,
+                                              options[i].metrics.objective(obj)))
+            idx = rank[:K]
+        idx.sort(key=lambda i: (nom[i][1].latency_ms, nom[i][1].energy_j))
+        e_ref = max(min(nom[i][1].energy_j for i in idx), 1e-12)
+        lat_ref = max(min(nom[i][1].latency_ms for i in idx), 1e-12)
+        need = q.min_throughput or 0.0
+        if not cost.training and cost.workload.request_rate:
+            need = max(need, cost.workload.request_rate)
+        cur_st = None
+        if cur_pid is not None:
+            for o in options:
+                if o.pid == cur_pid:
+                    cur_st = self._nom(o.plan)[0]
+        c = np.zeros((K, NC), dtype=np.float32)
+        for j, i in enumerate(idx):
+            o, m = options[i], options[i].metrics
+            hours = min(m.battery_hours.values()) if m.battery_hours else math.inf
+            c[j, 0] = 1.0
+            c[j, 1] = 1.0 if o.pid == cur_pid else 0.0
+            c[j, 2] = _clip_log(m.latency_ms / (q.latency_slo_ms or lat_ref)) / 3.0
+            c[j, 3] = _clip_log(m.energy_j / e_ref) / 3.0
+            c[j, 4] = 1.0 if q.latency_slo_ms is None or m.latency_ms <= q.latency_slo_ms else 0.0
+            c[j, 5] = 1.0 if not need or m.throughput >= need * (1 - 1e-9) else 0.0
+            c[j, 6] = 1.0 if q.min_battery_hours is None or hours >= q.min_battery_hours else 0.0
+            c[j, 7] = (_clip_log(hours / q.min_battery_hours) if q.min_battery_hours and math.isfinite(hours)
+                       else (CLIP if math.isinf(hours) else 0.0)) / 3.0
+            c[j, 8] = 0.0 if cur_st is None else moved_fraction(self.pp, cur_st, nom[i][0])
+            c[j, 9] = 1.0 if m.qoe_ok else 0.0
+        g = np.zeros(NGA, dtype=np.float32)
+        mb = (state.bandwidth or {}).get(self.medium) if self.medium else None
+        if mb is not None and self.nominal:
+            g[0] = _clip_log(mb / self.nominal) / 3.0
+            g[1] = _clip_log((self.bw_prev or mb) / self.nominal) / 3.0
+        self.bw_prev = mb
+        g[2] = min(0.99, max(0.0, state.t / self.horizon_s))
+        cl = self.scenario.cluster
+        lv = [float(v) for d, v in (state.battery or {}).items() if d in cl.index and cl.device(d).on_battery]
+        g[3] = min(lv) if lv else 1.0
+        g[4] = 1.0 if q.objective == "energy" else 0.0
+        g[5] = 1.0 if q.min_battery_hours is not None else 0.0
+        mask = np.zeros(K, dtype=np.float32)
+        mask[:len(idx)] = 1.0
+        return {"candidates": c, "global": g, "action_mask": mask}, idx
+
+    def choose(self, state, options, current, scenario) -> int | None:
+        if not options:
+            return None
+        obs, idx = self.observation(state, options, current)
+        a, _ = self.model.predict(obs, deterministic=True, action_masks=obs["action_mask"] > 0.5)
+        a = int(a)
+        return idx[a] if a < len(idx) else None
+
+
+def adapter_policy(scenario: Scenario, path) -> AdaptAgentPolicy:
+    """The `ppo` adapter's hook (dora_rl/runtime/adapter/policies.py): the AdaptEnv agent
+    in `path` as an object with `choose(state, options, current, scenario)`."""
+    return AdaptAgentPolicy(scenario, path)

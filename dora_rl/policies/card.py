@@ -40,9 +40,29 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
              "`dora plan SCENARIO --planner ppo` (default agent) or `dora_rl.policies.load_agent(PATH)`.", "",
              "**Trained on** `dora_rl/Partition-v0`: seeded synthetic scenarios (`random_scenario`, 2-8 devices, "
              "4-24 blocks, inference or training, latency or energy objective, random QoE targets), "
-             f"{config.get('timesteps')} steps in {_f((config.get('train_seconds') or 0) / 60, 1)} min on a shared "
-             f"2-core CPU (seed {config.get('seed')}). Hyperparameters: `config.yml` (from `policies/ppo.yml`). "
-             f"Observation layout v{config.get('obs_version')}.", "",
+             f"{_f((config.get('train_seconds') or 0) / 60, 1)} min in all on a shared 2-core CPU (seed "
+             f"{config.get('seed')}). Hyperparameters: `config.yml` (from `policies/ppo.yml`). "
+             f"Observation layout v{config.get('obs_version')}.", ""]
+    bc = config.get("bc")
+    if bc:
+        lines += ["**How (imitation warm-start, then PPO).** (1) Teacher data: the `dora` planner's plans on "
+                  f"{bc['episodes']} seeded training instances"
+                  + (f" (of {bc['requested_episodes']} requested: the teacher's time budget ran out)"
+                     if bc.get("stopped_early") else "") + f" (generator seed {bc.get('seed')}, {bc.get('dora')} with a "
+                  f"QoE-compliant `dora` plan, {bc.get('relaxed')} where none exists - there the DP without QoE "
+                  "constraints, best `utility`; "
+                  f"{bc.get('unreachable')} unreachable plans skipped) plus the presets "
+                  f"{', '.join(bc.get('presets') or []) or '-'} (x{bc.get('preset_repeat')}), replayed through the "
+                  f"action space: {bc.get('decisions')} (observation, mask, teacher action) decisions, "
+                  f"{_f(bc.get('teacher_seconds'), 0)} s. (2) Behaviour cloning: masked cross-entropy (+ value "
+                  f"regression on the teacher's return), {bc.get('epochs')} epochs, {_f(bc.get('bc_seconds'), 0)} s "
+                  f"(held-out decision accuracy {_f((bc.get('final') or {}).get('val_acc'))}; eval reward "
+                  f"{_f(bc.get('eval_mean_reward'))}). (3) MaskablePPO fine-tuning on the environment reward "
+                  f"(lr {config['hyperparams'].get('learning_rate')}, clip {config['hyperparams'].get('clip_range')}): "
+                  f"{config.get('ppo_timesteps')} steps, {_f((config.get('ppo_seconds') or 0) / 60, 1)} min. "
+                  f"Shipped checkpoint: {config.get('shipped_checkpoint', '-')}. The presets are in the teacher data, "
+                  "so preset results are not held out; the held-out set below is.", ""]
+    lines += [
              "**Reward / score.** `utility = min(4, ref/objective) - penalties` (ref: best single-device plan; "
              "penalty 2 + relative miss per violated QoE constraint), from the shared cost model.", ""]
     if bench:
@@ -76,7 +96,9 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   f"the agent is at least as good as the oracle on {_f(100 * (vo['win_or_tie'] or 0), 0)}% of all "
                   f"{vo['n']} instances where the oracle returns a plan - the QoE misses below are the gap)",
                   f"- better than every baseline's median: **{'met' if c['better_than_every_baseline_median'] else 'NOT met'}** "
-                  "(where both meet QoE the medians tie at 1.0 with local/offload/neurosurgeon/pipeedge/data_parallel; "
+                  "(medians where both meet QoE: "
+                  + ", ".join(f"{p} {_f(v['median_ratio'])}" for p, v in s["vs"].items()
+                              if p not in ("oracle", "dora")) + "; "
                   "the agent is at least as good as each baseline on "
                   + ", ".join(f"{p} {_f(100 * (v['win_or_tie'] or 0), 0)}%" for p, v in s["vs"].items()
                               if p not in ("oracle", "dora")) + " of instances)",
@@ -88,6 +110,13 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   f"- env steps/s >= 5000 (no policy): **{'met' if c['env_steps_per_s_ok'] else 'NOT met'}** "
                   f"({_f(b['env_steps_per_s']['partition_synthetic_warm'], 0)}/s)",
                   f"- training time: {_f(c['train_minutes'], 1)} min", ""]
+    if bench and bench.get("before"):
+        bf = bench["before"]
+        lines += ["## Before / after", "",
+                  f"The previous agent ({bf['note']}): QoE compliance {_f(bf['heldout']['qoe_compliance'])} greedy, "
+                  f"{_f(bf['heldout_samples8']['qoe_compliance'])} with 8 samples; wins/ties vs oracle "
+                  f"{_f(bf['heldout']['vs']['oracle']['win_or_tie'], 2)}; preset ratios to dora "
+                  + ", ".join(_f(x) for x in bf["preset_ratio_dora"]) + ".", ""]
     lines += ["## Limits", "",
               "- More devices than the agent's maximum: `AgentError`; use `--planner dora`.",
               "- Masks assume every training stage keeps M micro-batches in flight (conservative for memory).",

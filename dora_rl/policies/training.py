@@ -5,7 +5,17 @@ writes TensorBoard logs (`<out>/tb/`), evaluates periodically with masks
 (MaskableEvalCallback on an environment with a different instance seed), and saves the
 agent folder `<out>/<env-id-sanitised>/` (model.zip, config.yml, results.json,
 README.md). The shipped model is the best periodic evaluation's checkpoint (the final
-one when no evaluation ran)."""
+one when no evaluation ran).
+
+Imitation warm-start (`bc_episodes`, default from the `bc` block of policies/ppo.yml, on
+for the Partition environments): before PPO, the `dora` planner's plans on
+`bc_episodes` seeded training instances (plus the presets) are replayed through the
+action space and the policy is trained on them with masked cross-entropy
+(dora_rl/policies/imitation.py); PPO then fine-tunes with the `finetune` overrides
+(lower learning rate, smaller clip range). The behaviour-cloned policy is evaluated
+like a PPO checkpoint and stays the shipped model unless fine-tuning beats it.
+config.yml records what was done (`bc`: episodes, decisions, epochs, seconds; PPO
+steps and seconds)."""
 
 from __future__ import annotations
 
@@ -33,7 +43,8 @@ def _policy_class(name: str):
 
 def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | Path = "runs",
           max_minutes: float | None = None, progress: bool = True, verbose: int = 0,
-          hyperparams: dict | None = None, eval_freq: int | None = None, n_threads: int = 1) -> Path:
+          hyperparams: dict | None = None, eval_freq: int | None = None, n_threads: int = 1,
+          bc_episodes: int | None = None) -> Path:
     import gymnasium as gym
     import torch
     from sb3_contrib import MaskablePPO
@@ -57,6 +68,21 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     folder.mkdir(parents=True, exist_ok=True)
     tb = out / "tb"
 
+    t_start = time.time()
+    bc_hp = dict(hp.get("bc") or {})
+    if bc_episodes is not None:
+        bc_hp["episodes"] = int(bc_episodes)
+    spec_kwargs = dict(gym.spec(env_id).kwargs or {})
+    is_partition = "Partition" in env_id
+    fixed_scenario = spec_kwargs.get("scenario") or env_kwargs.get("scenario")
+    bc_n = int(bc_hp.get("episodes", 0) or 0) if is_partition else 0
+    if bc_episodes and not is_partition:
+        raise AgentError(f"--bc-episodes: behaviour cloning from `dora` needs a Partition environment, not {env_id!r}")
+    do_bc = bc_n > 0
+    if do_bc:
+        for k, v in (hp.get("finetune") or {}).items():
+            hp[k] = v
+
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs={"render_mode": None, **env_kwargs})
     eval_env = make_vec_env(env_id, n_envs=1, seed=seed + 10_000, env_kwargs={"render_mode": None, **eval_kwargs})
     algo = {k: hp[k] for k in ALGO_KEYS if k in hp}
@@ -77,15 +103,49 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         def _on_step(self) -> bool:
             return time.time() - self.t0 < self.seconds
 
+    bc_info = None
+    if do_bc:
+        from sb3_contrib.common.maskable.evaluation import evaluate_policy
+
+        from dora_rl.policies.imitation import behaviour_clone, teacher_dataset
+
+        D = int(env_kwargs.get("max_devices", 8))
+        if fixed_scenario:
+            presets, episodes = (fixed_scenario,), 0
+            rep = bc_n      # one scenario: its teacher episode, repeated
+        else:
+            presets, episodes = tuple(bc_hp.get("presets") or ()), bc_n
+            rep = int(bc_hp.get("preset_repeat", 20))
+        tmax = float(bc_hp["max_minutes"]) * 60 if bc_hp.get("max_minutes") else None
+        data = teacher_dataset(episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, presets=presets,
+                               preset_repeat=rep, env_kwargs=env_kwargs, progress=progress, max_seconds=tmax)
+        np.savez_compressed(folder / "teacher.npz", actions=data["actions"], returns=data["returns"],
+                            **{f"obs_{k}": v for k, v in data["obs"].items()})   # for re-use / inspection
+        fit = behaviour_clone(model.policy, data, epochs=int(bc_hp.get("epochs", 10)),
+                              batch_size=int(bc_hp.get("batch_size", 256)), lr=float(bc_hp.get("lr", 1e-3)),
+                              seed=seed, progress=verbose > 0)
+        mean_r, _ = evaluate_policy(model, eval_env, n_eval_episodes=int(hp.get("n_eval_episodes", 50)),
+                                    deterministic=True, use_masking=True, warn=False)
+        cbs[0].best_mean_reward = float(mean_r)
+        (folder / "best").mkdir(parents=True, exist_ok=True)
+        model.save(str(folder / "best" / "best_model"))
+        bc_info = {"teacher": "dora", "requested_episodes": bc_n, **data["stats"],
+                   "teacher_seconds": data["stats"]["seconds"], "epochs": fit["epochs"], "lr": fit["lr"],
+                   "batch_size": fit["batch_size"], "bc_seconds": fit["seconds"],
+                   "final": fit["history"][-1] if fit["history"] else None, "eval_mean_reward": round(float(mean_r), 4)}
+        bc_info.pop("seconds", None)
+    pre_seconds = time.time() - t_start
     if max_minutes:
-        cbs.append(_Deadline(60.0 * max_minutes))
+        cbs.append(_Deadline(max(1.0, 60.0 * max_minutes - pre_seconds)))
     t0 = time.time()
     model.learn(total_timesteps=n_timesteps, callback=CallbackList(cbs), progress_bar=progress,
                 tb_log_name=sanitize(env_id))
-    seconds = time.time() - t0
+    ppo_seconds = time.time() - t0
+    seconds = time.time() - t_start
     steps_done = int(model.num_timesteps)
     best = folder / "best" / "best_model.zip"
     best_reward = float(cbs[0].best_mean_reward) if np.isfinite(cbs[0].best_mean_reward) else None
+    best_is_bc = bool(do_bc and cbs[0].best_mean_reward == (bc_info or {}).get("eval_mean_reward"))
     if best.is_file():
         from dora_rl.policies.agents import CUSTOM_OBJECTS
         model = MaskablePPO.load(str(best), device="cpu", custom_objects=CUSTOM_OBJECTS)
@@ -95,27 +155,40 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
 
     from dora_rl.envs.partition import NF, NG, OBS_VERSION
 
+    if is_partition:
+        layout = {"obs_version": OBS_VERSION, "device_features": NF, "global_features": NG,
+                  "max_devices": int(env_kwargs.get("max_devices", 8)), "max_blocks": 0}
+    else:   # AdaptEnv: candidates x features (dora_rl/envs/adapt.py)
+        from dora_rl.envs.adapt import ADAPT_OBS_VERSION, NC, NGA
+        layout = {"obs_version": ADAPT_OBS_VERSION, "kind": "adapt", "candidate_features": NC,
+                  "global_features": NGA, "max_candidates": int(env_kwargs.get("max_candidates", 8)),
+                  "env_kwargs": {k: v for k, v in env_kwargs.items()}}
     config = {
-        "env_id": env_id, "algo": "MaskablePPO", "policy": hp.get("policy", "SetPointerPolicy"),
-        "obs_version": OBS_VERSION, "device_features": NF, "global_features": NG,
-        "max_devices": int(env_kwargs.get("max_devices", 8)), "max_blocks": 0,
+        "env_id": env_id, "algo": "MaskablePPO", "policy": hp.get("policy", "SetPointerPolicy"), **layout,
         "seed": seed, "timesteps": steps_done, "train_seconds": round(seconds, 1),
+        "ppo_timesteps": steps_done, "ppo_seconds": round(ppo_seconds, 1),
+        "bc": bc_info, "shipped_checkpoint": "behaviour cloning (no PPO checkpoint beat it)" if best_is_bc
+        else ("best periodic PPO evaluation" if best.is_file() else "final"),
         "hyperparams": {k: v for k, v in hp.items()},
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
                      "gymnasium": gymnasium.__version__},
     }
     results = {"env_id": env_id, "timesteps": steps_done, "train_seconds": round(seconds, 1),
-               "best_eval_mean_reward": best_reward}
+               "best_eval_mean_reward": best_reward, "bc": bc_info}
     ev = folder / "evaluations" / "evaluations.npz"
     if ev.is_file():
         d = np.load(ev)
         results["eval_curve"] = {"timesteps": d["timesteps"].tolist(),
                                  "mean_reward": d["results"].mean(axis=1).round(4).tolist()}
     save_agent(model, folder, config, results,
-               card=f"# {env_id}\n\nTrained with `dora train {env_id}` for {steps_done} steps "
-                    f"({seconds / 60:.1f} min). Run `dora evaluate {folder}` for the comparison table.\n")
+               card=f"# {env_id}\n\nTrained with `dora train {env_id}`: "
+                    + (f"behaviour cloning from `dora` on {bc_info['episodes']} teacher episodes "
+                       f"({bc_info['teacher_seconds'] + bc_info['bc_seconds']:.0f} s), then " if bc_info else "")
+                    + f"{steps_done} PPO steps ({ppo_seconds / 60:.1f} min); {seconds / 60:.1f} min in all. "
+                    f"Run `dora evaluate {folder}` for the comparison table.\n")
     venv.close()
     eval_env.close()
-    (folder / "train_log.json").write_text(json.dumps({"seconds": seconds, "timesteps": steps_done}) + "\n")
+    (folder / "train_log.json").write_text(json.dumps({"seconds": seconds, "timesteps": steps_done,
+                                                        "bc": bc_info}, default=str) + "\n")
     return folder

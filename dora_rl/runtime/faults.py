@@ -435,6 +435,20 @@ class ResilientRuntime(Runtime):
             if hung:
                 raise WorkerLost(hung, f"no heartbeat for {self.hb_timeout:g} s")
 
+    def _ack(self, dev: str) -> dict:
+        """A receive that fails (peer reset, closed pair) is a fault, not an error: find
+        out who died (the process may not have been reaped yet) and raise WorkerLost so
+        the caller recovers, instead of the plain RuntimeFault of the base runtime."""
+        try:
+            return super()._ack(dev)
+        except WorkerLost:
+            raise
+        except RuntimeFault as e:
+            dead = self.detect()
+            if dead:
+                raise WorkerLost(dead, str(e)) from None
+            raise
+
     def detect(self, grace: float = 1.5) -> set:
         """Who is dead? Polls processes and heartbeats for up to `grace` seconds."""
         end = now() + grace

@@ -1,0 +1,228 @@
+"""Imitation warm-start (behaviour cloning) of the `ppo` policy from the `dora` planner.
+
+The standard way to bootstrap a PPO policy from an expert (AlphaGo's SL policy, then
+RL): replay the teacher's plans through PartitionEnv's action space, record
+(observation, action mask, teacher action) at every real decision (forced moves -
+one allowed action - are skipped: they carry no information), and train the
+MaskablePPO policy's network with masked cross-entropy; the value head regresses on
+the teacher episode's return (the final `utility`, gamma = 1) so that PPO fine-tuning
+starts with a critic that matches the actor. `dora train` then continues with
+MaskablePPO on the environment reward (lower learning rate, smaller clip range).
+
+Teacher (`teacher_plan`): the `dora` DP's plan (QoE-compliant, best objective). When no
+plan meets QoE, the same DP without QoE constraints (`search(constrained=False)`),
+keeping the candidate with the best `utility` (the environment's reward: the least
+penalised miss). A teacher plan the action space cannot reach (a training plan that
+fits in memory only because a late stage keeps fewer than M micro-batches in flight)
+is skipped and counted.
+
+Data: synthetic instances of the training generator (`InstanceSource(seed, ...)`,
+indices [0, episodes)) - disjoint from the evaluation seed and from the held-out seed
+(dora_rl/policies/evaluation.py) - plus the preset scenarios (`presets`, each repeated
+`preset_repeat` times, so they are NOT held out for the agent)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from dora_rl.errors import DoraError
+
+KEYS = ("devices", "device_mask", "global", "action_mask")
+
+
+def teacher_plan(inst, budget: float | None = None):
+    """(Plan, 'dora' | 'relaxed') for an Instance, or (None, reason)."""
+    from dora_rl.envs.partition import utility
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import run_planner
+    from dora_rl.planners.dp import _to_plan, search
+
+    try:
+        return run_planner("dora", inst.scenario, inst.cost).plan, "dora"
+    except NoFeasiblePlan:
+        pass
+    except DoraError as e:
+        return None, f"dora: {type(e).__name__}"
+    try:
+        res = search(inst.scenario, inst.cost, constrained=False)
+    except DoraError as e:
+        return None, f"relaxed: {type(e).__name__}"
+    cands = [c for c in res.candidates if c.metrics.feasible]
+    if not cands:
+        return None, "relaxed: nothing fits"
+    best = max(cands, key=lambda c: utility(inst.cost, c.metrics, inst.ref_obj))
+    return _to_plan(inst.cost, best.stages), "relaxed"
+
+
+def replay(env, inst, plan):
+    """Replay `plan` on `inst` through `env`: ([(obs, mask, action)], utility, qoe_ok) or
+    None when an action of the plan is masked (unreachable in the action space)."""
+    from dora_rl.envs.partition import actions_for_plan
+
+    obs, _ = env.reset(seed=0, options={"scenario": inst})
+    steps = []
+    for a in actions_for_plan(plan, inst.scenario, env.max_devices):
+        mask = env.action_masks()
+        if not mask[a]:
+            return None
+        if mask.sum() > 1:
+            steps.append((obs, mask, a))
+        obs, r, done, _, info = env.step(a)
+        if done:
+            return steps, float(r), bool(info["qoe_ok"])
+    return None
+
+
+def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=(), preset_repeat: int = 20,
+                    env_kwargs: dict | None = None, progress: bool = False, max_seconds: float | None = None) -> dict:
+    """Teacher trajectories: {obs: {key: array}, actions, returns, stats}."""
+    from dora_rl.envs.partition import Instance, PartitionEnv
+    from dora_rl.scenario import load_scenario
+
+    kw = {k: v for k, v in (env_kwargs or {}).items() if k in ("min_devices", "gen_max_devices", "gen_kwargs")}
+    env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=max(1, episodes), **kw)
+    t0 = time.time()
+    cols = {k: [] for k in KEYS}
+    acts, rets = [], []
+    stats = {"episodes": 0, "dora": 0, "relaxed": 0, "unreachable": 0, "no_teacher": 0, "qoe_ok": 0,
+             "decisions": 0, "presets": list(presets), "preset_repeat": preset_repeat, "seed": seed}
+    items = [("synthetic", i) for i in range(episodes)] + [("preset", p) for p in presets]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc="teacher", unit="episode", leave=False)
+    for kind, i in items:
+        if max_seconds and time.time() - t0 > max_seconds:
+            stats["stopped_early"] = True
+            break
+        if kind == "synthetic":
+            inst = env.source.instance(i)
+            env.source.cache.clear()          # one pass: no need to keep instances
+            rep = 1
+        else:
+            sc = load_scenario(i)
+            if sc.cluster.n > max_devices:
+                continue
+            inst = Instance(sc, max_devices)
+            rep = preset_repeat
+        plan, how = teacher_plan(inst)
+        if bar is not None:
+            bar.update(1)
+        if plan is None:
+            stats["no_teacher"] += 1
+            continue
+        out = replay(env, inst, plan)
+        if out is None:
+            stats["unreachable"] += 1
+            continue
+        steps, u, ok = out
+        stats["episodes"] += 1
+        stats[how] += 1
+        stats["qoe_ok"] += ok
+        for _ in range(rep):
+            for obs, mask, a in steps:
+                for k in KEYS:
+                    cols[k].append(obs[k])
+                acts.append(a)
+                rets.append(u)
+    if bar is not None:
+        bar.close()
+    stats["decisions"] = len(acts)
+    stats["seconds"] = round(time.time() - t0, 1)
+    D = max_devices
+    if not acts:
+        raise DoraError("behaviour cloning: the teacher produced no decisions")
+    obs = {k: np.stack(cols[k]).astype(np.float32) for k in KEYS}
+    del D
+    return {"obs": obs, "actions": np.array(acts, dtype=np.int64), "returns": np.array(rets, dtype=np.float32),
+            "stats": stats}
+
+
+def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, lr: float = 1e-3,
+                    vf_coef: float = 0.5, seed: int = 0, val_frac: float = 0.05, progress: bool = False,
+                    max_seconds: float | None = None) -> dict:
+    """Masked cross-entropy on the teacher's actions (+ value regression on returns).
+    Returns {epochs, seconds, train_loss, val_acc, ...}."""
+    import torch
+
+    t0 = time.time()
+    n = len(data["actions"])
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    n_val = max(1, int(n * val_frac)) if (n > 20 and val_frac > 0) else 0
+    val, tr = perm[:n_val], perm[n_val:]
+    obs = {k: torch.from_numpy(v) for k, v in data["obs"].items()}
+    masks = obs["action_mask"] > 0.5
+    acts = torch.from_numpy(data["actions"])
+    rets = torch.from_numpy(data["returns"])
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * math.ceil(len(tr) / batch_size)))
+    policy.set_training_mode(True)
+    hist = []
+
+    def batch_loss(idx):
+        o = {k: v[idx] for k, v in obs.items()}
+        dist = policy.get_distribution(o, action_masks=masks[idx].numpy())
+        logp = dist.log_prob(acts[idx])
+        v = policy.predict_values(o).flatten()
+        ce = -logp.mean()
+        vl = torch.nn.functional.mse_loss(v, rets[idx])
+        return ce, vl, dist
+
+    done_epochs = 0
+    for ep in range(epochs):
+        order = torch.from_numpy(rng.permutation(tr))
+        tot, cnt = 0.0, 0
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            ce, vl, _ = batch_loss(idx)
+            loss = ce + vf_coef * vl
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot += float(ce.detach()) * len(idx)
+            cnt += len(idx)
+        done_epochs += 1
+        rec = {"epoch": ep + 1, "train_ce": round(tot / max(cnt, 1), 4)}
+        if n_val:
+            with torch.no_grad():
+                idx = torch.from_numpy(val)
+                ce, vl, dist = batch_loss(idx)
+                pred = dist.distribution.probs.argmax(-1)
+                rec.update(val_ce=round(float(ce), 4), val_acc=round(float((pred == acts[idx]).float().mean()), 4),
+                           val_value_mse=round(float(vl), 4))
+        hist.append(rec)
+        if progress:
+            print(f"bc epoch {ep + 1}/{epochs}: {rec}", flush=True)
+        if max_seconds and time.time() - t0 > max_seconds:
+            break
+    policy.set_training_mode(False)
+    return {"epochs": done_epochs, "batch_size": batch_size, "lr": lr, "samples": int(n), "val_samples": int(n_val),
+            "seconds": round(time.time() - t0, 1), "history": hist}
+
+
+def greedy_stats(policy, episodes: int = 100, seed: int = 1, max_devices: int = 8) -> dict:
+    """Greedy masked rollouts on instances of generator seed `seed`: mean utility and
+    QoE compliance (a quick check, not the evaluation)."""
+    from dora_rl.envs.partition import PartitionEnv
+    from dora_rl.policies.extractor import NumpyActor
+
+    actor = NumpyActor(policy)
+    env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=episodes)
+    us, ok = [], 0
+    for i in range(episodes):
+        env.reset(seed=0, options={"scenario": env.source.instance(i)})
+        done = False
+        while not done:
+            m = env._mask
+            allowed = np.flatnonzero(m)
+            a = int(allowed[0]) if len(allowed) == 1 else int(np.argmax(actor.logits(env.observe(), m)))
+            r, done, info = env.advance(a)
+        us.append(r)
+        ok += info["qoe_ok"]
+    return {"mean_utility": float(np.mean(us)), "qoe_ok": ok / episodes, "episodes": episodes, "seed": seed}

@@ -9,21 +9,13 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from dora_rl.jsonsafe import json_safe
+
 console = Console()
 
 
 def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(_clean(obj), indent=1) + "\n")
-
-
-def _clean(o):
-    if isinstance(o, float):
-        return None if math.isnan(o) else (str(o) if math.isinf(o) else o)
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
+    sys.stdout.write(json.dumps(json_safe(obj), indent=1) + "\n")
 
 
 def table(title: str, columns: list[str], rows: list[list], justify_right_from: int = 1) -> Table:

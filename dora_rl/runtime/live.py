@@ -39,14 +39,12 @@ def dilate(scenario: Scenario, slowdown: float) -> Scenario:
     """The scenario `slowdown` times slower in every respect (compute, network, targets)."""
     if slowdown == 1.0:
         return scenario
-    if not slowdown > 0:
-        raise PlanError(f"--slowdown must be a positive number, got {slowdown!r}")
     from dataclasses import replace as dc_replace
 
     from dora_rl.cluster.model import Cluster
-    d = scenario.cluster.to_dict()
-    for dev in d["devices"]:
-        dev["gflops"] = dev["gflops"] / slowdown
+    from dora_rl.runtime.coordinator import scale_scenario
+
+    d = scale_scenario(scenario, slowdown).cluster.to_dict()   # compute (and the argument check)
     for ln in d["links"]:
         ln["mbps"] = ln["mbps"] / slowdown
         ln["latency_ms"] = ln.get("latency_ms", 0.0) * slowdown

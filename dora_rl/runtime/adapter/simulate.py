@@ -38,6 +38,7 @@ from dora_rl.runtime.adapter.compose import (battery_budgets, conditions, make_m
                                              score, transfer_seconds)
 from dora_rl.runtime.adapter.monitor import Monitor
 from dora_rl.runtime.adapter.policies import Adapter, get_adapter, true_mbps
+from dora_rl.jsonsafe import json_safe
 
 SAMPLES_PER_INTERVAL = 4
 
@@ -154,20 +155,8 @@ class Log:
     def save(self, path: str | Path) -> Path:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_clean(self.to_dict()), indent=1) + "\n")
+        p.write_text(json.dumps(json_safe(self.to_dict()), indent=1) + "\n")
         return p
-
-
-def _clean(o):
-    if isinstance(o, float):
-        return None if math.isnan(o) else (str(o) if math.isinf(o) else o)
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)):
-        return _clean(o.item())
-    return o
 
 
 # ------------------------------------------------------------------ flows

@@ -149,7 +149,9 @@ def plot_compare(scen, out: dict, path: str) -> None:
         ax.plot(xs, ys, "o", color="C0", label="dora Pareto set (QoE-compliant)")
     for i, r in enumerate(r for r in out["rows"] if r["status"] == "ok"):
         mk = "o" if r["qoe_ok"] else "x"
-        ax.plot(r["latency_ms"], r["energy_j"], mk, color=f"C{(i % 9) + 1}", markersize=9, label=r["planner"])
+        style = {"markerfacecolor": "none", "markersize": 15, "markeredgewidth": 2} if r["planner"] == "oracle" \
+            else {"markersize": 9}  # the oracle as a ring, so a planner on the same point stays visible
+        ax.plot(r["latency_ms"], r["energy_j"], mk, color=f"C{(i % 9) + 1}", label=r["planner"], **style)
     if scen.qoe.latency_slo_ms:
         ax.axvline(scen.qoe.latency_slo_ms, color="red", ls="--", lw=1, label="latency SLO")
     what = "iteration" if scen.workload.training else "request"

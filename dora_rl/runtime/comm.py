@@ -31,6 +31,7 @@ TAG_ACK = 3
 TAG_WEIGHTS = 4
 TAG_PROBE = 5
 TAG_RING = 6
+TAG_INPUT = 7      # request inputs, coordinator -> source, as raw tensor messages
 TAG_FWD = 100      # + boundary k
 TAG_BWD = 400      # + boundary k
 

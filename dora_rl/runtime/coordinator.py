@@ -34,7 +34,8 @@ import torch.distributed as dist
 from dora_rl.cost import CostModel
 from dora_rl.errors import PlanError, RuntimeFault
 from dora_rl.plan import Plan
-from dora_rl.runtime.comm import TAG_ACK, TAG_CTRL, TAG_REPLY, Pending, isend_obj, recv_obj, send_obj
+from dora_rl.runtime.comm import (TAG_ACK, TAG_CTRL, TAG_INPUT, TAG_REPLY, Pending, isend_obj, isend_tensor, recv_obj,
+                                  send_obj)
 from dora_rl.runtime.emulation import energy_j, now, sleep_until
 from dora_rl.scenario import Scenario
 
@@ -419,6 +420,19 @@ class Runtime:
             return torch.randint(0, 1000, shape, generator=g)
         return torch.randn(shape, generator=g)
 
+    def _send_input(self, dev: str, cmd: dict, x: torch.Tensor) -> None:
+        """The source's infer command with its input: a float/int tensor goes as a raw
+        tensor message after the command (no pickling, no copies; the worker receives
+        it straight into its buffer), anything else pickled inside the command."""
+        dt = str(x.dtype).removeprefix("torch.")
+        if dt in ("float32", "float64", "int64") and not x.requires_grad:
+            cmd["x_meta"] = (tuple(int(d) for d in x.shape), dt)
+            self._cmd(dev, cmd)
+            self.pending.add(isend_tensor(x, self.ranks[dev], TAG_INPUT, 0.0))
+        else:
+            cmd["x"] = x
+            self._cmd(dev, cmd)
+
     def infer(self, n: int, *, rate: float | None = None, window: int | None = None, inputs=None,
               keep_outputs: bool = False, switch_at: int | None = None, switch_plan: Plan | None = None,
               batch: int | None = None) -> InferenceResult:
@@ -489,8 +503,9 @@ class Runtime:
             for dev in self.participants():
                 cmd = {"op": "infer", "rid": rid, "batch": int(x.shape[0])}
                 if dev == self.sc.source:
-                    cmd["x"] = x
-                self._cmd(dev, cmd)
+                    self._send_input(dev, cmd, x)
+                else:
+                    self._cmd(dev, cmd)
             take(False)
         while inflight:
             take(True)

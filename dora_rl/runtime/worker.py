@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dora_rl.errors import RuntimeFault
-from dora_rl.runtime.comm import (TAG_ACK, TAG_BWD, TAG_CTRL, TAG_FWD, TAG_PROBE, TAG_REPLY, TAG_RING,
+from dora_rl.runtime.comm import (TAG_ACK, TAG_BWD, TAG_CTRL, TAG_FWD, TAG_INPUT, TAG_PROBE, TAG_REPLY, TAG_RING,
                                   TAG_WEIGHTS, Pending, Transmitter, irecv_tensor, isend_obj, isend_tensor, overlaps,
                                   recv_obj, sample_edges, send_obj, wait_tensors)
 from dora_rl.runtime.emulation import ComputeClock, NetEmulator, now, sleep_until
@@ -246,7 +246,11 @@ class Worker:
         m = batch // M
         t0 = now()
         if self.is_source:
-            x = cmd["x"]
+            if "x_meta" in cmd:   # the input follows the command as a raw tensor message
+                shape, dt = cmd["x_meta"]
+                x = wait_tensors([irecv_tensor(tuple(shape), DTYPES[dt], 0, TAG_INPUT)])[0]
+            else:
+                x = cmd["x"]
             remote = []
             for j in range(M):
                 self.scatter(0, j, m, x[j * m:(j + 1) * m], 0, False)
@@ -501,6 +505,27 @@ def _watch_parent(pid: int) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
+def _tune_malloc() -> None:
+    """Keep freed activation buffers in the heap instead of returning them to the OS.
+
+    With glibc's defaults every large activation (tens of MB for early CNN layers) is
+    mmap'ed, zero-filled page by page and munmap'ed again (or the heap is trimmed), so
+    a stage spends a sizeable share of its time in page faults (~15-20% system time
+    for resnet18's first blocks). A worker runs the same shapes over and over, so a
+    fixed mmap threshold (32 MiB, glibc's maximum; also stops the dynamic one) and no
+    trimming below 1 GiB let it reuse the same pages. DORA_MALLOC_TUNE=0 disables."""
+    if os.environ.get("DORA_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
+    except (OSError, AttributeError):   # not glibc: keep the allocator's defaults
+        pass
+
+
 def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
     """Join the group (env vars), serve until stopped. Raises RuntimeFault on failure."""
     if scenario is not None:
@@ -523,6 +548,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         from dora_rl.runtime.faults import WorkerFaults
         fx = WorkerFaults(device)
     torch.set_num_threads(1)
+    _tune_malloc()
     addr = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world,

@@ -709,10 +709,16 @@ class ResilientRuntime(Runtime):
 
     # ---------------------------------------------------------------- training
     def _take_checkpoint(self) -> None:
-        for dev in self.participants():
+        """Copy every participant's blocks (and optimizer state) to the coordinator.
+        All-or-nothing: a worker lost half-way leaves the previous checkpoint intact,
+        so the copy never mixes iterations (recovery ships blocks from it and replays
+        the iteration on top of the survivors' start-of-iteration snapshots)."""
+        devs = self.participants()
+        for dev in devs:
             self._cmd(dev, {"op": "checkpoint"})
-        for dev in self.participants():
-            for b, (sd, opt) in self._ack(dev)["state"].items():
+        states = [self._ack(dev)["state"] for dev in devs]
+        for state in states:
+            for b, (sd, opt) in state.items():
                 self.model[b].load_state_dict(sd)
                 self.opt_ckpt[b] = opt
 

@@ -100,25 +100,31 @@ def reference_results(scenario: Scenario, planners=REFERENCES, timeout: float | 
 def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: int = 1, seed: int = 0,
                       timeout: float | None = 120.0, oracle_max_devices: int = 6, refs: dict | None = None) -> dict:
     from dora_rl.cost import CostModel
-    from dora_rl.envs.partition import Instance, utility
-    from dora_rl.planners import run_planner
 
     cost = CostModel(scenario)
     obj = scenario.qoe.objective
     row = {"scenario": scenario.name, "devices": scenario.cluster.n, "blocks": scenario.profile.n_blocks,
            "kind": scenario.workload.kind, "objective_kind": obj}
-    inst = Instance(scenario, agent.max_devices, cost)
-    t0 = time.perf_counter()
-    res = agent.rollouts(scenario, samples, seed, instance=inst)
-    dt = time.perf_counter() - t0
-    plan, m, _ = min(res, key=lambda x: (not x[1].qoe_ok, not x[1].feasible, x[1].objective(obj)))
-    row["agent"] = {"objective": m.objective(obj), "qoe_ok": m.qoe_ok, "feasible": m.feasible,
-                    "utility": utility(cost, m, inst.ref_obj), "seconds": dt, "plan": plan.to_dict()}
+    row["agent"] = _agent_result(agent, scenario, cost, samples, seed)
     if refs is None:
         refs = reference_results(scenario, planners, timeout, oracle_max_devices, cost)
     row["planners"] = refs
     _compare(row)
     return row
+
+
+def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int) -> dict:
+    """The agent's best of `samples` rollouts (QoE first, then fit, then objective), timed."""
+    from dora_rl.envs.partition import Instance, utility
+
+    obj = scenario.qoe.objective
+    inst = Instance(scenario, agent.max_devices, cost)
+    t0 = time.perf_counter()
+    res = agent.rollouts(scenario, samples, seed, instance=inst)
+    dt = time.perf_counter() - t0
+    plan, m, _ = min(res, key=lambda x: (not x[1].qoe_ok, not x[1].feasible, x[1].objective(obj)))
+    return {"objective": m.objective(obj), "qoe_ok": m.qoe_ok, "feasible": m.feasible,
+            "utility": utility(cost, m, inst.ref_obj), "seconds": dt, "plan": plan.to_dict()}
 
 
 def _compare(row: dict) -> None:
@@ -142,20 +148,11 @@ def reuse_references(agent, scenarios: list[Scenario], rows: list[dict], samples
     import copy
 
     from dora_rl.cost import CostModel
-    from dora_rl.envs.partition import Instance, utility
 
     out = []
     for sc, old in zip(scenarios, rows):
         row = copy.deepcopy(old)
-        obj = sc.qoe.objective
-        cost = CostModel(sc)
-        inst = Instance(sc, agent.max_devices, cost)
-        t0 = time.perf_counter()
-        res = agent.rollouts(sc, samples, seed, instance=inst)
-        dt = time.perf_counter() - t0
-        plan, m, _ = min(res, key=lambda x: (not x[1].qoe_ok, not x[1].feasible, x[1].objective(obj)))
-        row["agent"] = {"objective": m.objective(obj), "qoe_ok": m.qoe_ok, "feasible": m.feasible,
-                        "utility": utility(cost, m, inst.ref_obj), "seconds": dt, "plan": plan.to_dict()}
+        row["agent"] = _agent_result(agent, sc, CostModel(sc), samples, seed)
         _compare(row)
         out.append(row)
     return {"rows": out, "summary": summarize(out, tuple(rows[0]["planners"]) if rows else ())}

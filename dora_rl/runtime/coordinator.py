@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -275,14 +274,8 @@ class Runtime:
 
         th = threading.Thread(target=init, daemon=True)
         th.start()
-        deadline = now() + self.timeout
-        while th.is_alive():
-            th.join(0.2)
-            if self.spawn:
-                self._check_procs()
-            if now() > deadline:
-                raise RuntimeFault(f"coordinator: only some of the {world - 1} workers joined "
-                                   f"{self.addr}:{self.port} within {self.timeout:g} s")
+        self._wait_for(th, 0.2, self.spawn, f"coordinator: only some of the {world - 1} workers joined "
+                                             f"{self.addr}:{self.port} within {self.timeout:g} s")
         if err:
             raise RuntimeFault(f"coordinator: could not form the process group ({err[0]})")
         self.pg = True
@@ -341,6 +334,17 @@ class Runtime:
     def _cmd(self, dev: str, obj: dict) -> None:
         self.pending.add(isend_obj(obj, self.ranks[dev], TAG_CTRL))
 
+    def _wait_for(self, th: threading.Thread, poll: float, check_procs: bool, timeout_msg: str) -> None:
+        """Wait for a blocking gloo call running in `th`, checking the worker processes
+        every `poll` seconds (a dead worker fails fast) and giving up after the timeout."""
+        deadline = now() + self.timeout
+        while th.is_alive():
+            th.join(poll)
+            if check_procs:
+                self._check_procs()
+            if now() > deadline:
+                raise RuntimeFault(timeout_msg)
+
     def _ack(self, dev: str) -> dict:
         th_res: list = []
 
@@ -351,12 +355,7 @@ class Runtime:
                 th_res.append(e)
         th = threading.Thread(target=rx, daemon=True)
         th.start()
-        deadline = now() + self.timeout
-        while th.is_alive():
-            th.join(0.5)
-            self._check_procs()
-            if now() > deadline:
-                raise RuntimeFault(f"worker {dev} did not answer within {self.timeout:g} s")
+        self._wait_for(th, 0.5, True, f"worker {dev} did not answer within {self.timeout:g} s")
         if isinstance(th_res[0], Exception):
             raise RuntimeFault(f"lost worker {dev}: {th_res[0]}")
         return th_res[0]
@@ -562,33 +561,41 @@ class Runtime:
                 switch_info = {"drain_s": 0.0, "move_s": info["seconds"], "total_s": now() - ts,
                                "moved_blocks": info["moved_blocks"], "transfers": info["transfers"]}
             x, y = data[it] if data is not None else self.make_batch(it, batch)
-            if x.shape[0] % self.plan.microbatches:
-                raise PlanError(f"plan: microbatches={self.plan.microbatches} must divide the batch ({x.shape[0]})")
-            last = set(self.plan.stages[-1].devices)
-            t0 = now()
-            devs = self.participants()
-            for dev in devs:
-                cmd = {"op": "train", "it": it, "batch": int(x.shape[0]), "denom": int(y.numel())}
-                if dev == self.sc.source:
-                    cmd["x"] = x
-                if dev in last:
-                    cmd["y"] = y
-                self._cmd(dev, cmd)
-            for dev in devs:
-                self._ack(dev)
-            dt = now() - t0
+            dt = self._train_step(it, x, y)
             times.append(dt)
             wall += dt
-        st = self.stats()
-        self.pending.wait()
-        devs = self.participants()
-        res = TrainResult(iterations, times, self._energy(st, wall, devs) / max(iterations, 1),
-                          {d: st[d]["busy_s"] for d in self.names},
-                          {d: (st[d]["saturated"], st[d]["excess_s"]) for d in self.names if st[d]["saturated"]})
+        res = self._train_result(iterations, times, wall)
         if switch_info:
             res.switch_s = switch_info["total_s"]
             res.switch = switch_info
         return res
+
+    def _train_step(self, it: int, x, y, **extra) -> float:
+        """One iteration on the workers: the source gets x, the last stage y (plus any
+        `extra` command fields); returns its wall time once every participant acked."""
+        if x.shape[0] % self.plan.microbatches:
+            raise PlanError(f"plan: microbatches={self.plan.microbatches} must divide the batch ({x.shape[0]})")
+        last = set(self.plan.stages[-1].devices)
+        t0 = now()
+        devs = self.participants()
+        for dev in devs:
+            cmd = {"op": "train", "it": it, **extra, "batch": int(x.shape[0]), "denom": int(y.numel())}
+            if dev == self.sc.source:
+                cmd["x"] = x
+            if dev in last:
+                cmd["y"] = y
+            self._cmd(dev, cmd)
+        for dev in devs:
+            self._ack(dev)
+        return now() - t0
+
+    def _train_result(self, iterations: int, times: list[float], wall: float) -> TrainResult:
+        st = self.stats()
+        self.pending.wait()
+        devs = self.participants()
+        return TrainResult(iterations, times, self._energy(st, wall, devs) / max(iterations, 1),
+                           {d: st[d]["busy_s"] for d in self.names},
+                           {d: (st[d]["saturated"], st[d]["excess_s"]) for d in self.names if st[d]["saturated"]})
 
     def state_dict(self) -> dict:
         """The current parameters, assembled from the workers (one owner per block)."""

@@ -49,7 +49,6 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -734,22 +733,8 @@ class ResilientRuntime(Runtime):
         while it < iterations:
             try:
                 x, y = data[it] if data is not None else self.make_batch(it, batch)
-                if x.shape[0] % self.plan.microbatches:
-                    raise PlanError(f"plan: microbatches={self.plan.microbatches} must divide the batch "
-                                    f"({x.shape[0]})")
-                last = set(self.plan.stages[-1].devices)
                 t0 = now()
-                devs = self.participants()
-                for dev in devs:
-                    cmd = {"op": "train", "it": it, "v": self.version, "batch": int(x.shape[0]),
-                           "denom": int(y.numel())}
-                    if dev == self.sc.source:
-                        cmd["x"] = x
-                    if dev in last:
-                        cmd["y"] = y
-                    self._cmd(dev, cmd)
-                for dev in devs:
-                    self._ack(dev)
+                self._train_step(it, x, y, v=self.version)
                 if self.checkpoint:
                     self._take_checkpoint()
                 self.version += 1
@@ -760,12 +745,7 @@ class ResilientRuntime(Runtime):
             except WorkerLost as e:
                 self.recover(e.devices)
                 self.faults[-1]["resumed_iteration"] = it
-        st = self.stats()
-        self.pending.wait()
-        devs = self.participants()
-        res = TrainResult(iterations, times, self._energy(st, wall, devs) / max(iterations, 1),
-                          {d: st[d]["busy_s"] for d in self.names},
-                          {d: (st[d]["saturated"], st[d]["excess_s"]) for d in self.names if st[d]["saturated"]})
+        res = self._train_result(iterations, times, wall)
         res.faults = list(self.faults)
         return res
 

@@ -55,15 +55,15 @@ def env_speed(seconds: float = 2.0) -> dict:
     return out
 
 
-def plan_speed(agent, reps: int = 20) -> dict:
+def plan_speed(agent, reps: int = 20, search: str = "greedy") -> dict:
     from dora_rl.synthetic import random_scenario
 
     sc = random_scenario(np.random.default_rng(3), max_devices=8, min_devices=8, n_blocks=50)
-    agent.plan(sc)
+    agent.plan(sc, search=search)
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        agent.plan(sc)
+        agent.plan(sc, search=search)
         ts.append((time.perf_counter() - t0) * 1e3)
     return {"median_ms": statistics.median(ts), "min_ms": min(ts)}
 
@@ -84,6 +84,31 @@ def reference_cache(scenarios, timeout: float = 60.0, path: Path = REFS) -> dict
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(cache, default=str) + "\n")
     return cache
+
+
+def target_checks(ev_h: dict, ev_p: dict) -> dict:
+    """The quality targets of one way of decoding the agent (held-out + presets)."""
+    s = ev_h["summary"]
+    base_ok = all((v["median_ratio"] or 0) < 1.0 for p, v in s["vs"].items() if p not in ("oracle", "dora")
+                  and v["median_ratio"] is not None)
+    pr = [r["vs"]["dora"]["ratio"] for r in ev_p["rows"] if "dora" in r["vs"]]
+    base_u = {p: v["median_utility"] for p, v in s["vs"].items() if p not in ("oracle", "dora")}
+    return {
+        # the issue's reading: the agent's median score (utility, the reported quantity) beats each baseline's
+        "median_utility": s["median_utility"], "baseline_median_utility": base_u,
+        "better_than_every_baseline_median_utility": all(u is None or s["median_utility"] > u for u in base_u.values()),
+        "median_ratio_oracle": s["vs"]["oracle"]["median_ratio"],
+        "median_ratio_oracle_ok": (s["vs"]["oracle"]["median_ratio"] or 9) <= TARGETS["median_ratio_oracle_max"],
+        "better_than_every_baseline_median": base_ok,     # strict ratio < 1 where both meet QoE (ties fail)
+        "qoe_compliance": s["qoe_compliance"],
+        "qoe_compliance_ok": (s["qoe_compliance"] or 0) >= TARGETS["qoe_compliance_min"],
+        "preset_ratio_dora": pr,
+        # within 5% of dora AND QoE-compliant wherever dora is (a cheaper plan that misses QoE is no match)
+        "preset_ratio_dora_ok": bool(pr) and max(pr) <= TARGETS["preset_ratio_dora_max"] and all(
+            r["agent"]["qoe_ok"] or not r["planners"]["dora"].get("qoe_ok") for r in ev_p["rows"] if "dora" in r["vs"]),
+        "preset_qoe_ok": {r["scenario"]: r["agent"]["qoe_ok"] for r in ev_p["rows"]},
+        "median_plan_ms": s["median_plan_ms"],
+    }
 
 
 def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> dict:
@@ -107,6 +132,7 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
     out["train"]["bc"] = {k: bc.get(k) for k in ("episodes", "decisions", "teacher_seconds", "bc_seconds", "epochs",
                                                  "eval_mean_reward")} if bc else None
     out["plan_8x50"] = plan_speed(agent)
+    out["plan_8x50_rollout"] = plan_speed(agent, reps=5, search="rollout")
     t0 = time.time()
     presets = [load_scenario(p) for p in preset_names()]
     held = held_out_scenarios(n)
@@ -115,31 +141,20 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
     ev_h = evaluate_agent(agent, held, REFERENCES, timeout=timeout, refs_by_name=cache)
     ev_h8 = reuse_references(agent, held, ev_h["rows"], samples=8)
     ev_p8 = reuse_references(agent, presets, ev_p["rows"], samples=8)
+    ev_hr = reuse_references(agent, held, ev_h["rows"], search="rollout")
+    ev_pr = reuse_references(agent, presets, ev_p["rows"], search="rollout")
     out["eval_seconds"] = round(time.time() - t0, 1)
     out["presets"] = ev_p
     out["heldout"] = {"summary": ev_h["summary"], "rows": ev_h["rows"]}
     out["heldout_samples8"] = {"summary": ev_h8["summary"]}
     out["presets_samples8"] = {"summary": ev_p8["summary"],
                                "ratio_dora": {r["scenario"]: r["vs"].get("dora", {}).get("ratio") for r in ev_p8["rows"]}}
-    s = ev_h["summary"]
-    base_ok = all((v["median_ratio"] or 0) < 1.0 for p, v in s["vs"].items() if p not in ("oracle", "dora")
-                  and v["median_ratio"] is not None)
-    pr = [r["vs"]["dora"]["ratio"] for r in ev_p["rows"] if "dora" in r["vs"]]
-    out["checks"] = {
-        "median_ratio_oracle": s["vs"]["oracle"]["median_ratio"],
-        "median_ratio_oracle_ok": (s["vs"]["oracle"]["median_ratio"] or 9) <= TARGETS["median_ratio_oracle_max"],
-        "better_than_every_baseline_median": base_ok,
-        "qoe_compliance": s["qoe_compliance"],
-        "qoe_compliance_ok": (s["qoe_compliance"] or 0) >= TARGETS["qoe_compliance_min"],
-        "preset_ratio_dora": pr,
-        # within 5% of dora AND QoE-compliant wherever dora is (a cheaper plan that misses QoE is no match)
-        "preset_ratio_dora_ok": bool(pr) and max(pr) <= TARGETS["preset_ratio_dora_max"] and all(
-            r["agent"]["qoe_ok"] or not r["planners"]["dora"].get("qoe_ok") for r in ev_p["rows"] if "dora" in r["vs"]),
-        "preset_qoe_ok": {r["scenario"]: r["agent"]["qoe_ok"] for r in ev_p["rows"]},
-        "plan_ms_8x50_ok": out["plan_8x50"]["median_ms"] <= TARGETS["plan_ms_8x50_max"],
-        "env_steps_per_s_ok": out["env_steps_per_s"]["partition_synthetic_warm"] >= TARGETS["env_steps_per_s_min"],
-        "train_minutes": (out["train"]["train_seconds"] or 0) / 60.0,
-    }
+    out["heldout_rollout"] = {"summary": ev_hr["summary"], "rows": ev_hr["rows"]}
+    out["presets_rollout"] = ev_pr
+    out["checks"] = {**target_checks(ev_h, ev_p), "plan_ms_8x50_ok": out["plan_8x50"]["median_ms"] <= TARGETS["plan_ms_8x50_max"],
+                     "env_steps_per_s_ok": out["env_steps_per_s"]["partition_synthetic_warm"] >= TARGETS["env_steps_per_s_min"],
+                     "train_minutes": (out["train"]["train_seconds"] or 0) / 60.0}
+    out["checks_rollout"] = target_checks(ev_hr, ev_pr)
     results["learning"] = out
     return out
 
@@ -158,5 +173,6 @@ if __name__ == "__main__":
     path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res["learning"], indent=1, default=str) + "\n")
-    print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "checks", "train")},
+    print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "plan_8x50_rollout", "checks",
+                                                      "checks_rollout", "train")},
                      indent=1, default=str))

@@ -18,6 +18,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
     p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
     p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
+    p.add_argument("--search", choices=("greedy", "rollout"), default=None,
+                   help="ppo: greedy (default) or rollout search (tries every action per decision; never worse)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")
@@ -30,9 +32,9 @@ def add_commands(sub) -> None:
 
 def _options(args) -> dict:
     """Planner options from the command line; a planner that does not take one says so."""
-    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples") if getattr(args, k, None) is not None}
+    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples", "search") if getattr(args, k, None) is not None}
     if args.planner != "ppo":
-        for k in ("agent", "samples"):
+        for k in ("agent", "samples", "search"):
             if k in opts:
                 raise PlannerError(f"--{k} is an option of the ppo planner, not of {args.planner!r}")
         if args.planner != "random":

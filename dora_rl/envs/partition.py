@@ -407,6 +407,19 @@ class PartitionEnv(gym.Env):
             raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
         return self._obs(), {}
 
+    def fork(self, into: "PartitionEnv | None" = None) -> "PartitionEnv":
+        """A copy of the episode so far (sharing the read-only Instance) that can be
+        advanced without touching this one: search tries an action and completes the
+        plan on the copy. `into` re-uses an env of the same max_devices (no allocation)."""
+        dst = into if into is not None else PartitionEnv(scenario=None, max_devices=self.max_devices, pool_size=1)
+        if dst.max_devices != self.max_devices:
+            raise DoraError(f"fork: max_devices {dst.max_devices} != {self.max_devices}")
+        dst.inst, dst._dmask, dst._mask = self.inst, self._dmask, self._mask.copy()
+        dst.p, dst.l, dst.g_reach, dst.done, dst.result = self.p, self.l, self.g_reach, self.done, self.result
+        dst.group, dst.used, dst.stages = list(self.group), set(self.used), list(self.stages)
+        dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
+        return dst
+
     # --- masks -------------------------------------------------------------------
     def _compute_mask(self) -> np.ndarray:
         inst, D, p, B = self.inst, self.max_devices, self.p, self.inst.B

@@ -62,6 +62,9 @@ def load_hyperparams(env_id: str, path: Path = HYPERPARAMS) -> dict:
     return dict(block)
 
 
+SEARCHES = ("greedy", "rollout")
+
+
 class Agent:
     """A loaded agent: plans scenarios greedily (or by sampling) with masks."""
 
@@ -89,10 +92,16 @@ class Agent:
             raise AgentError(f"scenario {scenario.name!r} has {scenario.profile.n_blocks} blocks but agent "
                              f"{self.name!r} supports at most {mb}; use `--planner dora`")
 
-    def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None):
-        """Greedy rollout first, then `samples - 1` sampled ones: [(plan, metrics, utility)]."""
+    def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
+                 search: str = "greedy", top_k: int | None = None):
+        """The greedy plan (or the rollout-search plan, `search="rollout"`: see
+        dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
+        [(plan, metrics, utility)]."""
         from dora_rl.envs.partition import Instance, PartitionEnv
+        from dora_rl.policies.search import greedy_complete, rollout_search
 
+        if search not in SEARCHES:
+            raise AgentError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
         self.check_scenario(scenario)
         inst = instance or Instance(scenario, self.max_devices, cost)
         if not inst.completable:
@@ -102,8 +111,9 @@ class Agent:
         env = PartitionEnv(scenario=None, max_devices=self.max_devices, pool_size=1)
         rng = np.random.default_rng(int(seed))
         actor = self.actor()
-        out = []
-        for k in range(max(1, int(samples))):
+        env.reset(seed=seed, options={"scenario": inst})
+        out = [rollout_search(actor, env, top_k) if search == "rollout" else greedy_complete(actor, [env])[0]]
+        for k in range(1, max(1, int(samples))):
             env.reset(seed=seed + k, options={"scenario": inst})
             done = False
             while not done:
@@ -112,20 +122,17 @@ class Agent:
                     _, done, _ = env.advance(int(allowed[0]))
                     continue
                 logits = actor.logits(env.observe(), env._mask)
-                if k == 0:
-                    a = int(np.argmax(logits))
-                else:
-                    p = np.exp(logits - logits.max())
-                    a = int(rng.choice(len(p), p=p / p.sum()))
-                _, done, _ = env.advance(a)
+                p = np.exp(logits - logits.max())
+                _, done, _ = env.advance(int(rng.choice(len(p), p=p / p.sum())))
             out.append(env.result)
         return out
 
-    def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None) -> tuple[Plan, object]:
+    def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None, search: str = "greedy",
+             top_k: int | None = None) -> tuple[Plan, object]:
         """The best plan (QoE-compliant first, then feasible, then objective) of the rollouts."""
         from dora_rl.envs.partition import plan_key
 
-        res = self.rollouts(scenario, samples, seed, cost=cost)
+        res = self.rollouts(scenario, samples, seed, cost=cost, search=search, top_k=top_k)
         best = min(res, key=lambda x: plan_key(x[1], scenario.qoe.objective))
         return best[0], best[1]
 

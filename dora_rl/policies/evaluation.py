@@ -1,6 +1,7 @@
 """`evaluate_agent`: the learned planner against the oracle, `dora` and the baselines.
 
-Per scenario: the agent's plan (greedy with masks, or best of `samples`), its objective,
+Per scenario: the agent's plan (greedy with masks or rollout search, `search`; or best
+of `samples`), its objective,
 QoE compliance and `utility` (the training reward), and every reference planner's plan
 scored by the same cost model. The summary gives, per reference planner:
 
@@ -9,6 +10,11 @@ scored by the same cost model. The summary gives, per reference planner:
 - `win_or_tie`: share of scenarios where the agent's plan is at least as good by the
   order every planner uses (QoE-compliant first, then objective, 0.1% tolerance);
 - `n_both`: how many scenarios the ratio is taken over;
+
+- `median_utility`: the planner's median `utility` (the training reward: objective
+  relative to the best single-device plan, minus QoE penalties) over the scenarios it
+  returns a plan for - the score on which "better than every baseline's median" is
+  judged (the agent's is `median_utility` at the top level);
 
 and `qoe_compliance`: of the scenarios where some planner found a QoE-compliant plan,
 the share where the agent's plan is compliant too."""
@@ -98,14 +104,15 @@ def reference_results(scenario: Scenario, planners=REFERENCES, timeout: float | 
 
 
 def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: int = 1, seed: int = 0,
-                      timeout: float | None = 120.0, oracle_max_devices: int = 6, refs: dict | None = None) -> dict:
+                      timeout: float | None = 120.0, oracle_max_devices: int = 6, refs: dict | None = None,
+                      search: str = "greedy") -> dict:
     from dora_rl.cost import CostModel
 
     cost = CostModel(scenario)
     obj = scenario.qoe.objective
     row = {"scenario": scenario.name, "devices": scenario.cluster.n, "blocks": scenario.profile.n_blocks,
            "kind": scenario.workload.kind, "objective_kind": obj}
-    row["agent"] = _agent_result(agent, scenario, cost, samples, seed)
+    row["agent"] = _agent_result(agent, scenario, cost, samples, seed, search)
     if refs is None:
         refs = reference_results(scenario, planners, timeout, oracle_max_devices, cost)
     row["planners"] = refs
@@ -113,16 +120,16 @@ def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: i
     return row
 
 
-def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int) -> dict:
+def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int, search: str = "greedy") -> dict:
     """The agent's best of `samples` rollouts (QoE first, then fit, then objective), timed."""
-    from dora_rl.envs.partition import Instance, utility
+    from dora_rl.envs.partition import Instance, plan_key, utility
 
     obj = scenario.qoe.objective
     inst = Instance(scenario, agent.max_devices, cost)
     t0 = time.perf_counter()
-    res = agent.rollouts(scenario, samples, seed, instance=inst)
+    res = agent.rollouts(scenario, samples, seed, instance=inst, search=search)
     dt = time.perf_counter() - t0
-    plan, m, _ = min(res, key=lambda x: (not x[1].qoe_ok, not x[1].feasible, x[1].objective(obj)))
+    plan, m, _ = min(res, key=lambda x: plan_key(x[1], obj))
     return {"objective": m.objective(obj), "qoe_ok": m.qoe_ok, "feasible": m.feasible,
             "utility": utility(cost, m, inst.ref_obj), "seconds": dt, "plan": plan.to_dict()}
 
@@ -142,8 +149,9 @@ def _compare(row: dict) -> None:
     row["compliant_exists"] = bool(a["qoe_ok"] or any(r.get("qoe_ok") for r in refs.values()))
 
 
-def reuse_references(agent, scenarios: list[Scenario], rows: list[dict], samples: int, seed: int = 0) -> dict:
-    """Re-plan with the agent only (e.g. with samples=K) and compare against the reference
+def reuse_references(agent, scenarios: list[Scenario], rows: list[dict], samples: int = 1, seed: int = 0,
+                     search: str = "greedy") -> dict:
+    """Re-plan with the agent only (e.g. with samples=K or search="rollout") and compare against the reference
     planners' results already in `rows` (no oracle/dora re-run)."""
     import copy
 
@@ -152,7 +160,7 @@ def reuse_references(agent, scenarios: list[Scenario], rows: list[dict], samples
     out = []
     for sc, old in zip(scenarios, rows):
         row = copy.deepcopy(old)
-        row["agent"] = _agent_result(agent, sc, CostModel(sc), samples, seed)
+        row["agent"] = _agent_result(agent, sc, CostModel(sc), samples, seed, search)
         _compare(row)
         out.append(row)
     return {"rows": out, "summary": summarize(out, tuple(rows[0]["planners"]) if rows else ())}
@@ -169,7 +177,9 @@ def summarize(rows: list[dict], planners=REFERENCES) -> dict:
     for name in planners:
         both = [r["vs"][name]["ratio"] for r in rows if name in r["vs"] and r["vs"][name]["both_ok"]]
         seen = [r["vs"][name]["win_or_tie"] for r in rows if name in r["vs"]]
+        utils = [r["planners"][name]["utility"] for r in rows if "utility" in r["planners"].get(name, {})]
         per[name] = {"median_ratio": statistics.median(both) if both else None, "n_both": len(both),
+                     "median_utility": statistics.median(utils) if utils else None, "n_utility": len(utils),
                      "win_or_tie": (sum(seen) / len(seen)) if seen else None, "n": len(seen),
                      "qoe_ok": (sum(bool(r["planners"][name].get("qoe_ok")) for r in rows) / len(rows)) if rows else None}
     out["vs"] = per
@@ -177,7 +187,8 @@ def summarize(rows: list[dict], planners=REFERENCES) -> dict:
 
 
 def evaluate_agent(agent, scenarios: list[Scenario], planners=REFERENCES, samples: int = 1, seed: int = 0,
-                   timeout: float | None = 120.0, progress: bool = False, refs_by_name: dict | None = None) -> dict:
+                   timeout: float | None = 120.0, progress: bool = False, refs_by_name: dict | None = None,
+                   search: str = "greedy") -> dict:
     it = scenarios
     bar = None
     if progress:
@@ -186,7 +197,7 @@ def evaluate_agent(agent, scenarios: list[Scenario], planners=REFERENCES, sample
     rows = []
     for sc in it:
         refs = (refs_by_name or {}).get(sc.name)
-        rows.append(evaluate_scenario(agent, sc, planners, samples, seed, timeout, refs=refs))
+        rows.append(evaluate_scenario(agent, sc, planners, samples, seed, timeout, refs=refs, search=search))
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -110,17 +110,20 @@ class NumpyActor:
         self.dev = lin(head.dev)
 
     def logits(self, obs: dict, mask) -> "np.ndarray":
+        """Masked logits for one observation, or for a batch (arrays with a leading axis:
+        search completes many partial plans in lockstep)."""
         import numpy as np
 
         x = obs["devices"].astype("float64")
-        dm = obs["device_mask"].astype("float64")[:, None]
+        dm = obs["device_mask"].astype("float64")[..., None]
         e = np.tanh(np.tanh(x @ self.e1[0] + self.e1[1]) @ self.e2[0] + self.e2[1])
-        n = max(dm.sum(), 1.0)
-        mean = (e * dm).sum(0) / n
-        mx = (e + (dm - 1.0) * 1e4).max(0)
+        n = np.maximum(dm.sum(-2), 1.0)
+        mean = (e * dm).sum(-2) / n
+        mx = (e + (dm - 1.0) * 1e4).max(-2)
         g = np.tanh(obs["global"].astype("float64") @ self.g1[0] + self.g1[1])
-        c = np.tanh(np.concatenate([g, mean, mx]) @ self.c1[0] + self.c1[1])
-        h = np.tanh(np.concatenate([e, np.broadcast_to(c, (e.shape[0], c.shape[0]))], 1) @ self.d1[0] + self.d1[1])
+        c = np.tanh(np.concatenate([g, mean, mx], -1) @ self.c1[0] + self.c1[1])
+        cb = np.broadcast_to(c[..., None, :], e.shape[:-1] + c.shape[-1:])
+        h = np.tanh(np.concatenate([e, cb], -1) @ self.d1[0] + self.d1[1])
         d = h @ self.dev[0] + self.dev[1]
-        out = np.concatenate([c @ self.cont[0] + self.cont[1], d[:, 0], d[:, 1]])
+        out = np.concatenate([c @ self.cont[0] + self.cont[1], d[..., 0], d[..., 1]], -1)
         return np.where(mask, out, -np.inf)

@@ -141,6 +141,91 @@ def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=
             "stats": stats}
 
 
+def rollout_dataset(policy, indices, seed: int = 0, max_devices: int = 8, env_kwargs: dict | None = None,
+                    top_k: int | None = 2, max_seconds: float | None = None) -> dict:
+    """Expert-iteration labels: rollout search with the current policy
+    (dora_rl/policies/search.py) on training instances `indices`; every real decision
+    it takes becomes (observation, mask, action), the return is its plan's utility."""
+    from dora_rl.envs.partition import PartitionEnv
+    from dora_rl.policies.extractor import NumpyActor
+    from dora_rl.policies.search import rollout_search
+
+    kw = {k: v for k, v in (env_kwargs or {}).items() if k in ("min_devices", "gen_max_devices", "gen_kwargs")}
+    pool = max(indices) + 1 if len(indices) else 1
+    env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=pool, **kw)
+    actor = NumpyActor(policy)
+    t0 = time.time()
+    cols = {k: [] for k in KEYS}
+    acts, rets = [], []
+    stats = {"episodes": 0, "qoe_ok": 0, "decisions": 0, "top_k": top_k}
+    for i in indices:
+        if max_seconds and time.time() - t0 > max_seconds:
+            stats["stopped_early"] = True
+            break
+        inst = env.source.instance(int(i))
+        env.source.cache.clear()
+        if not inst.completable:
+            continue
+        env.reset(seed=0, options={"scenario": inst})
+        rec: list = []
+        _, m, u = rollout_search(actor, env, top_k, record=rec)
+        stats["episodes"] += 1
+        stats["qoe_ok"] += bool(m.qoe_ok)
+        for obs, mask, a in rec:
+            for k in KEYS:
+                cols[k].append(obs[k])
+            acts.append(a)
+            rets.append(u)
+    stats["decisions"] = len(acts)
+    stats["seconds"] = round(time.time() - t0, 1)
+    obs = {k: np.stack(cols[k]).astype(np.float32) if cols[k] else np.zeros((0,), np.float32) for k in KEYS}
+    return {"obs": obs, "actions": np.array(acts, dtype=np.int64), "returns": np.array(rets, dtype=np.float32),
+            "stats": stats}
+
+
+def merge_datasets(*parts: dict) -> dict:
+    """Concatenate datasets of the same layout (DAgger-style aggregation)."""
+    parts = [p for p in parts if len(p["actions"])]
+    return {"obs": {k: np.concatenate([p["obs"][k] for p in parts]) for k in KEYS},
+            "actions": np.concatenate([p["actions"] for p in parts]),
+            "returns": np.concatenate([p["returns"] for p in parts]), "stats": {}}
+
+
+def expert_iteration(policy, data: dict, rounds: int, episodes: int, start: int, seed: int = 0,
+                     max_devices: int = 8, env_kwargs: dict | None = None, epochs: int = 4, lr: float = 1e-3,
+                     batch_size: int = 256, top_k: int | None = 2, max_seconds: float | None = None,
+                     progress: bool = False) -> dict:
+    """Expert iteration (ExIt / DAgger with a search-improved teacher): each round, the
+    current policy plans `episodes` fresh training instances with rollout search; its
+    decisions are added to the data set and the network is cloned again on all of it.
+    Rollout search is never worse than the greedy policy it searches with, so each round
+    the greedy network imitates a better planner on the states it reaches itself (the
+    states the `dora` teacher never visits). Returns per-round stats."""
+    t0 = time.time()
+    hist = []
+    for r in range(int(rounds)):
+        left = None if not max_seconds else max_seconds - (time.time() - t0)
+        if left is not None and left <= 0:
+            break
+        idx = range(start + r * episodes, start + (r + 1) * episodes)
+        new = rollout_dataset(policy, idx, seed, max_devices, env_kwargs, top_k,
+                              max_seconds=None if left is None else 0.6 * left)
+        if not len(new["actions"]):
+            break
+        data = merge_datasets(data, new)
+        fit = behaviour_clone(policy, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + r + 1,
+                              max_seconds=None if not max_seconds else max(1.0, max_seconds - (time.time() - t0)))
+        rec = {"round": r + 1, **{k: new["stats"][k] for k in ("episodes", "qoe_ok", "decisions", "seconds")},
+               "search_qoe_ok": round(new["stats"]["qoe_ok"] / max(1, new["stats"]["episodes"]), 4),
+               "samples": int(len(data["actions"])), "bc_seconds": fit["seconds"],
+               "final": fit["history"][-1] if fit["history"] else None}
+        hist.append(rec)
+        if progress:
+            print(f"expert iteration round {r + 1}/{rounds}: {rec}", flush=True)
+    return {"rounds": hist, "seconds": round(time.time() - t0, 1), "top_k": top_k,
+            "episodes_per_round": episodes, "epochs": epochs, "lr": lr}
+
+
 def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, lr: float = 1e-3,
                     vf_coef: float = 0.5, seed: int = 0, val_frac: float = 0.05, progress: bool = False,
                     max_seconds: float | None = None) -> dict:

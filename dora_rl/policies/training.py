@@ -14,6 +14,11 @@ action space and the policy is trained on them with masked cross-entropy
 (dora_rl/policies/imitation.py); PPO then fine-tunes with the `finetune` overrides
 (lower learning rate, smaller clip range). The behaviour-cloned policy is evaluated
 like a PPO checkpoint and stays the shipped model unless fine-tuning beats it.
+
+Expert iteration (`expert_iteration` block, generalist only): after cloning `dora`, a
+few rounds in which the policy plans fresh training instances with rollout search
+(dora_rl/policies/search.py), and the network is cloned again on the aggregated
+decisions - it learns to recover from its own mistakes on the states it visits.
 config.yml records what was done (`bc`: episodes, decisions, epochs, seconds; PPO
 steps and seconds)."""
 
@@ -124,6 +129,18 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         fit = behaviour_clone(model.policy, data, epochs=int(bc_hp.get("epochs", 10)),
                               batch_size=int(bc_hp.get("batch_size", 256)), lr=float(bc_hp.get("lr", 1e-3)),
                               seed=seed, progress=verbose > 0)
+        ex_hp = dict(hp.get("expert_iteration") or {})
+        exit_info = None
+        if int(ex_hp.get("rounds", 0) or 0) > 0 and not fixed_scenario:
+            from dora_rl.policies.imitation import expert_iteration
+
+            exit_info = expert_iteration(
+                model.policy, data, rounds=int(ex_hp["rounds"]), episodes=int(ex_hp.get("episodes", 500)),
+                start=episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, env_kwargs=env_kwargs,
+                epochs=int(ex_hp.get("epochs", 4)), lr=float(ex_hp.get("lr", 5e-4)),
+                batch_size=int(bc_hp.get("batch_size", 256)), top_k=ex_hp.get("top_k", 2),
+                max_seconds=float(ex_hp["max_minutes"]) * 60 if ex_hp.get("max_minutes") else None,
+                progress=verbose > 0)
         mean_r, _ = evaluate_policy(model, eval_env, n_eval_episodes=int(hp.get("n_eval_episodes", 50)),
                                     deterministic=True, use_masking=True, warn=False)
         cbs[0].best_mean_reward = float(mean_r)
@@ -132,7 +149,8 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         bc_info = {"teacher": "dora", "requested_episodes": bc_n, **data["stats"],
                    "teacher_seconds": data["stats"]["seconds"], "epochs": fit["epochs"], "lr": fit["lr"],
                    "batch_size": fit["batch_size"], "bc_seconds": fit["seconds"],
-                   "final": fit["history"][-1] if fit["history"] else None, "eval_mean_reward": round(float(mean_r), 4)}
+                   "final": fit["history"][-1] if fit["history"] else None, "eval_mean_reward": round(float(mean_r), 4),
+                   "expert_iteration": exit_info}
         bc_info.pop("seconds", None)
     pre_seconds = time.time() - t_start
     if max_minutes:

@@ -1,0 +1,96 @@
+"""Decoding a plan from the partition policy: greedy completion and rollout search.
+
+Why: the greedy plan is one pass through the blocks, and one wrong early decision
+cannot be undone - the typical miss is keeping the whole model on one device when only
+a pipeline meets the SLO. Rollout search (Bertsekas' rollout algorithm, with the
+policy's greedy plan as the base heuristic) fixes that at a bounded cost: at each real
+decision it tries every allowed action (or the policy's `top_k` most likely ones),
+completes each greedily, scores the finished plans with the shared cost model
+(`search_key`: QoE-compliant plans first, by objective; then the rest by the
+environment's reward, so a miss is judged by how much it misses) and takes the action
+whose completion is best. The greedy completion of the chosen action is again a
+candidate at the next decision, so the final plan is never worse than the greedy plan
+(the rollout improvement property); the best plan seen is kept anyway.
+
+Cost: one greedy completion per candidate per decision, all candidates completed in
+lockstep with one batched network call per step (`NumpyActor.logits` on a batch).
+
+`rollout_search(..., record=[])` also returns the decisions it took (observation, mask,
+chosen action): the improved policy's labels for expert iteration
+(dora_rl/policies/imitation.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dora_rl.envs.partition import PartitionEnv
+
+OBS_KEYS = ("devices", "device_mask", "global")
+
+
+def search_key(result, objective: str) -> tuple:
+    """Order finished episodes (plan, metrics, utility): QoE-compliant plans first, by
+    objective (as `plan_key`), then the others by utility (the least-penalised miss)."""
+    _, m, u = result
+    return (0, m.objective(objective)) if m.qoe_ok else (1, -u)
+
+
+def greedy_complete(actor, envs: list[PartitionEnv]) -> list:
+    """Finish every episode in `envs` greedily, in lockstep (one batched network call
+    per step for the envs that face a real choice); returns their `result`s."""
+    live = [e for e in envs if not e.done]
+    while live:
+        ask = []
+        for e in live:
+            allowed = np.flatnonzero(e._mask)
+            if len(allowed) == 1:          # a forced move: no need to ask the network
+                e.advance(int(allowed[0]))
+            else:
+                ask.append(e)
+        if ask:
+            obs = [e.observe() for e in ask]
+            batch = {k: np.stack([o[k] for o in obs]) for k in OBS_KEYS}
+            logits = actor.logits(batch, np.stack([e._mask for e in ask]))
+            for e, a in zip(ask, np.argmax(logits, axis=1)):
+                e.advance(int(a))
+        live = [e for e in live if not e.done]
+    return [e.result for e in envs]
+
+
+def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: list | None = None):
+    """Run `env` (reset on an instance) to the end by rollout search; returns the best
+    (plan, metrics, utility) seen. `record` collects (obs, mask, action) per decision."""
+    objective = env.inst.objective
+    forks = [PartitionEnv(scenario=None, max_devices=env.max_devices, pool_size=1)
+             for _ in range(env.n_actions)]
+    best = None
+
+    def consider(res):
+        nonlocal best
+        k = search_key(res, objective)
+        if best is None or k < best[0]:
+            best = (k, res)
+        return k
+
+    while not env.done:
+        allowed = np.flatnonzero(env._mask)
+        if len(allowed) == 1:
+            env.advance(int(allowed[0]))
+            continue
+        obs = env.observe()
+        cands = allowed
+        if top_k is not None and len(allowed) > top_k:
+            logits = actor.logits(obs, env._mask)
+            cands = allowed[np.argsort(-logits[allowed], kind="stable")[:top_k]]
+        trials = []
+        for i, a in enumerate(cands):
+            f = env.fork(forks[i])
+            f.advance(int(a))
+            trials.append(f)
+        keys = [consider(r) for r in greedy_complete(actor, trials)]
+        a = int(cands[min(range(len(cands)), key=lambda i: keys[i])])
+        if record is not None:
+            record.append((obs, env._mask.copy(), a))
+        env.advance(a)
+    consider(env.result)
+    return best[1]

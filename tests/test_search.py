@@ -1,0 +1,155 @@
+"""Rollout search over the partition policy (dora_rl/policies/search.py) and expert
+iteration (dora_rl/policies/imitation.py): forks are independent copies, batched logits
+equal one-at-a-time logits, search is never worse than greedy and is strictly better
+somewhere for a weak policy, and expert iteration fits the search's decisions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dora_rl.cli import main as cli_main
+from dora_rl.envs.partition import Instance, PartitionEnv
+from dora_rl.errors import PlannerError
+from dora_rl.scenario import load_scenario
+from dora_rl.synthetic import random_scenario
+
+KW = {"features_extractor_kwargs": {"hidden": 32, "device_dim": 16}, "net_arch": {"pi": [], "vf": [32]}}
+
+
+@pytest.fixture(scope="module")
+def weak_agent():
+    """An untrained set-pointer policy: greedy plans from it are poor, which is what
+    search is for."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.policies.agents import Agent
+    from dora_rl.policies.extractor import SetPointerPolicy
+
+    torch.manual_seed(0)
+    model = MaskablePPO(SetPointerPolicy, PartitionEnv(seed=0), seed=0, device="cpu", policy_kwargs=KW)
+    return Agent(model, {"max_devices": 8}, Path("."))
+
+
+def _instances(n=24, seed=7):
+    out = []
+    for i in range(n):
+        sc = random_scenario(np.random.default_rng([seed, i]), max_devices=6)
+        sc.name = f"s{i}"
+        if Instance(sc, 8).completable:
+            out.append(sc)
+    return out
+
+
+def test_fork_is_an_independent_copy():
+    env = PartitionEnv(seed=3)
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        env.advance(int(rng.choice(np.flatnonzero(env._mask))))
+    before = {k: v.copy() for k, v in env.observe().items()}
+    twin = env.fork()
+    path = []
+    while not twin.done:
+        a = int(rng.choice(np.flatnonzero(twin._mask)))
+        path.append(a)
+        twin.advance(a)
+    for k, v in env.observe().items():        # the original did not move
+        np.testing.assert_array_equal(v, before[k])
+    for a in path:                             # the same actions give the same plan
+        env.advance(a)
+    assert env.done and env.result[0].to_dict() == twin.result[0].to_dict() and env.result[2] == twin.result[2]
+
+
+def test_batched_logits_equal_single(weak_agent):
+    actor = weak_agent.actor()
+    env = PartitionEnv(seed=4)
+    obs, masks = [], []
+    for s in range(6):
+        o, _ = env.reset(seed=s)
+        obs.append(o)
+        masks.append(env._mask.copy())
+    batch = {k: np.stack([o[k] for o in obs]) for k in ("devices", "device_mask", "global")}
+    got = actor.logits(batch, np.stack(masks))
+    for i, (o, m) in enumerate(zip(obs, masks)):
+        np.testing.assert_allclose(got[i], actor.logits(o, m), rtol=1e-12, atol=1e-12)
+
+
+def test_rollout_search_never_worse_than_greedy_and_better_somewhere(weak_agent):
+    from dora_rl.policies.search import search_key
+
+    better = 0
+    for sc in _instances():
+        greedy, = weak_agent.rollouts(sc)
+        searched, = weak_agent.rollouts(sc, search="rollout")
+        kg, ks = search_key(greedy, sc.qoe.objective), search_key(searched, sc.qoe.objective)
+        assert ks <= kg, (sc.name, ks, kg)
+        better += ks < kg
+        top1, = weak_agent.rollouts(sc, search="rollout", top_k=1)   # one candidate = greedy
+        assert top1[0].to_dict() == greedy[0].to_dict()
+    assert better >= 5, better
+
+
+def test_search_records_only_allowed_decisions(weak_agent):
+    from dora_rl.policies.search import rollout_search
+
+    env = PartitionEnv(seed=9)
+    env.reset(seed=2)
+    rec = []
+    plan, m, u = rollout_search(weak_agent.actor(), env, record=rec)
+    assert rec and all(mask[a] and mask.sum() > 1 and obs["action_mask"][a] == 1.0 for obs, mask, a in rec)
+    assert plan.to_dict() == env.result[0].to_dict() or u >= env.result[2]
+
+
+def test_expert_iteration_fits_the_search_decisions(weak_agent):
+    """One round of expert iteration on a fresh copy of the weak policy: the greedy
+    network agrees with the search's labels far more often after fitting them."""
+    import copy
+
+    import torch
+
+    from dora_rl.policies.imitation import expert_iteration, rollout_dataset
+
+    torch.set_num_threads(1)
+    policy = copy.deepcopy(weak_agent.policy)
+    labels = rollout_dataset(policy, range(40), top_k=None)
+
+    def greedy_actions(pol):
+        with torch.no_grad():
+            obs = {k: torch.from_numpy(v) for k, v in labels["obs"].items()}
+            dist = pol.get_distribution(obs, action_masks=labels["obs"]["action_mask"] > 0.5)
+            return dist.distribution.probs.argmax(-1).numpy()
+
+    before = greedy_actions(policy) == labels["actions"]
+    assert 0 < before.sum() < len(before)      # the search overrules greedy somewhere
+    hist = expert_iteration(policy, labels, rounds=1, episodes=20, start=40, epochs=30, lr=3e-3, top_k=None)
+    assert hist["rounds"][0]["episodes"] > 0 and hist["rounds"][0]["samples"] > len(labels["actions"])
+    after = greedy_actions(policy) == labels["actions"]
+    assert after.mean() > before.mean(), (before.mean(), after.mean())
+    assert after[~before].mean() >= 0.3, after[~before].mean()     # overruled decisions learned (0 before)
+
+
+def test_ppo_planner_search_option_and_cli(capsys):
+    from dora_rl.planners import run_planner
+    from dora_rl.planners import ppo  # noqa: F401  (registers "ppo")
+
+    sc = load_scenario("traffic_analytics")
+    from dora_rl.cost import CostModel
+    from dora_rl.envs.partition import utility
+    from dora_rl.policies.search import search_key
+
+    ref = Instance(sc, 8).ref_obj
+    keys = []
+    for opts in ({}, {"search": "rollout"}):
+        m = run_planner("ppo", sc, **opts).metrics
+        keys.append(search_key((None, m, utility(CostModel(sc), m, ref)), sc.qoe.objective))
+    assert keys[1] <= keys[0], keys
+    with pytest.raises(PlannerError, match="search="):
+        run_planner("ppo", sc, search="beam")
+    assert cli_main(["plan", "traffic_analytics", "--planner", "ppo", "--search", "rollout", "--json"]) == 0
+    assert '"plan"' in capsys.readouterr().out
+    assert cli_main(["plan", "traffic_analytics", "--planner", "dora", "--search", "rollout"]) == 2
+    assert "--search is an option of the ppo planner" in capsys.readouterr().err

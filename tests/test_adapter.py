@@ -227,6 +227,37 @@ def test_ppo_adapter_errors_are_typed(traffic, tmp_path):
     assert ad.decide(State(0.0, {"uplink": 300.0})).pids == (0,)
 
 
+def test_ppo_adapter_guard_and_no_flapping(traffic):
+    """The learned adapter decides only within the rule's safety net: a pick that misses
+    QoE while a compliant option exists is overridden ('guard'); an agent that flips
+    between compliant plans every interval on a steady link does not make the runtime
+    flap (voluntary switches must save > margin, hold with headroom and wait the dwell)."""
+
+    class WorstPick:    # always the option that misses QoE worst (lowest capacity)
+        def choose(self, state, options, current, scenario):
+            return min(range(len(options)), key=lambda i: options[i].cap)
+
+    ad = PPOAdapter(traffic, policy=WorstPick(), partition_agent=False)
+    for t in range(5):
+        d = ad.decide(State(float(t), {"uplink": 300.0}))
+        assert d.predicted["ok"], d.reason
+    assert d.reason in ("guard", "keep")
+
+    class Flipper:
+        def __init__(self):
+            self.k = 0
+
+        def choose(self, state, options, current, scenario):
+            ok = [i for i, o in enumerate(options) if o.ok]
+            self.k += 1
+            return ok[self.k % len(ok)]
+
+    ad = PPOAdapter(traffic, policy=Flipper(), partition_agent=False)
+    log = simulate(traffic, ad, step_trace([300.0], [30.0]), duration_s=30)
+    assert sum(r["switch"] for r in log.rows[1:]) <= 1
+    assert all(r["ok"] for r in log.rows)
+
+
 def test_run_simulation_cli_writes_log_and_png(tmp_path, traffic):
     out = run_simulation_cli(traffic, "pareto", step_trace([300.0, 150.0], [5.0, 5.0]), duration=10,
                              interval=1.0, out_dir=tmp_path, live=False)

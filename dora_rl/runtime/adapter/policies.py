@@ -461,13 +461,8 @@ class Adapter:
             gain_w = cur.power - best.power
         if not better:
             return cur, "keep"
-        if self.headroom > 0:   # hysteresis on QoE: a voluntary switch must also hold at less bandwidth
-            lo, mid, hi = self._band
-            low = {m: v * (1 - self.headroom) for m, v in lo.items()}
-            lcost, lby, _ = self.evaluate((low, mid, hi) if self.band else (low, low, low), state.battery,
-                                          sorted(by))
-            if not rescore(best, lby, lcost).ok:
-                return cur, "keep"
+        if not self.holds_with_headroom(state, best, by):
+            return cur, "keep"
         if cost.qoe.objective != "latency":
             move = weights_to_move(best.plans, self.holdings, self.params, self.source)
             sw_s = transfer_seconds(cost, move, self.source) + self.drain_s
@@ -475,6 +470,17 @@ class Adapter:
             if gain_w * self.horizon_s <= switch_j:
                 return cur, "keep"
         return best, "cheaper"
+
+
+    def holds_with_headroom(self, state: State, mix: Mix, by: dict[int, Scored]) -> bool:
+        """Hysteresis on QoE: a voluntary switch must also hold with `headroom` less
+        bandwidth at the band's low end."""
+        if self.headroom <= 0:
+            return True
+        lo, mid, hi = self._band
+        low = {m: v * (1 - self.headroom) for m, v in lo.items()}
+        lcost, lby, _ = self.evaluate((low, mid, hi) if self.band else (low, low, low), state.battery, sorted(by))
+        return rescore(mix, lby, lcost).ok
 
 
 def _mix_shortfall(m: Mix, need, budgets, slo) -> tuple:
@@ -550,8 +556,12 @@ class ParetoAdapter(Adapter):
         if self.ingredients and self.compose and self._given is None:
             for p in ingredient_plans(self.scenario):
                 self.pid(p)
+        self.add_candidates()
         if self.prewarm_cache:
             self.prewarm()
+
+    def add_candidates(self) -> None:
+        """More candidates before the cache is warmed (subclasses)."""
 
 
 @register_adapter
@@ -693,27 +703,50 @@ def load_agent_policy(scenario: Scenario, agent: str | Path | None = None) -> Ag
 
 
 @register_adapter
-class PPOAdapter(Adapter):
-    """The learned adapter: the agent picks among the nominal Pareto set (each interval,
-    scored on the planning condition); the QoE guard still applies: an agent choice that
-    is not compliant while a compliant option exists is overridden (reason 'guard')."""
+class PPOAdapter(ParetoAdapter):
+    """The learned adapter: `pareto`'s candidates and composition, plus the partition
+    agent's plan at each bandwidth level, with the AdaptEnv agent choosing among the
+    single plans each interval. The agent decides whenever its pick is QoE-compliant over
+    the planning band and costs at most `margin` more than the composition rule's choice
+    (the LP's time-share, or keeping the current plan); a voluntary switch away from a
+    compliant plan must save more than `margin`, hold with `headroom` less bandwidth and
+    wait `min_dwell_s` (the rule's hysteresis: no flapping). Otherwise - a non-compliant pick, or
+    a time-share clearly cheaper - `pareto`'s rule decides (reason 'guard' when it
+    overrides the agent). `guard=False` follows the agent blindly (for studying it)."""
 
     name = "ppo"
-    compose = False
     prestage = True
 
     def __init__(self, scenario: Scenario, *, agent: str | Path | None = None, policy: AgentPolicy | None = None,
-                 guard: bool = True, **options):
+                 guard: bool = True, partition_agent: str | Path | None | bool = None, **options):
         self.policy = policy if policy is not None else load_agent_policy(scenario, agent)
         self.guard = guard
-        self.levels = tuple(float(x) for x in options.pop("levels", PARETO_LEVELS))
+        self.partition_agent = partition_agent
         super().__init__(scenario, **options)
 
-    def setup(self) -> None:
-        self.pid(self.initial_plan())
-        for p in self.nominal_pareto(self.levels):
-            self.pid(p)
-        self.prewarm()
+    def add_candidates(self) -> None:
+        """The partition agent's plan (rollout search) at every bandwidth level of the
+        candidate set: the learned planner's proposals join the DP's."""
+        if self.partition_agent is False or self._given is not None:
+            return
+        from dora_rl.planners.ppo import cached_agent
+
+        try:
+            agent = cached_agent(None if self.partition_agent in (None, True) else self.partition_agent)
+        except AgentError:
+            if self.partition_agent not in (None, True):
+                raise
+            return          # no partition agent shipped: the DP's candidates only
+        if self.scenario.cluster.n > agent.max_devices:
+            return
+        medium = dynamic_medium(self.scenario)
+        for f in self.levels:
+            bw = {} if (f == 1.0 or medium is None) else {medium: self.scenario.cluster.media[medium].mbps * f}
+            try:
+                plan, _ = agent.plan(conditions(self.scenario, bw, {}), search="rollout")
+            except NoFeasiblePlan:
+                continue
+            self.pid(plan)
 
     def _choose(self, state, cost, best, by):
         options = [by[p] for p in sorted(by)]
@@ -723,19 +756,45 @@ class PPOAdapter(Adapter):
             raise
         except Exception as e:  # an agent that does not fit this scenario
             raise AgentError(f"adapter agent failed on scenario {self.scenario.name!r}: {e}") from None
-        need, bud, slo = required_rate(cost.scenario), battery_budgets(cost), cost.qoe.latency_slo_ms
-        if k is None:
-            if self.current is None:
-                return best, "initial"
-            return rescore(self.current, by, cost), "keep"
-        if not (isinstance(k, int) and 0 <= k < len(options)):
+        if k is not None and not (isinstance(k, int) and 0 <= k < len(options)):
             raise AgentError(f"adapter agent chose option {k!r} but scenario {self.scenario.name!r} offers "
                              f"{len(options)} candidate plans; the agent was trained for another candidate set")
+        need, bud, slo = required_rate(cost.scenario), battery_budgets(cost), cost.qoe.latency_slo_ms
+        if k is None:                     # the agent keeps what runs
+            if self.current is None:
+                return best, "initial"
+            if not self.guard:
+                return rescore(self.current, by, cost), "keep"
+            return super()._choose(state, cost, best, by)
         pick = make_mix([(options[k], 1.0)], need, bud, slo)
-        if self.guard and not pick.ok and best.ok:
-            return best, "guard"
+        if not self.guard:
+            if self.current is None:
+                return pick, "initial"
+            return pick, ("keep" if set(self.current.pids) == set(pick.pids) else "agent")
+        rule, why = super()._choose(state, cost, best, by)
+        if not pick.ok:
+            return rule, ("guard" if set(rule.pids) != set(pick.pids) else why)
+        if rule.ok:
+            if cost.qoe.objective == "latency":
+                dearer = pick.latency_ms > rule.latency_ms * (1 + self.margin)
+            else:
+                dearer = pick.power > rule.power * (1 + self.margin)
+            if dearer:
+                return rule, "guard"
         if self.current is None:
             return pick, "initial"
         if set(self.current.pids) == set(pick.pids):
             return pick, "keep"
-        return pick, ("qoe-risk" if not rescore(self.current, by, cost).ok else "agent")
+        cur = rescore(self.current, by, cost)
+        if not cur.ok:
+            return pick, "qoe-risk"
+        # a voluntary switch: after the dwell time, to a plan that saves more than
+        # `margin` and still holds with `headroom` less bandwidth (the rule's hysteresis)
+        if cost.qoe.objective == "latency":
+            saves = pick.latency_ms < cur.latency_ms * (1 - self.margin)
+        else:
+            saves = pick.power < cur.power * (1 - self.margin)
+        if (state.t - self.last_switch_t < self.min_dwell_s or not saves
+                or not self.holds_with_headroom(state, pick, by)):
+            return rule, why
+        return pick, "agent"

@@ -85,9 +85,33 @@ class TestInference:
         assert res.switch_s is not None and res.switch_s < 2.0
         # only blocks whose owner changed moved
         expect = {b for b, _, _ in moves_between(old, new, lambda x, y: 1.0)}
-        assert set(res.switch["moved_blocks"]) == expect
+        assert expect and set(res.switch["moved_blocks"]) == expect
+        # switching back moves nothing: every worker kept the blocks it held (inference
+        # weights never change), and the outputs are still the single-process ones
+        back = rt.switch(old)
+        assert back["transfers"] == 0 and back["moved_blocks"] == []
+        res = rt.infer(3, window=2, keep_outputs=True)
+        for rid, y in res.outputs.items():
+            assert torch.allclose(y, reference(rt, rid), atol=1e-5, rtol=0)
+        again = rt.switch(new)       # and forth: still nothing to move
+        assert again["transfers"] == 0
         rt.switch(old)
 
+
+    def test_prestaged_blocks_make_a_switch_a_drain(self, rt):
+        """Blocks shipped before the run (the adapter's candidates) are not moved again."""
+        old = rt.plan
+        solo = Plan.make([(0, 7, ["d"])], microbatches=1)
+        before = set(rt.held.get("d", ()))
+        assert before != set(range(7))
+        shipped = rt.prestage({"d": set(range(7))})
+        assert set(shipped["d"]) == set(range(7)) - before and rt.held["d"] >= set(range(7))
+        info = rt.switch(solo)
+        assert info["transfers"] == 0
+        res = rt.infer(2, window=1, keep_outputs=True)
+        for rid, y in res.outputs.items():
+            assert torch.allclose(y, reference(rt, rid), atol=1e-5, rtol=0)
+        rt.switch(old)
 
     def test_pacing_limits_to_link_bandwidth_and_medium_is_shared(self, rt):
         # Pacing is an upper bound: a loaded CPU can only make a flow slower, so the

@@ -70,9 +70,12 @@ def scale_scenario(scenario: Scenario, slowdown: float) -> Scenario:
     return scenario.replace(cluster=Cluster.from_dict(d))
 
 
-def moves_between(old: Plan | None, new: Plan, bw) -> list[tuple[int, str, str]]:
+def moves_between(old: Plan | None, new: Plan, bw, held: dict[str, set] | None = None) -> list[tuple[int, str, str]]:
     """(block, from_device, to_device) for every block a device of `new` owns that it
-    did not own under `old`; the sender is the old owner with the fastest route."""
+    did not own under `old` and does not still hold (`held`: blocks each worker kept
+    from earlier plans - valid for inference, where weights never change); the sender
+    is the old owner with the fastest route."""
+    held = held or {}
     if old is None:
         return []
     own_old: dict[int, list[str]] = {}
@@ -83,7 +86,7 @@ def moves_between(old: Plan | None, new: Plan, bw) -> list[tuple[int, str, str]]
     for s in new.stages:
         for b in range(s.start, s.end):
             for d in s.devices:
-                if d not in own_old[b]:
+                if d not in own_old[b] and b not in held.get(d, ()):
                     src = max(own_old[b], key=lambda o: bw(o, d))
                     out.append((b, src, d))
     return out
@@ -164,6 +167,7 @@ class Runtime:
         self.procs: list[subprocess.Popen] = []
         self.tmp = ""
         self.plan: Plan | None = None
+        self.held: dict[str, set] = {}     # blocks each worker holds (from its plan acks)
         self.ranks: dict[str, int] = {}
         self.pending = Pending()
         self.replies: queue.Queue = queue.Queue()
@@ -387,15 +391,21 @@ class Runtime:
                 for s in plan.stages:
                     if dev in s.devices:
                         owned = {b: self.model[b] for b in range(s.start, s.end)}
-                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "weights": owned})
+                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "weights": owned,
+                                "keep": not self.sc.workload.training})
             moves = []
         else:
             cl = self.sc.cluster
-            moves = moves_between(self.plan, plan, lambda a, b: cl.bw_l[cl.index[a]][cl.index[b]])
+            # inference: a worker keeps the blocks of earlier plans (weights never change),
+            # so switching back to a plan moves nothing; training must move the trained copy
+            held = {} if self.sc.workload.training else self.held
+            moves = moves_between(self.plan, plan, lambda a, b: cl.bw_l[cl.index[a]][cl.index[b]], held)
             for dev in self.names:
-                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "moves": moves})
+                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "moves": moves,
+                                "keep": not self.sc.workload.training})
         acks = [self._ack(d) for d in self.names]
         self.pending.wait()
+        self.held = {a["device"]: set(a.get("blocks", ())) for a in acks if "device" in a}
         self.plan = plan
         moved = {b for b, _, _ in moves}
         return {"seconds": now() - t0, "moved_blocks": sorted(moved), "transfers": len(moves),
@@ -405,6 +415,22 @@ class Runtime:
         """Adopt a new plan between requests/iterations (nothing in flight)."""
         self.check_plan(plan)
         return self._deploy(plan)
+
+    def prestage(self, holdings: dict[str, set]) -> dict:
+        """Inference: ship each device the blocks `holdings` gives it (e.g. every block
+        of the adapter's candidate plans) before the run, so that later switches are a
+        drain only - what the adapter's switch cost assumes for `pareto` and `ppo`.
+        Returns {device: blocks shipped}."""
+        if self.plan is None or self.sc.workload.training:
+            raise RuntimeFault("prestage: start an inference plan first (training moves trained weights instead)")
+        ship = {d: sorted(set(bs) - self.held.get(d, set())) for d, bs in holdings.items() if d in self.ranks}
+        for dev in self.names:
+            self._cmd(dev, {"op": "plan", "plan": self.plan.to_dict(), "keep": True,
+                            "weights": {b: self.model[b] for b in ship.get(dev, [])}})
+        acks = {d: self._ack(d) for d in self.names}
+        self.pending.wait()
+        self.held = {d: set(a.get("blocks", ())) for d, a in acks.items()}
+        return {d: bs for d, bs in ship.items() if bs}
 
     def stats(self, reset: bool = False) -> dict:
         for d in self.names:

@@ -557,10 +557,11 @@ class ResilientRuntime(Runtime):
             ship = sorted(need - have)
             kept[dev], shipped[dev] = sorted(need & have), ship
             self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "weights": {b: self.model[b] for b in ship},
-                            "opt": {b: self.opt_ckpt.get(b, {}) for b in ship}, "version": self.version})
-        for d in self.names:
-            self._ack(d)
+                            "opt": {b: self.opt_ckpt.get(b, {}) for b in ship}, "version": self.version,
+                            "keep": not self.sc.workload.training})
+        acks = {d: self._ack(d) for d in self.names}
         self.pending.wait()
+        self.held = {d: set(a.get("blocks", ())) for d, a in acks.items()}   # what survivors hold now
         self.plan = plan
         return {"kept": kept, "shipped": shipped}
 

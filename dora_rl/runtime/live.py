@@ -16,8 +16,12 @@
 4. Each interval: the Monitor gets the workers' real transfer measurements (bytes,
    seconds of every paced message, over the heartbeat channel), batteries drain by the
    power model of the running plan on the true condition, the adapter decides, and a
-   switch happens at a request boundary (drain, move changed blocks). A mix runs its
-   largest-fraction plan (time-sharing inside an interval is not executed yet).
+   switch happens at a request boundary (drain, move the blocks a device does not
+   already hold: workers keep the blocks of earlier plans, so switching back is a drain).
+   The live loop runs one plan at a time: adapters plan without composition here
+   (`compose=False` unless given), because a time-share's slots would have to be much
+   longer than a switch's drain - seconds at the dilated speeds - to be worth running;
+   composition is measured in the trace-driven simulation.
 5. A worker that dies (or `fail=[(device, seconds)]` kills) is detected, the adapter
    is rebuilt on the survivors and chooses the plan to resume on.
 6. The live view shows plan, bandwidth (true / estimated), battery, measured latency
@@ -89,6 +93,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     tr, medium = make_trace(sc, trace, mean_frac=mean_frac, seed=seed,
                             duration_s=max(60.0, duration * time_scale))
     nominal = sc.cluster.media[medium].mbps
+    adapter_options = {"compose": False, **adapter_options}
     st = {"sc": sc, "ad": get_adapter(adapter_name, sc, **adapter_options)}
     st["ad"].bind(tr, medium, interval)
     mon = Monitor(sc.cluster)
@@ -127,6 +132,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
                           request_deadline=request_deadline or max(15.0, 20 * (sc.qoe.latency_slo_ms or 1000) / 1e3)
                           ) as rt:
         rt.start(plan)
+        if st["ad"].prestage:      # the candidates' weights go out at deployment, as the adapter assumes
+            rt.prestage(st["ad"].holdings)
         rt.set_bandwidth(medium, true_mbps(0.0) / nominal)
         for dev, at in fail or ():
             rt.fail_at(dev, at)
@@ -162,10 +169,14 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             st["dec"] = dec
             new = _main_plan(dec)
             do_switch = new.to_dict() != prev_plan.to_dict()
+            # no answer in this interval: the last measured latency (None before the first)
             lat_ms = float(np.percentile(recent, 95) * 1e3) if recent else (log.rows[-1]["latency_ms"]
-                                                                            if log.rows else 0.0)
+                                                                            if log.rows else None)
             slo = st["sc"].qoe.latency_slo_ms
-            thr = len(recent) / dt
+            # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
+            # at the dilated request rates)
+            win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
+            thr = sum(1 for (ta, _) in answers if ta - t0 >= t - win) / win
             row = {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
                    "bw_error": state.error.get(medium, 0.0), "battery": levels, "pids": list(dec.pids),
                    "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
@@ -174,7 +185,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
                    "answered": len(recent), "throughput": thr, "power_w": power,
                    "energy_j": power * dt if math.isfinite(power) else 0.0,
                    "served_frac": min(1.0, thr / need) if need else 1.0,
-                   "ok": bool((slo is None or lat_ms <= slo)), "violations": [], "decide_ms": dec.decide_ms,
+                   "ok": bool(slo is None or lat_ms is None or lat_ms <= slo), "violations": [],
+                   "decide_ms": dec.decide_ms,
                    "predicted": dec.predicted, "plan": rt.plan.to_dict(), "faults": len(rt.faults)}
             for pid, p in zip(dec.pids, dec.plans):
                 rows_pids[pid] = p.to_dict()

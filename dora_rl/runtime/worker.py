@@ -146,11 +146,14 @@ class Worker:
         if "version" in cmd and self.faults is not None:   # [faults]
             self.faults.version = cmd["version"]
         sends.wait()
-        self._adopt(plan)
+        self._adopt(plan, keep=bool(cmd.get("keep")))
         self.ack({"op": "plan", "device": self.device, "seconds": now() - t0,
                   "blocks": sorted(self.blocks)})
 
-    def _adopt(self, plan: dict) -> None:
+    def _adopt(self, plan: dict, keep: bool = False) -> None:
+        """Run `plan` from now on. `keep` (inference): blocks this worker no longer owns
+        stay in memory - the device's flash copy - so a later switch back moves nothing;
+        training drops them (their parameters would go stale)."""
         self.plan = plan
         self.stages = [(s["blocks"][0], s["blocks"][1], list(s["devices"]), list(s["shares"]))
                        for s in plan["stages"]]
@@ -172,7 +175,7 @@ class Worker:
         else:
             self.module = None
         for b in list(self.blocks):
-            if b not in owned:
+            if b not in owned and not keep:
                 del self.blocks[b]
                 self.opt_state.pop(b, None)
         self._edges_cache: dict = {}

@@ -195,9 +195,11 @@ class Adapter:
                  headroom: float = 0.1, horizon_s: float = 10.0, drain_s: float = 0.1, min_dwell_s: float = 3.0,
                  candidates: list[Plan] | None = None, initial: Plan | None = None, prestage: bool | None = None,
                  fallback: str = "robust", cache: bool = True, memory_s: float = 10.0, prior_error: float = 0.25,
-                 **_ignored):
+                 compose: bool | None = None, **_ignored):
         if fallback not in ("robust", "raw"):
             raise PlannerError(f"adapter fallback must be 'robust' or 'raw', got {fallback!r}")
+        if compose is not None:
+            self.compose = bool(compose)    # e.g. the live loop, which runs one plan at a time
         self.scenario = scenario
         self.fallback = fallback
         self.memory_s, self.prior_error = float(memory_s), float(prior_error)

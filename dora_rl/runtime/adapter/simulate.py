@@ -110,6 +110,13 @@ def make_trace(scenario: Scenario, spec=None, *, mean_frac: float | None = None,
 
 
 # ------------------------------------------------------------------ log
+def latencies(rows: list[dict]) -> np.ndarray:
+    """The rows' latencies that were measured (a live interval before the first answer
+    has none: None or NaN)."""
+    lat = np.array([np.nan if r["latency_ms"] is None else r["latency_ms"] for r in rows], dtype=float)
+    return lat[np.isfinite(lat)]
+
+
 @dataclass
 class Log:
     """Per-interval rows + run metadata; `summary()` for the bench, `save()` for JSON."""
@@ -132,7 +139,7 @@ class Log:
         if not rows:
             return {}
         dm = np.array([r["decide_ms"] for r in rows])
-        lat = np.array([r["latency_ms"] for r in rows])
+        lat = latencies(rows)
         return {
             "intervals": len(rows),
             "violation_frac": float(np.mean([not r["ok"] for r in rows])),
@@ -142,8 +149,8 @@ class Log:
             "decide_ms_mean": float(dm.mean()),
             "decide_ms_p95": float(np.percentile(dm, 95)),
             "decide_ms_max": float(dm.max()),
-            "latency_ms_p50": float(np.percentile(lat, 50)),
-            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+            "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
             "served_frac": float(np.mean([r["served_frac"] for r in rows])),
         }
 

@@ -35,7 +35,7 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
     else:
         ax.text(0.5, 0.5, "no battery devices", transform=ax.transAxes, ha="center", va="center", color="grey")
     ax = axes[2]
-    lats = [r["latency_ms"] for r in rows]
+    lats = [float("nan") if r["latency_ms"] is None else r["latency_ms"] for r in rows]   # NaN: none measured
     ax.step(t, lats, where="post", color="tab:green", label="latency (true bw)")
     slo = d.get("slo_ms")
     if slo:
@@ -43,7 +43,7 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
     for r in rows:
         if not r["ok"]:
             ax.axvspan(r["t"], r["t"] + d["interval_s"], color="red", alpha=0.15, lw=0)
-    top = max(lats + [slo or 0]) * 1.1
+    top = max([x for x in lats if x == x] + [slo or 0, 1e-9]) * 1.1
     ax.set_ylim(0, min(top, 3 * slo) if slo else top)
     ax.set_ylabel("latency ms")
     ax.legend(loc="upper right", fontsize=8)

@@ -3,6 +3,8 @@ p50/p95 against the SLO, throughput, power, switches and QoE violations so far."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from rich.console import Group
 from rich.live import Live
@@ -12,8 +14,10 @@ from rich.text import Text
 
 def render(log, row: dict) -> Group:
     rows = log.rows
-    lat = np.array([r["latency_ms"] for r in rows])
-    p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+    from dora_rl.runtime.adapter.simulate import latencies
+
+    lat = latencies(rows)
+    p50, p95 = (float(np.percentile(lat, 50)), float(np.percentile(lat, 95))) if len(lat) else (math.nan, math.nan)
     slo = log.slo_ms
     viol = sum(1 for r in rows if not r["ok"])
     sw = sum(1 for r in rows[1:] if r["switch"])
@@ -30,8 +34,9 @@ def render(log, row: dict) -> Group:
               if est is not None else f"true {row['bw_true_mbps']:.1f} Mbps")
     if row["battery"]:
         t.add_row("battery", "   ".join(f"{d} {100 * v:.2f}%" for d, v in row["battery"].items()))
-    style = "green" if (slo is None or p95 <= slo) else "red"
-    t.add_row("latency", Text(f"p50 {p50:.1f} ms   p95 {p95:.1f} ms   SLO {slo if slo else '-'} ms", style=style))
+    style = "green" if (slo is None or not p95 > slo) else "red"
+    t.add_row("latency", Text(f"p50 {p50:.1f} ms   p95 {p95:.1f} ms   SLO {slo if slo else '-'} ms"
+                              if len(lat) else f"no answer yet   SLO {slo if slo else '-'} ms", style=style))
     t.add_row("throughput", f"{row['throughput']:.1f} / required {log.need:.1f}")
     t.add_row("power", f"{row['power_w']:.2f} W   energy so far {sum(r['energy_j'] for r in rows):.0f} J")
     t.add_row("switches", f"{sw}   QoE-violating intervals {viol}/{len(rows)} ({viol / len(rows):.0%})")

@@ -246,7 +246,7 @@ if __name__ == "__main__":
     path = Path(args.out) if args.out else (ROOT / "bench" / "results" / "adapter.json" if full else None)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=1) + "\n")
+        path.write_text(json.dumps(res, indent=1) + "\n")     # the layout bench/run.py writes
     print(table(out))
     print(json.dumps(out["targets_summary"]))
     if path is not None:

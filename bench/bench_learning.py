@@ -172,7 +172,7 @@ if __name__ == "__main__":
     run(res, n=n, agent_path=agent_path)
     path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res["learning"], indent=1, default=str) + "\n")
+    path.write_text(json.dumps(res, indent=1, default=str) + "\n")    # the layout bench/run.py writes
     print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "plan_8x50_rollout", "checks",
                                                       "checks_rollout", "train")},
                      indent=1, default=str))

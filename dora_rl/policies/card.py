@@ -70,7 +70,7 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
              f"Observation layout v{config.get('obs_version')}.", ""]
     bc = config.get("bc")
     if bc:
-        lines += ["**How (imitation warm-start, then PPO).** (1) Teacher data: the `dora` planner's plans on "
+        lines += ["**How (imitation warm-start, expert iteration, then PPO).** (1) Teacher data: the `dora` planner's plans on "
                   f"{bc['episodes']} seeded training instances"
                   + (f" (of {bc['requested_episodes']} requested: the teacher's time budget ran out)"
                      if bc.get("stopped_early") else "") + f" (generator seed {bc.get('seed')}, {bc.get('dora')} with a "
@@ -82,7 +82,17 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   f"{_f(bc.get('teacher_seconds'), 0)} s. (2) Behaviour cloning: masked cross-entropy (+ value "
                   f"regression on the teacher's return), {bc.get('epochs')} epochs, {_f(bc.get('bc_seconds'), 0)} s "
                   f"(held-out decision accuracy {_f((bc.get('final') or {}).get('val_acc'))}; eval reward "
-                  f"{_f(bc.get('eval_mean_reward'))}). (3) MaskablePPO fine-tuning on the environment reward "
+                  f"{_f(bc.get('eval_mean_reward'))}"
+                  + (")" if not bc.get("expert_iteration") else
+                     "; after expert iteration). (2b) Expert iteration (dora_rl/policies/imitation.py): "
+                     f"{len(bc['expert_iteration']['rounds'])} rounds, each planning "
+                     f"{bc['expert_iteration']['episodes_per_round']} fresh training instances with rollout search "
+                     f"(top_k {bc['expert_iteration']['top_k']}; QoE-compliant on "
+                     + ", ".join(f"{100 * r['search_qoe_ok']:.0f}%" for r in bc["expert_iteration"]["rounds"])
+                     + " of them) and cloning the network again on all decisions so far ("
+                     f"{bc['expert_iteration']['rounds'][-1]['samples']} at the end), "
+                     f"{_f(bc['expert_iteration']['seconds'], 0)} s")
+                  + ". (3) MaskablePPO fine-tuning on the environment reward "
                   f"(lr {config['hyperparams'].get('learning_rate')}, clip {config['hyperparams'].get('clip_range')}): "
                   f"{config.get('ppo_timesteps')} steps, {_f((config.get('ppo_seconds') or 0) / 60, 1)} min. "
                   f"Shipped checkpoint: {config.get('shipped_checkpoint', '-')}. The presets are in the teacher data, "
@@ -140,10 +150,14 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
     if bench and bench.get("before"):
         bf = bench["before"]
         lines += ["## Before / after", "",
-                  f"The previous agent ({bf['note']}): QoE compliance {_f(bf['heldout']['qoe_compliance'])} greedy, "
-                  f"{_f(bf['heldout_samples8']['qoe_compliance'])} with 8 samples; wins/ties vs oracle "
-                  f"{_f(bf['heldout']['vs']['oracle']['win_or_tie'], 2)}; preset ratios to dora "
-                  + ", ".join(_f(x) for x in bf["preset_ratio_dora"]) + ".", ""]
+                  f"The previous agent ({bf['note']}), same bench: QoE compliance "
+                  f"{_f(bf['heldout']['qoe_compliance'])} greedy, {_f(bf['heldout_samples8']['qoe_compliance'])} "
+                  "with 8 samples"
+                  + (f", {_f(bf['heldout_rollout']['qoe_compliance'])} with rollout search" if bf.get("heldout_rollout")
+                     else "") + f"; median utility greedy {_f(bf['heldout'].get('median_utility'))}; preset ratios to "
+                  "dora greedy " + ", ".join(_f(x) for x in bf["preset_ratio_dora"])
+                  + (" / rollout " + ", ".join(_f(x) for x in bf["preset_ratio_dora_rollout"])
+                     if bf.get("preset_ratio_dora_rollout") else "") + ".", ""]
     lines += ["## Limits", "",
               "- More devices than the agent's maximum: `AgentError`; use `--planner dora`.",
               "- Masks assume every training stage keeps M micro-batches in flight (conservative for memory).",
@@ -156,6 +170,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0])
     bench = json.loads(Path(argv[1]).read_text()) if len(argv) > 1 else None
+    if bench and "learning" in bench:      # bench/run.py's layout: {"learning": {...}, "seconds": ...}
+        bench = bench["learning"]
     agent = load_agent(folder)
     res_path = folder / "results.json"
     res = json.loads(res_path.read_text()) if res_path.is_file() else {}

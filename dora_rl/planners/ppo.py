@@ -6,8 +6,9 @@ trained_agents/; default: the shipped generalist `dora_rl/Partition-v0`), `sampl
 (the greedy plan plus K-1 sampled ones, the best under the cost model is kept: QoE-
 compliant first, then the objective), `seed=S` (the sampler's seed), `search=rollout`
 (rollout search instead of the greedy pass: every allowed action at each decision is
-completed greedily and the best completion under the cost model is taken - never worse
-than greedy, ~10-100x its time; dora_rl/policies/search.py), `top_k=K` (rollout search
+completed greedily and the best completion under the cost model is taken, then the plan
+is polished locally - cut shifts, merges, splits, device swaps; never worse than greedy,
+~10-100x its time; dora_rl/policies/search.py), `top_k=K` (rollout search
 tries only the policy's K most likely actions per decision)."""
 
 from __future__ import annotations

@@ -94,11 +94,11 @@ class Agent:
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
                  search: str = "greedy", top_k: int | None = None):
-        """The greedy plan (or the rollout-search plan, `search="rollout"`: see
-        dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
+        """The greedy plan (or the rollout-search plan, locally polished,
+        `search="rollout"`: see dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
         [(plan, metrics, utility)]."""
         from dora_rl.envs.partition import Instance, PartitionEnv
-        from dora_rl.policies.search import greedy_complete, rollout_search
+        from dora_rl.policies.search import greedy_complete, polish, rollout_search
 
         if search not in SEARCHES:
             raise AgentError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
@@ -112,7 +112,8 @@ class Agent:
         rng = np.random.default_rng(int(seed))
         actor = self.actor()
         env.reset(seed=seed, options={"scenario": inst})
-        out = [rollout_search(actor, env, top_k) if search == "rollout" else greedy_complete(actor, [env])[0]]
+        out = [polish(inst, rollout_search(actor, env, top_k)) if search == "rollout"
+               else greedy_complete(actor, [env])[0]]
         for k in range(1, max(1, int(samples))):
             env.reset(seed=seed + k, options={"scenario": inst})
             done = False

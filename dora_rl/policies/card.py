@@ -110,7 +110,8 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   "instances where the agent's plan is at least as good (QoE first, then objective).", "",
                   "Two ways of decoding the same network: **greedy** (one pass, the `ppo` planner's default) and "
                   "**rollout** search (`search=rollout`: every allowed action per decision completed greedily, the "
-                  "best kept; never worse than greedy; dora_rl/policies/search.py).", "",
+                  "best kept, then a local polish of cuts and devices on the cost model; never worse than greedy; "
+                  "dora_rl/policies/search.py).", "",
                   "| planner | median ratio greedy | n both ok | wins/ties greedy | median ratio rollout | n both ok "
                   "| wins/ties rollout | planner QoE-ok |",
                   "|---|---|---|---|---|---|---|---|"]

@@ -177,6 +177,12 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             # at the dilated request rates)
             win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
             thr = sum(1 for (ta, _) in answers if ta - t0 >= t - win) / win
+            viol = []
+            if slo is not None and lat_ms is not None and lat_ms > slo:
+                viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
+            # throughput once a full window can hold answers (the first ones arrive after one latency)
+            if need and t >= win + (slo or 0.0) / 1e3 and thr < 0.8 * need:
+                viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
             row = {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
                    "bw_error": state.error.get(medium, 0.0), "battery": levels, "pids": list(dec.pids),
                    "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
@@ -185,8 +191,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
                    "answered": len(recent), "throughput": thr, "power_w": power,
                    "energy_j": power * dt if math.isfinite(power) else 0.0,
                    "served_frac": min(1.0, thr / need) if need else 1.0,
-                   "ok": bool(slo is None or lat_ms is None or lat_ms <= slo), "violations": [],
-                   "decide_ms": dec.decide_ms,
+                   "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
                    "predicted": dec.predicted, "plan": rt.plan.to_dict(), "faults": len(rt.faults)}
             for pid, p in zip(dec.pids, dec.plans):
                 rows_pids[pid] = p.to_dict()

@@ -132,6 +132,7 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
     out["train"]["bc"] = {k: bc.get(k) for k in ("episodes", "decisions", "teacher_seconds", "bc_seconds", "epochs",
                                                  "eval_mean_reward")} if bc else None
     out["plan_8x50"] = plan_speed(agent)
+    out["plan_8x50_polish"] = plan_speed(agent, search="polish")
     out["plan_8x50_rollout"] = plan_speed(agent, reps=5, search="rollout")
     t0 = time.time()
     presets = [load_scenario(p) for p in preset_names()]
@@ -141,6 +142,8 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
     ev_h = evaluate_agent(agent, held, REFERENCES, timeout=timeout, refs_by_name=cache)
     ev_h8 = reuse_references(agent, held, ev_h["rows"], samples=8)
     ev_p8 = reuse_references(agent, presets, ev_p["rows"], samples=8)
+    ev_hp = reuse_references(agent, held, ev_h["rows"], search="polish")
+    ev_pp = reuse_references(agent, presets, ev_p["rows"], search="polish")
     ev_hr = reuse_references(agent, held, ev_h["rows"], search="rollout")
     ev_pr = reuse_references(agent, presets, ev_p["rows"], search="rollout")
     out["eval_seconds"] = round(time.time() - t0, 1)
@@ -149,11 +152,15 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
     out["heldout_samples8"] = {"summary": ev_h8["summary"]}
     out["presets_samples8"] = {"summary": ev_p8["summary"],
                                "ratio_dora": {r["scenario"]: r["vs"].get("dora", {}).get("ratio") for r in ev_p8["rows"]}}
+    out["heldout_polish"] = {"summary": ev_hp["summary"], "rows": ev_hp["rows"]}
+    out["presets_polish"] = ev_pp
     out["heldout_rollout"] = {"summary": ev_hr["summary"], "rows": ev_hr["rows"]}
     out["presets_rollout"] = ev_pr
     out["checks"] = {**target_checks(ev_h, ev_p), "plan_ms_8x50_ok": out["plan_8x50"]["median_ms"] <= TARGETS["plan_ms_8x50_max"],
                      "env_steps_per_s_ok": out["env_steps_per_s"]["partition_synthetic_warm"] >= TARGETS["env_steps_per_s_min"],
                      "train_minutes": (out["train"]["train_seconds"] or 0) / 60.0}
+    out["checks_polish"] = {**target_checks(ev_hp, ev_pp),
+                            "plan_ms_8x50_ok": out["plan_8x50_polish"]["median_ms"] <= TARGETS["plan_ms_8x50_max"]}
     out["checks_rollout"] = target_checks(ev_hr, ev_pr)
     results["learning"] = out
     return out
@@ -173,6 +180,7 @@ if __name__ == "__main__":
     path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")    # the layout bench/run.py writes
-    print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "plan_8x50_rollout", "checks",
+    print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "plan_8x50_polish",
+                                                      "plan_8x50_rollout", "checks", "checks_polish",
                                                       "checks_rollout", "train")},
                      indent=1, default=str))

@@ -89,7 +89,9 @@ def test_rollout_search_never_worse_than_greedy_and_better_somewhere(weak_agent)
         assert ks <= kg, (sc.name, ks, kg)
         better += ks < kg
         top1, = weak_agent.rollouts(sc, search="rollout", top_k=1)   # one candidate = greedy, then polished
-        assert search_key(top1, sc.qoe.objective) <= kg
+        polished, = weak_agent.rollouts(sc, search="polish")         # the same: greedy, then polished
+        assert search_key(top1, sc.qoe.objective) == search_key(polished, sc.qoe.objective) <= kg
+        assert ks <= search_key(polished, sc.qoe.objective)           # rollout is never worse than polish
     assert better >= 5, better
 
 

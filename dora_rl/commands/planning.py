@@ -18,8 +18,9 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
     p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
     p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
-    p.add_argument("--search", choices=("greedy", "rollout"), default=None,
-                   help="ppo: greedy (default) or rollout search (tries every action per decision; never worse)")
+    p.add_argument("--search", choices=("greedy", "polish", "rollout"), default=None,
+                   help="ppo: greedy (default), polish (greedy + local polish on the cost model) or rollout "
+                        "(rollout search + polish; never worse than greedy)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")

@@ -4,7 +4,9 @@ block with action masks (dora_rl/envs/partition.py).
 Options: `agent=PATH` (an agent folder, its model.zip, an env id or a folder name under
 trained_agents/; default: the shipped generalist `dora_rl/Partition-v0`), `samples=K`
 (the greedy plan plus K-1 sampled ones, the best under the cost model is kept: QoE-
-compliant first, then the objective), `seed=S` (the sampler's seed), `search=rollout`
+compliant first, then the objective), `seed=S` (the sampler's seed), `search=polish`
+(the greedy plan, then polished locally on the cost model - cut shifts, merges, splits,
+device swaps; a few ms), `search=rollout`
 (rollout search instead of the greedy pass: every allowed action at each decision is
 completed greedily and the best completion under the cost model is taken, then the plan
 is polished locally - cut shifts, merges, splits, device swaps; never worse than greedy,
@@ -53,7 +55,7 @@ class PPOPlanner(Planner):
         unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k"}
         if unknown:
             raise PlannerError(f"planner 'ppo': unknown option(s) {', '.join(sorted(unknown))}; "
-                               "known: agent=PATH, samples=K, seed=S, search=greedy|rollout, top_k=K")
+                               "known: agent=PATH, samples=K, seed=S, search=greedy|polish|rollout, top_k=K")
         samples = _int(self.options, "samples", 1, 1)
         seed = _int(self.options, "seed", 0)
         top_k = _int(self.options, "top_k", 0, 1) if self.options.get("top_k") is not None else None

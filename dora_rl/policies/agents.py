@@ -62,7 +62,7 @@ def load_hyperparams(env_id: str, path: Path = HYPERPARAMS) -> dict:
     return dict(block)
 
 
-SEARCHES = ("greedy", "rollout")
+SEARCHES = ("greedy", "polish", "rollout")
 
 
 class Agent:
@@ -94,11 +94,11 @@ class Agent:
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
                  search: str = "greedy", top_k: int | None = None):
-        """The greedy plan (or the rollout-search plan, locally polished,
-        `search="rollout"`: see dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
+        """The greedy plan (`search="polish"`: then locally polished on the cost model;
+        `search="rollout"`: rollout search, then polished - dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
         [(plan, metrics, utility)]."""
         from dora_rl.envs.partition import Instance, PartitionEnv
-        from dora_rl.policies.search import greedy_complete, polish, rollout_search
+        from dora_rl.policies.search import greedy_complete, polish, rollout_search, search_key
 
         if search not in SEARCHES:
             raise AgentError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
@@ -112,8 +112,15 @@ class Agent:
         rng = np.random.default_rng(int(seed))
         actor = self.actor()
         env.reset(seed=seed, options={"scenario": inst})
-        out = [polish(inst, rollout_search(actor, env, top_k)) if search == "rollout"
-               else greedy_complete(actor, [env])[0]]
+        first = greedy_complete(actor, [env.fork()])[0] if search == "rollout" else None
+        if search == "rollout":   # the polished greedy plan too, so rollout is never worse than polish
+            searched = polish(inst, rollout_search(actor, env, top_k))
+            first = min(searched, polish(inst, first), key=lambda r: search_key(r, inst.objective))
+        else:
+            first = greedy_complete(actor, [env])[0]
+            if search == "polish":
+                first = polish(inst, first)
+        out = [first]
         for k in range(1, max(1, int(samples))):
             env.reset(seed=seed + k, options={"scenario": inst})
             done = False

@@ -27,6 +27,12 @@ def check_entries(agent, presets) -> list[dict]:
     return out
 
 
+MODES = ("greedy", "polish", "rollout")
+HELD = {"greedy": "heldout", "polish": "heldout_polish", "rollout": "heldout_rollout"}
+PRE = {"greedy": "presets", "polish": "presets_polish", "rollout": "presets_rollout"}
+CHECKS = {"greedy": "checks", "polish": "checks_polish", "rollout": "checks_rollout"}
+
+
 def _f(v, nd=3):
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
 
@@ -108,42 +114,46 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   "differs from training). Ratio = agent objective / planner objective, median over the instances "
                   "where **both** plans meet QoE (lower is better, < 1 = agent better). `wins/ties` = share of "
                   "instances where the agent's plan is at least as good (QoE first, then objective).", "",
-                  "Two ways of decoding the same network: **greedy** (one pass, the `ppo` planner's default) and "
-                  "**rollout** search (`search=rollout`: every allowed action per decision completed greedily, the "
-                  "best kept, then a local polish of cuts and devices on the cost model; never worse than greedy; "
-                  "dora_rl/policies/search.py).", "",
-                  "| planner | median ratio greedy | n both ok | wins/ties greedy | median ratio rollout | n both ok "
-                  "| wins/ties rollout | planner QoE-ok |",
-                  "|---|---|---|---|---|---|---|---|"]
-        sr = (b.get("heldout_rollout") or {}).get("summary") or {"vs": {}}
+                  "Three ways of decoding the same network: **greedy** (one pass, the `ppo` planner's default), "
+                  "**polish** (`search=polish`: the greedy plan, then a local polish of cuts and devices on the cost "
+                  "model) and **rollout** (`search=rollout`: every allowed action per decision completed greedily, "
+                  "the best kept, then the polish - and the polished greedy plan if that is better); each is never "
+                  "worse than the one before "
+                  "(dora_rl/policies/search.py).", "",
+                  "| planner | " + " | ".join(f"median ratio {m} | n both ok | wins/ties {m}" for m in MODES)
+                  + " | planner QoE-ok |", "|---|" + "---|---|---|" * len(MODES) + "---|"]
+        summ = {m: (b.get(HELD[m]) or {}).get("summary") or {"vs": {}} for m in MODES}
         for p, v in s["vs"].items():
-            w = sr["vs"].get(p) or {}
-            lines.append(f"| {p} | {_f(v['median_ratio'])} | {v['n_both']} | {_f(v['win_or_tie'], 2)} | "
-                         f"{_f(w.get('median_ratio'))} | {w.get('n_both', '-')} | {_f(w.get('win_or_tie'), 2)} | "
-                         f"{_f(v['qoe_ok'], 2)} |")
+            cells = []
+            for m in MODES:
+                w = summ[m]["vs"].get(p) or {}
+                cells.append(f"{_f(w.get('median_ratio'))} | {w.get('n_both', '-')} | {_f(w.get('win_or_tie'), 2)}")
+            lines.append(f"| {p} | " + " | ".join(cells) + f" | {_f(v['qoe_ok'], 2)} |")
         s8 = (b.get("heldout_samples8") or {}).get("summary")
-        lines += ["", f"QoE compliance where any planner found a compliant plan: greedy "
-                      f"{_f(s['qoe_compliance'], 3)} (of {s['n_compliant_exists']})"
-                      + (f", best of 8 samples {_f(s8['qoe_compliance'], 3)}; median ratio to oracle with 8 samples "
-                         f"{_f(s8['vs']['oracle']['median_ratio'])}" if s8 else "")
-                  + (f"; rollout search {_f(sr.get('qoe_compliance'), 3)}" if sr.get("qoe_compliance") is not None
-                     else "") + f". Median planning time: greedy {_f(s.get('median_plan_ms'), 1)} ms, rollout "
-                  f"{_f(sr.get('median_plan_ms'), 1)} ms.", ""]
+        lines += ["", f"QoE compliance where any planner found a compliant plan ({s['n_compliant_exists']} instances): "
+                  + ", ".join(f"{m} {_f(summ[m].get('qoe_compliance'), 3)}" for m in MODES)
+                  + (f"; best of 8 greedy samples {_f(s8['qoe_compliance'], 3)}" if s8 else "")
+                  + ". Median planning time: " + ", ".join(f"{m} {_f(summ[m].get('median_plan_ms'), 1)} ms"
+                                                           for m in MODES) + ".", ""]
         lines += ["Presets (ratio to `dora`; QoE ok):", ""]
-        pr_rows = {r["scenario"]: r for r in (b.get("presets_rollout") or {}).get("rows", [])}
+        prs = {m: {r["scenario"]: r for r in (b.get(PRE[m]) or {}).get("rows", [])} for m in MODES}
         for r in b["presets"]["rows"]:
-            d, rr = r["vs"].get("dora"), pr_rows.get(r["scenario"])
-            dr = rr["vs"].get("dora") if rr else None
-            lines.append(f"- {r['scenario']}: greedy {_f(d['ratio']) if d else '-'} ({r['agent']['qoe_ok']}); "
-                         f"rollout {_f(dr['ratio']) if dr else '-'} ({rr['agent']['qoe_ok'] if rr else '-'})")
+            cells = []
+            for m in MODES:
+                rr = prs[m].get(r["scenario"])
+                dr = rr["vs"].get("dora") if rr else None
+                cells.append(f"{m} {_f(dr['ratio']) if dr else '-'} ({rr['agent']['qoe_ok'] if rr else '-'})")
+            lines.append(f"- {r['scenario']}: " + "; ".join(cells))
         lines += ["", "## Targets (honest status)", ""]
-        for mode, c, sx in (("greedy", b["checks"], s), ("rollout", b.get("checks_rollout"), sr)):
+        for m in MODES:
+            c = b.get(CHECKS[m])
             if c:
-                lines += [f"**{mode}:**", ""] + _target_lines(c, sx) + [""]
+                lines += [f"**{m}:**", ""] + _target_lines(c, summ[m]) + [""]
         c = b["checks"]
         lines += [f"- greedy plan 8 devices x 50 blocks < 20 ms: **{'met' if c['plan_ms_8x50_ok'] else 'NOT met'}** "
                   f"({_f(b['plan_8x50']['median_ms'], 1)} ms median"
-                  + (f"; rollout {_f(b['plan_8x50_rollout']['median_ms'], 0)} ms" if b.get("plan_8x50_rollout") else "")
+                  + "".join(f"; {m} {_f(b['plan_8x50_' + m]['median_ms'], 1)} ms" for m in MODES[1:]
+                            if b.get("plan_8x50_" + m))
                   + ")",
                   f"- env steps/s >= 5000 (no policy): **{'met' if c['env_steps_per_s_ok'] else 'NOT met'}** "
                   f"({_f(b['env_steps_per_s']['partition_synthetic_warm'], 0)}/s)",
@@ -162,8 +172,8 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
     lines += ["## Limits", "",
               "- More devices than the agent's maximum: `AgentError`; use `--planner dora`.",
               "- Masks assume every training stage keeps M micro-batches in flight (conservative for memory).",
-              "- Use `search=rollout` (or `samples=K`) to trade planning time for quality; `dora` (exact DP) remains "
-              "the reference.", ""]
+              "- Use `search=polish` or `search=rollout` (or `samples=K`) to trade planning time for quality; "
+              "`dora` (exact DP) remains the reference.", ""]
     return "\n".join(lines)
 
 
@@ -182,6 +192,8 @@ def main(argv=None) -> int:
         res["evaluation"] = {"heldout": bench["heldout"]["summary"], "presets": bench["presets"]["summary"],
                              "preset_rows": [{k: r[k] for k in ("scenario", "agent", "vs")} for r in bench["presets"]["rows"]],
                              "heldout_samples8": (bench.get("heldout_samples8") or {}).get("summary"),
+                             "heldout_polish": (bench.get("heldout_polish") or {}).get("summary"),
+                             "checks_polish": bench.get("checks_polish"),
                              "heldout_rollout": (bench.get("heldout_rollout") or {}).get("summary"),
                              "checks_rollout": bench.get("checks_rollout"),
                              "checks": bench["checks"], "plan_8x50": bench["plan_8x50"],

@@ -94,9 +94,9 @@ class Agent:
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
                  search: str = "greedy", top_k: int | None = None):
-        """The greedy plan (`search="polish"`: then locally polished on the cost model;
-        `search="rollout"`: rollout search, then polished - dora_rl/policies/search.py) first, then `samples - 1` sampled ones:
-        [(plan, metrics, utility)]."""
+        """The greedy plan (`search="polish"`: then polished locally on the cost model;
+        `search="rollout"`: rollout search, then polished; dora_rl/policies/search.py)
+        first, then `samples - 1` sampled ones: [(plan, metrics, utility)]."""
         from dora_rl.envs.partition import Instance, PartitionEnv
         from dora_rl.policies.search import greedy_complete, polish, rollout_search, search_key
 
@@ -112,14 +112,14 @@ class Agent:
         rng = np.random.default_rng(int(seed))
         actor = self.actor()
         env.reset(seed=seed, options={"scenario": inst})
-        first = greedy_complete(actor, [env.fork()])[0] if search == "rollout" else None
-        if search == "rollout":   # the polished greedy plan too, so rollout is never worse than polish
-            searched = polish(inst, rollout_search(actor, env, top_k))
-            first = min(searched, polish(inst, first), key=lambda r: search_key(r, inst.objective))
-        else:
-            first = greedy_complete(actor, [env])[0]
-            if search == "polish":
-                first = polish(inst, first)
+        greedy = greedy_complete(actor, [env.fork()])[0]
+        if search == "greedy":
+            first = greedy
+        elif search == "polish":
+            first = polish(inst, greedy)
+        else:   # rollout, and the polished greedy plan too: never worse than `polish`
+            first = min(polish(inst, rollout_search(actor, env, top_k)), polish(inst, greedy),
+                        key=lambda r: search_key(r, inst.objective))
         out = [first]
         for k in range(1, max(1, int(samples))):
             env.reset(seed=seed + k, options={"scenario": inst})

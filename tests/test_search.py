@@ -179,3 +179,24 @@ def test_polish_repairs_a_shifted_cut():
     plan, m2, u2 = polish(inst, start)
     assert search_key((plan, m2, u2), obj) <= search_key(start, obj)
     assert m2.qoe_ok and m2.objective(obj) == pytest.approx(ref.metrics.objective(obj), rel=1e-9)
+
+
+def test_polish_builds_a_data_parallel_group():
+    """traffic_analytics from the roadside box alone (misses QoE): adding a Jetson to the
+    stage's group and then swapping the box for the other Jetson is two group moves, and
+    reaches dora's plan (both Jetsons data-parallel)."""
+    from dora_rl.envs.partition import utility
+    from dora_rl.planners import run_planner
+    from dora_rl.policies.search import polish
+
+    sc = load_scenario("traffic_analytics")
+    inst = Instance(sc, 8)
+    ref = run_planner("dora", sc)
+    assert len(ref.plan.stages) == 1 and len(ref.plan.stages[0].devices) == 2
+    idx = {n: i for i, n in enumerate(inst.cost.names)}
+    M, stages, m = inst.finish([(0, inst.B, (idx["roadside"],))])
+    assert not m.qoe_ok
+    plan, m2, _ = polish(inst, (inst.to_plan(stages, M), m, utility(inst.cost, m, inst.ref_obj)))
+    obj = sc.qoe.objective
+    assert m2.qoe_ok and m2.objective(obj) == pytest.approx(ref.metrics.objective(obj), rel=1e-9)
+    assert sorted(plan.stages[0].devices) == sorted(ref.plan.stages[0].devices)

@@ -19,8 +19,8 @@ def add_commands(sub) -> None:
     p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
     p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
     p.add_argument("--search", choices=("greedy", "polish", "rollout"), default=None,
-                   help="ppo: greedy (default), polish (greedy + local polish on the cost model) or rollout "
-                        "(rollout search + polish; never worse than greedy)")
+                   help="ppo: polish (default: the greedy plan + local polish on the cost model), greedy (the "
+                        "network alone) or rollout (rollout search + polish)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")

@@ -114,9 +114,9 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   "differs from training). Ratio = agent objective / planner objective, median over the instances "
                   "where **both** plans meet QoE (lower is better, < 1 = agent better). `wins/ties` = share of "
                   "instances where the agent's plan is at least as good (QoE first, then objective).", "",
-                  "Three ways of decoding the same network: **greedy** (one pass, the `ppo` planner's default), "
-                  "**polish** (`search=polish`: the greedy plan, then a local polish of cuts and devices on the cost "
-                  "model) and **rollout** (`search=rollout`: every allowed action per decision completed greedily, "
+                  "Three ways of decoding the same network: **greedy** (one pass of the network, `search=greedy`), "
+                  "**polish** (the `ppo` planner's default: the greedy plan, then a local polish of cuts and devices "
+                  "on the cost model) and **rollout** (`search=rollout`: every allowed action per decision completed greedily, "
                   "the best kept, then the polish - and the polished greedy plan if that is better); each is never "
                   "worse than the one before "
                   "(dora_rl/policies/search.py).", "",
@@ -148,7 +148,8 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
         for m in MODES:
             c = b.get(CHECKS[m])
             if c:
-                lines += [f"**{m}:**", ""] + _target_lines(c, summ[m]) + [""]
+                label = m + (" (the `ppo` planner's default)" if m == "polish" else "")
+                lines += [f"**{label}:**", ""] + _target_lines(c, summ[m]) + [""]
         c = b["checks"]
         lines += [f"- greedy plan 8 devices x 50 blocks < 20 ms: **{'met' if c['plan_ms_8x50_ok'] else 'NOT met'}** "
                   f"({_f(b['plan_8x50']['median_ms'], 1)} ms median"

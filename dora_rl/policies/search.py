@@ -16,7 +16,8 @@ Cost: one greedy completion per candidate per decision, all candidates completed
 lockstep with one batched network call per step (`NumpyActor.logits` on a batch).
 
 `polish` then improves the searched plan locally on the cost model (hill climbing over
-its cut points, stage merges and splits, and device replacements): the greedy
+its cut points, stage merges and splits, device replacements, and adding or dropping a
+device of a stage's data-parallel group): the greedy
 completions rollout search relies on can place a long pipeline's cuts a few blocks off,
 which a cut shift repairs in microseconds per candidate.
 
@@ -103,8 +104,9 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
 
 
 def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_points: int = 12):
-    """Plans one local move away: shift a cut, merge two stages, replace a single-device
-    stage's device by an unused one, split a single-device stage onto an unused device."""
+    """Plans one local move away: shift a cut, merge two stages, replace a stage's device
+    by an unused one, add an unused device to a stage's group (data parallelism) or drop
+    one from it, split a single-device stage onto an unused device."""
     S = len(stages)
     used = {d for _, _, g in stages for d in g}
     free = [d for d in range(n) if d not in used]
@@ -117,10 +119,14 @@ def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_p
         for g in (g0, g1):
             yield stages[:i] + [(l0, r1, g)] + stages[i + 2:]
     for i, (l, r, g) in enumerate(stages):
-        if len(g) != 1:
-            continue
         for u in free:
-            yield stages[:i] + [(l, r, (u,))] + stages[i + 1:]
+            yield stages[:i] + [(l, r, g + (u,))] + stages[i + 1:]
+            for j in range(len(g)):
+                yield stages[:i] + [(l, r, g[:j] + (u,) + g[j + 1:])] + stages[i + 1:]
+        if len(g) > 1:
+            for j in range(len(g)):
+                yield stages[:i] + [(l, r, g[:j] + g[j + 1:])] + stages[i + 1:]
+            continue
         if r - l > 1 and free:
             qs = range(l + 1, r) if r - l - 1 <= split_points else \
                 sorted({l + 1 + k * (r - l - 2) // (split_points - 1) for k in range(split_points)})
@@ -130,9 +136,12 @@ def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_p
                     yield stages[:i] + [(l, q, (u,)), (q, r, g)] + stages[i + 1:]
 
 
-def polish(inst, result, max_rounds: int = 40):
+def polish(inst, result, max_rounds: int = 200, first: bool = True):
     """Hill-climb `result` (plan, metrics, utility) on Instance `inst` over `_neighbours`
-    by `search_key` (best improvement per round); returns the best (plan, metrics, utility)."""
+    by `search_key`; returns the best (plan, metrics, utility). `first`: take the first
+    improving move of each scan (first-improvement: about 1/3 of the evaluations of
+    best-improvement for the same held-out results, 18 ms instead of 25 ms for 8 devices
+    x 50 blocks); else the best move of each scan."""
     idx = {name: i for i, name in enumerate(inst.cost.names)}
     plan = result[0]
     stages = [(st.start, st.end, tuple(idx[d] for d in st.devices)) for st in plan.stages]
@@ -148,6 +157,8 @@ def polish(inst, result, max_rounds: int = 40):
             k = search_key(res, inst.objective)
             if k < best_key and (found is None or k < found[0]):
                 found = (k, cand, M, st, res)
+                if first:
+                    break
         if found is None:
             break
         best_key, stages = found[0], found[1]

@@ -14,7 +14,7 @@ from dora_rl.cluster.traces import BandwidthTrace, load_trace, step_trace
 from dora_rl.errors import AgentError, TraceError
 from dora_rl.runtime.adapter import (BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli,
                                      simulate)
-from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix
+from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
 from dora_rl.runtime.adapter.policies import PPOAdapter
 from dora_rl.scenario import Scenario, load_scenario
 
@@ -108,6 +108,19 @@ def test_composition_meets_throughput_no_single_plan_meets_at_that_energy():
     # without composition: the cheapest compliant single plan, B at its load power
     single = choose_mix([A, B, C], need=10.0, budgets={}, slo_ms=100.0, compose=False)
     assert single.pids == (1,) and single.power == 5.5
+
+
+def test_composition_keeps_slack_when_it_can():
+    # the example above with slack 3%: solved for 10.3 req/s. By hand: A+B with
+    # 8a + 12(1-a) = 10.3 -> a = 0.425 -> 0.425 x 2 + 0.575 x 6 = 4.3 W (A+C: a = 0.8083 ->
+    # 4.49 W; B alone 6 W). With need 19.9 the 3% (20.5) is out of reach (C: 20): the
+    # time-share falls back to exactly 19.9.
+    A, B, C = _cand(0, 8, 2, 2), _cand(1, 12, 6, 5.5), _cand(2, 20, 15, 12)
+    mix = choose_mix([A, B, C], need=10.0, budgets={}, slo_ms=100.0, slack=0.03)
+    assert mix.pids == (0, 1) and mix.fractions == pytest.approx((0.425, 0.575), abs=1e-5)
+    assert mix.power == pytest.approx(4.3, abs=1e-5) and mix.cap == pytest.approx(10.3, rel=1e-6)
+    tight = lp_slack([A, B, C], 19.9, {}, 100.0, 0.03)
+    assert tight is not None and tight.ok and tight.cap == pytest.approx(19.9, rel=1e-6)
 
 
 def test_composition_respects_battery_budget():

@@ -222,16 +222,18 @@ def shortfall(s: Scored, need: float, budgets: dict[str, float], slo_ms: float |
 
 
 def best_mix(scored: list[Scored], cost: CostModel, *, compose: bool = True,
-             objective: str | None = None) -> Mix | None:
+             objective: str | None = None, slack: float = 0.0) -> Mix | None:
     """The cheapest compliant plan or time-share on this condition (see module doc).
     objective='latency' picks the fastest compliant single plan (no composition)."""
     return choose_mix(scored, required_rate(cost.scenario), battery_budgets(cost), cost.qoe.latency_slo_ms,
-                      objective=objective or cost.qoe.objective, compose=compose)
+                      objective=objective or cost.qoe.objective, compose=compose, slack=slack)
 
 
 def choose_mix(scored: list[Scored], need: float, budgets: dict[str, float], slo_ms: float | None, *,
-               objective: str = "energy", compose: bool = True) -> Mix | None:
-    """`best_mix` on explicit figures: required rate, battery budgets (W), SLO (ms)."""
+               objective: str = "energy", compose: bool = True, slack: float = 0.0) -> Mix | None:
+    """`best_mix` on explicit figures: required rate, battery budgets (W), SLO (ms).
+    `slack`: a time-share is solved for `need x (1 + slack)` when it can be (else for
+    `need`), so that it keeps a little capacity in hand like a single plan does."""
     if not scored:
         return None
     ok = [s for s in scored if s.ok]
@@ -243,7 +245,7 @@ def choose_mix(scored: list[Scored], need: float, budgets: dict[str, float], slo
     single = min(ok, key=lambda s: (s.power, s.metrics.latency_ms)) if ok else None
     best = make_mix([(single, 1.0)], need, budgets, slo_ms) if single else None
     if compose:
-        mix = lp_mix([s for s in scored if s.lat_ok], need, budgets, slo_ms)
+        mix = lp_slack([s for s in scored if s.lat_ok], need, budgets, slo_ms, slack)
         if mix is not None and mix.ok and (best is None or mix.power < best.power * (1 - 1e-6)):
             best = mix
     if best is None:
@@ -296,6 +298,16 @@ def vertex_lp(c: np.ndarray, a: np.ndarray, b: np.ndarray, tol: float = 1e-9) ->
                 best_x = np.zeros(n)
                 best_x[ss[i]] = np.clip(xs[i], 0.0, None)
     return best_x
+
+
+def lp_slack(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: float | None,
+             slack: float = 0.0) -> Mix | None:
+    """`lp_mix` for `need x (1 + slack)` when that is feasible, else for `need`."""
+    if slack > 0 and need:
+        mix = lp_mix(cands, need * (1.0 + slack), budgets, slo_ms)
+        if mix is not None and mix.ok:
+            return mix
+    return lp_mix(cands, need, budgets, slo_ms)
 
 
 def lp_mix(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: float | None) -> Mix | None:

@@ -43,7 +43,7 @@ from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan, PlannerError
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 from dora_rl.runtime.adapter.compose import (Mix, Scored, battery_budgets, best_mix, block_params, conditions,
-                                             band_score, lp_mix, make_mix, radio_joules, required_rate, rescore, score,
+                                             band_score, lp_slack, make_mix, radio_joules, required_rate, rescore, score,
                                              shortfall, transfer_seconds, weights_to_move)
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
@@ -190,16 +190,19 @@ class Adapter:
     free_switch = False       # the oracle's switches cost nothing (it is a bound)
     prestage = False          # ship the whole candidate set's weights before the run
     band = True               # score over a bandwidth band (lo, mid, hi), not one point
+    slack = 0.03              # time-shares keep 3% capacity in hand (a single plan's usual margin)
 
     def __init__(self, scenario: Scenario, *, safety: float = 0.05, robust: bool = True, margin: float = 0.05,
                  headroom: float = 0.1, horizon_s: float = 10.0, drain_s: float = 0.1, min_dwell_s: float = 3.0,
                  candidates: list[Plan] | None = None, initial: Plan | None = None, prestage: bool | None = None,
                  fallback: str = "robust", cache: bool = True, memory_s: float = 10.0, prior_error: float = 0.25,
-                 compose: bool | None = None, **_ignored):
+                 compose: bool | None = None, slack: float | None = None, **_ignored):
         if fallback not in ("robust", "raw"):
             raise PlannerError(f"adapter fallback must be 'robust' or 'raw', got {fallback!r}")
         if compose is not None:
             self.compose = bool(compose)    # e.g. the live loop, which runs one plan at a time
+        if slack is not None:
+            self.slack = float(slack)
         self.scenario = scenario
         self.fallback = fallback
         self.memory_s, self.prior_error = float(memory_s), float(prior_error)
@@ -361,7 +364,7 @@ class Adapter:
             by_mid = self.score_at(mid, battery, pids)[1]
             by_hi = self.score_at(hi, battery, pids)[1]
             by = {p: band_score(by_lo[p], by_mid[p], by_hi[p]) for p in pids}
-        out = (cost, by, best_mix([by[p] for p in pids], cost, compose=self.compose))
+        out = (cost, by, best_mix([by[p] for p in pids], cost, compose=self.compose, slack=self.slack))
         self._remember(key, out)
         return out
 
@@ -440,7 +443,7 @@ class Adapter:
             return best, "initial"
         cur = rescore(self.current, by, cost)
         if len(cur.parts) > 1:       # keep a time-share compliant by re-solving its fractions
-            re = lp_mix([s for s, _ in cur.parts if s.lat_ok], required_rate(cost.scenario), battery_budgets(cost),
+            re = lp_slack([s for s, _ in cur.parts if s.lat_ok], required_rate(cost.scenario), battery_budgets(cost),
                         cost.qoe.latency_slo_ms)
             if re is not None and re.ok:
                 cur = re
@@ -600,7 +603,8 @@ class OracleAdapter(Adapter):
     band = False              # it knows the interval's true rate
 
     def __init__(self, scenario: Scenario, *, exact_dp: bool = False, **options):
-        options.update(safety=0.0, margin=0.0, min_dwell_s=0.0, robust=False, headroom=0.0, cache=False)
+        options.update(safety=0.0, margin=0.0, min_dwell_s=0.0, robust=False, headroom=0.0, cache=False,
+                       slack=0.0)
         self.exact_dp = exact_dp
         self.trace = None
         self.medium = None

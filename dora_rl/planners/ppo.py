@@ -54,6 +54,13 @@ class PPOPlanner(Planner):
     description = ("learned policy (pretrained MaskablePPO agent): greedy with masks + local polish; "
                    "search=greedy|rollout, samples=K keeps the best of K")
 
+    def check_supported(self, scenario: Scenario) -> None:
+        """Also load the agent (torch, the network: ~2 s the first time in a process) and
+        check the scenario against it, so planning time is planning, and a mismatch
+        fails before anything runs."""
+        super().check_supported(scenario)
+        cached_agent(self.options.get("agent")).check_scenario(scenario)
+
     def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
         unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k"}
         if unknown:

@@ -191,3 +191,30 @@ def test_worker_that_cannot_reach_coordinator_fails_fast():
     assert out.returncode == 2, out.stderr
     assert "cannot reach the coordinator" in out.stderr and "Traceback" not in out.stderr
     assert time.monotonic() - t0 < 30
+
+
+def test_a_failed_send_goes_to_on_error_not_out_as_a_gloo_error():
+    """The fault-tolerant runtime turns a send that gloo fails (a killed peer's closed
+    pair) into its recovery path; without a handler the error propagates as before."""
+    from dora_rl.runtime.comm import Pending
+
+    class Failed:
+        def is_completed(self):
+            return True
+
+        def wait(self):
+            raise RuntimeError("Connection closed by peer")
+
+    class Done(Failed):
+        def wait(self):
+            return True
+
+    seen = []
+    p = Pending(on_error=seen.append)
+    p.add([(Done(), None), (Failed(), None), (Done(), None)])
+    p.wait()
+    assert len(seen) == 1 and "closed by peer" in str(seen[0]) and p.items == []
+    bare = Pending()
+    bare.add([(Failed(), None)])
+    with pytest.raises(RuntimeError, match="closed by peer"):
+        bare.wait()

@@ -110,11 +110,14 @@ def overlaps(a_devs, a_edges, b_devs, b_edges):
 
 
 class Pending:
-    """Outstanding non-blocking sends: keeps buffers alive, reaps finished ones."""
+    """Outstanding non-blocking sends: keeps buffers alive, reaps finished ones.
+    `on_error(exc)`: what a failed send turns into (the fault-tolerant runtime: find the
+    dead worker and recover); without it the gloo error propagates."""
 
-    def __init__(self):
+    def __init__(self, on_error=None):
         self.items: list = []
         self.lock = threading.Lock()
+        self.on_error = on_error
 
     def add(self, works) -> None:
         with self.lock:
@@ -126,7 +129,12 @@ class Pending:
         with self.lock:
             items, self.items = self.items, []
         for w, _ in items:
-            w.wait()
+            try:
+                w.wait()
+            except RuntimeError as e:   # gloo: the pair to a peer closed or reset
+                if self.on_error is None:
+                    raise
+                self.on_error(e)
 
 
 class Transmitter:

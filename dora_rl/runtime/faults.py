@@ -329,6 +329,7 @@ class ResilientRuntime(Runtime):
         if kw.get("spawn") is False:
             raise RuntimeFault("fault tolerance needs spawn=True (the coordinator polls its worker processes)")
         super().__init__(scenario, **kw)
+        self.pending = Pending(on_error=self._comm_failed)
         self.replan = replan or dora_replan
         self.on_recover = on_recover
         self.hb_timeout = hb_timeout
@@ -448,6 +449,21 @@ class ResilientRuntime(Runtime):
                 raise WorkerLost(dead, str(e)) from None
             raise
 
+    def _cmd(self, dev: str, obj: dict) -> None:
+        try:
+            super()._cmd(dev, obj)
+        except RuntimeError as e:       # gloo refuses a send to a peer that is gone
+            self._comm_failed(e)
+
+    def _comm_failed(self, e: Exception) -> None:
+        """A send that fails (closed pair, reset peer) is a fault like a failed receive:
+        raise WorkerLost for whoever died, so the caller recovers; a failure with every
+        worker alive is a RuntimeFault, never a raw gloo error."""
+        dead = self.detect()
+        if dead:
+            raise WorkerLost(dead, str(e)) from None
+        raise RuntimeFault(f"communication failed with every worker alive: {e}") from None
+
     def detect(self, grace: float = 1.5) -> set:
         """Who is dead? Polls processes and heartbeats for up to `grace` seconds."""
         end = now() + grace
@@ -520,7 +536,7 @@ class ResilientRuntime(Runtime):
             except Exception:  # noqa: BLE001
                 pass
             self.pg = False
-            self.pending = Pending()
+            self.pending = Pending(on_error=self._comm_failed)
             self.replies = queue.Queue()
             self.sc = new_sc
             from dora_rl.cost import CostModel

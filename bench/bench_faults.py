@@ -19,15 +19,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dora_rl.plan import Plan  # noqa: E402
-from dora_rl.profile import build_model  # noqa: E402
 from dora_rl.runtime.faults import ResilientRuntime  # noqa: E402
+from dora_rl.runtime.measure import reference_sgd  # noqa: E402
 from dora_rl.scenario import Scenario  # noqa: E402
 
 RUNS, REQUESTS, RATE, TRAIN_RUNS = 10, 40, 15.0, 3
@@ -83,13 +81,7 @@ def one_training(seed: int) -> dict:
             f = rt.faults[0] if rt.faults else {}
             row.update(finished=True, recoveries=len(rt.faults), resumed_iteration=f.get("resumed_iteration"),
                        detect_s=f.get("detected_s", {}).get(dev), recover_s=f.get("recover_s"))
-        model, _ = build_model("tiny_cnn")
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-        for x, y in data:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        ref = model.state_dict()
+        ref = reference_sgd("tiny_cnn", data, lr)
         row["max_abs_diff"] = max((ref[k] - got[k]).abs().max().item() for k in ref)
     except Exception as e:  # noqa: BLE001
         row.update(finished=False, error=f"{type(e).__name__}: {e}")

@@ -7,11 +7,11 @@ adapter run over a step bandwidth trace switches plans and loses no request."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from dora_rl.plan import Plan
 from dora_rl.profile import build_model
 from dora_rl.runtime.faults import ResilientRuntime
+from dora_rl.runtime.measure import reference_sgd
 from dora_rl.scenario import Scenario
 
 W = 80
@@ -58,13 +58,7 @@ def test_training_with_a_fault_equals_fault_free_parameters():
         got = rt.state_dict()
         assert len(rt.faults) == 1 and rt.faults[0]["devices"] == ["c"]
         assert len(res.iter_s) == 6
-    model, _ = build_model("tiny_cnn")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for x, y in data:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    ref = model.state_dict()
+    ref = reference_sgd("tiny_cnn", data, lr)
     assert set(ref) == set(got)
     assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-5
 

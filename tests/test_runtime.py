@@ -15,12 +15,12 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dora_rl.errors import PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.profile import build_model
 from dora_rl.runtime import Runtime, moves_between
+from dora_rl.runtime.measure import reference_sgd
 from dora_rl.scenario import Scenario
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,26 +136,14 @@ def test_training_equals_single_process_sgd():
         data = [r.make_batch(i, 8) for i in range(8)]
         res = r.train(5, data=data[:5])
         got = r.state_dict()
-        model, _ = build_model("tiny_cnn")
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
-
-        def step(x, y):
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        for x, y in data[:5]:
-            step(x, y)
-        ref = model.state_dict()
+        ref = reference_sgd("tiny_cnn", data[:5], lr)
         assert set(ref) == set(got)
         assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-5
         assert len(res.iter_s) == 5
         # switch at an iteration boundary: no update lost or applied twice
         res2 = r.train(3, data=data[5:], switch_at=1, switch_plan=plan2)
-        for x, y in data[5:]:
-            step(x, y)
         got = r.state_dict()
-        ref = model.state_dict()
+        ref = reference_sgd("tiny_cnn", data, lr)
         assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-5
         assert res2.switch_s is not None
 

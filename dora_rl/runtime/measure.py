@@ -11,6 +11,24 @@ from dora_rl.runtime.coordinator import Runtime
 from dora_rl.scenario import Scenario
 
 
+def reference_sgd(model: str, batches, lr: float) -> dict:
+    """The parameters distributed training must end with: the zoo model `model` (same
+    initial weights the workers start from) after plain SGD with cross-entropy on
+    `batches` [(x, y)] in one process (tests and bench/bench_faults.py compare to it)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dora_rl.profile import build_model
+
+    net, _ = build_model(model)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    for x, y in batches:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.state_dict()
+
+
 def measure(scenario: Scenario, plan: Plan, *, requests: int = 30, iterations: int = 5, warmup: int = 2,
             emulate: bool = True, rate: float | None = None, throughput_phase: bool = True,
             timeout: float = 120.0, lr: float = 0.01, switch_plan: Plan | None = None,

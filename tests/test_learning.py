@@ -122,6 +122,19 @@ def test_cli_evaluate_json(tiny_agent, capsys):
     assert cli_main(["evaluate", str(tiny_agent / "missing")]) == 2
 
 
+def test_cli_evaluate_write_results_keeps_what_was_recorded(tiny_agent, tmp_path, capsys):
+    copy = tmp_path / "agent"
+    shutil.copytree(tiny_agent, copy)
+    before = json.loads((copy / "results.json").read_text())
+    assert "evaluation" not in before and before
+    assert cli_main(["evaluate", str(copy), "--scenarios", "traffic_analytics", "--planners", "local",
+                     "--write-results", "--json"]) == 0
+    capsys.readouterr()
+    after = json.loads((copy / "results.json").read_text())
+    assert {k: after[k] for k in before} == before
+    assert after["evaluation"]["rows"][0]["scenario"] == "traffic_analytics"
+
+
 def _shipped(kind="partition"):
     root = REPO / "trained_agents"
     if not root.is_dir():

@@ -103,11 +103,8 @@ def cmd_evaluate(args) -> int:
                          progress=not args.json, search=args.search)
     res["agent"] = str(agent.path)
     if args.write_results:
-        import json
-        path = agent.path / "results.json"
-        old = json.loads(path.read_text()) if path.is_file() else {}
-        old["evaluation"] = {"summary": res["summary"], "rows": res["rows"]}
-        path.write_text(json.dumps(old, indent=1, default=str) + "\n")
+        from dora_rl.policies.agents import update_results
+        update_results(agent.path, {"evaluation": {"summary": res["summary"], "rows": res["rows"]}})
     if args.json:
         print_json(res)
         return 0

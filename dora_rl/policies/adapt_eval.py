@@ -129,12 +129,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0])
     config = yaml.safe_load((folder / "config.yml").read_text())
-    res_path = folder / "results.json"
-    res = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    from dora_rl.policies.agents import update_results
+
     ev = evaluate_adapt_agent(folder)
-    res["evaluation"] = ev
-    res["check"] = check_entries(folder)
-    res_path.write_text(json.dumps(res, indent=1) + "\n")
+    update_results(folder, {"evaluation": ev, "check": check_entries(folder)})
     (folder / "README.md").write_text(card(config, ev))
     print(json.dumps(ev, indent=1))
     return 0

@@ -208,6 +208,19 @@ def save_agent(model, folder: str | Path, config: dict, results: dict | None = N
     return folder
 
 
+def update_results(folder: str | Path, entries: dict) -> dict:
+    """Merge `entries` into the agent folder's results.json (created if missing); returns
+    the merged results (the card builders and `dora evaluate --write-results` keep what
+    earlier steps recorded)."""
+    import json
+
+    path = Path(folder) / "results.json"
+    res = json.loads(path.read_text()) if path.is_file() else {}
+    res.update(entries)
+    path.write_text(json.dumps(_plain(res), indent=1) + "\n")
+    return res
+
+
 def _plain(o):
     """Make YAML/JSON-safe (numpy scalars, tuples, inf)."""
     if isinstance(o, dict):

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from dora_rl.policies.agents import load_agent
+from dora_rl.policies.agents import load_agent, update_results
 
 
 def check_entries(agent, presets) -> list[dict]:
@@ -185,12 +185,10 @@ def main(argv=None) -> int:
     if bench and "learning" in bench:      # bench/run.py's layout: {"learning": {...}, "seconds": ...}
         bench = bench["learning"]
     agent = load_agent(folder)
-    res_path = folder / "results.json"
-    res = json.loads(res_path.read_text()) if res_path.is_file() else {}
     from dora_rl.scenario import preset_names
-    res["check"] = check_entries(agent, preset_names())
+    entries = {"check": check_entries(agent, preset_names())}
     if bench:
-        res["evaluation"] = {"heldout": bench["heldout"]["summary"], "presets": bench["presets"]["summary"],
+        entries["evaluation"] = {"heldout": bench["heldout"]["summary"], "presets": bench["presets"]["summary"],
                              "preset_rows": [{k: r[k] for k in ("scenario", "agent", "vs")} for r in bench["presets"]["rows"]],
                              "heldout_samples8": (bench.get("heldout_samples8") or {}).get("summary"),
                              "heldout_polish": (bench.get("heldout_polish") or {}).get("summary"),
@@ -199,7 +197,7 @@ def main(argv=None) -> int:
                              "checks_rollout": bench.get("checks_rollout"),
                              "checks": bench["checks"], "plan_8x50": bench["plan_8x50"],
                              "env_steps_per_s": bench["env_steps_per_s"]}
-    res_path.write_text(json.dumps(res, indent=1, default=str) + "\n")
+    res = update_results(folder, entries)
     (folder / "README.md").write_text(card(agent.config, res, bench))
     return 0
 

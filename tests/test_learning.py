@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dora_rl.cli import main as cli_main
-from dora_rl.envs.partition import PartitionEnv
+from dora_rl.envs.partition import PartitionEnv, plan_key
 from dora_rl.errors import AgentError
 from dora_rl.scenario import load_scenario
 
@@ -70,11 +70,19 @@ def test_ppo_planner_with_agent_option(tiny_agent):
     from dora_rl.planners import ppo  # noqa: F401  (registers "ppo" until the package imports it)
 
     sc = load_scenario("traffic_analytics")
-    greedy = run_planner("ppo", sc, agent=str(tiny_agent))
-    best = run_planner("ppo", sc, agent=str(tiny_agent), samples=6, seed=1)
+    greedy = run_planner("ppo", sc, agent=str(tiny_agent), search="greedy")
+    best = run_planner("ppo", sc, agent=str(tiny_agent), samples=6, seed=1)   # default: polished, + 5 samples
     obj = sc.qoe.objective
-    key = lambda m: (not m.qoe_ok, not m.feasible, m.objective(obj))  # noqa: E731
-    assert key(best.metrics) <= key(greedy.metrics)
+    assert plan_key(best.metrics, obj) <= plan_key(greedy.metrics, obj)
+
+
+def _with_config(agent: Path, dest: Path, **changes) -> Path:
+    """A copy of the agent folder whose config.yml has `changes`."""
+    shutil.copytree(agent, dest)
+    cfg = yaml.safe_load((dest / "config.yml").read_text())
+    cfg.update(changes)
+    (dest / "config.yml").write_text(yaml.safe_dump(cfg))
+    return dest
 
 
 def test_agent_errors(tiny_agent, tmp_path):
@@ -92,24 +100,14 @@ def test_agent_errors(tiny_agent, tmp_path):
     (corrupt / "model.zip").write_bytes(b"not a zip file")
     with pytest.raises(AgentError, match="corrupt"):
         load_agent(corrupt)
-    old = tmp_path / "old"
-    shutil.copytree(tiny_agent, old)
-    cfg = yaml.safe_load((old / "config.yml").read_text())
-    cfg["obs_version"] = 0
-    (old / "config.yml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(AgentError, match="observation layout"):
-        load_agent(old)
+        load_agent(_with_config(tiny_agent, tmp_path / "old", obs_version=0))
     agent = load_agent(tiny_agent)
     big = random_scenario(np.random.default_rng(0), min_devices=10, max_devices=10)
     with pytest.raises(AgentError, match="--planner dora"):
         agent.plan(big)
-    small = tmp_path / "small"
-    shutil.copytree(tiny_agent, small)
-    cfg = yaml.safe_load((small / "config.yml").read_text())
-    cfg["max_devices"] = 4
-    (small / "config.yml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(AgentError, match="max_devices"):
-        load_agent(small)
+        load_agent(_with_config(tiny_agent, tmp_path / "small", max_devices=4))
 
 
 def test_cli_evaluate_json(tiny_agent, capsys):

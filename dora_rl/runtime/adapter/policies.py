@@ -171,14 +171,21 @@ def ingredient_plans(scenario: Scenario, levels=INGREDIENT_LEVELS) -> list[Plan]
     average, at lower power and at lower bandwidth than any single compliant plan."""
     if scenario.workload.training:
         return []
-    relaxed = relaxed_for_composition(scenario)
+    return pareto_over_levels(relaxed_for_composition(scenario), levels)
+
+
+def level_bandwidths(scenario: Scenario, levels) -> list[dict[str, float]]:
+    """Per level, the bandwidth override that puts the dynamic medium at that fraction
+    of its nominal rate ({} at 1.0: the scenario as it is)."""
     medium = dynamic_medium(scenario)
-    plans: list[Plan] = []
-    for f in levels:
-        bw = {} if (f == 1.0 or medium is None) else {medium: scenario.cluster.media[medium].mbps * f}
-        got, _ = dp_pareto(relaxed, bw, {})
-        plans.extend(got)
-    return plans
+    return [{} if (f == 1.0 or medium is None) else {medium: scenario.cluster.media[medium].mbps * f}
+            for f in levels]
+
+
+def pareto_over_levels(scenario: Scenario, levels) -> list[Plan]:
+    """The union, in order, of the DP's Pareto sets with the dynamic medium at `levels`
+    x its nominal rate (duplicates are merged by the adapter's plan table)."""
+    return [p for bw in level_bandwidths(scenario, levels) for p in dp_pareto(scenario, bw, {})[0]]
 
 
 # ------------------------------------------------------------------ base adapter
@@ -254,16 +261,14 @@ class Adapter:
 
     def nominal_pareto(self, levels=(1.0,)) -> list[Plan]:
         """The DP's Pareto set at nominal bandwidth, and (levels other than 1) at those
-        fractions of the dynamic medium's nominal rate; union, in order, no duplicates."""
+        fractions of the dynamic medium's nominal rate; union, in order (`pid` merges duplicates)."""
         if self._given is not None:
             return list(self._given)
-        plans: list[Plan] = []
-        medium = dynamic_medium(self.scenario)
-        for f in levels:
-            bw = {} if (f == 1.0 or medium is None) else {medium: self.scenario.cluster.media[medium].mbps * f}
-            got, _ = dp_pareto(self.scenario, bw, {})
-            plans.extend(got)
-        return plans
+        return pareto_over_levels(self.scenario, levels)
+
+    def at_cost(self, mix: Mix, cost: CostModel) -> float:
+        """What the objective ranks a plan/mix by: latency, or power for energy."""
+        return mix.latency_ms if cost.qoe.objective == "latency" else mix.power
 
     # --- hooks ------------------------------------------------------------------------
     def setup(self) -> None:
@@ -458,12 +463,8 @@ class Adapter:
             return cur, "keep"
         if state.t - self.last_switch_t < self.min_dwell_s:
             return cur, "keep"
-        if cost.qoe.objective == "latency":
-            better = best.latency_ms < cur.latency_ms * (1 - self.margin)
-            gain_w = max(cur.power - best.power, 0.0)
-        else:
-            better = best.power < cur.power * (1 - self.margin)
-            gain_w = cur.power - best.power
+        better = self.at_cost(best, cost) < self.at_cost(cur, cost) * (1 - self.margin)
+        gain_w = cur.power - best.power if cost.qoe.objective != "latency" else max(cur.power - best.power, 0.0)
         if not better:
             return cur, "keep"
         if not self.holds_with_headroom(state, best, by):
@@ -745,9 +746,7 @@ class PPOAdapter(ParetoAdapter):
             return          # no partition agent shipped: the DP's candidates only
         if self.scenario.cluster.n > agent.max_devices:
             return
-        medium = dynamic_medium(self.scenario)
-        for f in self.levels:
-            bw = {} if (f == 1.0 or medium is None) else {medium: self.scenario.cluster.media[medium].mbps * f}
+        for bw in level_bandwidths(self.scenario, self.levels):
             try:
                 plan, _ = agent.plan(conditions(self.scenario, bw, {}), search="rollout")
             except NoFeasiblePlan:
@@ -780,13 +779,8 @@ class PPOAdapter(ParetoAdapter):
         rule, why = super()._choose(state, cost, best, by)
         if not pick.ok:
             return rule, ("guard" if set(rule.pids) != set(pick.pids) else why)
-        if rule.ok:
-            if cost.qoe.objective == "latency":
-                dearer = pick.latency_ms > rule.latency_ms * (1 + self.margin)
-            else:
-                dearer = pick.power > rule.power * (1 + self.margin)
-            if dearer:
-                return rule, "guard"
+        if rule.ok and self.at_cost(pick, cost) > self.at_cost(rule, cost) * (1 + self.margin):
+            return rule, "guard"
         if self.current is None:
             return pick, "initial"
         if set(self.current.pids) == set(pick.pids):
@@ -796,10 +790,7 @@ class PPOAdapter(ParetoAdapter):
             return pick, "qoe-risk"
         # a voluntary switch: after the dwell time, to a plan that saves more than
         # `margin` and still holds with `headroom` less bandwidth (the rule's hysteresis)
-        if cost.qoe.objective == "latency":
-            saves = pick.latency_ms < cur.latency_ms * (1 - self.margin)
-        else:
-            saves = pick.power < cur.power * (1 - self.margin)
+        saves = self.at_cost(pick, cost) < self.at_cost(cur, cost) * (1 - self.margin)
         if (state.t - self.last_switch_t < self.min_dwell_s or not saves
                 or not self.holds_with_headroom(state, pick, by)):
             return rule, why

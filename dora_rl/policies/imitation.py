@@ -33,6 +33,33 @@ from dora_rl.errors import DoraError
 KEYS = ("devices", "device_mask", "global", "action_mask")
 
 
+class Decisions:
+    """(observation, mask, action) decisions with their episode's return, collected for
+    cloning; `dataset(stats)` is the {obs, actions, returns, stats} layout
+    `behaviour_clone` and `merge_datasets` take."""
+
+    def __init__(self):
+        self.cols: dict[str, list] = {k: [] for k in KEYS}
+        self.acts: list[int] = []
+        self.rets: list[float] = []
+
+    def add(self, steps, ret: float, repeat: int = 1) -> None:
+        for _ in range(repeat):
+            for obs, mask, a in steps:
+                for k in KEYS:
+                    self.cols[k].append(obs[k])
+                self.acts.append(a)
+                self.rets.append(ret)
+
+    def __len__(self) -> int:
+        return len(self.acts)
+
+    def dataset(self, stats: dict) -> dict:
+        obs = {k: np.stack(v).astype(np.float32) if v else np.zeros((0,), np.float32) for k, v in self.cols.items()}
+        return {"obs": obs, "actions": np.array(self.acts, dtype=np.int64),
+                "returns": np.array(self.rets, dtype=np.float32), "stats": stats}
+
+
 def teacher_plan(inst, budget: float | None = None):
     """(Plan, 'dora' | 'relaxed') for an Instance, or (None, reason)."""
     from dora_rl.envs.partition import utility
@@ -85,8 +112,7 @@ def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=
     kw = {k: v for k, v in (env_kwargs or {}).items() if k in ("min_devices", "gen_max_devices", "gen_kwargs")}
     env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=max(1, episodes), **kw)
     t0 = time.time()
-    cols = {k: [] for k in KEYS}
-    acts, rets = [], []
+    dec = Decisions()
     stats = {"episodes": 0, "dora": 0, "relaxed": 0, "unreachable": 0, "no_teacher": 0, "qoe_ok": 0,
              "decisions": 0, "presets": list(presets), "preset_repeat": preset_repeat, "seed": seed}
     items = [("synthetic", i) for i in range(episodes)] + [("preset", p) for p in presets]
@@ -122,23 +148,14 @@ def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=
         stats["episodes"] += 1
         stats[how] += 1
         stats["qoe_ok"] += ok
-        for _ in range(rep):
-            for obs, mask, a in steps:
-                for k in KEYS:
-                    cols[k].append(obs[k])
-                acts.append(a)
-                rets.append(u)
+        dec.add(steps, u, rep)
     if bar is not None:
         bar.close()
-    stats["decisions"] = len(acts)
+    stats["decisions"] = len(dec)
     stats["seconds"] = round(time.time() - t0, 1)
-    D = max_devices
-    if not acts:
+    if not len(dec):
         raise DoraError("behaviour cloning: the teacher produced no decisions")
-    obs = {k: np.stack(cols[k]).astype(np.float32) for k in KEYS}
-    del D
-    return {"obs": obs, "actions": np.array(acts, dtype=np.int64), "returns": np.array(rets, dtype=np.float32),
-            "stats": stats}
+    return dec.dataset(stats)
 
 
 def rollout_dataset(policy, indices, seed: int = 0, max_devices: int = 8, env_kwargs: dict | None = None,
@@ -155,8 +172,7 @@ def rollout_dataset(policy, indices, seed: int = 0, max_devices: int = 8, env_kw
     env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=pool, **kw)
     actor = NumpyActor(policy)
     t0 = time.time()
-    cols = {k: [] for k in KEYS}
-    acts, rets = [], []
+    dec = Decisions()
     stats = {"episodes": 0, "qoe_ok": 0, "decisions": 0, "top_k": top_k}
     for i in indices:
         if max_seconds and time.time() - t0 > max_seconds:
@@ -171,16 +187,10 @@ def rollout_dataset(policy, indices, seed: int = 0, max_devices: int = 8, env_kw
         _, m, u = rollout_search(actor, env, top_k, record=rec)
         stats["episodes"] += 1
         stats["qoe_ok"] += bool(m.qoe_ok)
-        for obs, mask, a in rec:
-            for k in KEYS:
-                cols[k].append(obs[k])
-            acts.append(a)
-            rets.append(u)
-    stats["decisions"] = len(acts)
+        dec.add(rec, u)
+    stats["decisions"] = len(dec)
     stats["seconds"] = round(time.time() - t0, 1)
-    obs = {k: np.stack(cols[k]).astype(np.float32) if cols[k] else np.zeros((0,), np.float32) for k in KEYS}
-    return {"obs": obs, "actions": np.array(acts, dtype=np.int64), "returns": np.array(rets, dtype=np.float32),
-            "stats": stats}
+    return dec.dataset(stats)
 
 
 def merge_datasets(*parts: dict) -> dict:

@@ -391,8 +391,7 @@ class Runtime:
                 for s in plan.stages:
                     if dev in s.devices:
                         owned = {b: self.model[b] for b in range(s.start, s.end)}
-                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "weights": owned,
-                                "keep": not self.sc.workload.training})
+                self._send_plan(dev, plan, weights=owned)
             moves = []
         else:
             cl = self.sc.cluster
@@ -401,11 +400,8 @@ class Runtime:
             held = {} if self.sc.workload.training else self.held
             moves = moves_between(self.plan, plan, lambda a, b: cl.bw_l[cl.index[a]][cl.index[b]], held)
             for dev in self.names:
-                self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "moves": moves,
-                                "keep": not self.sc.workload.training})
-        acks = [self._ack(d) for d in self.names]
-        self.pending.wait()
-        self.held = {a["device"]: set(a.get("blocks", ())) for a in acks if "device" in a}
+                self._send_plan(dev, plan, moves=moves)
+        acks = self._plan_acks()
         self.plan = plan
         moved = {b for b, _, _ in moves}
         return {"seconds": now() - t0, "moved_blocks": sorted(moved), "transfers": len(moves),
@@ -425,12 +421,21 @@ class Runtime:
             raise RuntimeFault("prestage: start an inference plan first (training moves trained weights instead)")
         ship = {d: sorted(set(bs) - self.held.get(d, set())) for d, bs in holdings.items() if d in self.ranks}
         for dev in self.names:
-            self._cmd(dev, {"op": "plan", "plan": self.plan.to_dict(), "keep": True,
-                            "weights": {b: self.model[b] for b in ship.get(dev, [])}})
-        acks = {d: self._ack(d) for d in self.names}
-        self.pending.wait()
-        self.held = {d: set(a.get("blocks", ())) for d, a in acks.items()}
+            self._send_plan(dev, self.plan, weights={b: self.model[b] for b in ship.get(dev, [])})
+        self._plan_acks()
         return {d: bs for d, bs in ship.items() if bs}
+
+    def _send_plan(self, dev: str, plan: Plan, **fields) -> None:
+        """A worker's plan command. Inference workers keep blocks they stop owning
+        (`keep`: a later switch back moves nothing); training workers drop them."""
+        self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "keep": not self.sc.workload.training, **fields})
+
+    def _plan_acks(self) -> list[dict]:
+        """Every worker's ack of a plan command; records the blocks each now holds."""
+        acks = [self._ack(d) for d in self.names]
+        self.pending.wait()
+        self.held = {d: set(a.get("blocks", ())) for d, a in zip(self.names, acks)}
+        return acks
 
     def stats(self, reset: bool = False) -> dict:
         for d in self.names:

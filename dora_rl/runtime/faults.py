@@ -572,12 +572,9 @@ class ResilientRuntime(Runtime):
             have = set(h.get("blocks", ())) if h.get("version", -1) == self.version else set()
             ship = sorted(need - have)
             kept[dev], shipped[dev] = sorted(need & have), ship
-            self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "weights": {b: self.model[b] for b in ship},
-                            "opt": {b: self.opt_ckpt.get(b, {}) for b in ship}, "version": self.version,
-                            "keep": not self.sc.workload.training})
-        acks = {d: self._ack(d) for d in self.names}
-        self.pending.wait()
-        self.held = {d: set(a.get("blocks", ())) for d, a in acks.items()}   # what survivors hold now
+            self._send_plan(dev, plan, weights={b: self.model[b] for b in ship},
+                            opt={b: self.opt_ckpt.get(b, {}) for b in ship}, version=self.version)
+        self._plan_acks()     # records what the survivors hold now
         self.plan = plan
         return {"kept": kept, "shipped": shipped}
 

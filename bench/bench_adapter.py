@@ -170,7 +170,9 @@ def _means(per_trace) -> dict:
 def _targets(out) -> dict:
     """Per scenario x trace x adaptive adapter. Violations are judged raw (the issue's
     wording) and as excess over the floor (the oracle's violation fraction: intervals
-    where no plan or time-share complies, which no adapter can avoid)."""
+    where no plan or time-share complies, which no adapter can avoid);
+    `half_static_reachable` says whether the raw target is reachable at all (the floor is
+    at most half of static's fraction)."""
     t = {}
     eps = 1e-12
     for sc, d in out["scenarios"].items():
@@ -183,6 +185,8 @@ def _targets(out) -> dict:
                 v, vs, vr = a[name]["violation_frac"], a["static"]["violation_frac"], a["replan"]["violation_frac"]
                 xs, xp = a["static"]["excess_violation"], a[name]["excess_violation"]
                 t[key] = {"viol_le_half_static": v <= 0.5 * vs + eps,
+                          # can any adapter meet it? not where the oracle's floor alone exceeds it
+                          "half_static_reachable": r["floor"] <= 0.5 * vs + eps,
                           "excess_le_half_static_excess": xp <= 0.5 * xs + eps,
                           "viol_le_replan": v <= vr + eps,
                           "energy_within_15pct_oracle": (a[name]["energy_vs_oracle"] or 9) <= 1.15,

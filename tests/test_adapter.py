@@ -85,6 +85,46 @@ def test_battery_drains_by_power_model():
     assert mon.battery()["phone"] == pytest.approx(lvl0 - 0.1, abs=1e-12)
 
 
+def test_battery_life_is_judged_on_the_trailing_average():
+    from dora_rl.runtime.adapter.simulate import battery_violations
+    s = load_scenario("smart_home")
+    mon = Monitor(s.cluster, battery_window_s=60.0)
+    assert mon.avg_power()["phone"] == 0.0                      # nothing drained yet
+    for _ in range(30):
+        mon.drain({"phone": 2.0}, 1.0)
+    assert mon.avg_power()["phone"] == pytest.approx(2.0)       # 30 s elapsed: their average
+    for _ in range(30):
+        mon.drain({"phone": 4.0}, 1.0)
+    assert mon.avg_power()["phone"] == pytest.approx(3.0)       # (30 x 2 + 30 x 4) / 60
+    mon.drain({"phone": 4.0}, 15.0)                             # the oldest 15 s of 2 W drop out
+    assert mon.avg_power()["phone"] == pytest.approx((15 * 2 + 45 * 4) / 60)
+    # one interval at twice a 1 W budget among compliant ones is no battery-life miss...
+    mon = Monitor(s.cluster, battery_window_s=60.0)
+    for k in range(59):
+        mon.drain({"phone": 0.9}, 1.0)
+        assert battery_violations(mon, {"phone": 1.0}) == []
+    mon.drain({"phone": 2.0}, 1.0)                              # (59 x 0.9 + 2) / 60 = 0.918 W
+    assert battery_violations(mon, {"phone": 1.0}) == []
+    # ...a sustained draw above it is, once the window's average crosses the budget
+    for k in range(60):
+        mon.drain({"phone": 2.0}, 1.0)
+        # after k + 1 of them the window holds (58 - k) x 0.9 + (k + 2) x 2 J: <= 60 for k <= 3
+        assert (battery_violations(mon, {"phone": 1.0}) == []) == (k <= 3)
+    assert battery_violations(mon, {"phone": 1.0}) == ["battery: phone draws 2 W over the last 60 s > budget 1 W"]
+
+
+def test_simulation_flags_a_sustained_battery_overdraw():
+    # the smart_home plan, judged against a 10 000 h battery life that nothing meets:
+    # its battery devices overdraw from the first interval on
+    base = load_scenario("smart_home")
+    d = base.to_dict()
+    d["qoe"]["min_battery_hours"] = 10_000
+    log = simulate(Scenario.from_dict(d), get_adapter("static", base), step_trace([300.0], [10.0]), 5.0, 1.0,
+                   mean_frac=1.0)
+    assert all(any(v.startswith("battery:") for v in r["violations"]) for r in log.rows)
+    assert log.to_dict()["battery_window_s"] == 60.0
+
+
 # ---------------------------------------------------------------- composition
 def _cand(pid, cap, p_sat, p_load, lat=50.0, phone=None):
     m = SimpleNamespace(latency_ms=lat, feasible=True, qoe_ok=False, violations=["throughput: below"])
@@ -161,6 +201,21 @@ def test_no_flapping_on_steady_trace(traffic):
         log = simulate(traffic, name, tr, duration_s=40, interval_s=1.0, seed=3)
         assert log.summary()["switches"] <= 1, name          # at most settling once from the nominal plan
         assert sum(r["switch"] for r in log.rows[3:]) == 0, name
+
+
+def test_no_voluntary_switch_until_a_recent_dip_has_aged_out(traffic):
+    # a dip to 160 Mbps at t = 1, 2 forces a switch to a plan that holds there; the link
+    # is back at 300 from t = 3. Switching back to the cheaper nominal plan (jetson1 alone,
+    # needs >= 0.72 x 300 = 216 Mbps) must hold at the lowest estimate of the last
+    # memory_s = 10 s, so it waits until the t = 2 sample is 10 s old: t = 12, not the
+    # dwell's t = 1 + 3 = 4
+    ad = get_adapter("pareto", traffic, memory_s=10.0)
+    first = ad.decide(State(0.0, {"uplink": 300.0}))
+    for t in (1.0, 2.0):
+        d = ad.decide(State(t, {"uplink": 160.0}))
+    assert d.pids != first.pids
+    back = [t for t in range(3, 16) if ad.decide(State(float(t), {"uplink": 300.0})).reason == "cheaper"]
+    assert back[:1] == [12]
 
 
 def test_decide_api(traffic):

@@ -19,7 +19,8 @@ def add_commands(sub) -> None:
     d.add_argument("--slowdown", type=float, default=50.0,
                    help="emulate every device this many times slower, so this CPU can keep up (default 50)")
     d.add_argument("--no-run", action="store_true", help="skip executing the plan on workers")
-    d.add_argument("--adapter", default="pareto", help="adapter for the live step (default pareto)")
+    d.add_argument("--adapter", default="ppo",
+                   help="adapter for the live step (default ppo: the shipped agents; pareto when they are missing)")
     d.add_argument("--live-seconds", type=float, default=30.0,
                    help="seconds of the adapter on live workers at the end (0: skip; default 30)")
     d.set_defaults(func=cmd_demo)
@@ -71,7 +72,15 @@ def cmd_demo(args) -> int:
                              ["energy J / request", pr["energy_j"], me["energy_j"]]]))
         summary["run"] = run
     if not args.no_run and args.live_seconds > 0 and not scen.workload.training:   # [live]
+        from dora_rl.errors import AgentError
+        from dora_rl.runtime.adapter import load_agent_policy
         from dora_rl.runtime.live import run_live
+        if args.adapter == "ppo":
+            try:
+                load_agent_policy(scen)
+            except AgentError as e:
+                console.print(f"[yellow]no shipped agent for {scen.name} ({e}); the live step runs pareto[/yellow]")
+                args.adapter = "pareto"
         console.rule(f"[bold]5. the {args.adapter} adapter on live workers ({args.live_seconds:g} s, bandwidth "
                      "following the scenario's trace)")
         console.print(f"[dim]the scenario time-dilated {args.slowdown:g}x (compute, links, SLO, request rate); the "

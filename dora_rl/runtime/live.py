@@ -15,7 +15,8 @@
    covers 300 s of trace).
 4. Each interval: the Monitor gets the workers' real transfer measurements (bytes,
    seconds of every paced message, over the heartbeat channel), batteries drain by the
-   power model of the running plan on the true condition, the adapter decides, and a
+   power model of the running plan on the true condition (battery life is judged on
+   the monitor's trailing-window average draw, as in the simulation), the adapter decides, and a
    switch happens at a request boundary (drain, move the blocks a device does not
    already hold: workers keep the blocks of earlier plans, so switching back is a drain).
    The live loop runs one plan at a time: adapters plan without composition here
@@ -76,7 +77,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     from dora_rl.cost import CostModel
     from dora_rl.runtime.adapter import Monitor, get_adapter
     from dora_rl.runtime.adapter.compose import conditions, make_mix, required_rate, score, battery_budgets
-    from dora_rl.runtime.adapter.simulate import Log, make_trace
+    from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace
     from dora_rl.runtime.adapter.timeline import plot_timeline
     from dora_rl.runtime.adapter.view import LiveView
     from dora_rl.runtime.emulation import now
@@ -154,10 +155,12 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
                     mon.observe_transfer(src, dst, b, s, ta - t0)
             # batteries: the power model of the running plan on the true condition
             levels = mon.battery()
+            budgets = {}
             try:
                 tcost = CostModel(conditions(st["sc"], {medium: true_mbps((t_prev + t) / 2)}, levels))
                 sc_run = score(tcost, 0, rt.plan)
-                mx = make_mix([(sc_run, 1.0)], need, battery_budgets(tcost), st["sc"].qoe.latency_slo_ms)
+                budgets = battery_budgets(tcost)
+                mx = make_mix([(sc_run, 1.0)], need, budgets, st["sc"].qoe.latency_slo_ms)
                 mon.drain(dict(mx.dev_power), dt)
                 power = mx.power
             except Exception:  # noqa: BLE001  (a plan the cost model rejects on this condition)
@@ -183,6 +186,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             # throughput once a full window can hold answers (the first ones arrive after one latency)
             if need and t >= win + (slo or 0.0) / 1e3 and thr < 0.8 * need:
                 viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
+            viol += battery_violations(mon, budgets)
             row = {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
                    "bw_error": state.error.get(medium, 0.0), "battery": levels, "pids": list(dec.pids),
                    "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
@@ -206,7 +210,6 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             res = rt.infer(duration=duration, rate=r, control=control, interval=interval,
                            on_answer=lambda rid, lat, t1: answers.append((t1, lat)))
         faults = list(rt.faults)
-        switches = []
     log.plans = [{"id": pid, **p} for pid, p in sorted(rows_pids.items())]
     log.monitor = st["mon"].series
     out = Path(out_dir)
@@ -218,7 +221,6 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
                "reissued": res.reissued, "offered_rate": r, "slowdown": slowdown, "time_scale": time_scale,
                "latency_ms": {k: v / slowdown for k, v in res.latency_ms.items()},
                "faults": [{k: v for k, v in f.items() if k != "plan"} for f in faults]}
-    del switches
     # the log keeps real-time (dilated) numbers; the summary also states them at device speed
     import json
     data = json.loads(jp.read_text())

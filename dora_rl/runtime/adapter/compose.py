@@ -202,10 +202,14 @@ def make_mix(parts: list[tuple[Scored, float]], need: float, budgets: dict[str, 
             viol.append(f"latency: {lat:.4g} ms > SLO {slo_ms:.4g} ms")
         if need and cap < need * (1 - TOL):
             viol.append(f"throughput: mix capacity {cap:.4g} < required {need:.4g}")
-        for d, b in budgets.items():
-            if dev.get(d, 0.0) > b * (1 + TOL):
-                viol.append(f"battery: {d} draws {dev[d]:.3g} W > budget {b:.3g} W")
+        viol.extend(budget_violations(dev, budgets))
     return Mix(list(parts), cap, power, lat, dev, not viol, viol)
+
+
+def budget_violations(dev_power: dict[str, float], budgets: dict[str, float], over: str = "") -> list[str]:
+    """One message per battery device whose draw (W) exceeds its budget (W)."""
+    return [f"battery: {d} draws {dev_power[d]:.3g} W{over} > budget {b:.3g} W"
+            for d, b in budgets.items() if dev_power.get(d, 0.0) > b * (1 + TOL)]
 
 
 def shortfall(s: Scored, need: float, budgets: dict[str, float], slo_ms: float | None) -> tuple:

@@ -13,7 +13,10 @@ RobustMPC-style discount the adapters plan with (bandwidth / (1 + error)).
 Battery levels follow the power model (drain = average power x dt / stored energy)
 and, for a device mapped to an OS battery (`/sys/class/power_supply/<name>/capacity`),
 the OS reading overrides the model when it is available. Both are kept as time
-series (`Monitor.series`) that end up in the run's log."""
+series (`Monitor.series`) that end up in the run's log. The monitor also keeps the
+drain of the last `battery_window_s` seconds: battery life is a property of the
+average draw, so the QoE judges it on that trailing average (`avg_power`), as an
+operating system's time-remaining estimate does."""
 
 from __future__ import annotations
 
@@ -108,6 +111,7 @@ class Monitor:
     os_batteries: dict[str, str] = field(default_factory=dict)
     os_root: Path = POWER_SUPPLY_ROOT
     error_window: int = 5
+    battery_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         cl = self.cluster
@@ -118,6 +122,7 @@ class Monitor:
         self.levels = {d.name: d.battery_level for d in cl.devices if d.on_battery}
         self.capacity_j = {d.name: d.battery_wh * 3600.0 for d in cl.devices if d.on_battery}
         self.series: list[dict] = []
+        self._drained: deque = deque()       # (dt, {device: joules}) of recent intervals
         # RobustMPC-style discount: how much the estimate overshot the rate measured over
         # each of the last `error_window` intervals (0 = never overshot)
         self.errors = {m: deque(maxlen=self.error_window) for m in self.nominal}
@@ -186,7 +191,25 @@ class Monitor:
         for d, w in power_w.items():
             if d in self.levels and w > 0:
                 self.levels[d] = max(0.0, self.levels[d] - w * dt / self.capacity_j[d])
+        self._drained.append((dt, {d: w * dt for d, w in power_w.items() if d in self.levels}))
+        while sum(t for t, _ in self._drained) - self._drained[0][0] >= self.battery_window_s:
+            self._drained.popleft()
         return dict(self.levels)
+
+    def avg_power(self) -> dict[str, float]:
+        """Each battery device's average draw (W) over the last `battery_window_s`
+        seconds of drain (over all of it while less has elapsed; 0 before any)."""
+        out = {d: 0.0 for d in self.levels}
+        left = self.battery_window_s
+        for dt, joules in reversed(self._drained):
+            take = min(dt, left)
+            for d, j in joules.items():
+                out[d] += j * take / dt
+            left -= take
+            if left <= 0:
+                break
+        span = self.battery_window_s - max(left, 0.0)
+        return {d: j / span for d, j in out.items()} if span > 0 else out
 
     def poll_os(self) -> dict[str, float]:
         """Read the OS battery interface for mapped devices; readings override the

@@ -213,7 +213,7 @@ class Adapter:
         self.scenario = scenario
         self.fallback = fallback
         self.memory_s, self.prior_error = float(memory_s), float(prior_error)
-        self._err_hist: list[tuple[float, dict]] = []
+        self._hist: list[tuple[float, dict, dict]] = []   # (t, overshoot, estimate) per decision
         self.cache_scores = bool(cache)
         self._score_cache: dict = {}
         self.robust = bool(robust)
@@ -287,14 +287,23 @@ class Adapter:
         if not self.robust:
             return {}
         err = dict(state.error or {})
-        if self.current is None and not self._err_hist:
+        if self.current is None and not self._hist:
             err = {m: max(err.get(m, 0.0), self.prior_error) for m in state.bandwidth}
-        self._err_hist = [(t, e) for t, e in self._err_hist if state.t - t < self.memory_s and t <= state.t]
-        self._err_hist.append((state.t, err))
+        self._hist = [(t, e, b) for t, e, b in self._hist if state.t - t < self.memory_s and t <= state.t]
+        self._hist.append((state.t, err, dict(state.bandwidth)))
         out: dict[str, float] = {}
-        for _, e in self._err_hist:
+        for _, e, _ in self._hist:
             for m, v in e.items():
                 out[m] = max(out.get(m, 0.0), v)
+        return out
+
+    def recent_low(self) -> dict[str, float]:
+        """Per medium, the lowest bandwidth estimate of the last `memory_s` seconds."""
+        out: dict[str, float] = {}
+        for _, _, bw in self._hist:
+            for m, v in bw.items():
+                if v is not None:
+                    out[m] = min(out.get(m, math.inf), v)
         return out
 
     def planning_bandwidth(self, state: State) -> dict[str, float]:
@@ -434,8 +443,7 @@ class Adapter:
             sw_s = transfer_seconds(cost, move, self.source) + (self.drain_s if self.current is not None else 0.0)
         if switch:
             self.stage_weights(new.plans)
-            if self.current is not None:
-                self.last_switch_t = state.t
+            self.last_switch_t = state.t      # deployment too: no voluntary switch on 1-2 samples
         self.current = new
         dec = Decision(state.t, new.pids, new.fractions, new.plans, switch, reason,
                        {"latency_ms": new.latency_ms, "throughput": new.cap, "power_w": new.power, "ok": new.ok},
@@ -480,11 +488,16 @@ class Adapter:
 
     def holds_with_headroom(self, state: State, mix: Mix, by: dict[int, Scored]) -> bool:
         """Hysteresis on QoE: a voluntary switch must also hold with `headroom` less
-        bandwidth at the band's low end."""
+        bandwidth at the band's low end, and (`robust`) at the lowest bandwidth estimated
+        over the last `memory_s` seconds: a bursty link's next dip is likely as deep as
+        its last one, and a switch to a less robust plan that the dip breaks costs a
+        violation plus a switch back."""
         if self.headroom <= 0:
             return True
         lo, mid, hi = self._band
         low = {m: v * (1 - self.headroom) for m, v in lo.items()}
+        if self.robust:
+            low = {m: min(v, self.recent_low().get(m, v)) for m, v in low.items()}
         lcost, lby, _ = self.evaluate((low, mid, hi) if self.band else (low, low, low), state.battery, sorted(by))
         return rescore(mix, lby, lcost).ok
 
@@ -714,8 +727,9 @@ class PPOAdapter(ParetoAdapter):
     """The learned adapter: `pareto`'s candidates and composition, plus the partition
     agent's plan at each bandwidth level, with the AdaptEnv agent choosing among the
     single plans each interval. The agent decides whenever its pick is QoE-compliant over
-    the planning band and costs at most `margin` more than the composition rule's choice
-    (the LP's time-share, or keeping the current plan); a voluntary switch away from a
+    the planning band, costs at most `margin` more than the composition rule's choice
+    (the LP's time-share, or keeping the current plan) and, where it differs from that
+    choice, holds with `headroom` less bandwidth; a voluntary switch away from a
     compliant plan must save more than `margin`, hold with `headroom` less bandwidth and
     wait `min_dwell_s` (the rule's hysteresis: no flapping). Otherwise - a non-compliant pick, or
     a time-share clearly cheaper - `pareto`'s rule decides (reason 'guard' when it
@@ -781,6 +795,8 @@ class PPOAdapter(ParetoAdapter):
             return rule, ("guard" if set(rule.pids) != set(pick.pids) else why)
         if rule.ok and self.at_cost(pick, cost) > self.at_cost(rule, cost) * (1 + self.margin):
             return rule, "guard"
+        if rule.ok and set(rule.pids) != set(pick.pids) and not self.holds_with_headroom(state, pick, by):
+            return rule, "guard"          # overruling the rule takes a pick as robust as its switches
         if self.current is None:
             return pick, "initial"
         if set(self.current.pids) == set(pick.pids):

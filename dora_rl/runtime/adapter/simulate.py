@@ -11,7 +11,10 @@ trace on one medium, interval by interval:
 3. what runs is scored with the cost model on the TRUE condition of the interval (the
    trace's time-average over the interval, the batteries' current levels): latency,
    throughput, power; the interval violates QoE if any part of it is served by a plan
-   or mix that is not compliant there;
+   or mix that misses latency or throughput there, or if a battery device's draw
+   averaged over the last `battery_window_s` (60 s) exceeds its battery-life budget
+   (battery life is a property of the average draw: a time-share's slots or a
+   one-interval excursion are judged on the average, as the composition LP plans);
 4. batteries drain by the power model (plus the radio energy of moved weights); the
    workers' transfers (the running plan's first boundary flow, measured at 4 points in
    the interval with multiplicative lognormal noise; a 256 kB probe when the medium
@@ -34,8 +37,8 @@ from dora_rl.cluster.traces import BandwidthTrace, resolve_trace
 from dora_rl.cost import CostModel
 from dora_rl.errors import TraceError
 from dora_rl.scenario import Scenario
-from dora_rl.runtime.adapter.compose import (battery_budgets, conditions, make_mix, radio_joules, required_rate,
-                                             score, transfer_seconds)
+from dora_rl.runtime.adapter.compose import (battery_budgets, budget_violations, conditions, make_mix,
+                                             radio_joules, required_rate, score, transfer_seconds)
 from dora_rl.runtime.adapter.monitor import Monitor
 from dora_rl.runtime.adapter.policies import Adapter, get_adapter, true_mbps
 from dora_rl.jsonsafe import json_safe
@@ -130,6 +133,7 @@ class Log:
     duration_s: float
     slo_ms: float | None
     need: float
+    battery_window_s: float | None = None
     rows: list[dict] = field(default_factory=list)
     plans: list[dict] = field(default_factory=list)
     monitor: list[dict] = field(default_factory=list)
@@ -156,7 +160,8 @@ class Log:
 
     def to_dict(self) -> dict:
         meta = {k: getattr(self, k) for k in ("scenario", "adapter", "trace", "medium", "nominal_mbps",
-                                              "interval_s", "duration_s", "slo_ms", "need")}
+                                              "interval_s", "duration_s", "slo_ms", "need",
+                                              "battery_window_s")}
         return {**meta, "summary": self.summary(), "plans": self.plans, "rows": self.rows, "monitor": self.monitor}
 
     def save(self, path: str | Path) -> Path:
@@ -186,11 +191,11 @@ def plan_flows(cost: CostModel, plan) -> list[tuple[str, str, float]]:
 def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s: float = 300.0,
              interval_s: float = 1.0, *, mean_frac: float | None = None, seed: int = 0,
              estimator: str = "harmonic", window: int = 4, error_window: int = 5, noise: float = 0.05,
-             on_interval=None, adapter_options: dict | None = None) -> Log:
+             battery_window_s: float = 60.0, on_interval=None, adapter_options: dict | None = None) -> Log:
     """Replay `trace` (see make_trace for the accepted forms) for `duration_s` seconds,
     deciding every `interval_s` seconds. `on_interval(row, log)` is called after each
     interval (the live view)."""
-    for key, v in (("duration_s", duration_s), ("interval_s", interval_s)):
+    for key, v in (("duration_s", duration_s), ("interval_s", interval_s), ("battery_window_s", battery_window_s)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise TraceError(f"simulate: {key} must be a positive number of seconds, got {v!r}")
     tr, medium = make_trace(scenario, trace, mean_frac=mean_frac, seed=seed, duration_s=max(duration_s, 60.0))
@@ -200,8 +205,9 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     nominal = scenario.cluster.media[medium].mbps
     need = required_rate(scenario)
     log = Log(scenario.name, adapter.name, tr.source, medium, nominal, float(interval_s), float(duration_s),
-              scenario.qoe.latency_slo_ms, need)
-    mon = Monitor(scenario.cluster, kind=estimator, window=window, error_window=error_window)
+              scenario.qoe.latency_slo_ms, need, battery_window_s=float(battery_window_s))
+    mon = Monitor(scenario.cluster, kind=estimator, window=window, error_window=error_window,
+                  battery_window_s=battery_window_s)
     rng = np.random.default_rng(seed)
     src = scenario.workload.source
     nom_cost = CostModel(scenario)
@@ -241,13 +247,12 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
             segs.append((target, t + dt - cut))
             active = target
         budgets, slo = battery_budgets(tcost), scenario.qoe.latency_slo_ms
-        ok, energy, lat, cap, viol = True, extra_j, 0.0, 0.0, []
+        energy, lat, cap, viol = extra_j, 0.0, 0.0, []
         served = 0.0
         for (pids, fr), d_s in segs:
             parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr)]
             mx = make_mix(parts, need, budgets, slo)
-            ok = ok and mx.ok
-            viol.extend(v for v in mx.violations if v not in viol)
+            viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
             energy += mx.power * d_s
             lat = max(lat, mx.latency_ms)
             cap += mx.cap * d_s / dt
@@ -255,6 +260,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
             for dev, w in mx.dev_power.items():
                 drain[dev] = drain.get(dev, 0.0) + w * d_s
         mon.drain({d: j / dt for d, j in drain.items()}, dt)
+        viol += battery_violations(mon, budgets)
         # feed the estimator with what the serving plan actually transferred
         main_pid = max(zip(target[1], target[0]))[1]
         if main_pid not in flow_cache:
@@ -285,7 +291,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
             "label": dec.label, "reason": dec.reason, "switch": bool(dec.switch and k > 0),
             "switch_s": sw_true, "move_mb": sum(dec.move_bytes.values()) / 1e6 if dec.switch and k > 0 else 0.0,
             "latency_ms": lat, "throughput": cap, "power_w": energy / dt, "energy_j": energy,
-            "served_frac": served, "ok": bool(ok), "violations": viol, "decide_ms": dec.decide_ms,
+            "served_frac": served, "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
             "predicted": dec.predicted,
         }
         log.rows.append(row)
@@ -296,6 +302,13 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     log.plans = [{"id": i, **p.to_dict()} for i, p in enumerate(adapter.plans)]
     log.monitor = mon.series
     return log
+
+
+def battery_violations(mon: Monitor, budgets: dict[str, float]) -> list[str]:
+    """Battery-life QoE: each battery device's draw averaged over the monitor's
+    trailing window against its budget (the W it may average and still last
+    qoe.min_battery_hours from its current level)."""
+    return budget_violations(mon.avg_power(), budgets, f" over the last {mon.battery_window_s:g} s")
 
 
 def _probe_peer(scenario: Scenario, medium: str) -> str | None:

@@ -374,20 +374,22 @@ def test_ingredients_compose_where_no_single_plan_complies():
         .predicted["ok"]
 
 
-def test_band_mix_meets_capacity_low_and_budgets_high():
-    # fractions solved over the band [lo, hi] hold anywhere in it; solved at one point
-    # they have no slack: the laptop share needed at a low rate breaks the laptop's
-    # battery budget once the rate recovers (it then runs faster and draws more)
+def test_band_mix_meets_capacity_low_and_budgets_expected():
+    # fractions solved over the band [lo, hi] keep the capacity anywhere in it (solved at
+    # one point they have no slack) and the battery budgets at the expected rate (mid)
     from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter.compose import conditions, rescore, score
+    from dora_rl.runtime.adapter.compose import battery_budgets, conditions, required_rate, rescore, score
     s = load_scenario("smart_home")
     ad = get_adapter("pareto", s, prior_error=0.0)
     d = ad.decide(State(0.0, {"wifi": 200.0}, {}, {"wifi": 0.4}))      # lo = 200 / 1.4 x 0.95 = 136 Mbps
     assert d.predicted["ok"] and len(d.pids) >= 2
     for bw in (136.0, 160.0, 200.0, 300.0, 450.0):
         cost = CostModel(conditions(s, {"wifi": bw}))
-        by = {p: score(cost, p, ad.plans[p]) for p in d.pids}
-        assert rescore(d.mix, by, cost).ok, bw
+        mix = rescore(d.mix, {p: score(cost, p, ad.plans[p]) for p in d.pids}, cost)
+        assert mix.cap >= required_rate(s), bw
+        assert mix.latency_ms <= s.qoe.latency_slo_ms, bw
+        if bw == 200.0:
+            assert mix.ok and all(mix.dev_power[k] <= b for k, b in battery_budgets(cost).items())
 
 
 def test_robust_fallback_keeps_the_most_robust_compliant_option():

@@ -118,22 +118,19 @@ def score(cost: CostModel, pid: int, plan: Plan) -> Scored:
 def band_score(lo: Scored, mid: Scored, hi: Scored) -> Scored:
     """One plan scored over a BAND of bandwidths [lo, hi] (same plan on three
     conditions): compliant only if compliant at both ends; capacity and latency as at
-    the low end (the worst case); power as at `mid` (the expected rate, what energy is
-    ranked on); each battery device's draw the worst of the three (a plan that gets
-    faster when bandwidth rises also draws more: a time-share whose fractions were
-    solved at a low rate can break a battery budget when the rate recovers).
-    The composition LP on band-scored plans gives fractions that meet capacity at the
-    low end AND the battery budgets at the high end: robust to the rate moving anywhere
-    in the band during the interval, where a time-share solved at one rate has no slack."""
+    the low end (the worst case); power and each battery device's draw as at `mid` (the
+    expected rate: energy is ranked there, and battery life is judged on the average
+    draw, simulate.battery_violations). The composition LP on band-scored plans gives
+    fractions that meet capacity anywhere in the band, where a time-share solved at one
+    rate has no slack, and the battery budgets at the expected rate. (Budgets at the
+    worst of the three capped the laptop's share in smart_home's time-shares below what
+    a dip needs: on the ferry trace 0.127 of intervals violated against 0.117.)"""
     import dataclasses
     viol = list(dict.fromkeys(list(lo.metrics.violations) + list(hi.metrics.violations)))
     ok = lo.metrics.qoe_ok and hi.metrics.qoe_ok
     m = dataclasses.replace(lo.metrics, qoe_ok=ok, violations=viol) if dataclasses.is_dataclass(lo.metrics) \
         else lo.metrics
-    dev = {d: max(lo.dev_power.get(d, 0.0), mid.dev_power.get(d, 0.0), hi.dev_power.get(d, 0.0))
-           for d in set(lo.dev_power) | set(mid.dev_power) | set(hi.dev_power)}
-    dsat = {d: max(lo.dev_power_sat.get(d, 0.0), mid.dev_power_sat.get(d, 0.0), hi.dev_power_sat.get(d, 0.0))
-            for d in set(lo.dev_power_sat) | set(mid.dev_power_sat) | set(hi.dev_power_sat)}
+    dev, dsat = dict(mid.dev_power), dict(mid.dev_power_sat)
     return Scored(lo.pid, lo.plan, m, min(lo.cap, mid.cap, hi.cap), mid.power, mid.power_sat, dev, dsat,
                   lo.lat_ok and hi.lat_ok and mid.lat_ok)
 

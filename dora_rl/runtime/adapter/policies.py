@@ -805,9 +805,8 @@ class PPOAdapter(ParetoAdapter):
         if not cur.ok:
             return pick, "qoe-risk"
         # a voluntary switch: after the dwell time, to a plan that saves more than
-        # `margin` and still holds with `headroom` less bandwidth (the rule's hysteresis)
+        # `margin` (a pick other than the rule's was checked for headroom above)
         saves = self.at_cost(pick, cost) < self.at_cost(cur, cost) * (1 - self.margin)
-        if (state.t - self.last_switch_t < self.min_dwell_s or not saves
-                or not self.holds_with_headroom(state, pick, by)):
+        if state.t - self.last_switch_t < self.min_dwell_s or not saves:
             return rule, why
         return pick, "agent"

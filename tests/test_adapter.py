@@ -123,6 +123,11 @@ def test_simulation_flags_a_sustained_battery_overdraw():
                    mean_frac=1.0)
     assert all(any(v.startswith("battery:") for v in r["violations"]) for r in log.rows)
     assert log.to_dict()["battery_window_s"] == 60.0
+    # the adapters deploy the least-bad plan there instead of failing (the survivors of
+    # a fault may meet no QoE target either)
+    for name in ("static", "replan", "pareto"):
+        d0 = get_adapter(name, Scenario.from_dict(d)).decide(State(0.0, {"wifi": 300.0}))
+        assert d0.plans and not d0.predicted["ok"]
 
 
 # ---------------------------------------------------------------- composition

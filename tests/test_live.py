@@ -63,6 +63,26 @@ def test_training_with_a_fault_equals_fault_free_parameters():
     assert max((ref[k] - got[k]).abs().max().item() for k in ref) <= 1e-5
 
 
+def test_async_probe_is_measured_through_the_heartbeats():
+    # the live monitor's idle probe: a paced 100 kB flow a -> b on the 80 Mbps link, no
+    # acknowledgement; its (bytes, seconds) arrives with the workers' transfer reports
+    import time
+    with ResilientRuntime(scen(), timeout=30) as rt:
+        rt.start(Plan.make([(0, 7, ["a"])], microbatches=1))
+        rt.hb.take_transfers()
+        rt.probe_async("a", "b", 100_000)
+        got = []
+        for _ in range(50):
+            got += [x for x in rt.hb.take_transfers() if x[1:4] == ("a", "b", 100_000.0)]
+            if got:
+                break
+            time.sleep(0.1)
+        assert len(got) == 1
+        mbps = 100_000 * 8 / got[0][4] / 1e6
+        assert 0.25 * W <= mbps <= 1.05 * W          # a loaded CPU can only make it slower
+        assert rt.infer(4).n == 4                       # the workers serve on, nothing left pending
+
+
 def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     import json
 

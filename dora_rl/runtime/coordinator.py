@@ -658,6 +658,17 @@ class Runtime:
         self.pending.wait()
         return [rates[i] for i in range(len(flows))]
 
+    def probe_async(self, src: str, dst: str, nbytes: int) -> None:
+        """Start one paced flow src -> dst and return at once: nothing is acknowledged,
+        the workers' transfer reports carry its rate (the live monitor's idle probes).
+        Workers run commands in order, so the flow goes between requests."""
+        for x in (src, dst):
+            if x not in self.ranks:
+                raise RuntimeFault(f"probe: unknown device {x!r}")
+        flows = [(src, dst, int(nbytes), 1)]
+        for d in (src, dst):
+            self._cmd(d, {"op": "probe", "flows": flows, "ack": False})
+
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:
         if self.pg:

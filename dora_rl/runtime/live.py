@@ -14,7 +14,9 @@
    trace is replayed `time_scale` times faster than real time (default 10: a 30 s run
    covers 300 s of trace).
 4. Each interval: the Monitor gets the workers' real transfer measurements (bytes,
-   seconds of every paced message, over the heartbeat channel), batteries drain by the
+   seconds of every paced message, over the heartbeat channel; when the medium carried
+   nothing for `probe_after_s`, a probe of 256 kB / slowdown from the source to a peer
+   across it, `Runtime.probe_async`), batteries drain by the
    power model of the running plan on the true condition (battery life is judged on
    the monitor's trailing-window average draw, as in the simulation), the adapter decides, and a
    switch happens at a request boundary (drain, move the blocks a device does not
@@ -77,7 +79,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     from dora_rl.cost import CostModel
     from dora_rl.runtime.adapter import Monitor, get_adapter
     from dora_rl.runtime.adapter.compose import conditions, make_mix, required_rate, score, battery_budgets
-    from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace
+    from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace, probe_peer
     from dora_rl.runtime.adapter.timeline import plot_timeline
     from dora_rl.runtime.adapter.view import LiveView
     from dora_rl.runtime.emulation import now
@@ -97,7 +99,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     adapter_options = {"compose": False, **adapter_options}
     st = {"sc": sc, "ad": get_adapter(adapter_name, sc, **adapter_options)}
     st["ad"].bind(tr, medium, interval)
-    mon = Monitor(sc.cluster)
+    # probes as long as at real speed: the dilated links are `slowdown` x slower
+    mon = Monitor(sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
     dec = st["ad"].decide(mon.state(0.0))
     plan = _main_plan(dec)
     need = required_rate(sc)
@@ -117,7 +120,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
         # a device died: rebuild the adapter (and monitor) on the survivors, let it choose
         ad = get_adapter(adapter_name, new_sc, **adapter_options)
         ad.bind(tr, medium, interval)
-        m2 = Monitor(new_sc.cluster)
+        m2 = Monitor(new_sc.cluster, probe_bytes=mon.probe_bytes)
         for d, v in st["mon"].levels.items():
             if d in m2.levels:
                 m2.levels[d] = v
@@ -140,6 +143,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             rt.fail_at(dev, at)
         st["t0"] = now()
         st["last"] = 0.0
+        st["probe_t"], st["probes"] = -math.inf, 0
         st["dec"] = dec
 
         def control(t):
@@ -153,6 +157,15 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
             for (ta, src, dst, b, s) in rt.hb.take_transfers():
                 if src in mon.cluster.index and dst in mon.cluster.index:
                     mon.observe_transfer(src, dst, b, s, ta - t0)
+            # nothing measured on the medium for a while (no requests, or a plan that keeps
+            # off it): a small probe from the source across it; its rate comes back with
+            # the heartbeats. At most one per probe_after_s.
+            peer = probe_peer(st["sc"], medium)
+            if (peer is not None and peer in rt.ranks and mon.needs_probe(medium, t)
+                    and t - st["probe_t"] >= mon.probe_after_s):
+                rt.probe_async(st["sc"].workload.source, peer, mon.probe_bytes)
+                st["probe_t"] = t
+                st["probes"] += 1
             # batteries: the power model of the running plan on the true condition
             levels = mon.battery()
             budgets = {}
@@ -218,7 +231,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     admitted = len(res.answered) if res.answered else 0
     summary = {**log.summary(), "requests": res.n, "answered": admitted,
                "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
-               "reissued": res.reissued, "offered_rate": r, "slowdown": slowdown, "time_scale": time_scale,
+               "reissued": res.reissued, "probes": st["probes"], "offered_rate": r, "slowdown": slowdown, "time_scale": time_scale,
                "latency_ms": {k: v / slowdown for k, v in res.latency_ms.items()},
                "faults": [{k: v for k, v in f.items() if k != "plan"} for f in faults]}
     # the log keeps real-time (dilated) numbers; the summary also states them at device speed

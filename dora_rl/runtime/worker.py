@@ -450,8 +450,11 @@ class Worker:
 
     # ------------------------------------------------------------------ probe / stats
     def op_probe(self, cmd: dict) -> None:
-        """Paced test flows: [(src, dst, nbytes, count)], all starting at cmd['t0']."""
-        sleep_until(cmd["t0"])
+        """Paced test flows: [(src, dst, nbytes, count)], all starting at cmd['t0'].
+        With cmd['ack'] false nothing is acknowledged: the pacer's transfer report (the
+        heartbeat's `xfer`) carries the measurement (live bandwidth probes)."""
+        t0 = cmd.get("t0") or now()
+        sleep_until(t0)
         rates = {}
         for i, (src, dst, nbytes, count) in enumerate(cmd["flows"]):
             if src == self.device:
@@ -462,9 +465,10 @@ class Worker:
             if dst == self.device:
                 for _ in range(count):
                     wait_tensors([irecv_tensor((int(nbytes),), torch.uint8, self.ranks[src], TAG_PROBE + 1000 * i)])
-                rates[i] = nbytes * count / (now() - cmd["t0"])
+                rates[i] = nbytes * count / (now() - t0)
         self.flush()
-        self.ack({"op": "probe", "device": self.device, "rates": rates})
+        if cmd.get("ack", True):
+            self.ack({"op": "probe", "device": self.device, "rates": rates})
 
     def op_stats(self, cmd: dict) -> None:
         self.flush()

@@ -254,10 +254,22 @@ class Adapter:
         return self._ids[k]
 
     def initial_plan(self) -> Plan:
+        """The `dora` plan; when no plan meets every QoE target (e.g. the survivors of
+        a fault), the DP's plan with the average-able targets relaxed, then with none:
+        the deployment goes on with the least-bad plan and the adapter takes over."""
         if self._initial is not None:
             return self._initial
+        import dataclasses
+
         from dora_rl.planners.base import get_planner
-        return get_planner("dora").plan(self.scenario)
+        dora = get_planner("dora")
+        relaxed = relaxed_for_composition(self.scenario)
+        for scen in (self.scenario, relaxed, relaxed.replace(qoe=dataclasses.replace(relaxed.qoe, latency_slo_ms=None))):
+            try:
+                return dora.plan(scen)
+            except NoFeasiblePlan as e:
+                last = e
+        raise last
 
     def nominal_pareto(self, levels=(1.0,)) -> list[Plan]:
         """The DP's Pareto set at nominal bandwidth, and (levels other than 1) at those

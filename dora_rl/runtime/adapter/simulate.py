@@ -212,7 +212,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     src = scenario.workload.source
     nom_cost = CostModel(scenario)
     flow_cache: dict[int, list] = {}
-    probe_dst = _probe_peer(scenario, medium)
+    probe_dst = probe_peer(scenario, medium)
     active = None          # (pids, fractions) serving now
     ready_at = 0.0
     n = int(math.ceil(duration_s / interval_s - 1e-9))
@@ -311,7 +311,7 @@ def battery_violations(mon: Monitor, budgets: dict[str, float]) -> list[str]:
     return budget_violations(mon.avg_power(), budgets, f" over the last {mon.battery_window_s:g} s")
 
 
-def _probe_peer(scenario: Scenario, medium: str) -> str | None:
+def probe_peer(scenario: Scenario, medium: str) -> str | None:
     """A device the source can probe across `medium` (None: the source is not on it)."""
     cl = scenario.cluster
     s = cl.index[scenario.workload.source]

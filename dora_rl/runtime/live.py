@@ -231,7 +231,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     admitted = len(res.answered) if res.answered else 0
     summary = {**log.summary(), "requests": res.n, "answered": admitted,
                "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
-               "reissued": res.reissued, "probes": st["probes"], "offered_rate": r, "slowdown": slowdown, "time_scale": time_scale,
+               "reissued": res.reissued, "probes": st["probes"], "offered_rate": r, "slowdown": slowdown,
+               "time_scale": time_scale,
                "latency_ms": {k: v / slowdown for k, v in res.latency_ms.items()},
                "faults": [{k: v for k, v in f.items() if k != "plan"} for f in faults]}
     # the log keeps real-time (dilated) numbers; the summary also states them at device speed

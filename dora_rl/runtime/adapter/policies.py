@@ -264,7 +264,8 @@ class Adapter:
         from dora_rl.planners.base import get_planner
         dora = get_planner("dora")
         relaxed = relaxed_for_composition(self.scenario)
-        for scen in (self.scenario, relaxed, relaxed.replace(qoe=dataclasses.replace(relaxed.qoe, latency_slo_ms=None))):
+        no_slo = relaxed.replace(qoe=dataclasses.replace(relaxed.qoe, latency_slo_ms=None))
+        for scen in (self.scenario, relaxed, no_slo):
             try:
                 return dora.plan(scen)
             except NoFeasiblePlan as e:

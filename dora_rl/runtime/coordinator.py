@@ -644,12 +644,8 @@ class Runtime:
     def probe(self, flows: list[tuple[str, str, int, int]]) -> list[float]:
         """Paced flows [(src, dst, nbytes, count)] started together; bytes/s per flow
         as seen by each receiver (checks pacing and medium sharing)."""
-        for s, d, _, _ in flows:
-            for x in (s, d):
-                if x not in self.ranks:
-                    raise RuntimeFault(f"probe: unknown device {x!r}")
+        devs = self._probe_devices(flows)
         t0 = now() + 0.3
-        devs = sorted({x for f in flows for x in f[:2]})
         for d in devs:
             self._cmd(d, {"op": "probe", "flows": flows, "t0": t0})
         rates = {}
@@ -662,12 +658,17 @@ class Runtime:
         """Start one paced flow src -> dst and return at once: nothing is acknowledged,
         the workers' transfer reports carry its rate (the live monitor's idle probes).
         Workers run commands in order, so the flow goes between requests."""
-        for x in (src, dst):
+        flows = [(src, dst, int(nbytes), 1)]
+        for d in self._probe_devices(flows):
+            self._cmd(d, {"op": "probe", "flows": flows, "ack": False})
+
+    def _probe_devices(self, flows) -> list[str]:
+        """The devices the flows [(src, dst, ...)] touch; RuntimeFault for one not running."""
+        devs = sorted({x for f in flows for x in f[:2]})
+        for x in devs:
             if x not in self.ranks:
                 raise RuntimeFault(f"probe: unknown device {x!r}")
-        flows = [(src, dst, int(nbytes), 1)]
-        for d in (src, dst):
-            self._cmd(d, {"op": "probe", "flows": flows, "ack": False})
+        return devs
 
     # ------------------------------------------------------------------ shutdown
     def close(self) -> None:

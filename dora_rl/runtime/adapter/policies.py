@@ -498,7 +498,6 @@ class Adapter:
                 return cur, "keep"
         return best, "cheaper"
 
-
     def holds_with_headroom(self, state: State, mix: Mix, by: dict[int, Scored]) -> bool:
         """Hysteresis on QoE: a voluntary switch must also hold with `headroom` less
         bandwidth at the band's low end, and (`robust`) at the lowest bandwidth estimated
@@ -510,7 +509,8 @@ class Adapter:
         lo, mid, hi = self._band
         low = {m: v * (1 - self.headroom) for m, v in lo.items()}
         if self.robust:
-            low = {m: min(v, self.recent_low().get(m, v)) for m, v in low.items()}
+            seen = self.recent_low()
+            low = {m: min(v, seen.get(m, v)) for m, v in low.items()}
         lcost, lby, _ = self.evaluate((low, mid, hi) if self.band else (low, low, low), state.battery, sorted(by))
         return rescore(mix, lby, lcost).ok
 

@@ -75,13 +75,12 @@ ADAPTERS = ["static", "replan", "pareto", "ppo", "oracle"]
 def bench_scenario(cfg: dict):
     """The preset with its dynamic medium (and that medium's links) at `medium_x` x nominal."""
     from dora_rl.runtime.adapter.compose import conditions
-    from dora_rl.runtime.adapter.policies import dynamic_medium
     from dora_rl.scenario import load_scenario
 
     scen = load_scenario(cfg["preset"])
     x = float(cfg.get("medium_x", 1.0))
     if x != 1.0:
-        m = dynamic_medium(scen)
+        m = scen.dynamic_medium()
         scen = conditions(scen, {m: scen.cluster.media[m].mbps * x})
     return scen
 

@@ -61,6 +61,11 @@ class Plan:
             out.append(Stage(int(start), int(end), devs, tuple(float(s) for s in shares)))
         return cls(tuple(out), int(microbatches))
 
+    def key(self) -> str:
+        """A canonical string naming this plan (its JSON with sorted keys): equal for
+        equal plans, usable as a dict key across processes and in logs."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     @property
     def devices(self) -> list[str]:
         return [d for s in self.stages for d in s.devices]

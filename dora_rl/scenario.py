@@ -114,6 +114,14 @@ class Scenario:
             out["dynamics"] = copy.deepcopy(self.dynamics)
         return out
 
+    def dynamic_medium(self) -> str | None:
+        """The medium whose bandwidth moves at run time: dynamics.bandwidth.medium, else
+        the first declared medium, else None (an Ethernet-only cluster)."""
+        bw = (self.dynamics or {}).get("bandwidth") or {}
+        if bw.get("medium") in self.cluster.media:
+            return bw["medium"]
+        return next(iter(self.cluster.media), None)
+
     def replace(self, **kw) -> "Scenario":
         """A shallow copy with some fields replaced (cluster, workload, qoe, ...)."""
         d = dict(self.__dict__)

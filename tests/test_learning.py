@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from dora_rl.cli import main as cli_main
-from dora_rl.envs.partition import PartitionEnv, plan_key
+from dora_rl.cost.qoe import preference
+from dora_rl.envs.partition import PartitionEnv
 from dora_rl.errors import AgentError
 from dora_rl.scenario import load_scenario
 
@@ -73,7 +74,7 @@ def test_ppo_planner_with_agent_option(tiny_agent):
     greedy = run_planner("ppo", sc, agent=str(tiny_agent), search="greedy")
     best = run_planner("ppo", sc, agent=str(tiny_agent), samples=6, seed=1)   # default: polished, + 5 samples
     obj = sc.qoe.objective
-    assert plan_key(best.metrics, obj) <= plan_key(greedy.metrics, obj)
+    assert preference(best.metrics, obj) <= preference(greedy.metrics, obj)
 
 
 def _with_config(agent: Path, dest: Path, **changes) -> Path:

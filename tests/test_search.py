@@ -140,7 +140,7 @@ def test_ppo_planner_search_option_and_cli(capsys):
 
     sc = load_scenario("traffic_analytics")
     from dora_rl.cost import CostModel
-    from dora_rl.envs.partition import utility
+    from dora_rl.cost.qoe import utility
     from dora_rl.policies.search import search_key
 
     ref = Instance(sc, 8).ref_obj
@@ -160,7 +160,7 @@ def test_ppo_planner_search_option_and_cli(capsys):
 def test_polish_repairs_a_shifted_cut():
     """dora's smart_home plan with its cut moved 3 blocks is worse; polishing it on the
     cost model finds dora's objective again (a cut shift is one move)."""
-    from dora_rl.envs.partition import utility
+    from dora_rl.cost.qoe import utility
     from dora_rl.planners import run_planner
     from dora_rl.policies.search import polish, search_key
 
@@ -185,7 +185,7 @@ def test_polish_builds_a_data_parallel_group():
     """traffic_analytics from the roadside box alone (misses QoE): adding a Jetson to the
     stage's group and then swapping the box for the other Jetson is two group moves, and
     reaches dora's plan (both Jetsons data-parallel)."""
-    from dora_rl.envs.partition import utility
+    from dora_rl.cost.qoe import utility
     from dora_rl.planners import run_planner
     from dora_rl.policies.search import polish
 

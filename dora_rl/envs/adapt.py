@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import DoraError
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
@@ -58,14 +59,14 @@ def candidate_plans(scenario: Scenario, max_candidates: int = 8, low_bw: float =
     seen = set()
 
     def add(p: Plan):
-        k = repr(p.to_dict())
+        k = p.key()
         if k not in seen:
             seen.add(k)
             plans.append(p)
 
     for p, _ in pareto(scenario):
         add(p)
-    medium = _medium(scenario)
+    medium = scenario.dynamic_medium()
     if medium is not None and low_bw:
         low = scenario.replace(cluster=scenario.cluster.with_medium_mbps(
             medium, scenario.cluster.media[medium].mbps * low_bw))
@@ -81,13 +82,6 @@ def candidate_plans(scenario: Scenario, max_candidates: int = 8, low_bw: float =
     return plans
 
 
-def _medium(scenario: Scenario) -> str | None:
-    bw = (scenario.dynamics or {}).get("bandwidth") or {}
-    if bw.get("medium") in scenario.cluster.media:
-        return bw["medium"]
-    return next(iter(scenario.cluster.media), None)
-
-
 class _Dynamic:
     """Per-scenario tables shared by episodes: candidates, moved-weight matrix, the
     trace, and cost-model scores per bandwidth level."""
@@ -100,7 +94,7 @@ class _Dynamic:
         self.scenario = scenario
         self.plans = candidate_plans(scenario, max_candidates, low_bw)
         self.K = len(self.plans)
-        self.medium = _medium(scenario)
+        self.medium = scenario.dynamic_medium()
         cl = scenario.cluster
         self.nominal = cl.media[self.medium].mbps if self.medium else None
         self.trace = None
@@ -263,9 +257,7 @@ class AdaptEnv(gym.Env):
             return False
         if q.latency_slo_ms is not None and m.latency_ms > q.latency_slo_ms * (1 + 1e-9):
             return False
-        need = q.min_throughput or 0.0
-        if not cost.training and cost.workload.request_rate:
-            need = max(need, cost.workload.request_rate)
+        need = required_rate(cost)
         if need and m.throughput < need * (1 - 1e-9):
             return False
         if q.min_battery_hours is not None and self._battery_hours(m) < q.min_battery_hours * (1 - 1e-9):
@@ -307,9 +299,7 @@ class AdaptEnv(gym.Env):
         q = dyn.cost0.qoe
         ms = dyn.score(self._level())
         c = np.zeros((K, NC), dtype=np.float32)
-        need = q.min_throughput or 0.0
-        if not dyn.cost0.training and dyn.cost0.workload.request_rate:
-            need = max(need, dyn.cost0.workload.request_rate)
+        need = required_rate(dyn.cost0)
         for k, m in enumerate(ms):
             hours = self._battery_hours(m)
             c[k, 0] = 1.0
@@ -407,14 +397,13 @@ class AdaptAgentPolicy:
         self.scenario = scenario
         self.cost0 = CostModel(scenario)
         self.pp = self.cost0.pp
-        self.medium = _medium(scenario)
+        self.medium = scenario.dynamic_medium()
         self.nominal = scenario.cluster.media[self.medium].mbps if self.medium else None
         self._nominal: dict[str, tuple] = {}     # plan -> (stage indices, nominal metrics)
         self.bw_prev = None
 
     def _nom(self, plan: Plan):
-        import json
-        k = json.dumps(plan.to_dict(), sort_keys=True)
+        k = plan.key()
         if k not in self._nominal:
             st = self.cost0.stage_indices(plan)
             self._nominal[k] = (st, self.cost0.evaluate_stages(st, plan.microbatches))
@@ -436,9 +425,7 @@ class AdaptAgentPolicy:
         idx.sort(key=lambda i: (nom[i][1].latency_ms, nom[i][1].energy_j))
         e_ref = max(min(nom[i][1].energy_j for i in idx), 1e-12)
         lat_ref = max(min(nom[i][1].latency_ms for i in idx), 1e-12)
-        need = q.min_throughput or 0.0
-        if not cost.training and cost.workload.request_rate:
-            need = max(need, cost.workload.request_rate)
+        need = required_rate(cost)
         cur_st = None
         if cur_pid is not None:
             for o in options:

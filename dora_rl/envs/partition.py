@@ -47,6 +47,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import preference, utility
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
@@ -89,39 +90,6 @@ def shares_for(cost: CostModel, devs: list[int], l: int, r: int, m: float, infli
 
 def microbatch_options(batch: int) -> list[int]:
     return [k for k in range(1, batch + 1) if batch % k == 0]
-
-
-def violation_penalty(cost: CostModel, m) -> float:
-    """2 + relative miss (capped at 1) per violated constraint; 4 if it does not fit."""
-    q, pen = cost.qoe, 0.0
-    if not m.feasible:
-        pen += 4.0
-    if q.latency_slo_ms is not None and m.latency_ms > q.latency_slo_ms * (1 + 1e-9):
-        pen += 2.0 + min(1.0, m.latency_ms / q.latency_slo_ms - 1.0)
-    need = q.min_throughput
-    if not cost.training and cost.workload.request_rate:
-        need = max(need or 0.0, cost.workload.request_rate)
-    if need and m.throughput < need * (1 - 1e-9):
-        pen += 2.0 + min(1.0, need / max(m.throughput, 1e-12) - 1.0)
-    if q.min_battery_hours is not None:
-        for h in m.battery_hours.values():
-            if h < q.min_battery_hours * (1 - 1e-9):
-                pen += 2.0 + min(1.0, q.min_battery_hours / max(h, 1e-12) - 1.0)
-                break
-    return pen
-
-
-def utility(cost: CostModel, m, ref_obj: float) -> float:
-    """The reward and the evaluation's score: ref / objective (capped at 4) minus
-    penalties for violated constraints (see `violation_penalty`)."""
-    obj = m.objective(cost.qoe.objective)
-    ratio = min(4.0, ref_obj / obj) if obj > 0 else 4.0
-    return float(ratio - violation_penalty(cost, m))
-
-
-def plan_key(m, objective: str):
-    """Order plans the way `best_of` does: QoE-compliant, then feasible, then objective."""
-    return (not m.qoe_ok, not m.feasible, m.objective(objective))
 
 
 class Instance:
@@ -270,14 +238,14 @@ class Instance:
         return out
 
     def finish(self, stages):
-        """Best (by `plan_key`) micro-batch count for `stages`: (M, stage tuples, Metrics)."""
+        """Best (by `cost.qoe.preference`) micro-batch count for `stages`: (M, stage tuples, Metrics)."""
         best = None
         for M in self.Ms:
             st = self.build(stages, M)
             if st is None:
                 continue
             m = self.cost.evaluate_stages(st, M)
-            k = plan_key(m, self.objective)
+            k = preference(m, self.objective)
             if best is None or k < best[0]:
                 best = (k, M, st, m)
         if best is None:

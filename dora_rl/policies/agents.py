@@ -138,10 +138,10 @@ class Agent:
     def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None, search: str = "greedy",
              top_k: int | None = None) -> tuple[Plan, object]:
         """The best plan (QoE-compliant first, then feasible, then objective) of the rollouts."""
-        from dora_rl.envs.partition import plan_key
+        from dora_rl.cost.qoe import preference
 
         res = self.rollouts(scenario, samples, seed, cost=cost, search=search, top_k=top_k)
-        best = min(res, key=lambda x: plan_key(x[1], scenario.qoe.objective))
+        best = min(res, key=lambda x: preference(x[1], scenario.qoe.objective))
         return best[0], best[1]
 
 

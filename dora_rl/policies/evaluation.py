@@ -79,7 +79,8 @@ def reference_results(scenario: Scenario, planners=REFERENCES, timeout: float | 
                       oracle_max_devices: int = 6, cost=None) -> dict:
     """Every reference planner on one scenario: {name: {objective, qoe_ok, ...} or {error}}."""
     from dora_rl.cost import CostModel
-    from dora_rl.envs.partition import Instance, utility
+    from dora_rl.cost.qoe import utility
+    from dora_rl.envs.partition import Instance
     from dora_rl.planners import run_planner
 
     cost = cost or CostModel(scenario)
@@ -122,14 +123,15 @@ def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: i
 
 def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int, search: str = "greedy") -> dict:
     """The agent's best of `samples` rollouts (QoE first, then fit, then objective), timed."""
-    from dora_rl.envs.partition import Instance, plan_key, utility
+    from dora_rl.cost.qoe import preference, utility
+    from dora_rl.envs.partition import Instance
 
     obj = scenario.qoe.objective
     inst = Instance(scenario, agent.max_devices, cost)
     t0 = time.perf_counter()
     res = agent.rollouts(scenario, samples, seed, instance=inst, search=search)
     dt = time.perf_counter() - t0
-    plan, m, _ = min(res, key=lambda x: plan_key(x[1], obj))
+    plan, m, _ = min(res, key=lambda x: preference(x[1], obj))
     return {"objective": m.objective(obj), "qoe_ok": m.qoe_ok, "feasible": m.feasible,
             "utility": utility(cost, m, inst.ref_obj), "seconds": dt, "plan": plan.to_dict()}
 

@@ -62,7 +62,7 @@ class Decisions:
 
 def teacher_plan(inst, budget: float | None = None):
     """(Plan, 'dora' | 'relaxed') for an Instance, or (None, reason)."""
-    from dora_rl.envs.partition import utility
+    from dora_rl.cost.qoe import utility
     from dora_rl.errors import NoFeasiblePlan
     from dora_rl.planners import run_planner
     from dora_rl.planners.dp import _to_plan, search

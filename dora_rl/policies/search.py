@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.partition import PartitionEnv, utility
+from dora_rl.cost.qoe import utility
+from dora_rl.envs.partition import PartitionEnv
 from dora_rl.errors import NoFeasiblePlan
 
 OBS_KEYS = ("devices", "device_mask", "global")
@@ -37,7 +38,7 @@ OBS_KEYS = ("devices", "device_mask", "global")
 
 def search_key(result, objective: str) -> tuple:
     """Order finished episodes (plan, metrics, utility): QoE-compliant plans first, by
-    objective (as `plan_key`), then the others by utility (the least-penalised miss)."""
+    objective (as `preference`), then the others by utility (the least-penalised miss)."""
     _, m, u = result
     return (0, m.objective(objective)) if m.qoe_ok else (1, -u)
 

@@ -78,7 +78,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     {summary, log, png, faults, requests}."""
     from dora_rl.cost import CostModel
     from dora_rl.runtime.adapter import Monitor, get_adapter
-    from dora_rl.runtime.adapter.compose import conditions, make_mix, required_rate, score, battery_budgets
+    from dora_rl.runtime.adapter.compose import conditions, make_mix, score, battery_budgets
+    from dora_rl.cost.qoe import required_rate
     from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace, probe_peer
     from dora_rl.runtime.adapter.timeline import plot_timeline
     from dora_rl.runtime.adapter.view import LiveView

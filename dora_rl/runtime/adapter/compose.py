@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dora_rl.cost import CostModel, Metrics
+from dora_rl.cost.qoe import required_rate
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
@@ -58,15 +59,6 @@ def conditions(scenario: Scenario, bandwidth: dict[str, float] | None = None,
         if lv and any(abs(cl.device(d).battery_level - x) > 1e-15 for d, x in lv.items()):
             cl = cl.with_battery_levels(lv)
     return scenario if cl is scenario.cluster else scenario.replace(cluster=cl)
-
-
-def required_rate(scenario: Scenario) -> float:
-    """What throughput QoE needs: max(min_throughput, request_rate) (inference)."""
-    q, wl = scenario.qoe, scenario.workload
-    need = q.min_throughput or 0.0
-    if not wl.training and wl.request_rate:
-        need = max(need, wl.request_rate)
-    return need
 
 
 @dataclass

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan, PlannerError
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 from dora_rl.runtime.adapter.compose import (Mix, Scored, battery_budgets, best_mix, block_params, conditions,
-                                             band_score, lp_slack, make_mix, radio_joules, required_rate, rescore, score,
+                                             band_score, lp_slack, make_mix, radio_joules, rescore, score,
                                              shortfall, transfer_seconds, weights_to_move)
 
 ADAPTERS: dict[str, type["Adapter"]] = {}
@@ -104,10 +105,6 @@ class Decision:
                 "reason": self.reason, "predicted": self.predicted, "move_bytes": self.move_bytes,
                 "switch_s": self.switch_s, "decide_ms": self.decide_ms,
                 "plans": [p.to_dict() for p in self.plans]}
-
-
-def _plan_key(p: Plan) -> str:
-    return json.dumps(p.to_dict(), sort_keys=True)
 
 
 # ------------------------------------------------------------------ DP cache
@@ -177,7 +174,7 @@ def ingredient_plans(scenario: Scenario, levels=INGREDIENT_LEVELS) -> list[Plan]
 def level_bandwidths(scenario: Scenario, levels) -> list[dict[str, float]]:
     """Per level, the bandwidth override that puts the dynamic medium at that fraction
     of its nominal rate ({} at 1.0: the scenario as it is)."""
-    medium = dynamic_medium(scenario)
+    medium = scenario.dynamic_medium()
     return [{} if (f == 1.0 or medium is None) else {medium: scenario.cluster.media[medium].mbps * f}
             for f in levels]
 
@@ -247,7 +244,7 @@ class Adapter:
 
     # --- plan table -----------------------------------------------------------------
     def pid(self, plan: Plan) -> int:
-        k = _plan_key(plan)
+        k = plan.key()
         if k not in self._ids:
             self._ids[k] = len(self.plans)
             self.plans.append(plan)
@@ -355,7 +352,7 @@ class Adapter:
         lo_frac and hi_frac x nominal, at the initial battery levels, before the run (the
         candidate set is fixed: `pareto`, `ppo`), so that decisions seldom build a cost
         model online. Returns the number of conditions scored."""
-        medium = dynamic_medium(self.scenario)
+        medium = self.scenario.dynamic_medium()
         if not self.cache_scores or medium is None:
             return 0
         nom = self.scenario.cluster.media[medium].mbps
@@ -469,14 +466,14 @@ class Adapter:
             return best, "initial"
         cur = rescore(self.current, by, cost)
         if len(cur.parts) > 1:       # keep a time-share compliant by re-solving its fractions
-            re = lp_slack([s for s, _ in cur.parts if s.lat_ok], required_rate(cost.scenario), battery_budgets(cost),
+            re = lp_slack([s for s, _ in cur.parts if s.lat_ok], required_rate(cost), battery_budgets(cost),
                         cost.qoe.latency_slo_ms)
             if re is not None and re.ok:
                 cur = re
         if set(best.pids) == set(cur.pids):
             return best, ("keep" if best.fractions == self.current.fractions else "reweight")
         if not cur.ok:
-            need, bud, slo = required_rate(cost.scenario), battery_budgets(cost), cost.qoe.latency_slo_ms
+            need, bud, slo = required_rate(cost), battery_budgets(cost), cost.qoe.latency_slo_ms
             if best.ok or _mix_shortfall(best, need, bud, slo) < _mix_shortfall(cur, need, bud, slo):
                 return best, "qoe-risk"
             return cur, "keep"
@@ -552,14 +549,6 @@ class StaticAdapter(Adapter):
 
 
 PARETO_LEVELS = (2.0, 1.5, 1.25, 1.0, 0.85, 0.75, 0.5, 0.35, 0.25)
-
-
-def dynamic_medium(scenario: Scenario) -> str | None:
-    """The medium whose bandwidth moves: dynamics.bandwidth.medium, else the first one."""
-    bw = (scenario.dynamics or {}).get("bandwidth") or {}
-    if bw.get("medium") in scenario.cluster.media:
-        return bw["medium"]
-    return next(iter(scenario.cluster.media), None)
 
 
 @register_adapter
@@ -791,7 +780,7 @@ class PPOAdapter(ParetoAdapter):
         if k is not None and not (isinstance(k, int) and 0 <= k < len(options)):
             raise AgentError(f"adapter agent chose option {k!r} but scenario {self.scenario.name!r} offers "
                              f"{len(options)} candidate plans; the agent was trained for another candidate set")
-        need, bud, slo = required_rate(cost.scenario), battery_budgets(cost), cost.qoe.latency_slo_ms
+        need, bud, slo = required_rate(cost), battery_budgets(cost), cost.qoe.latency_slo_ms
         if k is None:                     # the agent keeps what runs
             if self.current is None:
                 return best, "initial"

@@ -35,10 +35,11 @@ import numpy as np
 
 from dora_rl.cluster.traces import BandwidthTrace, resolve_trace
 from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import TraceError
 from dora_rl.scenario import Scenario
 from dora_rl.runtime.adapter.compose import (battery_budgets, budget_violations, conditions, make_mix,
-                                             radio_joules, required_rate, score, transfer_seconds)
+                                             radio_joules, score, transfer_seconds)
 from dora_rl.runtime.adapter.monitor import Monitor
 from dora_rl.runtime.adapter.policies import Adapter, get_adapter, true_mbps
 from dora_rl.jsonsafe import json_safe
@@ -48,12 +49,11 @@ SAMPLES_PER_INTERVAL = 4
 
 # ------------------------------------------------------------------ traces
 def scenario_medium(scenario: Scenario) -> str:
-    bw = (scenario.dynamics or {}).get("bandwidth") or {}
-    if bw.get("medium"):
-        return bw["medium"]
-    if not scenario.cluster.media:
+    """The medium a trace drives (Scenario.dynamic_medium), or a TraceError if there is none."""
+    medium = scenario.dynamic_medium()
+    if medium is None:
         raise TraceError(f"scenario {scenario.name!r} declares no medium; bandwidth dynamics need one")
-    return next(iter(scenario.cluster.media))
+    return medium
 
 
 def check_trace(trace: BandwidthTrace) -> BandwidthTrace:

@@ -74,7 +74,7 @@ REFS = ROOT / "bench" / "results" / "learning_refs.json"
 def reference_cache(scenarios, timeout: float = 60.0, path: Path = REFS) -> dict:
     """Reference planners' results per scenario name, computed once and kept in
     bench/results/learning_refs.json (they do not depend on the agent)."""
-    from dora_rl.policies.evaluation import REFERENCES, reference_results
+    from dora_rl.learning.evaluation import REFERENCES, reference_results
 
     cache = json.loads(path.read_text()) if path.is_file() else {}
     todo = [sc for sc in scenarios if sc.name not in cache]
@@ -114,8 +114,8 @@ def target_checks(ev_h: dict, ev_p: dict) -> dict:
 def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> dict:
     import torch
 
-    from dora_rl.policies.agents import load_agent
-    from dora_rl.policies.evaluation import REFERENCES, evaluate_agent, held_out_scenarios, reuse_references
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.evaluation import REFERENCES, evaluate_agent, held_out_scenarios, reuse_references
     from dora_rl.scenario import load_scenario, preset_names
 
     torch.set_num_threads(1)
@@ -169,7 +169,7 @@ def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> 
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     if len(sys.argv) > 2 and sys.argv[2] == "--refs-only":
-        from dora_rl.policies.evaluation import held_out_scenarios
+        from dora_rl.learning.evaluation import held_out_scenarios
         from dora_rl.scenario import load_scenario, preset_names
         reference_cache([load_scenario(p) for p in preset_names()] + held_out_scenarios(n))
         raise SystemExit(0)

@@ -1,7 +1,7 @@
 """Scenario = model profile + cluster + workload + QoE (+ optional dynamics).
 
 One YAML file (format in DESIGN.md §4 and docs/formats.md) describes it; presets ship
-in the repository's `envs/` folder and are named by their file stem. Everywhere a
+in the repository's `envs/` folder (found through dora_rl/resources.py) and are named by their file stem. Everywhere a
 scenario is asked for, a preset name or a YAML path is accepted (`load_scenario`)."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import yaml
 from dora_rl.cluster.model import Cluster
 from dora_rl.errors import ClusterError, DoraError, ProfileError, ScenarioError
 from dora_rl.profile.model_profile import ModelProfile
+from dora_rl.resources import presets_dir
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
+PRESET_DIR = presets_dir()
 OPTIMIZER_STATE = {"sgd": 0, "momentum": 1, "adam": 2}   # optimizer-state copies of the parameters
 
 

@@ -181,3 +181,53 @@ def test_adapt_rewards_and_switch_cost():
     _, r_sw, _, _, info = env.step(other)
     assert info["switched"] and info["moved_frac"] >= 0.0
     assert env.dyn.moved.shape == (env.dyn.K, env.dyn.K)
+
+
+def test_adapt_masked_action_keeps_the_current_plan_and_is_flagged():
+    from dora_rl.envs.adapt import AdaptEnv
+
+    env = AdaptEnv(scenario="traffic_analytics", horizon=4)
+    env.reset(seed=0)
+    if env.dyn.K >= env.K:
+        pytest.skip("no padded slot on this scenario")
+    before = env.current
+    _, _, _, _, info = env.step(env.K - 1)              # a padded (masked) slot
+    assert info["masked_action"] and info["plan_index"] == before and not info["switched"]
+    other = (before + 1) % env.dyn.K
+    _, _, _, _, info = env.step(other)                   # a valid action is applied as before
+    assert not info["masked_action"] and info["plan_index"] == other
+
+
+def test_adapt_observation_comes_from_the_shared_builder(monkeypatch):
+    """AdaptEnv's observation is `adapt_obs.build_observation`'s (the deployed agent uses it too)."""
+    import dora_rl.envs.adapt as adapt_mod
+    from dora_rl.envs import adapt_obs
+
+    calls = []
+
+    def spy(situation, candidates, slots):
+        calls.append(len(candidates))
+        return adapt_obs.build_observation(situation, candidates, slots)
+
+    monkeypatch.setattr(adapt_mod, "build_observation", spy)
+    env = adapt_mod.AdaptEnv(scenario="smart_home", horizon=4)
+    obs, _ = env.reset(seed=1)
+    assert calls == [env.dyn.K]
+    assert obs["candidates"].shape == (env.K, adapt_obs.NC) and obs["global"].shape == (adapt_obs.NGA,)
+    assert obs["action_mask"].sum() == env.dyn.K
+
+
+def test_lower_layers_never_import_learning():
+    """planners/, envs/, cost/ (and the planner registry listing its names) leave dora_rl.learning alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, dora_rl, dora_rl.cost, dora_rl.planners, dora_rl.envs, dora_rl.envs.partition, "
+            "dora_rl.envs.adapt; from dora_rl.planners import planner_names; assert 'ppo' in planner_names(); "
+            "print(sorted(m for m in sys.modules if m.startswith('dora_rl.learning')))")
+    root = str(Path(dora_rl.envs.__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": root})
+    assert out.stdout.strip() == "[]", out.stdout

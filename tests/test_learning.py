@@ -42,7 +42,7 @@ def _random_utility(scenario, n=200):
 
 @pytest.fixture(scope="module")
 def tiny_agent(tmp_path_factory):
-    from dora_rl.policies.training import train
+    from dora_rl.learning.training import train
 
     out = tmp_path_factory.mktemp("train")
     folder = train(ENV, timesteps=4096, seed=0, out=out, progress=False, hyperparams=FAST, eval_freq=10**9)
@@ -50,7 +50,7 @@ def tiny_agent(tmp_path_factory):
 
 
 def test_short_training_improves_on_random(tiny_agent):
-    from dora_rl.policies.agents import load_agent
+    from dora_rl.learning.agents import load_agent
 
     sc = load_scenario("traffic_analytics")
     agent = load_agent(tiny_agent)
@@ -68,7 +68,6 @@ def test_short_training_improves_on_random(tiny_agent):
 
 def test_ppo_planner_with_agent_option(tiny_agent):
     from dora_rl.planners import run_planner
-    from dora_rl.planners import ppo  # noqa: F401  (registers "ppo" until the package imports it)
 
     sc = load_scenario("traffic_analytics")
     greedy = run_planner("ppo", sc, agent=str(tiny_agent), search="greedy")
@@ -87,7 +86,7 @@ def _with_config(agent: Path, dest: Path, **changes) -> Path:
 
 
 def test_agent_errors(tiny_agent, tmp_path):
-    from dora_rl.policies.agents import load_agent
+    from dora_rl.learning.agents import load_agent
     from dora_rl.synthetic import random_scenario
 
     with pytest.raises(AgentError, match="not found"):
@@ -150,7 +149,7 @@ def _shipped(kind="partition"):
 @pytest.mark.parametrize("folder", _shipped(), ids=lambda p: p.name)
 def test_shipped_agent_matches_results_and_beats_random(folder):
     from dora_rl.planners import run_planner
-    from dora_rl.policies.agents import load_agent
+    from dora_rl.learning.agents import load_agent
 
     assert (folder / "model.zip").stat().st_size < 5e6
     agent = load_agent(folder)
@@ -171,7 +170,7 @@ def test_shipped_agent_matches_results_and_beats_random(folder):
 def test_numpy_actor_matches_torch(tiny_agent):
     import torch
 
-    from dora_rl.policies.agents import load_agent
+    from dora_rl.learning.agents import load_agent
 
     agent = load_agent(tiny_agent)
     actor = agent.actor()
@@ -206,8 +205,8 @@ def test_behaviour_cloning_fits_the_teacher():
     import torch
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.policies.extractor import SetPointerPolicy
-    from dora_rl.policies.imitation import behaviour_clone, teacher_dataset
+    from dora_rl.learning.extractor import SetPointerPolicy
+    from dora_rl.learning.imitation import behaviour_clone, teacher_dataset
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -217,8 +216,8 @@ def test_behaviour_cloning_fits_the_teacher():
     model = MaskablePPO(SetPointerPolicy, env, seed=0, device="cpu", policy_kwargs=FAST["policy_kwargs"])
     fit = behaviour_clone(model.policy, data, epochs=30, batch_size=64, lr=3e-3, val_frac=0.0)
     assert fit["history"][-1]["train_ce"] < 0.5 * fit["history"][0]["train_ce"]
-    from dora_rl.policies.agents import Agent
-    agent = Agent(model, {"max_devices": 8}, Path("."))
+    from dora_rl.learning.agents import PartitionAgent
+    agent = PartitionAgent(model, {"max_devices": 8}, Path("."))
     from dora_rl.planners import run_planner
     for name in ("traffic_analytics",):
         sc = load_scenario(name)
@@ -230,7 +229,7 @@ def test_behaviour_cloning_fits_the_teacher():
 @pytest.mark.parametrize("folder", _shipped("adapt"), ids=lambda p: p.name)
 def test_shipped_adapt_agent_matches_results_and_beats_random(folder):
     from dora_rl.envs.adapt import AdaptEnv
-    from dora_rl.policies.adapt_eval import _rule, check_entries, run_episodes, load_model
+    from dora_rl.learning.adapt_eval import _rule, check_entries, run_episodes, load_model
 
     res = json.loads((folder / "results.json").read_text())
     assert res.get("check"), "results.json must record greedy returns to re-check"
@@ -258,3 +257,29 @@ def test_ppo_adapter_loads_shipped_agent_and_decides():
     d1 = ad.decide(State(5.0, {"uplink": 60.0}))
     assert d1.pids and d1.reason in ("keep", "agent", "qoe-risk", "guard")
     assert d1.predicted is not None
+
+
+def test_ppo_yml_is_an_rl_zoo_file_and_dora_train_adds_its_own_keys():
+    """policies/ppo.yml holds only keys rl_zoo3 consumes or passes to plain PPO (so the zoo can
+    train with it); `dora train` reads it with policies/dora_train.yml on top."""
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    from dora_rl.learning.hyperparams import load_hyperparams
+    from dora_rl.resources import hyperparams_file
+
+    zoo_only = {"n_timesteps", "n_envs", "env_kwargs", "normalize", "policy_kwargs", "frame_stack", "env_wrapper",
+                "vec_env_wrapper", "callback", "monitor_kwargs"}
+    ppo_args = set(inspect.signature(PPO.__init__).parameters) - {"self", "env"}
+    blocks = yaml.safe_load(hyperparams_file("ppo.yml").read_text())
+    own = yaml.safe_load(hyperparams_file("dora_train.yml").read_text())
+    for env_id, block in blocks.items():
+        unknown = set(block) - zoo_only - ppo_args
+        assert not unknown, (env_id, unknown)
+        assert block["policy"] in ("MlpPolicy", "MultiInputPolicy"), env_id
+        merged = load_hyperparams(env_id)
+        assert merged == {**block, **(own.get(env_id) or own["default"])}
+    part = load_hyperparams("dora_rl/Partition-v0")
+    assert part["policy"] == "SetPointerPolicy" and part["bc"]["episodes"] == 2500
+    assert {"eval_env_kwargs", "eval_freq", "n_eval_episodes", "expert_iteration", "finetune"} <= set(part)

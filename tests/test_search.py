@@ -1,5 +1,5 @@
-"""Rollout search over the partition policy (dora_rl/policies/search.py) and expert
-iteration (dora_rl/policies/imitation.py): forks are independent copies, batched logits
+"""Rollout search over the partition policy (dora_rl/learning/search.py) and expert
+iteration (dora_rl/learning/imitation.py): forks are independent copies, batched logits
 equal one-at-a-time logits, search is never worse than greedy and is strictly better
 somewhere for a weak policy, and expert iteration fits the search's decisions."""
 
@@ -26,12 +26,12 @@ def weak_agent():
     import torch
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.policies.agents import Agent
-    from dora_rl.policies.extractor import SetPointerPolicy
+    from dora_rl.learning.agents import PartitionAgent
+    from dora_rl.learning.extractor import SetPointerPolicy
 
     torch.manual_seed(0)
     model = MaskablePPO(SetPointerPolicy, PartitionEnv(seed=0), seed=0, device="cpu", policy_kwargs=KW)
-    return Agent(model, {"max_devices": 8}, Path("."))
+    return PartitionAgent(model, {"max_devices": 8}, Path("."))
 
 
 def _instances(n=24, seed=7):
@@ -79,7 +79,7 @@ def test_batched_logits_equal_single(weak_agent):
 
 
 def test_rollout_search_never_worse_than_greedy_and_better_somewhere(weak_agent):
-    from dora_rl.policies.search import search_key
+    from dora_rl.learning.search import search_key
 
     better = 0
     for sc in _instances():
@@ -96,7 +96,7 @@ def test_rollout_search_never_worse_than_greedy_and_better_somewhere(weak_agent)
 
 
 def test_search_records_only_allowed_decisions(weak_agent):
-    from dora_rl.policies.search import rollout_search
+    from dora_rl.learning.search import rollout_search
 
     env = PartitionEnv(seed=9)
     env.reset(seed=2)
@@ -113,7 +113,7 @@ def test_expert_iteration_fits_the_search_decisions(weak_agent):
 
     import torch
 
-    from dora_rl.policies.imitation import expert_iteration, rollout_dataset
+    from dora_rl.learning.imitation import expert_iteration, rollout_dataset
 
     torch.set_num_threads(1)
     policy = copy.deepcopy(weak_agent.policy)
@@ -136,12 +136,11 @@ def test_expert_iteration_fits_the_search_decisions(weak_agent):
 
 def test_ppo_planner_search_option_and_cli(capsys):
     from dora_rl.planners import run_planner
-    from dora_rl.planners import ppo  # noqa: F401  (registers "ppo")
 
     sc = load_scenario("traffic_analytics")
     from dora_rl.cost import CostModel
     from dora_rl.cost.qoe import utility
-    from dora_rl.policies.search import search_key
+    from dora_rl.learning.search import search_key
 
     ref = Instance(sc, 8).ref_obj
     keys = []
@@ -162,7 +161,7 @@ def test_polish_repairs_a_shifted_cut():
     cost model finds dora's objective again (a cut shift is one move)."""
     from dora_rl.cost.qoe import utility
     from dora_rl.planners import run_planner
-    from dora_rl.policies.search import polish, search_key
+    from dora_rl.learning.search import polish, search_key
 
     sc = load_scenario("smart_home")
     inst = Instance(sc, 8)
@@ -187,7 +186,7 @@ def test_polish_builds_a_data_parallel_group():
     reaches dora's plan (both Jetsons data-parallel)."""
     from dora_rl.cost.qoe import utility
     from dora_rl.planners import run_planner
-    from dora_rl.policies.search import polish
+    from dora_rl.learning.search import polish
 
     sc = load_scenario("traffic_analytics")
     inst = Instance(sc, 8)

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from dora_rl.errors import TraceError
+from dora_rl.resources import default_traces_root
 
 MIN_MBPS = 0.01   # floor: zero or tiny samples are clamped to this (never divide by zero)
 TRACES_ENV = "DORA_TRACES"
-DEFAULT_TRACES_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces" / "pensieve"
+DEFAULT_TRACES_ROOT = default_traces_root()
 
 
 @dataclass(frozen=True, eq=False)

@@ -10,7 +10,8 @@ from dora_rl.errors import AgentError, DoraError
 def add_commands(sub) -> None:
     p = sub.add_parser("train", help="train a MaskablePPO agent on an environment (e.g. dora_rl/Partition-v0)",
                        description="Train MaskablePPO on a registered environment with the hyperparameters of "
-                                   "policies/ppo.yml; writes TensorBoard logs and an agent folder.")
+                                   "policies/ppo.yml and policies/dora_train.yml; writes TensorBoard logs "
+                                   "and an agent folder.")
     p.add_argument("env", help="environment id, e.g. dora_rl/Partition-v0 or dora_rl/Partition-smart_home-v0")
     p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: from policies/ppo.yml)")
     p.add_argument("--seed", type=int, default=0)
@@ -20,7 +21,7 @@ def add_commands(sub) -> None:
     p.add_argument("--bc-episodes", type=int, default=None, metavar="N",
                    help="imitation warm-start: replay the `dora` planner's plans on N training instances and "
                         "behaviour-clone them before PPO (Partition envs; default: the `bc` block of "
-                        "policies/ppo.yml, 2500 for dora_rl/Partition-v0; 0 = pure PPO)")
+                        "policies/dora_train.yml, 2500 for dora_rl/Partition-v0; 0 = pure PPO)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_train)
@@ -37,7 +38,7 @@ def add_commands(sub) -> None:
     e.add_argument("--samples", type=int, default=1, help="agent plans per scenario, best kept (default 1: greedy)")
     e.add_argument("--search", choices=("greedy", "polish", "rollout"), default="polish",
                    help="how the agent decodes a plan: polish (default, as the ppo planner), greedy or rollout "
-                        "(dora_rl/policies/search.py)")
+                        "(dora_rl/learning/search.py)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--planners", default=None, help="comma-separated reference planners (default: all)")
     e.add_argument("--timeout", type=float, default=120.0, help="seconds per reference planner and scenario")
@@ -48,7 +49,7 @@ def add_commands(sub) -> None:
 
 def cmd_train(args) -> int:
     from dora_rl.commands.common import console, print_json
-    from dora_rl.policies.training import train
+    from dora_rl.learning.training import train
 
     if args.timesteps is not None and args.timesteps <= 0:
         raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
@@ -69,7 +70,7 @@ def cmd_train(args) -> int:
 
 
 def _scenarios(names, n: int, max_devices: int):
-    from dora_rl.policies.evaluation import held_out_scenarios
+    from dora_rl.learning.evaluation import held_out_scenarios
     from dora_rl.scenario import load_scenario, preset_names
 
     if names is None:
@@ -87,8 +88,8 @@ def _scenarios(names, n: int, max_devices: int):
 
 def cmd_evaluate(args) -> int:
     from dora_rl.commands.common import console, print_json, table
-    from dora_rl.policies.agents import load_agent
-    from dora_rl.policies.evaluation import REFERENCES, evaluate_agent
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.evaluation import REFERENCES, evaluate_agent
 
     agent = load_agent(args.agent)
     planners = REFERENCES if not args.planners else tuple(p.strip() for p in args.planners.split(",") if p.strip())
@@ -103,7 +104,7 @@ def cmd_evaluate(args) -> int:
                          progress=not args.json, search=args.search)
     res["agent"] = str(agent.path)
     if args.write_results:
-        from dora_rl.policies.agents import update_results
+        from dora_rl.learning.agents import update_results
         update_results(agent.path, {"evaluation": {"summary": res["summary"], "rows": res["rows"]}})
     if args.json:
         print_json(res)

@@ -11,18 +11,17 @@ See docs/learning.md."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from gymnasium.envs.registration import register, registry
+
+from dora_rl.resources import preset_names
 
 NAMESPACE = "dora_rl"
 KNOWN_PRESETS = ("smart_home", "traffic_analytics", "edge_cluster")
-_PRESET_DIR = Path(__file__).resolve().parents[2] / "envs"
 
 
 def preset_env_names() -> list[str]:
-    found = {p.stem for p in _PRESET_DIR.glob("*.yaml")} if _PRESET_DIR.is_dir() else set()
-    return sorted(found | set(KNOWN_PRESETS))
+    """The presets (dora_rl/resources.py) and the known ones, each gets its environments."""
+    return sorted(set(preset_names()) | set(KNOWN_PRESETS))
 
 
 def _reg(env_id: str, entry: str, kwargs: dict, max_steps: int | None = None) -> None:

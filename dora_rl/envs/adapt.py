@@ -18,7 +18,10 @@ the next `dt` seconds (choosing the current one keeps it). Reward per step:
 `+1` if every QoE target holds (latency, throughput, battery hours with the *current*
 charge) else `-1`, minus `w_energy` x energy per request / the least energy of any
 candidate at nominal bandwidth, minus `w_switch` x the fraction of the model's weights
-that must move to devices that did not hold them."""
+that must move to devices that did not hold them. A masked action (a padded slot, from a
+sampler that ignores `action_masks()`, e.g. plain PPO) keeps the current plan and sets
+`info["masked_action"]`. The observation is built by dora_rl/envs/adapt_obs.py, which the
+deployed adapter agent (dora_rl/learning/adapter_agent.py) uses too."""
 
 from __future__ import annotations
 
@@ -29,23 +32,12 @@ import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import required_rate
+from dora_rl.envs.adapt_obs import CLIP, NC, NGA, AdaptSituation, CandidateView, build_observation, moved_fraction
 from dora_rl.errors import DoraError
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
-CAND_FEATURES = ("valid", "current", "log_latency", "log_energy", "latency_ok", "throughput_ok", "battery_ok",
-                 "log_battery_margin", "switch_cost", "qoe_ok")
-GLOBAL_FEATURES = ("log_bw", "log_bw_prev", "progress", "min_battery", "obj_energy", "has_battery_target")
-NC, NGA = len(CAND_FEATURES), len(GLOBAL_FEATURES)
-ADAPT_OBS_VERSION = 1
-CLIP = 10.0
 _CANDIDATES: dict[int, tuple] = {}
-
-
-def _clip_log(x: float) -> float:
-    if x <= 0:
-        return -CLIP
-    return max(-CLIP, min(CLIP, math.log(x)))
 
 
 def candidate_plans(scenario: Scenario, max_candidates: int = 8, low_bw: float = 0.3) -> list[Plan]:
@@ -116,27 +108,10 @@ class _Dynamic:
         self.on_batt = [j is not None for j in base.battery_j]
         self.idle_w = list(base.idle_w)
         self.stages = [base.stage_indices(p) for p in self.plans]
-        pp = base.pp
-        total = pp[-1] or 1.0
-        held = []
-        for st in self.stages:
-            h = {}
-            for (l, r, devs, _) in st:
-                for d in devs:
-                    h[d] = (l, r)
-            held.append(h)
         moved = np.zeros((self.K, self.K))
         for a in range(self.K):
             for b in range(self.K):
-                mv = 0.0
-                for d, (l, r) in held[b].items():
-                    if d in held[a]:
-                        l0, r0 = held[a][d]
-                        ov = max(0.0, pp[min(r, r0)] - pp[max(l, l0)]) if min(r, r0) > max(l, l0) else 0.0
-                        mv += (pp[r] - pp[l]) - ov
-                    else:
-                        mv += pp[r] - pp[l]
-                moved[a, b] = mv / total
+                moved[a, b] = moved_fraction(base.pp, self.stages[a], self.stages[b])
         self.moved = moved
         self.scores: dict[int, list] = {}
         ref = self.score(0)
@@ -272,8 +247,9 @@ class AdaptEnv(gym.Env):
     def step(self, action):
         dyn = self.dyn
         a = int(action)
-        if not (0 <= a < dyn.K):
-            a = self.current   # a padded slot: keep the current plan
+        masked = not (0 <= a < dyn.K)
+        if masked:
+            a = self.current   # a padded (masked) slot: keep the current plan, flagged in info
         ms = dyn.score(self._level())
         m = ms[a]
         ok = self._ok(m)
@@ -287,7 +263,7 @@ class AdaptEnv(gym.Env):
                 p = pw[d] if d in part else dyn.idle_w[d]
                 self.energy[d] = max(0.0, self.energy[d] - p * self.dt * self.speedup)
         info = {"qoe_ok": ok, "energy_j": m.energy_j, "latency_ms": m.latency_ms, "switched": a != self.current,
-                "moved_frac": switch, "mbps": self._mbps(), "plan_index": a}
+                "moved_frac": switch, "mbps": self._mbps(), "plan_index": a, "masked_action": masked}
         self.current = a
         self.bw_prev = self._mbps()
         self.t += 1
@@ -295,183 +271,18 @@ class AdaptEnv(gym.Env):
         return self._obs(), float(reward), False, truncated, info
 
     def _obs(self) -> dict:
-        dyn, K = self.dyn, self.K
-        q = dyn.cost0.qoe
+        """The observation (dora_rl/envs/adapt_obs.py) of the candidates at the current bandwidth."""
+        dyn = self.dyn
         ms = dyn.score(self._level())
-        c = np.zeros((K, NC), dtype=np.float32)
-        need = required_rate(dyn.cost0)
-        for k, m in enumerate(ms):
-            hours = self._battery_hours(m)
-            c[k, 0] = 1.0
-            c[k, 1] = 1.0 if k == self.current else 0.0
-            c[k, 2] = _clip_log(m.latency_ms / (q.latency_slo_ms or dyn.lat_ref)) / 3.0
-            c[k, 3] = _clip_log(m.energy_j / dyn.e_ref) / 3.0
-            c[k, 4] = 1.0 if q.latency_slo_ms is None or m.latency_ms <= q.latency_slo_ms else 0.0
-            c[k, 5] = 1.0 if not need or m.throughput >= need * (1 - 1e-9) else 0.0
-            c[k, 6] = 1.0 if q.min_battery_hours is None or hours >= q.min_battery_hours else 0.0
-            c[k, 7] = (_clip_log(hours / q.min_battery_hours) if q.min_battery_hours and math.isfinite(hours)
-                       else (CLIP if math.isinf(hours) else 0.0)) / 3.0
-            c[k, 8] = dyn.moved[self.current, k]
-            c[k, 9] = 1.0 if self._ok(m) else 0.0
-        g = np.zeros(NGA, dtype=np.float32)
-        mb = self._mbps()
-        if mb is not None:
-            g[0] = _clip_log(mb / dyn.nominal) / 3.0
-            g[1] = _clip_log((self.bw_prev or mb) / dyn.nominal) / 3.0
-        g[2] = self.t / self.horizon
+        views = [CandidateView(m, self._battery_hours(m), k == self.current, dyn.moved[self.current, k], self._ok(m))
+                 for k, m in enumerate(ms)]
         fr = [self.energy[d] / dyn.batt0[d] for d in range(dyn.n) if dyn.on_batt[d] and dyn.batt0[d] > 0]
-        g[3] = min(fr) if fr else 1.0
-        g[4] = 1.0 if q.objective == "energy" else 0.0
-        g[5] = 1.0 if q.min_battery_hours is not None else 0.0
-        return {"candidates": c, "global": g, "action_mask": self.action_masks().astype(np.float32)}
+        situation = AdaptSituation(qoe=dyn.cost0.qoe, need=required_rate(dyn.cost0), lat_ref=dyn.lat_ref,
+                                   e_ref=dyn.e_ref, mbps=self._mbps(), mbps_prev=self.bw_prev, nominal=dyn.nominal,
+                                   progress=self.t / self.horizon, min_battery=min(fr) if fr else 1.0)
+        return build_observation(situation, views, self.K)
 
     def render(self):
         if self.render_mode != "ansi":
             return None
         return f"t={self.t} bw={self._mbps()} plan={self.current} {self.dyn.plans[self.current].to_dict()}"
-
-
-# ---------------------------------------------------------------------- the `ppo` adapter
-def moved_fraction(pp, stages_from, stages_to) -> float:
-    """Share of the model's weights that devices must receive to go from one plan's
-    stages to another's (what AdaptEnv charges `w_switch` for)."""
-    total = pp[-1] or 1.0
-    held = {}
-    for (l, r, devs, _) in stages_from:
-        for d in devs:
-            held[d] = (l, r)
-    mv = 0.0
-    for (l, r, devs, _) in stages_to:
-        for d in devs:
-            if d in held:
-                l0, r0 = held[d]
-                ov = pp[min(r, r0)] - pp[max(l, l0)] if min(r, r0) > max(l, l0) else 0.0
-                mv += (pp[r] - pp[l]) - ov
-            else:
-                mv += pp[r] - pp[l]
-    return mv / total
-
-
-class AdaptAgentPolicy:
-    """A trained AdaptEnv agent as the runtime adapter's policy (`choose`): the adapter's
-    candidates, scored on its planning condition, become an AdaptEnv observation (same
-    features: latency/energy relative to the nominal references, QoE flags, battery
-    margin, weights to move from the current plan; bandwidth relative to nominal,
-    battery level), the agent picks one with masks, greedily. More candidates than the
-    agent's slots: the current plan and the best ones (QoE first, then objective) are
-    kept. Slots are ordered by nominal latency (AdaptEnv orders its Pareto set that way)."""
-
-    def __init__(self, scenario: Scenario, path):
-        from pathlib import Path
-
-        import yaml
-
-        from dora_rl.cost import CostModel
-        from dora_rl.errors import AgentError
-
-        folder = Path(path)
-        folder = folder.parent if folder.suffix == ".zip" else folder
-        cpath, zpath = folder / "config.yml", folder / "model.zip"
-        if not cpath.is_file() or not zpath.is_file():
-            raise AgentError(f"adapter agent {str(folder)!r}: model.zip or config.yml is missing")
-        cfg = yaml.safe_load(cpath.read_text()) or {}
-        if cfg.get("kind") != "adapt" or cfg.get("obs_version") != ADAPT_OBS_VERSION \
-                or cfg.get("candidate_features") != NC or cfg.get("global_features") != NGA:
-            raise AgentError(f"adapter agent {str(folder)!r}: not an AdaptEnv agent with this dora_rl's observation "
-                             f"layout (v{ADAPT_OBS_VERSION}, {NC} candidate / {NGA} global features); retrain it "
-                             "with `dora train dora_rl/Adapt-v0`")
-        try:
-            from sb3_contrib import MaskablePPO
-
-            from dora_rl.policies.agents import CUSTOM_OBJECTS
-            self.model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
-        except Exception as e:  # noqa: BLE001
-            raise AgentError(f"adapter agent {str(folder)!r}: model.zip is corrupt or unreadable "
-                             f"({type(e).__name__}: {str(e)[:120]})") from None
-        self.path, self.config = folder, cfg
-        self.K = int(cfg.get("max_candidates", 8))
-        if self.model.observation_space["candidates"].shape != (self.K, NC):
-            raise AgentError(f"adapter agent {str(folder)!r}: config.yml and the network disagree on the candidates")
-        ek = cfg.get("env_kwargs") or {}
-        self.horizon_s = float(ek.get("horizon", 60)) * float(ek.get("dt", 5.0))
-        self.scenario = scenario
-        self.cost0 = CostModel(scenario)
-        self.pp = self.cost0.pp
-        self.medium = scenario.dynamic_medium()
-        self.nominal = scenario.cluster.media[self.medium].mbps if self.medium else None
-        self._nominal: dict[str, tuple] = {}     # plan -> (stage indices, nominal metrics)
-        self.bw_prev = None
-
-    def _nom(self, plan: Plan):
-        k = plan.key()
-        if k not in self._nominal:
-            st = self.cost0.stage_indices(plan)
-            self._nominal[k] = (st, self.cost0.evaluate_stages(st, plan.microbatches))
-        return self._nominal[k]
-
-    def observation(self, state, options, current) -> tuple[dict, list[int]]:
-        q, cost = self.cost0.qoe, self.cost0
-        K = self.K
-        nom = [self._nom(o.plan) for o in options]
-        cur_pid = None
-        if current is not None and current.parts:
-            cur_pid = max(current.parts, key=lambda x: x[1])[0].pid
-        idx = list(range(len(options)))
-        if len(idx) > K:
-            obj = q.objective
-            rank = sorted(idx, key=lambda i: (options[i].pid != cur_pid, not options[i].ok,
-                                              options[i].metrics.objective(obj)))
-            idx = rank[:K]
-        idx.sort(key=lambda i: (nom[i][1].latency_ms, nom[i][1].energy_j))
-        e_ref = max(min(nom[i][1].energy_j for i in idx), 1e-12)
-        lat_ref = max(min(nom[i][1].latency_ms for i in idx), 1e-12)
-        need = required_rate(cost)
-        cur_st = None
-        if cur_pid is not None:
-            for o in options:
-                if o.pid == cur_pid:
-                    cur_st = self._nom(o.plan)[0]
-        c = np.zeros((K, NC), dtype=np.float32)
-        for j, i in enumerate(idx):
-            o, m = options[i], options[i].metrics
-            hours = min(m.battery_hours.values()) if m.battery_hours else math.inf
-            c[j, 0] = 1.0
-            c[j, 1] = 1.0 if o.pid == cur_pid else 0.0
-            c[j, 2] = _clip_log(m.latency_ms / (q.latency_slo_ms or lat_ref)) / 3.0
-            c[j, 3] = _clip_log(m.energy_j / e_ref) / 3.0
-            c[j, 4] = 1.0 if q.latency_slo_ms is None or m.latency_ms <= q.latency_slo_ms else 0.0
-            c[j, 5] = 1.0 if not need or m.throughput >= need * (1 - 1e-9) else 0.0
-            c[j, 6] = 1.0 if q.min_battery_hours is None or hours >= q.min_battery_hours else 0.0
-            c[j, 7] = (_clip_log(hours / q.min_battery_hours) if q.min_battery_hours and math.isfinite(hours)
-                       else (CLIP if math.isinf(hours) else 0.0)) / 3.0
-            c[j, 8] = 0.0 if cur_st is None else moved_fraction(self.pp, cur_st, nom[i][0])
-            c[j, 9] = 1.0 if m.qoe_ok else 0.0
-        g = np.zeros(NGA, dtype=np.float32)
-        mb = (state.bandwidth or {}).get(self.medium) if self.medium else None
-        if mb is not None and self.nominal:
-            g[0] = _clip_log(mb / self.nominal) / 3.0
-            g[1] = _clip_log((self.bw_prev or mb) / self.nominal) / 3.0
-        self.bw_prev = mb
-        g[2] = min(0.99, max(0.0, state.t / self.horizon_s))
-        cl = self.scenario.cluster
-        lv = [float(v) for d, v in (state.battery or {}).items() if d in cl.index and cl.device(d).on_battery]
-        g[3] = min(lv) if lv else 1.0
-        g[4] = 1.0 if q.objective == "energy" else 0.0
-        g[5] = 1.0 if q.min_battery_hours is not None else 0.0
-        mask = np.zeros(K, dtype=np.float32)
-        mask[:len(idx)] = 1.0
-        return {"candidates": c, "global": g, "action_mask": mask}, idx
-
-    def choose(self, state, options, current, scenario) -> int | None:
-        if not options:
-            return None
-        obs, idx = self.observation(state, options, current)
-        a, _ = self.model.predict(obs, deterministic=True, action_masks=obs["action_mask"] > 0.5)
-        a = int(a)
-        return idx[a] if a < len(idx) else None
-
-
-def adapter_policy(scenario: Scenario, path) -> AdaptAgentPolicy:
-    """The `ppo` adapter's hook (dora_rl/runtime/adapter/policies.py): the AdaptEnv agent
-    in `path` as an object with `choose(state, options, current, scenario)`."""
-    return AdaptAgentPolicy(scenario, path)

@@ -44,19 +44,27 @@ def register(cls: type[Planner]) -> type[Planner]:
     return cls
 
 
-# planners whose module is heavy (torch, SB3) load on first use
-LAZY_PLANNERS = {"ppo": "dora_rl.planners.ppo"}
+# planners named by "module:Class", imported the first time they are asked for: their module
+# is heavy (torch, SB3) or sits in a higher layer (dora_rl.learning), which planners/ never imports
+LAZY_PLANNERS = {"ppo": "dora_rl.learning.planner:PPOPlanner"}
+
+
+def _load_lazy(name: str) -> None:
+    """Import the lazily named planner `name` and register its class."""
+    import importlib
+
+    module, _, cls_name = LAZY_PLANNERS[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), cls_name)
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise PlannerError(f"planner {name!r} is not available in this installation ({e})") from None
+    PLANNERS.setdefault(name, cls)
 
 
 def get_planner(name: str, **options) -> Planner:
     _load_builtin()
     if name not in PLANNERS and name in LAZY_PLANNERS:
-        import importlib
-
-        try:
-            importlib.import_module(LAZY_PLANNERS[name])
-        except ModuleNotFoundError as e:
-            raise PlannerError(f"planner {name!r} is not available in this installation ({e})") from None
+        _load_lazy(name)
     if name not in PLANNERS:
         raise PlannerError(f"unknown planner {name!r}; available: {', '.join(planner_names())}")
     return PLANNERS[name](**options)

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dora_rl.profile.model_profile import ModelProfile
+from dora_rl.resources import profiles_dir
 
-STORE = Path(__file__).resolve().parent.parent / "data" / "profiles"
+STORE = profiles_dir()
 
 
 def get_profile(name_or_path: str | Path) -> ModelProfile:

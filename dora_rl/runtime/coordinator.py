@@ -33,12 +33,13 @@ import torch.distributed as dist
 from dora_rl.cost import CostModel
 from dora_rl.errors import PlanError, RuntimeFault
 from dora_rl.plan import Plan
+from dora_rl.resources import import_root
 from dora_rl.runtime.comm import (TAG_ACK, TAG_CTRL, TAG_INPUT, TAG_REPLY, Pending, isend_obj, isend_tensor, recv_obj,
                                   send_obj)
 from dora_rl.runtime.emulation import energy_j, now, sleep_until
 from dora_rl.scenario import Scenario
 
-PKG_ROOT = str(Path(__file__).resolve().parents[2])
+PKG_ROOT = str(import_root())
 _LIVE: set = set()
 
 

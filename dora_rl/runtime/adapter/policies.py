@@ -682,16 +682,13 @@ def register_agent_loader(fn: Callable[[Scenario, str | Path | None], AgentPolic
 
 
 def _agents_dir() -> Path:
-    try:
-        from dora_rl.policies.agents import AGENTS_DIR
-        return Path(AGENTS_DIR)
-    except ImportError:
-        return Path(__file__).resolve().parents[3] / "trained_agents"
+    from dora_rl.resources import agents_dir
+    return agents_dir()
 
 
 def _builtin_loader(scenario: Scenario, agent: str | Path | None) -> AgentPolicy:
     """The AdaptEnv agent shipped in trained_agents/: dora_rl__Adapt-<scenario>-v0, then
-    dora_rl__Adapt-v0. The env module must expose `adapter_policy(scenario, path)`."""
+    dora_rl__Adapt-v0, loaded by dora_rl.learning.adapter_agent.load_adapter_agent(scenario, path)."""
     root = _agents_dir()
     if agent is not None:
         folders = [Path(agent)] if Path(agent).exists() else [root / str(agent)]
@@ -703,14 +700,10 @@ def _builtin_loader(scenario: Scenario, agent: str | Path | None) -> AgentPolicy
                          f"{', '.join(str(f) for f in folders)}); train one with `dora train dora_rl/Adapt-v0`, "
                          "or use --adapter pareto")
     try:
-        from dora_rl.envs import adapt as adapt_mod
+        from dora_rl.learning.adapter_agent import load_adapter_agent
     except ImportError as e:
-        raise AgentError(f"agent {found[0]} found but the AdaptEnv module cannot be imported ({e})") from None
-    fn = getattr(adapt_mod, "adapter_policy", None)
-    if fn is None:
-        raise AgentError(f"agent {found[0]} found but dora_rl.envs.adapt exposes no adapter_policy(scenario, path); "
-                         "register a loader with dora_rl.runtime.adapter.register_agent_loader")
-    return fn(scenario, found[0])
+        raise AgentError(f"agent {found[0]} found but the adapter agent module cannot be imported ({e})") from None
+    return load_adapter_agent(scenario, found[0])
 
 
 def load_agent_policy(scenario: Scenario, agent: str | Path | None = None) -> AgentPolicy:
@@ -752,7 +745,7 @@ class PPOAdapter(ParetoAdapter):
         candidate set: the learned planner's proposals join the DP's."""
         if self.partition_agent is False or self._given is not None:
             return
-        from dora_rl.planners.ppo import cached_agent
+        from dora_rl.learning.planner import cached_agent
 
         try:
             agent = cached_agent(None if self.partition_agent in (None, True) else self.partition_agent)

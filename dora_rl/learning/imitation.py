@@ -18,7 +18,7 @@ is skipped and counted.
 
 Data: synthetic instances of the training generator (`InstanceSource(seed, ...)`,
 indices [0, episodes)) - disjoint from the evaluation seed and from the held-out seed
-(dora_rl/policies/evaluation.py) - plus the preset scenarios (`presets`, each repeated
+(dora_rl/learning/evaluation.py) - plus the preset scenarios (`presets`, each repeated
 `preset_repeat` times, so they are NOT held out for the agent)."""
 
 from __future__ import annotations
@@ -161,11 +161,11 @@ def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=
 def rollout_dataset(policy, indices, seed: int = 0, max_devices: int = 8, env_kwargs: dict | None = None,
                     top_k: int | None = 2, max_seconds: float | None = None) -> dict:
     """Expert-iteration labels: rollout search with the current policy
-    (dora_rl/policies/search.py) on training instances `indices`; every real decision
+    (dora_rl/learning/search.py) on training instances `indices`; every real decision
     it takes becomes (observation, mask, action), the return is its plan's utility."""
     from dora_rl.envs.partition import PartitionEnv
-    from dora_rl.policies.extractor import NumpyActor
-    from dora_rl.policies.search import rollout_search
+    from dora_rl.learning.extractor import NumpyActor
+    from dora_rl.learning.search import rollout_search
 
     kw = {k: v for k, v in (env_kwargs or {}).items() if k in ("min_devices", "gen_max_devices", "gen_kwargs")}
     pool = max(indices) + 1 if len(indices) else 1
@@ -305,7 +305,7 @@ def greedy_stats(policy, episodes: int = 100, seed: int = 1, max_devices: int = 
     """Greedy masked rollouts on instances of generator seed `seed`: mean utility and
     QoE compliance (a quick check, not the evaluation)."""
     from dora_rl.envs.partition import PartitionEnv
-    from dora_rl.policies.extractor import NumpyActor
+    from dora_rl.learning.extractor import NumpyActor
 
     actor = NumpyActor(policy)
     env = PartitionEnv(scenario=None, max_devices=max_devices, seed=seed, pool_size=episodes)

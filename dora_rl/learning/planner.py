@@ -1,5 +1,9 @@
-"""`ppo`: the learned planner - a trained MaskablePPO agent building the plan block by
-block with action masks (dora_rl/envs/partition.py).
+"""The `ppo` planner: a trained MaskablePPO partition agent building the plan block by block.
+
+Why here and not in dora_rl/planners/: the planner runs a learned agent (torch, SB3), and
+planners/ sits below learning/; the registry there names this class by string
+("dora_rl.learning.planner:PPOPlanner") and imports it the first time `ppo` is asked for.
+The agent walks the blocks with action masks (dora_rl/envs/partition.py).
 
 Options: `agent=PATH` (an agent folder, its model.zip, an env id or a folder name under
 trained_agents/; default: the shipped generalist `dora_rl/Partition-v0`), `samples=K`
@@ -10,7 +14,7 @@ device swaps; a few ms), `search=rollout`
 (rollout search instead of the greedy pass: every allowed action at each decision is
 completed greedily and the best completion under the cost model is taken, then the plan
 is polished locally - cut shifts, merges, splits, device swaps; never worse than greedy,
-~10-100x its time; dora_rl/policies/search.py), `top_k=K` (rollout search
+~10-100x its time; dora_rl/learning/search.py), `top_k=K` (rollout search
 tries only the policy's K most likely actions per decision)."""
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ DEFAULT_SEARCH = "polish"
 
 def cached_agent(agent=None):
     """Load an agent once per process (torch and the network are the slow part)."""
-    from dora_rl.policies.agents import load_agent, resolve_agent_path
+    from dora_rl.learning.agents import load_agent, resolve_agent_path
 
     key = str(resolve_agent_path(agent).resolve())
     if key not in _AGENTS:
@@ -70,7 +74,7 @@ class PPOPlanner(Planner):
         seed = _int(self.options, "seed", 0)
         top_k = _int(self.options, "top_k", 0, 1) if self.options.get("top_k") is not None else None
         search = str(self.options.get("search") or DEFAULT_SEARCH)
-        from dora_rl.policies.agents import SEARCHES
+        from dora_rl.learning.agents import SEARCHES
 
         if search not in SEARCHES:
             raise PlannerError(f"planner 'ppo': option search={search!r} must be one of {', '.join(SEARCHES)}")

@@ -23,7 +23,7 @@ which a cut shift repairs in microseconds per candidate.
 
 `rollout_search(..., record=[])` also returns the decisions it took (observation, mask,
 chosen action): the improved policy's labels for expert iteration
-(dora_rl/policies/imitation.py)."""
+(dora_rl/learning/imitation.py)."""
 
 from __future__ import annotations
 

@@ -17,12 +17,12 @@ import numpy as np
 import yaml
 
 from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
+from dora_rl.learning.hyperparams import load_hyperparams
 from dora_rl.plan import Plan
+from dora_rl.resources import agents_dir
 from dora_rl.scenario import Scenario
 
-REPO = Path(__file__).resolve().parents[2]
-AGENTS_DIR = REPO / "trained_agents"
-HYPERPARAMS = REPO / "policies" / "ppo.yml"
+AGENTS_DIR = agents_dir()
 DEFAULT_ENV_ID = "dora_rl/Partition-v0"
 CUSTOM_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.2,
                   "clip_range_vf": None}
@@ -54,18 +54,10 @@ def resolve_agent_path(agent: str | Path | None) -> Path:
                      f"(shipped: {', '.join(shipped) or 'none'}); train one with `dora train ENV --out DIR`")
 
 
-def load_hyperparams(env_id: str, path: Path = HYPERPARAMS) -> dict:
-    """The zoo-style block for `env_id` in policies/ppo.yml (falls back to `default`)."""
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    data = data or {}
-    block = data.get(env_id) or data.get("default") or {}
-    return dict(block)
-
-
 SEARCHES = ("greedy", "polish", "rollout")
 
 
-class Agent:
+class PartitionAgent:
     """A loaded agent: plans scenarios greedily (or by sampling) with masks."""
 
     def __init__(self, model, config: dict, path: Path):
@@ -77,7 +69,7 @@ class Agent:
     def actor(self):
         """The policy's actor as numpy (planning is one observation at a time)."""
         if getattr(self, "_actor", None) is None:
-            from dora_rl.policies.extractor import NumpyActor
+            from dora_rl.learning.extractor import NumpyActor
             self._actor = NumpyActor(self.policy)
         return self._actor
 
@@ -95,10 +87,10 @@ class Agent:
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
                  search: str = "greedy", top_k: int | None = None):
         """The greedy plan (`search="polish"`: then polished locally on the cost model;
-        `search="rollout"`: rollout search, then polished; dora_rl/policies/search.py)
+        `search="rollout"`: rollout search, then polished; dora_rl/learning/search.py)
         first, then `samples - 1` sampled ones: [(plan, metrics, utility)]."""
         from dora_rl.envs.partition import Instance, PartitionEnv
-        from dora_rl.policies.search import greedy_complete, polish, rollout_search, search_key
+        from dora_rl.learning.search import greedy_complete, polish, rollout_search, search_key
 
         if search not in SEARCHES:
             raise AgentError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
@@ -145,7 +137,7 @@ class Agent:
         return best[0], best[1]
 
 
-def load_agent(agent: str | Path | None = None) -> Agent:
+def load_agent(agent: str | Path | None = None) -> PartitionAgent:
     """Load an agent folder (see `resolve_agent_path`); AgentError says what is wrong."""
     from dora_rl.envs.partition import NF, NG, OBS_VERSION
 
@@ -170,7 +162,12 @@ def load_agent(agent: str | Path | None = None) -> Agent:
     try:
         from sb3_contrib import MaskablePPO
 
-        model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
+        from dora_rl.learning.extractor import SetPointerPolicy
+
+        # agents saved before dora_rl.policies became dora_rl.learning pickled the policy class
+        # under its old module path: name the class here instead of unpickling it
+        model = MaskablePPO.load(str(zpath), device="cpu",
+                                 custom_objects={**CUSTOM_OBJECTS, "policy_class": SetPointerPolicy})
     except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
         raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
                          f"({type(e).__name__}: {str(e)[:120]})") from None
@@ -187,7 +184,7 @@ def load_agent(agent: str | Path | None = None) -> Agent:
     if D != int(config["max_devices"]):
         raise AgentError(f"agent {str(folder)!r}: config.yml says max_devices={config['max_devices']} "
                          f"but the network was trained for {D}")
-    return Agent(model, config, folder)
+    return PartitionAgent(model, config, folder)
 
 
 def save_agent(model, folder: str | Path, config: dict, results: dict | None = None, card: str | None = None) -> Path:
@@ -237,11 +234,11 @@ def _plain(o):
     return o
 
 
-def timed_plan(agent: Agent, scenario: Scenario, samples: int = 1, seed: int = 0):
+def timed_plan(agent: PartitionAgent, scenario: Scenario, samples: int = 1, seed: int = 0):
     t0 = time.perf_counter()
     plan, m = agent.plan(scenario, samples, seed)
     return plan, m, time.perf_counter() - t0
 
 
-__all__ = ["Agent", "load_agent", "save_agent", "default_agent_path", "resolve_agent_path", "load_hyperparams",
+__all__ = ["PartitionAgent", "load_agent", "save_agent", "default_agent_path", "resolve_agent_path", "load_hyperparams",
            "DoraError"]

@@ -10,7 +10,7 @@ steps that meet QoE for:
 - `greedy`  every step the QoE-compliant candidate with the least energy (switching
             whenever it changes: no hysteresis, no switch cost).
 
-    PYTHONPATH=. python -m dora_rl.policies.adapt_eval trained_agents/dora_rl__Adapt-v0
+    PYTHONPATH=. python -m dora_rl.learning.adapt_eval trained_agents/dora_rl__Adapt-v0
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ PRESETS = ("smart_home", "traffic_analytics", "edge_cluster")
 def load_model(folder):
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.policies.agents import CUSTOM_OBJECTS
+    from dora_rl.learning.agents import CUSTOM_OBJECTS
     return MaskablePPO.load(str(Path(folder) / "model.zip"), device="cpu", custom_objects=CUSTOM_OBJECTS)
 
 
@@ -102,13 +102,13 @@ def check_entries(folder, presets=("traffic_analytics",), seeds=(0, 1)) -> list[
 def card(config: dict, ev: dict) -> str:
     lines = ["# Model card: `dora_rl/Adapt-v0` (MaskablePPO, MLP) - the learned runtime adapter", "",
              "**What it does.** Each control interval, picks which candidate plan to run (the `ppo` adapter: "
-             "`get_adapter('ppo', scenario)`, through `dora_rl.envs.adapt.adapter_policy`); the adapter's QoE guard "
-             "still overrides a non-compliant pick when a compliant plan exists.", "",
+             "`get_adapter('ppo', scenario)`, through `dora_rl.learning.adapter_agent.load_adapter_agent`); "
+             "the adapter's QoE guard still overrides a non-compliant pick when a compliant plan exists.", "",
              f"**Trained on** `dora_rl/Adapt-v0` (synthetic scenarios with dynamics, <= 4 devices, instance pool "
              f"{(config.get('env_kwargs') or {}).get('pool_size')}) for {config.get('timesteps')} PPO steps in "
              f"{(config.get('train_seconds') or 0) / 60:.1f} min (seed {config.get('seed')}). Reward: +1 per step "
              "with QoE met (else -1) - 0.2 x energy / least energy - 0.5 x share of weights moved.", "",
-             "## Evaluation (`python -m dora_rl.policies.adapt_eval`)", "",
+             "## Evaluation (`python -m dora_rl.learning.adapt_eval`)", "",
              "Mean episode return (60 steps of 5 s) and share of steps meeting QoE, 20 episodes each. `heldout`: "
              f"synthetic instances of seed {HELD_OUT_ADAPT_SEED} (training used seed 0). Rules: `keep` = never switch, "
              "`greedy` = the least-energy compliant candidate every step (no switch cost awareness), `random`.", "",
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0])
     config = yaml.safe_load((folder / "config.yml").read_text())
-    from dora_rl.policies.agents import update_results
+    from dora_rl.learning.agents import update_results
 
     ev = evaluate_adapt_agent(folder)
     update_results(folder, {"evaluation": ev, "check": check_entries(folder)})

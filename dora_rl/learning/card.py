@@ -1,6 +1,6 @@
 """Shipping an agent: re-check entries for results.json and the model card README.md.
 
-    PYTHONPATH=. python -m dora_rl.policies.card trained_agents/dora_rl__Partition-v0 [bench/results/learning.json]
+    PYTHONPATH=. python -m dora_rl.learning.card trained_agents/dora_rl__Partition-v0 [bench/results/learning.json]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from dora_rl.policies.agents import load_agent, update_results
+from dora_rl.learning.agents import load_agent, update_results
 
 
 def check_entries(agent, presets) -> list[dict]:
@@ -68,7 +68,7 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
              "**What it does.** Plans hybrid (pipeline + data) parallel execution of a DNN over up to "
              f"{config['max_devices']} heterogeneous edge devices: walks the model's blocks and decides cuts and "
              "device groups with action masks (memory, devices already used). Load it with "
-             "`dora plan SCENARIO --planner ppo` (default agent) or `dora_rl.policies.load_agent(PATH)`.", "",
+             "`dora plan SCENARIO --planner ppo` (default agent) or `dora_rl.learning.load_agent(PATH)`.", "",
              "**Trained on** `dora_rl/Partition-v0`: seeded synthetic scenarios (`random_scenario`, 2-8 devices, "
              "4-24 blocks, inference or training, latency or energy objective, random QoE targets), "
              f"{_f((config.get('train_seconds') or 0) / 60, 1)} min in all on a shared 2-core CPU (seed "
@@ -90,7 +90,7 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   f"(held-out decision accuracy {_f((bc.get('final') or {}).get('val_acc'))}; eval reward "
                   f"{_f(bc.get('eval_mean_reward'))}"
                   + (")" if not bc.get("expert_iteration") else
-                     "; after expert iteration). (2b) Expert iteration (dora_rl/policies/imitation.py): "
+                     "; after expert iteration). (2b) Expert iteration (dora_rl/learning/imitation.py): "
                      f"{len(bc['expert_iteration']['rounds'])} rounds, each planning "
                      f"{bc['expert_iteration']['episodes_per_round']} fresh training instances with rollout search "
                      f"(top_k {bc['expert_iteration']['top_k']}; QoE-compliant on "
@@ -119,7 +119,7 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   "on the cost model) and **rollout** (`search=rollout`: every allowed action per decision completed greedily, "
                   "the best kept, then the polish - and the polished greedy plan if that is better); each is never "
                   "worse than the one before "
-                  "(dora_rl/policies/search.py).", "",
+                  "(dora_rl/learning/search.py).", "",
                   "| planner | " + " | ".join(f"median ratio {m} | n both ok | wins/ties {m}" for m in MODES)
                   + " | planner QoE-ok |", "|---|" + "---|---|---|" * len(MODES) + "---|"]
         summ = {m: (b.get(HELD[m]) or {}).get("summary") or {"vs": {}} for m in MODES}

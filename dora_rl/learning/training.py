@@ -1,23 +1,25 @@
 """`train(env_id, ...)`: MaskablePPO on a registered environment, zoo style.
 
-Hyperparameters come from policies/ppo.yml (block `env_id`, else `default`); the run
+Hyperparameters come from policies/ppo.yml (rl-zoo keys) and policies/dora_train.yml
+(`dora train`'s own keys, on top; dora_rl/learning/hyperparams.py), block `env_id`, else
+`default`; the run
 writes TensorBoard logs (`<out>/tb/`), evaluates periodically with masks
 (MaskableEvalCallback on an environment with a different instance seed), and saves the
 agent folder `<out>/<env-id-sanitised>/` (model.zip, config.yml, results.json,
 README.md). The shipped model is the best periodic evaluation's checkpoint (the final
 one when no evaluation ran).
 
-Imitation warm-start (`bc_episodes`, default from the `bc` block of policies/ppo.yml, on
+Imitation warm-start (`bc_episodes`, default from the `bc` block of policies/dora_train.yml, on
 for the Partition environments): before PPO, the `dora` planner's plans on
 `bc_episodes` seeded training instances (plus the presets) are replayed through the
 action space and the policy is trained on them with masked cross-entropy
-(dora_rl/policies/imitation.py); PPO then fine-tunes with the `finetune` overrides
+(dora_rl/learning/imitation.py); PPO then fine-tunes with the `finetune` overrides
 (lower learning rate, smaller clip range). The behaviour-cloned policy is evaluated
 like a PPO checkpoint and stays the shipped model unless fine-tuning beats it.
 
 Expert iteration (`expert_iteration` block, generalist only): after cloning `dora`, a
 few rounds in which the policy plans fresh training instances with rollout search
-(dora_rl/policies/search.py), and the network is cloned again on the aggregated
+(dora_rl/learning/search.py), and the network is cloned again on the aggregated
 decisions - it learns to recover from its own mistakes on the states it visits.
 config.yml records what was done (`bc`: episodes, decisions, epochs, seconds; PPO
 steps and seconds)."""
@@ -33,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from dora_rl.errors import AgentError
-from dora_rl.policies.agents import load_hyperparams, sanitize, save_agent
+from dora_rl.learning.agents import sanitize, save_agent
+from dora_rl.learning.hyperparams import load_hyperparams
 
 ALGO_KEYS = ("n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae_lambda", "ent_coef",
              "clip_range", "vf_coef", "max_grad_norm", "policy_kwargs")
@@ -41,7 +44,7 @@ ALGO_KEYS = ("n_steps", "batch_size", "n_epochs", "learning_rate", "gamma", "gae
 
 def _policy_class(name: str):
     if name == "SetPointerPolicy":
-        from dora_rl.policies.extractor import SetPointerPolicy
+        from dora_rl.learning.extractor import SetPointerPolicy
         return SetPointerPolicy
     return name   # an SB3 alias such as MultiInputPolicy
 
@@ -112,7 +115,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     if do_bc:
         from sb3_contrib.common.maskable.evaluation import evaluate_policy
 
-        from dora_rl.policies.imitation import behaviour_clone, teacher_dataset
+        from dora_rl.learning.imitation import behaviour_clone, teacher_dataset
 
         D = int(env_kwargs.get("max_devices", 8))
         if fixed_scenario:
@@ -132,7 +135,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         ex_hp = dict(hp.get("expert_iteration") or {})
         exit_info = None
         if int(ex_hp.get("rounds", 0) or 0) > 0 and not fixed_scenario:
-            from dora_rl.policies.imitation import expert_iteration
+            from dora_rl.learning.imitation import expert_iteration
 
             exit_info = expert_iteration(
                 model.policy, data, rounds=int(ex_hp["rounds"]), episodes=int(ex_hp.get("episodes", 500)),
@@ -165,7 +168,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     best_reward = float(cbs[0].best_mean_reward) if np.isfinite(cbs[0].best_mean_reward) else None
     best_is_bc = bool(do_bc and cbs[0].best_mean_reward == (bc_info or {}).get("eval_mean_reward"))
     if best.is_file():
-        from dora_rl.policies.agents import CUSTOM_OBJECTS
+        from dora_rl.learning.agents import CUSTOM_OBJECTS
         model = MaskablePPO.load(str(best), device="cpu", custom_objects=CUSTOM_OBJECTS)
     import gymnasium
     import sb3_contrib
@@ -177,7 +180,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         layout = {"obs_version": OBS_VERSION, "device_features": NF, "global_features": NG,
                   "max_devices": int(env_kwargs.get("max_devices", 8)), "max_blocks": 0}
     else:   # AdaptEnv: candidates x features (dora_rl/envs/adapt.py)
-        from dora_rl.envs.adapt import ADAPT_OBS_VERSION, NC, NGA
+        from dora_rl.envs.adapt_obs import ADAPT_OBS_VERSION, NC, NGA
         layout = {"obs_version": ADAPT_OBS_VERSION, "kind": "adapt", "candidate_features": NC,
                   "global_features": NGA, "max_candidates": int(env_kwargs.get("max_candidates", 8)),
                   "env_kwargs": {k: v for k, v in env_kwargs.items()}}

@@ -11,7 +11,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import dora_rl.envs  # noqa: F401  registers the environments
-from dora_rl.envs.partition import Instance, PartitionEnv, actions_for_plan
+from dora_rl.envs.instance import Instance
+from dora_rl.envs.partition import PartitionEnv, actions_for_plan
 from dora_rl.synthetic import random_scenario
 
 

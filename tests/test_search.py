@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from dora_rl.cli import main as cli_main
-from dora_rl.envs.partition import Instance, PartitionEnv
+from dora_rl.envs.instance import Instance
+from dora_rl.envs.partition import PartitionEnv
 from dora_rl.errors import PlannerError
 from dora_rl.scenario import load_scenario
 from dora_rl.synthetic import random_scenario

@@ -18,19 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dora_rl.envs.features import CLIP, clip_log
+
 CAND_FEATURES = ("valid", "current", "log_latency", "log_energy", "latency_ok", "throughput_ok", "battery_ok",
                  "log_battery_margin", "switch_cost", "qoe_ok")
 GLOBAL_FEATURES = ("log_bw", "log_bw_prev", "progress", "min_battery", "obj_energy", "has_battery_target")
 NC, NGA = len(CAND_FEATURES), len(GLOBAL_FEATURES)
 ADAPT_OBS_VERSION = 1
-CLIP = 10.0
-
-
-def clip_log(x: float) -> float:
-    """log(x) clipped to [-CLIP, CLIP] (-CLIP for x <= 0)."""
-    if x <= 0:
-        return -CLIP
-    return max(-CLIP, min(CLIP, math.log(x)))
 
 
 def moved_fraction(pp, stages_from, stages_to) -> float:

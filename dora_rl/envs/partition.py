@@ -39,277 +39,16 @@ an ideal time T* (all work spread over all devices) so one network serves any mo
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
-
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from dora_rl.cost import CostModel
-from dora_rl.cost.qoe import preference, utility
+from dora_rl.cost.qoe import utility
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.plan import Plan
+from dora_rl.envs.features import CLIP, clip_log
+from dora_rl.envs.instance import DEFAULT_MAX_DEVICES, NF, NG, Instance, InstanceSource
 from dora_rl.scenario import Scenario
-
-OBS_VERSION = 1
-DEFAULT_MAX_DEVICES = 8
-CLIP = 10.0
-DEVICE_FEATURES = (
-    "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
-    "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
-    "used", "in_group", "log_t_cut_from_group", "log_t_rest_alone", "log_t_block", "reach_frac",
-    "can_add", "can_cut", "log_e_rest_alone",
-)
-GLOBAL_FEATURES = (
-    "progress", "stage_len", "group_size", "n_devices", "flops_left", "log_t_stage", "log_t_stage_ext",
-    "log_t_max_stage", "log_t_transfers", "log_act_ratio", "log_slo", "has_slo", "log_thr_period",
-    "has_thr", "has_battery", "log_battery_h", "obj_energy", "training", "log_batch", "free_devices",
-    "free_rate_frac", "log_t_rest_free", "log_req_period", "at_end",
-)
-NF, NG = len(DEVICE_FEATURES), len(GLOBAL_FEATURES)
-
-
-def _lg(x: float) -> float:
-    """Clipped natural log, safe for 0 and inf."""
-    if x <= 0:
-        return -CLIP
-    if x == math.inf:
-        return CLIP
-    v = math.log(x)
-    return CLIP if v > CLIP else (-CLIP if v < -CLIP else v)
-
-
-def shares_for(cost: CostModel, devs: list[int], l: int, r: int, m: float, inflight: int = 1) -> list[float] | None:
-    """`proportional_shares` (dora_rl/planners/base.py): rate-proportional shares capped
-    by memory, realized in whole samples - the same shares every planner uses."""
-    from dora_rl.planners.base import proportional_shares
-
-    return proportional_shares(cost, devs, l, r, m, inflight)
-
-
-def microbatch_options(batch: int) -> list[int]:
-    return [k for k in range(1, batch + 1) if batch % k == 0]
-
-
-class Instance:
-    """Per-scenario tables, computed once and shared by every episode on the scenario."""
-
-    def __init__(self, scenario: Scenario, max_devices: int, cost: CostModel | None = None):
-        cost = cost if cost is not None and cost.scenario is scenario else CostModel(scenario)
-        n, B = cost.n, cost.n_blocks
-        if n > max_devices:
-            raise DoraError(f"scenario {scenario.name!r} has {n} devices, more than this environment's "
-                            f"max_devices={max_devices}")
-        self.scenario, self.cost, self.n, self.B = scenario, cost, n, B
-        wl = scenario.workload
-        self.training = cost.training
-        self.batch = wl.batch
-        self.back = 3.0 if self.training else 1.0
-        self.objective = scenario.qoe.objective
-        fp = np.array(cost.fp)
-        pp = np.array(cost.pp)
-        ap = np.array(cost.ap)
-        bnd = np.array(cost.bnd)
-        self.fp, self.bnd_l = cost.fp, cost.bnd
-        copies = cost.param_copies if self.training else 1
-        # memory tables for M = 1 (the worst case): base[l, r] and act[l, r]
-        base = (pp[None, :] - pp[:, None]) * copies
-        if self.training:
-            act = bnd[:, None] + ap[None, :] - ap[:, None]
-        else:
-            act = np.array(cost.peak)
-        # the plan's micro-batch count is the workload's (as for every planner); memory
-        # is checked for the worst case of in-flight micro-batches (training: M)
-        self.M = wl.microbatches
-        self.m = self.batch / self.M
-        self.m_int = int(round(self.m))
-        self.base, self.act = base, act * self.m * (self.M if self.training else 1)
-        mem = np.array(cost.mem)
-        self.mem = mem
-        # reach[d, l]: largest r such that device d alone holds [l, r) (l if not even one block)
-        upper = np.triu(np.ones((B + 1, B + 1), dtype=bool), 1)
-        fits = (mem[:, None, None] - base[None] >= self.act[None]) & upper[None]
-        self.reach = (np.arange(B + 1)[None, :] + fits.sum(axis=2)).astype(int)
-        self.reach_l = self.reach.tolist()
-        self.mem_order = sorted(range(n), key=lambda d: -cost.mem[d])
-        rate = np.array(cost.rate)
-        self.rate = rate
-        self.total_rate = float(rate.sum())
-        work = self.back * self.batch * fp[-1]
-        self.tstar = max(work / self.total_rate, 1e-9)       # ideal time: all work over all devices
-        self.src = cost.src
-        bw = np.array(cost.bw)
-        np.fill_diagonal(bw, np.inf)
-        self.bw = bw
-        self.lat = np.array(cost.lat)
-        self.Ms = [self.M]
-        self.completable = self.greedy(0, set()) >= B
-        self._static_features(scenario)
-        self.ref_obj = self._reference()
-
-    # --- memory / completion helpers -----------------------------------------
-    def group_reach(self, devs, l: int) -> int:
-        """Largest r such that the group surely holds [l, r) with the shares the plan will
-        get (memory is monotone in r). A single device: the precomputed reach. A group:
-        rate-proportional shares, realized in whole samples (every member needs at least
-        one sample of the micro-batch), must fit both before and after rounding - then
-        `proportional_shares` returns exactly those shares for any in-flight count <= the
-        worst case, so the final plan fits."""
-        if len(devs) == 1:
-            return self.reach_l[devs[0]][l]
-        rates = self.rate[devs]
-        w = rates / rates.sum()
-        wr = np.array(self.cost.realized(self.m_int, [float(x) for x in w]))
-        if self.m_int < len(devs) or (wr <= 0).any():
-            return l
-        ww = np.maximum(w, wr)
-        ok = np.all(self.base[l][None, :] + ww[:, None] * self.act[l][None, :] <= self.mem[devs][:, None], axis=0)
-        ok[: l + 1] = False
-        return l + int(ok.sum())
-
-    def greedy(self, R: int, used) -> int:
-        """How far the greedy gets from block R with the devices not in `used`."""
-        B, reach = self.B, self.reach_l
-        for d in self.mem_order:
-            if R >= B:
-                break
-            if d in used:
-                continue
-            r = reach[d][R]
-            if r > R:
-                R = r
-        return R
-
-    # --- features ------------------------------------------------------------
-    def _static_features(self, scenario: Scenario) -> None:
-        cl, cost, n = scenario.cluster, self.cost, self.n
-        f = np.zeros((n, NF), dtype=np.float64)
-        act_w = np.array(cost.active_w)
-        resident = max(self.base[0, self.B] + self.act[0, self.B], 1.0)
-        t_in = self.batch * self.bnd_l[0] / self.bw[self.src]
-        t_out = self.batch * self.bnd_l[-1] / self.bw[:, self.src]
-        for d in range(n):
-            dev = cl.devices[d]
-            f[d, 0] = 1.0
-            f[d, 1] = _lg(self.rate[d] / (self.total_rate / n))
-            f[d, 2] = _lg(self.mem[d] / resident)
-            f[d, 3] = _lg(act_w[d] / max(act_w.mean(), 1e-9))
-            f[d, 4] = cost.idle_w[d] / max(act_w[d], 1e-9)
-            bj = cost.battery_j[d]
-            f[d, 5] = 0.0 if bj is None else 1.0
-            f[d, 6] = 0.0 if bj is None else _lg(bj / max(act_w[d], 1e-9) / 3600.0) / 3.0
-            f[d, 7] = 1.0 if d == self.src else 0.0
-            f[d, 8] = 0.0 if d == self.src else _lg(t_in[d] / self.tstar) / 3.0
-            f[d, 9] = 0.0 if d == self.src else _lg(t_out[d] / self.tstar) / 3.0
-            f[d, 10] = 0.0 if d == self.src else _lg(self.lat[self.src, d] / self.tstar) / 3.0
-            del dev
-        self.static = f
-        self.act_w = act_w
-        q, wl = scenario.qoe, scenario.workload
-        g = np.zeros(NG, dtype=np.float64)
-        g[3] = n / DEFAULT_MAX_DEVICES
-        if q.latency_slo_ms is not None:
-            g[10], g[11] = _lg(q.latency_slo_ms / 1e3 / self.tstar) / 3.0, 1.0
-        thr = q.min_throughput
-        if thr:
-            per = (self.batch / thr) if self.training else 1.0 / thr
-            g[12], g[13] = _lg(per / self.tstar) / 3.0, 1.0
-        if q.min_battery_hours is not None:
-            g[14], g[15] = 1.0, _lg(q.min_battery_hours) / 3.0
-        g[16] = 1.0 if q.objective == "energy" else 0.0
-        g[17] = 1.0 if self.training else 0.0
-        g[18] = math.log(self.batch) / math.log(64.0)
-        if not self.training and wl.request_rate:
-            g[22] = _lg(1.0 / wl.request_rate / self.tstar) / 3.0
-        self.gstatic = g
-
-    # --- scoring ---------------------------------------------------------------
-    def build(self, stages, M: int):
-        """[(l, r, devs)] + M -> cost-model stage tuples with proportional shares, or None."""
-        m = self.batch / M
-        S = len(stages)
-        out = []
-        for s, (l, r, devs) in enumerate(stages):
-            sh = shares_for(self.cost, list(devs), l, r, m, min(M, S - s))
-            if sh is None:
-                return None
-            out.append((l, r, list(devs), sh))
-        return out
-
-    def finish(self, stages):
-        """Best (by `cost.qoe.preference`) micro-batch count for `stages`: (M, stage tuples, Metrics)."""
-        best = None
-        for M in self.Ms:
-            st = self.build(stages, M)
-            if st is None:
-                continue
-            m = self.cost.evaluate_stages(st, M)
-            k = preference(m, self.objective)
-            if best is None or k < best[0]:
-                best = (k, M, st, m)
-        if best is None:
-            raise NoFeasiblePlan("partition: the plan fits no micro-batch count", constraint="memory")
-        return best[1], best[2], best[3]
-
-    def _reference(self) -> float:
-        """Objective of the best single-device plan (the normaliser of `utility`)."""
-        best = math.inf
-        for d in range(self.n):
-            m = self.cost.evaluate_stages([(0, self.B, [d], [1.0])], 1)
-            best = min(best, m.objective(self.objective))
-        return best if best > 0 and math.isfinite(best) else 1.0
-
-    def to_plan(self, stages, M: int) -> Plan:
-        names = self.cost.names
-        return Plan.make([(l, r, [names[d] for d in devs], sh) for (l, r, devs, sh) in stages], M)
-
-
-class InstanceSource:
-    """Where episodes get their scenario: one fixed scenario, or the seeded synthetic
-    generator (instance i is `random_scenario(default_rng([seed, i]), ...)`, cached)."""
-
-    def __init__(self, scenario: Scenario | str | None, max_devices: int, seed: int = 0,
-                 pool_size: int = 100_000, min_devices: int = 2, gen_max_devices: int | None = None,
-                 cache: int = 4096, **gen_kwargs):
-        self.max_devices = max_devices
-        self.fixed = None
-        if scenario is not None:
-            if not isinstance(scenario, Scenario):
-                from dora_rl.scenario import load_scenario
-                scenario = load_scenario(scenario)
-            self.fixed = Instance(scenario, max_devices)
-            if not self.fixed.completable:
-                raise NoFeasiblePlan(f"scenario {scenario.name!r}: no plan fits in memory "
-                                     "(even the greedy that uses every device runs out)", constraint="memory")
-        self.seed, self.pool_size, self.min_devices = int(seed), int(pool_size), int(min_devices)
-        self.gen_max = min(gen_max_devices or max_devices, max_devices)
-        self.gen_kwargs = gen_kwargs
-        self.cache: OrderedDict[int, Instance] = OrderedDict()
-        self.cache_size = cache
-
-    def instance(self, i: int) -> Instance:
-        if i in self.cache:
-            self.cache.move_to_end(i)
-            return self.cache[i]
-        from dora_rl.synthetic import random_scenario
-        k = 0
-        while True:   # a memory-infeasible draw is replaced by the next sub-seed
-            rng = np.random.default_rng([self.seed, i, k])
-            sc = random_scenario(rng, max_devices=self.gen_max, min_devices=self.min_devices, **self.gen_kwargs)
-            inst = Instance(sc, self.max_devices)
-            if inst.completable:
-                break
-            k += 1
-        self.cache[i] = inst
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return inst
-
-    def draw(self, rng: np.random.Generator) -> Instance:
-        if self.fixed is not None:
-            return self.fixed
-        return self.instance(int(rng.integers(self.pool_size)))
 
 
 class PartitionEnv(gym.Env):
@@ -526,17 +265,17 @@ class PartitionEnv(gym.Env):
         g[4] = (inst.fp[-1] - inst.fp[pc]) / max(inst.fp[-1], 1e-30)
         if self.group:
             rate = sum(inst.rate[d] for d in self.group)
-            g[5] = _lg(inst.back * inst.batch * (inst.fp[pc] - inst.fp[self.l]) / rate / ts) / 3.0
-            g[6] = _lg(inst.back * inst.batch * (inst.fp[min(pc + 1, B)] - inst.fp[self.l]) / rate / ts) / 3.0
+            g[5] = clip_log(inst.back * inst.batch * (inst.fp[pc] - inst.fp[self.l]) / rate / ts) / 3.0
+            g[6] = clip_log(inst.back * inst.batch * (inst.fp[min(pc + 1, B)] - inst.fp[self.l]) / rate / ts) / 3.0
         else:
             g[5] = g[6] = -CLIP / 3.0
-        g[7] = _lg(self.t_max_stage / ts) / 3.0
-        g[8] = _lg(self.t_transfers / ts) / 3.0
-        g[9] = _lg(inst.bnd_l[pc] / max(inst.bnd_l[0], 1.0)) / 3.0
+        g[7] = clip_log(self.t_max_stage / ts) / 3.0
+        g[8] = clip_log(self.t_transfers / ts) / 3.0
+        g[9] = clip_log(inst.bnd_l[pc] / max(inst.bnd_l[0], 1.0)) / 3.0
         free_rate = sum(inst.rate[d] for d in range(n) if d not in self.used)
         g[19] = (n - len(self.used)) / D
         g[20] = free_rate / inst.total_rate
-        g[21] = _lg(rest / free_rate / ts) / 3.0 if free_rate > 0 else CLIP / 3.0
+        g[21] = clip_log(rest / free_rate / ts) / 3.0 if free_rate > 0 else CLIP / 3.0
         g[23] = 1.0 if p >= B else 0.0
         return {"devices": dev.astype(np.float32), "device_mask": self._dmask.copy(),
                 "global": g.astype(np.float32), "action_mask": self._mask.astype(np.float32)}

@@ -89,7 +89,8 @@ class PartitionAgent:
         """The greedy plan (`search="polish"`: then polished locally on the cost model;
         `search="rollout"`: rollout search, then polished; dora_rl/learning/search.py)
         first, then `samples - 1` sampled ones: [(plan, metrics, utility)]."""
-        from dora_rl.envs.partition import Instance, PartitionEnv
+        from dora_rl.envs.instance import Instance
+        from dora_rl.envs.partition import PartitionEnv
         from dora_rl.learning.search import greedy_complete, polish, rollout_search, search_key
 
         if search not in SEARCHES:
@@ -139,7 +140,7 @@ class PartitionAgent:
 
 def load_agent(agent: str | Path | None = None) -> PartitionAgent:
     """Load an agent folder (see `resolve_agent_path`); AgentError says what is wrong."""
-    from dora_rl.envs.partition import NF, NG, OBS_VERSION
+    from dora_rl.envs.instance import NF, NG, OBS_VERSION
 
     path = resolve_agent_path(agent)
     folder = path if path.is_dir() else path.parent

@@ -40,7 +40,7 @@ HELD_OUT_SEED = 20_251_123
 def held_out_scenarios(n: int, seed: int = HELD_OUT_SEED, max_devices: int = 6) -> list[Scenario]:
     """`n` seeded synthetic instances (never seen in training: a different seed) on which
     some plan fits in memory."""
-    from dora_rl.envs.partition import Instance
+    from dora_rl.envs.instance import Instance
     from dora_rl.synthetic import random_scenario
 
     out, i = [], 0
@@ -80,7 +80,7 @@ def reference_results(scenario: Scenario, planners=REFERENCES, timeout: float | 
     """Every reference planner on one scenario: {name: {objective, qoe_ok, ...} or {error}}."""
     from dora_rl.cost import CostModel
     from dora_rl.cost.qoe import utility
-    from dora_rl.envs.partition import Instance
+    from dora_rl.envs.instance import Instance
     from dora_rl.planners import run_planner
 
     cost = cost or CostModel(scenario)
@@ -124,7 +124,7 @@ def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: i
 def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int, search: str = "greedy") -> dict:
     """The agent's best of `samples` rollouts (QoE first, then fit, then objective), timed."""
     from dora_rl.cost.qoe import preference, utility
-    from dora_rl.envs.partition import Instance
+    from dora_rl.envs.instance import Instance
 
     obj = scenario.qoe.objective
     inst = Instance(scenario, agent.max_devices, cost)

@@ -106,7 +106,8 @@ def replay(env, inst, plan):
 def teacher_dataset(episodes: int, seed: int = 0, max_devices: int = 8, presets=(), preset_repeat: int = 20,
                     env_kwargs: dict | None = None, progress: bool = False, max_seconds: float | None = None) -> dict:
     """Teacher trajectories: {obs: {key: array}, actions, returns, stats}."""
-    from dora_rl.envs.partition import Instance, PartitionEnv
+    from dora_rl.envs.instance import Instance
+    from dora_rl.envs.partition import PartitionEnv
     from dora_rl.scenario import load_scenario
 
     kw = {k: v for k, v in (env_kwargs or {}).items() if k in ("min_devices", "gen_max_devices", "gen_kwargs")}

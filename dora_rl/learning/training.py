@@ -174,7 +174,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     import sb3_contrib
     import stable_baselines3
 
-    from dora_rl.envs.partition import NF, NG, OBS_VERSION
+    from dora_rl.envs.instance import NF, NG, OBS_VERSION
 
     if is_partition:
         layout = {"obs_version": OBS_VERSION, "device_features": NF, "global_features": NG,

@@ -13,7 +13,7 @@ Every wait has a timeout; a dead worker, an unreachable worker or a bad device n
 raises `RuntimeFault` (the default fault policy, `FailFast`; faults.py's `Resilience`
 recovers instead); workers are always stopped (also on errors and Ctrl-C). This module
 holds the process group and the plans (start, deploy, switch, prestage, probes,
-shutdown); the request loop is in requests.py, training in training.py, the results in
+shutdown); the request loop is in request_loop.py, training in training.py, the results in
 results.py."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch.distributed as dist
 from dora_rl.cost import CostModel
 from dora_rl.errors import PlanError, RuntimeFault
 from dora_rl.plan import Plan
-from dora_rl.runtime import requests, training
+from dora_rl.runtime import request_loop, training
 from dora_rl.runtime.comm import TAG_CTRL, free_port, send_obj
 from dora_rl.runtime.emulation import now
 from dora_rl.runtime.fault_policy import FailFast
@@ -326,8 +326,8 @@ class Runtime(WorkerGroup):
         every `interval` seconds at a request boundary; a plan it returns is switched to
         (drain, move). `on_answer(rid, latency_s, t_answer)` hears every answer.
         With a resilient fault policy every request is answered exactly once even if
-        workers die (requests.py)."""
-        return requests.RequestStream(self, n, rate=rate, window=window, inputs=inputs, keep_outputs=keep_outputs,
+        workers die (request_loop.py)."""
+        return request_loop.RequestStream(self, n, rate=rate, window=window, inputs=inputs, keep_outputs=keep_outputs,
                                       switch_at=switch_at, switch_plan=switch_plan, batch=batch, duration=duration,
                                       control=control, interval=interval, on_answer=on_answer).run()
 

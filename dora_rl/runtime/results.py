@@ -1,7 +1,7 @@
 """What a run on the workers measured: `InferenceResult` (a request stream) and
 `TrainResult` (training iterations), and the energy both report.
 
-Kept apart from the loops that fill them (requests.py, training.py) so that the CLI,
+Kept apart from the loops that fill them (request_loop.py, training.py) so that the CLI,
 the bench and the live loop read one plain record whichever runtime produced it."""
 
 from __future__ import annotations

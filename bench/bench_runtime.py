@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from dora_rl.cost import CostModel  # noqa: E402
 from dora_rl.plan import Plan, Stage  # noqa: E402
 from dora_rl.planners import get_planner  # noqa: E402
-from dora_rl.runtime import Runtime, scale_scenario  # noqa: E402
+from dora_rl.runtime import Runtime  # noqa: E402
 from dora_rl.runtime.measure import measure  # noqa: E402
 from dora_rl.scenario import Scenario, load_scenario  # noqa: E402
 
@@ -60,7 +60,7 @@ def accuracy(results: dict) -> None:
     rows = []
     for preset, X, planners, n in CASES:
         base = edge_cluster_variant() if preset == "edge_cluster" else load_scenario(preset)
-        scaled = scale_scenario(base, X)
+        scaled = base.slowed(X)
         for pn in planners:
             try:
                 plan = plan_for(base, pn)
@@ -128,7 +128,7 @@ def switch(results: dict) -> None:
     `whole_model`: to pipeedge's plan (most blocks change owner), bounded by the WiFi."""
     base = load_scenario("smart_home")
     X = 100.0
-    scaled = scale_scenario(base, X)
+    scaled = base.slowed(X)
     a = plan_for(base, "dora")
     if len(a.stages) < 2:
         raise RuntimeError("the smart_home dora plan has one stage; this bench needs a pipeline to move a cut")

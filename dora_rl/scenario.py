@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from dora_rl.cluster.model import Cluster
-from dora_rl.errors import ClusterError, DoraError, ProfileError, ScenarioError
+from dora_rl.errors import ClusterError, DoraError, PlanError, ProfileError, ScenarioError
 from dora_rl.profile.model_profile import ModelProfile
 from dora_rl.resources import presets_dir
 
@@ -128,6 +128,46 @@ class Scenario:
         d = dict(self.__dict__)
         d.update(kw)
         return Scenario(**d)
+
+    # ------------------------------------------------------------------ transforms
+    def without_devices(self, dead) -> "Scenario":
+        """The scenario with devices `dead` (and their links) removed (the survivors of a fault)."""
+        d = self.cluster.to_dict()
+        d["devices"] = [x for x in d["devices"] if x["name"] not in dead]
+        d["links"] = [ln for ln in d["links"] if ln["a"] not in dead and ln["b"] not in dead]
+        return self.replace(cluster=Cluster.from_dict(d))
+
+    def slowed(self, slowdown: float) -> "Scenario":
+        """The scenario with every device's compute rate divided by `slowdown` (emulation
+        on a CPU slower than the modelled devices: the modelled time must dominate)."""
+        if slowdown == 1.0:
+            return self
+        if not slowdown > 0:
+            raise PlanError(f"--slowdown must be a positive number, got {slowdown!r}")
+        d = self.cluster.to_dict()
+        for dev in d["devices"]:
+            dev["gflops"] = dev["gflops"] / slowdown
+        return self.replace(cluster=Cluster.from_dict(d))
+
+    def dilated(self, slowdown: float) -> "Scenario":
+        """The scenario `slowdown` times slower in every respect: compute, link and medium
+        rates divided by it; latencies, the SLO and the request period multiplied by it
+        (the live adapter loop: every plan's compliance stays what it is at real speed)."""
+        if slowdown == 1.0:
+            return self
+        from dataclasses import replace as dc_replace
+
+        d = self.slowed(slowdown).cluster.to_dict()   # compute (and the argument check)
+        for ln in d["links"]:
+            ln["mbps"] = ln["mbps"] / slowdown
+            ln["latency_ms"] = ln.get("latency_ms", 0.0) * slowdown
+        for m in d["media"].values():
+            m["mbps"] = m["mbps"] / slowdown
+        w, q = self.workload, self.qoe
+        wl = dc_replace(w, request_rate=w.request_rate / slowdown if w.request_rate else w.request_rate)
+        qoe = dc_replace(q, latency_slo_ms=q.latency_slo_ms * slowdown if q.latency_slo_ms else q.latency_slo_ms,
+                         min_throughput=q.min_throughput / slowdown if q.min_throughput else q.min_throughput)
+        return self.replace(cluster=Cluster.from_dict(d), workload=wl, qoe=qoe)
 
 
 def _num(v, field_name: str, scen: str, *, positive=True, allow_none=True, integer=False):

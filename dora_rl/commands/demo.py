@@ -57,13 +57,12 @@ def cmd_demo(args) -> int:
     summary = {"scenario": scen.name, "plan": res.plan.to_dict(), "predicted": res.metrics.to_dict()}
     if not args.no_run:
         from dora_rl.commands.common import table
-        from dora_rl.runtime.coordinator import scale_scenario
         from dora_rl.runtime.measure import measure
 
         console.rule(f"[bold]4. executing the plan on emulated torch workers (devices {args.slowdown:g}x slower)")
         console.print("[dim]one worker process per device in one torch.distributed (gloo) group; compute is "
                       "stretched to each device's speed, transfers paced to each link and shared medium[/dim]")
-        slow = scale_scenario(scen, args.slowdown)
+        slow = scen.slowed(args.slowdown)
         with console.status(f"running {args.requests} requests..."):
             run = measure(slow, res.plan, requests=args.requests, throughput_phase=False)
         pr, me = run["predicted"], run["measured"]

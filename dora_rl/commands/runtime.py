@@ -66,12 +66,22 @@ def _plan_for(scenario, what: str):
     return get_planner(what).plan(scenario, CostModel(scenario))
 
 
+def parse_fail(spec: str) -> tuple[str, float]:
+    """--fail 'DEVICE@SECONDS' -> (device, seconds)."""
+    dev, sep, t = str(spec).rpartition("@")
+    try:
+        sec = float(t)
+    except ValueError:
+        sec = -1.0
+    if not sep or not dev or not sec >= 0:
+        raise PlanError(f"--fail expects DEVICE@SECONDS (e.g. jetson@10), got {spec!r}")
+    return dev, sec
+
+
 def cmd_run(args) -> int:
-    from dora_rl.runtime.coordinator import scale_scenario
     from dora_rl.runtime.measure import measure
     from dora_rl.scenario import load_scenario
 
-    from dora_rl.runtime.faults import parse_fail   # [live]
     fails = [parse_fail(f) for f in args.fail]
     if args.adapter and not args.simulate:   # [live] the adapter on live workers
         return _run_live(args, fails)
@@ -95,7 +105,7 @@ def cmd_run(args) -> int:
     for name in ("requests", "iterations"):
         if getattr(args, name) < 1:
             raise PlanError(f"--{name} must be >= 1")
-    sc = scale_scenario(load_scenario(args.scenario), args.slowdown)
+    sc = load_scenario(args.scenario).slowed(args.slowdown)
     plan = _plan_for(sc, args.plan or args.planner or "dora")
     switch = _plan_for(sc, args.switch_to) if args.switch_to else None
     out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
@@ -148,10 +158,9 @@ def _run_live(args, fails) -> int:   # [live]
 
 
 def _run_with_faults(args, fails) -> int:   # [faults] one plan, workers killed on purpose
-    from dora_rl.runtime.coordinator import scale_scenario
     from dora_rl.runtime.faults import ResilientRuntime
     from dora_rl.scenario import load_scenario
-    sc = scale_scenario(load_scenario(args.scenario), args.slowdown)
+    sc = load_scenario(args.scenario).slowed(args.slowdown)
     plan = _plan_for(sc, args.plan or args.planner or "dora")
     with ResilientRuntime(sc, timeout=args.timeout) as rt:
         rt.start(plan)

@@ -3,7 +3,6 @@ execute plans (hybrid data + pipeline parallelism) for inference and training, s
 plans at request/iteration boundaries, and, on one machine, emulate the cluster's
 device speeds, link bandwidths, shared media and energy. See docs/runtime.md."""
 
-from dora_rl.runtime.coordinator import (InferenceResult, Runtime, TrainResult, moves_between,
-                                         scale_scenario)
+from dora_rl.runtime.coordinator import InferenceResult, Runtime, TrainResult, moves_between
 
-__all__ = ["Runtime", "InferenceResult", "TrainResult", "moves_between", "scale_scenario"]
+__all__ = ["Runtime", "InferenceResult", "TrainResult", "moves_between"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import pickle
 import queue
+import socket
 import threading
 
 import torch
@@ -34,6 +35,13 @@ TAG_RING = 6
 TAG_INPUT = 7      # request inputs, coordinator -> source, as raw tensor messages
 TAG_FWD = 100      # + boundary k
 TAG_BWD = 400      # + boundary k
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the group's rendezvous, a rebuilt group's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _to_bytes(obj) -> torch.Tensor:

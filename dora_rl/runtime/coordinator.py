@@ -10,23 +10,21 @@ iteration boundaries, and measures what happened.
         tr = rt.train(5)                      # TrainResult: iteration times
 
 Every wait has a timeout; a dead worker, an unreachable worker or a bad device name
-raises `RuntimeFault`; workers are always stopped (also on errors and Ctrl-C)."""
+raises `RuntimeFault` (the default fault policy, `FailFast`; faults.py's `Resilience`
+recovers instead); workers are always stopped (also on errors and Ctrl-C). This module
+holds the process group and the plans (start, deploy, switch, prestage, probes,
+shutdown); the request loop is in request_loop.py, training in training.py, the results in
+results.py."""
 
 from __future__ import annotations
 
-import atexit
-import datetime
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,43 +32,17 @@ from dora_rl.cost import CostModel
 from dora_rl.errors import PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.resources import import_root
-from dora_rl.runtime.comm import (TAG_ACK, TAG_CTRL, TAG_INPUT, TAG_REPLY, Pending, isend_obj, isend_tensor, recv_obj,
-                                  send_obj)
-from dora_rl.runtime.emulation import energy_j, now, sleep_until
+from dora_rl.runtime import request_loop, training
+from dora_rl.runtime.comm import TAG_CTRL, free_port, send_obj
+from dora_rl.runtime.emulation import now
+from dora_rl.runtime.fault_policy import FailFast
+from dora_rl.runtime.group import WorkerGroup
+from dora_rl.runtime.results import InferenceResult, TrainResult
 from dora_rl.scenario import Scenario
 
+__all__ = ["Runtime", "InferenceResult", "TrainResult", "moves_between", "free_port"]
+
 PKG_ROOT = str(import_root())
-_LIVE: set = set()
-
-
-def _kill_all_live() -> None:
-    for rt in list(_LIVE):
-        rt._kill()
-
-
-atexit.register(_kill_all_live)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scale_scenario(scenario: Scenario, slowdown: float) -> Scenario:
-    """The scenario with every device's compute rate divided by `slowdown` (emulation
-    on a CPU slower than the modelled devices: the modelled time must dominate)."""
-    if slowdown == 1.0:
-        return scenario
-    if not slowdown > 0:
-        raise PlanError(f"--slowdown must be a positive number, got {slowdown!r}")
-    d = scenario.cluster.to_dict()
-    for dev in d["devices"]:
-        dev["gflops"] = dev["gflops"] / slowdown
-    from dora_rl.cluster.model import Cluster
-    return scenario.replace(cluster=Cluster.from_dict(d))
-
-
 def moves_between(old: Plan | None, new: Plan, bw, held: dict[str, set] | None = None) -> list[tuple[int, str, str]]:
     """(block, from_device, to_device) for every block a device of `new` owns that it
     did not own under `old` and does not still hold (`held`: blocks each worker kept
@@ -93,65 +65,18 @@ def moves_between(old: Plan | None, new: Plan, bw, held: dict[str, set] | None =
     return out
 
 
-def _pct(xs, q):
-    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
-
-
-@dataclass
-class InferenceResult:
-    n: int
-    latencies_s: dict          # rid -> seconds, measured at the source device
-    outputs: dict              # rid -> tensor (if kept)
-    wall_s: float
-    throughput: float          # requests/s over the stream
-    energy_j: float            # per request, all participating devices
-    busy_s: dict               # device -> emulated busy seconds over the stream
-    saturated: dict            # device -> (sections over modelled time, excess seconds)
-    switch_s: float | None = None
-    switch: dict = field(default_factory=dict)
-    answered: list = field(default_factory=list)   # rids in answer order
-
-    @property
-    def latency_ms(self) -> dict:
-        xs = [v * 1e3 for v in self.latencies_s.values()]
-        return {"mean": float(np.mean(xs)) if xs else float("nan"), "p50": _pct(xs, 50), "p95": _pct(xs, 95)}
-
-    def to_dict(self) -> dict:
-        return {"requests": self.n, "latency_ms": self.latency_ms, "throughput": self.throughput,
-                "energy_j": self.energy_j, "wall_s": self.wall_s, "busy_s": self.busy_s,
-                "saturated": {d: {"sections": a, "excess_s": b} for d, (a, b) in self.saturated.items()},
-                "switch_s": self.switch_s, "switch": self.switch}
-
-
-@dataclass
-class TrainResult:
-    iterations: int
-    iter_s: list
-    energy_j: float            # per iteration
-    busy_s: dict
-    saturated: dict
-    switch_s: float | None = None
-    switch: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        xs = [t * 1e3 for t in self.iter_s]
-        return {"iterations": self.iterations, "iteration_ms": {"mean": float(np.mean(xs)), "p50": _pct(xs, 50),
-                                                                 "p95": _pct(xs, 95)},
-                "energy_j": self.energy_j, "busy_s": self.busy_s,
-                "saturated": {d: {"sections": a, "excess_s": b} for d, (a, b) in self.saturated.items()},
-                "switch_s": self.switch_s, "switch": self.switch}
-
-
-class Runtime:
+class Runtime(WorkerGroup):
     """Coordinator of one run. `emulate=False` runs at this machine's real speed.
     `network="netns"`: workers in network namespaces, links/media shaped by the kernel
-    (`tc` htb) instead of the pacing calendar (root only; `netns.py`)."""
+    (`tc` htb) instead of the pacing calendar (root only; `netns.py`). `resilience`: the
+    fault policy (default `FailFast`; `faults.Resilience` survives lost workers).
+    `live_bandwidth`: media bandwidths can change during the run (`set_bandwidth`)."""
 
     def __init__(self, scenario: Scenario, *, emulate: bool = True, timeout: float = 60.0,
                  lr: float = 0.01, momentum: float = 0.0, seed: int = 0,
                  spawn: bool = True, spawn_devices: list[str] | None = None,
                  master_addr: str = "127.0.0.1", master_port: int | None = None,
-                 network: str = "pace"):
+                 network: str = "pace", resilience: FailFast | None = None, live_bandwidth: bool = False):
         if not isinstance(scenario.model, str):
             raise RuntimeFault(f"scenario {scenario.name!r}: the runtime needs a zoo model (weights are built "
                                "from the zoo); a profile-only model cannot be executed")
@@ -170,7 +95,6 @@ class Runtime:
         self.plan: Plan | None = None
         self.held: dict[str, set] = {}     # blocks each worker holds (from its plan acks)
         self.ranks: dict[str, int] = {}
-        self.pending = Pending()
         self.replies: queue.Queue = queue.Queue()
         self.started = False
         self.pg = False
@@ -182,6 +106,12 @@ class Runtime:
                                "not supported with it")
         self.network = network
         self.netns = None
+        self.hello: dict[str, dict] = {}     # each worker's hello (a rejoining one: the blocks it kept)
+        # [live] per-medium bandwidth factors the workers' pacing reads (set_bandwidth); None: fixed
+        self.media_scale = [1.0] * len(scenario.cluster.media_names) if live_bandwidth else None
+        self.resilience = resilience or FailFast()    # what a failure does (fault_policy.py, faults.py)
+        self.resilience.attach(self)
+        self.pending = self.resilience.new_pending()
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self):
@@ -218,8 +148,9 @@ class Runtime:
             raise RuntimeFault("a runtime is already running in this process; close() it first "
                                "(one coordinator per process)")
         self.tmp = tempfile.mkdtemp(prefix="dora_rt_")
-        _LIVE.add(self)
+        self._track()
         try:
+            self.resilience.starting()
             if self.network == "netns":   # [netns]
                 from dora_rl.runtime.netns import NetNS
                 self.netns = NetNS(self.sc.cluster).build()
@@ -235,6 +166,7 @@ class Runtime:
         except BaseException:
             self.close()
             raise
+        self.resilience.started()
 
     def _spawn(self, dev: str, rank: int, world: int) -> None:
         env = dict(os.environ, MASTER_ADDR=self.addr, MASTER_PORT=str(self.port), RANK=str(rank),
@@ -245,74 +177,23 @@ class Runtime:
         if self.netns is not None and dev in self.netns.dev_ns:   # [netns] start inside the device's namespace
             pre = self.netns.exec_prefix(dev)
             env.update(self.netns.worker_env(dev))
+        self.resilience.worker_env(env)
         p = subprocess.Popen(pre + [sys.executable, "-m", "dora_rl.runtime.worker", "--device", dev,
                                     "--timeout", str(self.timeout)], env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
         p.log_path = log.name
         log.close()
         self.procs.append(p)
-
-    def _worker_log(self, p) -> str:
-        try:
-            lines = Path(p.log_path).read_text(errors="replace").strip().splitlines()
-            err = [ln for ln in lines if "error" in ln.lower()]
-            return (err or lines or ["(no output)"])[-1][:400]
-        except OSError:
-            return "(no log)"
-
-    def _check_procs(self) -> None:
-        for p in self.procs:
-            if p.poll() is not None:
-                raise RuntimeFault(f"worker process {p.pid} exited with code {p.returncode}: {self._worker_log(p)}")
-
-    def _init_group(self, world: int) -> None:
-        err: list = []
-
-        def init():
-            try:
-                import contextlib   # [netns] this thread's sockets (store, gloo) live in the hub namespace
-                with self.netns.entered_hub() if self.netns is not None else contextlib.nullcontext():
-                    dist.init_process_group("gloo", init_method=f"tcp://{self.addr}:{self.port}", rank=0,
-                                            world_size=world, timeout=datetime.timedelta(seconds=self.timeout))
-            except Exception as e:  # noqa: BLE001
-                err.append(e)
-
-        th = threading.Thread(target=init, daemon=True)
-        th.start()
-        self._wait_for(th, 0.2, self.spawn, f"coordinator: only some of the {world - 1} workers joined "
-                                             f"{self.addr}:{self.port} within {self.timeout:g} s")
-        if err:
-            raise RuntimeFault(f"coordinator: could not form the process group ({err[0]})")
-        self.pg = True
-
-    def _hello(self, world: int) -> None:
-        seen: dict[str, int] = {}
-        bad = []
-        for r in range(1, world):
-            hello = recv_obj(r, TAG_ACK)
-            dev = hello.get("device")
-            if dev not in self.sc.cluster.index:
-                bad.append((r, f"device {dev!r} is not in scenario {self.sc.name!r}; known devices: "
-                               f"{', '.join(self.names)}"))
-            elif dev in seen:
-                bad.append((r, f"device {dev!r} joined twice (ranks {seen[dev]} and {r})"))
-            else:
-                seen[dev] = r
-        missing = [d for d in self.names if d not in seen]
-        if bad or missing:
-            msg = bad[0][1] if bad else f"no worker for device(s) {', '.join(missing)}"
-            for r in range(1, world):
-                send_obj({"op": "error", "message": msg}, r, TAG_CTRL)
-            raise RuntimeFault(msg)
-        self.ranks = seen
-        self.rank_of = seen
+        self.resilience.spawned(dev, p)
 
     def _setup(self) -> None:
         cl = self.sc.cluster
         net = {"bw": cl.bw_l, "lat": cl.lat_l, "hops": [[list(h) for h in row] for row in cl.hops],
                "medium_bps": cl.medium_bps.tolist()}
         cal = os.path.join(self.tmp, "calendar.bin")
-        from dora_rl.runtime.emulation import Calendar
+        from dora_rl.runtime.emulation import Calendar, set_medium_scale
+        if self.media_scale is not None:   # [live] before the workers open the calendar
+            set_medium_scale(cal, self.media_scale)
         Calendar(cal, cl.n * cl.n + len(cl.media_names), create=True).close()
         for dev, r in self.ranks.items():
             cfg = {"op": "setup", "names": self.names, "ranks": self.ranks, "source": self.sc.source,
@@ -322,62 +203,6 @@ class Runtime:
             send_obj(cfg, r, TAG_CTRL)
         self.reply_thread = threading.Thread(target=self._reply_loop, daemon=True)
         self.reply_thread.start()
-
-    def _reply_loop(self) -> None:
-        src = self.ranks[self.sc.source]
-        while True:
-            try:
-                msg = recv_obj(src, TAG_REPLY)
-            except Exception as e:  # noqa: BLE001
-                self.replies.put({"rid": None, "error": f"lost the source worker ({e})"})
-                return
-            self.replies.put(msg)
-            if msg.get("rid") is None:
-                return
-
-    # ------------------------------------------------------------------ control
-    def _cmd(self, dev: str, obj: dict) -> None:
-        self.pending.add(isend_obj(obj, self.ranks[dev], TAG_CTRL))
-
-    def _wait_for(self, th: threading.Thread, poll: float, check_procs: bool, timeout_msg: str) -> None:
-        """Wait for a blocking gloo call running in `th`, checking the worker processes
-        every `poll` seconds (a dead worker fails fast) and giving up after the timeout."""
-        deadline = now() + self.timeout
-        while th.is_alive():
-            th.join(poll)
-            if check_procs:
-                self._check_procs()
-            if now() > deadline:
-                raise RuntimeFault(timeout_msg)
-
-    def _ack(self, dev: str) -> dict:
-        th_res: list = []
-
-        def rx():
-            try:
-                th_res.append(recv_obj(self.ranks[dev], TAG_ACK))
-            except Exception as e:  # noqa: BLE001
-                th_res.append(e)
-        th = threading.Thread(target=rx, daemon=True)
-        th.start()
-        self._wait_for(th, 0.5, True, f"worker {dev} did not answer within {self.timeout:g} s")
-        if isinstance(th_res[0], Exception):
-            raise RuntimeFault(f"lost worker {dev}: {th_res[0]}")
-        return th_res[0]
-
-    def _reply(self) -> dict:
-        deadline = now() + self.timeout
-        while True:
-            try:
-                msg = self.replies.get(timeout=0.5)
-            except queue.Empty:
-                self._check_procs()
-                if now() > deadline:
-                    raise RuntimeFault(f"no answer from the pipeline within {self.timeout:g} s") from None
-                continue
-            if msg.get("rid") is None:
-                raise RuntimeFault(msg.get("error", "the source worker stopped answering"))
-            return msg
 
     def participants(self, plan: Plan | None = None) -> list[str]:
         plan = plan or self.plan
@@ -409,9 +234,47 @@ class Runtime:
                 "worker_s": max(a["seconds"] for a in acks)}
 
     def switch(self, plan: Plan) -> dict:
-        """Adopt a new plan between requests/iterations (nothing in flight)."""
+        """Adopt a new plan between requests/iterations (nothing in flight); a fault
+        the policy recovers from re-plans instead (`recovered` in the answer)."""
         self.check_plan(plan)
-        return self._deploy(plan)
+        try:
+            return self._deploy(plan)
+        except self.resilience.recoverable as e:
+            self.recover(e.devices)
+            return {"seconds": 0.0, "moved_blocks": [], "transfers": 0, "recovered": True}
+
+    def recover(self, dead: set) -> dict:
+        """Continue without the workers of `dead` (the fault policy's recovery)."""
+        return self.resilience.recover(dead)
+
+    def regroup(self, scenario: Scenario, survivors: list[str], procs: list, port: int) -> None:
+        """Form a new process group of the coordinator and `survivors` (already
+        re-executed with the new rank, world and `port`), on `scenario` (theirs)."""
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001
+            pass
+        self.pg = False
+        self.pending = self.resilience.new_pending()
+        self.replies = queue.Queue()
+        self.sc = scenario
+        self.cost = CostModel(scenario)
+        self.names = list(survivors)
+        self.spawn_devices = list(survivors)
+        self.procs = list(procs)
+        self.port = port
+        world = len(survivors) + 1
+        self._init_group(world)
+        self._hello(world)
+        self._setup()
+
+    def set_bandwidth(self, medium: str, factor: float) -> None:
+        """Scale `medium` (and its links) to `factor` x nominal, live (needs `live_bandwidth`)."""
+        if self.media_scale is None:
+            raise RuntimeFault("set_bandwidth: start the runtime with live_bandwidth=True")
+        from dora_rl.runtime.emulation import set_medium_scale
+        self.media_scale[self.sc.cluster.media_names.index(medium)] = float(factor)
+        set_medium_scale(os.path.join(self.tmp, "calendar.bin"), self.media_scale)
 
     def prestage(self, holdings: dict[str, set]) -> dict:
         """Inference: ship each device the blocks `holdings` gives it (e.g. every block
@@ -451,195 +314,38 @@ class Runtime:
             return torch.randint(0, 1000, shape, generator=g)
         return torch.randn(shape, generator=g)
 
-    def _send_input(self, dev: str, cmd: dict, x: torch.Tensor) -> None:
-        """The source's infer command with its input: a float/int tensor goes as a raw
-        tensor message after the command (no pickling, no copies; the worker receives
-        it straight into its buffer), anything else pickled inside the command."""
-        dt = str(x.dtype).removeprefix("torch.")
-        if dt in ("float32", "float64", "int64") and not x.requires_grad:
-            cmd["x_meta"] = (tuple(int(d) for d in x.shape), dt)
-            self._cmd(dev, cmd)
-            self.pending.add(isend_tensor(x, self.ranks[dev], TAG_INPUT, 0.0))
-        else:
-            cmd["x"] = x
-            self._cmd(dev, cmd)
-
-    def infer(self, n: int, *, rate: float | None = None, window: int | None = None, inputs=None,
+    def infer(self, n: int | None = None, *, rate: float | None = None, window: int | None = None, inputs=None,
               keep_outputs: bool = False, switch_at: int | None = None, switch_plan: Plan | None = None,
-              batch: int | None = None) -> InferenceResult:
-        """Run n requests. `rate`: open-loop arrivals per second; `window`: at most
-        that many in flight (closed loop); neither: window = stages + 1. With
-        `switch_at=k`, after admitting k requests: stop admitting, drain, switch to
-        `switch_plan`, resume."""
-        if self.sc.workload.training:
-            raise RuntimeFault(f"scenario {self.sc.name!r} is a training workload; use train()")
-        batch = batch or self.sc.workload.batch
-        if batch % self.plan.microbatches:
-            raise PlanError(f"plan: microbatches={self.plan.microbatches} must divide the batch ({batch})")
-        if switch_plan is not None:
-            self.check_plan(switch_plan)
-        if rate is None and window is None:
-            window = len(self.plan.stages) + 1
-        self.stats(reset=True)
-        inflight: set = set()
-        lat, outs, order = {}, {}, []
-        t_first = None
-        switch_info: dict = {}
-        t_start = now()
-
-        def take(block: bool) -> None:
-            while True:
-                if not block:
-                    try:
-                        msg = self.replies.get_nowait()
-                    except queue.Empty:
-                        return
-                    if msg.get("rid") is None:
-                        raise RuntimeFault(msg.get("error", "the source worker stopped answering"))
-                else:
-                    msg = self._reply()
-                rid = msg["rid"]
-                if rid not in inflight:
-                    raise RuntimeFault(f"request {rid} answered twice or never asked")
-                inflight.discard(rid)
-                order.append(rid)
-                lat[rid] = msg["t1"] - msg["t0"]
-                self.t_last = msg["t1"]
-                if keep_outputs:
-                    outs[rid] = msg["y"]
-                if block:
-                    return
-
-        for i in range(n):
-            if switch_at is not None and i == switch_at and switch_plan is not None:
-                ts = now()
-                while inflight:           # stop admitting, drain
-                    take(True)
-                td = now()
-                info = self._deploy(switch_plan)
-                switch_info = {"drain_s": td - ts, "move_s": info["seconds"], "total_s": now() - ts,
-                               "moved_blocks": info["moved_blocks"], "transfers": info["transfers"]}
-                if rate:
-                    t_start += now() - ts    # arrivals resume after the switch
-            if rate:
-                sleep_until(t_start + i / rate)
-            if window:
-                while len(inflight) >= window:
-                    take(True)
-            x = inputs[i] if inputs is not None else self.make_input(i, batch)
-            rid = i
-            inflight.add(rid)
-            if t_first is None:
-                t_first = now()
-            for dev in self.participants():
-                cmd = {"op": "infer", "rid": rid, "batch": int(x.shape[0])}
-                if dev == self.sc.source:
-                    self._send_input(dev, cmd, x)
-                else:
-                    self._cmd(dev, cmd)
-            take(False)
-        while inflight:
-            take(True)
-        wall = now() - t_first
-        st = self.stats()
-        self.pending.wait()
-        return self._inference_result(n, lat, outs, order, wall, st, switch_info)
-
-    def _energy(self, st: dict, wall: float, devs: list[str]) -> float:
-        cl = self.sc.cluster
-        tot = 0.0
-        for d in devs:
-            dv = cl.device(d)
-            tot += energy_j(st[d]["busy_s"], wall, dv.idle_w, dv.active_w,
-                            st[d]["sent_bytes"] + st[d]["recv_bytes"], dv.radio_j_per_mb / 1e6)
-        return tot
-
-    def _inference_result(self, n, lat, outs, order, wall, st, switch_info) -> InferenceResult:
-        devs = self.participants()
-        res = InferenceResult(n=n, latencies_s=lat, outputs=outs, wall_s=wall, throughput=n / wall if wall > 0 else 0.0,
-                              energy_j=self._energy(st, wall, devs) / max(n, 1),
-                              busy_s={d: st[d]["busy_s"] for d in self.names},
-                              saturated={d: (st[d]["saturated"], st[d]["excess_s"]) for d in self.names
-                                         if st[d]["saturated"]},
-                              answered=order)
-        if switch_info:
-            res.switch_s = switch_info["total_s"]
-            res.switch = switch_info
-        return res
+              batch: int | None = None, duration: float | None = None, control=None, interval: float = 1.0,
+              on_answer=None) -> InferenceResult:
+        """Run `n` requests (or admit them for `duration` seconds). `rate`: open-loop
+        arrivals per second; `window`: at most that many in flight (closed loop);
+        neither: window = stages + 1. `inputs[i]`: request i's input (default
+        `make_input`). With `switch_at=k`, after admitting k requests: stop admitting,
+        drain, switch to `switch_plan`, resume. `control(t) -> Plan | None` is called
+        every `interval` seconds at a request boundary; a plan it returns is switched to
+        (drain, move). `on_answer(rid, latency_s, t_answer)` hears every answer.
+        With a resilient fault policy every request is answered exactly once even if
+        workers die (request_loop.py)."""
+        return request_loop.RequestStream(self, n, rate=rate, window=window, inputs=inputs, keep_outputs=keep_outputs,
+                                      switch_at=switch_at, switch_plan=switch_plan, batch=batch, duration=duration,
+                                      control=control, interval=interval, on_answer=on_answer).run()
 
     # ------------------------------------------------------------------ training
     def make_batch(self, it: int, batch: int):
-        x = self.make_input(10_000_000 + it, batch)
-        out_shape = self.shapes[-1]
-        g = torch.Generator().manual_seed(self.seed * 7_919 + it)
-        y = torch.randint(0, int(out_shape[-1]), (batch,) + tuple(out_shape[:-1]), generator=g)
-        return x, y
+        return training.make_batch(self, it, batch)
 
     def train(self, iterations: int, *, data=None, switch_at: int | None = None,
               switch_plan: Plan | None = None) -> TrainResult:
-        """Run training iterations (1F1B, DP all-reduce, SGD). `data`: list of (x, y)."""
-        if not self.sc.workload.training:
-            raise RuntimeFault(f"scenario {self.sc.name!r} is an inference workload; use infer()")
-        if switch_plan is not None:
-            self.check_plan(switch_plan)
-        batch = self.sc.workload.batch
-        self.stats(reset=True)
-        times, switch_info = [], {}
-        wall = 0.0
-        for it in range(iterations):
-            if switch_at is not None and it == switch_at and switch_plan is not None:
-                ts = now()
-                info = self._deploy(switch_plan)
-                switch_info = {"drain_s": 0.0, "move_s": info["seconds"], "total_s": now() - ts,
-                               "moved_blocks": info["moved_blocks"], "transfers": info["transfers"]}
-            x, y = data[it] if data is not None else self.make_batch(it, batch)
-            dt = self._train_step(it, x, y)
-            times.append(dt)
-            wall += dt
-        res = self._train_result(iterations, times, wall)
-        if switch_info:
-            res.switch_s = switch_info["total_s"]
-            res.switch = switch_info
-        return res
-
-    def _train_step(self, it: int, x, y, **extra) -> float:
-        """One iteration on the workers: the source gets x, the last stage y (plus any
-        `extra` command fields); returns its wall time once every participant acked."""
-        if x.shape[0] % self.plan.microbatches:
-            raise PlanError(f"plan: microbatches={self.plan.microbatches} must divide the batch ({x.shape[0]})")
-        last = set(self.plan.stages[-1].devices)
-        t0 = now()
-        devs = self.participants()
-        for dev in devs:
-            cmd = {"op": "train", "it": it, **extra, "batch": int(x.shape[0]), "denom": int(y.numel())}
-            if dev == self.sc.source:
-                cmd["x"] = x
-            if dev in last:
-                cmd["y"] = y
-            self._cmd(dev, cmd)
-        for dev in devs:
-            self._ack(dev)
-        return now() - t0
-
-    def _train_result(self, iterations: int, times: list[float], wall: float) -> TrainResult:
-        st = self.stats()
-        self.pending.wait()
-        devs = self.participants()
-        return TrainResult(iterations, times, self._energy(st, wall, devs) / max(iterations, 1),
-                           {d: st[d]["busy_s"] for d in self.names},
-                           {d: (st[d]["saturated"], st[d]["excess_s"]) for d in self.names if st[d]["saturated"]})
+        """Run training iterations (1F1B, DP all-reduce, SGD). `data`: list of (x, y);
+        `switch_at=k`: switch to `switch_plan` before iteration k (training.py)."""
+        return training.train(self, iterations, data=data, switch_at=switch_at, switch_plan=switch_plan)
 
     def state_dict(self) -> dict:
-        """The current parameters, assembled from the workers (one owner per block)."""
-        sd = {}
-        bnames = [n for n, _ in self.model.named_children()]
-        for dev in self.participants():
-            self._cmd(dev, {"op": "params"})
-            got = self._ack(dev)["params"]
-            for b, bsd in got.items():
-                for k, v in bsd.items():
-                    sd.setdefault(f"{bnames[b]}.{k}", v)
-        return sd
+        """The current parameters: the coordinator's checkpoint when the fault policy
+        keeps one, else assembled from the workers (one owner per block)."""
+        saved = self.resilience.saved_state()
+        return saved if saved is not None else training.gather_state(self)
 
     # ------------------------------------------------------------------ probe
     def probe(self, flows: list[tuple[str, str, int, int]]) -> list[float]:
@@ -670,45 +376,3 @@ class Runtime:
             if x not in self.ranks:
                 raise RuntimeFault(f"probe: unknown device {x!r}")
         return devs
-
-    # ------------------------------------------------------------------ shutdown
-    def close(self) -> None:
-        if self.pg:
-            try:
-                if self.ranks:
-                    for dev in self.names:
-                        if dev in self.ranks:
-                            self.pending.add(isend_obj({"op": "stop"}, self.ranks[dev], TAG_CTRL))
-                    deadline = now() + 5
-                    for p in self.procs:
-                        try:
-                            p.wait(timeout=max(0.1, deadline - now()))
-                        except subprocess.TimeoutExpired:
-                            pass
-            except Exception:  # noqa: BLE001
-                pass
-        self._kill()
-        if self.pg:
-            try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001
-                pass
-            self.pg = False
-        _LIVE.discard(self)
-        if self.netns is not None:   # [netns] after the workers are gone
-            self.netns.close()
-            self.netns = None
-        if self.tmp:
-            import shutil
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=3)

@@ -39,29 +39,6 @@ from pathlib import Path
 import numpy as np
 
 from dora_rl.errors import PlanError
-from dora_rl.scenario import Scenario
-
-
-def dilate(scenario: Scenario, slowdown: float) -> Scenario:
-    """The scenario `slowdown` times slower in every respect (compute, network, targets)."""
-    if slowdown == 1.0:
-        return scenario
-    from dataclasses import replace as dc_replace
-
-    from dora_rl.cluster.model import Cluster
-    from dora_rl.runtime.coordinator import scale_scenario
-
-    d = scale_scenario(scenario, slowdown).cluster.to_dict()   # compute (and the argument check)
-    for ln in d["links"]:
-        ln["mbps"] = ln["mbps"] / slowdown
-        ln["latency_ms"] = ln.get("latency_ms", 0.0) * slowdown
-    for m in d["media"].values():
-        m["mbps"] = m["mbps"] / slowdown
-    w, q = scenario.workload, scenario.qoe
-    wl = dc_replace(w, request_rate=w.request_rate / slowdown if w.request_rate else w.request_rate)
-    qoe = dc_replace(q, latency_slo_ms=q.latency_slo_ms * slowdown if q.latency_slo_ms else q.latency_slo_ms,
-                     min_throughput=q.min_throughput / slowdown if q.min_throughput else q.min_throughput)
-    return scenario.replace(cluster=Cluster.from_dict(d), workload=wl, qoe=qoe)
 
 
 def _main_plan(dec):
@@ -93,7 +70,7 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
     base = load_scenario(scenario)
     if base.workload.training:
         raise PlanError(f"scenario {base.name!r} is a training workload; the live adapter serves inference")
-    sc = dilate(base, slowdown)
+    sc = base.dilated(slowdown)
     tr, medium = make_trace(sc, trace, mean_frac=mean_frac, seed=seed,
                             duration_s=max(60.0, duration * time_scale))
     nominal = sc.cluster.media[medium].mbps

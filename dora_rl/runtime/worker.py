@@ -1,4 +1,5 @@
-"""A runtime worker: one process per device, one rank of the `torch.distributed` group.
+"""A runtime worker: one process per device, one rank of the `torch.distributed` group
+(`Worker`, `run_worker`, `python -m dora_rl.runtime.worker`).
 
 Start it with the standard env vars (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE), by
 hand, under torchrun, or spawned by the coordinator (`dora run`): rank 0 is always
@@ -15,7 +16,11 @@ then executes commands from the coordinator until told to stop:
 - `probe`: paced test flows (checks the network emulation); `stats`; `stop`.
 
 Messages between workers are paced by the network emulation and compute is stretched
-to the device's modelled speed (`emulation.py`)."""
+to the device's modelled speed (`emulation.py`). This module holds the worker's core
+(settings, plan adoption, the command loop, probes and statistics) and its entry point;
+the sample hand-off across stages is in worker_pipeline.py, the `infer` command in
+worker_inference.py, the `train` command in worker_training.py, the heartbeat and
+rejoin machinery of the fault-tolerant runtime in heartbeat.py."""
 
 from __future__ import annotations
 
@@ -30,19 +35,23 @@ import time
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from dora_rl.errors import RuntimeFault
-from dora_rl.runtime.comm import (TAG_ACK, TAG_BWD, TAG_CTRL, TAG_FWD, TAG_INPUT, TAG_PROBE, TAG_REPLY, TAG_RING,
-                                  TAG_WEIGHTS, Pending, Transmitter, irecv_tensor, isend_obj, isend_tensor, overlaps,
-                                  recv_obj, sample_edges, send_obj, wait_tensors)
+from dora_rl.runtime.comm import (TAG_ACK, TAG_CTRL, TAG_PROBE, TAG_WEIGHTS, Pending, Transmitter, irecv_tensor,
+                                  isend_obj, recv_obj, send_obj, wait_tensors)
 from dora_rl.runtime.emulation import ComputeClock, NetEmulator, now, sleep_until
+from dora_rl.runtime.heartbeat import NoWorkerFaults
+from dora_rl.runtime.worker_inference import DTYPES, InferenceOps
+from dora_rl.runtime.worker_pipeline import PipelineOps
+from dora_rl.runtime.worker_training import TrainingOps
 
-DTYPES = {"float32": torch.float32, "int64": torch.int64, "float64": torch.float64}
+__all__ = ["DTYPES", "Worker", "run_worker", "main"]
 
 
-class Worker:
+class Worker(PipelineOps, InferenceOps, TrainingOps):
+    """One device's worker: holds its blocks and the running plan, executes commands."""
+
     def __init__(self, device: str, rank: int, world: int):
         self.device = device
         self.rank = rank
@@ -57,7 +66,7 @@ class Worker:
         self.collector = None
         self.sent_bytes = 0.0
         self.recv_bytes = 0.0
-        self.faults = None   # [faults] WorkerFaults when fault tolerance is on
+        self.faults = NoWorkerFaults()   # heartbeat.WorkerFaults when fault tolerance is on
 
     # ------------------------------------------------------------------ setup
     def setup(self, cfg: dict) -> None:
@@ -104,11 +113,9 @@ class Worker:
             if op == "stop":
                 break
             handler = getattr(self, "op_" + op)
-            if self.faults is not None:   # [faults] freeze point for a rejoin (faults.py)
-                self.faults.gate(op)
+            self.faults.gate(op)   # freeze point for a rejoin (heartbeat.py)
             handler(cmd)
-            if self.faults is not None:   # [faults]
-                self.faults.done()
+            self.faults.done()
         self.flush()
         self.tx.close()
         if self.is_source:
@@ -143,7 +150,7 @@ class Worker:
             self.opt_state[b] = {}
         for b, st in cmd.get("opt", {}).items():   # [faults] optimizer state shipped with re-deployed blocks
             self.opt_state[b] = st
-        if "version" in cmd and self.faults is not None:   # [faults]
+        if "version" in cmd:   # fault tolerance: the iteration the re-deployed blocks are at
             self.faults.version = cmd["version"]
         sends.wait()
         self._adopt(plan, keep=bool(cmd.get("keep")))
@@ -180,274 +187,6 @@ class Worker:
                 self.opt_state.pop(b, None)
         self._edges_cache: dict = {}
 
-    def groups(self, training: bool):
-        src = ([self.source], [1.0])
-        g = [src] + [(st[2], st[3]) for st in self.stages]
-        if not training:
-            g.append(src)
-        return g
-
-    def boundary_block(self, k: int) -> int:
-        """Index into `shapes` of the tensor crossing boundary k (0: input, S: output)."""
-        return 0 if k == 0 else self.stages[k - 1][1]
-
-    def links(self, k: int, m: int, training: bool):
-        """Overlaps for boundary k (group k -> group k+1) with micro-batch size m."""
-        key = (k, m, training)
-        if key not in self._edges_cache:
-            g = self.groups(training)
-            a, b = g[k], g[k + 1]
-            self._edges_cache[key] = overlaps(a[0], sample_edges(m, a[1]), b[0], sample_edges(m, b[1]))
-        return self._edges_cache[key]
-
-    def my_range(self, s: int, m: int) -> tuple[int, int]:
-        _, _, devs, sh = self.stages[s]
-        e = sample_edges(m, sh)
-        i = devs.index(self.device)
-        return e[i], e[i + 1]
-
-    # ------------------------------------------------------------------ moving pieces
-    def scatter(self, k: int, j: int, m: int, x: torch.Tensor, x_lo: int, training: bool, tagbase=TAG_FWD) -> None:
-        """Send the samples of x (global range starting at x_lo) over boundary k to
-        the next group's members (local hand-off if the receiver is this device)."""
-        for a, b, lo, hi in self.links(k, m, training):
-            if a != self.device:
-                continue
-            piece = x[lo - x_lo: hi - x_lo]
-            if b == self.device:
-                self.local[(k, j, lo)] = piece
-            else:
-                self.send_tensor(b, piece, tagbase + k)
-
-    def gather(self, k: int, j: int, m: int, training: bool) -> torch.Tensor:
-        """Receive this device's samples of micro-batch j crossing boundary k."""
-        bb = self.boundary_block(k)
-        posted, local = [], []
-        for a, b, lo, hi in self.links(k, m, training):
-            if b != self.device:
-                continue
-            if a == self.device:
-                local.append((lo, self.local.pop((k, j, lo))))
-            else:
-                posted.append((lo, irecv_tensor((hi - lo,) + self.shapes[bb], self.dtypes[bb],
-                                                self.ranks[a], TAG_FWD + k)))
-        got = wait_tensors([p for _, p in posted])
-        for (lo, _), t in zip(posted, got):
-            self.recv_bytes += t.numel() * t.element_size()
-            local.append((lo, t))
-        local.sort(key=lambda p: p[0])
-        return local[0][1] if len(local) == 1 else torch.cat([t for _, t in local])
-
-    def flops(self, s: int, n: int) -> float:
-        l, r = self.stages[s][0], self.stages[s][1]
-        return n * (self.fp[r] - self.fp[l])
-
-    # ------------------------------------------------------------------ inference
-    def op_infer(self, cmd: dict) -> None:
-        rid, batch = cmd["rid"], cmd["batch"]
-        M = self.M
-        m = batch // M
-        t0 = now()
-        if self.is_source:
-            if "x_meta" in cmd:   # the input follows the command as a raw tensor message
-                shape, dt = cmd["x_meta"]
-                x = wait_tensors([irecv_tensor(tuple(shape), DTYPES[dt], 0, TAG_INPUT)])[0]
-            else:
-                x = cmd["x"]
-            remote = []
-            for j in range(M):
-                self.scatter(0, j, m, x[j * m:(j + 1) * m], 0, False)
-                for a, b, lo, hi in self.links(self.S, m, False):
-                    if a != self.device:
-                        remote.append((j, lo, hi, a))
-            entry = {"rid": rid, "t0": t0, "pieces": {}, "need": sum(
-                1 for a, b, lo, hi in self.links(self.S, m, False)) * M, "lock": threading.Lock()}
-            self.current_entry = entry
-            self.collect_q.put((entry, remote))
-        if self.my_stage is not None:
-            s = self.my_stage
-            lo_, hi_ = self.my_range(s, m)
-            for j in range(M):
-                if hi_ <= lo_:
-                    continue
-                x = self.gather(s, j, m, False)
-                t = now()
-                with torch.no_grad():
-                    y = self.module(x)
-                self.clock.stretch(t, self.flops(s, hi_ - lo_))
-                if s == self.S - 1 and self.is_source:
-                    self._add_piece(self.current_entry, j, lo_, y)
-                else:
-                    self.scatter(s + 1, j, m, y, lo_, False)
-
-    def _add_piece(self, entry: dict, j: int, lo: int, t: torch.Tensor) -> None:
-        with entry["lock"]:
-            entry["pieces"][(j, lo)] = t
-            done = len(entry["pieces"]) == entry["need"]
-        if done:
-            out = torch.cat([entry["pieces"][k] for k in sorted(entry["pieces"])])
-            with self.reply_lock:
-                self.pending.add(isend_obj({"rid": entry["rid"], "y": out, "t0": entry["t0"], "t1": now()},
-                                           0, TAG_REPLY))
-
-    def _collect_loop(self) -> None:
-        """Source only: receive answer pieces in request order (several requests in flight)."""
-        try:
-            while True:
-                item = self.collect_q.get()
-                if item is None:
-                    with self.reply_lock:
-                        send_obj({"rid": None}, 0, TAG_REPLY)
-                    return
-                entry, remote = item
-                bb = len(self.shapes) - 1
-                posted = [(j, lo, irecv_tensor((hi - lo,) + self.shapes[bb], self.dtypes[bb], self.ranks[a],
-                                               TAG_FWD + self.S)) for j, lo, hi, a in remote]
-                for j, lo, p in posted:
-                    t = wait_tensors([p])[0]
-                    self.recv_bytes += t.numel() * t.element_size()
-                    self._add_piece(entry, j, lo, t)
-        except Exception as e:  # surface to the coordinator instead of dying silently
-            try:
-                with self.reply_lock:
-                    send_obj({"rid": None, "error": f"{self.device}: {e}"}, 0, TAG_REPLY)
-            except Exception:
-                pass
-
-    # ------------------------------------------------------------------ training
-    def op_train(self, cmd: dict) -> None:
-        if self.faults is not None and "v" in cmd:   # [faults] snapshot at the iteration boundary
-            self.faults.begin_iteration(self, cmd["v"])
-        self._op_train(cmd)
-        if self.faults is not None and "v" in cmd:   # [faults]
-            self.faults.end_iteration(cmd["v"])
-
-    def _op_train(self, cmd: dict) -> None:
-        t0 = now()
-        batch = cmd["batch"]
-        M, S = self.M, self.S
-        m = batch // M
-        if self.is_source:
-            x = cmd["x"]
-            for j in range(M):
-                self.scatter(0, j, m, x[j * m:(j + 1) * m], 0, True)
-        s = self.my_stage
-        if s is not None:
-            lo_, hi_ = self.my_range(s, m)
-            n = hi_ - lo_
-            saved = {}
-            y_all = cmd.get("y")
-            denom = cmd["denom"]
-
-            def fwd(j):
-                x = self.gather(s, j, m, True)
-                if s > 0:
-                    x.requires_grad_(True)
-                t = now()
-                y = self.module(x)
-                if s == S - 1:
-                    lab = y_all[j * m + lo_: j * m + hi_]
-                    y = F.cross_entropy(y.reshape(-1, y.shape[-1]), lab.reshape(-1), reduction="sum") / denom
-                self.clock.stretch(t, self.flops(s, n))
-                if s < S - 1:
-                    self.scatter(s + 1, j, m, y.detach(), lo_, True)
-                saved[j] = (x, y)
-
-            def bwd(j):
-                x, y = saved.pop(j)
-                if s == S - 1:
-                    t = now()
-                    y.backward()
-                else:
-                    g = self.gather_grad(s, j, m, lo_)
-                    t = now()
-                    y.backward(g)
-                self.clock.stretch(t, 2 * self.flops(s, n))
-                if s > 0:
-                    self.scatter_grad(s, j, m, x.grad, lo_)
-
-            if n > 0:
-                warm = min(S - s - 1, M)
-                for j in range(warm):
-                    fwd(j)
-                for j in range(M - warm):
-                    fwd(warm + j)
-                    bwd(j)
-                for j in range(M - warm, M):
-                    bwd(j)
-            self.allreduce_and_step(s)
-        self.flush()
-        self.ack({"op": "train", "device": self.device, "t0": t0, "t1": now()})
-
-    def gather_grad(self, s: int, j: int, m: int, my_lo: int) -> torch.Tensor:
-        """Gradient of my stage output, from the next stage's members (boundary s+1)."""
-        k = s + 1
-        bb = self.boundary_block(k)
-        posted = []
-        for a, b, lo, hi in self.links(k, m, True):
-            if a == self.device:   # I sent them samples [lo, hi) forward; the gradient comes back
-                posted.append((lo, irecv_tensor((hi - lo,) + self.shapes[bb], torch.float32,
-                                                self.ranks[b], TAG_BWD + k)))
-        got = wait_tensors([p for _, p in posted])
-        for t in got:
-            self.recv_bytes += t.numel() * t.element_size()
-        pieces = sorted(zip([lo for lo, _ in posted], got), key=lambda p: p[0])
-        return pieces[0][1] if len(pieces) == 1 else torch.cat([t for _, t in pieces])
-
-    def scatter_grad(self, s: int, j: int, m: int, g: torch.Tensor, my_lo: int) -> None:
-        k = s   # boundary into my stage
-        for a, b, lo, hi in self.links(k, m, True):
-            if b != self.device:
-                continue
-            self.send_tensor(a, g[lo - my_lo: hi - my_lo], TAG_BWD + k)
-
-    def allreduce_and_step(self, s: int) -> None:
-        params = [(b, name, p) for b in sorted(self.blocks) for name, p in self.blocks[b].named_parameters()]
-        for _, _, p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        devs = self.stages[s][2]
-        if len(devs) > 1 and params:
-            flat = torch.cat([p.grad.reshape(-1) for _, _, p in params])
-            self.ring_allreduce(flat, devs)
-            off = 0
-            for _, _, p in params:
-                k = p.numel()
-                p.grad.copy_(flat[off:off + k].view_as(p))
-                off += k
-        with torch.no_grad():
-            for b, name, p in params:
-                d = p.grad
-                if self.momentum:
-                    st = self.opt_state.setdefault(b, {})
-                    buf = st.get(name)
-                    if buf is None:
-                        buf = st[name] = d.clone()
-                    else:
-                        buf.mul_(self.momentum).add_(d)
-                    d = buf
-                p.add_(d, alpha=-self.lr)
-                p.grad = None
-
-    def ring_allreduce(self, flat: torch.Tensor, devs: list[str]) -> None:
-        """Sum `flat` over the group in place: reduce-scatter then all-gather around the
-        ring in group order, 2(g-1) steps of one chunk each (the cost model's formula)."""
-        g = len(devs)
-        p = devs.index(self.device)
-        nxt, prv = devs[(p + 1) % g], devs[(p - 1) % g]
-        chunks = list(torch.tensor_split(flat, g))
-        for phase in (0, 1):
-            for t in range(g - 1):
-                si = (p - t) % g if phase == 0 else (p + 1 - t) % g
-                ri = (p - t - 1) % g if phase == 0 else (p - t) % g
-                self.send_tensor(nxt, chunks[si].clone(), TAG_RING)
-                got = wait_tensors([irecv_tensor(chunks[ri].shape, flat.dtype, self.ranks[prv], TAG_RING)])[0]
-                self.recv_bytes += got.numel() * got.element_size()
-                if phase == 0:
-                    chunks[ri].add_(got)
-                else:
-                    chunks[ri].copy_(got)
-
     # ------------------------------------------------------------------ probe / stats
     def op_probe(self, cmd: dict) -> None:
         """Paced test flows: [(src, dst, nbytes, count)], all starting at cmd['t0'].
@@ -479,11 +218,6 @@ class Worker:
             self.sent_bytes = self.recv_bytes = 0.0
         self.ack(snap)
 
-    def op_checkpoint(self, cmd: dict) -> None:   # [faults] parameters + optimizer state per block
-        self.flush()
-        self.ack({"op": "checkpoint", "state": {
-            b: ({k: v.detach().clone() for k, v in m.state_dict().items()},
-                {k: v.clone() for k, v in self.opt_state.get(b, {}).items()}) for b, m in self.blocks.items()}})
 
     def op_params(self, cmd: dict) -> None:
         self.flush()
@@ -494,6 +228,9 @@ class Worker:
         if self.net.cal is not None:
             self.net.cal.reset()
         self.ack({"op": "reset_calendar"})
+
+
+# ---------------------------------------------------------------------- entry point
 
 
 # ---------------------------------------------------------------------- entry point
@@ -551,8 +288,8 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
     if os.environ.get("DORA_PARENT_PID"):
         _watch_parent(int(os.environ["DORA_PARENT_PID"]))
     fx = None
-    if os.environ.get("DORA_HB_PORT"):   # [faults] heartbeats + rejoin orders (faults.py)
-        from dora_rl.runtime.faults import WorkerFaults
+    if os.environ.get("DORA_HB_PORT"):   # [faults] heartbeats + rejoin orders (heartbeat.py)
+        from dora_rl.runtime.heartbeat import WorkerFaults
         fx = WorkerFaults(device)
     torch.set_num_threads(1)
     _tune_malloc()
@@ -567,7 +304,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         hello = {"device": device}
         resumed = {}
         if fx is not None:   # [faults] a re-executed survivor reports the blocks it kept
-            from dora_rl.runtime.faults import worker_resume
+            from dora_rl.runtime.heartbeat import worker_resume
             resumed = worker_resume()
             hello.update(blocks=sorted(resumed.get("blocks", {})), version=resumed.get("version", -1))
         send_obj(hello, 0, TAG_ACK)

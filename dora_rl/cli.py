@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split())
         sys.stderr.write(f"dora: error: {msg}\n")
         return 2
+    except OSError as e:   # a file the command reads or writes: name it, no traceback
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        sys.stderr.write(f"dora: error: {e.strerror or e}{where}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("dora: interrupted\n")
         return 130

@@ -50,5 +50,9 @@ class RuntimeFault(DoraError):
     """The runtime could not start, reach or keep its workers."""
 
 
+class OutputError(DoraError):
+    """An output file or folder (--out, --plot, ...) cannot be written."""
+
+
 class TraceError(DoraError):
     """A bandwidth trace is empty, non-monotonic or otherwise unusable."""

@@ -58,3 +58,17 @@ def test_bad_plan_exit_2(tmp_path):
 def test_unknown_command_exit_2():
     code, _, err = run("frobnicate")
     assert code == 2 and "invalid choice" in err
+
+
+@pytest.mark.parametrize("flag", ["--out", "--plot"])
+def test_unwritable_output_is_one_line_after_the_result(tmp_path, flag):
+    """An --out/--plot under a regular file cannot be created: the computed result is
+    printed first, then one line on stderr and exit 2 (no traceback)."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    cmd = ["plan", "smart_home", "--planner", "local", "--json"] if flag == "--out" else \
+          ["compare", "smart_home", "--planners", "local", "--json"]
+    code, out, err = run(*cmd, flag, str(blocker / "result.file"))
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "not_a_folder" in err
+    assert json.loads(out)   # what was computed is on stdout

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
 
+from dora_rl.errors import OutputError
 from dora_rl.jsonsafe import json_safe
 
 console = Console()
@@ -16,6 +19,20 @@ console = Console()
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(json_safe(obj), indent=1) + "\n")
+
+
+def write_output(path, write: Callable[[Path], None], what: str) -> Path:
+    """Write one output (`write(path)`), creating its folder; an unwritable path becomes
+    an OutputError naming the path and the cause. Commands print what they computed
+    before they call this, so a bad path loses nothing."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(path)
+    except OSError as e:
+        raise OutputError(f"cannot write the {what} to {str(path)!r}: {e.strerror or e}; "
+                          "choose a path in a writable folder") from None
+    return path
 
 
 def table(title: str, columns: list[str], rows: list[list], justify_right_from: int = 1) -> Table:

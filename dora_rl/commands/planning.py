@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from dora_rl.commands.basic import print_metrics, print_plan
-from dora_rl.commands.common import console, print_json, table
+from dora_rl.commands.common import console, print_json, table, write_output
 from dora_rl.errors import AgentError, NoFeasiblePlan, PlannerError
 
 
@@ -49,17 +49,17 @@ def cmd_plan(args) -> int:
 
     scen = load_scenario(args.scenario)
     res = run_planner(args.planner, scen, **_options(args))
-    if args.out:
-        res.plan.save(args.out)
     if args.json:
         print_json({"planner": args.planner, "plan": res.plan.to_dict(), "metrics": res.metrics.to_dict(),
                     "planning_s": res.seconds})
-        return 0
-    print_plan(scen, res.plan, f"{args.planner} plan on {scen.name} ({res.plan.microbatches} micro-batches, "
-                                f"planned in {res.seconds * 1e3:.1f} ms)")
-    print_metrics(scen, res.metrics)
+    else:
+        print_plan(scen, res.plan, f"{args.planner} plan on {scen.name} ({res.plan.microbatches} micro-batches, "
+                                    f"planned in {res.seconds * 1e3:.1f} ms)")
+        print_metrics(scen, res.metrics)
     if args.out:
-        console.print(f"plan written to {args.out}")
+        write_output(args.out, res.plan.save, "plan")
+        if not args.json:
+            console.print(f"plan written to {args.out}")
     return 0
 
 
@@ -105,10 +105,10 @@ def cmd_compare(args) -> int:
             get_planner(n)  # unknown names fail before any work
     with console.status(f"planning {scen.name} with every planner..."):
         out = compare(scen, names)
-    if args.plot:
-        plot_compare(scen, out, args.plot)
     if args.json:
         print_json(out)
+        if args.plot:
+            write_output(args.plot, lambda p: plot_compare(scen, out, p), "plot")
         return 0
     unit = "samples/s" if scen.workload.training else "req/s"
     what = "iteration" if scen.workload.training else "request"
@@ -129,6 +129,7 @@ def cmd_compare(args) -> int:
         if r["status"] != "ok":
             console.print(f"[dim]{r['planner']}: {r['error']}[/dim]")
     if args.plot:
+        write_output(args.plot, lambda p: plot_compare(scen, out, p), "plot")
         console.print(f"plot written to {args.plot}")
     return 0
 

@@ -15,7 +15,7 @@ from dora_rl.errors import AgentError, TraceError
 from dora_rl.runtime.adapter import (BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli,
                                      simulate)
 from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
-from dora_rl.runtime.adapter.policies import PPOAdapter
+from dora_rl.runtime.adapter.learned import PPOAdapter
 from dora_rl.scenario import Scenario, load_scenario
 
 

@@ -242,6 +242,19 @@ def test_decide_api(traffic):
     assert d.switch_s > cold.drain_s
 
 
+def test_discount_is_recorded_once_per_decision_time(traffic):
+    # the overshoot planned against is the largest of the last memory_s (prior_error 0.25
+    # at the first decision); the history holds one entry per decision time, so asking
+    # again at the same t answers from it, whatever that state says
+    ad = get_adapter("pareto", traffic)
+    ad.decide(State(0.0, {"uplink": 300.0}, error={"uplink": 0.0}))
+    ad.decide(State(1.0, {"uplink": 300.0}, error={"uplink": 0.1}))
+    assert ad.discount(State(1.0, {"uplink": 300.0}, error={"uplink": 0.5})) == {"uplink": 0.25}
+    assert ad.discount(State(2.0, {"uplink": 300.0}, error={"uplink": 0.5})) == {"uplink": 0.5}
+    low = ad.planning_band(State(2.0, {"uplink": 300.0}))[0]["uplink"]
+    assert low == pytest.approx(300.0 / 1.5 * (1 - ad.safety))
+
+
 def test_oracle_bounds_every_adapter_on_compliant_intervals(traffic):
     tr = step_trace([300.0, 200.0, 150.0, 260.0, 120.0], [6.0, 6.0, 6.0, 6.0, 6.0])
     oracle = simulate(traffic, "oracle", tr, duration_s=30, interval_s=1.0, adapter_options={"exact_dp": True})

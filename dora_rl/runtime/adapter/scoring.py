@@ -8,7 +8,7 @@ and battery levels down to 1% (both conservative), and a band's composition per
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dora_rl.cost import CostModel
 from dora_rl.plan import Plan
@@ -20,8 +20,7 @@ Band = tuple[dict, dict, dict]     # (lo, mid, hi) Mbps per medium
 MAX_ENTRIES = 50000                # the cache is emptied when it grows past this
 
 
-@dataclass(frozen=True)
-class Evaluation:
+class Evaluation(NamedTuple):
     """The options of one decision, scored over one bandwidth band."""
 
     band: Band                 # (lo, mid, hi) the plans were scored over (compose.band_score)

@@ -15,7 +15,7 @@ from dora_rl.errors import AgentError, TraceError
 from dora_rl.runtime.adapter import (BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli,
                                      simulate)
 from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
-from dora_rl.runtime.adapter.policies import PPOAdapter
+from dora_rl.runtime.adapter.learned import PPOAdapter
 from dora_rl.scenario import Scenario, load_scenario
 
 
@@ -240,6 +240,19 @@ def test_decide_api(traffic):
     d = cold.decide(State(1.0, {"uplink": 160.0}))
     assert d.switch and d.move_bytes and "jetson1" not in d.move_bytes
     assert d.switch_s > cold.drain_s
+
+
+def test_discount_is_recorded_once_per_decision_time(traffic):
+    # the overshoot planned against is the largest of the last memory_s (prior_error 0.25
+    # at the first decision); the history holds one entry per decision time, so asking
+    # again at the same t answers from it, whatever that state says
+    ad = get_adapter("pareto", traffic)
+    ad.decide(State(0.0, {"uplink": 300.0}, error={"uplink": 0.0}))
+    ad.decide(State(1.0, {"uplink": 300.0}, error={"uplink": 0.1}))
+    assert ad.discount(State(1.0, {"uplink": 300.0}, error={"uplink": 0.5})) == {"uplink": 0.25}
+    assert ad.discount(State(2.0, {"uplink": 300.0}, error={"uplink": 0.5})) == {"uplink": 0.5}
+    low = ad.planning_band(State(2.0, {"uplink": 300.0}))[0]["uplink"]
+    assert low == pytest.approx(300.0 / 1.5 * (1 - ad.safety))
 
 
 def test_oracle_bounds_every_adapter_on_compliant_intervals(traffic):

@@ -246,7 +246,7 @@ def test_shipped_adapt_agent_matches_results_and_beats_random(folder):
 
 def test_ppo_adapter_loads_shipped_agent_and_decides():
     from dora_rl.runtime.adapter import get_adapter
-    from dora_rl.runtime.adapter.policies import State
+    from dora_rl.runtime.adapter.state import State
 
     if not _shipped("adapt"):
         pytest.skip("no AdaptEnv agent shipped")

@@ -33,17 +33,232 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import PlanError
+from dora_rl.plan import Plan
+from dora_rl.runtime.adapter import Decision, Monitor, State, get_adapter
+from dora_rl.runtime.adapter.compose import battery_budgets, conditions, make_mix, score
+from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace, probe_peer
+from dora_rl.runtime.adapter.timeline import plot_timeline
+from dora_rl.runtime.adapter.view import LiveView
+from dora_rl.runtime.emulation import now
+from dora_rl.scenario import Scenario, load_scenario
 
 
-def _main_plan(dec):
+def _main_plan(dec: Decision) -> Plan:
     i = int(np.argmax(dec.fractions))
     return dec.plans[i]
+
+
+class LiveRun:
+    """One run of an adapter on live workers: the dilated scenario, the trace, the adapter
+    and its monitor (both rebuilt on the survivors after a fault), the answers received
+    and the log; `run()` starts the workers and serves for `duration` seconds,
+    `control(t)` is one control interval, `finish()` writes the log and the timeline."""
+
+    def __init__(self, scenario, adapter_name: str, *, duration: float = 30.0, interval: float = 1.0,
+                 slowdown: float = 50.0, rate: float | None = None, trace=None, time_scale: float = 10.0,
+                 mean_frac: float | None = None, fail=(), out_dir: str | Path = "runs/live", live: bool = True,
+                 console=None, timeout: float = 120.0, seed: int = 0, request_deadline: float | None = None,
+                 **adapter_options):
+        for key, v in (("duration", duration), ("interval", interval), ("time_scale", time_scale)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise PlanError(f"--{key.replace('_', '-')} must be a positive number, got {v!r}")
+        self.base = load_scenario(scenario)
+        if self.base.workload.training:
+            raise PlanError(f"scenario {self.base.name!r} is a training workload; the live adapter serves inference")
+        self.adapter_name = adapter_name
+        self.duration, self.interval, self.slowdown, self.time_scale = duration, interval, slowdown, time_scale
+        self.fail, self.out_dir, self.live, self.console, self.timeout = fail, out_dir, live, console, timeout
+        self.sc = self.base.dilated(slowdown)       # the scenario the workers run (the survivors after a fault)
+        self.trace, self.medium = make_trace(self.sc, trace, mean_frac=mean_frac, seed=seed,
+                                             duration_s=max(60.0, duration * time_scale))
+        self.nominal = self.sc.cluster.media[self.medium].mbps
+        self.adapter_options = {"compose": False, **adapter_options}
+        self.adapter = get_adapter(adapter_name, self.sc, **self.adapter_options)
+        self.adapter.bind(self.trace, self.medium, interval)
+        # probes as long as at real speed: the dilated links are `slowdown` x slower
+        self.monitor = Monitor(self.sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
+        self.plan = _main_plan(self.adapter.decide(self.monitor.state(0.0)))     # the plan to deploy
+        self.need = required_rate(self.sc)
+        self.log = Log(self.base.name, self.adapter.name, self.trace.source, self.medium, self.nominal,
+                       float(interval), float(duration), self.sc.qoe.latency_slo_ms, self.need)
+        cap = CostModel(self.sc).evaluate(self.plan).throughput
+        self.offered_rate = rate or self.sc.workload.request_rate or 0.5 * cap
+        if math.isfinite(cap) and cap > 0:
+            self.offered_rate = min(self.offered_rate, 0.8 * cap)
+        self.request_deadline = request_deadline or max(15.0, 20 * (self.sc.qoe.latency_slo_ms or 1000) / 1e3)
+        self.answers: list[tuple[float, float]] = []      # (t_answer, latency_s)
+        self.plans_seen: dict[int, dict] = {}             # plan id -> plan dict, of every decision
+        self.t0 = 0.0                                     # the runtime clock at the start of serving
+        self.last = 0.0                                   # the start of the current control interval
+        self.probe_t, self.probes = -math.inf, 0
+        self.rt = None                                    # the ResilientRuntime, while running
+        self.view = None                                  # the LiveView, while running
+
+    def true_mbps(self, t: float) -> float:
+        """The trace's bandwidth at run time t (replayed `time_scale` x faster)."""
+        return float(self.trace.at(t * self.time_scale))
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> dict:
+        """Start the workers, serve for `duration` seconds with `control` every interval,
+        then `finish`. Returns {summary, log, png, faults}."""
+        from dora_rl.runtime.faults import ResilientRuntime  # torch: imported when a run starts
+
+        with ResilientRuntime(self.sc, timeout=self.timeout, replan=self.replan,
+                              request_deadline=self.request_deadline) as rt:
+            self.rt = rt
+            rt.start(self.plan)
+            if self.adapter.prestage:      # the candidates' weights go out at deployment, as the adapter assumes
+                rt.prestage(self.adapter.holdings)
+            rt.set_bandwidth(self.medium, self.true_mbps(0.0) / self.nominal)
+            for dev, at in self.fail or ():
+                rt.fail_at(dev, at)
+            self.t0 = now()
+            with LiveView(self.live, self.console) as view:
+                self.view = view
+                res = rt.infer(duration=self.duration, rate=self.offered_rate, control=self.control,
+                               interval=self.interval, on_answer=self.on_answer)
+            faults = list(rt.faults)
+        return self.finish(res, faults)
+
+    def on_answer(self, rid: int, latency_s: float, t_answer: float) -> None:
+        self.answers.append((t_answer, latency_s))
+
+    def replan(self, new_sc: Scenario) -> Plan:
+        """A device died: rebuild the adapter (and monitor) on the survivors, let it choose."""
+        ad = get_adapter(self.adapter_name, new_sc, **self.adapter_options)
+        ad.bind(self.trace, self.medium, self.interval)
+        mon = Monitor(new_sc.cluster, probe_bytes=self.monitor.probe_bytes)
+        for d, v in self.monitor.levels.items():
+            if d in mon.levels:
+                mon.levels[d] = v
+        for mname, e in self.monitor.est.items():
+            if mname in mon.est and e.samples:
+                for x in e.samples:
+                    mon.est[mname].add_rate(x)
+        self.sc, self.adapter, self.monitor = new_sc, ad, mon
+        return _main_plan(ad.decide(mon.state(now() - self.t0)))
+
+    # ---------------------------------------------------------------- one interval
+    def control(self, t: float) -> Plan | None:
+        """One control interval ending at run time t: measurements in, batteries drained,
+        the adapter's decision, the log row. Returns the plan to switch to, or None."""
+        t_prev, self.last = self.last, t
+        dt = max(1e-6, t - t_prev)
+        bw_true = self.true_mbps(t)
+        self.rt.set_bandwidth(self.medium, bw_true / self.nominal)
+        self.observe(t)
+        levels = self.monitor.battery()
+        budgets, power = self.drain(t_prev, t, dt, levels)
+        state = self.monitor.state(t)
+        prev_plan = self.rt.plan
+        dec = self.adapter.decide(state)
+        new = _main_plan(dec)
+        do_switch = new.to_dict() != prev_plan.to_dict()
+        row = self.row(t_prev, t, dt, state, dec, do_switch, bw_true, levels, budgets, power)
+        for pid, p in zip(dec.pids, dec.plans, strict=False):
+            self.plans_seen[pid] = p.to_dict()
+        self.log.rows.append(row)
+        self.monitor.record(t, bw_true_mbps=bw_true)
+        self.monitor.close_interval()
+        if self.view is not None:
+            self.view.update(row, self.log)
+        return new if do_switch else None
+
+    def observe(self, t: float) -> None:
+        """The workers' transfer measurements into the monitor; a probe when the medium
+        carried nothing for a while (no requests, or a plan that keeps off it): a small
+        transfer from the source across it, whose rate comes back with the heartbeats.
+        At most one per probe_after_s."""
+        mon, rt = self.monitor, self.rt
+        for (ta, src, dst, b, s) in rt.hb.take_transfers():
+            if src in mon.cluster.index and dst in mon.cluster.index:
+                mon.observe_transfer(src, dst, b, s, ta - self.t0)
+        peer = probe_peer(self.sc, self.medium)
+        if (peer is not None and peer in rt.ranks and mon.needs_probe(self.medium, t)
+                and t - self.probe_t >= mon.probe_after_s):
+            rt.probe_async(self.sc.workload.source, peer, mon.probe_bytes)
+            self.probe_t = t
+            self.probes += 1
+
+    def drain(self, t_prev: float, t: float, dt: float, levels: dict[str, float]) -> tuple[dict[str, float], float]:
+        """Batteries drain by the power model of the running plan on the true condition.
+        Returns (battery budgets, the plan's power; NaN when the cost model rejects it)."""
+        budgets: dict[str, float] = {}
+        try:
+            tcost = CostModel(conditions(self.sc, {self.medium: self.true_mbps((t_prev + t) / 2)}, levels))
+            sc_run = score(tcost, 0, self.rt.plan)
+            budgets = battery_budgets(tcost)
+            mx = make_mix([(sc_run, 1.0)], self.need, budgets, self.sc.qoe.latency_slo_ms)
+            self.monitor.drain(dict(mx.dev_power), dt)
+            power = mx.power
+        except Exception:  # noqa: BLE001  (a plan the cost model rejects on this condition)
+            power = float("nan")
+        return budgets, power
+
+    def row(self, t_prev: float, t: float, dt: float, state: State, dec: Decision, do_switch: bool, bw_true: float,
+            levels: dict[str, float], budgets: dict[str, float], power: float) -> dict:
+        """The log row of the interval [t_prev, t): what was measured and decided, and the
+        QoE violations (latency p95 vs SLO, throughput vs required, battery budgets)."""
+        need, interval, log = self.need, self.interval, self.log
+        recent = [lat for (ta, lat) in self.answers if ta - self.t0 >= t_prev]
+        # no answer in this interval: the last measured latency (None before the first)
+        lat_ms = float(np.percentile(recent, 95) * 1e3) if recent else (log.rows[-1]["latency_ms"]
+                                                                        if log.rows else None)
+        slo = self.sc.qoe.latency_slo_ms
+        # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
+        # at the dilated request rates)
+        win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
+        thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
+        viol = []
+        if slo is not None and lat_ms is not None and lat_ms > slo:
+            viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
+        # throughput once a full window can hold answers (the first ones arrive after one latency)
+        if need and t >= win + (slo or 0.0) / 1e3 and thr < 0.8 * need:
+            viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
+        viol += battery_violations(self.monitor, budgets)
+        return {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
+                "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),
+                "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
+                "switch": bool(do_switch), "switch_s": 0.0, "move_mb": 0.0, "latency_ms": lat_ms,
+                "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None,
+                "answered": len(recent), "throughput": thr, "power_w": power,
+                "energy_j": power * dt if math.isfinite(power) else 0.0,
+                "served_frac": min(1.0, thr / need) if need else 1.0,
+                "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
+                "predicted": dec.predicted, "plan": self.rt.plan.to_dict(), "faults": len(self.rt.faults)}
+
+    # ---------------------------------------------------------------- the outputs
+    def finish(self, res, faults: list) -> dict:
+        """Write `<out>/live_log.json` (with the run's summary under "run") and
+        `<out>/live_timeline.png`. Returns {summary, log, png, faults}."""
+        log = self.log
+        log.plans = [{"id": pid, **p} for pid, p in sorted(self.plans_seen.items())]
+        log.monitor = self.monitor.series
+        out = Path(self.out_dir)
+        jp = log.save(out / "live_log.json")
+        pp = plot_timeline(log, out / "live_timeline.png")
+        admitted = len(res.answered) if res.answered else 0
+        summary = {**log.summary(), "requests": res.n, "answered": admitted,
+                   "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
+                   "reissued": res.reissued, "probes": self.probes, "offered_rate": self.offered_rate,
+                   "slowdown": self.slowdown, "time_scale": self.time_scale,
+                   "latency_ms": {k: v / self.slowdown for k, v in res.latency_ms.items()},
+                   "faults": [{k: v for k, v in f.items() if k != "plan"} for f in faults]}
+        # the log keeps real-time (dilated) numbers; the summary also states them at device speed
+        data = json.loads(jp.read_text())
+        data["run"] = summary
+        jp.write_text(json.dumps(data, indent=1, default=str) + "\n")
+        return {"summary": summary, "log": str(jp), "png": str(pp), "faults": faults}
 
 
 def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: float = 1.0,
@@ -52,170 +267,8 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
              console=None, timeout: float = 120.0, seed: int = 0, request_deadline: float | None = None,
              **adapter_options) -> dict:
     """Run `adapter_name` on live workers for `duration` seconds; returns
-    {summary, log, png, faults, requests}."""
-    from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter import Monitor, get_adapter
-    from dora_rl.runtime.adapter.compose import conditions, make_mix, score, battery_budgets
-    from dora_rl.cost.qoe import required_rate
-    from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace, probe_peer
-    from dora_rl.runtime.adapter.timeline import plot_timeline
-    from dora_rl.runtime.adapter.view import LiveView
-    from dora_rl.runtime.emulation import now
-    from dora_rl.runtime.faults import ResilientRuntime
-    from dora_rl.scenario import load_scenario
-
-    for key, v in (("duration", duration), ("interval", interval), ("time_scale", time_scale)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise PlanError(f"--{key.replace('_', '-')} must be a positive number, got {v!r}")
-    base = load_scenario(scenario)
-    if base.workload.training:
-        raise PlanError(f"scenario {base.name!r} is a training workload; the live adapter serves inference")
-    sc = base.dilated(slowdown)
-    tr, medium = make_trace(sc, trace, mean_frac=mean_frac, seed=seed,
-                            duration_s=max(60.0, duration * time_scale))
-    nominal = sc.cluster.media[medium].mbps
-    adapter_options = {"compose": False, **adapter_options}
-    st = {"sc": sc, "ad": get_adapter(adapter_name, sc, **adapter_options)}
-    st["ad"].bind(tr, medium, interval)
-    # probes as long as at real speed: the dilated links are `slowdown` x slower
-    mon = Monitor(sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
-    dec = st["ad"].decide(mon.state(0.0))
-    plan = _main_plan(dec)
-    need = required_rate(sc)
-    log = Log(base.name, st["ad"].name, tr.source, medium, nominal, float(interval), float(duration),
-              sc.qoe.latency_slo_ms, need)
-    cap = CostModel(sc).evaluate(plan).throughput
-    r = rate or sc.workload.request_rate or 0.5 * cap
-    if math.isfinite(cap) and cap > 0:
-        r = min(r, 0.8 * cap)
-    answers: list = []          # (t_answer, latency_s)
-    rows_pids = {}
-
-    def true_mbps(t):
-        return float(tr.at(t * time_scale))
-
-    def replan(new_sc):
-        # a device died: rebuild the adapter (and monitor) on the survivors, let it choose
-        ad = get_adapter(adapter_name, new_sc, **adapter_options)
-        ad.bind(tr, medium, interval)
-        m2 = Monitor(new_sc.cluster, probe_bytes=mon.probe_bytes)
-        for d, v in st["mon"].levels.items():
-            if d in m2.levels:
-                m2.levels[d] = v
-        for mname, e in st["mon"].est.items():
-            if mname in m2.est and e.samples:
-                for x in e.samples:
-                    m2.est[mname].add_rate(x)
-        st.update(sc=new_sc, ad=ad, mon=m2)
-        return _main_plan(ad.decide(m2.state(now() - st["t0"])))
-
-    st["mon"] = mon
-    with ResilientRuntime(sc, timeout=timeout, replan=replan,
-                          request_deadline=request_deadline or max(15.0, 20 * (sc.qoe.latency_slo_ms or 1000) / 1e3)
-                          ) as rt:
-        rt.start(plan)
-        if st["ad"].prestage:      # the candidates' weights go out at deployment, as the adapter assumes
-            rt.prestage(st["ad"].holdings)
-        rt.set_bandwidth(medium, true_mbps(0.0) / nominal)
-        for dev, at in fail or ():
-            rt.fail_at(dev, at)
-        st["t0"] = now()
-        st["last"] = 0.0
-        st["probe_t"], st["probes"] = -math.inf, 0
-        st["dec"] = dec
-
-        def control(t):
-            mon = st["mon"]
-            t0 = st["t0"]
-            t_prev = st["last"]
-            dt = max(1e-6, t - t_prev)
-            st["last"] = t
-            bw_true = true_mbps(t)
-            rt.set_bandwidth(medium, bw_true / nominal)
-            for (ta, src, dst, b, s) in rt.hb.take_transfers():
-                if src in mon.cluster.index and dst in mon.cluster.index:
-                    mon.observe_transfer(src, dst, b, s, ta - t0)
-            # nothing measured on the medium for a while (no requests, or a plan that keeps
-            # off it): a small probe from the source across it; its rate comes back with
-            # the heartbeats. At most one per probe_after_s.
-            peer = probe_peer(st["sc"], medium)
-            if (peer is not None and peer in rt.ranks and mon.needs_probe(medium, t)
-                    and t - st["probe_t"] >= mon.probe_after_s):
-                rt.probe_async(st["sc"].workload.source, peer, mon.probe_bytes)
-                st["probe_t"] = t
-                st["probes"] += 1
-            # batteries: the power model of the running plan on the true condition
-            levels = mon.battery()
-            budgets = {}
-            try:
-                tcost = CostModel(conditions(st["sc"], {medium: true_mbps((t_prev + t) / 2)}, levels))
-                sc_run = score(tcost, 0, rt.plan)
-                budgets = battery_budgets(tcost)
-                mx = make_mix([(sc_run, 1.0)], need, budgets, st["sc"].qoe.latency_slo_ms)
-                mon.drain(dict(mx.dev_power), dt)
-                power = mx.power
-            except Exception:  # noqa: BLE001  (a plan the cost model rejects on this condition)
-                power = float("nan")
-            recent = [lat for (ta, lat) in answers if ta - t0 >= t_prev]
-            state = mon.state(t)
-            prev_plan = rt.plan
-            dec = st["ad"].decide(state)
-            st["dec"] = dec
-            new = _main_plan(dec)
-            do_switch = new.to_dict() != prev_plan.to_dict()
-            # no answer in this interval: the last measured latency (None before the first)
-            lat_ms = float(np.percentile(recent, 95) * 1e3) if recent else (log.rows[-1]["latency_ms"]
-                                                                            if log.rows else None)
-            slo = st["sc"].qoe.latency_slo_ms
-            # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
-            # at the dilated request rates)
-            win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
-            thr = sum(1 for (ta, _) in answers if ta - t0 >= t - win) / win
-            viol = []
-            if slo is not None and lat_ms is not None and lat_ms > slo:
-                viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
-            # throughput once a full window can hold answers (the first ones arrive after one latency)
-            if need and t >= win + (slo or 0.0) / 1e3 and thr < 0.8 * need:
-                viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
-            viol += battery_violations(mon, budgets)
-            row = {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
-                   "bw_error": state.error.get(medium, 0.0), "battery": levels, "pids": list(dec.pids),
-                   "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
-                   "switch": bool(do_switch), "switch_s": 0.0, "move_mb": 0.0, "latency_ms": lat_ms,
-                   "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None,
-                   "answered": len(recent), "throughput": thr, "power_w": power,
-                   "energy_j": power * dt if math.isfinite(power) else 0.0,
-                   "served_frac": min(1.0, thr / need) if need else 1.0,
-                   "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
-                   "predicted": dec.predicted, "plan": rt.plan.to_dict(), "faults": len(rt.faults)}
-            for pid, p in zip(dec.pids, dec.plans):
-                rows_pids[pid] = p.to_dict()
-            log.rows.append(row)
-            mon.record(t, bw_true_mbps=bw_true)
-            mon.close_interval()
-            if view is not None:
-                view.update(row, log)
-            return new if do_switch else None
-
-        with LiveView(live, console) as view:
-            res = rt.infer(duration=duration, rate=r, control=control, interval=interval,
-                           on_answer=lambda rid, lat, t1: answers.append((t1, lat)))
-        faults = list(rt.faults)
-    log.plans = [{"id": pid, **p} for pid, p in sorted(rows_pids.items())]
-    log.monitor = st["mon"].series
-    out = Path(out_dir)
-    jp = log.save(out / "live_log.json")
-    pp = plot_timeline(log, out / "live_timeline.png")
-    admitted = len(res.answered) if res.answered else 0
-    summary = {**log.summary(), "requests": res.n, "answered": admitted,
-               "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
-               "reissued": res.reissued, "probes": st["probes"], "offered_rate": r, "slowdown": slowdown,
-               "time_scale": time_scale,
-               "latency_ms": {k: v / slowdown for k, v in res.latency_ms.items()},
-               "faults": [{k: v for k, v in f.items() if k != "plan"} for f in faults]}
-    # the log keeps real-time (dilated) numbers; the summary also states them at device speed
-    import json
-    data = json.loads(jp.read_text())
-    data["run"] = summary
-    jp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    return {"summary": summary, "log": str(jp), "png": str(pp), "faults": faults}
+    {summary, log, png, faults} (see LiveRun)."""
+    return LiveRun(scenario, adapter_name, duration=duration, interval=interval, slowdown=slowdown, rate=rate,
+                   trace=trace, time_scale=time_scale, mean_frac=mean_frac, fail=fail, out_dir=out_dir, live=live,
+                   console=console, timeout=timeout, seed=seed, request_deadline=request_deadline,
+                   **adapter_options).run()

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dora_rl.runtime.adapter.base import ADAPTERS, Adapter, adapter_names, get_adapter, register_adapter
 from dora_rl.runtime.adapter.compose import Mix, Scored, best_mix, choose_mix, conditions, lp_mix, make_mix, score
+from dora_rl.runtime.adapter.learned import AgentPolicy, PPOAdapter, load_agent_policy, register_agent_loader
 from dora_rl.runtime.adapter.monitor import BandwidthEstimator, Monitor, read_os_battery
-from dora_rl.runtime.adapter.policies import (ADAPTERS, Adapter, AgentPolicy, Decision, State, adapter_names,
-                                              get_adapter, load_agent_policy, register_adapter,
-                                              register_agent_loader)
+from dora_rl.runtime.adapter.rules import OracleAdapter, ParetoAdapter, ReplanAdapter, StaticAdapter
 from dora_rl.runtime.adapter.simulate import Log, make_trace, simulate
+from dora_rl.runtime.adapter.state import Decision, State
 
 
 def run_simulation_cli(scenario, adapter_name: str, trace_spec=None, duration: float = 120.0,
@@ -29,9 +30,9 @@ def run_simulation_cli(scenario, adapter_name: str, trace_spec=None, duration: f
     """Simulate `adapter_name` on `scenario` (a Scenario, preset name or YAML path) over
     `trace_spec` (see make_trace), showing the live view; write `<out_dir>/adapter_log.json`
     and `<out_dir>/adapter_timeline.png`. Returns {summary, log, png}."""
-    from dora_rl.scenario import load_scenario
     from dora_rl.runtime.adapter.timeline import plot_timeline
     from dora_rl.runtime.adapter.view import LiveView
+    from dora_rl.scenario import load_scenario
 
     scen = load_scenario(scenario)
     adapter = get_adapter(adapter_name, scen, **adapter_options)
@@ -45,6 +46,7 @@ def run_simulation_cli(scenario, adapter_name: str, trace_spec=None, duration: f
 
 
 __all__ = ["ADAPTERS", "Adapter", "AgentPolicy", "BandwidthEstimator", "Decision", "Log", "Mix", "Monitor",
-           "Scored", "State", "adapter_names", "best_mix", "choose_mix", "conditions", "get_adapter",
-           "load_agent_policy", "lp_mix", "make_mix", "make_trace", "read_os_battery", "register_adapter",
-           "register_agent_loader", "run_simulation_cli", "score", "simulate"]
+           "OracleAdapter", "PPOAdapter", "ParetoAdapter", "ReplanAdapter", "Scored", "State", "StaticAdapter",
+           "adapter_names", "best_mix", "choose_mix", "conditions", "get_adapter", "load_agent_policy", "lp_mix",
+           "make_mix", "make_trace", "read_os_battery", "register_adapter", "register_agent_loader",
+           "run_simulation_cli", "score", "simulate"]

@@ -336,7 +336,7 @@ def lp_mix(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: 
     if x.sum() <= 0:
         return None
     x = x / x.sum()
-    parts = [(s, float(a)) for s, a in zip(cands, x) if a > 0]
+    parts = [(s, float(a)) for s, a in zip(cands, x, strict=False) if a > 0]
     parts.sort(key=lambda p: p[0].pid)
     if len(parts) == 1:
         return None      # a single plan: choose_mix compares single plans at their load power

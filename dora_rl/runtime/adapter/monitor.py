@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dora_rl.cluster.model import Cluster
+from dora_rl.runtime.adapter.state import State
 
 POWER_SUPPLY_ROOT = Path("/sys/class/power_supply")
 
@@ -181,8 +182,7 @@ class Monitor:
         return {m: (max(e) if e else 0.0) for m, e in self.errors.items()}
 
     def state(self, t: float):
-        """The adapter's input at time t (a policies.State)."""
-        from dora_rl.runtime.adapter.policies import State
+        """The adapter's input at time t (a State)."""
         return State(t, self.bandwidth(), self.battery(), self.error())
 
     # --- battery -----------------------------------------------------------------

@@ -37,12 +37,20 @@ from dora_rl.cluster.traces import BandwidthTrace, resolve_trace
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import TraceError
-from dora_rl.scenario import Scenario
-from dora_rl.runtime.adapter.compose import (battery_budgets, budget_violations, conditions, make_mix,
-                                             radio_joules, score, transfer_seconds)
-from dora_rl.runtime.adapter.monitor import Monitor
-from dora_rl.runtime.adapter.policies import Adapter, get_adapter, true_mbps
 from dora_rl.jsonsafe import json_safe
+from dora_rl.runtime.adapter.base import Adapter, get_adapter
+from dora_rl.runtime.adapter.compose import (
+    battery_budgets,
+    budget_violations,
+    conditions,
+    make_mix,
+    radio_joules,
+    score,
+    transfer_seconds,
+)
+from dora_rl.runtime.adapter.monitor import Monitor
+from dora_rl.runtime.adapter.rules import true_mbps
+from dora_rl.scenario import Scenario
 
 SAMPLES_PER_INTERVAL = 4
 
@@ -250,7 +258,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
         energy, lat, cap, viol = extra_j, 0.0, 0.0, []
         served = 0.0
         for (pids, fr), d_s in segs:
-            parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr)]
+            parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
             mx = make_mix(parts, need, budgets, slo)
             viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
             energy += mx.power * d_s
@@ -262,7 +270,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
         mon.drain({d: j / dt for d, j in drain.items()}, dt)
         viol += battery_violations(mon, budgets)
         # feed the estimator with what the serving plan actually transferred
-        main_pid = max(zip(target[1], target[0]))[1]
+        main_pid = max(zip(target[1], target[0], strict=False))[1]
         if main_pid not in flow_cache:
             flow_cache[main_pid] = plan_flows(nom_cost, adapter.plans[main_pid])
         flows = flow_cache[main_pid]

@@ -25,12 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dora_rl.cost import CostModel  # noqa: E402
-from dora_rl.planners import get_planner  # noqa: E402
-from dora_rl.runtime.calibrate import calibrate, host_cores  # noqa: E402
-from dora_rl.runtime.measure import measure  # noqa: E402
-from dora_rl.scenario import load_scenario  # noqa: E402
-
 CASES = [("resnet18", False), ("mobilenet_v2", False), ("vit_b16", False), ("resnet18", True)]
 TARGET_MEDIAN, TARGET_WORST = 0.10, 0.20
 
@@ -40,6 +34,12 @@ def _load() -> float:
 
 
 def one(model: str, training: bool, workers: int, tmp: Path) -> dict:
+    from dora_rl.cost import CostModel
+    from dora_rl.planners import get_planner
+    from dora_rl.runtime.calibrate import calibrate
+    from dora_rl.runtime.measure import measure
+    from dora_rl.scenario import load_scenario
+
     t0 = time.monotonic()
     load0 = _load()
     cal = calibrate(model, workers, tmp / f"{model}_{'train' if training else 'infer'}", training=training)
@@ -58,13 +58,16 @@ def one(model: str, training: bool, workers: int, tmp: Path) -> dict:
 
 
 def run(results: dict) -> None:
+    from dora_rl.errors import DoraError
+    from dora_rl.runtime.calibrate import host_cores
+
     workers = max(2, min(3, len(host_cores())))
     rows = []
     with tempfile.TemporaryDirectory(prefix="dora_fidelity_") as d:
         for model, training in CASES:
             try:
                 row = one(model, training, workers, Path(d))
-            except Exception as e:  # noqa: BLE001  (report the case, keep the others)
+            except (DoraError, RuntimeError, OSError) as e:   # report the case, keep the others
                 row = {"model": model, "kind": "training" if training else "inference", "failed": str(e)}
             rows.append(row)
             if "failed" in row:

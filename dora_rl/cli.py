@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "dora_rl.commands.planning",   # plan, compare
     "dora_rl.commands.learning",   # train, evaluate
     "dora_rl.commands.runtime",    # run, worker
+    "dora_rl.commands.calibrate",  # calibrate
     "dora_rl.commands.demo",       # demo
 ]
 

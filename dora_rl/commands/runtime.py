@@ -22,7 +22,9 @@ def add_commands(sub) -> None:
     p.add_argument("--slowdown", type=float, default=1.0,
                    help="divide every device's gflops by X (emulate on a CPU slower than the modelled devices; "
                         "the prediction uses the same scaled speeds)")
-    p.add_argument("--no-emulate", action="store_true", help="run at this machine's real speed, unpaced")
+    p.add_argument("--no-emulate", action="store_true",
+                   help="compute at this machine's real speed (no stretching to the modelled devices); transfers "
+                        "are still paced to the links (for a `dora calibrate` scenario: prediction vs real execution)")
     p.add_argument("--network", choices=["pace", "netns"], default="pace",
                    help="how links and media are emulated: pace = in-process pacing calendar (default); netns = one "
                         "network namespace per device, veth pairs, kernel tc/htb shaping (root only; "
@@ -109,7 +111,7 @@ def cmd_run(args) -> int:
     plan = _plan_for(sc, args.plan or args.planner or "dora")
     switch = _plan_for(sc, args.switch_to) if args.switch_to else None
     out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
-                  rate=args.rate, timeout=args.timeout, switch_plan=switch, network=args.network)
+                  rate=args.rate, timeout=args.timeout, switch_plan=switch, network=args.network, pace=True)
     out["slowdown"] = args.slowdown
     if args.json:
         print_json(out)

@@ -32,27 +32,33 @@ def reference_sgd(model: str, batches, lr: float) -> dict:
 def measure(scenario: Scenario, plan: Plan, *, requests: int = 30, iterations: int = 5, warmup: int = 2,
             emulate: bool = True, rate: float | None = None, throughput_phase: bool = True,
             timeout: float = 120.0, lr: float = 0.01, switch_plan: Plan | None = None,
-            network: str = "pace") -> dict:
+            network: str = "pace", pace: bool | None = None) -> dict:
     """Measure `plan` on `scenario` (already scaled, if emulating at a slowdown).
 
     Inference: a latency phase with open-loop arrivals at `rate` (default: the
     scenario's request_rate, capped at 0.8x the predicted capacity so requests do not
     queue), then a throughput phase with a window of 2 x stages in flight. Training:
     `iterations` timed iterations after `warmup` untimed ones. With `switch_plan`, the
-    plan is switched half-way through the latency phase / the timed iterations."""
+    plan is switched half-way through the latency phase / the timed iterations.
+    `emulate=False` computes at real speed; `pace` (default: `emulate`) paces transfers
+    to the links either way (`dora run --no-emulate` paces)."""
     cost = CostModel(scenario)
     pred = cost.evaluate(plan)
-    out = {"scenario": scenario.name, "plan": plan.to_dict(), "emulated": emulate, "network": network,
+    pace = emulate if pace is None else pace
+    out = {"scenario": scenario.name, "plan": plan.to_dict(), "emulated": emulate, "paced": pace,
+           "network": network,
            "predicted": {"latency_ms": pred.latency_ms, "throughput": pred.throughput, "energy_j": pred.energy_j,
                          "feasible": pred.feasible, "qoe_ok": pred.qoe_ok, "violations": pred.violations}}
-    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr, network=network) as rt:   # [netns] network
+    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr, network=network, pace=pace) as rt:   # [netns] network
         rt.start(plan)
         if scenario.workload.training:
             if warmup:
                 rt.train(warmup)
             res = rt.train(iterations, switch_at=iterations // 2 if switch_plan else None, switch_plan=switch_plan)
             d = res.to_dict()
-            out["measured"] = {"latency_ms": d["iteration_ms"], "throughput": scenario.workload.batch / (
+            out["predicted"]["iteration_ms"] = pred.latency_ms
+            out["measured"] = {"latency_ms": d["iteration_ms"], "iteration_ms": d["iteration_ms"],
+                               "throughput": scenario.workload.batch / (
                 sum(res.iter_s) / len(res.iter_s)), "energy_j": res.energy_j, "busy_s": res.busy_s,
                 "saturated": d["saturated"], "switch": d["switch"]}
             out["unit"] = "samples/s"

@@ -437,11 +437,15 @@ def test_robust_fallback_keeps_the_most_robust_compliant_option():
     assert dr.predicted["power_w"] > dw.predicted["power_w"]      # robustness is paid in energy
 
 
-def test_decisions_are_cached_and_fast(traffic):
+def test_decisions_are_cached(traffic):
+    """Revisited bandwidth bins are lookups: replaying the same 200 conditions builds no
+    new cost model. (Decision time itself is a bench figure: bench_adapter's d95.)"""
     ad = get_adapter("pareto", traffic)
-    rng = np.random.default_rng(0)
-    ms = []
-    for k, b in enumerate(300 * rng.uniform(0.5, 1.6, 200)):
-        ms.append(ad.decide(State(float(k), {"uplink": float(b)}, {}, {"uplink": 0.2})).decide_ms)
-    assert np.percentile(ms, 95) < 20.0
-    assert np.median(ms[100:]) < np.median(ms[:20])    # revisited bandwidth bins are lookups
+    bws = 300 * np.random.default_rng(0).uniform(0.5, 1.6, 200)
+    for k, b in enumerate(bws):
+        ad.decide(State(float(k), {"uplink": float(b)}, {}, {"uplink": 0.2}))
+    built = ad.scores.built
+    assert built > 0
+    for k, b in enumerate(bws):
+        ad.decide(State(200.0 + k, {"uplink": float(b)}, {}, {"uplink": 0.2}))
+    assert ad.scores.built == built

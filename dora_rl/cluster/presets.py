@@ -16,8 +16,12 @@ Rule for `gflops` (EFFECTIVE sustained FP32 rate for DNN inference, not peak):
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from dora_rl.errors import ClusterError
+
+if TYPE_CHECKING:
+    from dora_rl.cluster.model import Device
 
 EFFECTIVE_FRACTION = 0.40   # effective / derived FP32 peak, for GPU devices
 

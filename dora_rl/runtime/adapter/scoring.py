@@ -39,6 +39,7 @@ class ScoreCache:
         self.compose, self.slack = compose, slack
         self.enabled = enabled
         self._cache: dict = {}
+        self.built = 0          # cost models built (conditions scored from scratch): the cache's misses
 
     def key(self, bandwidth, battery):
         """(bandwidth, battery, hashable key) of a condition, binned when the cache is on."""
@@ -57,6 +58,7 @@ class ScoreCache:
         if hit is not None:
             return hit
         cost = CostModel(conditions(self.scenario, bandwidth, battery))
+        self.built += 1
         out = (cost, {p: score(cost, p, self.plans[p]) for p in pids})
         self._remember(key, out)
         return out

@@ -1,7 +1,7 @@
 """The DP engine: back-to-front dynamic programming over block suffixes with Pareto labels.
 
 A label (`labels.Label`) is a suffix of stages starting at block l; it is kept in the
-Pareto list of `labels[l][Key(first group, its shares, j)]`. The engine seeds the last
+Pareto list `labels[l][(first group, id of its shares, j)]`. The engine seeds the last
 stage [l, B) (inference: with the answer's return to the source), prepends stages
 [l0, l) on groups disjoint from the suffix's devices (adding the stage and the boundary
 transfer at l), and closes at l = 0 with the source's input transfer. Every final figure
@@ -24,7 +24,6 @@ from dora_rl.planners.dp.labels import (
     STEADY,
     Boundary,
     Candidate,
-    Key,
     Label,
     Node,
     Span,
@@ -170,7 +169,7 @@ class DPEngine:
                     continue
                 pending = tuple(pend.get(d, 0.0) if lim.pmax[d] is not None else 0.0 for d in devs)
                 lab = Label(tuple(v), self.claim[gi], pending, Node(Span(l, B, devs, st.shares), None))
-                labels[l].setdefault(Key(gi, st.shid, 1), []).append(lab)
+                labels[l].setdefault((gi, st.shid, 1), []).append(lab)
 
     def _prepend(self, labels: list, cuts: list[int], ci: int, bcache: dict) -> int:
         """Prepend a stage [l0, l) (l = cuts[ci]) to every label starting at l; returns the
@@ -224,10 +223,9 @@ class DPEngine:
                     es_add = pend0.pop(src, 0.0)          # the source's share goes to SOURCE_J
                     if src in devs:
                         es_add += rad.get(src, 0.0)
-                    # tuple.__new__ builds these NamedTuples without their Python-level __new__ (hot loops)
-                    tgt = labels[l0].setdefault(new(Key, (gi0, shid0, j0)), [])
+                    tgt = labels[l0].setdefault((gi0, shid0, j0), [])
                     p0 = tuple(pend0.get(d, 0.0) if pmax[d] is not None else 0.0 for d in devs0)
-                    span0 = new(Span, (l0, l, devs0, sh0))
+                    span0 = None                          # the new stage, built with its first label
                     t = u0 if u0 > tocc else tocc
                     for vec, claim_o, pending, node in avail:
                         v = list(vec)
@@ -257,6 +255,9 @@ class DPEngine:
                         if not good:
                             continue
                         n_labels += 1
+                        if span0 is None:
+                            span0 = new(Span, (l0, l, devs0, sh0))
+                        # tuple.__new__ builds the NamedTuples without their Python-level __new__ (hot loop)
                         tgt.append(new(Label, (tuple(v), claim_o | claim0, p0, new(Node, (span0, node)))))
         return n_labels
 

@@ -1,8 +1,8 @@
 """Named records of the DP: a label's cost vector layout, labels, stage and boundary costs.
 
 A label describes a suffix of stages that starts at block l with a first stage on a
-group G (shares sh); its DP key is `Key(group, shares id, j)` with j = min(M, stages
-in the suffix) for training. Its vector holds monotone cost components so that
+group G (shares sh); its Pareto list is keyed (G, id of (G, sh), j) with j = min(M,
+stages in the suffix) for training, else 1. Its vector holds monotone cost components so that
 dominance pruning is exact (docs/planners.md):
 
     FILL       fill: sum of stage times and boundary transfers (+ latency)   additive
@@ -71,14 +71,6 @@ class Label(NamedTuple):
     claim: int                   # U: mask of the devices the suffix uses (or claims, chain space)
     pending: tuple[float, ...]   # battery J of the first stage's devices whose incoming transfer is unknown
     stages: Node
-
-
-class Key(NamedTuple):
-    """A Pareto list's key within one start block."""
-
-    group: int         # index of the first stage's group
-    shid: int          # id of (group, shares)
-    j: int             # min(M, stages in the suffix) for training, else 1
 
 
 class StageCost(NamedTuple):

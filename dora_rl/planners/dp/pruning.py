@@ -30,8 +30,8 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
     k = len(lst)
     if k <= 1:
         return lst
-    X = np.array([vec + pending for vec, _, pending, _ in lst], dtype=float)
-    U = np.array([claim for _, claim, _, _ in lst], dtype=np.int64)
+    X = np.array([o.vec + o.pending for o in lst], dtype=float)
+    U = np.array([o.claim for o in lst], dtype=np.int64)
     scale = np.abs(X).max(axis=0)
     scale[scale == 0] = 1.0
     key = (X / scale).sum(axis=1)

@@ -1,4 +1,4 @@
-"""The published baselines (dora_rl/planners/baselines.py, docs/baselines.md): each on a
+"""The published baselines (dora_rl/planners/baselines/, docs/baselines.md): each on a
 hand-made instance where its rule gives a known answer, pipeedge against brute force,
 determinism of `random`, memory failures, and speed."""
 

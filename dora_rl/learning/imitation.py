@@ -65,7 +65,7 @@ def teacher_plan(inst, budget: float | None = None):
     from dora_rl.cost.qoe import utility
     from dora_rl.errors import NoFeasiblePlan
     from dora_rl.planners import run_planner
-    from dora_rl.planners.dp import _to_plan, search
+    from dora_rl.planners.dp import search, to_plan as _to_plan
 
     try:
         return run_planner("dora", inst.scenario, inst.cost).plan, "dora"

@@ -65,7 +65,7 @@ def teacher_plan(inst, budget: float | None = None):
     from dora_rl.cost.qoe import utility
     from dora_rl.errors import NoFeasiblePlan
     from dora_rl.planners import run_planner
-    from dora_rl.planners.dp import search, to_plan as _to_plan
+    from dora_rl.planners.dp import search, to_plan
 
     try:
         return run_planner("dora", inst.scenario, inst.cost).plan, "dora"
@@ -81,7 +81,7 @@ def teacher_plan(inst, budget: float | None = None):
     if not cands:
         return None, "relaxed: nothing fits"
     best = max(cands, key=lambda c: utility(inst.cost, c.metrics, inst.ref_obj))
-    return _to_plan(inst.cost, best.stages), "relaxed"
+    return to_plan(inst.cost, best.stages), "relaxed"
 
 
 def replay(env, inst, plan):

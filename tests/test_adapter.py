@@ -182,9 +182,17 @@ def test_composition_respects_battery_budget():
 
 
 def test_composition_excludes_plans_over_the_slo():
-    A, B = _cand(0, 8, 2, 2), _cand(1, 12, 6, 5.5, lat=150.0)
+    # The instance of the test above, but B's latency (150 ms) is over the 100 ms SLO: a
+    # time-share may not use it, so the optimum moves from A/B 50/50 (4 W) to A/C with
+    # 8a + 20(1-a) >= 10 -> a <= 5/6: 2(5/6) + 15(1/6) = 4.1667 W (C alone: 12 W).
+    A, B, C = _cand(0, 8, 2, 2), _cand(1, 12, 6, 5.5, lat=150.0), _cand(2, 20, 15, 12)
     B.lat_ok = False
-    assert lp_mix([s for s in (A, B) if s.lat_ok], 10.0, {}, 100.0) is None
+    C.metrics.qoe_ok = True
+    C.metrics.violations = []
+    mix = choose_mix([A, B, C], need=10.0, budgets={}, slo_ms=100.0)
+    assert mix.pids == (0, 2)
+    assert mix.fractions == pytest.approx((5 / 6, 1 / 6), abs=1e-5)
+    assert mix.power == pytest.approx(2 * 5 / 6 + 15 / 6, rel=1e-5)
 
 
 # ---------------------------------------------------------------- switching

@@ -63,9 +63,11 @@ def run(results: dict) -> None:
     results["plans_per_s_8stages_training_validated"] = _rate(CostModel(train), plans, True)
     results["target_plans_per_s"] = 20000
     # profiling resnet50 in a fresh process (includes torch's one-off FlopCounterMode warm-up)
-    code = ("import time; from dora_rl.profile.profiler import profile_module; from dora_rl.profile.zoo import build_model;"
+    code = ("import time; from dora_rl.profile.profiler import profile_module; "
+            "from dora_rl.profile.zoo import build_model;"
             "m,x=build_model('resnet50',device='meta'); t=time.perf_counter(); profile_module(m,x,'resnet50');"
-            "a=time.perf_counter()-t; t=time.perf_counter(); profile_module(m,x,'resnet50'); print(a, time.perf_counter()-t)")
+            "a=time.perf_counter()-t; t=time.perf_counter(); profile_module(m,x,'resnet50'); "
+            "print(a, time.perf_counter()-t)")
     cold, warm = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                            check=True).stdout.split())
     results["profile_resnet50_cold_s"] = cold

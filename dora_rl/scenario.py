@@ -93,7 +93,8 @@ class Scenario:
         qoe = _parse_qoe(d.get("qoe") or {}, name)
         dyn = d.get("dynamics") or {}
         if not isinstance(dyn, dict):
-            raise ScenarioError(f"scenario {name!r}: 'dynamics' must be a mapping (e.g. bandwidth: {{medium: wifi, trace: ...}})")
+            raise ScenarioError(f"scenario {name!r}: 'dynamics' must be a mapping "
+                                "(e.g. bandwidth: {medium: wifi, trace: ...})")
         bw = dyn.get("bandwidth")
         if bw is not None:
             if not isinstance(bw, dict):
@@ -218,7 +219,8 @@ def _parse_workload(w: dict, cluster: Cluster, name: str) -> Workload:
                             f"known devices: {', '.join(cluster.names)}")
     opt = w.get("optimizer", "adam")
     if opt not in OPTIMIZER_STATE:
-        raise ScenarioError(f"scenario {name!r}: workload.optimizer must be one of {', '.join(OPTIMIZER_STATE)}, got {opt!r}")
+        raise ScenarioError(f"scenario {name!r}: workload.optimizer must be one of "
+                            f"{', '.join(OPTIMIZER_STATE)}, got {opt!r}")
     return Workload(kind, batch, mb, rate, str(source), opt)
 
 

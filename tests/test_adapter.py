@@ -12,12 +12,10 @@ import pytest
 
 from dora_rl.cluster.traces import BandwidthTrace, load_trace, step_trace
 from dora_rl.errors import AgentError, TraceError
-from dora_rl.runtime.adapter import (BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli,
-                                     simulate)
+from dora_rl.runtime.adapter import BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli, simulate
 from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
 from dora_rl.runtime.adapter.learned import PPOAdapter
 from dora_rl.scenario import Scenario, load_scenario
-
 
 # A street corner like the traffic_analytics preset, fixed here so the numbers below do
 # not move with the presets: a camera streams 30 frames/s to ResNet-18 within 80 ms.
@@ -100,7 +98,7 @@ def test_battery_life_is_judged_on_the_trailing_average():
     assert mon.avg_power()["phone"] == pytest.approx((15 * 2 + 45 * 4) / 60)
     # one interval at twice a 1 W budget among compliant ones is no battery-life miss...
     mon = Monitor(s.cluster, battery_window_s=60.0)
-    for k in range(59):
+    for _ in range(59):
         mon.drain({"phone": 0.9}, 1.0)
         assert battery_violations(mon, {"phone": 1.0}) == []
     mon.drain({"phone": 2.0}, 1.0)                              # (59 x 0.9 + 2) / 60 = 0.918 W
@@ -364,6 +362,7 @@ def test_run_simulation_cli_writes_log_and_png(tmp_path, traffic):
 # ---------------------------------------------------------------- robustness and speed
 def test_vertex_lp_matches_highs():
     from scipy.optimize import linprog
+
     from dora_rl.runtime.adapter.compose import vertex_lp
     rng = np.random.default_rng(7)
     for _ in range(150):

@@ -5,8 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dora_rl.cluster.traces import (MIN_MBPS, BandwidthTrace, load_trace, markov_trace, resolve_trace,
-                                    step_trace, traces_root)
+from dora_rl.cluster.traces import (
+    MIN_MBPS,
+    BandwidthTrace,
+    load_trace,
+    markov_trace,
+    resolve_trace,
+    step_trace,
+    traces_root,
+)
 from dora_rl.errors import TraceError
 
 NORWAY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "pensieve" / "norway_3g"

@@ -1,7 +1,6 @@
 """The worked examples of docs/cost-model.md as scenarios (hand-computed numbers live
 in the tests, derived from the formulas in the doc)."""
 
-from dora_rl.cluster.model import Cluster
 from dora_rl.profile.model_profile import Block, ModelProfile
 from dora_rl.scenario import Scenario
 

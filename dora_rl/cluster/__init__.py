@@ -4,8 +4,15 @@ heterogeneous-cluster generator (`generator`) and bandwidth traces (`traces`).""
 from dora_rl.cluster.generator import random_cluster
 from dora_rl.cluster.model import MB, Cluster, Device, Link, Medium
 from dora_rl.cluster.presets import DEVICE_PRESETS, device_preset, preset_kinds
-from dora_rl.cluster.traces import (MIN_MBPS, BandwidthTrace, load_trace, markov_trace, resolve_trace,
-                                    step_trace, traces_root)
+from dora_rl.cluster.traces import (
+                                    MIN_MBPS,
+                                    BandwidthTrace,
+                                    load_trace,
+                                    markov_trace,
+                                    resolve_trace,
+                                    step_trace,
+                                    traces_root,
+)
 
 __all__ = [
     "MB", "Cluster", "Device", "Link", "Medium",

@@ -72,7 +72,8 @@ def random_cluster(rng: np.random.Generator, n_devices: int | None = None, min_d
     kinds = list(kinds) if kinds is not None else list(DEFAULT_KINDS)
     bad = [k for k in kinds if k not in DEVICE_PRESETS]
     if bad or not kinds:
-        raise ClusterError(f"random_cluster: unknown kind(s) {bad or '(none given)'}; known: {', '.join(DEVICE_PRESETS)}")
+        raise ClusterError(f"random_cluster: unknown kind(s) {bad or '(none given)'}; "
+                           f"known: {', '.join(DEVICE_PRESETS)}")
     if not (0.0 <= wired_prob <= 1.0):
         raise ClusterError(f"random_cluster: wired_prob must be in [0, 1], got {wired_prob}")
     lo, hi = wifi_mbps

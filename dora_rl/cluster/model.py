@@ -67,7 +67,8 @@ class Device:
             raise ClusterError(f"device {n!r}: active_w ({self.active_w}) is below idle_w ({self.idle_w}); "
                                "active power includes idle power, so set active_w >= idle_w")
         if self.battery_wh is not None and not _finite_pos(self.battery_wh):
-            raise ClusterError(f"device {n!r}: 'battery_wh' must be a positive number or omitted, got {self.battery_wh!r}")
+            raise ClusterError(f"device {n!r}: 'battery_wh' must be a positive number or omitted, "
+                               f"got {self.battery_wh!r}")
         if not (_finite(self.battery_level) and 0 < self.battery_level <= 1):
             raise ClusterError(f"device {n!r}: 'battery_level' must be in (0, 1], got {self.battery_level!r}")
 
@@ -263,7 +264,8 @@ class Cluster:
             raise ClusterError("cluster: expected a mapping with 'devices', 'links' and optional 'media'")
         devs_in = d.get("devices")
         if not isinstance(devs_in, list) or not devs_in:
-            raise ClusterError("'devices' must be a non-empty list of {name, kind, gflops, memory_gb, idle_w, active_w, ...}")
+            raise ClusterError("'devices' must be a non-empty list of "
+                               "{name, kind, gflops, memory_gb, idle_w, active_w, ...}")
         allowed = set(Device.__dataclass_fields__)
         devices = []
         for i, row in enumerate(devs_in):

@@ -88,7 +88,7 @@ def device_preset(kind: str, name: str | None = None, **overrides) -> Device:
     field overridden by keyword (e.g. `battery_level=0.5`, `gflops=200`)."""
     if kind not in DEVICE_PRESETS:
         raise ClusterError(f"unknown device preset {kind!r}; known kinds: {', '.join(DEVICE_PRESETS)}")
-    from dora_rl.cluster.model import Device   # model.py fills YAML devices from this table
+    from dora_rl.cluster.model import Device  # model.py fills YAML devices from this table
 
     allowed = {f.name for f in fields(Device)} - {"name"}
     unknown = set(overrides) - allowed

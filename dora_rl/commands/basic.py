@@ -9,7 +9,8 @@ from dora_rl.errors import ProfileError
 def add_commands(sub) -> None:
     p = sub.add_parser("profile", help="profile a zoo model (or a profile JSON) block by block")
     p.add_argument("model", help="zoo name (e.g. resnet50) or path to a profile JSON")
-    p.add_argument("--json", action="store_true", help="print the profile JSON (the format `model: {profile: FILE}` reads)")
+    p.add_argument("--json", action="store_true",
+                   help="print the profile JSON (the format `model: {profile: FILE}` reads)")
     p.add_argument("--measure", action="store_true",
                    help="time every block on this machine (median of repeats after warm-up) and write a device "
                         "profile (docs/formats.md) that a scenario device names with `profile: FILE`")

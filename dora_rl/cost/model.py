@@ -275,7 +275,7 @@ class CostModel:
         A = 0.0
         if training:
             ar_media: dict[int, float] = {}
-            for (l, r, devs, sh) in stages:
+            for (l, r, devs, _) in stages:
                 t, load, per_dev = self.allreduce(devs, self.pp[r] - self.pp[l])
                 A = max(A, t)
                 for mu, bts in load.items():

@@ -37,9 +37,12 @@ class ModelProfile:
 
     def __post_init__(self) -> None:
         if not self.blocks:
-            raise ProfileError(f"profile {self.name!r}: 'blocks' is empty; a profile needs at least one block")
-        if not (isinstance(self.input_bytes, numbers.Real) and math.isfinite(self.input_bytes) and self.input_bytes > 0):
-            raise ProfileError(f"profile {self.name!r}: 'input_bytes' must be a positive number, got {self.input_bytes!r}")
+            raise ProfileError(f"profile {self.name!r}: 'blocks' is empty; "
+                               "a profile needs at least one block")
+        ib = self.input_bytes
+        if not (isinstance(ib, numbers.Real) and math.isfinite(ib) and ib > 0):
+            raise ProfileError(f"profile {self.name!r}: 'input_bytes' must be a positive number, "
+                               f"got {self.input_bytes!r}")
         for i, b in enumerate(self.blocks):
             for key in ("flops", "param_bytes", "out_bytes"):
                 v = getattr(b, key)
@@ -113,7 +116,8 @@ class ModelProfile:
     def load(cls, path: str | Path) -> "ModelProfile":
         p = Path(path)
         if not p.is_file():
-            raise ProfileError(f"profile file {str(p)!r} does not exist; create it with `dora profile MODEL --json > FILE`")
+            raise ProfileError(f"profile file {str(p)!r} does not exist; "
+                               "create it with `dora profile MODEL --json > FILE`")
         try:
             d = json.loads(p.read_text())
         except json.JSONDecodeError as e:

@@ -89,14 +89,14 @@ def measure_profile(model: str, *, batch_sizes=(1,), training: bool = False, thr
             x = torch.randint(0, 1000, (n,) + tuple(ex.shape[1:]), generator=g)
         for b, block in enumerate(net):
             with torch.no_grad():
-                fwd[b][i] = _median_time(lambda: block(x), warmup, repeats)
+                fwd[b][i] = _median_time(lambda block=block, x=x: block(x), warmup, repeats)
                 y = block(x)
             if training:
                 xin = x.detach().clone().requires_grad_(b > 0 and x.is_floating_point())
-                tfwd[b][i] = _median_time(lambda: block(xin), warmup, repeats)
+                tfwd[b][i] = _median_time(lambda block=block, xin=xin: block(xin), warmup, repeats)
                 cot = torch.randn(y.shape, generator=g) if y.is_floating_point() else None
 
-                def back():
+                def back(block=block, xin=xin, cot=cot):
                     out = block(xin)
                     t = time.perf_counter()
                     out.backward(cot)

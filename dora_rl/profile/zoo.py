@@ -27,7 +27,8 @@ from dora_rl.errors import ProfileError
 # --------------------------------------------------------------------------- helpers
 
 
-def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: type | None = nn.ReLU) -> nn.Sequential:
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+             act: type | None = nn.ReLU) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
     if act is not None:
         layers.append(act(inplace=True))

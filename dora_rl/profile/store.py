@@ -4,6 +4,7 @@ every shipped file equals a fresh profile; `python -m dora_rl.profile.store` rew
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from dora_rl.profile.model_profile import ModelProfile
@@ -33,4 +34,5 @@ def rebuild() -> list[str]:
 
 
 if __name__ == "__main__":
-    print("wrote", ", ".join(rebuild()))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).info("wrote %s", ", ".join(rebuild()))

@@ -11,7 +11,12 @@
   (inference and training, both objectives, random and no QoE): equal within 1e-9 relative;
 - `contention`: the same with shared WiFi media: relative gap (dora - oracle) / oracle,
   median and worst (the DP carries per-medium loads, so the target is 0);
-- `approximation`: the chain approximation (forced) vs the exact DP on mid instances, gap.
+- `approximation`: the chain approximation (forced) vs the exact DP on mid instances, gap;
+- `large`: 16 / 32 / 64 devices x 50 / 100 / 200 blocks: `dora` (run_planner) time and
+  objective vs the local search from the fastest device alone (targets: 16x50 <= 0.5 s,
+  64x200 <= 5 s, never worse than that local search, never "no plan" when it finds one);
+- `past_exact`: 7-8 devices: dora's gap to the best plan any method found (dora, local
+  search from every start, the baselines) - targets median <= 1 %, worst <= 5 %.
 """
 
 from __future__ import annotations
@@ -116,8 +121,78 @@ def approximation_gap(n: int, seed0: int = 50_000) -> dict:
             "gap_worst": max(gaps) if gaps else None}
 
 
+def _objective(name, sc, cost):
+    """(objective or None, compliant) of planner `name`; None when it reports no plan."""
+    from dora_rl.errors import DoraError
+    from dora_rl.planners import run_planner
+
+    try:
+        r = run_planner(name, sc, cost)
+    except DoraError:
+        return None, False
+    return r.metrics.objective(sc.qoe.objective), r.metrics.qoe_ok
+
+
+def large_set(devices=(16, 32, 64), blocks=(50, 100, 200), seeds: int = 2) -> list[dict]:
+    """dora vs the local search from the fastest device on large instances (QoE random)."""
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import run_planner
+    from dora_rl.planners.local import local_search
+
+    rows = []
+    for n in devices:
+        for B in blocks:
+            for s in range(seeds):
+                rng = np.random.default_rng(7000 + 100 * n + B + s)
+                kind = "training" if s % 2 else "inference"
+                sc = random_scenario(rng, min_devices=n, max_devices=n, n_blocks=B, kind=kind, qoe="random")
+                cost = CostModel(sc)
+                obj = sc.qoe.objective
+                t0 = time.perf_counter()
+                try:
+                    r = run_planner("dora", sc, cost)
+                    dv = r.metrics.objective(obj) if r.metrics.qoe_ok else None
+                except NoFeasiblePlan:
+                    dv = None
+                dt = time.perf_counter() - t0
+                ls = local_search(cost, fastest_only=True)
+                lv = ls[2].objective(obj) if ls is not None and ls[2].qoe_ok else None
+                worse = lv is not None and (dv is None or dv > lv * (1 + 1e-9))
+                rows.append({"devices": n, "blocks": B, "kind": kind, "seconds": dt, "dora": dv,
+                             "local_search_fastest": lv, "false_no_plan": lv is not None and dv is None,
+                             "worse_than_local_search": worse})
+    return rows
+
+
+def past_exact(n: int, seed0: int = 90_000) -> dict:
+    """7-8 devices: dora's gap to the best compliant plan any method found."""
+    from dora_rl.planners.local import local_search
+
+    gaps, false_none = [], 0
+    others = ("oracle", "pipeedge", "offload", "neurosurgeon", "even", "proportional", "data_parallel")
+    for i in range(n):
+        rng = np.random.default_rng(seed0 + i)
+        sc = random_scenario(rng, min_devices=7, max_devices=8, n_blocks=int(rng.integers(6, 17)), qoe="random")
+        cost = CostModel(sc)
+        dv, dok = _objective("dora", sc, cost)
+        found = [v for v, ok in (_objective(p, sc, cost) for p in others) if ok]
+        ls = local_search(cost)
+        if ls is not None and ls[2].qoe_ok:
+            found.append(ls[2].objective(sc.qoe.objective))
+        if dok:
+            found.append(dv)
+        if not found:
+            continue
+        best = min(found)
+        if not dok:
+            false_none += 1
+            continue
+        gaps.append((dv - best) / best if best else 0.0)
+    return {"instances": n, "compared": len(gaps), "false_no_plan": false_none,
+            "gap_median": statistics.median(gaps) if gaps else None, "gap_worst": max(gaps) if gaps else None}
+
+
 def run(results: dict, quick: bool = False) -> dict:
-    n = 40 if quick else 200
     out = {}
     out["timing"] = timing([2, 4, 6, 8, 10, 12, 16], [16, 32, 50], seeds=2 if quick else 4)
     out["targets"] = {
@@ -125,9 +200,12 @@ def run(results: dict, quick: bool = False) -> dict:
         "8x50_s": max(r["max_s"] for r in out["timing"] if r["devices"] == 8 and r["blocks"] == 50),
         "16x50_s": max(r["max_s"] for r in out["timing"] if r["devices"] == 16 and r["blocks"] == 50),
     }
-    out["equality"] = compare_set(n, shared=False, seed0=0)
-    out["contention"] = compare_set(n, shared=True, seed0=100_000)
+    n_eq = 40 if quick else 200
+    out["equality"] = compare_set(n_eq, shared=False, seed0=0)
+    out["contention"] = compare_set(n_eq, shared=True, seed0=100_000)
     out["approximation"] = approximation_gap(20 if quick else 60)
+    out["large"] = large_set(seeds=1 if quick else 2)
+    out["past_exact"] = past_exact(10 if quick else 40)
     results["planners"] = out
     report(out)
     return out
@@ -161,6 +239,14 @@ def report(res: dict) -> None:
     a = res["approximation"]
     print(f"chain approximation vs exact (5 devices x 10 blocks): gap median {_fmt(a['gap_median'], True)}, "
           f"worst {_fmt(a['gap_worst'], True)} over {a['compared']}; approx found nothing on {a['approx_found_nothing']}")
+    print("large instances: dora (run_planner, approximate) vs local search from the fastest device")
+    print(f"{'devices':>7} {'blocks':>6} {'kind':>9} {'dora s':>7} {'dora':>10} {'LS fastest':>10}")
+    for r in res["large"]:
+        print(f"{r['devices']:>7} {r['blocks']:>6} {r['kind']:>9} {r['seconds']:>7.2f} {_fmt(r['dora']):>10} "
+              f"{_fmt(r['local_search_fastest']):>10}{'  WORSE' if r['worse_than_local_search'] else ''}")
+    p = res["past_exact"]
+    print(f"7-8 devices, dora vs the best plan any method found: gap median {_fmt(p['gap_median'], True)}, "
+          f"worst {_fmt(p['gap_worst'], True)} over {p['compared']}; false 'no plan' {p['false_no_plan']}")
 
 
 if __name__ == "__main__":

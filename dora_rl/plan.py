@@ -15,17 +15,32 @@ from dora_rl.errors import PlanError
 SHARE_TOL = 1e-6
 
 
-def sample_edges(m: int, shares) -> list[int]:
+def sample_edges(m: int, shares, names=None) -> list[int]:
     """Integer slice edges [0, e_1, ..., m] of a micro-batch of m samples split by
-    `shares`: e_i = floor(m * (w_0 + ... + w_{i-1}) + 1/2), so the counts sum to m and
-    follow the shares as closely as whole samples can. Device i of a stage computes
-    samples [e_i, e_{i+1}); the cost model and the runtime both use this split."""
+    `shares`. Device i of a stage computes samples [e_i, e_{i+1}); the cost model and the
+    runtime both use this split.
+
+    How many samples each member gets does not depend on the order the members are
+    listed in: the counts are rounded in a canonical order, by device name (`names`,
+    one per share; without names, the listed order): walking that order,
+    n_i = floor(m (w_0 + ... + w_i) + 1/2) - floor(m (w_0 + ... + w_{i-1}) + 1/2), so the
+    counts sum to m and follow the shares as closely as whole samples can. The slices
+    are then laid out in the listed order (which only decides who sends what to whom)."""
+    k = len(shares)
+    order = list(range(k)) if names is None else sorted(range(k), key=lambda i: (names[i], i))
+    counts = [0] * k
+    prev, acc = 0, 0.0
+    for pos, i in enumerate(order):
+        if pos == k - 1:
+            e = m
+        else:
+            acc += shares[i]
+            e = min(m, max(prev, math.floor(acc * m + 0.5)))
+        counts[i] = e - prev
+        prev = e
     edges = [0]
-    acc = 0.0
-    for s in shares[:-1]:
-        acc += s
-        edges.append(min(m, max(edges[-1], math.floor(acc * m + 0.5))))
-    edges.append(m)
+    for c in counts:
+        edges.append(edges[-1] + c)
     return edges
 
 

@@ -72,3 +72,21 @@ def test_unwritable_output_is_one_line_after_the_result(tmp_path, flag):
     assert code == 2, err
     assert err.count("\n") == 1 and "Traceback" not in err and "not_a_folder" in err
     assert json.loads(out)   # what was computed is on stdout
+
+
+def test_compare_and_plan_say_exact_and_name_violations(capsys):
+    assert main(["compare", "smart_home", "--planners", "dora,oracle,local,even", "--json"]) == 0
+    rows = {r["planner"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    assert ok and all("approximate" in r and "violated" in r for r in ok)
+    for r in ok:
+        assert r["qoe_ok"] == (r["violated"] == "")
+        for v in r["violations"]:
+            assert v.split(":")[0] in r["violated"]
+    if rows["oracle"]["status"] == "ok":
+        assert rows["oracle"]["approximate"] is False
+    if rows["even"]["status"] == "ok":
+        assert rows["even"]["approximate"] is True and rows["even"]["gap"] is not None
+    assert main(["plan", "smart_home", "--planner", "local", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["approximate"] is True and d["gap"] is not None and d["gap"] >= -1e-9

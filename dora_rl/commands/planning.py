@@ -51,16 +51,38 @@ def cmd_plan(args) -> int:
     res = run_planner(args.planner, scen, **_options(args))
     if args.json:
         print_json({"planner": args.planner, "plan": res.plan.to_dict(), "metrics": res.metrics.to_dict(),
-                    "planning_s": res.seconds})
+                    "planning_s": res.seconds, **res.exactness()})
     else:
         print_plan(scen, res.plan, f"{args.planner} plan on {scen.name} ({res.plan.microbatches} micro-batches, "
                                     f"planned in {res.seconds * 1e3:.1f} ms)")
         print_metrics(scen, res.metrics)
+        console.print(exactness_line(res, scen.qoe.objective))
     if args.out:
         write_output(args.out, res.plan.save, "plan")
         if not args.json:
             console.print(f"plan written to {args.out}")
     return 0
+
+
+def exactness_line(res, objective: str) -> str:
+    """One line: exact over the plan space, or approximate with the lower bound and gap."""
+    if not res.approximate:
+        return "exact: optimal over the documented plan space (docs/planners.md)"
+    unit = "ms" if objective == "latency" else "J"
+    lb = "-" if res.lower_bound is None else f"{res.lower_bound:.4g} {unit}"
+    gap = "-" if res.gap is None else f"{100 * res.gap:.1f}%"
+    return (f"approximate: not guaranteed optimal over the plan space; {objective} lower bound {lb}, "
+            f"so at most {gap} above the optimum")
+
+
+def _violated(m) -> str:
+    """The targets a plan misses, by name ('latency, battery'), or ''."""
+    names = []
+    for v in m.violations:
+        what = v.split(":")[0]
+        if what not in names:
+            names.append(what)
+    return ", ".join(names)
 
 
 def compare(scen, names=None) -> dict:
@@ -83,7 +105,8 @@ def compare(scen, names=None) -> dict:
             m = res.metrics
             row.update(status="ok", plan=res.plan.to_dict(), metrics=m.to_dict(), planning_s=res.seconds,
                        latency_ms=m.latency_ms, throughput=m.throughput, energy_j=m.energy_j,
-                       qoe_ok=m.qoe_ok, objective=m.objective(obj))
+                       qoe_ok=m.qoe_ok, violated=_violated(m), violations=list(m.violations),
+                       objective=m.objective(obj), **res.exactness())
         rows.append(row)
     ref = {r["planner"]: r.get("objective") for r in rows}
     for r in rows:
@@ -112,17 +135,22 @@ def cmd_compare(args) -> int:
         return 0
     unit = "samples/s" if scen.workload.training else "req/s"
     what = "iteration" if scen.workload.training else "request"
-    cols = ["planner", "latency ms", unit, "energy J", "QoE", "plan ms", "×dora", "×oracle", "stages"]
+    cols = ["planner", "latency ms", unit, "energy J", "QoE", "exact", "gap ≤", "plan ms", "×dora", "×oracle",
+            "stages"]
     rows = []
     for r in out["rows"]:
         if r["status"] != "ok":
-            rows.append([r["planner"], "-", "-", "-", "-", "-", "-", "-", r["status"]])
+            rows.append([r["planner"], "-", "-", "-", "-", "-", "-", "-", "-", "-", r["status"]])
             continue
-        rows.append([r["planner"], r["latency_ms"], r["throughput"], r["energy_j"], r["qoe_ok"],
+        qoe = "ok" if r["qoe_ok"] else f"misses {r['violated'] or 'memory'}"
+        gap = "-" if r["gap"] is None else f"{100 * r['gap']:.0f}%"
+        rows.append([r["planner"], r["latency_ms"], r["throughput"], r["energy_j"], qoe,
+                     "no" if r["approximate"] else "yes", gap,
                      r["planning_s"] * 1e3, r.get("vs_dora", math.nan), r.get("vs_oracle", math.nan),
                      len(r["plan"]["stages"])])
     console.print(table(f"{scen.name}: per {what}, objective = {out['objective']} "
-                        "(×ref = objective / ref's; lower is better)", cols, rows))
+                        "(×ref = objective / ref's; lower is better; exact = optimal over the plan space, "
+                        "else gap ≤ objective / lower bound - 1)", cols, rows))
     lb = out["lower_bounds"]
     console.print("lower bounds: " + ", ".join(f"{k} = {v:.4g}" for k, v in lb.items()))
     for r in out["rows"]:

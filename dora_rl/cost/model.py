@@ -89,14 +89,15 @@ class CostModel:
         return self.evaluate_stages(self.stage_indices(plan), plan.microbatches)
 
     # --- building blocks (also used by planners) ---------------------------
-    def realized(self, m: int, shares) -> list[float]:
+    def realized(self, m: int, shares, devs=None) -> list[float]:
         """The shares a plan really gets: whole samples. A micro-batch of m samples is
-        split by `plan.sample_edges` (the runtime's split), so member i computes n_i
-        samples and its realized share is n_i / m (cached per (m, shares))."""
-        key = (m, tuple(shares))
+        split by `plan.sample_edges` (the runtime's split) with the members' names
+        (`devs`, device indices), so member i computes n_i samples whatever the members'
+        order, and its realized share is n_i / m (cached per (m, shares, devs))."""
+        key = (m, tuple(shares), None if devs is None else tuple(devs))
         r = self._realized.get(key)
         if r is None:
-            e = sample_edges(m, shares)
+            e = sample_edges(m, shares, None if devs is None else [self.names[d] for d in devs])
             r = self._realized[key] = [(e[i + 1] - e[i]) / m for i in range(len(shares))]
         return r
 
@@ -223,7 +224,7 @@ class CostModel:
         T = 0.0                    # steady-state period per micro-batch
         fill = 0.0                 # one micro-batch's pass through every resource
         # compute + memory, per stage
-        stages = [(l, r, devs, self.realized(m, sh)) for (l, r, devs, sh) in stages]
+        stages = [(l, r, devs, self.realized(m, sh, devs)) for (l, r, devs, sh) in stages]
         for s, (l, r, devs, sh) in enumerate(stages):
             c, per = self.stage_compute(l, r, devs, sh, m)
             comp.append(c)

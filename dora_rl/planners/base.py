@@ -24,6 +24,10 @@ class Planner:
     name: str = ""
     workloads: tuple[str, ...] = ("inference", "training")
     description: str = ""
+    # True unless the plan is guaranteed optimal over the documented plan space
+    # (docs/planners.md "Exact or approximate"); a planner may set it per call in `plan`
+    approximate: bool = True
+    max_devices: int | None = None      # the most devices this planner accepts (None: no limit)
 
     def __init__(self, **options):
         self.options = options
@@ -32,6 +36,10 @@ class Planner:
         raise NotImplementedError
 
     def check_supported(self, scenario: Scenario) -> None:
+        n = scenario.cluster.n
+        if self.max_devices is not None and n > self.max_devices:
+            raise PlannerError(f"planner {self.name!r} supports at most {self.max_devices} devices, this scenario has "
+                               f"{n}; use planner 'dora' (no device limit)")
         if scenario.workload.kind not in self.workloads:
             raise PlannerError(f"planner {self.name!r} does not support {scenario.workload.kind} workloads "
                                f"(it supports: {', '.join(self.workloads)})")
@@ -81,21 +89,43 @@ def _load_builtin() -> None:
 
 @dataclass
 class PlanResult:
+    """A planner's plan, its metrics and planning time, and whether it is exact:
+    `approximate` is True unless the plan is guaranteed optimal over the documented plan
+    space; then `lower_bound` is a lower bound of the objective (`lower_bounds`) and `gap`
+    = objective / lower_bound - 1 bounds how far from optimal the plan can be."""
+
     planner: str
     plan: Plan
     metrics: Metrics
     seconds: float
+    approximate: bool = True
+    lower_bound: float | None = None
+    gap: float | None = None
+
+    def exactness(self) -> dict:
+        """{approximate, lower_bound, gap} for JSON output."""
+        return {"approximate": self.approximate, "lower_bound": self.lower_bound, "gap": self.gap}
 
 
 def run_planner(name: str, scenario: Scenario, cost: CostModel | None = None, **options) -> PlanResult:
-    """Plan with `name`, score the plan with the shared cost model, time the planning."""
+    """Plan with `name`, score the plan with the shared cost model, time the planning;
+    an approximate result carries the objective's lower bound and the implied gap."""
+    from dora_rl.planners.bounds import lower_bounds
+
     planner = get_planner(name, **options)
     planner.check_supported(scenario)
     cost = cost or CostModel(scenario)
     t0 = time.perf_counter()
     plan = planner.plan(scenario, cost)
     dt = time.perf_counter() - t0
-    return PlanResult(name, plan, cost.evaluate(plan), dt)
+    m = cost.evaluate(plan)
+    res = PlanResult(name, plan, m, dt, bool(planner.approximate))
+    if res.approximate:
+        obj = cost.qoe.objective
+        res.lower_bound = lower_bounds(scenario, cost)["latency_ms" if obj == "latency" else "energy_j"]
+        if res.lower_bound > 0:
+            res.gap = m.objective(obj) / res.lower_bound - 1.0
+    return res
 
 
 # --- helpers every planner shares ----------------------------------------------
@@ -143,7 +173,7 @@ def proportional_shares(cost: CostModel, devs: list[int], l: int, r: int, m: flo
         return None
     # whole samples: every member must get at least one and still fit once rounded
     m = int(round(m))
-    real = cost.realized(m, shares)
+    real = cost.realized(m, shares, devs)
     for d, w in zip(devs, real):
         if w <= 0 or base + w * m * act > cost.mem[d]:
             return None

@@ -97,11 +97,11 @@ class _Oracle:
         cost, M = self.cost, self.M
         Q = {"fill": P["fill"], "T": P["T"], "A": P["A"], "load": dict(P["load"]), "arload": dict(P["arload"]),
              "busy": dict(P["busy"]), "bytes": dict(P["bytes"]), "part": P["part"] | set(devs)}
-        u = self.back * c
+        u = c                      # forward (inference) or forward + backward (training) time
         Q["fill"] += u
         Q["T"] = max(Q["T"], u)
         for d, t in zip(devs, per):
-            Q["busy"][d] = Q["busy"].get(d, 0.0) + self.back * t * M
+            Q["busy"][d] = Q["busy"].get(d, 0.0) + t * M
         dirs = 2.0 if (self.tr and l > 0) else 1.0
         occ, lat, load, flows = cost.transfer(prev[0], prev[1], list(devs), list(sh), self.m * cost.bnd[l])
         Q["fill"] += dirs * (occ + lat)
@@ -127,9 +127,12 @@ class _Oracle:
         sh = proportional_shares(cost, list(devs), l, r, self.m, inflight)
         if sh is None:
             return None
-        work = self.m * (cost.fp[r] - cost.fp[l])
-        per = [w * work / cost.rate[d] for d, w in zip(devs, sh)]
-        return sh, max(per), per
+        # the cost model's per-member compute (measured block times where a device has them)
+        c, per = cost.stage_compute(l, r, devs, sh, self.m)
+        if self.tr:
+            per = cost.stage_busy(l, r, devs, sh, self.m, per)
+            c = max(per)
+        return sh, c, per
 
     def _cut(self, P):
         if not self.prune:
@@ -188,7 +191,7 @@ def oracle_search(scenario: Scenario, cost: CostModel | None = None, *, max_grou
     if cost.n > max_devices or cost.n_blocks > max_blocks:
         raise PlannerError(f"oracle: exhaustive search is limited to {max_devices} devices x {max_blocks} blocks; "
                            f"this scenario has {cost.n} devices x {cost.n_blocks} blocks. Use planner 'dora' "
-                           "(exact DP) instead")
+                           "(exact DP where it fits, approximate past it; no device limit) instead")
     o = _Oracle(cost, max_group, prune)
     best = o.run()
     return best, o
@@ -199,6 +202,7 @@ class Oracle(Planner):
     """Exhaustive search with exact pruning; small instances only (options: max_group)."""
 
     name = "oracle"
+    approximate = False          # exact over the documented plan space (or it refuses the instance)
     description = f"exhaustive search (<= {MAX_DEVICES} devices x {MAX_BLOCKS} blocks), the yardstick"
 
     def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:

@@ -34,12 +34,12 @@ class PipelineOps:
         if key not in self._edges_cache:
             g = self.groups(training)
             a, b = g[k], g[k + 1]
-            self._edges_cache[key] = overlaps(a[0], sample_edges(m, a[1]), b[0], sample_edges(m, b[1]))
+            self._edges_cache[key] = overlaps(a[0], sample_edges(m, a[1], a[0]), b[0], sample_edges(m, b[1], b[0]))
         return self._edges_cache[key]
 
     def my_range(self, s: int, m: int) -> tuple[int, int]:
         _, _, devs, sh = self.stages[s]
-        e = sample_edges(m, sh)
+        e = sample_edges(m, sh, devs)
         i = devs.index(self.device)
         return e[i], e[i + 1]
 

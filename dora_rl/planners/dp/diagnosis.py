@@ -13,20 +13,25 @@ from dora_rl.errors import NoFeasiblePlan
 from dora_rl.planners.base import no_fit
 from dora_rl.planners.dp.limits import TOL
 from dora_rl.planners.dp.search import search
+from dora_rl.planners.local import miss
 from dora_rl.scenario import Scenario
 
 INF = math.inf
 
 
-def explain_infeasible(name: str, scenario: Scenario, cost: CostModel, **options) -> NoFeasiblePlan:
-    """Why nothing is QoE-compliant: relax QoE, see which target the best plans miss."""
+def explain_infeasible(name: str, scenario: Scenario, cost: CostModel, closest=None, **options) -> NoFeasiblePlan:
+    """Why nothing is QoE-compliant: relax QoE, see which target the best plans miss.
+    `closest` = the local search's best (rank, stages, Metrics), also considered. Past
+    the exact regime the message says the search was approximate."""
     res = search(scenario, cost, constrained=False, **options)
-    if not res.candidates:
-        return no_fit(name, scenario)
     q, wl = cost.qoe, cost.workload
     ms = [c.metrics for c in res.candidates if c.metrics.feasible]
+    if closest is not None and closest[2].feasible:
+        ms.append(closest[2])
     if not ms:
         return no_fit(name, scenario)
+    if not res.space.exact:
+        name = f"{name} (approximate search: the best plans it found)"
     best_lat = min(m.latency_ms for m in ms)
     if q.latency_slo_ms is not None and best_lat > q.latency_slo_ms * (1 + TOL):
         return NoFeasiblePlan(f"{name}: no plan meets the latency SLO: the fastest plan takes {best_lat:.4g} ms "
@@ -50,6 +55,9 @@ def explain_infeasible(name: str, scenario: Scenario, cost: CostModel, **options
             return NoFeasiblePlan(f"{name}: no plan keeps every battery device alive long enough: the best plan "
                                   f"lasts {best_h:.3g} h < {q.min_battery_hours:.3g} h (qoe.min_battery_hours)",
                                   constraint="battery", best=best_h, required=q.min_battery_hours)
-    return NoFeasiblePlan(f"{name}: each QoE target is reachable alone but no plan meets them all together "
-                          f"(fastest {best_lat:.4g} ms, best throughput {best_tp:.4g}); relax one of them",
-                          constraint="combined")
+    near = min(ms, key=lambda m: miss(cost, m))
+    missed = "; ".join(near.violations) or "a target within tolerance"
+    first = near.violations[0].split(":")[0] if near.violations else "combined"
+    return NoFeasiblePlan(f"{name}: each QoE target is reachable alone but no plan meets them all together; "
+                          f"the closest plan misses {missed}; relax {first} or another target",
+                          constraint=first)

@@ -81,10 +81,12 @@ class DPEngine:
                 base = params
             ok = all(base + w * self.m * act <= cost.mem[d] for d, w in zip(devs, sh))
             if ok:
-                work = self.m * (cost.fp[r] - cost.fp[l])
-                per = [w * work / cost.rate[d] for d, w in zip(devs, sh)]
-                cmax = max(per)
-                edev = [(cost.active_w[d] - cost.idle_w[d]) * self.back * t * self.M for d, t in zip(devs, per)]
+                # the cost model's per-member compute (measured block times where a device has them)
+                u, per = cost.stage_compute(l, r, devs, sh, self.m)
+                if self.training:
+                    per = cost.stage_busy(l, r, devs, sh, self.m, per)
+                    u = max(per)
+                edev = [(cost.active_w[d] - cost.idle_w[d]) * t * self.M for d, t in zip(devs, per)]
                 t_ar, ar_load = 0.0, {}
                 if self.training:
                     t_ar, ar_load, per_dev = cost.allreduce(list(devs), params)
@@ -95,7 +97,7 @@ class DPEngine:
                 arv = [0.0] * self.lay.nmed
                 for mu, b in ar_load.items():
                     arv[mu] += b
-                res = StageCost(tuple(sh), shid, self.back * cmax, edev, idle, t_ar, arv)
+                res = StageCost(tuple(sh), shid, u, edev, idle, t_ar, arv)
         self._stage_cache[key] = res
         return res
 

@@ -51,6 +51,7 @@ class Limits:
                     if bj is not None:
                         pmax[d] = bj / (3600.0 * q.min_battery_hours * (1 - TOL))
         self.pmax = pmax
+        self.mask_words = max(1, (cost.n + 63) // 64)   # uint64 words of a device mask (pruning)
         self.battery = any(p is not None for p in pmax)
         # a variable period with a battery target: dominance needs the demand bounds
         self.battery_variable = self.battery and not self.fixed_period
@@ -96,7 +97,7 @@ class Limits:
 
 def battery_demands(cost: CostModel, pmax: list) -> tuple[list[tuple[int, float]], float]:
     """Upper bounds of any battery demand e_d / (P_max - idle) over every plan: per
-    non-source battery device [(device bit, bound)], and the source's bound."""
+    non-source battery device [(device index, bound)], and the source's bound."""
     back = 3.0 if cost.training else 1.0
     rdev, rsrc = [], 0.0
     F = cost.fp[-1]
@@ -113,5 +114,5 @@ def battery_demands(cost: CostModel, pmax: list) -> tuple[list[tuple[int, float]
         if d == cost.src:
             rsrc = e / room
         else:
-            rdev.append((1 << d, e / room))
+            rdev.append((d, e / room))
     return rdev, rsrc

@@ -1,4 +1,11 @@
-"""The registered `dora` planner: the DP's best QoE-compliant plan, or why there is none."""
+"""The registered `dora` planner: the DP's best QoE-compliant plan, or why there is none.
+
+Exact space (`Space.exact`): the DP's answer is optimal over the documented plan space
+(`approximate = False`). Past the exact budget the chain approximation runs, then the
+multi-start local search of `planners/local.py` from the fastest device, the
+k-fastest pipeline and the approximation's three best plans; the better plan wins and
+the result is marked `approximate = True`. "No plan" is reported only when neither finds a
+compliant plan (the error then names the targets the closest plan misses)."""
 
 from __future__ import annotations
 
@@ -6,8 +13,11 @@ from dora_rl.cost import CostModel
 from dora_rl.plan import Plan
 from dora_rl.planners.base import Planner, register
 from dora_rl.planners.dp.diagnosis import explain_infeasible
-from dora_rl.planners.dp.search import best_candidate, search, to_plan
+from dora_rl.planners.dp.search import search, to_plan
+from dora_rl.planners.local import local_search, rank
 from dora_rl.scenario import Scenario
+
+STARTS = 3      # approximate candidates the local search also starts from
 
 
 @register
@@ -23,7 +33,15 @@ class Dora(Planner):
         opts = {k: v for k, v in self.options.items() if k in ("max_group", "exact", "budget")}
         res = search(scenario, cost, **opts)
         self.last = res
-        best = best_candidate(res.candidates, cost.qoe.objective)
+        self.approximate = not res.space.exact
+        good = sorted((c for c in res.candidates if c.metrics.qoe_ok), key=lambda c: rank(cost, c.metrics))
+        best = (rank(cost, good[0].metrics), good[0].stages) if good else None
+        closest = None
+        if self.approximate:
+            ls = local_search(cost, [c.stages for c in good[:STARTS]], max_group=opts.get("max_group"))
+            if ls is not None and ls[2].qoe_ok and (best is None or ls[0] < best[0]):
+                best = (ls[0], ls[1])
+            closest = ls
         if best is None:
-            raise explain_infeasible(self.name, scenario, cost, **opts)
-        return to_plan(cost, best.stages)
+            raise explain_infeasible(self.name, scenario, cost, closest=closest, **opts)
+        return to_plan(cost, best[1])

@@ -13,6 +13,7 @@ from dora_rl.planners.dp.labels import ALLREDUCE, BATTERY, ENERGY, FILL, IDLE, S
 from dora_rl.planners.dp.limits import Limits
 
 CHUNK = 128            # labels compared at once (memory of the pairwise test)
+WORD = (1 << 64) - 1   # one uint64 word of a device mask
 
 
 def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
@@ -31,11 +32,12 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
     if k <= 1:
         return lst
     X = np.array([o.vec + o.pending for o in lst], dtype=float)
-    U = np.array([o.claim for o in lst], dtype=np.int64)
+    claims = [o.claim for o in lst]
+    U = mask_array(claims, limits.mask_words)
     scale = np.abs(X).max(axis=0)
     scale[scale == 0] = 1.0
     key = (X / scale).sum(axis=1)
-    pop = np.array([bin(u).count("1") for u in U.tolist()])
+    pop = np.array([u.bit_count() for u in claims])
     order = np.lexsort((pop, key))
     X, U = X[order], U[order]
     bv = limits.battery_variable
@@ -44,11 +46,14 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
         P = X[:, pcols]
         # battery demands still possible: devices outside U (and the source), or BATTERY itself
         need = np.maximum(X[:, BATTERY], limits.demand_src)
-        for bit, rd in limits.demand_dev:
-            need = np.where(((U & bit) == 0) | ((first & bit) != 0), np.maximum(need, rd), need)
+        for d, rd in limits.demand_dev:
+            outside = has_bit(U, d) == 0
+            if (first >> d) & 1:
+                outside[:] = True
+            need = np.where(outside, np.maximum(need, rd), need)
         safe = period_lower_bound(X, limits) >= need
     keptX = np.empty((0, X.shape[1]))
-    keptU = np.empty(0, dtype=np.int64)
+    keptU = U[:0]
     keptP = np.empty((0, len(pcols)))
     keptS = np.empty(0, dtype=bool)
     keep_idx = []
@@ -56,13 +61,13 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
         cx, cu = X[c0:c0 + CHUNK], U[c0:c0 + CHUNK]
         alive = np.ones(len(cx), dtype=bool)
         if len(keptX):
-            dom = (keptX[:, None, :] <= cx[None, :, :]).all(axis=2) & ((keptU[:, None] & ~cu[None, :]) == 0)
+            dom = (keptX[:, None, :] <= cx[None, :, :]).all(axis=2) & subset(keptU, cu)
             if bv:
                 cp = P[c0:c0 + CHUNK]
                 dom &= keptS[:, None] | (keptP[:, None, :] == cp[None, :, :]).all(axis=2)
             alive &= ~dom.any(axis=0)
         # inside the chunk: an earlier label (in sorted order) may dominate a later one
-        le = (cx[:, None, :] <= cx[None, :, :]).all(axis=2) & ((cu[:, None] & ~cu[None, :]) == 0)
+        le = (cx[:, None, :] <= cx[None, :, :]).all(axis=2) & subset(cu, cu)
         if bv:
             cp, cs = P[c0:c0 + CHUNK], safe[c0:c0 + CHUNK]
             le &= cs[:, None] | (cp[:, None, :] == cp[None, :, :]).all(axis=2)
@@ -78,6 +83,27 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
                 keptS = np.concatenate([keptS, safe[c0:c0 + CHUNK][idx]])
             keep_idx.extend((order[c0 + i] for i in idx.tolist()))
     return [lst[i] for i in keep_idx]
+
+
+def mask_array(masks: list[int], words: int) -> np.ndarray:
+    """Device masks (Python ints, any width) as uint64: a vector when one 64-bit word
+    holds every device (<= 64 devices), else rows of `words` words (no device limit)."""
+    if words == 1:
+        return np.array(masks, dtype=np.uint64)
+    return np.array([[(u >> (64 * w)) & WORD for w in range(words)] for u in masks], dtype=np.uint64)
+
+
+def has_bit(U: np.ndarray, d: int) -> np.ndarray:
+    """Per row of a `mask_array`: device d's bit (non-zero when set)."""
+    if U.ndim == 1:
+        return U & np.uint64(1 << d)
+    return U[:, d // 64] & np.uint64(1 << (d % 64))
+
+
+def subset(A: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """[a, c]: mask A[a] is a subset of mask C[c] (`mask_array` rows)."""
+    z = (A[:, None] & ~C[None, :]) == 0
+    return z if z.ndim == 2 else z.all(axis=2)
 
 
 def period_lower_bound(X: np.ndarray, limits: Limits) -> np.ndarray:

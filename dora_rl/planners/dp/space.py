@@ -21,6 +21,7 @@ APPROX_GROUP = 3       # past the exact regime: at most this many devices per st
 APPROX_BEAM = 12       # past the exact regime: labels kept per DP key
 APPROX_CUTS = 24       # past the exact regime: candidate cut positions (fewer if needed)
 APPROX_BUDGET = 30_000  # past the exact regime: transitions (cut pairs x group pairs x j)
+APPROX_DEVICES = 8     # past the exact regime: the chain keeps at least this many devices (then fewer per stage)
 
 
 @dataclass
@@ -135,7 +136,10 @@ def choose_spaces(cost: CostModel, max_group: int | None = None, exact: bool | N
                   budget: float = EXACT_BUDGET) -> list[Space]:
     """The exact space (every device, groups up to `max_group`) when its estimated work fits
     `budget` (or `exact=True`); otherwise the chain approximation, run for two device
-    orders (source first then fastest first; fastest first) with a beam."""
+    orders (source first then fastest first; fastest first) with a beam. To fit
+    APPROX_BUDGET it thins the cuts (down to 8), then keeps only the first devices of
+    the order (down to APPROX_DEVICES), then shrinks the groups (down to 1 device); the
+    local search (`planners/local.py`) can add any other device afterwards."""
     n, B = cost.n, cost.n_blocks
     jmax = max_inflight(cost, n)
     mg = n if max_group is None else max(1, int(max_group))
@@ -144,22 +148,26 @@ def choose_spaces(cost: CostModel, max_group: int | None = None, exact: bool | N
         return [Space(list(range(n)), mg, None, True, "exact")]
     g = min(mg, APPROX_GROUP)
     k = APPROX_CUTS
+    nd = n
 
-    def approx_work(g, k):
-        ng = sum(max(n - a, 0) for a in range(g))
+    def approx_work(g, k, nd):
+        ng = sum(max(nd - a, 0) for a in range(g))
         return (k + 2) * (k + 1) / 2 * ng * ng / 2 * jmax * (3.0 if cost.training else 1.0)
 
-    while approx_work(g, k) > APPROX_BUDGET and k > 8:
+    while approx_work(g, k, nd) > APPROX_BUDGET and k > 8:
         k -= 4
-    while approx_work(g, k) > APPROX_BUDGET and g > 1:
+    while approx_work(g, k, nd) > APPROX_BUDGET and nd > APPROX_DEVICES:
+        nd -= 1
+    while approx_work(g, k, nd) > APPROX_BUDGET and g > 1:
         g -= 1
     cuts = candidate_cuts(cost, k)
     out = []
     for sf in (True, False):
-        order = speed_order(cost, sf)
-        out.append(Space(list(range(n)), g, APPROX_BEAM, False,
+        order = speed_order(cost, sf)[:nd]
+        out.append(Space(sorted(order), g, APPROX_BEAM, False,
                          f"chain approximation: stages on runs of <= {g} consecutive devices of the order "
-                         f"{'source, then fastest first' if sf else 'fastest first'}; "
+                         f"{'source, then fastest first' if sf else 'fastest first'}"
+                         f"{f' (the first {nd} of {n} devices)' if nd < n else ''}; "
                          f"{len(cuts) - 2} candidate cuts of {B - 1}; beam {APPROX_BEAM}", order, cuts))
     if out[0].order == out[1].order:
         out = out[:1]

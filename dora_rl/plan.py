@@ -117,9 +117,11 @@ class Plan:
                                 "give one share per device")
             for d in s.devices:
                 if d not in known:
-                    raise PlanError(f"plan: stage {i} names unknown device {d!r}; known devices: {', '.join(sorted(known))}")
+                    raise PlanError(f"plan: stage {i} names unknown device {d!r}; "
+                                    f"known devices: {', '.join(sorted(known))}")
                 if d in used:
-                    raise PlanError(f"plan: device {d!r} is in stage {used[d]} and stage {i}; a device may serve one stage")
+                    raise PlanError(f"plan: device {d!r} is in stage {used[d]} and stage {i}; "
+                                    "a device may serve one stage")
                 used[d] = i
             for sh in s.shares:
                 if not (isinstance(sh, float) and math.isfinite(sh) and sh > 0):

@@ -118,7 +118,7 @@ class Instance:
             return self.reach_l[devs[0]][l]
         rates = self.rate[devs]
         w = rates / rates.sum()
-        wr = np.array(self.cost.realized(self.m_int, [float(x) for x in w]))
+        wr = np.array(self.cost.realized(self.m_int, [float(x) for x in w], list(devs)))
         if self.m_int < len(devs) or (wr <= 0).any():
             return l
         ww = np.maximum(w, wr)

@@ -8,13 +8,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from toy import HOME, scenario, toy_profile
 
 from dora_rl.cost import CostModel
 from dora_rl.errors import ClusterError, DoraError, PlanError, ProfileError, ScenarioError
 from dora_rl.plan import Plan
 from dora_rl.profile.model_profile import ModelProfile
 from dora_rl.scenario import Scenario, load_scenario, preset_names
+from tests.toy import HOME, scenario, toy_profile
 
 
 def test_presets_exist_and_load():

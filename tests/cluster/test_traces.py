@@ -16,7 +16,7 @@ from dora_rl.cluster.traces import (
 )
 from dora_rl.errors import TraceError
 
-NORWAY = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "pensieve" / "norway_3g"
+NORWAY = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces" / "pensieve" / "norway_3g"
 
 
 def _norway_file() -> Path:

@@ -17,7 +17,7 @@ from dora_rl.envs.partition import PartitionEnv
 from dora_rl.errors import AgentError
 from dora_rl.scenario import load_scenario
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = "dora_rl/Partition-traffic_analytics-v0"
 FAST = {"policy": "SetPointerPolicy", "n_envs": 4, "n_steps": 128, "batch_size": 256, "n_epochs": 10,
         "learning_rate": 3e-3, "gamma": 1.0, "ent_coef": 0.0,
@@ -148,8 +148,8 @@ def _shipped(kind="partition"):
 
 @pytest.mark.parametrize("folder", _shipped(), ids=lambda p: p.name)
 def test_shipped_agent_matches_results_and_beats_random(folder):
-    from dora_rl.planners import run_planner
     from dora_rl.learning.agents import load_agent
+    from dora_rl.planners import run_planner
 
     assert (folder / "model.zip").stat().st_size < 5e6
     agent = load_agent(folder)
@@ -229,7 +229,7 @@ def test_behaviour_cloning_fits_the_teacher():
 @pytest.mark.parametrize("folder", _shipped("adapt"), ids=lambda p: p.name)
 def test_shipped_adapt_agent_matches_results_and_beats_random(folder):
     from dora_rl.envs.adapt import AdaptEnv
-    from dora_rl.learning.adapt_eval import _rule, check_entries, run_episodes, load_model
+    from dora_rl.learning.adapt_eval import _rule, check_entries, load_model, run_episodes
 
     res = json.loads((folder / "results.json").read_text())
     assert res.get("check"), "results.json must record greedy returns to re-check"

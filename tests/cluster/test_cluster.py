@@ -225,10 +225,9 @@ def test_unknown_kind_lists_known_kinds():
 
 
 def test_unknown_kind_in_a_scenario_is_a_scenario_error():
-    from toy import HOME, toy_profile
-
     from dora_rl.errors import ScenarioError
     from dora_rl.scenario import Scenario
+    from tests.toy import HOME, toy_profile
     d = {**HOME, "devices": [dict(HOME["devices"][0], kind="toaster")] + HOME["devices"][1:]}
     with pytest.raises(ScenarioError, match="known kinds"):
         Scenario.from_dict(d, profile=toy_profile())

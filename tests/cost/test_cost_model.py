@@ -4,10 +4,10 @@ that page from the formulas, step by step; none is copied from a run."""
 import math
 
 import pytest
-from toy import HOME, LAB, scenario
 
 from dora_rl.cost import CostModel
 from dora_rl.plan import Plan
+from tests.toy import HOME, LAB, scenario
 
 REL = 1e-9
 

@@ -2,35 +2,19 @@
 hand-made instance where its rule gives a known answer, pipeedge against brute force,
 determinism of `random`, memory failures, and speed."""
 
-import importlib
 import itertools
-import sys
-import time
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-try:
-    import dora_rl.planners  # noqa: F401
-except ImportError:  # pragma: no cover - only while dp/oracle/bounds are not written yet
-    for _k in [k for k in sys.modules if k.startswith("dora_rl.planners")]:
-        del sys.modules[_k]
-    _pkg = types.ModuleType("dora_rl.planners")
-    _pkg.__path__ = [str(Path(__file__).resolve().parent.parent / "dora_rl" / "planners")]
-    sys.modules["dora_rl.planners"] = _pkg
-
-importlib.import_module("dora_rl.planners.baselines")
-
-from dora_rl.cost import CostModel  # noqa: E402
-from dora_rl.errors import NoFeasiblePlan  # noqa: E402
-from dora_rl.planners.base import get_planner  # noqa: E402
-from dora_rl.planners.baselines import device_order, proportional_cuts  # noqa: E402
-from dora_rl.profile.model_profile import Block, ModelProfile  # noqa: E402
-from dora_rl.scenario import Scenario  # noqa: E402
-
-from toy import HOME, LAB, scenario as toy_scenario  # noqa: E402
+from dora_rl.cost import CostModel
+from dora_rl.errors import NoFeasiblePlan
+from dora_rl.planners.base import get_planner
+from dora_rl.planners.baselines import device_order, proportional_cuts
+from dora_rl.profile.model_profile import Block, ModelProfile
+from dora_rl.scenario import Scenario
+from tests.toy import HOME, LAB
+from tests.toy import scenario as toy_scenario
 
 NAMES = ["local", "offload", "neurosurgeon", "even", "proportional", "pipeedge", "data_parallel", "random"]
 
@@ -111,15 +95,15 @@ def test_baselines_ignore_qoe():
         assert m.feasible and not m.qoe_ok
 
 
-def test_all_fast_on_16_devices_50_blocks():
+def test_all_plan_16_devices_50_blocks():
+    """Every baseline returns a valid plan at 16 x 50 (their times: bench_planners, baseline_ms_16x50)."""
     rng = np.random.default_rng(7)
     for training in (False, True):
         sc = random_instance(rng, 16, 50, training=training, M=4 if training else 1, mem=(30, 60))
         cost = CostModel(sc)
         for name in NAMES:
-            t0 = time.perf_counter()
-            get_planner(name).plan(sc, cost)
-            assert time.perf_counter() - t0 < (3.0 if name == "pipeedge" else 1.0), name
+            p = get_planner(name).plan(sc, cost)
+            p.validate(50, cost.names)
 
 
 # --- local / offload -------------------------------------------------------------------
@@ -293,13 +277,11 @@ def test_pipeedge_respects_memory():
     assert m.feasible and all(s.end - s.start == 2 for s in p.stages)
 
 
-def test_pipeedge_fallback_beyond_max_devices_is_fast_and_bounded():
+def test_pipeedge_fallback_beyond_max_devices_is_bounded():
     rng = np.random.default_rng(3)
     sc = random_instance(rng, 14, 20, mem=(30, 60))
     cost = CostModel(sc)
-    t0 = time.perf_counter()
     p = get_planner("pipeedge", max_devices=5).plan(sc, cost)
-    assert time.perf_counter() - t0 < 2.0
     allowed = {cost.names[d] for d in device_order(cost)[:5]}
     assert set(p.devices) <= allowed
 

@@ -161,8 +161,8 @@ def test_polish_repairs_a_shifted_cut():
     """dora's smart_home plan with its cut moved 3 blocks is worse; polishing it on the
     cost model finds dora's objective again (a cut shift is one move)."""
     from dora_rl.cost.qoe import utility
-    from dora_rl.planners import run_planner
     from dora_rl.learning.search import polish, search_key
+    from dora_rl.planners import run_planner
 
     sc = load_scenario("smart_home")
     inst = Instance(sc, 8)
@@ -186,8 +186,8 @@ def test_polish_builds_a_data_parallel_group():
     stage's group and then swapping the box for the other Jetson is two group moves, and
     reaches dora's plan (both Jetsons data-parallel)."""
     from dora_rl.cost.qoe import utility
-    from dora_rl.planners import run_planner
     from dora_rl.learning.search import polish
+    from dora_rl.planners import run_planner
 
     sc = load_scenario("traffic_analytics")
     inst = Instance(sc, 8)

@@ -4,13 +4,13 @@
 import json
 
 import pytest
-from toy import HOME, LAB, toy_profile
 
 from dora_rl.cost import CostModel
 from dora_rl.errors import ProfileError, ScenarioError
 from dora_rl.plan import Plan
 from dora_rl.profile.measured import FORMAT, DeviceProfile
 from dora_rl.scenario import Scenario
+from tests.toy import HOME, LAB, toy_profile
 
 BLOCKS = ["b0", "b1", "b2", "b3"]
 

@@ -80,7 +80,10 @@ class Adapter:
                  headroom: float = 0.1, horizon_s: float = 10.0, drain_s: float = 0.1, min_dwell_s: float = 3.0,
                  candidates: list[Plan] | None = None, initial: Plan | None = None, prestage: bool | None = None,
                  fallback: str = "robust", cache: bool = True, memory_s: float = 10.0, prior_error: float = 0.25,
-                 compose: bool | None = None, slack: float | None = None, **_ignored):
+                 compose: bool | None = None, slack: float | None = None, **unknown):
+        if unknown:
+            raise PlannerError(f"adapter {self.name!r}: unknown option(s) {', '.join(sorted(unknown))}; "
+                               "see docs/adapter.md for each adapter's options")
         if fallback not in ("robust", "raw"):
             raise PlannerError(f"adapter fallback must be 'robust' or 'raw', got {fallback!r}")
         if compose is not None:

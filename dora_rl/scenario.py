@@ -16,6 +16,7 @@ import yaml
 
 from dora_rl.cluster.model import Cluster
 from dora_rl.errors import ClusterError, DoraError, PlanError, ProfileError, ScenarioError
+from dora_rl.profile.measured import DeviceProfile
 from dora_rl.profile.model_profile import ModelProfile
 from dora_rl.resources import presets_dir
 
@@ -60,6 +61,7 @@ class Scenario:
     workload: Workload
     qoe: QoE
     dynamics: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)   # device name -> DeviceProfile (measured block times)
 
     @property
     def source(self) -> str:
@@ -82,8 +84,9 @@ class Scenario:
         model = d["model"]
         if profile is None:
             profile = _resolve_profile(model, base_dir, name)
+        devices = _absolute_profiles(d.get("devices"), base_dir)
         try:
-            cluster = Cluster.from_dict({k: d.get(k) for k in ("devices", "links", "media")})
+            cluster = Cluster.from_dict({"devices": devices, "links": d.get("links"), "media": d.get("media")})
         except ClusterError as e:
             raise ScenarioError(f"scenario {name!r}: {e}") from None
         workload = _parse_workload(d.get("workload") or {}, cluster, name)
@@ -98,7 +101,8 @@ class Scenario:
             if bw.get("medium") not in cluster.media:
                 raise ScenarioError(f"scenario {name!r}: dynamics.bandwidth.medium {bw.get('medium')!r} is not a "
                                     f"declared medium (known: {', '.join(cluster.media) or 'none'})")
-        return cls(name, model, profile, cluster, workload, qoe, copy.deepcopy(dyn))
+        measured = _load_measured(cluster, profile, workload, name)
+        return cls(name, model, profile, cluster, workload, qoe, copy.deepcopy(dyn), measured)
 
     def to_dict(self) -> dict:
         w, q = self.workload, self.qoe
@@ -135,7 +139,8 @@ class Scenario:
         d = self.cluster.to_dict()
         d["devices"] = [x for x in d["devices"] if x["name"] not in dead]
         d["links"] = [ln for ln in d["links"] if ln["a"] not in dead and ln["b"] not in dead]
-        return self.replace(cluster=Cluster.from_dict(d))
+        return self.replace(cluster=Cluster.from_dict(d),
+                            measured={k: v for k, v in self.measured.items() if k not in dead})
 
     def slowed(self, slowdown: float) -> "Scenario":
         """The scenario with every device's compute rate divided by `slowdown` (emulation
@@ -147,7 +152,8 @@ class Scenario:
         d = self.cluster.to_dict()
         for dev in d["devices"]:
             dev["gflops"] = dev["gflops"] / slowdown
-        return self.replace(cluster=Cluster.from_dict(d))
+        return self.replace(cluster=Cluster.from_dict(d),
+                            measured={k: v.scaled(slowdown) for k, v in self.measured.items()})
 
     def dilated(self, slowdown: float) -> "Scenario":
         """The scenario `slowdown` times slower in every respect: compute, link and medium
@@ -224,6 +230,38 @@ def _parse_qoe(q: dict, name: str) -> QoE:
     return QoE(_num(q.get("latency_slo_ms"), "qoe.latency_slo_ms", name),
                _num(q.get("min_throughput"), "qoe.min_throughput", name),
                _num(q.get("min_battery_hours"), "qoe.min_battery_hours", name), obj)
+
+
+def _absolute_profiles(devices, base_dir: Path | None):
+    """Device rows with `profile:` paths made absolute (relative to the scenario file),
+    so that the scenario's dict round-trips (transforms, to_dict) keep finding them."""
+    if not isinstance(devices, list) or base_dir is None:
+        return devices
+    out = []
+    for row in devices:
+        if isinstance(row, dict) and isinstance(row.get("profile"), str) and not Path(row["profile"]).is_absolute():
+            row = {**row, "profile": str((base_dir / row["profile"]).resolve())}
+        out.append(row)
+    return out
+
+
+def _load_measured(cluster: Cluster, profile: ModelProfile, workload: Workload, scen: str) -> dict:
+    """Each device's measured block times (`profile:`), checked against the model."""
+    out = {}
+    for dev in cluster.devices:
+        if dev.profile is None:
+            continue
+        try:
+            dp = DeviceProfile.load(dev.profile)
+            dp.check_model(profile.name, profile.n_blocks, f"device {dev.name!r}")
+        except ProfileError as e:
+            raise ScenarioError(f"scenario {scen!r}: {e}") from None
+        if workload.training and not dp.training:
+            raise ScenarioError(f"scenario {scen!r}: device {dev.name!r}: profile {dp.source} has no backward "
+                                f"times but the workload trains; measure it with `dora profile {dp.model} "
+                                "--measure --training`")
+        out[dev.name] = dp
+    return out
 
 
 def _resolve_profile(model, base_dir: Path | None, scen: str) -> ModelProfile:

@@ -186,3 +186,54 @@ def test_random_scenario_options():
     assert s.cluster.media == {} and s.profile.n_blocks == 5 and s.cluster.n <= 3
     with pytest.raises(DoraError):
         random_scenario(np.random.default_rng(0), kind="serving")
+
+
+# ------------------------------------------------------------------ kind: fills figures from the preset table
+def _one(row):
+    return Cluster.from_dict({"devices": [row], "links": []}).devices[0]
+
+
+def test_kind_fills_every_figure_not_given():
+    d = _one({"name": "pi", "kind": "rpi5"})
+    p = DEVICE_PRESETS["rpi5"]
+    assert (d.gflops, d.memory_gb, d.idle_w, d.active_w, d.battery_wh, d.radio_j_per_mb) == \
+        (p["gflops"], p["memory_gb"], p["idle_w"], p["active_w"], p["battery_wh"], p["radio_j_per_mb"])
+    d = _one({"name": "p", "kind": "phone", "gflops": 77})
+    assert d.gflops == 77 and d.battery_wh == DEVICE_PRESETS["phone"]["battery_wh"] == 19.4
+    assert d.memory_gb == DEVICE_PRESETS["phone"]["memory_gb"]
+
+
+def test_kind_explicit_null_battery_means_mains_and_survives_a_round_trip():
+    c = Cluster.from_dict({"devices": [{"name": "lap", "kind": "laptop", "battery_wh": None}], "links": []})
+    assert c.devices[0].battery_wh is None
+    again = Cluster.from_dict(c.to_dict())
+    assert again.devices[0].battery_wh is None and again.devices[0].gflops == DEVICE_PRESETS["laptop"]["gflops"]
+
+
+def test_no_kind_is_generic():
+    d = _one({"name": "x"})
+    assert d.kind == "generic" and d.gflops == DEVICE_PRESETS["generic"]["gflops"] == 100.0
+
+
+def test_unknown_kind_lists_known_kinds():
+    with pytest.raises(ClusterError) as e:
+        _one({"name": "t", "kind": "toaster", "gflops": 5})
+    msg = str(e.value)
+    assert "toaster" in msg and "rpi5" in msg and "jetson_orin_nx" in msg
+    with pytest.raises(ClusterError):
+        Device("t", kind="toaster").validate()
+
+
+def test_unknown_kind_in_a_scenario_is_a_scenario_error():
+    from dora_rl.errors import ScenarioError
+    from dora_rl.scenario import Scenario
+    from toy import HOME, toy_profile
+    d = {**HOME, "devices": [dict(HOME["devices"][0], kind="toaster")] + HOME["devices"][1:]}
+    with pytest.raises(ScenarioError, match="known kinds"):
+        Scenario.from_dict(d, profile=toy_profile())
+
+
+def test_random_cluster_draws_only_the_default_kinds():
+    from dora_rl.cluster.generator import DEFAULT_KINDS
+    kinds = {d.kind for s in range(20) for d in random_cluster(np.random.default_rng(s)).devices}
+    assert kinds <= set(DEFAULT_KINDS) and "generic" not in kinds and "jetson_orin_nx" not in kinds

@@ -23,7 +23,7 @@ HOME = {
         {"name": "phone", "kind": "phone", "gflops": 100, "memory_gb": 4, "idle_w": 0.5, "active_w": 5,
          "battery_wh": 15, "battery_level": 0.8, "radio_j_per_mb": 0.1},
         {"name": "laptop", "kind": "laptop", "gflops": 500, "memory_gb": 16, "idle_w": 5, "active_w": 30,
-         "radio_j_per_mb": 0.05},
+         "battery_wh": None, "radio_j_per_mb": 0.05},
         {"name": "tv", "kind": "smart_tv", "gflops": 250, "memory_gb": 2, "idle_w": 2, "active_w": 10,
          "radio_j_per_mb": 0.05},
     ],
@@ -39,7 +39,7 @@ LAB = {
     "name": "toy_lab", "model": {"profile": "toy.json"},
     "workload": {"kind": "training", "batch": 8, "microbatches": 4, "source": "jetA", "optimizer": "sgd"},
     "qoe": {"objective": "latency"},
-    "devices": [{"name": n, "kind": "jetson", "gflops": 200, "memory_gb": 8, "idle_w": 2, "active_w": 10,
+    "devices": [{"name": n, "kind": "jetson_orin_nano", "gflops": 200, "memory_gb": 8, "idle_w": 2, "active_w": 10,
                  "radio_j_per_mb": 0.05} for n in ("jetA", "jetB", "jetC")],
     "links": [{"a": a, "b": b, "mbps": 800, "latency_ms": 0.5} for a, b in
               (("jetA", "jetB"), ("jetA", "jetC"), ("jetB", "jetC"))],

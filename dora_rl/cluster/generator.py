@@ -34,6 +34,7 @@ WIRED_ONLY = {"edge_server"}
 KIND_WEIGHTS = {"phone": 2.0, "laptop": 1.5, "smart_tv": 1.0, "smart_speaker": 1.0, "rpi4": 1.5, "rpi5": 1.5,
                 "jetson_nano": 1.5, "jetson_orin_nano": 2.0, "jetson_agx_orin": 1.0, "edge_server": 0.5,
                 "camera": 1.5}
+DEFAULT_KINDS = list(KIND_WEIGHTS)   # what `random_cluster` draws from unless told (fixed: seeds keep their clusters)
 
 
 def _jitter_device(rng: np.random.Generator, kind: str, name: str) -> Device:
@@ -68,7 +69,7 @@ def random_cluster(rng: np.random.Generator, n_devices: int | None = None, min_d
         n_devices = int(rng.integers(min_devices, max_devices + 1))
     if int(n_devices) < 1:
         raise ClusterError(f"random_cluster: n_devices must be >= 1, got {n_devices}")
-    kinds = list(kinds) if kinds is not None else list(DEVICE_PRESETS)
+    kinds = list(kinds) if kinds is not None else list(DEFAULT_KINDS)
     bad = [k for k in kinds if k not in DEVICE_PRESETS]
     if bad or not kinds:
         raise ClusterError(f"random_cluster: unknown kind(s) {bad or '(none given)'}; known: {', '.join(DEVICE_PRESETS)}")

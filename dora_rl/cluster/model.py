@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import networkx as nx
 import numpy as np
 
+from dora_rl.cluster.presets import FIGURES, preset_figures
 from dora_rl.errors import ClusterError
 
 MB = 1e6  # bytes; all "mbps" are megabits per second (1e6 bit/s), "GB" is 1e9 bytes
@@ -33,6 +34,7 @@ class Device:
     battery_wh: float | None = None
     battery_level: float = 1.0
     radio_j_per_mb: float = 0.05   # radio energy per MB sent or received
+    profile: str | None = None     # measured block times (a device profile JSON; the scenario loads it)
 
     @property
     def flops_per_s(self) -> float:
@@ -50,6 +52,9 @@ class Device:
         n = self.name
         if not isinstance(n, str) or not n:
             raise ClusterError("device: 'name' must be a non-empty string")
+        preset_figures(self.kind, f"device {n!r}")   # an unknown kind lists the known ones
+        if self.profile is not None and not (isinstance(self.profile, str) and self.profile):
+            raise ClusterError(f"device {n!r}: 'profile' must be a path to a device profile JSON, got {self.profile!r}")
         for key in ("gflops", "memory_gb"):
             v = getattr(self, key)
             if not _finite_pos(v):
@@ -93,6 +98,20 @@ class Medium:
     @property
     def bytes_per_s(self) -> float:
         return self.mbps * MB / 8
+
+
+def fill_from_kind(row: dict) -> dict:
+    """A device row (YAML) with every figure it does not give taken from the preset of
+    its `kind` (no kind: 'generic'); an unknown kind is a ClusterError listing the known
+    ones. `battery_wh: null` given explicitly means mains power even for a battery kind."""
+    row = dict(row)
+    row["name"] = str(row["name"])
+    kind = row.setdefault("kind", "generic")
+    preset = preset_figures(kind, f"device {row['name']!r}")
+    for key in FIGURES:
+        if key not in row:
+            row[key] = preset[key]
+    return row
 
 
 def _finite(v) -> bool:
@@ -229,9 +248,11 @@ class Cluster:
     def to_dict(self) -> dict:
         devs = []
         for d in self.devices:
-            row = {k: v for k, v in asdict(d).items() if not (k == "battery_wh" and v is None)}
+            row = {k: v for k, v in asdict(d).items() if v is not None}
             if d.battery_wh is None:
                 row.pop("battery_level", None)
+                if preset_figures(d.kind)["battery_wh"] is not None:
+                    row["battery_wh"] = None     # mains, although the kind's preset has a battery
             devs.append(row)
         links = [{k: v for k, v in asdict(ln).items() if not (k == "medium" and v is None)} for ln in self.links]
         return {"devices": devs, "links": links, "media": {m.name: {"mbps": m.mbps} for m in self.media.values()}}
@@ -252,9 +273,7 @@ class Cluster:
             if unknown:
                 raise ClusterError(f"device {row['name']!r}: unknown field(s) {', '.join(sorted(unknown))}; "
                                    f"allowed: {', '.join(sorted(allowed))}")
-            row = dict(row)
-            row["name"] = str(row["name"])
-            devices.append(Device(**row))
+            devices.append(Device(**fill_from_kind(row)))
         links_in = d.get("links") or []
         if not isinstance(links_in, list):
             raise ClusterError("'links' must be a list of {a, b, mbps, latency_ms, medium}")

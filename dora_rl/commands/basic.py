@@ -1,14 +1,24 @@
-"""`dora profile MODEL` and `dora score SCENARIO PLAN.json`."""
+"""`dora profile MODEL [--measure]` and `dora score SCENARIO PLAN.json`."""
 
 from __future__ import annotations
 
 from dora_rl.commands.common import console, print_json, table
+from dora_rl.errors import ProfileError
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("profile", help="profile a zoo model (or a profile JSON) block by block")
     p.add_argument("model", help="zoo name (e.g. resnet50) or path to a profile JSON")
     p.add_argument("--json", action="store_true", help="print the profile JSON (the format `model: {profile: FILE}` reads)")
+    p.add_argument("--measure", action="store_true",
+                   help="time every block on this machine (median of repeats after warm-up) and write a device "
+                        "profile (docs/formats.md) that a scenario device names with `profile: FILE`")
+    p.add_argument("--threads", type=int, default=1, help="--measure: torch threads (default 1)")
+    p.add_argument("--training", action="store_true", help="--measure: also time forward with autograd and backward")
+    p.add_argument("--batch", type=int, action="append", default=None, metavar="N",
+                   help="--measure: batch size to time at (repeatable; default 1 and 4; the cost model fits a line)")
+    p.add_argument("--repeats", type=int, default=7, help="--measure: timed calls per block (median)")
+    p.add_argument("--out", default=None, help="--measure: write the device profile here (default: print it)")
     p.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("score", help="predict latency, throughput, energy, memory and QoE of a plan")
@@ -21,6 +31,10 @@ def add_commands(sub) -> None:
 def cmd_profile(args) -> int:
     from dora_rl.profile import get_profile
 
+    if args.measure:
+        return _measure(args)
+    if args.out or args.training:
+        raise ProfileError("--out and --training go with --measure (time the blocks on this machine)")
     prof = get_profile(args.model)
     if args.json:
         print_json(prof.to_dict())
@@ -29,6 +43,28 @@ def cmd_profile(args) -> int:
     console.print(table(f"{prof.name}: {prof.n_blocks} blocks, {prof.total_flops / 2e9:.3f} GMACs, "
                         f"{prof.total_params / 1e6:.1f} MB params, input {prof.input_bytes / 1e3:.1f} kB",
                         ["#", "block", "MMACs", "params MB", "out kB"], rows, justify_right_from=2))
+    return 0
+
+
+def _measure(args) -> int:
+    from dora_rl.profile.zoo import MODELS, model_names
+
+    if args.model not in MODELS:
+        raise ProfileError(f"--measure times a zoo model; {args.model!r} is not one ({', '.join(model_names())})")
+    from dora_rl.profile.timing import measure_profile
+
+    dp = measure_profile(args.model, batch_sizes=args.batch or (1, 4), training=args.training,
+                         threads=args.threads, repeats=args.repeats)
+    if args.out:
+        dp.save(args.out)
+    if args.json or not args.out:
+        print_json(dp.to_dict())
+        return 0
+    fixed, per = dp.fit()
+    rows = [[i, b, fixed[i] * 1e3, per[i] * 1e3] for i, b in enumerate(dp.blocks)]
+    console.print(table(f"{dp.model} on this machine ({dp.threads} thread(s)): forward = fixed + n x per-sample",
+                        ["#", "block", "fixed ms", "per sample ms"], rows, justify_right_from=2))
+    console.print(f"device profile: {args.out}")
     return 0
 
 

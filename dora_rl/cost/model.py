@@ -62,6 +62,16 @@ class CostModel:
                           for d in cl.devices]
         self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
         self._realized: dict = {}
+        # measured block times (docs/cost-model.md "Measured block times"): per device None, or
+        # prefix sums (fixed_f, per_sample_f, fixed_b, per_sample_b) of forward / backward seconds
+        self.timed = None
+        if scenario.measured:
+            self.timed = [None] * self.n
+            for name, dp in scenario.measured.items():
+                f = dp.fit("train_forward_s" if self.training else "forward_s")
+                b = dp.fit("backward_s") if self.training else ([0.0] * B, [0.0] * B)
+                self.timed[cl.index[name]] = tuple(np.concatenate([[0.0], np.cumsum(v)]).tolist()
+                                                   for v in (*f, *b))
 
     # ------------------------------------------------------------------
     def stage_indices(self, plan: Plan) -> list[tuple[int, int, list[int], list[float]]]:
@@ -92,10 +102,45 @@ class CostModel:
 
     def stage_compute(self, l: int, r: int, devs, shares, m: float) -> tuple[float, list[float]]:
         """Forward time of stage [l, r) per micro-batch of m samples with (realized)
-        shares w: c_s = max_d w_d m F_s / g_d."""
+        shares w: c_s = max_d c_sd, c_sd = w_d m F_s / g_d, or, for a device with measured
+        block times, fixed_d[l, r) + n_d per_sample_d[l, r) (0 if it gets no sample)."""
         work = m * (self.fp[r] - self.fp[l])
-        per = [w * work / self.rate[d] for d, w in zip(devs, shares)]
+        if self.timed is None:
+            per = [w * work / self.rate[d] for d, w in zip(devs, shares)]
+            return max(per), per
+        per = []
+        for d, w in zip(devs, shares):
+            t = self.timed[d]
+            if t is None:
+                per.append(w * work / self.rate[d])
+            else:
+                n = w * m
+                per.append(t[0][r] - t[0][l] + n * (t[1][r] - t[1][l]) if n > 0 else 0.0)
         return max(per), per
+
+    def stage_busy(self, l: int, r: int, devs, shares, m: float, per: list[float]) -> list[float]:
+        """Training: forward + backward seconds per micro-batch of each member: 3 c_sd
+        (backward = 2x forward), or the measured forward + backward times."""
+        if self.timed is None:
+            return [3.0 * t for t in per]
+        out = []
+        for d, w, f in zip(devs, shares, per):
+            t = self.timed[d]
+            n = w * m
+            out.append(3.0 * f if t is None else (f + t[2][r] - t[2][l] + n * (t[3][r] - t[3][l]) if n > 0 else 0.0))
+        return out
+
+    def device_times(self, d: int) -> dict:
+        """Per-block prefix tables of device d's modelled seconds (what an emulating
+        worker stretches its compute to): a stage [l, r) on n > 0 samples takes
+        fwd_fixed[r] - fwd_fixed[l] + n (fwd_per[r] - fwd_per[l]) forward, likewise bwd."""
+        t = self.timed[d] if self.timed is not None else None
+        if t is None:
+            zero = [0.0] * (self.n_blocks + 1)
+            g = self.rate[d]
+            return {"fwd_fixed": zero, "fwd_per": [f / g for f in self.fp], "bwd_fixed": zero,
+                    "bwd_per": [2.0 * f / g for f in self.fp]}
+        return {"fwd_fixed": t[0], "fwd_per": t[1], "bwd_fixed": t[2], "bwd_per": t[3]}
 
     def transfer(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
         """Move a micro-batch's activation (nbytes in total) from group A to group B.
@@ -177,13 +222,16 @@ class CostModel:
         bname = ""
         T = 0.0                    # steady-state period per micro-batch
         fill = 0.0                 # one micro-batch's pass through every resource
-        back = 3.0 if training else 1.0   # forward + backward (= 2x forward) per micro-batch
         # compute + memory, per stage
         stages = [(l, r, devs, self.realized(m, sh)) for (l, r, devs, sh) in stages]
         for s, (l, r, devs, sh) in enumerate(stages):
             c, per = self.stage_compute(l, r, devs, sh, m)
             comp.append(c)
-            u = back * c
+            if training:
+                per = self.stage_busy(l, r, devs, sh, m, per)   # forward + backward per member
+                u = max(per)
+            else:
+                u = c
             fill += u
             if u > T:
                 T, bname = u, f"stage {s}"
@@ -195,7 +243,7 @@ class CostModel:
                 act = self.peak[l][r]
                 base = params
             for d, w, t in zip(devs, sh, per):
-                busy[d] += back * t * M
+                busy[d] += t * M
                 mem[d] = base + w * m * act
                 part.add(d)
         # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source)

@@ -146,13 +146,13 @@ class Pending:
 
 
 class Transmitter:
-    """Outgoing tensor messages of one worker. Without emulation they are sent at once;
-    with it, one sender thread per destination paces them (so compute overlaps
+    """Outgoing tensor messages of one worker. Unpaced they are sent at once; paced
+    (`pace`: the network is emulated), one sender thread per destination paces them (so compute overlaps
     communication, and flows to different peers proceed in parallel, as on a NIC)."""
 
-    def __init__(self, net, my_idx: int, ranks: dict, names: list, emulate: bool):
+    def __init__(self, net, my_idx: int, ranks: dict, names: list, pace: bool):
         self.net, self.me, self.ranks, self.names = net, my_idx, ranks, names
-        self.emulate = emulate
+        self.pace = pace
         self.pending = Pending()
         self.queues: dict = {}
         self.threads: list = []
@@ -160,7 +160,7 @@ class Transmitter:
 
     def send(self, dst: str, t: torch.Tensor, tag: int) -> None:
         t = t.detach().contiguous()
-        if not self.emulate:
+        if not self.pace:
             self.pending.add(isend_tensor(t, self.ranks[dst], tag, 0.0))
             return
         q = self.queues.get(dst)

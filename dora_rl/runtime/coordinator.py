@@ -66,7 +66,8 @@ def moves_between(old: Plan | None, new: Plan, bw, held: dict[str, set] | None =
 
 
 class Runtime(WorkerGroup):
-    """Coordinator of one run. `emulate=False` runs at this machine's real speed.
+    """Coordinator of one run. `emulate=False` computes at this machine's real speed;
+    `pace` (default: `emulate`) paces transfers to the links and media either way.
     `network="netns"`: workers in network namespaces, links/media shaped by the kernel
     (`tc` htb) instead of the pacing calendar (root only; `netns.py`). `resilience`: the
     fault policy (default `FailFast`; `faults.Resilience` survives lost workers).
@@ -76,13 +77,15 @@ class Runtime(WorkerGroup):
                  lr: float = 0.01, momentum: float = 0.0, seed: int = 0,
                  spawn: bool = True, spawn_devices: list[str] | None = None,
                  master_addr: str = "127.0.0.1", master_port: int | None = None,
-                 network: str = "pace", resilience: FailFast | None = None, live_bandwidth: bool = False):
+                 network: str = "pace", resilience: FailFast | None = None, live_bandwidth: bool = False,
+                 pace: bool | None = None):
         if not isinstance(scenario.model, str):
             raise RuntimeFault(f"scenario {scenario.name!r}: the runtime needs a zoo model (weights are built "
                                "from the zoo); a profile-only model cannot be executed")
         self.sc = scenario
         self.cost = CostModel(scenario)
         self.emulate = emulate
+        self.pace = emulate if pace is None else bool(pace)
         self.timeout = timeout
         self.lr, self.momentum, self.seed = lr, momentum, seed
         self.spawn = spawn
@@ -169,8 +172,9 @@ class Runtime(WorkerGroup):
         self.resilience.started()
 
     def _spawn(self, dev: str, rank: int, world: int) -> None:
+        threads, _ = self._threads(dev)
         env = dict(os.environ, MASTER_ADDR=self.addr, MASTER_PORT=str(self.port), RANK=str(rank),
-                   WORLD_SIZE=str(world), DORA_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS="1",
+                   WORLD_SIZE=str(world), DORA_PARENT_PID=str(os.getpid()), OMP_NUM_THREADS=str(threads),
                    PYTHONPATH=PKG_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         log = open(os.path.join(self.tmp, f"worker-{rank}.log"), "wb")
         pre = []
@@ -196,13 +200,21 @@ class Runtime(WorkerGroup):
             set_medium_scale(cal, self.media_scale)
         Calendar(cal, cl.n * cl.n + len(cl.media_names), create=True).close()
         for dev, r in self.ranks.items():
+            threads, cpus = self._threads(dev)
             cfg = {"op": "setup", "names": self.names, "ranks": self.ranks, "source": self.sc.source,
-                   "flops_prefix": self.cost.fp, "shapes": self.shapes, "dtypes": self.dtypes,
-                   "emulate": self.emulate, "net": net, "calendar": cal, "network": self.network,
-                   "flops_per_s": cl.device(dev).flops_per_s, "lr": self.lr, "momentum": self.momentum}
+                   "times": self.cost.device_times(cl.index[dev]), "shapes": self.shapes, "dtypes": self.dtypes,
+                   "emulate": self.emulate, "pace": self.pace, "net": net, "calendar": cal,
+                   "network": self.network, "threads": threads, "cpus": cpus,
+                   "lr": self.lr, "momentum": self.momentum}
             send_obj(cfg, r, TAG_CTRL)
         self.reply_thread = threading.Thread(target=self._reply_loop, daemon=True)
         self.reply_thread.start()
+
+    def _threads(self, dev: str) -> tuple[int, list | None]:
+        """(torch threads, cores) a device's worker runs with: those its measured profile
+        was taken with, else one thread, unpinned."""
+        dp = self.sc.measured.get(dev)
+        return (dp.threads, dp.cpus) if dp is not None else (1, None)
 
     def participants(self, plan: Plan | None = None) -> list[str]:
         plan = plan or self.plan

@@ -1,7 +1,9 @@
 """Device and network emulation on one machine.
 
 Compute: a worker runs the real torch code, measures the real time and sleeps out the
-difference to the modelled time (FLOPs / device rate, the cost model's formula). When
+difference to the modelled time (the cost model's: FLOPs / device rate, or the device's
+measured block times; `CostModel.device_times`). Without emulation (`dora run
+--no-emulate`) compute runs at this machine's real speed and is only accounted. When
 the real time exceeds the modelled time the emulation is *saturated* (this CPU is
 slower than the modelled device): the excess is counted and reported, never hidden.
 
@@ -168,9 +170,8 @@ class NetEmulator:
 
 @dataclass
 class ComputeClock:
-    """Stretches compute to a device's modelled speed and accounts busy time."""
+    """Stretches compute to a device's modelled time and accounts busy time."""
 
-    flops_per_s: float
     emulate: bool = True
     busy_s: float = 0.0          # modelled (emulated) busy seconds, or real seconds without emulation
     real_s: float = 0.0          # real compute seconds
@@ -178,15 +179,15 @@ class ComputeClock:
     excess_s: float = 0.0        # total real-minus-modelled time of those sections
     sections: int = 0
 
-    def stretch(self, t0: float, flops: float) -> None:
-        """Call after a compute section that started at t0 and did `flops`."""
+    def stretch(self, t0: float, model: float) -> None:
+        """Call after a compute section that started at t0 and is modelled to take
+        `model` seconds."""
         real = now() - t0
         self.real_s += real
         self.sections += 1
         if not self.emulate:
             self.busy_s += real
             return
-        model = flops / self.flops_per_s
         if real > model:
             self.saturated += 1
             self.excess_s += real - model

@@ -76,17 +76,19 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
         self.ranks = cfg["ranks"]
         self.source = cfg["source"]
         self.is_source = self.device == self.source
-        self.fp = cfg["flops_prefix"]
+        self.times = cfg["times"]   # this device's modelled seconds per block range (CostModel.device_times)
         self.shapes = [tuple(s) for s in cfg["shapes"]]
         self.dtypes = [DTYPES[d] for d in cfg["dtypes"]]
         self.emulate = cfg["emulate"]
+        pace = cfg.get("pace", self.emulate)   # transfers paced to the links (also at real compute speed)
+        _threads_and_cores(cfg.get("threads", 1), cfg.get("cpus"))
         if cfg.get("network") == "netns":   # [netns] the kernel (tc) shapes the bytes: no calendar, latency floor
             from dora_rl.runtime.netns import KernelNet
             self.net = KernelNet(cfg["net"])
         else:
-            self.net = NetEmulator(cfg["net"], cfg["calendar"] if self.emulate else None)
-        self.clock = ComputeClock(cfg["flops_per_s"], self.emulate)
-        self.tx = Transmitter(self.net, self.idx, self.ranks, self.names, self.emulate)
+            self.net = NetEmulator(cfg["net"], cfg["calendar"] if pace else None)
+        self.clock = ComputeClock(self.emulate)
+        self.tx = Transmitter(self.net, self.idx, self.ranks, self.names, pace)
         self.lr = cfg.get("lr", 0.01)
         self.momentum = cfg.get("momentum", 0.0)
         if self.is_source:
@@ -268,6 +270,17 @@ def _tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
     except (OSError, AttributeError):   # not glibc: keep the allocator's defaults
         pass
+
+
+def _threads_and_cores(threads: int, cpus) -> None:
+    """Run torch with the thread count the device's profile was measured with, pinned to
+    the cores it was measured on (where the OS allows it)."""
+    torch.set_num_threads(int(threads))
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, set(cpus))
+        except OSError:
+            pass
 
 
 def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:

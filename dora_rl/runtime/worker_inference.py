@@ -51,7 +51,7 @@ class InferenceOps:
                 t = now()
                 with torch.no_grad():
                     y = self.module(x)
-                self.clock.stretch(t, self.flops(s, hi_ - lo_))
+                self.clock.stretch(t, self.model_s(s, hi_ - lo_))
                 if s == self.S - 1 and self.is_source:
                     self._add_piece(self.current_entry, j, lo_, y)
                 else:

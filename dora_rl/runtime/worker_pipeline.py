@@ -74,7 +74,11 @@ class PipelineOps:
         local.sort(key=lambda p: p[0])
         return local[0][1] if len(local) == 1 else torch.cat([t for _, t in local])
 
-    def flops(self, s: int, n: int) -> float:
+    def model_s(self, s: int, n: int, phase: str = "fwd") -> float:
+        """Modelled seconds of this device's n samples of stage s ("fwd" or "bwd")."""
+        if n <= 0:
+            return 0.0
         l, r = self.stages[s][0], self.stages[s][1]
-        return n * (self.fp[r] - self.fp[l])
+        fixed, per = self.times[phase + "_fixed"], self.times[phase + "_per"]
+        return fixed[r] - fixed[l] + n * (per[r] - per[l])
 

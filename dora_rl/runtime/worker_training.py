@@ -52,7 +52,7 @@ class TrainingOps:
                 if s == S - 1:
                     lab = y_all[j * m + lo_: j * m + hi_]
                     y = F.cross_entropy(y.reshape(-1, y.shape[-1]), lab.reshape(-1), reduction="sum") / denom
-                self.clock.stretch(t, self.flops(s, n))
+                self.clock.stretch(t, self.model_s(s, n))
                 if s < S - 1:
                     self.scatter(s + 1, j, m, y.detach(), lo_, True)
                 saved[j] = (x, y)
@@ -66,7 +66,7 @@ class TrainingOps:
                     g = self.gather_grad(s, j, m, lo_)
                     t = now()
                     y.backward(g)
-                self.clock.stretch(t, 2 * self.flops(s, n))
+                self.clock.stretch(t, self.model_s(s, n, "bwd"))
                 if s > 0:
                     self.scatter_grad(s, j, m, x.grad, lo_)
 

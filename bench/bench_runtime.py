@@ -11,11 +11,13 @@ reported in device time (dilated / X), with the saturation flags. edge_cluster f
 variant: resnet18, global batch 8 in 4 micro-batches, SGD.
 
     PYTHONPATH=. python bench/bench_runtime.py      # writes bench/results/runtime.json
+    DORA_BENCH_RUNTIME_PLANNERS=dora                # only these planners' plans; DORA_BENCH_RUNTIME_PARTS=accuracy: only that part
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -60,9 +62,10 @@ def accuracy(results: dict) -> None:
     rows = []
     from dora_rl.errors import DoraError
     from dora_rl.runtime.dilation import choose
+    only = [p for p in os.environ.get("DORA_BENCH_RUNTIME_PLANNERS", "").split(",") if p]
     for preset, planners, n in CASES:
         base = edge_cluster_variant() if preset == "edge_cluster" else load_scenario(preset)
-        for pn in planners:
+        for pn in [p for p in planners if not only or p in only]:
             try:
                 plan = plan_for(base, pn)
             except Exception as e:  # noqa: BLE001
@@ -165,9 +168,10 @@ def switch(results: dict) -> None:
 
 def run(results: dict) -> dict:
     t = time.monotonic()
-    overhead(results)
-    switch(results)
-    accuracy(results)
+    parts = os.environ.get("DORA_BENCH_RUNTIME_PARTS", "overhead,switch,accuracy").split(",")
+    for name, fn in (("overhead", overhead), ("switch", switch), ("accuracy", accuracy)):
+        if name in parts:
+            fn(results)
     results["bench_seconds"] = time.monotonic() - t
     return results
 

@@ -120,7 +120,7 @@ def cmd_run(args) -> int:
     base = load_scenario(args.scenario)
     plan = _plan_for(base, args.plan or args.planner or "dora")
     switch = _plan_for(base, args.switch_to) if args.switch_to else None
-    dil = _dilation(args, base, plan, 1.0 if args.no_emulate and slowdown == "auto" else slowdown)
+    dil = _dilation(args, base, plan, 1.0 if args.no_emulate and slowdown == "auto" else slowdown, switch)
     X = dil.factor
     sc = base.dilated(X)
     out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
@@ -205,11 +205,15 @@ def _run_with_faults(args, fails, slowdown) -> int:   # [faults] one plan, worke
     return 0
 
 
-def _dilation(args, base, plan, slowdown):
-    """The run's dilation (dilation.choose), announced on stderr; --strict refuses a
-    factor at which a worker is predicted to saturate."""
+def _dilation(args, base, plan, slowdown, switch=None):
+    """The run's dilation (dilation.choose; with a --switch-to plan, the larger of the
+    two plans'), announced on stderr; --strict refuses a factor at which a worker is
+    predicted to saturate."""
     from dora_rl.runtime.dilation import choose
     dil = choose(base, plan, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+    if switch is not None:
+        other = choose(base, switch, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+        dil = other if other.factor > dil.factor else dil
     why = (f" (auto: worst worker {max(dil.ratio, key=dil.ratio.get)} computes "
            f"{max(dil.ratio.values()):.3g}x slower here than on its device; contention {dil.contention:.2g}x on "
            f"{dil.cores} cores; headroom {dil.headroom:g}x)" if dil.auto and dil.ratio else "")

@@ -187,7 +187,8 @@ def choose(scenario: Scenario, plan: Plan | None = None, *, slowdown="auto", rat
             raise RuntimeFault(
                 f"this machine is too slow to emulate {scenario.name!r}: worker {dev} computes "
                 f"{ratio[dev]:.3g}x slower than its device (contention {contention:.2g}x), so the run needs a "
-                f"dilation of {factor:.3g}, at which one request takes {lat_s:.3g} s, {lat_s / timeout:.2g}x the "
+                f"dilation of {factor:.3g}, at which one {'iteration' if w.training else 'request'} takes "
+                f"{lat_s:.3g} s, {lat_s / timeout:.2g}x the "
                 f"--timeout of {timeout:g} s; raise --timeout or run a smaller model")
     log.info("dilation %.3g (ratios %s, contention %.2g)", factor, ratio, contention)
     return dil

@@ -248,7 +248,8 @@ class LiveRun:
         if slo is not None and lat_ms is not None and lat_ms > slo:
             viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
         # throughput once a full window can hold answers (the first ones arrive after one latency)
-        if need and t >= win + (slo or 0.0) / 1e3 and thr < 0.8 * need:
+        judged = bool(need) and t >= win + (slo or 0.0) / 1e3
+        if judged and thr < 0.8 * need:
             viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
         viol += battery_violations(self.monitor, budgets)
         return {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
@@ -258,7 +259,7 @@ class LiveRun:
                 "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None,
                 "answered": len(recent), "throughput": thr, "power_w": power,
                 "energy_j": power * dt if math.isfinite(power) else 0.0,
-                "served_frac": min(1.0, thr / need) if need else 1.0,
+                "served_frac": min(1.0, thr / need) if need else 1.0, "thr_judged": judged or not need,
                 "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
                 "predicted": dec.predicted, "plan": self.rt.plan.to_dict(), "faults": len(self.rt.faults)}
 

@@ -55,13 +55,13 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
     ax.set_ylabel("latency ms")
     ax.legend(loc="upper right", fontsize=8)
     ax = axes[3]
-    ax.step(t, [r["throughput"] for r in rows], where="post", color="tab:purple", label="capacity")
+    ax.step(t, [r["throughput"] for r in rows], where="post", color="tab:purple", label="served (live: measured)")
     if d.get("need"):
         ax.axhline(d["need"], color="red", ls="--", lw=1, label="required")
     ax.set_ylabel("throughput (req/s)")
     dil = d.get("dilation") or 1.0
-    ax.set_xlabel(("time (s, dilated %.3g x: device time = time / %.3g)" % (dil, dil) if dil != 1 else "time (s)")
-                  + "   |  vertical lines: plan switches; red: QoE violated (L latency, T throughput, B battery)")
+    ax.set_xlabel(("time (s, dilated %.3gx: device time = time / %.3g)" % (dil, dil) if dil != 1 else "time (s)")
+                  + "  |  lines: plan switches; red: QoE violated (L latency, T throughput, B battery)", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     for r in rows:
         if r["switch"]:

@@ -49,8 +49,9 @@ def render(log, row: dict) -> Group:
     t.add_row("throughput", f"{row['throughput']:.3g} req/s   required {log.need:.3g} req/s")
     t.add_row("power", f"{row['power_w']:.2f} W   energy so far {sum(r['energy_j'] for r in rows):.0f} J")
     t.add_row("switches", f"{sw}   QoE-violating intervals {viol}/{len(rows)} ({viol / len(rows):.0%})")
-    t.add_row("this interval", Text("; ".join(row["violations"]) or "QoE met",
-                                    style="red" if row["violations"] else "green"))
+    met = "QoE met" if row.get("thr_judged", True) else ("QoE met (throughput not judged yet: the window of 3 "
+                                                          "expected answers is longer than the run so far)")
+    t.add_row("this interval", Text("; ".join(row["violations"]) or met, style="red" if row["violations"] else "green"))
     for f in getattr(log, "faults", None) or ():
         det = f.get("detected_s") or {}
         t.add_row("fault", f"{', '.join(f['devices'])} lost; detected "
@@ -83,4 +84,5 @@ class LiveView:
     def __exit__(self, *exc):
         if self.live is not None:
             self.live.__exit__(*exc)
+            self.live.console.line()   # what follows starts on its own line
         return False

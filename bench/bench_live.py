@@ -52,7 +52,13 @@ def simulated(base, name: str, spec: str, X: float, time_scale: float, duration:
     t0 = float(tr.times[0])
     st = BandwidthTrace((tr.times - t0) * k, tr.mbps, period=tr.period * k, source=tr.source)
     log = simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False})
-    return log.summary()["violation_frac"]
+    return log.summary()["violation_frac"], kinds(log.rows)
+
+
+def kinds(rows) -> dict:
+    """Intervals violating each target (latency, throughput, battery)."""
+    return {k: sum(1 for r in rows if any(v.startswith(k) for v in r.get("violations", ())))
+            for k in ("latency", "throughput", "battery")}
 
 
 def run(results: dict) -> dict:
@@ -69,22 +75,24 @@ def run(results: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 out = run_live("smart_home", name, duration=duration, trace=spec, live=False, out_dir=tmp)
+                live_kinds = kinds(json.loads(Path(out["log"]).read_text())["rows"])
             except DoraError as e:   # a failed run is a row, not the end of the bench
                 rows.append({"trace": spec, "error": f"{type(e).__name__}: {e}"})
                 print(f"{spec}: {rows[-1]['error']}", flush=True)
                 continue
         s = out["summary"]
-        sim = simulated(base, name, spec, s["slowdown"], s["time_scale"], duration)
+        sim, sim_kinds = simulated(base, name, spec, s["slowdown"], s["time_scale"], duration)
         row = {"trace": spec, "slowdown": s["slowdown"], "requests": s["requests"], "answered_once": s["answered_once"],
                "false_faults": len(s["faults"]), "fault_devices": [f["devices"] for f in s["faults"]],
                "saturated": s["saturated"], "violation_frac_live": s["violation_frac"],
                "violation_frac_sim": sim, "diff": abs(s["violation_frac"] - sim),
+               "violating_by_target_live": live_kinds, "violating_by_target_sim": sim_kinds,
                "latency_p50_device_ms": s["latency_ms"].get("p50"), "switches": s["switches"],
                "seconds": time.monotonic() - t}
         rows.append(row)
         print(f"{spec[10:50]:40s} X {row['slowdown']:5.0f} req {row['requests']:3d} once {row['answered_once']} "
               f"faults {row['false_faults']} sat {bool(row['saturated'])} viol live {row['violation_frac_live']:.2f} "
-              f"sim {sim:.2f}", flush=True)
+              f"sim {sim:.2f}  live {live_kinds} sim {sim_kinds}", flush=True)
     ok = [r for r in rows if "error" not in r]
     results["live"] = {
         "adapter": name, "runs": len(rows), "completed": len(ok), "duration_s": duration,

@@ -173,3 +173,21 @@ def test_timeline_records_dilation_and_faults(tmp_path):
     assert p.stat().st_size > 10_000
     d = json.loads(json.dumps(log.to_dict()))
     assert d["dilation"] == 50.0 and d["faults"][0]["devices"] == ["tv"]
+
+
+def test_strict_refuses_a_factor_at_which_a_worker_saturates(tmp_path, monkeypatch, capsys):
+    # devices modelled 1e6 x faster than any CPU: at --slowdown 1 every worker saturates
+    import yaml
+    monkeypatch.setenv("DORA_CACHE", str(tmp_path / "cache"))
+    d = scen(gflops=(1e6, 1e6)).to_dict()
+    (tmp_path / "fast.yaml").write_text(yaml.safe_dump(d))
+    assert main(["run", str(tmp_path / "fast.yaml"), "--plan", _plan_file(tmp_path), "--slowdown", "1",
+                 "--strict", "--requests", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "time dilation 1x" in err and "--strict" in err and "saturate" in err
+    assert list((tmp_path / "cache" / "block_times").glob("tiny_cnn-*.json"))   # measured once, cached
+
+
+def _plan_file(tmp_path) -> str:
+    Plan.make([(0, 7, ["a"])]).save(tmp_path / "p.json")
+    return str(tmp_path / "p.json")

@@ -45,9 +45,11 @@ def add_commands(sub) -> None:
     p.add_argument("--trace", default=None, help="bandwidth trace for --adapter (file, markov, markov:SEED; default: "
                                                  "the scenario's dynamics)")
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live)")
+                   help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live: run seconds, "
+                        "i.e. dilated; the device time covered is duration / slowdown)")
     p.add_argument("--time-scale", type=float, default=10.0,
-                   help="live adapter: replay the trace this many times faster than real time (default 10)")
+                   help="live adapter: trace seconds per second of device time (trace time is dilated with the "
+                        "rest: run time x time-scale / slowdown; default 10)")
     p.add_argument("--fail", action="append", default=[], metavar="DEVICE@SECONDS",
                    help="kill that device's worker after SECONDS (repeatable): detected, re-planned on the "
                         "survivors, resumed with every request answered once / no training update lost")
@@ -196,7 +198,8 @@ def _run_with_faults(args, fails, slowdown) -> int:   # [faults] one plan, worke
         else:
             res = rt.infer(args.requests, rate=args.rate / X if args.rate else None)
             out = {"requests": res.n, "answered_once": sorted(res.answered) == list(range(res.n)),
-                   "reissued": res.reissued, "duplicates_dropped": res.duplicates, "latency_ms": res.latency_ms}
+                   "reissued": res.reissued, "duplicates_dropped": res.duplicates, "latency_ms": res.latency_ms,
+                   "latency_ms_device": {k: v / X for k, v in res.latency_ms.items()}}
         out["faults"] = [{k: v for k, v in f.items() if k != "plan"} | {"plan": [(s["blocks"], s["devices"]) for s in
                                                                                 f["plan"]["stages"]]}
                          for f in rt.faults]

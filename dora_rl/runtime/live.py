@@ -226,6 +226,8 @@ class LiveRun:
             mx = make_mix([(sc_run, 1.0)], self.need, budgets, self.sc.qoe.latency_slo_ms)
             self.monitor.drain(dict(mx.dev_power), dt)
             power = mx.power
+            # the running plan's capacity on the true bandwidth vs the required rate (as the simulation judges it)
+            self.model_viol = [v for v in mx.violations if v.startswith("throughput")]
         except Exception:  # noqa: BLE001  (a plan the cost model rejects on this condition)
             power = float("nan")
         return budgets, power
@@ -248,9 +250,15 @@ class LiveRun:
         if slo is not None and lat_ms is not None and lat_ms > slo:
             viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
         # throughput once a full window can hold answers (the first ones arrive after one latency)
+        # throughput: the running plan's capacity on the true bandwidth below the required
+        # rate (as the simulation judges it), or - once a full window can hold answers -
+        # the workers serving less than 0.8 x what is offered (falling behind)
+        viol += [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
         judged = bool(need) and t >= win + (slo or 0.0) / 1e3
-        if judged and thr < 0.8 * need:
-            viol.append(f"throughput: {thr:.2f} < 0.8 x required {need:.2f} over the last {win:.0f} s")
+        offered = min(need, self.offered_rate) if need else self.offered_rate
+        if judged and thr < 0.8 * offered:
+            viol.append(f"throughput: served {thr:.3g} req/s < 0.8 x offered {offered:.3g} req/s over the last "
+                        f"{win:.0f} s")
         viol += battery_violations(self.monitor, budgets)
         return {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
                 "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),

@@ -115,6 +115,7 @@ if __name__ == "__main__":
     wrapped: dict = {}
     res = run(wrapped)
     p = ROOT / "bench" / "results" / "faults.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(wrapped, indent=1, default=str) + "\n")     # the layout bench/run.py writes
     i, t = res["inference"], res["training"]
     print(f"inference: {len(i['runs'])} runs, finished {i['all_finished']}, exactly once {i['all_exactly_once']}, "

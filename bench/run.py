@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter", "bench_faults",
-           "bench_fidelity"]
+           "bench_fidelity", "bench_live", "bench_docs"]
 
 
 def main(argv: list[str]) -> int:

@@ -16,8 +16,9 @@ def add_commands(sub) -> None:
     d.add_argument("--scenario", default="smart_home", help="preset or YAML (default smart_home)")
     d.add_argument("--out", default="demo_out", help="folder for the plan, plot and JSON (default demo_out/)")
     d.add_argument("--requests", type=int, default=6, help="requests to execute on the emulated workers")
-    d.add_argument("--slowdown", type=float, default=50.0,
-                   help="emulate every device this many times slower, so this CPU can keep up (default 50)")
+    d.add_argument("--slowdown", default="auto", metavar="auto|X",
+                   help="time dilation of the emulated runs (as `dora run --slowdown`; default auto: the smallest "
+                        "at which this CPU keeps up, from its measured block times)")
     d.add_argument("--no-run", action="store_true", help="skip executing the plan on workers")
     d.add_argument("--adapter", default="ppo",
                    help="adapter for the live step (default ppo: the shipped agents; pareto when they are missing)")
@@ -34,6 +35,8 @@ def cmd_demo(args) -> int:
     from dora_rl.planners import run_planner
     from dora_rl.scenario import load_scenario
 
+    from dora_rl.runtime.dilation import choose, parse_slowdown
+    slowdown = parse_slowdown(args.slowdown)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     scen = load_scenario(args.scenario)
@@ -59,16 +62,20 @@ def cmd_demo(args) -> int:
         from dora_rl.commands.common import table
         from dora_rl.runtime.measure import measure
 
-        console.rule(f"[bold]4. executing the plan on emulated torch workers (devices {args.slowdown:g}x slower)")
+        X = choose(scen, res.plan, slowdown=slowdown).factor
+        console.rule(f"[bold]4. executing the plan on emulated torch workers (time dilated {X:g}x)")
         console.print("[dim]one worker process per device in one torch.distributed (gloo) group; compute is "
-                      "stretched to each device's speed, transfers paced to each link and shared medium[/dim]")
-        slow = scen.slowed(args.slowdown)
+                      "stretched to each device's speed, transfers paced to each link and shared medium; the whole "
+                      f"scenario runs {X:g}x slower so this CPU keeps up (results below in device time)[/dim]")
         with console.status(f"running {args.requests} requests..."):
-            run = measure(slow, res.plan, requests=args.requests, throughput_phase=False)
+            run = measure(scen.dilated(X), res.plan, requests=args.requests, throughput_phase=False)
         pr, me = run["predicted"], run["measured"]
-        console.print(table("predicted (cost model) vs measured (workers)", ["", "predicted", "measured p50"],
-                            [["latency ms", pr["latency_ms"], me["latency_ms"]["p50"]],
-                             ["energy J / request", pr["energy_j"], me["energy_j"]]]))
+        run["slowdown"] = X
+        console.print(table("predicted (cost model) vs measured (workers), device time",
+                            ["", "predicted", "measured p50"],
+                            [["latency ms", pr["latency_ms"] / X, me["latency_ms"]["p50"] / X]]))
+        if me.get("saturated"):
+            console.print(f"[yellow]warning: emulation saturated on {', '.join(me['saturated'])}[/yellow]")
         summary["run"] = run
     if not args.no_run and args.live_seconds > 0 and not scen.workload.training:   # [live]
         from dora_rl.errors import AgentError
@@ -82,9 +89,10 @@ def cmd_demo(args) -> int:
                 args.adapter = "pareto"
         console.rule(f"[bold]5. the {args.adapter} adapter on live workers ({args.live_seconds:g} s, bandwidth "
                      "following the scenario's trace)")
-        console.print(f"[dim]the scenario time-dilated {args.slowdown:g}x (compute, links, SLO, request rate); the "
-                      "trace replayed 10x faster; the monitor fed by the workers' measured transfers[/dim]")
-        live = run_live(scen, args.adapter, duration=args.live_seconds, slowdown=args.slowdown, out_dir=out,
+        console.print("[dim]the scenario time-dilated (compute, links, SLO, request rate, trace time); the "
+                      "trace replayed 10x faster than device time; the monitor fed by the workers' measured "
+                      "transfers[/dim]")
+        live = run_live(scen, args.adapter, duration=args.live_seconds, slowdown=slowdown, out_dir=out,
                         console=console)
         s = live["summary"]
         console.print(f"{s['requests']} requests, each answered once: {s['answered_once']}; switches "

@@ -3,8 +3,12 @@ with the cost model) and `dora worker` (one worker; joins via env vars)."""
 
 from __future__ import annotations
 
+from rich.console import Console
+
 from dora_rl.commands.common import console, fmt, print_json, table
-from dora_rl.errors import PlanError
+from dora_rl.errors import PlanError, RuntimeFault
+
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def add_commands(sub) -> None:
@@ -17,11 +21,15 @@ def add_commands(sub) -> None:
     g.add_argument("--planner", default=None, help="planner name (default: dora)")
     p.add_argument("--requests", type=int, default=30, help="requests per phase (inference)")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations (training)")
-    p.add_argument("--rate", type=float, default=None, help="offered request rate (default: the scenario's, "
+    p.add_argument("--rate", type=float, default=None, help="offered request rate in device time (default: the scenario's, "
                                                             "capped at 0.8x predicted capacity)")
-    p.add_argument("--slowdown", type=float, default=1.0,
-                   help="divide every device's gflops by X (emulate on a CPU slower than the modelled devices; "
-                        "the prediction uses the same scaled speeds)")
+    p.add_argument("--slowdown", default="auto", metavar="auto|X",
+                   help="time dilation: run X times slower in every respect (device speeds and link rates / X; "
+                        "link latencies, the SLO, the request period and trace time x X) so this CPU keeps up; "
+                        "results are reported in device time and dilated time. auto (default): the smallest X at "
+                        "which no worker saturates, from this machine's measured block times (cached)")
+    p.add_argument("--strict", action="store_true", help="refuse a saturated run (a worker slower than its "
+                                                         "modelled device): exit 2 instead of a warning")
     p.add_argument("--no-emulate", action="store_true",
                    help="compute at this machine's real speed (no stretching to the modelled devices); transfers "
                         "are still paced to the links (for a `dora calibrate` scenario: prediction vs real execution)")
@@ -39,9 +47,11 @@ def add_commands(sub) -> None:
     p.add_argument("--trace", default=None, help="bandwidth trace for --adapter (file, markov, markov:SEED; default: "
                                                  "the scenario's dynamics)")
     p.add_argument("--duration", type=float, default=None,
-                   help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live)")
+                   help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live: run seconds, "
+                        "i.e. dilated; the device time covered is duration / slowdown)")
     p.add_argument("--time-scale", type=float, default=10.0,
-                   help="live adapter: replay the trace this many times faster than real time (default 10)")
+                   help="live adapter: trace seconds per second of device time (trace time is dilated with the "
+                        "rest: run time x time-scale / slowdown; default 10)")
     p.add_argument("--fail", action="append", default=[], metavar="DEVICE@SECONDS",
                    help="kill that device's worker after SECONDS (repeatable): detected, re-planned on the "
                         "survivors, resumed with every request answered once / no training update lost")
@@ -84,13 +94,17 @@ def cmd_run(args) -> int:
     from dora_rl.runtime.measure import measure
     from dora_rl.scenario import load_scenario
 
+    from dora_rl.runtime.dilation import parse_slowdown
     fails = [parse_fail(f) for f in args.fail]
+    slowdown = parse_slowdown(args.slowdown)
+    if args.duration is not None and not args.duration > 0:
+        raise PlanError(f"--duration must be a positive number of seconds, got {args.duration:g}")
     if args.adapter and not args.simulate:   # [live] the adapter on live workers
-        return _run_live(args, fails)
+        return _run_live(args, fails, slowdown)
     if fails:
         if args.simulate:
             raise PlanError("--fail kills live workers; it cannot be combined with --simulate")
-        return _run_with_faults(args, fails)
+        return _run_with_faults(args, fails, slowdown)
     if args.simulate or args.adapter:
         if not (args.simulate and args.adapter):
             raise PlanError("--simulate needs --adapter NAME (the adapter to simulate over a bandwidth trace)")
@@ -107,24 +121,36 @@ def cmd_run(args) -> int:
     for name in ("requests", "iterations"):
         if getattr(args, name) < 1:
             raise PlanError(f"--{name} must be >= 1")
-    sc = load_scenario(args.scenario).slowed(args.slowdown)
-    plan = _plan_for(sc, args.plan or args.planner or "dora")
-    switch = _plan_for(sc, args.switch_to) if args.switch_to else None
+    base = load_scenario(args.scenario)
+    plan = _plan_for(base, args.plan or args.planner or "dora")
+    switch = _plan_for(base, args.switch_to) if args.switch_to else None
+    dil = _dilation(args, base, plan, 1.0 if args.no_emulate and slowdown == "auto" else slowdown, switch)
+    X = dil.factor
+    sc = base.dilated(X)
     out = measure(sc, plan, requests=args.requests, iterations=args.iterations, emulate=not args.no_emulate,
-                  rate=args.rate, timeout=args.timeout, switch_plan=switch, network=args.network, pace=True)
-    out["slowdown"] = args.slowdown
+                  rate=args.rate / X if args.rate else None, timeout=args.timeout, switch_plan=switch,
+                  network=args.network, pace=True)
+    out["slowdown"] = X
+    out["dilation"] = dil.to_dict()
+    out["device_time"] = device_time(out, X)
+    _saturation(args, out, out["measured"].get("saturated") or {})
     if args.json:
         print_json(out)
-        return 0
+        return _strict(args, out)
     pr, me = out["predicted"], out["measured"]
     lat = me["latency_ms"]
     unit = "iteration" if sc.workload.training else "request"
     rows = [[f"latency per {unit} (ms)", pr["latency_ms"], lat["mean"], lat["p50"], lat["p95"]],
             [f"throughput ({out['unit']})", pr["throughput"], me.get("throughput", float("nan")), "", ""],
             [f"energy per {unit} (J)", pr["energy_j"], me["energy_j"], "", ""]]
+    dt = out["device_time"]
+    rows += [[f"latency per {unit} (ms), device time", dt["predicted_latency_ms"], dt["latency_ms"]["mean"],
+              dt["latency_ms"]["p50"], dt["latency_ms"]["p95"]],
+             [f"throughput ({out['unit']}), device time", dt["predicted_throughput"], dt.get("throughput", ""), "",
+              ""]] if X != 1 else []
     console.print(table(f"dora run {sc.name} ({'emulated' if out['emulated'] else 'real speed'}"
                         f"{', kernel-shaped network (netns)' if args.network == 'netns' else ''}"
-                        f"{', slowdown ' + fmt(args.slowdown) if args.slowdown != 1 else ''})",
+                        f", time dilated {fmt(X)}x{' (auto)' if dil.auto else ''}: first rows in dilated time)",
                         ["", "predicted", "measured (mean)", "p50", "p95"], rows))
     console.print(f"plan: {[(s['blocks'], s['devices']) for s in out['plan']['stages']]}, "
                   f"microbatches {out['plan']['microbatches']}; latency error (p50 vs predicted) "
@@ -132,23 +158,21 @@ def cmd_run(args) -> int:
     if me.get("switch"):
         console.print(f"plan switch: {me['switch']['total_s'] * 1e3:.1f} ms "
                       f"(drain {me['switch']['drain_s'] * 1e3:.1f} ms, moved blocks {me['switch']['moved_blocks']})")
-    if me.get("saturated"):
-        console.print("[yellow]emulation saturated[/yellow] (this CPU is slower than the modelled device) on: "
-                      + ", ".join(f"{d} ({v['sections']} sections, +{v['excess_s'] * 1e3:.0f} ms)"
-                                  for d, v in me["saturated"].items()) + "; try --slowdown")
-    return 0
+    return _strict(args, out)
 
 
-def _run_live(args, fails) -> int:   # [live]
+def _run_live(args, fails, slowdown) -> int:   # [live]
     from dora_rl.runtime.live import run_live
-    res = run_live(args.scenario, args.adapter, duration=args.duration or 30.0, slowdown=args.slowdown,
+    res = run_live(args.scenario, args.adapter, duration=args.duration or 30.0, slowdown=slowdown,
                    rate=args.rate, trace=args.trace, time_scale=args.time_scale, fail=fails,
                    out_dir=args.out or "runs/live", live=not args.json, console=console, timeout=args.timeout)
-    if args.json:
-        print_json(res["summary"])
-        return 0
     s = res["summary"]
-    console.print(f"{s['requests']} requests, answered exactly once: {s['answered_once']}; switches {s['switches']}; "
+    _saturation(args, s, s.get("saturated") or {})
+    if args.json:
+        print_json(s)
+        return _strict(args, s)
+    console.print(f"time dilated {fmt(s['slowdown'])}x: {res['summary']['device_time_s']:.3g} s of device time; "
+                  f"{s['requests']} requests, answered exactly once: {s['answered_once']}; switches {s['switches']}; "
                   f"QoE-violating intervals {s['violation_frac']:.0%}; latency at device speed p50 "
                   f"{s['latency_ms']['p50']:.1f} ms p95 {s['latency_ms']['p95']:.1f} ms")
     for f in s["faults"]:
@@ -156,15 +180,17 @@ def _run_live(args, fails) -> int:   # [live]
                       + ", ".join(f"{v:.2f} s" for v in f["detected_s"].values())
                       + f", recovered in {f['recover_s']:.1f} s, {len(f.get('reissued', []))} request(s) re-issued")
     console.print(f"log: {res['log']}  timeline: {res['png']}")
-    return 0
+    return _strict(args, s)
 
 
-def _run_with_faults(args, fails) -> int:   # [faults] one plan, workers killed on purpose
+def _run_with_faults(args, fails, slowdown) -> int:   # [faults] one plan, workers killed on purpose
     from dora_rl.runtime.faults import ResilientRuntime
     from dora_rl.scenario import load_scenario
-    sc = load_scenario(args.scenario).slowed(args.slowdown)
-    plan = _plan_for(sc, args.plan or args.planner or "dora")
-    with ResilientRuntime(sc, timeout=args.timeout) as rt:
+    base = load_scenario(args.scenario)
+    plan = _plan_for(base, args.plan or args.planner or "dora")
+    X = _dilation(args, base, plan, slowdown).factor
+    sc = base.dilated(X)
+    with ResilientRuntime(sc, timeout=args.timeout, hb_timeout=max(5.0, min(30.0, 0.1 * X))) as rt:
         rt.start(plan)
         for dev, at in fails:
             rt.fail_at(dev, at)
@@ -172,13 +198,63 @@ def _run_with_faults(args, fails) -> int:   # [faults] one plan, workers killed 
             res = rt.train(args.iterations)
             out = {"iterations": args.iterations, "iter_ms": [t * 1e3 for t in res.iter_s]}
         else:
-            res = rt.infer(args.requests, rate=args.rate)
+            res = rt.infer(args.requests, rate=args.rate / X if args.rate else None)
             out = {"requests": res.n, "answered_once": sorted(res.answered) == list(range(res.n)),
-                   "reissued": res.reissued, "duplicates_dropped": res.duplicates, "latency_ms": res.latency_ms}
+                   "reissued": res.reissued, "duplicates_dropped": res.duplicates, "latency_ms": res.latency_ms,
+                   "latency_ms_device": {k: v / X for k, v in res.latency_ms.items()}}
         out["faults"] = [{k: v for k, v in f.items() if k != "plan"} | {"plan": [(s["blocks"], s["devices"]) for s in
                                                                                 f["plan"]["stages"]]}
                          for f in rt.faults]
+        out["slowdown"] = X
     print_json(out) if args.json else console.print(out)
+    return 0
+
+
+def _dilation(args, base, plan, slowdown, switch=None):
+    """The run's dilation (dilation.choose; with a --switch-to plan, the larger of the
+    two plans'), announced on stderr; --strict refuses a factor at which a worker is
+    predicted to saturate."""
+    from dora_rl.runtime.dilation import choose
+    dil = choose(base, plan, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+    if switch is not None:
+        other = choose(base, switch, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+        dil = other if other.factor > dil.factor else dil
+    why = (f" (auto: worst worker {max(dil.ratio, key=dil.ratio.get)} computes "
+           f"{max(dil.ratio.values()):.3g}x slower here than on its device; contention {dil.contention:.2g}x on "
+           f"{dil.cores} cores; headroom {dil.headroom:g}x)" if dil.auto and dil.ratio else "")
+    err_console.print(f"time dilation {fmt(dil.factor)}x{why}")
+    if dil.saturated and getattr(args, "strict", False):
+        raise RuntimeFault(f"--strict: at --slowdown {fmt(dil.factor)} worker(s) "
+                           + ", ".join(f"{d} (needs {x:.3g})" for d, x in dil.saturated.items())
+                           + " would saturate; use --slowdown auto")
+    return dil
+
+
+def device_time(out: dict, X: float) -> dict:
+    """`measure`'s latency and throughput converted to device time (dilated / X)."""
+    pr, me = out["predicted"], out["measured"]
+    d = {"predicted_latency_ms": pr["latency_ms"] / X, "predicted_throughput": pr["throughput"] * X,
+         "latency_ms": {k: v / X for k, v in me["latency_ms"].items() if isinstance(v, (int, float))}}
+    if "throughput" in me:
+        d["throughput"] = me["throughput"] * X
+    return d
+
+
+def _saturation(args, out: dict, sat: dict) -> None:
+    """A saturated run: a warning on stderr and `saturated_warning` in the JSON."""
+    if not sat:
+        out["saturated_warning"] = None
+        return
+    msg = ("emulation saturated (this CPU was slower than the modelled device) on: "
+           + ", ".join(f"{d} ({v['sections']} sections, +{v['excess_s'] * 1e3:.0f} ms)" for d, v in sat.items())
+           + "; the measurement overstates the device's time (raise --slowdown, or use auto)")
+    out["saturated_warning"] = msg
+    err_console.print(f"[yellow]warning:[/yellow] {msg}")
+
+
+def _strict(args, out: dict) -> int:
+    if getattr(args, "strict", False) and out.get("saturated_warning"):
+        raise RuntimeFault(f"--strict: {out['saturated_warning']}")
     return 0
 
 

@@ -74,7 +74,18 @@ def measure_profile(model: str, *, batch_sizes=(1,), training: bool = False, thr
         raise ProfileError(f"--threads must be >= 1, got {threads}")
     if warmup < 0 or repeats < 1:
         raise ProfileError(f"warm-up must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    before = (torch.get_num_threads(), os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
     pinned = pin(cpus, threads)
+    try:
+        return _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed)
+    finally:   # a library call must not leave its caller pinned to one core and one thread
+        torch.set_num_threads(before[0])
+        if before[1] is not None and pinned is not None:
+            os.sched_setaffinity(0, before[1])
+
+
+def _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed) -> DeviceProfile:
+    """The timing loop of `measure_profile`, in the thread count and cores already set."""
     net, ex = build_model(model, seed=seed)
     net.eval()
     names = [n for n, _ in net.named_children()]

@@ -64,24 +64,19 @@ def calibrate(model: str, workers: int, out_dir: str | Path, *, training: bool =
     for w in warnings:
         log.warning(w)
     pinned = workers <= len(cores)
-    saved = set(cores)
     devices, profiles = [], []
-    try:
-        for i in range(workers):
-            cpus = [cores[i]] if pinned else None
-            dp = measure_profile(model, batch_sizes=sizes, training=training, threads=1, cpus=cpus,
-                                 warmup=warmup, repeats=repeats)
-            path = out / f"w{i}.json"
-            dp.save(path)
-            profiles.append(str(path))
-            fixed, per = dp.fit()
-            secs = sum(fixed) + m * sum(per)
-            gflops = m * prof.total_flops / secs / 1e9 if secs > 0 else 1.0
-            devices.append({"name": f"w{i}", "kind": "generic", "gflops": round(gflops, 3),
-                            "memory_gb": round(_host_memory_gb() / workers, 2), "profile": path.name})
-    finally:
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, saved)
+    for i in range(workers):
+        cpus = [cores[i]] if pinned else None
+        dp = measure_profile(model, batch_sizes=sizes, training=training, threads=1, cpus=cpus,
+                             warmup=warmup, repeats=repeats)
+        path = out / f"w{i}.json"
+        dp.save(path)
+        profiles.append(str(path))
+        fixed, per = dp.fit()
+        secs = sum(fixed) + m * sum(per)
+        gflops = m * prof.total_flops / secs / 1e9 if secs > 0 else 1.0
+        devices.append({"name": f"w{i}", "kind": "generic", "gflops": round(gflops, 3),
+                        "memory_gb": round(_host_memory_gb() / workers, 2), "profile": path.name})
     names = [d["name"] for d in devices]
     links = [{"a": a, "b": b, "mbps": float(mbps), "latency_ms": LINK_LATENCY_MS}
              for k, a in enumerate(names) for b in names[k + 1:]]

@@ -6,7 +6,10 @@ process exits, a receive or send fails, a request goes unanswered, an iteration 
 interrupted); `FailFast` turns each into a `RuntimeFault` that ends the run, `Resilience`
 into `WorkerLost`, which the request and training loops answer with `recover`.
 
-Detection (within ~1 s for a dead process, `hb_timeout` (3 s) for a hung one):
+Detection (within ~1 s for a dead process, `hb_timeout` (3 s; the live adapter scales it
+with the dilation) for a hung one). A fault always names its devices: a worker is lost
+only when its process is gone or its heartbeats stopped; a slow pipeline with every
+worker alive is waited for (up to the run's timeout), never "recovered":
 
 - process poll: the coordinator polls its worker processes at every wait (0.1 s);
 - heartbeats (heartbeat.py): every worker sends a heartbeat over a small TCP side
@@ -14,8 +17,8 @@ Detection (within ~1 s for a dead process, `hb_timeout` (3 s) for a hung one):
   unreachable device). The channel also carries the workers' transfer measurements
   (bytes, seconds per paced message) to the live adapter loop, and the recovery orders;
 - per-request deadlines: a request unanswered for `request_deadline` seconds (an
-  iteration: `timeout`) triggers a check and, when nobody is found dead, a rebuild
-  with every worker.
+  iteration: `timeout`) triggers a check of the processes and heartbeats; when nobody
+  is found dead, nothing happens (until the run's timeout: RuntimeFault).
 
 Recovery: gloo cannot drop a member from a group, so the group is rebuilt. The
 coordinator re-plans on the survivors (the `dora` planner, or a callback such as the
@@ -94,6 +97,7 @@ class Resilience(FailFast):
         self.timers: list[threading.Timer] = []
         self.t_started = None
         self.rejoining = False
+        self.checked_at = -float("inf")   # the last overdue-request check
 
     def attach(self, rt) -> None:
         if rt.network != "pace":
@@ -185,11 +189,26 @@ class Resilience(FailFast):
         raise RuntimeFault(f"communication failed with every worker alive: {err}") from None
 
     def unanswered(self, oldest_issue: float, last_answer: float) -> None:
-        if now() - oldest_issue > self.request_deadline:
-            raise WorkerLost(self.detect(), f"request unanswered for {self.request_deadline:g} s")
+        """A request overdue: a fault only if a worker is found gone or silent (a loaded
+        CPU is slow, not dead); with every worker alive the pipeline gets the run's
+        timeout since its last answer before the run ends (RuntimeFault, never a
+        fault without a device)."""
+        t = now()
+        if t - oldest_issue <= self.request_deadline or t - self.checked_at < self.request_deadline:
+            return
+        self.checked_at = t
+        dead = self.detect()
+        if dead:
+            raise WorkerLost(dead, f"request unanswered for {self.request_deadline:g} s")
+        if t - max(oldest_issue, last_answer) > self.rt.timeout:
+            raise RuntimeFault(f"no answer from the pipeline within {self.rt.timeout:g} s with every worker "
+                               "alive and heartbeating (raise --timeout, or the dilation: --slowdown)")
 
     def pipeline_failed(self, why: str) -> None:
-        raise WorkerLost(self.detect(), why)
+        dead = self.detect()
+        if not dead:
+            raise RuntimeFault(f"{why} (every worker alive)")
+        raise WorkerLost(dead, why)
 
     def duplicate(self, rid: int) -> None:
         """A late or duplicate answer (after a re-issue): dropped by id."""

@@ -82,8 +82,16 @@ class HeartbeatServer:
                 self.last[d] = max(self.last.get(d, 0.0), t)
 
     def silent(self, devices, limit: float) -> list[str]:
+        """Devices not heard from for `limit` seconds. None while the channel itself was
+        stalled (two or more workers and no heartbeat from any for limit / 2: this
+        process was not scheduled, e.g. a loaded CPU or a long pickling in the
+        coordinator): silence then says nothing about the workers."""
         t = now()
+        devices = list(devices)
         with self.lock:
+            heard = [self.last[d] for d in devices if d in self.last]
+            if len(devices) > 1 and heard and t - max(heard) > limit / 2:
+                return []
             return [d for d in devices if t - self.last.get(d, t) > limit]
 
     def order(self, orders: dict[str, dict]) -> None:

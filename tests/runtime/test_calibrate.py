@@ -2,8 +2,10 @@
 (structure and bad input only: timings are never asserted, they go to bench/)."""
 
 import json
+import os
 
 import pytest
+import torch
 
 from dora_rl.cli import main
 from dora_rl.cost import CostModel
@@ -33,6 +35,7 @@ def test_profile_measure_bad_input(tmp_path, capsys):
 
 
 def test_calibrate_writes_a_loadable_scenario(tmp_path, capsys):
+    before = (os.sched_getaffinity(0), torch.get_num_threads())
     assert main(["calibrate", "tiny_cnn", "--workers", "1", "--repeats", "1", "--out", str(tmp_path), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     sc = load_scenario(res["scenario"])
@@ -40,6 +43,7 @@ def test_calibrate_writes_a_loadable_scenario(tmp_path, capsys):
     assert sc.measured["w0"].batch_sizes == [1, 2] and sc.workload.batch == 4 and sc.workload.microbatches == 2
     assert sc.cluster.devices[0].profile.endswith("w0.json")
     assert res["pinned"] and res["warnings"] == []
+    assert (os.sched_getaffinity(0), torch.get_num_threads()) == before   # the caller is not left pinned
 
 
 def test_more_workers_than_cores_warns_and_does_not_pin(tmp_path, monkeypatch, capsys):

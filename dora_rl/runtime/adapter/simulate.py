@@ -142,6 +142,8 @@ class Log:
     slo_ms: float | None
     need: float
     battery_window_s: float | None = None
+    dilation: float = 1.0            # a live run's time dilation (1: device time)
+    faults: list[dict] = field(default_factory=list)   # a live run's faults: devices, detected_s, t
     rows: list[dict] = field(default_factory=list)
     plans: list[dict] = field(default_factory=list)
     monitor: list[dict] = field(default_factory=list)
@@ -169,7 +171,7 @@ class Log:
     def to_dict(self) -> dict:
         meta = {k: getattr(self, k) for k in ("scenario", "adapter", "trace", "medium", "nominal_mbps",
                                               "interval_s", "duration_s", "slo_ms", "need",
-                                              "battery_window_s")}
+                                              "battery_window_s", "dilation", "faults")}
         return {**meta, "summary": self.summary(), "plans": self.plans, "rows": self.rows, "monitor": self.monitor}
 
     def save(self, path: str | Path) -> Path:

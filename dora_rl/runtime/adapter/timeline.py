@@ -1,6 +1,9 @@
 """The PNG timeline of a run: bandwidth (true and estimated), battery, latency against
 the SLO with QoE-violating intervals shaded, throughput against the required rate, and
-plan switches marked as vertical lines (matplotlib Agg)."""
+plan switches marked as vertical lines (matplotlib Agg). Each violating interval is
+labelled with the targets it missed (L latency, T throughput, B battery); faults are
+marked with their device and detection time; a time-dilated live run states its
+dilation (the axes are in dilated time) and the device time it covered."""
 
 from __future__ import annotations
 
@@ -40,27 +43,43 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
     slo = d.get("slo_ms")
     if slo:
         ax.axhline(slo, color="red", ls="--", lw=1, label="SLO")
+    top = max([x for x in lats if x == x] + [slo or 0, 1e-9]) * 1.1
+    top = min(top, 3 * slo) if slo else top
     for r in rows:
         if not r["ok"]:
             ax.axvspan(r["t"], r["t"] + d["interval_s"], color="red", alpha=0.15, lw=0)
-    top = max([x for x in lats if x == x] + [slo or 0, 1e-9]) * 1.1
-    ax.set_ylim(0, min(top, 3 * slo) if slo else top)
+            kinds = "".join(k[0].upper() for k in ("latency", "throughput", "battery")
+                            if any(v.startswith(k) for v in r.get("violations", ())))
+            ax.text(r["t"] + d["interval_s"] / 2, top * 0.97, kinds, ha="center", va="top", fontsize=6, color="red")
+    ax.set_ylim(0, top)
     ax.set_ylabel("latency ms")
     ax.legend(loc="upper right", fontsize=8)
     ax = axes[3]
-    ax.step(t, [r["throughput"] for r in rows], where="post", color="tab:purple", label="capacity")
+    ax.step(t, [r["throughput"] for r in rows], where="post", color="tab:purple", label="served (live: measured)")
     if d.get("need"):
         ax.axhline(d["need"], color="red", ls="--", lw=1, label="required")
-    ax.set_ylabel("throughput")
-    ax.set_xlabel("time (s)   |  vertical lines: plan switches; red: QoE violated")
+    ax.set_ylabel("throughput (req/s)")
+    dil = d.get("dilation") or 1.0
+    ax.set_xlabel(("time (s, dilated %.3gx: device time = time / %.3g)" % (dil, dil) if dil != 1 else "time (s)")
+                  + "  |  lines: plan switches; red: QoE violated (L latency, T throughput, B battery)", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     for r in rows:
         if r["switch"]:
             for a in axes:
                 a.axvline(r["t"], color="black", lw=0.6, alpha=0.5)
+    for f in d.get("faults") or ():
+        det = f.get("detected_s") or {}
+        for a in axes:
+            a.axvline(f.get("t", 0.0), color="red", lw=1.2)
+        axes[0].text(f.get("t", 0.0), axes[0].get_ylim()[1] * 0.95,
+                     f" fault: {', '.join(f['devices'])} lost"
+                     + ("".join(f", detected in {v:.2f} s" for v in det.values()) if det else ""),
+                     color="red", fontsize=7, va="top")
     s = d.get("summary", {})
     fig.suptitle(title or f"{d['scenario']} / {d['adapter']}: {s.get('violation_frac', 0):.1%} intervals violate QoE, "
-                 f"{s.get('switches', 0)} switches, {s.get('energy_j', 0):.0f} J")
+                 f"{s.get('switches', 0)} switches, {s.get('energy_j', 0):.0f} J"
+                 + (f"\ntime dilated {dil:.3g}x: {d.get('duration_s', 0):.0f} s of run = "
+                    f"{d.get('duration_s', 0) / dil:.3g} s of device time" if dil != 1 else ""))
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 heterogeneous-cluster generator (`generator`) and bandwidth traces (`traces`)."""
 
 from dora_rl.cluster.generator import random_cluster
-from dora_rl.cluster.model import MB, Cluster, Device, Link, Medium
-from dora_rl.cluster.presets import DEVICE_PRESETS, device_preset, preset_kinds
+from dora_rl.cluster.model import MB, Cluster, Device, Link, Medium, device_preset
+from dora_rl.cluster.presets import DEVICE_PRESETS, preset_kinds
 from dora_rl.cluster.traces import (
                                     MIN_MBPS,
                                     BandwidthTrace,

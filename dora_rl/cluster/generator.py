@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dora_rl.cluster.model import Cluster, Device, Link, Medium
-from dora_rl.cluster.presets import DEVICE_PRESETS, device_preset
+from dora_rl.cluster.model import Cluster, Device, Link, Medium, device_preset
+from dora_rl.cluster.presets import DEVICE_PRESETS
 from dora_rl.errors import ClusterError
 
 WIFI = "wifi"

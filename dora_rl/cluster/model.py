@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import networkx as nx
 import numpy as np
 
-from dora_rl.cluster.presets import FIGURES, preset_figures
+from dora_rl.cluster.presets import DEVICE_PRESETS, FIGURES, preset_figures
 from dora_rl.errors import ClusterError
 
 MB = 1e6  # bytes; all "mbps" are megabits per second (1e6 bit/s), "GB" is 1e9 bytes
@@ -71,6 +71,21 @@ class Device:
                                f"got {self.battery_wh!r}")
         if not (_finite(self.battery_level) and 0 < self.battery_level <= 1):
             raise ClusterError(f"device {n!r}: 'battery_level' must be in (0, 1], got {self.battery_level!r}")
+
+
+def device_preset(kind: str, name: str | None = None, **overrides) -> Device:
+    """A `Device` built from preset `kind`, named `name` (default: the kind), with any
+    field overridden by keyword (e.g. `battery_level=0.5`, `gflops=200`)."""
+    if kind not in DEVICE_PRESETS:
+        raise ClusterError(f"unknown device preset {kind!r}; known kinds: {', '.join(DEVICE_PRESETS)}")
+    allowed = {f.name for f in fields(Device)} - {"name"}
+    unknown = set(overrides) - allowed
+    if unknown:
+        raise ClusterError(f"device_preset({kind!r}): unknown field(s) {', '.join(sorted(unknown))}; "
+                           f"allowed: {', '.join(sorted(allowed))}")
+    dev = Device(name=name or kind, **{**DEVICE_PRESETS[kind], **overrides})
+    dev.validate()
+    return dev
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,7 @@ Rule for `gflops` (EFFECTIVE sustained FP32 rate for DNN inference, not peak):
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import TYPE_CHECKING
-
 from dora_rl.errors import ClusterError
-
-if TYPE_CHECKING:
-    from dora_rl.cluster.model import Device
 
 EFFECTIVE_FRACTION = 0.40   # effective / derived FP32 peak, for GPU devices
 
@@ -81,20 +75,3 @@ def preset_figures(kind: str, where: str = "device") -> dict:
         raise ClusterError(f"{where}: unknown kind {kind!r}; known kinds: {', '.join(DEVICE_PRESETS)} "
                            "(or give no kind: 'generic')")
     return dict(DEVICE_PRESETS[kind])
-
-
-def device_preset(kind: str, name: str | None = None, **overrides) -> Device:
-    """A `Device` built from preset `kind`, named `name` (default: the kind), with any
-    field overridden by keyword (e.g. `battery_level=0.5`, `gflops=200`)."""
-    if kind not in DEVICE_PRESETS:
-        raise ClusterError(f"unknown device preset {kind!r}; known kinds: {', '.join(DEVICE_PRESETS)}")
-    from dora_rl.cluster.model import Device  # model.py fills YAML devices from this table
-
-    allowed = {f.name for f in fields(Device)} - {"name"}
-    unknown = set(overrides) - allowed
-    if unknown:
-        raise ClusterError(f"device_preset({kind!r}): unknown field(s) {', '.join(sorted(unknown))}; "
-                           f"allowed: {', '.join(sorted(allowed))}")
-    dev = Device(name=name or kind, **{**DEVICE_PRESETS[kind], **overrides})
-    dev.validate()
-    return dev

@@ -61,11 +61,17 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
     t0 = time.perf_counter()
     f = fastest_plan(inst)
     t_f = time.perf_counter() - t0
-    out["fastest"] = _res(f, obj, t_f)
-    t0 = time.perf_counter()
-    out["fastest_polish"] = _res(decode(actors["net"], env, "polish", start=f), obj, t_f + time.perf_counter() - t0)
+    if f is None:        # no single device holds the model: the fastest-device control has no start
+        for k in ("fastest", "fastest_polish", "fastest_polish_at_budget"):
+            out[k] = {"error": "no single device holds the model"}
+    else:
+        out["fastest"] = _res(f, obj, t_f)
+        t0 = time.perf_counter()
+        out["fastest_polish"] = _res(decode(actors["net"], env, "polish", start=f), obj, t_f + time.perf_counter() - t0)
     # equal budgets: network + polish and fastest + polish, each given the same time
     for who, start in (("net", None), ("fastest", f)):
+        if who == "fastest" and f is None:
+            continue
         t0 = time.perf_counter()
         env = agent.env_for(inst)
         r = decode(actors["net"], env, "polish", budget_ms=budget_ms, start=start)

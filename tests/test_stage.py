@@ -284,3 +284,19 @@ def test_ctrl_c_still_saves_a_loadable_agent(tmp_path, monkeypatch):
     folder = train_stage(tmp_path, max_minutes=0.5, progress=False, env_kwargs={"families": ["small"]})
     agent = load_agent(folder)
     assert agent.config["interrupted"] is True and "imitate" not in agent.config["phases"]
+
+
+def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
+    import json
+    import shutil
+
+    from dora_rl.learning.stage_card import main
+
+    folder = tmp_path / "agent"
+    shutil.copytree(trained, folder)
+    assert main([str(folder)]) == 0
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: stable-baselines3") and "MaskablePPO.load" in card
+    assert "action_masks" in card
+    res = json.loads((folder / "results.json").read_text())
+    assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}

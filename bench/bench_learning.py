@@ -1,7 +1,12 @@
 """Learning benchmark: environment speed, planning speed, and the shipped generalist
 against the oracle, `dora` and every baseline (DESIGN.md §7 targets).
 
-    PYTHONPATH=. python bench/bench_learning.py [N]     # N held-out instances (default 100)
+A stage agent (the size-free policy) gets the ablation table of bench/bench_ablation.py:
+network alone, + polish / rollout / sample / beam, the same searches from a uniform policy
+and from the fastest device, `dora`, the best baseline, the oracle; held-out 2-6 devices
+and 16/32/64 devices x 50/100/200 blocks; searches at equal time budgets.
+
+    PYTHONPATH=. python bench/bench_learning.py [N] [--per-size K] [--old-agent PATH]     # N held-out (200)
     PYTHONPATH=. python bench/bench_learning.py 100 --agent runs/dora_rl__Partition-v0 --out /tmp/l.json
 
 Writes bench/results/learning.json (or --out). `run(results)` fills `results["learning"]`."""
@@ -51,6 +56,8 @@ def env_speed(seconds: float = 2.0) -> dict:
         warm.reset(seed=s)
     out["partition_synthetic_warm"] = measure(warm)
     out["partition_synthetic_fresh"] = measure(PartitionEnv(seed=12345, pool_size=10**9))
+    from dora_rl.envs.stage import StageEnv
+    out["stage_8dev_50blocks"] = measure(StageEnv(scenario=big, max_devices=8, max_blocks=50))
     out["adapt_traffic_analytics"] = measure(AdaptEnv(scenario="traffic_analytics"))
     return out
 
@@ -111,7 +118,48 @@ def target_checks(ev_h: dict, ev_p: dict) -> dict:
     }
 
 
-def run(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> dict:
+def stage_plan_speed(agent, sizes=((8, 50), (64, 200)), reps: int = 5) -> dict:
+    """The network alone (greedy) on one instance per size: median ms, one thread."""
+    from dora_rl.synthetic import random_scenario
+
+    out = {}
+    for n, B in sizes:
+        sc = random_scenario(np.random.default_rng(3), max_devices=n, min_devices=n, n_blocks=B)
+        agent.plan(sc, search="greedy")
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            agent.plan(sc, search="greedy")
+            ts.append((time.perf_counter() - t0) * 1e3)
+        out[f"{n}x{B}"] = {"median_ms": statistics.median(ts), "min_ms": min(ts)}
+    return out
+
+
+def run(results: dict, n: int = 200, timeout: float = 60.0, agent_path=None, per_size: int = 6,
+        old_agent_path=None) -> dict:
+    """The shipped agent's bench: a stage agent gets the ablation table (bench/bench_ablation.py);
+    an agent of the per-block PartitionEnv gets the earlier evaluation (`run_v1`)."""
+    import torch
+
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_agent import StageAgent
+
+    torch.set_num_threads(1)
+    agent = load_agent(agent_path)
+    if not isinstance(agent, StageAgent):
+        return run_v1(results, min(n, 100), timeout, agent_path)
+    import bench_ablation
+
+    out: dict = {"agent": str(agent.path), "env_steps_per_s": env_speed(), "plan": stage_plan_speed(agent),
+                 "train": {k: agent.config.get(k) for k in ("train_seconds", "seed", "timesteps", "trained_range",
+                                                             "phases", "quick_eval")}}
+    out["ablation"] = bench_ablation.run(agent.path, n=n, per_size=per_size, timeout=timeout,
+                                         old_agent_path=old_agent_path)
+    results["learning"] = out
+    return out
+
+
+def run_v1(results: dict, n: int = 100, timeout: float = 60.0, agent_path=None) -> dict:
     import torch
 
     from dora_rl.learning.agents import load_agent
@@ -175,11 +223,20 @@ if __name__ == "__main__":
         raise SystemExit(0)
     args = sys.argv[2:]
     agent_path = args[args.index("--agent") + 1] if "--agent" in args else None
+    old = args[args.index("--old-agent") + 1] if "--old-agent" in args else None
+    per = int(args[args.index("--per-size") + 1]) if "--per-size" in args else 6
     res: dict = {}
-    run(res, n=n, agent_path=agent_path)
+    out = run(res, n=n, agent_path=agent_path, per_size=per, old_agent_path=old)
     path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")    # the layout bench/run.py writes
+    if "ablation" in out:
+        ab = out["ablation"]
+        print(json.dumps({"plan": out["plan"], "env_steps_per_s": out["env_steps_per_s"],
+                          "heldout": ab["heldout"]["summary"], "duels": ab["heldout"]["duels"],
+                          "large": {k: {"summary": v["summary"], "duels": v["duels"]} for k, v in ab["large"].items()},
+                          "checks": ab["checks"]}, indent=1, default=str))
+        raise SystemExit(0)
     print(json.dumps({k: res["learning"][k] for k in ("env_steps_per_s", "plan_8x50", "plan_8x50_polish",
                                                       "plan_8x50_rollout", "checks", "checks_polish",
                                                       "checks_rollout", "train")},

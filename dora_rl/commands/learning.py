@@ -12,11 +12,18 @@ def add_commands(sub) -> None:
                        description="Train MaskablePPO on a registered environment with the hyperparameters of "
                                    "policies/ppo.yml and policies/dora_train.yml; writes TensorBoard logs "
                                    "and an agent folder.")
-    p.add_argument("env", help="environment id, e.g. dora_rl/Partition-v0 or dora_rl/Partition-smart_home-v0")
+    p.add_argument("env", help="environment id (dora_rl/PartitionStage-v0: the size-free stage policy; "
+                               "dora_rl/Partition-v0 ...) or a scenario (preset name or YAML path: a stage "
+                               "policy specialised on that deployment)")
+    p.add_argument("--env-kwargs", default=None, metavar="JSON|k=v,...",
+                   help="environment keyword arguments, as JSON ('{\"max_devices\": 16}') or k=v pairs "
+                        "('max_devices=16,max_blocks=64')")
     p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: from policies/ppo.yml)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time budget of the whole run, every phase included (stage policy default: 40); "
+                        "at its end, or on Ctrl-C, a loadable agent is saved")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--bc-episodes", type=int, default=None, metavar="N",
                    help="imitation warm-start: replay the `dora` planner's plans on N training instances and "
@@ -36,7 +43,7 @@ def add_commands(sub) -> None:
                         "(default: the presets and the held-out set)")
     e.add_argument("--n", type=int, default=20, help="number of held-out synthetic instances (default 20)")
     e.add_argument("--samples", type=int, default=1, help="agent plans per scenario, best kept (default 1: greedy)")
-    e.add_argument("--search", choices=("greedy", "polish", "rollout"), default="polish",
+    e.add_argument("--search", choices=("greedy", "polish", "rollout", "sample", "beam"), default="polish",
                    help="how the agent decodes a plan: polish (default, as the ppo planner), greedy or rollout "
                         "(dora_rl/learning/search.py)")
     e.add_argument("--seed", type=int, default=0)
@@ -47,17 +54,82 @@ def add_commands(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
+def parse_env_kwargs(text: str | None) -> dict:
+    """`--env-kwargs`: JSON object or comma-separated k=v pairs (values read as YAML scalars)."""
+    import json
+
+    import yaml
+
+    if not text:
+        return {}
+    t = text.strip()
+    if t.startswith("{"):
+        try:
+            out = json.loads(t)
+        except json.JSONDecodeError as e:
+            raise AgentError(f"--env-kwargs: not valid JSON ({e.msg} at column {e.colno})") from None
+        return dict(out)
+    out = {}
+    for part in filter(None, (x.strip() for x in t.replace(";", ",").split(","))):
+        if "=" not in part:
+            raise AgentError(f"--env-kwargs: {part!r} is not k=v (use JSON or k=v,k2=v2)")
+        k, v = part.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _train_stage(args, env_kwargs: dict) -> int:
+    import json
+
+    from dora_rl.commands.common import console, print_json
+    from dora_rl.learning.stage_run import STAGE_ENV_ID, train_stage
+
+    scenario = None
+    if args.env != STAGE_ENV_ID:
+        from dora_rl.scenario import load_scenario
+        scenario = load_scenario(args.env)
+    env_id = STAGE_ENV_ID if scenario is None else f"dora_rl/PartitionStage-{scenario.name}-v0"
+    folder = train_stage(args.out, max_minutes=args.max_minutes or 40.0, seed=args.seed,
+                         progress=not args.no_progress and not args.json, scenario=scenario, env_kwargs=env_kwargs,
+                         env_id=env_id)
+    res = json.loads((folder / "results.json").read_text())
+    if args.json:
+        print_json({"agent": str(folder), **res})
+    else:
+        console.print(f"trained {env_id} in {res['train_seconds']:.0f} s; agent in {folder} "
+                      f"(quick check: {res.get('quick_eval')})")
+    return 0
+
+
 def cmd_train(args) -> int:
+    import gymnasium as gym
+
     from dora_rl.commands.common import console, print_json
     from dora_rl.learning.training import train
 
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise AgentError(f"--max-minutes must be > 0, got {args.max_minutes:g}")
+    env_kwargs = parse_env_kwargs(args.env_kwargs)
+    from dora_rl.envs import register_all
+
+    register_all()
+    if args.env.startswith("dora_rl/") and args.env not in gym.registry:
+        known = sorted(k for k in gym.registry if k.startswith("dora_rl/"))
+        raise AgentError(f"unknown environment {args.env!r}; registered: {', '.join(known)}")
+    if args.env == "dora_rl/PartitionStage-v0" or args.env not in gym.registry:
+        return _train_stage(args, env_kwargs)
     if args.timesteps is not None and args.timesteps <= 0:
         raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
     if args.bc_episodes is not None and args.bc_episodes < 0:
         raise AgentError(f"--bc-episodes must be >= 0, got {args.bc_episodes}")
+    hp = None
+    if env_kwargs:
+        from dora_rl.learning.hyperparams import load_hyperparams
+        hp = load_hyperparams(args.env)
+        hp["env_kwargs"] = {**(hp.get("env_kwargs") or {}), **env_kwargs}
     folder = train(args.env, timesteps=args.timesteps, seed=args.seed, out=args.out, max_minutes=args.max_minutes,
                    progress=not args.no_progress and not args.json, n_threads=args.threads,
-                   bc_episodes=args.bc_episodes)
+                   bc_episodes=args.bc_episodes, hyperparams=hp)
     import json
     res = json.loads((folder / "results.json").read_text())
     if args.json:

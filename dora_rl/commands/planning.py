@@ -18,9 +18,12 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
     p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
     p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
-    p.add_argument("--search", choices=("greedy", "polish", "rollout"), default=None,
+    p.add_argument("--search", choices=("greedy", "polish", "rollout", "sample", "beam"), default=None,
                    help="ppo: polish (default: the greedy plan + local polish on the cost model), greedy (the "
-                        "network alone) or rollout (rollout search + polish)")
+                        "network alone), rollout (rollout search + polish), sample or beam (guided by the policy's "
+                        "probabilities; stage agents)")
+    p.add_argument("--budget-ms", type=float, default=None, dest="budget_ms",
+                   help="ppo: the search's time budget in ms (> 0; the best plan found by then is kept)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser("compare", help="run every planner that applies and compare them in one table")
@@ -33,11 +36,11 @@ def add_commands(sub) -> None:
 
 def _options(args) -> dict:
     """Planner options from the command line; a planner that does not take one says so."""
-    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples", "search") if getattr(args, k, None) is not None}
+    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples", "search", "budget_ms") if getattr(args, k, None) is not None}
     if args.planner != "ppo":
-        for k in ("agent", "samples", "search"):
+        for k in ("agent", "samples", "search", "budget_ms"):
             if k in opts:
-                raise PlannerError(f"--{k} is an option of the ppo planner, not of {args.planner!r}")
+                raise PlannerError(f"--{k.replace('_', '-')} is an option of the ppo planner, not of {args.planner!r}")
         if args.planner != "random":
             opts.pop("seed", None)
     return opts
@@ -47,6 +50,8 @@ def cmd_plan(args) -> int:
     from dora_rl.planners import run_planner
     from dora_rl.scenario import load_scenario
 
+    if getattr(args, "budget_ms", None) is not None and not args.budget_ms > 0:
+        raise PlannerError(f"--budget-ms must be > 0, got {args.budget_ms:g}")
     scen = load_scenario(args.scenario)
     res = run_planner(args.planner, scen, **_options(args))
     if args.json:

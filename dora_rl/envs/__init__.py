@@ -4,6 +4,8 @@ torch, no scenario loading until `gymnasium.make`).
 - `dora_rl/Partition-v0`: build one plan per episode on a synthetic scenario (up to 8
   devices) - the generalist's training environment;
 - `dora_rl/Partition-<preset>-v0`: the same on one preset scenario (envs/<preset>.yaml);
+- `dora_rl/PartitionStage-v0`: the same plan a stage at a time (cut + device group per
+  step; spaces sized by `max_devices` / `max_blocks`) - the size-free stage policy's env;
 - `dora_rl/Adapt-v0` and `dora_rl/Adapt-<preset>-v0`: keep or switch plans while
   bandwidth moves and batteries drain.
 
@@ -31,6 +33,7 @@ def _reg(env_id: str, entry: str, kwargs: dict, max_steps: int | None = None) ->
 
 def register_all() -> None:
     _reg(f"{NAMESPACE}/Partition-v0", "dora_rl.envs.partition:PartitionEnv", {})
+    _reg(f"{NAMESPACE}/PartitionStage-v0", "dora_rl.envs.stage:StageEnv", {})
     _reg(f"{NAMESPACE}/Adapt-v0", "dora_rl.envs.adapt:AdaptEnv", {})
     for name in preset_env_names():
         _reg(f"{NAMESPACE}/Partition-{name}-v0", "dora_rl.envs.partition:PartitionEnv", {"scenario": name})
@@ -46,6 +49,9 @@ def __getattr__(name: str):  # lazy access to the classes without importing them
     if name == "PartitionEnv":
         from dora_rl.envs.partition import PartitionEnv
         return PartitionEnv
+    if name == "StageEnv":
+        from dora_rl.envs.stage import StageEnv
+        return StageEnv
     if name == "AdaptEnv":
         from dora_rl.envs.adapt import AdaptEnv
         return AdaptEnv

@@ -16,7 +16,7 @@ import numpy as np
 
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import preference
-from dora_rl.envs.features import clip_log
+from dora_rl.envs.features import CLIP, clip_log
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
@@ -85,6 +85,7 @@ class Instance:
         self.base, self.act = base, act * self.m * (self.M if self.training else 1)
         mem = np.array(cost.mem)
         self.mem = mem
+        self.mem_med = max(float(np.median(mem)), 1.0)
         # reach[d, l]: largest r such that device d alone holds [l, r) (l if not even one block)
         upper = np.triu(np.ones((B + 1, B + 1), dtype=bool), 1)
         fits = (mem[:, None, None] - base[None] >= self.act[None]) & upper[None]
@@ -138,6 +139,52 @@ class Instance:
             if r > R:
                 R = r
         return R
+
+    def completion_table(self, taken, rows) -> np.ndarray:
+        """G[i, r]: how far the greedy (`greedy`) gets from block r without the devices in
+        `taken` and without device rows[i] - all rows and starts at once (numpy), stopping
+        as soon as every row reaches the end (usually after a device or two)."""
+        B = self.B
+        R = np.tile(np.arange(B + 1), (len(rows), 1))
+        rows_arr = np.asarray(rows)
+        for e in self.mem_order:
+            if e in taken:
+                continue
+            nr = self.reach[e][R]
+            nr[rows_arr == e] = R[rows_arr == e]
+            np.maximum(R, nr, out=R)
+            if R[:, -1].min() >= B and R.min() >= B:
+                break
+        return R
+
+    def block_table(self) -> np.ndarray:
+        """Static per-block rows of StageEnv's `blocks` observation (row j: a stage ending
+        after block j): see `dora_rl.envs.stage.BLOCK_FEATURES`."""
+        from dora_rl.envs.stage import NFB
+
+        cost, B = self.cost, self.B
+        fp, pp, bnd = np.asarray(cost.fp), np.asarray(cost.pp), np.asarray(cost.bnd)
+        fl, pa = np.diff(fp), np.diff(pp)
+        bw = self.bw[np.isfinite(self.bw)]
+        bw_med = float(np.median(bw)) if len(bw) else 1e9
+        t = np.zeros((B, NFB))
+        t[:, 0] = 1.0
+        t[:, 2] = np.clip(np.log(np.maximum(fl / max(fl.mean(), 1e-30), 1e-30)), -CLIP, CLIP)
+        t[:, 3] = np.clip(np.log(np.maximum(pa / max(pa.mean(), 1e-30), 1e-30)), -CLIP, CLIP)
+        t[:, 4] = np.clip(np.log(np.maximum(bnd[1:] / max(bnd.max(), 1e-30), 1e-30)), -CLIP, CLIP) / 3.0
+        t[:, 6] = (fp[-1] - fp[1:]) / max(fp[-1], 1e-30)
+        t[:, 7] = np.clip(np.log(np.maximum(self.batch * bnd[1:] / bw_med / self.tstar, 1e-30)), -CLIP, CLIP) / 3.0
+        t[-1, 8] = 1.0
+        t[:, 10] = np.arange(1, B + 1) / B
+        peak = np.diag(self.act[:B, 1:B + 1]) if self.act.ndim == 2 else np.zeros(B)
+        t[:, 12] = np.clip(np.log(np.maximum(peak / self.mem_med, 1e-30)), -CLIP, CLIP) / 3.0
+        return t
+
+    @property
+    def block_static(self) -> np.ndarray:
+        if getattr(self, "_block_static", None) is None:
+            self._block_static = self.block_table()
+        return self._block_static
 
     # --- features ------------------------------------------------------------
     def _static_features(self, scenario: Scenario) -> None:
@@ -254,7 +301,11 @@ class InstanceSource:
         k = 0
         while True:   # a memory-infeasible draw is replaced by the next sub-seed
             rng = np.random.default_rng([self.seed, i, k])
-            sc = random_scenario(rng, max_devices=self.gen_max, min_devices=self.min_devices, **self.gen_kwargs)
+            kw = dict(self.gen_kwargs)
+            lo, hi = kw.pop("min_blocks", None), kw.pop("max_blocks", None)
+            if kw.get("n_blocks") is None and (lo is not None or (hi is not None and hi != 24)):
+                kw["n_blocks"] = int(rng.integers(lo or 4, (hi or 24) + 1))
+            sc = random_scenario(rng, max_devices=self.gen_max, min_devices=self.min_devices, **kw)
             inst = Instance(sc, self.max_devices)
             if inst.completable:
                 break

@@ -9,6 +9,8 @@ Light on import: torch and SB3 load only when an attribute below is used.
 - `load_agent`, `PartitionAgent`, `save_agent`, `default_agent_path` (dora_rl/learning/agents.py);
 - `PPOPlanner` (dora_rl/learning/planner.py), the `ppo` planner;
 - `load_adapter_agent`, `AdapterAgent` (dora_rl/learning/adapter_agent.py), the `ppo` adapter's agent;
+- `StagePolicy` (stage_policy.py), `StageAgent` (stage_agent.py), `train_stage` (stage_run.py):
+  the size-free stage policy, its agents and its bounded training run;
 - `load_hyperparams` (dora_rl/learning/hyperparams.py);
 - `evaluate_agent` (dora_rl/learning/evaluation.py)."""
 
@@ -26,6 +28,9 @@ _LAZY = {
     "load_hyperparams": "dora_rl.learning.hyperparams",
     "evaluate_agent": "dora_rl.learning.evaluation",
     "PPOPlanner": "dora_rl.learning.planner",
+    "StagePolicy": "dora_rl.learning.stage_policy",
+    "StageAgent": "dora_rl.learning.stage_agent",
+    "train_stage": "dora_rl.learning.stage_run",
     "AdapterAgent": "dora_rl.learning.adapter_agent",
     "load_adapter_agent": "dora_rl.learning.adapter_agent",
 }

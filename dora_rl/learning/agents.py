@@ -54,7 +54,7 @@ def resolve_agent_path(agent: str | Path | None) -> Path:
                      f"(shipped: {', '.join(shipped) or 'none'}); train one with `dora train ENV --out DIR`")
 
 
-SEARCHES = ("greedy", "polish", "rollout")
+SEARCHES = ("greedy", "polish", "rollout", "sample", "beam")   # sample/beam: stage agents only
 
 
 class PartitionAgent:
@@ -85,7 +85,7 @@ class PartitionAgent:
                              f"{self.name!r} supports at most {mb}; use `--planner dora`")
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
-                 search: str = "greedy", top_k: int | None = None):
+                 search: str = "greedy", top_k: int | None = None, budget_ms: float | None = None):
         """The greedy plan (`search="polish"`: then polished locally on the cost model;
         `search="rollout"`: rollout search, then polished; dora_rl/learning/search.py)
         first, then `samples - 1` sampled ones: [(plan, metrics, utility)]."""
@@ -93,8 +93,8 @@ class PartitionAgent:
         from dora_rl.envs.partition import PartitionEnv
         from dora_rl.learning.search import greedy_complete, polish, rollout_search, search_key
 
-        if search not in SEARCHES:
-            raise AgentError(f"unknown search {search!r}; choose one of {', '.join(SEARCHES)}")
+        if search not in SEARCHES[:3]:
+            raise AgentError(f"unknown search {search!r} for this agent; choose one of {', '.join(SEARCHES[:3])}")
         self.check_scenario(scenario)
         inst = instance or Instance(scenario, self.max_devices, cost)
         if not inst.completable:
@@ -129,7 +129,7 @@ class PartitionAgent:
         return out
 
     def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None, search: str = "greedy",
-             top_k: int | None = None) -> tuple[Plan, object]:
+             top_k: int | None = None, budget_ms: float | None = None) -> tuple[Plan, object]:
         """The best plan (QoE-compliant first, then feasible, then objective) of the rollouts."""
         from dora_rl.cost.qoe import preference
 
@@ -157,6 +157,8 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
         raise AgentError(f"agent {str(folder)!r}: config.yml is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(config, dict) or "obs_version" not in config or "max_devices" not in config:
         raise AgentError(f"agent {str(folder)!r}: config.yml lacks obs_version/max_devices; re-save the agent")
+    if config.get("action_space") == "stage":
+        return _load_stage(folder, zpath, config)
     if config["obs_version"] != OBS_VERSION:
         raise AgentError(f"agent {str(folder)!r} uses observation layout v{config['obs_version']} but this dora_rl "
                          f"uses v{OBS_VERSION}; retrain it with `dora train {config.get('env_id', 'ENV')}`")
@@ -186,6 +188,22 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
         raise AgentError(f"agent {str(folder)!r}: config.yml says max_devices={config['max_devices']} "
                          f"but the network was trained for {D}")
     return PartitionAgent(model, config, folder)
+
+
+def _load_stage(folder: Path, zpath: Path, config: dict):
+    """A stage-policy agent (dora_rl/learning/stage_agent.py), its layout checked first."""
+    from dora_rl.envs.instance import NG
+    from dora_rl.envs.stage import NFB, NFD, STAGE_OBS_VERSION
+    from dora_rl.learning.stage_agent import StageAgent, load_stage_model
+
+    want = (STAGE_OBS_VERSION, NFD, NFB, NG)
+    got = (config.get("obs_version"), config.get("device_features"), config.get("block_features"),
+           config.get("global_features"))
+    if got != want:
+        raise AgentError(f"agent {str(folder)!r} uses stage observation layout v{got[0]} with {got[1]}/{got[2]}/"
+                         f"{got[3]} device/block/global features, but this dora_rl uses v{want[0]} with "
+                         f"{want[1]}/{want[2]}/{want[3]}; retrain it with `dora train`")
+    return StageAgent(load_stage_model(zpath, folder), config, folder)
 
 
 def save_agent(model, folder: str | Path, config: dict, results: dict | None = None, card: str | None = None) -> Path:

@@ -101,6 +101,8 @@ def reference_results(scenario: Scenario, planners=REFERENCES, timeout: float | 
             refs[name] = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"}
         except TimeoutError as e:
             refs[name] = {"error": f"timeout: {e}"}
+        except (OverflowError, MemoryError) as e:     # a planner's own crash (dora at 64 x 200) is a result here
+            refs[name] = {"error": f"crash: {type(e).__name__}: {str(e)[:160]}"}
     return refs
 
 

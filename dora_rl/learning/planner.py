@@ -66,18 +66,28 @@ class PPOPlanner(Planner):
         cached_agent(self.options.get("agent")).check_scenario(scenario)
 
     def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
-        unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k"}
+        unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k", "budget_ms"}
         if unknown:
             raise PlannerError(f"planner 'ppo': unknown option(s) {', '.join(sorted(unknown))}; "
-                               "known: agent=PATH, samples=K, seed=S, search=greedy|polish|rollout, top_k=K")
+                               "known: agent=PATH, samples=K, seed=S, search=greedy|polish|rollout|sample|beam, "
+                               "top_k=K, budget_ms=MS")
         samples = _int(self.options, "samples", 1, 1)
         seed = _int(self.options, "seed", 0)
         top_k = _int(self.options, "top_k", 0, 1) if self.options.get("top_k") is not None else None
         search = str(self.options.get("search") or DEFAULT_SEARCH)
+        budget = self.options.get("budget_ms")
+        if budget is not None:
+            try:
+                budget = float(budget)
+            except (TypeError, ValueError):
+                raise PlannerError(f"planner 'ppo': option budget_ms={budget!r} must be a number of ms") from None
+            if not budget > 0:
+                raise PlannerError(f"planner 'ppo': option budget_ms={budget:g} must be > 0")
         from dora_rl.learning.agents import SEARCHES
 
         if search not in SEARCHES:
             raise PlannerError(f"planner 'ppo': option search={search!r} must be one of {', '.join(SEARCHES)}")
         agent = cached_agent(self.options.get("agent"))
-        plan, _ = agent.plan(scenario, samples=samples, seed=seed, cost=cost, search=search, top_k=top_k)
+        kw = {"budget_ms": budget} if budget is not None else {}
+        plan, _ = agent.plan(scenario, samples=samples, seed=seed, cost=cost, search=search, top_k=top_k, **kw)
         return plan

@@ -57,7 +57,7 @@ def greedy_complete(actor, envs: list[PartitionEnv]) -> list:
                 ask.append(e)
         if ask:
             obs = [e.observe() for e in ask]
-            batch = {k: np.stack([o[k] for o in obs]) for k in OBS_KEYS}
+            batch = {k: np.stack([o[k] for o in obs]) for k in obs[0] if k != "action_mask"}
             logits = actor.logits(batch, np.stack([e._mask for e in ask]))
             for e, a in zip(ask, np.argmax(logits, axis=1)):
                 e.advance(int(a))
@@ -65,12 +65,15 @@ def greedy_complete(actor, envs: list[PartitionEnv]) -> list:
     return [e.result for e in envs]
 
 
-def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: list | None = None):
+def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: list | None = None,
+                   deadline: float | None = None):
     """Run `env` (reset on an instance) to the end by rollout search; returns the best
-    (plan, metrics, utility) seen. `record` collects (obs, mask, action) per decision."""
+    (plan, metrics, utility) seen. `record` collects (obs, mask, action) per decision.
+    `deadline` (time.perf_counter() value): from then on the episode is finished greedily."""
+    import time
+
     objective = env.inst.objective
-    forks = [PartitionEnv(scenario=None, max_devices=env.max_devices, pool_size=1)
-             for _ in range(env.n_actions)]
+    forks: list = []
     best = None
 
     def consider(res):
@@ -85,6 +88,9 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
         if len(allowed) == 1:
             env.advance(int(allowed[0]))
             continue
+        if deadline is not None and time.perf_counter() > deadline:
+            consider(greedy_complete(actor, [env])[0])
+            break
         obs = env.observe()
         cands = allowed
         if top_k is not None and len(allowed) > top_k:
@@ -92,6 +98,8 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
             cands = allowed[np.argsort(-logits[allowed], kind="stable")[:top_k]]
         trials = []
         for i, a in enumerate(cands):
+            if i >= len(forks):
+                forks.append(env.fork())
             f = env.fork(forks[i])
             f.advance(int(a))
             trials.append(f)
@@ -100,7 +108,8 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
         if record is not None:
             record.append((obs, env._mask.copy(), a))
         env.advance(a)
-    consider(env.result)
+    if env.result is not None:
+        consider(env.result)
     return best[1]
 
 
@@ -137,12 +146,14 @@ def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_p
                     yield stages[:i] + [(l, q, (u,)), (q, r, g)] + stages[i + 1:]
 
 
-def polish(inst, result, max_rounds: int = 200, first: bool = True):
+def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: float | None = None):
     """Hill-climb `result` (plan, metrics, utility) on Instance `inst` over `_neighbours`
     by `search_key`; returns the best (plan, metrics, utility). `first`: take the first
     improving move of each scan (first-improvement: about 1/3 of the evaluations of
     best-improvement for the same held-out results, 18 ms instead of 25 ms for 8 devices
-    x 50 blocks); else the best move of each scan."""
+    x 50 blocks); else the best move of each scan. `deadline` (time.perf_counter()
+    value): stop there with the best plan so far."""
+    import time
     idx = {name: i for i, name in enumerate(inst.cost.names)}
     plan = result[0]
     stages = [(st.start, st.end, tuple(idx[d] for d in st.devices)) for st in plan.stages]
@@ -150,6 +161,8 @@ def polish(inst, result, max_rounds: int = 200, first: bool = True):
     for _ in range(max_rounds):
         found = None
         for cand in _neighbours(stages, inst.n, inst.B):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             try:
                 M, st, m = inst.finish(cand)
             except NoFeasiblePlan:

@@ -150,7 +150,7 @@ def test_ppo_planner_search_option_and_cli(capsys):
         keys.append(search_key((None, m, utility(CostModel(sc), m, ref)), sc.qoe.objective))
     assert keys[1] <= keys[0], keys
     with pytest.raises(PlannerError, match="search="):
-        run_planner("ppo", sc, search="beam")
+        run_planner("ppo", sc, search="nope")
     assert cli_main(["plan", "traffic_analytics", "--planner", "ppo", "--search", "rollout", "--json"]) == 0
     assert '"plan"' in capsys.readouterr().out
     assert cli_main(["plan", "traffic_analytics", "--planner", "dora", "--search", "rollout"]) == 2

@@ -1,0 +1,321 @@
+"""`StageEnv`: building one hybrid-parallel plan a stage at a time (few, big decisions).
+
+Why: `PartitionEnv` decides block by block, so a plan over 200 blocks takes ~200 network
+calls, and one early "continue" can never be undone. Here each step places a whole
+stage: which devices and where it ends. A plan of S stages on single devices is S
+decisions; the network sees every candidate end block at once (blocks as a sequence)
+and every device at once (devices as a set), so a cut is chosen against the whole rest
+of the model, not one block ahead.
+
+Actions (`Discrete(D * Bm + D)`, D = `max_devices`, Bm = `max_blocks`):
+
+- `d * Bm + j`  **close**: the next stage is blocks [p, j + 1) on the pending group plus
+  device d (the pending group is usually empty: a single-device stage);
+- `D * Bm + d`  **add**: device d joins the pending group (data parallelism inside a
+  stage); a later close names the group's last member and the stage's end.
+
+Shares inside a group follow `proportional_shares`, the number of micro-batches is the
+workload's: every plan the `dora` partitioner produces is reachable (`stage_actions_for_plan`,
+tested), with PartitionEnv's caveat (training masks assume M micro-batches in flight) and
+one more: a data-parallel group's members are among the `ADD_CANDIDATES` (16) fastest
+free devices (so every plan is reachable up to 16 devices; the add masks stay cheap at 64).
+
+Masks: a close (d, r) is allowed when the group holds [p, r) in memory and the rest
+[r, B) can still be finished by the greedy completion of `Instance.completion_table`
+(sound: if it finishes, a plan exists); an add when some other free device can close a
+stage with the enlarged group. Reward: `utility` on the last step (as PartitionEnv).
+
+Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
+NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
+`global (NG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
+raw logs whose difference is the log of the stage's compute time over T* on the group
+plus that device: the policy forms that pairwise term itself (dora_rl/learning/stage_policy.py).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from dora_rl.cost.qoe import utility
+from dora_rl.envs.features import CLIP, clip_log
+from dora_rl.envs.instance import NG, Instance, InstanceSource
+from dora_rl.errors import DoraError, NoFeasiblePlan
+from dora_rl.plan import Plan
+from dora_rl.scenario import Scenario
+
+STAGE_OBS_VERSION = 2
+HARD_MAX_DEVICES = 256          # the documented hard limit of the set policy (>= 128)
+ADD_CANDIDATES = 16             # data-parallel members are drawn from the 16 fastest free devices
+DEVICE_FEATURES = (
+    "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
+    "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
+    "used", "in_group", "log_t_cut_from_prev", "log_rate_join", "reach_frac", "can_close", "can_add",
+    "log_t_rest_join", "min_end_frac",
+)
+BLOCK_FEATURES = (
+    "valid", "candidate", "log_flops", "log_params", "log_act_out", "log_work", "frac_after", "log_t_cut",
+    "is_end", "len_frac", "pos_frac", "log_stage_params", "log_peak_act",
+)
+NFD, NFB = len(DEVICE_FEATURES), len(BLOCK_FEATURES)
+DEV_LOG_RATE_JOIN = DEVICE_FEATURES.index("log_rate_join")
+BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
+
+
+class StageEnv(gym.Env):
+    """One episode = one plan, one stage per step (see the module docstring). Arguments as
+    `PartitionEnv`, plus `max_blocks` (the padding of the block axis)."""
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, scenario=None, max_devices: int = 8, max_blocks: int = 32, seed: int = 0,
+                 pool_size: int = 100_000, min_devices: int = 2, gen_max_devices: int | None = None,
+                 render_mode: str | None = None, gen_kwargs: dict | None = None):
+        super().__init__()
+        self.max_devices = D = int(max_devices)
+        self.max_blocks = Bm = int(max_blocks)
+        if not 1 <= D <= HARD_MAX_DEVICES:
+            raise DoraError(f"StageEnv: max_devices must be in [1, {HARD_MAX_DEVICES}], got {D}")
+        gk = dict(gen_kwargs or {})
+        gk.setdefault("max_blocks", min(Bm, 24))
+        self.source = InstanceSource(scenario, D, seed, pool_size, min_devices, gen_max_devices, **gk)
+        self.render_mode = render_mode
+        self.n_actions = D * Bm + D
+        self.action_space = spaces.Discrete(self.n_actions)
+        self.observation_space = spaces.Dict({
+            "devices": spaces.Box(-CLIP, CLIP, (D, NFD), np.float32),
+            "device_mask": spaces.Box(0.0, 1.0, (D,), np.float32),
+            "blocks": spaces.Box(-CLIP, CLIP, (Bm, NFB), np.float32),
+            "block_mask": spaces.Box(0.0, 1.0, (Bm,), np.float32),
+            "global": spaces.Box(-CLIP, CLIP, (NG,), np.float32),
+        })
+        self.inst: Instance | None = None
+        self.result = None
+        self.done = True
+
+    # ------------------------------------------------------------------
+    def _check(self, inst: Instance) -> Instance:
+        if inst.n > self.max_devices:
+            raise DoraError(f"scenario {inst.scenario.name!r} has {inst.n} devices, more than this environment's "
+                            f"max_devices={self.max_devices}")
+        if inst.B > self.max_blocks:
+            raise DoraError(f"scenario {inst.scenario.name!r} has {inst.B} blocks, more than this environment's "
+                            f"max_blocks={self.max_blocks}")
+        return inst
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and "scenario" in options:
+            sc = options["scenario"]
+            inst = Instance(sc, self.max_devices) if isinstance(sc, Scenario) else sc
+        else:
+            inst = self.source.draw(self.np_random)
+        self.inst = self._check(inst)
+        self._dmask = np.zeros(self.max_devices, np.float32)
+        self._dmask[:inst.n] = 1.0
+        self.p = 0
+        self.group: list[int] = []
+        self.used: set[int] = set()
+        self.stages: list[tuple[int, int, tuple[int, ...]]] = []
+        self.prev: list[int] = [inst.src]
+        self.t_max_stage = 0.0
+        self.t_transfers = 0.0
+        self.done = False
+        self.result = None
+        self._compute_mask()
+        if not self._mask.any():
+            raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
+        return self._obs(), {}
+
+    def fork(self, into: StageEnv | None = None) -> StageEnv:
+        """A copy of the episode so far sharing the read-only Instance (search tries an
+        action on the copy). `into` re-uses an env of the same shape."""
+        dst = into if into is not None else StageEnv(scenario=None, max_devices=self.max_devices,
+                                                     max_blocks=self.max_blocks, pool_size=1)
+        if (dst.max_devices, dst.max_blocks) != (self.max_devices, self.max_blocks):
+            raise DoraError("fork: environments of different shapes")
+        dst.inst, dst._dmask, dst._mask = self.inst, self._dmask, self._mask.copy()
+        dst._rmin, dst._rmax = self._rmin, self._rmax
+        dst.p, dst.done, dst.result = self.p, self.done, self.result
+        dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
+        dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
+        return dst
+
+    # --- masks -------------------------------------------------------------------
+    def _close_range(self, group: list[int], taken: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per device d: the allowed ends r of a stage [p, r) on group + [d] as [rmin_d, rmax_d]
+        (empty when rmin > rmax). `taken` = devices already used or in the group."""
+        inst, p, B, n = self.inst, self.p, self.inst.B, self.inst.n
+        rmin = np.full(n, B + 1, dtype=np.int64)
+        rmax = np.zeros(n, dtype=np.int64)
+        free = [d for d in range(n) if d not in taken]
+        if not free or p >= B:
+            return rmin, rmax
+        G = inst.completion_table(taken, free)
+        for i, d in enumerate(free):
+            R = inst.reach_l[d][p] if not group else inst.group_reach(group + [d], p)
+            if R <= p:
+                continue
+            ok = np.flatnonzero(G[i, p + 1:R + 1] >= B)
+            if len(ok):
+                rmin[d], rmax[d] = p + 1 + ok[0], R
+        return rmin, rmax
+
+    def _compute_mask(self) -> None:
+        D, Bm, n = self.max_devices, self.max_blocks, self.inst.n
+        taken = self.used | set(self.group)
+        rmin, rmax = self._close_range(self.group, taken)
+        mask = np.zeros(self.n_actions, dtype=bool)
+        cm = mask[:D * Bm].reshape(D, Bm)
+        j = np.arange(Bm)
+        for d in range(n):
+            if rmin[d] <= rmax[d]:
+                cm[d] = (j + 1 >= rmin[d]) & (j + 1 <= rmax[d])
+        # add d: some other free device must close a stage with the enlarged group (a
+        # witness among the fastest free devices; candidates: the ADD_CANDIDATES fastest)
+        inst, p, B = self.inst, self.p, self.inst.B
+        free = sorted((d for d in range(n) if d not in taken), key=lambda d: -inst.rate[d])[:ADD_CANDIDATES]
+        if len(free) >= 2 and inst.m_int >= len(self.group) + 2:
+            for d in free:
+                g2 = self.group + [d]
+                if inst.group_reach(g2, p) <= p:
+                    continue
+                for e in [x for x in free if x != d][:2]:
+                    R3 = inst.group_reach(g2 + [e], p)
+                    if R3 > p and (R3 >= B or inst.greedy(R3, taken | {d, e}) >= B):
+                        mask[D * Bm + d] = True
+                        break
+        self._mask, self._rmin, self._rmax = mask, rmin, rmax
+
+    def action_masks(self) -> np.ndarray:
+        return self._mask.copy()
+
+    # --- transition --------------------------------------------------------------
+    def step(self, action):
+        reward, terminated, info = self.advance(action)
+        return self._obs(), reward, terminated, False, info
+
+    def observe(self) -> dict:
+        return self._obs()
+
+    def advance(self, action) -> tuple[float, bool, dict]:
+        """`step` without building the observation: (reward, terminated, info)."""
+        a = int(action)
+        if self.done:
+            raise DoraError("StageEnv.step called after the episode ended; call reset()")
+        substituted = False
+        if not (0 <= a < self.n_actions) or not self._mask[a]:
+            a = int(np.flatnonzero(self._mask)[0])
+            substituted = True
+        inst, D, Bm = self.inst, self.max_devices, self.max_blocks
+        if a >= D * Bm:
+            self.group.append(a - D * Bm)
+        else:
+            d, r = divmod(a, Bm)
+            r += 1
+            devs = self.group + [d]
+            rate = sum(inst.rate[x] for x in devs)
+            self.t_max_stage = max(self.t_max_stage, inst.back * inst.batch * (inst.fp[r] - inst.fp[self.p]) / rate)
+            if self.stages:
+                self.t_transfers += inst.batch * inst.bnd_l[self.p] / min(inst.bw[g, d] for g in self.prev)
+            self.stages.append((self.p, r, tuple(devs)))
+            self.used.update(devs)
+            self.prev, self.group, self.p = devs, [], r
+            if r >= inst.B:
+                return self._end(substituted)
+        self._compute_mask()
+        return 0.0, False, {"masked_action": substituted}
+
+    def _end(self, substituted: bool):
+        self.done = True
+        inst = self.inst
+        M, st, m = inst.finish(self.stages)
+        u = utility(inst.cost, m, inst.ref_obj)
+        plan = inst.to_plan(st, M)
+        self.result = (plan, m, u)
+        self._mask = np.zeros(self.n_actions, dtype=bool)
+        self._mask[np.flatnonzero(self._mask == 0)[0]] = True    # keeps samplers happy; step() refuses anyway
+        info = {"plan": plan.to_dict(), "objective": m.objective(inst.objective), "qoe_ok": m.qoe_ok,
+                "feasible": m.feasible, "utility": u, "microbatches": M, "masked_action": substituted}
+        return u, True, info
+
+    # --- observation -------------------------------------------------------------
+    def _obs(self) -> dict:
+        inst, D, Bm, n, B = self.inst, self.max_devices, self.max_blocks, self.inst.n, self.inst.B
+        p = min(self.p, B)
+        ts, t3 = inst.tstar, 3.0
+        dev = np.zeros((D, NFD))
+        dev[:n, :11] = inst.static[:, :11]
+        for d in self.used:
+            dev[d, 11] = 1.0
+        for d in self.group:
+            dev[d, 12] = 1.0
+        bwp = inst.bw[self.prev].min(axis=0)
+        dev[:n, 13] = np.clip(np.log(np.maximum(inst.batch * inst.bnd_l[p] / bwp / ts, 1e-30)), -CLIP, CLIP) / t3
+        grate = sum(inst.rate[x] for x in self.group)
+        rj = inst.rate + grate
+        mean_rate = inst.total_rate / n
+        dev[:n, 14] = np.log(rj / mean_rate)
+        span = max(B - p, 1)
+        rmin, rmax = self._rmin, self._rmax
+        okc = rmin <= rmax
+        dev[:n, 15] = np.where(okc, (rmax - p) / span, 0.0)
+        dev[:n, 16] = okc
+        dev[:n, 17] = self._mask[D * Bm:D * Bm + n]
+        rest = inst.back * inst.batch * (inst.fp[-1] - inst.fp[p])
+        dev[:n, 18] = np.clip(np.log(np.maximum(rest / rj / ts, 1e-30)), -CLIP, CLIP) / t3
+        dev[:n, 19] = np.where(okc, (rmin - p) / span, 1.0)
+        blk = np.zeros((Bm, NFB))
+        blk[:B] = inst.block_static
+        r = np.arange(1, B + 1)
+        cand = r > p
+        blk[:B, 1] = cand
+        fp = np.asarray(inst.fp)
+        work = np.maximum(fp[1:] - fp[p], 0.0) / max(fp[-1], 1e-30)
+        blk[:B, 5] = np.where(cand, np.log(np.maximum(work * n, 1e-30)), -CLIP).clip(-CLIP, CLIP)
+        blk[:B, 9] = np.where(cand, (r - p) / B, 0.0)
+        pp = np.asarray(inst.cost.pp)
+        blk[:B, 11] = np.where(cand, np.log(np.maximum((pp[1:] - pp[p]) / inst.mem_med, 1e-30)).clip(-CLIP, CLIP) / t3, -CLIP / t3)
+        bmask = np.zeros(Bm, np.float32)
+        bmask[:B] = cand
+        g = inst.gstatic.copy()
+        g[0] = p / B
+        g[1] = len(self.stages) / 8.0
+        g[2] = len(self.group) / 4.0
+        g[3] = n / 64.0
+        g[4] = (fp[-1] - fp[p]) / max(fp[-1], 1e-30)
+        g[5] = clip_log(self.t_max_stage / ts) / t3 if self.stages else -CLIP / t3
+        g[6] = clip_log(self.t_transfers / ts) / t3 if self.t_transfers > 0 else -CLIP / t3
+        g[7] = clip_log(grate / mean_rate) if self.group else -CLIP
+        g[8] = np.log(B) / np.log(300.0)
+        g[9] = clip_log(inst.bnd_l[p] / max(inst.bnd_l[0], 1.0)) / t3
+        free_rate = sum(inst.rate[d] for d in range(n) if d not in self.used)
+        g[19] = (n - len(self.used)) / n
+        g[20] = free_rate / inst.total_rate
+        g[21] = clip_log(rest / free_rate / ts) / t3 if free_rate > 0 else CLIP / t3
+        g[23] = np.log(n) / np.log(64.0)
+        return {"devices": dev.astype(np.float32), "device_mask": self._dmask.copy(),
+                "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
+
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        names = self.inst.cost.names
+        parts = [f"[{l},{r}) on {'+'.join(names[d] for d in devs)}" for l, r, devs in self.stages]
+        if self.group:
+            parts.append(f"pending group {'+'.join(names[d] for d in self.group)}")
+        return " | ".join(parts) or "(empty)"
+
+
+def stage_actions_for_plan(plan: Plan, scenario: Scenario, max_devices: int, max_blocks: int) -> list[int]:
+    """The StageEnv action sequence that builds `plan`: per stage, an add for every member
+    but the last, then a close on the last member at the stage's end."""
+    idx = scenario.cluster.index
+    D, Bm = max_devices, max_blocks
+    acts = []
+    for s in plan.stages:
+        devs = [idx[d] for d in s.devices]
+        acts += [D * Bm + d for d in devs[:-1]]
+        acts.append(devs[-1] * Bm + s.end - 1)
+    return acts

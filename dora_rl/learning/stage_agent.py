@@ -1,0 +1,105 @@
+"""`StageAgent`: a loaded stage-policy agent planning any cluster size with a time budget.
+
+The agent's network has no size cap: each scenario gets a StageEnv sized to it exactly
+(padding per call, not per agent). `config.yml` records the range it was trained on
+(`trained_range`); a scenario outside it is planned with a warning naming the range;
+beyond `HARD_MAX_DEVICES` (256) devices it is refused (AgentError)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from dora_rl.envs.stage import HARD_MAX_DEVICES
+from dora_rl.errors import AgentError, NoFeasiblePlan
+from dora_rl.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+
+class OutOfRangeWarning(UserWarning):
+    """The scenario is outside the range of sizes the agent was trained on."""
+
+
+class StageAgent:
+    """A StagePolicy agent (see the module docstring); `plan` and `rollouts` as PartitionAgent."""
+
+    def __init__(self, model, config: dict, path: Path):
+        self.model, self.config, self.path = model, config, path
+        self.policy = model.policy
+        self.max_devices = HARD_MAX_DEVICES
+        self.name = config.get("env_id", str(path))
+        tr = config.get("trained_range") or {}
+        self.trained_devices = tuple(tr.get("devices") or (2, int(config.get("max_devices", 8))))
+        self.trained_blocks = tuple(tr.get("blocks") or (1, int(config.get("max_blocks", 32))))
+        self._actor = None
+
+    def actor(self):
+        if self._actor is None:
+            from dora_rl.learning.stage_policy import StageNumpyActor
+            self._actor = StageNumpyActor(self.policy)
+        return self._actor
+
+    def check_scenario(self, scenario: Scenario) -> None:
+        n, B = scenario.cluster.n, scenario.profile.n_blocks
+        if n > HARD_MAX_DEVICES:
+            raise AgentError(f"scenario {scenario.name!r} has {n} devices; the stage policy's hard limit is "
+                             f"{HARD_MAX_DEVICES} (use `--planner dora`)")
+        (d0, d1), (b0, b1) = self.trained_devices, self.trained_blocks
+        if not (d0 <= n <= d1 and b0 <= B <= b1):
+            msg = (f"scenario {scenario.name!r} ({n} devices, {B} blocks) is outside agent {self.name!r}'s trained "
+                   f"range ({d0}-{d1} devices, {b0}-{b1} blocks); planning anyway")
+            log.warning(msg)
+            warnings.warn(msg, OutOfRangeWarning, stacklevel=3)
+
+    def env_for(self, inst):
+        from dora_rl.envs.stage import StageEnv
+
+        env = StageEnv(scenario=None, max_devices=inst.n, max_blocks=inst.B, pool_size=1)
+        env.reset(seed=0, options={"scenario": inst})
+        return env
+
+    def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
+                 search: str = "greedy", top_k: int | None = None, budget_ms: float | None = None):
+        """[(plan, metrics, utility)]: the `search` result first, then `samples - 1` sampled plans."""
+        from dora_rl.envs.instance import Instance
+        from dora_rl.learning.stage_search import _sample, decode
+
+        self.check_scenario(scenario)
+        inst = instance or Instance(scenario, max(scenario.cluster.n, 1), cost)
+        if not inst.completable:
+            raise NoFeasiblePlan(f"ppo: no plan fits in memory on {scenario.name!r}", constraint="memory")
+        env = self.env_for(inst)
+        out = [decode(self.actor(), env, search, budget_ms=budget_ms, top_k=top_k, seed=seed)]
+        import numpy as np
+        rng = np.random.default_rng(seed)
+        for _ in range(1, max(1, int(samples))):
+            out.append(_sample(self.actor(), env.fork(), rng))
+        return out
+
+    def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None, search: str = "greedy",
+             top_k: int | None = None, budget_ms: float | None = None):
+        from dora_rl.cost.qoe import preference
+
+        res = self.rollouts(scenario, samples, seed, cost=cost, search=search, top_k=top_k, budget_ms=budget_ms)
+        best = min(res, key=lambda x: preference(x[1], scenario.qoe.objective))
+        return best[0], best[1]
+
+
+def load_stage_model(zpath: Path, folder: Path):
+    """MaskablePPO.load of a stage agent's model.zip with constant schedules."""
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.agents import CUSTOM_OBJECTS
+    from dora_rl.learning.stage_policy import StagePolicy
+
+    try:
+        model = MaskablePPO.load(str(zpath), device="cpu", custom_objects={**CUSTOM_OBJECTS, "policy_class": StagePolicy})
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, TypeError, AttributeError) as e:
+        raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
+                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    if "blocks" not in getattr(model.observation_space, "spaces", {}):
+        raise AgentError(f"agent {str(folder)!r}: model.zip was not trained on a StageEnv (its observation space "
+                         "has no 'blocks'), but config.yml says action_space: stage")
+    return model

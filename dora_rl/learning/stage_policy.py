@@ -1,0 +1,244 @@
+"""A size-free policy for StageEnv: devices as a set with self-attention, blocks as a sequence.
+
+`StageExtractor` (torch, SB3 features extractor):
+- devices: a shared MLP per device row, then `layers` pre-norm self-attention blocks over
+  the devices (padding masked), so each device is judged against the others;
+- blocks: a shared MLP per candidate end block (the rows carry cumulative work, transfer
+  time at the cut and memory, so the sequence's order is in the features);
+- context: global features + masked mean/max of the devices + masked mean of the blocks;
+- device and block embeddings refined with the context.
+Its flat output is `[ctx | h_1..h_D | g_1..g_B | lrj_1..lrj_D | work_1..work_B]`.
+
+`StagePointerHead`: the close logit of (device d, end j) is a bilinear score of h_d and
+g_j plus a learned function of the exact log stage time `work_j - lrj_d` (K tanh bumps
+whose weights come from h_d): the one interaction the cost is most sensitive to is computed,
+not guessed from pooled features. The add logit of d is linear in h_d. No weight belongs
+to a device slot or a block position: the same weights run on any (D, B); padding is
+masked. The value head reads the context only.
+
+`StageNumpyActor` is the actor in numpy for planning (any D and B per call, one
+observation or a batch)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import nn
+
+from dora_rl.envs.stage import BLK_LOG_WORK, DEV_LOG_RATE_JOIN
+
+NEG = -1e4
+
+
+class AttnBlock(nn.Module):
+    """Pre-norm multi-head self-attention + feed-forward over a padded set."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.ff1, self.ff2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        N, D, H = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).reshape(N, D, 3, h, H // h).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) / math.sqrt(H // h) + (1.0 - mask)[:, None, None, :] * NEG
+        a = torch.softmax(s, -1) @ v
+        x = x + self.out(a.transpose(1, 2).reshape(N, D, H))
+        return x + self.ff2(torch.tanh(self.ff1(self.ln2(x))))
+
+
+def _mlp(i: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, o), nn.Tanh(), nn.Linear(o, o), nn.Tanh())
+
+
+class StageExtractor(BaseFeaturesExtractor):
+    def __init__(self, observation_space: spaces.Dict, hidden: int = 64, embed: int = 32, heads: int = 4,
+                 layers: int = 2):
+        D, FD = observation_space["devices"].shape
+        Bm, FB = observation_space["blocks"].shape
+        G = observation_space["global"].shape[0]
+        super().__init__(observation_space, features_dim=hidden + (D + Bm) * embed + D + Bm)
+        self.D, self.Bm, self.hidden, self.embed = D, Bm, hidden, embed
+        self.denc, self.benc = _mlp(FD, hidden), _mlp(FB, hidden)
+        self.attn = nn.ModuleList([AttnBlock(hidden, heads) for _ in range(layers)])
+        self.genc = nn.Sequential(nn.Linear(G, hidden), nn.Tanh())
+        self.ctx = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.Tanh())
+        self.dout = nn.Sequential(nn.Linear(2 * hidden, embed), nn.Tanh())
+        self.bout = nn.Sequential(nn.Linear(2 * hidden, embed), nn.Tanh())
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        c, hd, gb, lrj, work = self.parts(obs)
+        return torch.cat([c, hd.flatten(1), gb.flatten(1), lrj, work], -1)
+
+    def parts(self, obs: dict[str, torch.Tensor]):
+        """(context, device embeddings, block embeddings, log join rates, log work) for any D, B."""
+        xd, dm = obs["devices"], obs["device_mask"]
+        xb, bm = obs["blocks"], obs["block_mask"]
+        e = self.denc(xd)
+        for blk in self.attn:
+            e = blk(e, dm)
+        b = self.benc(xb)
+        dmu = dm.unsqueeze(-1)
+        bmu = bm.unsqueeze(-1)
+        mean = (e * dmu).sum(1) / dmu.sum(1).clamp(min=1.0)
+        mx = (e + (dmu - 1.0) * -NEG).max(1).values
+        bmean = (b * bmu).sum(1) / bmu.sum(1).clamp(min=1.0)
+        c = self.ctx(torch.cat([self.genc(obs["global"]), mean, mx, bmean], -1))
+        hd = self.dout(torch.cat([e, c.unsqueeze(1).expand(-1, e.shape[1], -1)], -1))
+        gb = self.bout(torch.cat([b, c.unsqueeze(1).expand(-1, b.shape[1], -1)], -1))
+        return c, hd, gb, xd[..., DEV_LOG_RATE_JOIN], xb[..., BLK_LOG_WORK]
+
+
+class StagePointerHead(nn.Module):
+    """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
+
+    def __init__(self, hidden: int, embed: int, D: int, Bm: int, bumps: int = 8):
+        super().__init__()
+        self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
+        self.q = nn.Linear(embed, embed)
+        self.kb = nn.Linear(embed, 1)
+        self.amp = nn.Linear(embed, bumps)
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, bumps))
+        self.shift = nn.Parameter(torch.linspace(-3.0, 3.0, bumps))
+        self.add = nn.Linear(embed, 1)
+
+    def split(self, z: torch.Tensor):
+        H, E, D, Bm = self.hidden, self.embed, self.D, self.Bm
+        o = H
+        hd = z[:, o:o + D * E].reshape(-1, D, E)
+        o += D * E
+        gb = z[:, o:o + Bm * E].reshape(-1, Bm, E)
+        o += Bm * E
+        return hd, gb, z[:, o:o + D], z[:, o + D:o + D + Bm]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.logits(*self.split(z))
+
+    def logits(self, hd, gb, lrj, work) -> torch.Tensor:
+        """Logits from the extractor's parts (any D and B)."""
+        bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
+        x = work[:, None, :] - lrj[:, :, None]                                  # log stage time / T*
+        bump = torch.tanh(x[..., None] * self.scale + self.shift)              # (N, D, Bm, K)
+        pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
+        close = bil + pair + self.kb(gb).transpose(1, 2)
+        return torch.cat([close.flatten(1), self.add(hd)[..., 0]], -1)
+
+
+class ValueHead(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.net = nn.Sequential(nn.Linear(hidden, 64), nn.Tanh(), nn.Linear(64, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, : self.hidden])
+
+
+class StagePolicy(MaskableActorCriticPolicy):
+    """MaskableActorCriticPolicy with the stage extractor, pointer head and context value head."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("features_extractor_class", StageExtractor)
+        kwargs["net_arch"] = dict(pi=[], vf=[])
+        super().__init__(*args, **kwargs)
+
+    def _build(self, lr_schedule) -> None:
+        super()._build(lr_schedule)
+        fe = self.features_extractor
+        self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm)
+        for m in self.action_net.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.orthogonal_(m.weight, gain=0.1)
+                nn.init.zeros_(m.bias)
+        self.value_net = ValueHead(fe.hidden)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def any_size(self, obs: dict[str, torch.Tensor]):
+        """(logits, values) for a batch of any (D, B): imitation trains on several sizes."""
+        c, hd, gb, lrj, work = self.features_extractor.parts(obs)
+        return self.action_net.logits(hd, gb, lrj, work), self.value_net.net(c).flatten()
+
+
+def _np(m: nn.Linear):
+    return m.weight.detach().cpu().numpy().astype("float64").T, m.bias.detach().cpu().numpy().astype("float64")
+
+
+class StageNumpyActor:
+    """The actor of a StagePolicy in numpy: logits for any (D, B), masked by `mask`."""
+
+    def __init__(self, policy: StagePolicy):
+        fe, hd = policy.features_extractor, policy.action_net
+        self.heads = fe.attn[0].heads if len(fe.attn) else 1
+        self.denc = [_np(fe.denc[0]), _np(fe.denc[2])]
+        self.benc = [_np(fe.benc[0]), _np(fe.benc[2])]
+        self.attn = [dict(ln1=(b.ln1.weight.detach().numpy().astype("float64"), b.ln1.bias.detach().numpy().astype("float64")),
+                          ln2=(b.ln2.weight.detach().numpy().astype("float64"), b.ln2.bias.detach().numpy().astype("float64")),
+                          qkv=_np(b.qkv), out=_np(b.out), ff1=_np(b.ff1), ff2=_np(b.ff2)) for b in fe.attn]
+        self.genc, self.ctx, self.dout, self.bout = _np(fe.genc[0]), _np(fe.ctx[0]), _np(fe.dout[0]), _np(fe.bout[0])
+        self.q, self.kb, self.amp, self.add = _np(hd.q), _np(hd.kb), _np(hd.amp), _np(hd.add)
+        self.scale = hd.scale.detach().numpy().astype("float64")
+        self.shift = hd.shift.detach().numpy().astype("float64")
+        self.embed = fe.embed
+
+    @staticmethod
+    def _ln(x, p):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * p[0] + p[1]
+
+    def _attn(self, x, mask, a):
+        *lead, D, H = x.shape
+        h = self.heads
+        qkv = (self._ln(x, a["ln1"]) @ a["qkv"][0] + a["qkv"][1]).reshape(*lead, D, 3, h, H // h)
+        q, k, v = (np.ascontiguousarray(np.moveaxis(qkv[..., i, :, :], -2, -3)) for i in range(3))
+        s = q @ np.ascontiguousarray(np.swapaxes(k, -1, -2)) / math.sqrt(H // h) \
+            + ((1.0 - mask)[..., None, None, :] * NEG)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s /= s.sum(-1, keepdims=True)
+        o = np.ascontiguousarray(np.moveaxis(s @ v, -3, -2)).reshape(*lead, D, H)
+        x = x + o @ a["out"][0] + a["out"][1]
+        f = np.tanh(self._ln(x, a["ln2"]) @ a["ff1"][0] + a["ff1"][1])
+        return x + f @ a["ff2"][0] + a["ff2"][1]
+
+    def logits(self, obs: dict, mask) -> np.ndarray:
+        xd = obs["devices"].astype("float64")
+        dm = obs["device_mask"].astype("float64")
+        xb = obs["blocks"].astype("float64")
+        bm = obs["block_mask"].astype("float64")
+
+        def mlp(x, ls):
+            for w, b in ls:
+                x = np.tanh(x @ w + b)
+            return x
+
+        e = mlp(xd, self.denc)
+        for a in self.attn:
+            e = self._attn(e, dm, a)
+        b = mlp(xb, self.benc)
+        dmu, bmu = dm[..., None], bm[..., None]
+        mean = (e * dmu).sum(-2) / np.maximum(dmu.sum(-2), 1.0)
+        mx = (e + (dmu - 1.0) * -NEG).max(-2)
+        bmean = (b * bmu).sum(-2) / np.maximum(bmu.sum(-2), 1.0)
+        g = np.tanh(obs["global"].astype("float64") @ self.genc[0] + self.genc[1])
+        c = np.tanh(np.concatenate([g, mean, mx, bmean], -1) @ self.ctx[0] + self.ctx[1])
+        cd = np.broadcast_to(c[..., None, :], e.shape[:-1] + c.shape[-1:])
+        cb = np.broadcast_to(c[..., None, :], b.shape[:-1] + c.shape[-1:])
+        hd = np.tanh(np.concatenate([e, cd], -1) @ self.dout[0] + self.dout[1])
+        gb = np.tanh(np.concatenate([b, cb], -1) @ self.bout[0] + self.bout[1])
+        bil = (hd @ self.q[0] + self.q[1]) @ np.swapaxes(gb, -1, -2) / math.sqrt(self.embed)
+        x = xb[..., None, :, BLK_LOG_WORK] - xd[..., :, None, DEV_LOG_RATE_JOIN]
+        amp = hd @ self.amp[0] + self.amp[1]
+        pair = np.einsum("...dbk,...dk->...db", np.tanh(x[..., None] * self.scale + self.shift), amp)
+        close = bil + pair + np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
+        add = (hd @ self.add[0] + self.add[1])[..., 0]
+        out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
+        return np.where(mask, out, -np.inf)

@@ -1,0 +1,179 @@
+"""`train_stage`: one bounded run of the stage policy's recipe, always ending in a loadable agent.
+
+Phases and their share of `max_minutes` (dora_rl/learning/stage_training.py): teacher
+data 30 %, imitation 15 %, DAgger 40 %, PPO fine-tune 15 % (less when the budget is
+short). Each phase stops at its deadline; Ctrl-C stops the current phase and the run
+goes straight to saving, so an interrupted or budget-bound run still leaves
+`OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain `MaskablePPO.load`
+read. A scenario (preset name or YAML path) specialises the run on that deployment."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from pathlib import Path
+
+from dora_rl.learning.agents import sanitize, save_agent
+
+log = logging.getLogger(__name__)
+STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
+SHARES = {"teacher": 0.30, "imitate": 0.15, "dagger": 0.40, "ppo": 0.15}
+
+
+def _families(scenario, env_kwargs: dict) -> dict:
+    from dora_rl.learning.stage_training import FAMILIES
+
+    if scenario is not None:
+        D = int(env_kwargs.get("max_devices", max(8, scenario.cluster.n)))
+        Bm = int(env_kwargs.get("max_blocks", max(32, scenario.profile.n_blocks)))
+        return {"scenario": {"max_devices": D, "max_blocks": Bm, "scenario": scenario}}
+    fams = copy.deepcopy(FAMILIES)
+    for k in ("max_devices", "max_blocks", "min_devices", "gen_max_devices"):
+        if k in env_kwargs:
+            fams["small"][k] = int(env_kwargs[k])
+    if env_kwargs.get("families"):
+        fams = {k: v for k, v in fams.items() if k in env_kwargs["families"]}
+    return fams
+
+
+def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int = 0, progress: bool = True,
+                scenario=None, env_kwargs: dict | None = None, env_id: str = STAGE_ENV_ID) -> Path:
+    import numpy as np
+    import torch
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from dora_rl.envs.stage import STAGE_OBS_VERSION, StageEnv
+    from dora_rl.learning import stage_training as st
+    from dora_rl.learning.stage_policy import StagePolicy
+
+    torch.set_num_threads(1)
+    t_start = time.time()
+    budget = 60.0 * float(max_minutes)
+    env_kwargs = dict(env_kwargs or {})
+    fams = _families(scenario, env_kwargs)
+    first = next(iter(fams.values()))
+    if scenario is not None:
+        ppo_env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
+    else:
+        ppo_env = st.make_env(first, seed + 7)
+    model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", n_steps=128, batch_size=128, n_epochs=4,
+                        learning_rate=1e-4, clip_range=0.1, ent_coef=0.001, gamma=1.0, verbose=0)
+    datas = {k: st.Data() for k in fams}
+    start = {k: 0 for k in fams}
+    info: dict = {"phases": {}, "interrupted": False}
+
+    def left() -> float:
+        return budget - (time.time() - t_start)
+
+    def phase(name, fn):
+        if info["interrupted"] or left() < 3:
+            return None
+        secs = max(2.0, min(left() - 2, SHARES[name] * budget))
+        t0 = time.time()
+        try:
+            res = fn(secs)
+        except KeyboardInterrupt:
+            info["interrupted"] = True
+            res = {"interrupted": True}
+        info["phases"][name] = {"seconds": round(time.time() - t0, 1), "result": res}
+        log.info("phase %s: %s", name, info["phases"][name])
+        return res
+
+    if scenario is not None:
+        from dora_rl.envs.instance import Instance
+
+        inst = Instance(scenario, first["max_devices"])
+
+        def teach(secs):
+            best = st.best_known(inst)
+            env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
+            for _ in range(20):
+                st.replay_plan(env, inst, best[0], datas["scenario"], best[2])
+            return {"teacher_qoe_ok": bool(best[1].qoe_ok), "decisions": len(datas["scenario"])}
+        phase("teacher", teach)
+    else:
+        phase("teacher", lambda s: st.teacher_phase(fams, datas, s, seed, progress, start))
+    phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress))
+    if scenario is None:
+        phase("dagger", lambda s: st.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress))
+    evals = {}
+
+    def quick():
+        if scenario is not None:
+            env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
+            from dora_rl.learning.search import greedy_complete
+            from dora_rl.learning.stage_policy import StageNumpyActor
+            env.reset(seed=0)
+            _, m, u = greedy_complete(StageNumpyActor(model.policy), [env])[0]
+            return {"mean_utility": u, "qoe_ok": float(m.qoe_ok)}
+        return st.greedy_eval(model.policy, first, n=40, seed=1)
+
+    if not info["interrupted"] and left() > 20:
+        evals["before_ppo"] = quick()
+        saved = copy.deepcopy(model.policy.state_dict())
+
+        class Deadline(BaseCallback):
+            """Stops PPO at the phase's deadline; a time-based progress bar with an ETA."""
+
+            def __init__(self, secs):
+                super().__init__()
+                self.secs, self.t0 = secs, time.time()
+                self.bar = st._bar(secs, "ppo", progress)
+
+            def _on_step(self) -> bool:
+                el = time.time() - self.t0
+                if self.bar is not None and self.n_calls % 64 == 0:
+                    self.bar.n = min(self.secs, el)
+                    self.bar.set_postfix_str(f"{self.num_timesteps} steps")
+                    self.bar.refresh()
+                if el >= self.secs and self.bar is not None:
+                    self.bar.close()
+                return el < self.secs
+
+        def ppo(secs):
+            model.learn(total_timesteps=10**7, callback=Deadline(secs), progress_bar=False)
+            return {"timesteps": int(model.num_timesteps)}
+        phase("ppo", ppo)
+        evals["after_ppo"] = quick()
+        def key(e):
+            return e["qoe_ok"], e["mean_utility"]
+        if key(evals["after_ppo"]) < key(evals["before_ppo"]):
+            model.policy.load_state_dict(saved)
+            evals["kept"] = "imitation + DAgger (PPO did not improve the quick check)"
+        else:
+            evals["kept"] = "after PPO"
+    seconds = time.time() - t_start
+    folder = Path(out) / sanitize(env_id)
+    import gymnasium
+    import sb3_contrib
+    import stable_baselines3
+
+    from dora_rl.envs.instance import NG
+    from dora_rl.envs.stage import NFB, NFD
+
+    rng_dev = [min(f.get("min_devices", 2) for f in fams.values()),
+               max(f.get("gen_max_devices", f["max_devices"]) for f in fams.values())]
+    rng_blk = [min(int(f.get("gen_kwargs", {}).get("min_blocks", 4)) for f in fams.values()),
+               max(int(f.get("gen_kwargs", {}).get("max_blocks", 24)) for f in fams.values())]
+    if scenario is not None:
+        rng_dev = [scenario.cluster.n, scenario.cluster.n]
+        rng_blk = [scenario.profile.n_blocks, scenario.profile.n_blocks]
+    config = {
+        "env_id": env_id, "algo": "MaskablePPO", "policy": "StagePolicy", "action_space": "stage",
+        "obs_version": STAGE_OBS_VERSION, "device_features": NFD, "block_features": NFB, "global_features": NG,
+        "max_devices": int(first["max_devices"]), "max_blocks": int(first["max_blocks"]),
+        "trained_range": {"devices": rng_dev, "blocks": rng_blk},
+        "scenario": getattr(scenario, "name", None), "seed": seed, "train_seconds": round(seconds, 1),
+        "max_minutes": max_minutes, "interrupted": info["interrupted"],
+        "timesteps": int(model.num_timesteps), "phases": info["phases"], "quick_eval": evals,
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
+                     "gymnasium": gymnasium.__version__, "numpy": np.__version__},
+    }
+    save_agent(model, folder, config, {"env_id": env_id, "train_seconds": round(seconds, 1), "quick_eval": evals},
+               card=f"# {env_id}\n\nTrained with `dora train` in {seconds / 60:.1f} min (stage policy: imitation of "
+                    "the best known plan, DAgger, PPO). Run `bench/bench_learning.py --agent` for the ablation table.\n")
+    return folder

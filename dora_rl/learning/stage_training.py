@@ -1,0 +1,298 @@
+"""Training the stage policy: imitate the best plan known, DAgger on its own states, then PPO.
+
+Why this recipe: the network must plan well greedily on its own. Cloning a good teacher
+gives it the decisions on the teacher's trajectories; DAgger (Ross et al. 2011) adds the
+states the network reaches itself, each labelled by the teacher; a short MaskablePPO
+fine-tune optimises the reward the evaluation reports (`utility`). Every phase has its
+share of one wall-clock budget and a progress bar with an ETA.
+
+Families (the curriculum): each is a StageEnv shape and a generator range, e.g. `small`
+(2-8 devices, 4-24 blocks, padded to 8 x 32) and `large` (12-64 devices, 30-200 blocks,
+padded to 64 x 200). Imitation trains on all of them (per-family batches: padding is per
+batch, not per agent); the same weights serve every size.
+
+Teacher (`best_known`): the best, QoE-compliant first then by objective, of the `dora`
+plan (where it runs), its local polish, and the polish of the fastest single-device plan
+(dora_rl/learning/search.py:polish). DAgger labels a state by rollout: each of the
+policy's `top_k` most likely actions is completed greedily and polished, the best wins.
+
+Seeds: training instances use generator seed `seed` (default 0); the held-out sets
+(dora_rl/learning/evaluation.py) use other seeds."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from dora_rl.errors import DoraError
+
+log = logging.getLogger(__name__)
+OBS = ("devices", "device_mask", "blocks", "block_mask", "global")
+FAMILIES = {
+    "small": {"max_devices": 8, "max_blocks": 32, "min_devices": 2, "gen_max_devices": 8, "gen_kwargs": {}},
+    "large": {"max_devices": 64, "max_blocks": 200, "min_devices": 12, "gen_max_devices": 64,
+              "gen_kwargs": {"min_blocks": 30, "max_blocks": 200}},
+}
+
+
+def make_env(family: dict, seed: int = 0, pool_size: int = 10**9):
+    from dora_rl.envs.stage import StageEnv
+
+    return StageEnv(scenario=None, max_devices=family["max_devices"], max_blocks=family["max_blocks"], seed=seed,
+                    pool_size=pool_size, min_devices=family["min_devices"],
+                    gen_max_devices=family["gen_max_devices"], gen_kwargs=dict(family["gen_kwargs"]))
+
+
+def fastest_plan(inst):
+    """The whole model on the fastest device that holds it (a search's start), or None."""
+    from dora_rl.cost.qoe import utility
+    from dora_rl.errors import NoFeasiblePlan
+
+    for d in sorted(range(inst.n), key=lambda d: -inst.rate[d]):
+        try:
+            M, st, m = inst.finish([(0, inst.B, (d,))])
+        except NoFeasiblePlan:
+            continue
+        return inst.to_plan(st, M), m, utility(inst.cost, m, inst.ref_obj)
+    return None
+
+
+def best_known(inst, use_dora: bool = True, polish_rounds: int = 40):
+    """(plan, metrics, utility) of the best plan known for an Instance (see the docstring)."""
+    from dora_rl.cost.qoe import utility
+    from dora_rl.learning.search import polish, search_key
+    from dora_rl.planners import run_planner
+
+    cands = []
+    if use_dora:
+        try:
+            r = run_planner("dora", inst.scenario, inst.cost)
+            cands.append((r.plan, r.metrics, utility(inst.cost, r.metrics, inst.ref_obj)))
+        except (DoraError, OverflowError, MemoryError):      # no compliant plan, or dora's own limits
+            pass
+    f = fastest_plan(inst)
+    if f is not None:
+        cands.append(f)
+    if not cands:
+        return None
+    best = min(cands, key=lambda c: search_key(c, inst.objective))
+    return polish(inst, best, max_rounds=polish_rounds)
+
+
+class Data:
+    """Decisions of one family: observations, masks, actions, returns."""
+
+    def __init__(self):
+        self.obs = {k: [] for k in OBS}
+        self.masks, self.acts, self.rets = [], [], []
+
+    def add(self, obs, mask, a, ret):
+        for k in OBS:
+            self.obs[k].append(obs[k])
+        self.masks.append(mask)
+        self.acts.append(int(a))
+        self.rets.append(float(ret))
+
+    def __len__(self):
+        return len(self.acts)
+
+    def tensors(self):
+        import torch
+
+        return ({k: torch.from_numpy(np.stack(v).astype(np.float32)) for k, v in self.obs.items()},
+                torch.from_numpy(np.stack(self.masks)), torch.tensor(self.acts), torch.tensor(self.rets))
+
+
+def replay_plan(env, inst, plan, data: Data, ret: float) -> bool:
+    from dora_rl.envs.stage import stage_actions_for_plan
+
+    obs, _ = env.reset(seed=0, options={"scenario": inst})
+    for a in stage_actions_for_plan(plan, inst.scenario, env.max_devices, env.max_blocks):
+        m = env.action_masks()
+        if not m[a]:
+            return False
+        if m.sum() > 1:
+            data.add(obs, m, a, ret)
+        obs, _, done, _, _ = env.step(a)
+        if done:
+            return True
+    return False
+
+
+def _bar(total, desc, progress):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="s", leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                "{n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
+
+
+def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progress: bool, start: dict) -> dict:
+    """Best known plans replayed on training instances, families in turn, until `seconds`."""
+    envs = {k: make_env(f, seed) for k, f in families.items()}
+    stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
+    t0, bar, names = time.time(), _bar(seconds, "teacher", progress), list(families)
+    k = 0
+    while time.time() - t0 < seconds:
+        name = names[0] if len(names) == 1 or k % 3 else names[1]     # 2 of 3 episodes from the first family
+        k += 1
+        env = envs[name]
+        i = start[name]
+        start[name] += 1
+        inst = env.source.instance(i)
+        env.source.cache.clear()
+        best = best_known(inst, use_dora=inst.n <= 32)
+        if best is None:
+            continue
+        ok = replay_plan(env, inst, best[0], datas[name], best[2])
+        st = stats[name]
+        st["episodes"] += ok
+        st["unreachable"] += not ok
+        st["compliant"] += bool(ok and best[1].qoe_ok)
+        if bar is not None:
+            bar.n = min(seconds, time.time() - t0)
+            bar.set_postfix_str(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    return stats
+
+
+def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3, batch: int = 128,
+        seed: int = 0, progress: bool = False, desc: str = "imitate") -> dict:
+    """Masked cross-entropy (+ value regression) on every family's decisions, one family per
+    mini-batch, cosine learning rate, until `epochs` or `seconds`."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    tens = {k: d.tensors() for k, d in datas.items() if len(d)}
+    if not tens:
+        raise DoraError("imitation: no decisions to learn from")
+    steps_per_epoch = sum(math.ceil(len(t[2]) / batch) for t in tens.values())
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    policy.set_training_mode(True)
+    t0, bar, hist = time.time(), _bar(seconds, desc, progress), []
+    for ep in range(epochs):
+        order = [(k, idx) for k, t in tens.items() for idx in np.array_split(rng.permutation(len(t[2])),
+                                                                             max(1, math.ceil(len(t[2]) / batch)))]
+        rng.shuffle(order)
+        tot = acc = cnt = 0.0
+        for k, idx in order:
+            obs, masks, acts, rets = tens[k]
+            ii = torch.from_numpy(idx)
+            logits, v = policy.any_size({kk: vv[ii] for kk, vv in obs.items()})
+            logits = logits.masked_fill(~masks[ii], -1e9)
+            ce = torch.nn.functional.cross_entropy(logits, acts[ii])
+            loss = ce + 0.25 * torch.nn.functional.mse_loss(v, rets[ii])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            tot += float(ce.detach()) * len(idx)
+            acc += float((logits.argmax(-1) == acts[ii]).float().sum())
+            cnt += len(idx)
+        hist.append({"epoch": ep + 1, "ce": round(tot / cnt, 4), "acc": round(acc / cnt, 4)})
+        if bar is not None:
+            bar.n = min(seconds, time.time() - t0)
+            bar.set_postfix_str(f"epoch {ep + 1} ce {tot / cnt:.3f} acc {acc / cnt:.3f}")
+            bar.refresh()
+        if time.time() - t0 > seconds:
+            break
+    if bar is not None:
+        bar.close()
+    policy.set_training_mode(False)
+    return {"epochs": len(hist), "samples": {k: len(d) for k, d in datas.items()},
+            "seconds": round(time.time() - t0, 1), "final": hist[-1] if hist else None}
+
+
+def label_by_rollout(actor, env, top_k: int):
+    """The teacher's action at env's state: each of the policy's top_k actions (and the
+    greedy one) completed greedily and polished; returns (action, best result)."""
+    from dora_rl.learning.search import greedy_complete, polish, search_key
+
+    mask = env._mask
+    allowed = np.flatnonzero(mask)
+    logits = actor.logits(env.observe(), mask)
+    cands = allowed[np.argsort(-logits[allowed], kind="stable")[:top_k]]
+    forks = []
+    for a in cands:
+        f = env.fork()
+        f.advance(int(a))
+        forks.append(f)
+    res = [polish(env.inst, r, max_rounds=30) for r in greedy_complete(actor, forks)]
+    i = min(range(len(cands)), key=lambda i: search_key(res[i], env.inst.objective))
+    return int(cands[i]), res[i]
+
+
+def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
+                 top_k: int = 4, progress: bool = False) -> list:
+    """Rounds of: the policy plans fresh instances greedily, every state it visits is
+    labelled by rollout (`label_by_rollout`) and added; then the network is fit again."""
+    from dora_rl.learning.stage_policy import StageNumpyActor
+
+    envs = {k: make_env(f, seed) for k, f in families.items()}
+    t_end, hist = time.time() + seconds, []
+    for r in range(rounds):
+        left = t_end - time.time()
+        if left < 10:
+            break
+        collect = left / (rounds - r) * 0.6
+        actor = StageNumpyActor(policy)
+        t0, n_dec, agree, k = time.time(), 0, 0, 0
+        names = list(families)
+        bar = _bar(collect, f"dagger {r + 1}/{rounds}", progress)
+        while time.time() - t0 < collect:
+            name = names[k % len(names)]
+            k += 1
+            env = envs[name]
+            inst = env.source.instance(start[name])
+            start[name] += 1
+            env.source.cache.clear()
+            obs, _ = env.reset(seed=0, options={"scenario": inst})
+            while not env.done:
+                mask = env._mask
+                allowed = np.flatnonzero(mask)
+                if len(allowed) == 1:
+                    env.advance(int(allowed[0]))
+                    continue
+                a_pol = int(np.argmax(actor.logits(obs, mask)))
+                a_lab, res = label_by_rollout(actor, env, top_k)
+                datas[name].add(obs, mask.copy(), a_lab, res[2])
+                n_dec += 1
+                agree += a_pol == a_lab
+                env.advance(a_pol)            # DAgger: follow the learner, label with the teacher
+                obs = env.observe()
+            if bar is not None:
+                bar.n = min(collect, time.time() - t0)
+                bar.set_postfix_str(f"{n_dec} states, agree {agree / max(n_dec, 1):.2f}")
+                bar.refresh()
+        if bar is not None:
+            bar.close()
+        f = fit(policy, datas, max(5.0, (t_end - time.time()) / (rounds - r)), epochs=8, lr=5e-4, seed=seed + r + 1,
+                progress=progress, desc=f"dagger fit {r + 1}")
+        hist.append({"round": r + 1, "states": n_dec, "agreement": round(agree / max(n_dec, 1), 4),
+                     "collect_seconds": round(time.time() - t0, 1), "fit": f})
+        log.info("dagger round %d: %s", r + 1, hist[-1])
+    return hist
+
+
+def greedy_eval(policy, family: dict, n: int = 60, seed: int = 1) -> dict:
+    """Greedy (network alone) on n instances of `family` with generator seed `seed`:
+    mean utility and QoE compliance (a quick check for choosing checkpoints, not the bench)."""
+    from dora_rl.learning.search import greedy_complete
+    from dora_rl.learning.stage_policy import StageNumpyActor
+
+    actor, env = StageNumpyActor(policy), make_env(family, seed)
+    us, ok = [], 0
+    for i in range(n):
+        env.reset(seed=0, options={"scenario": env.source.instance(i)})
+        _, m, u = greedy_complete(actor, [env])[0]
+        us.append(u)
+        ok += m.qoe_ok
+    return {"mean_utility": round(float(np.mean(us)), 4), "qoe_ok": round(ok / n, 4), "n": n, "seed": seed}

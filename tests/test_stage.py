@@ -1,0 +1,302 @@
+"""StageEnv (a stage per step), the size-free stage policy, its training, agents and searches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from dora_rl.envs.instance import Instance
+from dora_rl.envs.stage import StageEnv, stage_actions_for_plan
+from dora_rl.errors import AgentError, NoFeasiblePlan
+from dora_rl.synthetic import random_scenario
+
+
+def _big(n=64, B=200, seed=3):
+    return random_scenario(np.random.default_rng(seed), max_devices=n, min_devices=n, n_blocks=B)
+
+
+def test_stage_env_passes_both_checkers():
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(StageEnv(max_devices=8, max_blocks=32), skip_render_check=True)
+        sb3_check_env(StageEnv(max_devices=8, max_blocks=32))
+
+
+@pytest.mark.parametrize("size", [(4, 32, 40), (16, 64, 6), (64, 200, 2)])
+def test_masks_never_allow_an_infeasible_step(size):
+    D, Bm, episodes = size
+    gen = {"min_blocks": 10, "max_blocks": Bm} if Bm > 32 else {}
+    env = StageEnv(max_devices=D, max_blocks=Bm, seed=5, min_devices=2, gen_kwargs=gen)
+    rng = np.random.default_rng(0)
+    for ep in range(episodes):
+        env.reset(seed=ep)
+        done = False
+        while not done:
+            m = env.action_masks()
+            assert m.any()
+            _, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(m))))
+            assert not info["masked_action"]
+        assert info["feasible"], info["plan"]
+
+
+def test_every_dora_plan_is_expressible():
+    from dora_rl.planners import run_planner
+
+    env = StageEnv(max_devices=8, max_blocks=32, seed=11)
+    n = 0
+    for i in range(40):
+        inst = env.source.instance(i)
+        try:
+            res = run_planner("dora", inst.scenario, inst.cost)
+        except NoFeasiblePlan:
+            continue
+        n += 1
+        env.reset(options={"scenario": inst})
+        for a in stage_actions_for_plan(res.plan, inst.scenario, 8, 32):
+            assert env.action_masks()[a]
+            _, _, done, _, info = env.step(a)
+        assert done
+        assert info["objective"] == pytest.approx(res.metrics.objective(inst.objective), rel=1e-9)
+    assert n >= 10
+
+
+def test_oversized_scenario_is_refused_by_the_env():
+    env = StageEnv(max_devices=4, max_blocks=32)
+    with pytest.raises(Exception, match="max_devices=4"):
+        env.reset(options={"scenario": _big(8, 20)})
+
+
+@pytest.fixture(scope="module")
+def small_policy():
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_policy import StagePolicy
+
+    torch.manual_seed(0)
+    return MaskablePPO(StagePolicy, StageEnv(max_devices=8, max_blocks=32), n_steps=32, batch_size=32, seed=0,
+                       device="cpu")
+
+
+def test_same_network_runs_on_2_and_64_devices(small_policy):
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+
+    actor = StageNumpyActor(small_policy.policy)
+    for sc in (random_scenario(np.random.default_rng(1), max_devices=2, min_devices=2), _big(64, 120)):
+        n, B = sc.cluster.n, sc.profile.n_blocks
+        env = StageEnv(scenario=sc, max_devices=n, max_blocks=B)
+        obs, _ = env.reset(seed=0)
+        mask = env.action_masks()
+        lg = actor.logits(obs, mask)
+        assert np.isfinite(lg[mask]).all() and np.isneginf(lg[~mask]).all()
+        # the torch policy built for this size with the same weights gives the same logits
+        big = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, device="cpu")
+        big.policy.load_state_dict(small_policy.policy.state_dict())
+        with torch.no_grad():
+            lt, _ = big.policy.any_size({k: torch.as_tensor(v)[None] for k, v in obs.items()})
+        assert np.allclose(lt[0].numpy()[mask], lg[mask], atol=1e-4)
+
+
+def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
+    from dora_rl.learning import stage_training as st
+    from dora_rl.learning.search import greedy_complete
+    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_search import UniformActor
+
+    fam = {"small": st.FAMILIES["small"]}
+    datas = {"small": st.Data()}
+    env = st.make_env(fam["small"], seed=0)
+    for i in range(40):
+        inst = env.source.instance(i)
+        best = st.best_known(inst)
+        st.replay_plan(env, inst, best[0], datas["small"], best[2])
+    st.fit(small_policy.policy, datas, seconds=20, epochs=30, seed=0)
+    actor = StageNumpyActor(small_policy.policy)
+    ev = st.make_env(fam["small"], seed=1)
+    u_net, u_uni = [], []
+    for i in range(25):
+        inst = ev.source.instance(i)
+        for a, acc in ((actor, u_net), (UniformActor(), u_uni)):
+            ev.reset(options={"scenario": inst})
+            acc.append(greedy_complete(a, [ev])[0][2])
+    assert np.mean(u_net) > np.mean(u_uni) + 0.1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from dora_rl.learning.stage_run import train_stage
+
+    out = tmp_path_factory.mktemp("stage")
+    return train_stage(out, max_minutes=0.25, progress=False, env_kwargs={"families": ["small"]})
+
+
+def test_budget_bound_training_saves_a_loadable_agent(trained):
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_agent import StageAgent
+
+    assert (trained / "model.zip").is_file() and (trained / "config.yml").is_file()
+    agent = load_agent(trained)
+    assert isinstance(agent, StageAgent)
+    assert agent.config["trained_range"]["devices"] == [2, 8]
+    MaskablePPO.load(str(trained / "model.zip"), device="cpu")        # plain SB3, no custom objects
+
+
+def test_stage_agent_plans_any_size_with_every_search(trained):
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_agent import OutOfRangeWarning
+    from dora_rl.learning.stage_search import MODES
+
+    agent = load_agent(trained)
+    sc = random_scenario(np.random.default_rng(4), max_devices=5, min_devices=5)
+    res = {m: agent.plan(sc, search=m, budget_ms=30)[1] for m in MODES}
+    for m in MODES:
+        assert res[m].feasible
+    with pytest.warns(OutOfRangeWarning, match="2-8 devices"):
+        plan, m = agent.plan(_big(20, 60))
+    assert m.feasible
+    with pytest.raises(AgentError, match="budget_ms"):
+        agent.plan(sc, search="sample", budget_ms=0)
+
+
+def test_stage_agent_errors_say_which(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    from dora_rl.learning.agents import load_agent
+
+    bad = tmp_path / "corrupt"
+    shutil.copytree(trained, bad)
+    (bad / "model.zip").write_bytes(b"not a zip")
+    with pytest.raises(AgentError, match="corrupt"):
+        load_agent(bad)
+    other = tmp_path / "layout"
+    shutil.copytree(trained, other)
+    cfg = yaml.safe_load((other / "config.yml").read_text())
+    cfg["block_features"] = 99
+    (other / "config.yml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(AgentError, match="observation layout"):
+        load_agent(other)
+    (tmp_path / "missing").mkdir()
+    with pytest.raises(AgentError, match="model.zip is missing"):
+        load_agent(tmp_path / "missing")
+
+
+def test_cli_budget_must_be_positive():
+    r = subprocess.run([sys.executable, "-m", "dora_rl.cli", "plan", "smart_home", "--planner", "ppo",
+                        "--budget-ms", "0"], check=False, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "--budget-ms must be > 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_env_kwargs_parse_json_and_pairs():
+    from dora_rl.commands.learning import parse_env_kwargs
+
+    assert parse_env_kwargs('{"max_devices": 16}') == {"max_devices": 16}
+    assert parse_env_kwargs("max_devices=16,max_blocks=64") == {"max_devices": 16, "max_blocks": 64}
+    with pytest.raises(AgentError, match="k=v"):
+        parse_env_kwargs("max_devices")
+
+
+def test_ablation_rows_are_in_the_bench_output(trained):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from bench.bench_ablation import run
+
+    out = run(trained, n=2, per_size=0, timeout=20, budget_ms=20, progress=False)
+    rows = out["heldout"]["summary"]
+    for k in ("net_greedy", "net_polish", "net_rollout", "net_sample", "net_beam", "uniform_greedy",
+              "uniform_polish", "uniform_rollout", "fastest", "fastest_polish", "dora", "best_baseline", "oracle"):
+        assert k in rows, k
+    assert "net_polish_at_budget vs fastest_polish_at_budget" in out["heldout"]["duels"]
+
+
+def test_instance_completion_table_matches_the_greedy():
+    sc = random_scenario(np.random.default_rng(9), max_devices=6, min_devices=6)
+    inst = Instance(sc, 6)
+    taken = {0}
+    rows = [1, 2, 3]
+    G = inst.completion_table(taken, rows)
+    for i, d in enumerate(rows):
+        for r in range(inst.B + 1):
+            assert min(G[i, r], inst.B) == min(inst.greedy(r, taken | {d}), inst.B)
+
+
+def _shipped_stage():
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parents[1] / "trained_agents" / "dora_rl__Partition-v0"
+    cfg = yaml.safe_load((folder / "config.yml").read_text()) if (folder / "config.yml").is_file() else {}
+    return folder if (cfg or {}).get("action_space") == "stage" else None
+
+
+@pytest.mark.skipif(_shipped_stage() is None, reason="the shipped generalist is not a stage agent")
+def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
+    import json
+
+    import gymnasium as gym
+    import yaml
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl import envs
+    from dora_rl.scenario import load_scenario
+
+    envs.register_all()
+    folder = _shipped_stage()
+    cfg = yaml.safe_load((folder / "config.yml").read_text())
+    res = json.loads((folder / "results.json").read_text())
+    assert res["check"] and "ablation" in res
+    model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")       # plain SB3
+    for c in res["check"]:
+        env = gym.make("dora_rl/PartitionStage-v0", scenario=load_scenario(c["scenario"]),
+                       max_devices=cfg["max_devices"], max_blocks=cfg["max_blocks"])
+        obs, _ = env.reset(seed=c["seed"])
+        done = False
+        while not done:
+            a, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)
+            obs, _, done, _, info = env.step(a)
+        assert info["objective"] == pytest.approx(c["objective"], rel=1e-6), c["scenario"]
+        assert info["qoe_ok"] == c["qoe_ok"]
+
+
+def test_ctrl_c_still_saves_a_loadable_agent(tmp_path, monkeypatch):
+    from dora_rl.learning import stage_training as st
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_run import train_stage
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "teacher_phase", interrupted)
+    folder = train_stage(tmp_path, max_minutes=0.5, progress=False, env_kwargs={"families": ["small"]})
+    agent = load_agent(folder)
+    assert agent.config["interrupted"] is True and "imitate" not in agent.config["phases"]
+
+
+def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
+    import json
+    import shutil
+
+    from dora_rl.learning.stage_card import main
+
+    folder = tmp_path / "agent"
+    shutil.copytree(trained, folder)
+    assert main([str(folder)]) == 0
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: stable-baselines3") and "MaskablePPO.load" in card
+    assert "action_masks" in card
+    res = json.loads((folder / "results.json").read_text())
+    assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}

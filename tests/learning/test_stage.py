@@ -211,7 +211,6 @@ def test_env_kwargs_parse_json_and_pairs():
 
 
 def test_ablation_rows_are_in_the_bench_output(trained):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
     from bench.bench_ablation import run
 
     out = run(trained, n=2, per_size=0, timeout=20, budget_ms=20, progress=False)
@@ -234,11 +233,12 @@ def test_instance_completion_table_matches_the_greedy():
 
 
 def _shipped_stage():
-    from pathlib import Path
 
     import yaml
 
-    folder = Path(__file__).resolve().parents[1] / "trained_agents" / "dora_rl__Partition-v0"
+    from dora_rl.resources import agents_dir
+
+    folder = agents_dir() / "dora_rl__Partition-v0"
     cfg = yaml.safe_load((folder / "config.yml").read_text()) if (folder / "config.yml").is_file() else {}
     return folder if (cfg or {}).get("action_space") == "stage" else None
 

@@ -41,11 +41,11 @@ def run(results: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             if "plan.json" in words:
                 subprocess.run([sys.executable, "-m", "dora_rl.cli", "plan", words[2], "--planner", "dora",
-                                "--out", "plan.json"], cwd=tmp, env=env, capture_output=True, timeout=600)
+                                "--out", "plan.json"], cwd=tmp, env=env, capture_output=True, timeout=600, check=False)
             t = time.monotonic()
             try:
                 p = subprocess.run([sys.executable, "-m", "dora_rl.cli", *words[1:]], cwd=tmp, env=env,
-                                   capture_output=True, text=True, timeout=1800)
+                                   capture_output=True, text=True, timeout=1800, check=False)
                 rc, err = p.returncode, (p.stderr.strip().splitlines() or [""])[-1]
             except subprocess.TimeoutExpired:
                 rc, err = None, "timed out after 1800 s"

@@ -215,18 +215,22 @@ def _dilation(args, base, plan, slowdown, switch=None):
     two plans'), announced on stderr; --strict refuses a factor at which a worker is
     predicted to saturate."""
     from dora_rl.runtime.dilation import choose
-    dil = choose(base, plan, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+    dil = choose(base, plan, slowdown=slowdown, rate=args.rate, timeout=args.timeout, announce=err_console.print)
     if switch is not None:
-        other = choose(base, switch, slowdown=slowdown, rate=args.rate, timeout=args.timeout)
+        other = choose(base, switch, slowdown=slowdown, rate=args.rate, timeout=args.timeout,
+                       announce=err_console.print)
         dil = other if other.factor > dil.factor else dil
     why = (f" (auto: worst worker {max(dil.ratio, key=dil.ratio.get)} computes "
            f"{max(dil.ratio.values()):.3g}x slower here than on its device; contention {dil.contention:.2g}x on "
            f"{dil.cores} cores; headroom {dil.headroom:g}x)" if dil.auto and dil.ratio else "")
     err_console.print(f"time dilation {fmt(dil.factor)}x{why}")
-    if dil.saturated and getattr(args, "strict", False):
-        raise RuntimeFault(f"--strict: at --slowdown {fmt(dil.factor)} worker(s) "
-                           + ", ".join(f"{d} (needs {x:.3g})" for d, x in dil.saturated.items())
-                           + " would saturate; use --slowdown auto")
+    if dil.saturated:
+        msg = (f"at --slowdown {fmt(dil.factor)} worker(s) "
+               + ", ".join(f"{d} (needs {x:.3g})" for d, x in dil.saturated.items())
+               + " are predicted to saturate; use --slowdown auto")
+        if getattr(args, "strict", False):
+            raise RuntimeFault(f"--strict: {msg}")
+        err_console.print(f"[yellow]warning:[/yellow] {msg}")
     return dil
 
 

@@ -79,9 +79,10 @@ def other_load() -> float:
 
 
 def block_times(model: str, *, training: bool = False, batch: int = 1, threads: int = 1,
-                refresh: bool = False) -> DeviceProfile:
+                refresh: bool = False, announce=None) -> DeviceProfile:
     """This machine's block times of zoo model `model` (`measure_profile`), cached under
-    cache_dir() per model, host, thread count, batch size and phase."""
+    cache_dir() per model, host, thread count, batch size and phase. `announce(text)`
+    is told before a measurement (it takes seconds to a minute)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())
     path = cache_dir() / f"{model}-{host}-t{threads}-b{batch}{'-train' if training else ''}.json"
     if path.is_file() and not refresh:
@@ -89,8 +90,11 @@ def block_times(model: str, *, training: bool = False, batch: int = 1, threads: 
             return DeviceProfile.load(path)
         except ProfileError as e:   # a corrupt cache entry is re-measured
             log.warning("re-measuring %s: cached block times unreadable (%s)", model, e)
-    from dora_rl.profile.timing import measure_profile   # torch: only when measuring
-    log.info("measuring %s block times on this machine (once; cached in %s)", model, path.parent)
+    from dora_rl.profile.timing import measure_profile  # torch: only when measuring
+    msg = f"measuring {model}'s block times on this machine (once; cached in {path.parent})"
+    log.info(msg)
+    if announce is not None:
+        announce(msg)
     prof = measure_profile(model, batch_sizes=(batch,), training=training, threads=threads,
                            warmup=1, repeats=3)
     try:
@@ -140,7 +144,7 @@ def _real_and_model(prof: DeviceProfile, times: dict, l: int, r: int, n: float, 
 
 def choose(scenario: Scenario, plan: Plan | None = None, *, slowdown="auto", rate: float | None = None,
            timeout: float | None = None, headroom: float = HEADROOM, profile: DeviceProfile | None = None,
-           load: float | None = None, n_cores: int | None = None) -> Dilation:
+           load: float | None = None, n_cores: int | None = None, announce=None) -> Dilation:
     """The dilation of a run of `plan` (None: any plan) on `scenario` (device time):
     `slowdown` 'auto' picks it (module doc), a number is taken as given (its predicted
     saturation is still reported). `rate`: offered requests/s in device time.
@@ -151,7 +155,7 @@ def choose(scenario: Scenario, plan: Plan | None = None, *, slowdown="auto", rat
     w = scenario.workload
     cost = CostModel(scenario)
     mb = max(1, w.batch // (plan.microbatches if plan is not None else 1))
-    prof = profile or block_times(scenario.model, training=w.training, batch=mb)
+    prof = profile or block_times(scenario.model, training=w.training, batch=mb, announce=announce)
     n_blocks = len(cost.device_times(0)["fwd_per"]) - 1
     prof.check_model(scenario.model, n_blocks, "this machine")
     names = scenario.cluster.names

@@ -23,6 +23,7 @@ from dora_rl.runtime.comm import TAG_ACK, TAG_CTRL, TAG_REPLY, isend_obj, recv_o
 from dora_rl.runtime.emulation import now
 
 _LIVE: set = set()
+IDLE_S = 24 * 3600.0   # gloo timeout of a spawned group: an idle worker waits for commands this long
 
 
 def _kill_all_live() -> None:
@@ -62,8 +63,11 @@ class WorkerGroup:
             try:
                 # [netns] this thread's sockets (store, gloo) live in the hub namespace
                 with self.netns.entered_hub() if self.netns is not None else contextlib.nullcontext():
+                    # gloo's own timeout would end an idle wait (a dilated run outlasts it): the
+                    # coordinator bounds every wait itself (`_wait_for`, the request loop)
                     dist.init_process_group("gloo", init_method=f"tcp://{self.addr}:{self.port}", rank=0,
-                                            world_size=world, timeout=datetime.timedelta(seconds=self.timeout))
+                                            world_size=world, timeout=datetime.timedelta(seconds=max(
+                                                self.timeout, IDLE_S)))
             except Exception as e:  # noqa: BLE001
                 err.append(e)
 

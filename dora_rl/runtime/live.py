@@ -83,8 +83,12 @@ class LiveRun:
         self.fail, self.out_dir, self.live, self.console, self.timeout = fail, out_dir, live, console, timeout
         span = max(60.0, duration * time_scale)
         make_trace(self.base, trace, mean_frac=mean_frac, seed=seed, duration_s=span)   # bad input: before measuring
-        self.dilation = choose(self.base, None, slowdown=slowdown)
+        self.dilation = choose(self.base, None, slowdown=slowdown,
+                               announce=console.print if console is not None and live else None)
         self.slowdown = slowdown = self.dilation.factor
+        if console is not None and live:
+            console.print(f"time dilation {slowdown:g}x{' (auto)' if self.dilation.auto else ''}: {duration:g} s of run "
+                          f"= {duration / slowdown:.3g} s of device time")
         self.sc = self.base.dilated(slowdown)       # the scenario the workers run (the survivors after a fault)
         self.trace, self.medium = make_trace(self.sc, trace, mean_frac=mean_frac, seed=seed, duration_s=span)
         self.nominal = self.sc.cluster.media[self.medium].mbps

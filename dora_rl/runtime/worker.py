@@ -308,8 +308,11 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
     _tune_malloc()
     addr = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
+        # a spawned worker (its coordinator watched) may sit idle for a whole dilated run:
+        # gloo's timeout must not end it (the coordinator bounds every wait)
+        op_timeout = max(timeout, 24 * 3600.0) if os.environ.get("DORA_PARENT_PID") else timeout
         dist.init_process_group("gloo", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout))
+                                timeout=datetime.timedelta(seconds=op_timeout))
     except Exception as e:  # noqa: BLE001  (timeouts and connection errors come as several types)
         raise RuntimeFault(f"worker {device}: cannot reach the coordinator at {addr} within {timeout:g} s "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None

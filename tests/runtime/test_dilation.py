@@ -94,7 +94,7 @@ def test_run_bad_slowdown_and_duration_are_one_line_errors(capsys):
 
 class _Rt:
     timeout = 100.0
-    names = ["a", "b"]
+    names = ("a", "b")
     started = True
 
     def _check_procs(self):
@@ -184,7 +184,7 @@ def test_strict_refuses_a_factor_at_which_a_worker_saturates(tmp_path, monkeypat
     assert main(["run", str(tmp_path / "fast.yaml"), "--plan", _plan_file(tmp_path), "--slowdown", "1",
                  "--strict", "--requests", "1"]) == 2
     err = capsys.readouterr().err
-    assert "time dilation 1x" in err and "--strict" in err and "saturate" in err
+    assert "time dilation 1x" in err and "--strict" in err and "predicted to saturate" in err
     assert list((tmp_path / "cache" / "block_times").glob("tiny_cnn-*.json"))   # measured once, cached
 
 

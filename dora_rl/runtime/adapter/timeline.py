@@ -60,7 +60,7 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
         ax.axhline(d["need"], color="red", ls="--", lw=1, label="required")
     ax.set_ylabel("throughput (req/s)")
     dil = d.get("dilation") or 1.0
-    ax.set_xlabel(("time (s, dilated %.3gx: device time = time / %.3g)" % (dil, dil) if dil != 1 else "time (s)")
+    ax.set_xlabel((f"time (s, dilated {dil:.3g}x: device time = time / {dil:.3g})" if dil != 1 else "time (s)")
                   + "  |  lines: plan switches; red: QoE violated (L latency, T throughput, B battery)", fontsize=8)
     ax.legend(loc="upper right", fontsize=8)
     for r in rows:

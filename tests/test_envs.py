@@ -243,6 +243,22 @@ def test_trace_split_is_deterministic_and_needs_validation_traces(tmp_path):
     assert trace_split(tmp_path / "missing") == ([], [])
 
 
+def test_adapt_training_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    """A trace root whose split leaves no validation trace: one line on stderr, exit 2."""
+    from dora_rl.envs.adapt_sim import is_validation
+    from dora_rl.learning.adapt_training import main
+
+    (tmp_path / "fcc_broadband").mkdir()
+    for i in range(30):
+        if not is_validation(f"fcc_broadband/x{i}"):
+            (tmp_path / "fcc_broadband" / f"x{i}").write_text("0 1.0\n")
+    monkeypatch.setenv("DORA_TRACES", str(tmp_path))
+    assert main(["--out", str(tmp_path / "out"), "--minutes", "0.01", "--bc-episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no validation traces" in err[0]
+    assert main(["--minutes", "0"]) == 2
+
+
 def test_lower_layers_never_import_learning():
     """planners/, envs/, cost/ (and the planner registry listing its names) leave dora_rl.learning alone."""
     import os

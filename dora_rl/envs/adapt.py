@@ -29,6 +29,7 @@ from gymnasium import spaces
 
 from dora_rl.envs.adapt_obs import CLIP, NC, NGA, SLOTS, qoe_utility
 from dora_rl.envs.adapt_sim import IntervalSim, scaled_trace, test_bed, trace_split
+from dora_rl.errors import TraceError
 
 DEFAULT_BEDS = ("smart_home", "traffic_analytics@uplink1.5")
 
@@ -59,7 +60,7 @@ class AdaptEnv(gym.Env):
                  seed: int = 0, partition_agent=None, render_mode: str | None = None):
         super().__init__()
         if split not in ("train", "validation"):
-            raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+            raise TraceError(f"AdaptEnv: split must be 'train' or 'validation', got {split!r}")
         self.beds = [scenario] if scenario is not None else list(beds)
         self.horizon, self.interval_s = int(horizon), float(interval_s)
         self.synthetic_frac, self.mean_frac, self.noise = float(synthetic_frac), tuple(mean_frac), float(noise)

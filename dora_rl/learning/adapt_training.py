@@ -104,14 +104,13 @@ def score(model, env, seeds) -> float:
 
 def train(out: Path, minutes: float = 25.0, bc_episodes: int = 120, select_episodes: int = 24,
           ckpt_steps: int = 10_000, seed: int = 0) -> Path:
+    import torch
     from sb3_contrib import MaskablePPO
     from sb3_contrib.common.wrappers import ActionMasker
     from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback
     from stable_baselines3.common.vec_env import DummyVecEnv
 
     from dora_rl.envs.adapt import AdaptEnv
-
-    import torch
 
     torch.set_num_threads(1)          # a small MLP: more threads only contend on a shared machine
     t_start = time.time()
@@ -184,7 +183,13 @@ def main(argv=None) -> int:
     if args.minutes <= 0 or args.bc_episodes < 1:
         sys.stderr.write("adapt_training: --minutes must be > 0 and --bc-episodes >= 1\n")
         return 2
-    train(Path(args.out), args.minutes, args.bc_episodes, args.select_episodes, args.ckpt_steps, seed=args.seed)
+    from dora_rl.errors import DoraError
+
+    try:
+        train(Path(args.out), args.minutes, args.bc_episodes, args.select_episodes, args.ckpt_steps, seed=args.seed)
+    except DoraError as e:       # e.g. a trace split without validation traces
+        sys.stderr.write(f"adapt_training: {e}\n")
+        return 2
     return 0
 
 

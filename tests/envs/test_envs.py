@@ -156,51 +156,91 @@ def test_group_actions_build_data_parallel_stage():
     assert not env.action_masks()[1 + first] and not env.action_masks()[1 + int(adds[0])]   # no device twice
 
 
-def test_adapt_rewards_and_switch_cost():
-    env = gym.make("dora_rl/Adapt-traffic_analytics-v0").unwrapped
-    env.reset(seed=0)
-    cur = env.current
-    _, r_keep, _, _, info = env.step(cur)
-    assert not info["switched"] and info["moved_frac"] == 0.0
-    other = (cur + 1) % env.dyn.K
-    _, r_sw, _, _, info = env.step(other)
-    # the switch is charged the weights the table says must move (> 0: the plans differ)
-    assert info["switched"] and info["moved_frac"] == pytest.approx(env.dyn.moved[cur, other])
-    assert info["moved_frac"] > 0 and r_sw < r_keep
-
-
 def test_adapt_masked_action_keeps_the_current_plan_and_is_flagged():
     from dora_rl.envs.adapt import AdaptEnv
+    from dora_rl.envs.adapt_obs import SLOTS
 
-    env = AdaptEnv(scenario="traffic_analytics", horizon=4)
-    env.reset(seed=0)
-    if env.dyn.K >= env.K:
-        pytest.skip("no padded slot on this scenario")
-    before = env.current
-    _, _, _, _, info = env.step(env.K - 1)              # a padded (masked) slot
-    assert info["masked_action"] and info["plan_index"] == before and not info["switched"]
-    other = (before + 1) % env.dyn.K
-    _, _, _, _, info = env.step(other)                   # a valid action is applied as before
-    assert not info["masked_action"] and info["plan_index"] == other
+    env = AdaptEnv(scenario="traffic_analytics", horizon=4, partition_agent=False)
+    obs, _ = env.reset(seed=0)
+    assert obs["action_mask"][0] == 0.0 and obs["action_mask"][1] == 1.0   # no `keep` before a plan runs
+    _, _, _, _, info = env.step(1)
+    assert not info["masked_action"] and info["agent"]
+    before = env.ad.current.pids
+    pad = int(np.flatnonzero(env.action_masks() == 0)[0]) if not env.action_masks().all() else SLOTS
+    _, _, _, _, info = env.step(pad)                     # a padded (masked) slot: keep
+    assert info["masked_action"] and not info["switched"] and env.ad.current.pids == before
+
+
+def test_interval_sim_reproduces_simulate():
+    """AdaptEnv's dynamics (adapt_sim.IntervalSim) are simulate()'s, interval for interval."""
+    from dora_rl.cluster.traces import markov_trace
+    from dora_rl.envs.adapt_sim import IntervalSim
+    from dora_rl.runtime.adapter import get_adapter, simulate
+    from dora_rl.scenario import load_scenario
+
+    sc = load_scenario("smart_home")
+    m = sc.dynamic_medium()
+    tr = markov_trace(np.random.default_rng(3), sc.cluster.media[m].mbps, 120.0)
+    log = simulate(sc, get_adapter("pareto", sc), tr, duration_s=40, interval_s=1.0, seed=5)
+    ad = get_adapter("pareto", sc)
+    sim = IntervalSim(sc, ad, tr, m, 1.0, seed=5)
+    rows = [sim.step(ad.decide(sim.state())) for _ in range(40)]
+    assert [r["pids"] for r in rows] == [r["pids"] for r in log.rows]
+    assert [r["ok"] for r in rows] == [r["ok"] for r in log.rows]
+    np.testing.assert_allclose([r["energy_j"] for r in rows], [r["energy_j"] for r in log.rows], rtol=1e-9)
 
 
 def test_adapt_observation_comes_from_the_shared_builder(monkeypatch):
-    """AdaptEnv's observation is `adapt_obs.build_observation`'s (the deployed agent uses it too)."""
-    import dora_rl.envs.adapt as adapt_mod
+    """AdaptEnv's observation is the `ppo` adapter's, built by `adapt_obs.build_observation`."""
+    import dora_rl.runtime.adapter.learned as learned
     from dora_rl.envs import adapt_obs
+    from dora_rl.envs.adapt import AdaptEnv
 
     calls = []
 
-    def spy(situation, candidates, slots):
-        calls.append(len(candidates))
-        return adapt_obs.build_observation(situation, candidates, slots)
+    def spy(rows, *a, **k):
+        calls.append(len(rows))
+        return adapt_obs.build_observation(rows, *a, **k)
 
-    monkeypatch.setattr(adapt_mod, "build_observation", spy)
-    env = adapt_mod.AdaptEnv(scenario="smart_home", horizon=4)
+    monkeypatch.setattr(learned, "build_observation", spy)
+    env = AdaptEnv(scenario="smart_home", horizon=4, partition_agent=False)
     obs, _ = env.reset(seed=1)
-    assert calls == [env.dyn.K]
-    assert obs["candidates"].shape == (env.K, adapt_obs.NC) and obs["global"].shape == (adapt_obs.NGA,)
-    assert obs["action_mask"].sum() == env.dyn.K
+    assert len(calls) == 1 and obs["candidates"].shape == (adapt_obs.SLOTS, adapt_obs.NC)
+    assert obs["global"].shape == (adapt_obs.NGA,) and obs["action_mask"].sum() == calls[0] - 1   # no keep yet
+
+
+def test_trace_split_is_deterministic_and_needs_validation_traces(tmp_path):
+    from dora_rl.envs.adapt_sim import is_validation, trace_split
+    from dora_rl.errors import TraceError
+
+    (tmp_path / "norway_3g").mkdir()
+    names = [f"t{i}.log" for i in range(40)]
+    for n in names:
+        (tmp_path / "norway_3g" / n).write_text("0 1.0\n1 2.0\n")
+    train, val = trace_split(tmp_path)
+    assert val and train and not set(train) & set(val) and len(train) + len(val) == 40
+    assert val == sorted(f"norway_3g/{n}" for n in names if is_validation(f"norway_3g/{n}"))
+    for v in val:
+        (tmp_path / v).unlink()
+    with pytest.raises(TraceError, match="no validation traces"):
+        trace_split(tmp_path)
+    assert trace_split(tmp_path / "missing") == ([], [])
+
+
+def test_adapt_training_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    """A trace root whose split leaves no validation trace: one line on stderr, exit 2."""
+    from dora_rl.envs.adapt_sim import is_validation
+    from dora_rl.learning.adapt_training import main
+
+    (tmp_path / "fcc_broadband").mkdir()
+    for i in range(30):
+        if not is_validation(f"fcc_broadband/x{i}"):
+            (tmp_path / "fcc_broadband" / f"x{i}").write_text("0 1.0\n")
+    monkeypatch.setenv("DORA_TRACES", str(tmp_path))
+    assert main(["--out", str(tmp_path / "out"), "--minutes", "0.01", "--bc-episodes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no validation traces" in err[0]
+    assert main(["--minutes", "0"]) == 2
 
 
 def test_lower_layers_never_import_learning():

@@ -166,6 +166,9 @@ class Log:
             "latency_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
             "latency_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
             "served_frac": float(np.mean([r["served_frac"] for r in rows])),
+            # the learned adapter's share of intervals where its agent's pick was deployed
+            # (reason `agent`; `veto:*` names the safety rule that overrode it); None for the rules
+            "agent_decided_frac": _agent_frac([r["reason"] for r in rows]),
         }
 
     def to_dict(self) -> dict:
@@ -312,6 +315,11 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     log.plans = [{"id": i, **p.to_dict()} for i, p in enumerate(adapter.plans)]
     log.monitor = mon.series
     return log
+
+
+def _agent_frac(reasons: list[str]) -> float | None:
+    learned = any(x == "agent" or x.startswith("veto:") for x in reasons)
+    return float(np.mean([x == "agent" for x in reasons])) if learned else None
 
 
 def battery_violations(mon: Monitor, budgets: dict[str, float]) -> list[str]:

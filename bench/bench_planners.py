@@ -7,8 +7,10 @@
 - `timing`: dora planning time (s; median and max over seeds, inference and training
   alternating, no QoE targets so nothing prunes early) for devices x blocks, with the
   regime used (exact / approximate) — targets: 6 x 32 < 0.3 s, 8 x 50 < 2 s, one core;
-- `equality`: dora vs oracle objective on seeded small instances WITHOUT shared media
-  (inference and training, both objectives, random and no QoE): equal within 1e-9 relative;
+- `exactness`: devices 2-6 x blocks x kind: dora (default regime) equal to the oracle or
+  not, its regime, both times;
+- `equality`: dora vs oracle objective on seeded small instances (2-6 devices) WITHOUT shared media
+  (inference and training, both objectives, random and no QoE; exact space forced): equal within 1e-9 relative;
 - `contention`: the same with shared WiFi media: relative gap (dora - oracle) / oracle,
   median and worst (the DP carries per-medium loads, so the target is 0);
 - `approximation`: the chain approximation (forced) vs the exact DP on mid instances, gap;
@@ -16,7 +18,8 @@
   objective vs the local search from the fastest device alone (targets: 16x50 <= 0.5 s,
   64x200 <= 5 s, never worse than that local search, never "no plan" when it finds one);
 - `past_exact`: 7-8 devices: dora's gap to the best plan any method found (dora, local
-  search from every start, the baselines) - targets median <= 1 %, worst <= 5 %.
+  search from every start, the baselines, and up to 10 blocks the exact DP forced, i.e.
+  the optimum) - targets median <= 1 %, worst <= 5 %.
 """
 
 from __future__ import annotations
@@ -36,26 +39,30 @@ from dora_rl.planners.oracle import oracle_search
 from dora_rl.synthetic import random_scenario
 
 OUT = Path(__file__).resolve().parent / "results" / "planners.json"
+EXACT_REF_BLOCKS = 10   # past_exact: up to this many blocks the forced exact DP is one of the methods
 
 
-def _small(seed: int, shared: bool, max_devices: int = 5, max_blocks: int = 10):
+def _small(seed: int, shared: bool, max_devices: int = 6, max_blocks: int = 10):
     rng = np.random.default_rng(seed)
     kind = "training" if seed % 2 else "inference"
     objective = "energy" if (seed // 2) % 2 else "latency"
     qoe = "none" if seed % 5 == 0 else "random"
-    return random_scenario(rng, max_devices=max_devices, n_blocks=int(rng.integers(2, max_blocks + 1)),
+    n = int(rng.integers(2, max_devices + 1))
+    top = max_blocks if n <= 4 else (8 if n == 5 else 5)      # stay in the exact regime at 5-6 devices
+    return random_scenario(rng, min_devices=n, max_devices=n, n_blocks=int(rng.integers(2, top + 1)),
                            kind=kind, objective=objective, shared_media=shared, qoe=qoe)
 
 
 def compare_set(n: int, shared: bool, seed0: int) -> dict:
-    """dora vs oracle on n seeded instances."""
+    """dora's DP (exact space forced: this checks the DP, not the regime choice) vs oracle
+    on n seeded instances."""
     equal, both_none, gaps, mism = 0, 0, [], []
     t_dora = t_oracle = 0.0
     for i in range(n):
         sc = _small(seed0 + i, shared)
         cost = CostModel(sc)
         t0 = time.perf_counter()
-        res = search(sc, cost)
+        res = search(sc, cost, exact=True)
         b = best_candidate(res.candidates, sc.qoe.objective)
         t_dora += time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -96,6 +103,43 @@ def timing(devices, blocks, seeds: int = 3) -> list[dict]:
                 regime.add("exact" if res.space.exact else "approx")
             rows.append({"devices": n, "blocks": B, "median_s": statistics.median(ts), "max_s": max(ts),
                          "regime": "/".join(sorted(regime))})
+    return rows
+
+
+def exactness_table(devices=(2, 3, 4, 5, 6), blocks=(4, 8, 12), seeds: int = 2) -> list[dict]:
+    """devices x blocks x kind: is the `dora` planner (run_planner: exact DP, or past the
+    exact budget the approximation + local search) equal to the oracle on every seed
+    (random QoE, both objectives), its `approximate` flag, and both times (s, max over seeds)."""
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import run_planner
+
+    rows = []
+    for n in devices:
+        for B in blocks:
+            for kind in ("inference", "training"):
+                same, flags, td, to, both = True, set(), 0.0, 0.0, 0
+                for s in range(seeds):
+                    rng = np.random.default_rng(30_000 + 100 * n + B + s)
+                    sc = random_scenario(rng, min_devices=n, max_devices=n, n_blocks=B, kind=kind, qoe="random",
+                                         objective="energy" if s % 2 else "latency")
+                    cost = CostModel(sc)
+                    t0 = time.perf_counter()
+                    try:
+                        r = run_planner("dora", sc, cost)
+                        dv = r.metrics.objective(sc.qoe.objective) if r.metrics.qoe_ok else None
+                        flags.add("approx" if r.approximate else "exact")
+                    except NoFeasiblePlan as e:
+                        dv = None
+                        flags.add("approx" if "approximate" in str(e) else "exact")
+                    td = max(td, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    ob, _ = oracle_search(sc, cost)
+                    to = max(to, time.perf_counter() - t0)
+                    both += dv is not None and ob is not None
+                    if (dv is None) != (ob is None) or (dv is not None and abs(dv - ob[0]) > 1e-9 * abs(ob[0])):
+                        same = False
+                rows.append({"devices": n, "blocks": B, "kind": kind, "equal_to_oracle": same, "both_found": both,
+                             "regime": "/".join(sorted(flags)), "dora_max_s": td, "oracle_max_s": to})
     return rows
 
 
@@ -168,7 +212,7 @@ def past_exact(n: int, seed0: int = 90_000) -> dict:
     """7-8 devices: dora's gap to the best compliant plan any method found."""
     from dora_rl.planners.local import local_search
 
-    gaps, false_none = [], 0
+    gaps, false_none, exact_ref = [], 0, 0
     others = ("oracle", "pipeedge", "offload", "neurosurgeon", "even", "proportional", "data_parallel")
     for i in range(n):
         rng = np.random.default_rng(seed0 + i)
@@ -179,6 +223,11 @@ def past_exact(n: int, seed0: int = 90_000) -> dict:
         ls = local_search(cost)
         if ls is not None and ls[2].qoe_ok:
             found.append(ls[2].objective(sc.qoe.objective))
+        if sc.profile.n_blocks <= EXACT_REF_BLOCKS:      # the exact DP, forced: the true optimum
+            b = best_candidate(search(sc, cost, exact=True).candidates, sc.qoe.objective)
+            exact_ref += 1
+            if b is not None:
+                found.append(b.metrics.objective(sc.qoe.objective))
         if dok:
             found.append(dv)
         if not found:
@@ -188,7 +237,7 @@ def past_exact(n: int, seed0: int = 90_000) -> dict:
             false_none += 1
             continue
         gaps.append((dv - best) / best if best else 0.0)
-    return {"instances": n, "compared": len(gaps), "false_no_plan": false_none,
+    return {"instances": n, "compared": len(gaps), "false_no_plan": false_none, "exact_reference": exact_ref,
             "gap_median": statistics.median(gaps) if gaps else None, "gap_worst": max(gaps) if gaps else None}
 
 
@@ -200,12 +249,13 @@ def run(results: dict, quick: bool = False) -> dict:
         "8x50_s": max(r["max_s"] for r in out["timing"] if r["devices"] == 8 and r["blocks"] == 50),
         "16x50_s": max(r["max_s"] for r in out["timing"] if r["devices"] == 16 and r["blocks"] == 50),
     }
-    n_eq = 40 if quick else 200
+    n_eq = 40 if quick else 400
     out["equality"] = compare_set(n_eq, shared=False, seed0=0)
     out["contention"] = compare_set(n_eq, shared=True, seed0=100_000)
+    out["exactness"] = exactness_table(blocks=(4, 8, 12, 16) if quick else (4, 8, 12, 16, 24))
     out["approximation"] = approximation_gap(20 if quick else 60)
     out["large"] = large_set(seeds=1 if quick else 2)
-    out["past_exact"] = past_exact(10 if quick else 40)
+    out["past_exact"] = past_exact(10 if quick else 80)
     results["planners"] = out
     report(out)
     return out
@@ -236,6 +286,11 @@ def report(res: dict) -> None:
         print(f"dora vs oracle ({title}): {e['equal']}/{e['instances']} equal "
               f"({e['both_infeasible']} infeasible for both), gap median {_fmt(e['gap_median'], True)}, "
               f"worst {_fmt(e['gap_worst'], True)}; dora {e['dora_s']:.1f} s, oracle {e['oracle_s']:.1f} s")
+    print("exactness: dora planner vs oracle, random QoE, 2 seeds; regime, equal?, max time (s) dora / oracle")
+    for r in res["exactness"]:
+        print(f"{r['devices']:>7} {r['blocks']:>6} {r['kind']:>9} {r['regime']:>6} "
+              f"{'equal' if r['equal_to_oracle'] else 'DIFFERS':>7} {r['both_found']:>2} "
+              f"{r['dora_max_s']:>8.3f} {r['oracle_max_s']:>8.3f}")
     a = res["approximation"]
     print(f"chain approximation vs exact (5 devices x 10 blocks): gap median {_fmt(a['gap_median'], True)}, "
           f"worst {_fmt(a['gap_worst'], True)} over {a['compared']}; approx found nothing on {a['approx_found_nothing']}")

@@ -204,11 +204,12 @@ class LocalSearch:
 
 
 def local_search(cost: CostModel, extra_starts=(), max_evals: int = MAX_EVALS, max_group: int | None = None,
-                 fastest_only: bool = False):
+                 fastest_only: bool = False, scored: list | None = None):
     """Best (rank, stages, Metrics) over descents from `LocalSearch.starts` (only the
     fastest device with `fastest_only`) and from `extra_starts` (index stages (l, r,
     devs[, shares])); None if no start fits. Each descent scores at most `max_evals` states
-    (they share one cache)."""
+    (they share one cache). `scored`, if given, receives the Metrics of every plan scored
+    (what `explain_infeasible` reports from past the exact regime)."""
     ls = LocalSearch(cost, max_evals, max_group)
     starts = ls.starts()[:1] if fastest_only else ls.starts()
     for st in extra_starts:
@@ -218,5 +219,7 @@ def local_search(cost: CostModel, extra_starts=(), max_evals: int = MAX_EVALS, m
         r = ls.descend(lay)
         if r is not None and (best is None or r[0] < best[0]):
             best = r
+    if scored is not None:
+        scored.extend(v[2] for v in ls._seen.values() if v is not None)
     return best
 

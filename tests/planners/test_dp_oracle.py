@@ -255,3 +255,23 @@ def test_approximation_never_reports_no_plan_when_local_search_finds_one():
         plan = get_planner("dora", exact=False).plan(sc, cost)
         assert cost.evaluate(plan).qoe_ok
     assert checked >= 3
+
+
+def test_no_plan_past_the_exact_regime_judges_the_scored_plans(monkeypatch):
+    """Past the exact budget the "no plan" diagnosis uses the plans the approximation and
+    the local search scored (no second DP run) and names the throughput target."""
+    import dora_rl.planners.dp.diagnosis as diag
+
+    rng = np.random.default_rng(7000 + 1600 + 50)      # the bench's 16 x 50 inference instance
+    sc = random_scenario(rng, min_devices=16, max_devices=16, n_blocks=50, kind="inference", qoe="random")
+    cost = CostModel(sc)
+
+    def no_rerun(*a, **k):
+        raise AssertionError("the diagnosis re-ran the DP")
+
+    monkeypatch.setattr(diag, "search", no_rerun)
+    with pytest.raises(NoFeasiblePlan) as ei:
+        run_planner("dora", sc, cost)
+    assert ei.value.constraint == "throughput"
+    assert "approximate" in str(ei.value)
+    assert ei.value.best < ei.value.required

@@ -1,8 +1,10 @@
 """Why nothing is QoE-compliant: `explain_infeasible` names the target the best plans miss.
 
-It reruns the DP without QoE bounds and compares the best reachable latency, throughput
+In the exact regime it reruns the DP without QoE bounds and compares the best reachable latency, throughput
 and battery life with the scenario's targets, so `NoFeasiblePlan` says which target to
-relax and by how much (`dora` and `oracle` raise it)."""
+relax and by how much (`dora` and `oracle` raise it). Past the exact regime `dora`
+passes the plans its approximation and local search scored (`scored`) instead: the
+verdict is then about the best plans found, and the message says so."""
 
 from __future__ import annotations
 
@@ -19,18 +21,23 @@ from dora_rl.scenario import Scenario
 INF = math.inf
 
 
-def explain_infeasible(name: str, scenario: Scenario, cost: CostModel, closest=None, **options) -> NoFeasiblePlan:
+def explain_infeasible(name: str, scenario: Scenario, cost: CostModel, closest=None, scored=None,
+                       **options) -> NoFeasiblePlan:
     """Why nothing is QoE-compliant: relax QoE, see which target the best plans miss.
-    `closest` = the local search's best (rank, stages, Metrics), also considered. Past
-    the exact regime the message says the search was approximate."""
-    res = search(scenario, cost, constrained=False, **options)
+    `closest` = the local search's best (rank, stages, Metrics), also considered.
+    `scored` (Metrics list): judge these plans instead of re-running the DP (approximate:
+    the message says so)."""
+    if scored is None:
+        res = search(scenario, cost, constrained=False, **options)
+        ms, exact = [c.metrics for c in res.candidates if c.metrics.feasible], res.space.exact
+    else:
+        ms, exact = [m for m in scored if m.feasible], False
     q, wl = cost.qoe, cost.workload
-    ms = [c.metrics for c in res.candidates if c.metrics.feasible]
     if closest is not None and closest[2].feasible:
         ms.append(closest[2])
     if not ms:
         return no_fit(name, scenario)
-    if not res.space.exact:
+    if not exact:
         name = f"{name} (approximate search: the best plans it found)"
     best_lat = min(m.latency_ms for m in ms)
     if q.latency_slo_ms is not None and best_lat > q.latency_slo_ms * (1 + TOL):

@@ -5,7 +5,8 @@ Exact space (`Space.exact`): the DP's answer is optimal over the documented plan
 multi-start local search of `planners/local.py` from the fastest device, the
 k-fastest pipeline and the approximation's three best plans; the better plan wins and
 the result is marked `approximate = True`. "No plan" is reported only when neither finds a
-compliant plan (the error then names the targets the closest plan misses)."""
+compliant plan (the error then names the targets the closest plan misses, judged on
+every plan the approximation and the local search scored: no second DP run)."""
 
 from __future__ import annotations
 
@@ -36,12 +37,14 @@ class Dora(Planner):
         self.approximate = not res.space.exact
         good = sorted((c for c in res.candidates if c.metrics.qoe_ok), key=lambda c: rank(cost, c.metrics))
         best = (rank(cost, good[0].metrics), good[0].stages) if good else None
-        closest = None
+        closest, scored = None, None
         if self.approximate:
-            ls = local_search(cost, [c.stages for c in good[:STARTS]], max_group=opts.get("max_group"))
+            scored = [c.metrics for c in res.candidates]
+            ls = local_search(cost, [c.stages for c in good[:STARTS]], max_group=opts.get("max_group"),
+                              scored=scored)
             if ls is not None and ls[2].qoe_ok and (best is None or ls[0] < best[0]):
                 best = (ls[0], ls[1])
             closest = ls
         if best is None:
-            raise explain_infeasible(self.name, scenario, cost, closest=closest, **opts)
+            raise explain_infeasible(self.name, scenario, cost, closest=closest, scored=scored, **opts)
         return to_plan(cost, best[1])

@@ -20,7 +20,7 @@ EXACT_BUDGET = 100_000
 APPROX_GROUP = 3       # past the exact regime: at most this many devices per stage
 APPROX_BEAM = 12       # past the exact regime: labels kept per DP key
 APPROX_CUTS = 24       # past the exact regime: candidate cut positions (fewer if needed)
-APPROX_BUDGET = 30_000  # past the exact regime: transitions (cut pairs x group pairs x j)
+APPROX_BUDGET = 15_000  # past the exact regime: transitions (cut pairs x group pairs x j); 16 x 50 <= 0.5 s
 APPROX_DEVICES = 8     # past the exact regime: the chain keeps at least this many devices (then fewer per stage)
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo lint test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,7 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/dora demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dora_rl tests bench
+
+test: lint
 	$(PY) -m pytest -n 2 tests
 
 bench: $(STAMP)

@@ -23,10 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dora_rl.plan import Plan  # noqa: E402
-from dora_rl.runtime.faults import ResilientRuntime  # noqa: E402
-from dora_rl.runtime.measure import reference_sgd  # noqa: E402
-from dora_rl.scenario import Scenario  # noqa: E402
+from dora_rl.plan import Plan
+from dora_rl.runtime.faults import ResilientRuntime
+from dora_rl.runtime.measure import reference_sgd
+from dora_rl.scenario import Scenario
 
 RUNS, REQUESTS, RATE, TRAIN_RUNS = 10, 40, 15.0, 3
 
@@ -59,7 +59,7 @@ def one_inference(seed: int) -> dict:
                        duplicates_dropped=res.duplicates, reissued=res.reissued, recoveries=len(rt.faults),
                        detect_s=f.get("detected_s", {}).get(dev), recover_s=f.get("recover_s"),
                        new_plan=[(s["blocks"], s["devices"]) for s in f["plan"]["stages"]] if f else None)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row.update(finished=False, error=f"{type(e).__name__}: {e}")
     row["wall_s"] = time.time() - t0
     return row
@@ -83,7 +83,7 @@ def one_training(seed: int) -> dict:
                        detect_s=f.get("detected_s", {}).get(dev), recover_s=f.get("recover_s"))
         ref = reference_sgd("tiny_cnn", data, lr)
         row["max_abs_diff"] = max((ref[k] - got[k]).abs().max().item() for k in ref)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row.update(finished=False, error=f"{type(e).__name__}: {e}")
     return row
 

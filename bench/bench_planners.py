@@ -293,7 +293,8 @@ def report(res: dict) -> None:
               f"{r['dora_max_s']:>8.3f} {r['oracle_max_s']:>8.3f}")
     a = res["approximation"]
     print(f"chain approximation vs exact (5 devices x 10 blocks): gap median {_fmt(a['gap_median'], True)}, "
-          f"worst {_fmt(a['gap_worst'], True)} over {a['compared']}; approx found nothing on {a['approx_found_nothing']}")
+          f"worst {_fmt(a['gap_worst'], True)} over {a['compared']}; "
+          f"approx found nothing on {a['approx_found_nothing']}")
     print("large instances: dora (run_planner, approximate) vs local search from the fastest device")
     print(f"{'devices':>7} {'blocks':>6} {'kind':>9} {'dora s':>7} {'dora':>10} {'LS fastest':>10}")
     for r in res["large"]:

@@ -11,7 +11,8 @@ reported in device time (dilated / X), with the saturation flags. edge_cluster f
 variant: resnet18, global batch 8 in 4 micro-batches, SGD.
 
     PYTHONPATH=. python bench/bench_runtime.py      # writes bench/results/runtime.json
-    DORA_BENCH_RUNTIME_PLANNERS=dora                # only these planners' plans; DORA_BENCH_RUNTIME_PARTS=accuracy: only that part
+    DORA_BENCH_RUNTIME_PLANNERS=dora                # only these planners' plans
+    DORA_BENCH_RUNTIME_PARTS=accuracy               # only that part
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dora_rl.cost import CostModel  # noqa: E402
-from dora_rl.plan import Plan, Stage  # noqa: E402
-from dora_rl.planners import get_planner  # noqa: E402
-from dora_rl.runtime import Runtime  # noqa: E402
-from dora_rl.runtime.measure import measure  # noqa: E402
-from dora_rl.scenario import Scenario, load_scenario  # noqa: E402
+from dora_rl.cost import CostModel
+from dora_rl.plan import Plan, Stage
+from dora_rl.planners import get_planner
+from dora_rl.runtime import Runtime
+from dora_rl.runtime.measure import measure
+from dora_rl.scenario import Scenario, load_scenario
 
 CASES = [
     # preset, planners, requests (inference) / iterations (training)
@@ -68,7 +69,7 @@ def accuracy(results: dict) -> None:
         for pn in [p for p in planners if not only or p in only]:
             try:
                 plan = plan_for(base, pn)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 rows.append({"preset": preset, "planner": pn, "error": str(e)})
                 continue
             t = time.monotonic()

@@ -31,11 +31,9 @@ def cmd_demo(args) -> int:
     import json
 
     from dora_rl.commands.basic import print_metrics, print_plan
-    from dora_rl.commands.planning import compare, plot_compare
     from dora_rl.planners import run_planner
-    from dora_rl.scenario import load_scenario
-
     from dora_rl.runtime.dilation import choose, parse_slowdown
+    from dora_rl.scenario import load_scenario
     slowdown = parse_slowdown(args.slowdown)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,10 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print {plan, metrics, seconds} as JSON")
     p.add_argument("--out", help="write the plan JSON here (the format `dora score` and `dora run` read)")
     p.add_argument("--seed", type=int, default=None, help="seed for planners that sample (random, ppo)")
-    p.add_argument("--agent", default=None, help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
-    p.add_argument("--samples", type=int, default=None, help="ppo: sample K plans and keep the best under the cost model")
+    p.add_argument("--agent", default=None,
+                   help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="ppo: sample K plans and keep the best under the cost model")
     p.add_argument("--search", choices=("greedy", "polish", "rollout", "sample", "beam"), default=None,
                    help="ppo: polish (default: the greedy plan + local polish on the cost model), greedy (the "
                         "network alone), rollout (rollout search + polish), sample or beam (guided by the policy's "
@@ -36,7 +38,8 @@ def add_commands(sub) -> None:
 
 def _options(args) -> dict:
     """Planner options from the command line; a planner that does not take one says so."""
-    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples", "search", "budget_ms") if getattr(args, k, None) is not None}
+    opts = {k: getattr(args, k) for k in ("seed", "agent", "samples", "search", "budget_ms")
+            if getattr(args, k, None) is not None}
     if args.planner != "ppo":
         for k in ("agent", "samples", "search", "budget_ms"):
             if k in opts:

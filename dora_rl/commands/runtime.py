@@ -21,8 +21,9 @@ def add_commands(sub) -> None:
     g.add_argument("--planner", default=None, help="planner name (default: dora)")
     p.add_argument("--requests", type=int, default=30, help="requests per phase (inference)")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations (training)")
-    p.add_argument("--rate", type=float, default=None, help="offered request rate in device time (default: the scenario's, "
-                                                            "capped at 0.8x predicted capacity)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="offered request rate in device time (default: the scenario's, "
+                        "capped at 0.8x predicted capacity)")
     p.add_argument("--slowdown", default="auto", metavar="auto|X",
                    help="time dilation: run X times slower in every respect (device speeds and link rates / X; "
                         "link latencies, the SLO, the request period and trace time x X) so this CPU keeps up; "
@@ -73,8 +74,8 @@ def _plan_for(scenario, what: str):
     from dora_rl.plan import Plan
     if what.endswith(".json") or Path(what).exists():
         return Plan.load(what)
-    from dora_rl.planners import get_planner
     from dora_rl.cost import CostModel
+    from dora_rl.planners import get_planner
     return get_planner(what).plan(scenario, CostModel(scenario))
 
 
@@ -91,10 +92,9 @@ def parse_fail(spec: str) -> tuple[str, float]:
 
 
 def cmd_run(args) -> int:
+    from dora_rl.runtime.dilation import parse_slowdown
     from dora_rl.runtime.measure import measure
     from dora_rl.scenario import load_scenario
-
-    from dora_rl.runtime.dilation import parse_slowdown
     fails = [parse_fail(f) for f in args.fail]
     slowdown = parse_slowdown(args.slowdown)
     if args.duration is not None and not args.duration > 0:

@@ -276,7 +276,8 @@ class StageEnv(gym.Env):
         blk[:B, 5] = np.where(cand, np.log(np.maximum(work * n, 1e-30)), -CLIP).clip(-CLIP, CLIP)
         blk[:B, 9] = np.where(cand, (r - p) / B, 0.0)
         pp = np.asarray(inst.cost.pp)
-        blk[:B, 11] = np.where(cand, np.log(np.maximum((pp[1:] - pp[p]) / inst.mem_med, 1e-30)).clip(-CLIP, CLIP) / t3, -CLIP / t3)
+        log_params = np.log(np.maximum((pp[1:] - pp[p]) / inst.mem_med, 1e-30)).clip(-CLIP, CLIP)
+        blk[:B, 11] = np.where(cand, log_params / t3, -CLIP / t3)
         bmask = np.zeros(Bm, np.float32)
         bmask[:B] = cand
         g = inst.gstatic.copy()

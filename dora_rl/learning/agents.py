@@ -171,14 +171,14 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
         # under its old module path: name the class here instead of unpickling it
         model = MaskablePPO.load(str(zpath), device="cpu",
                                  custom_objects={**CUSTOM_OBJECTS, "policy_class": SetPointerPolicy})
-    except Exception as e:  # noqa: BLE001 - any failure here means an unusable file
+    except Exception as e:
         raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
                          f"({type(e).__name__}: {str(e)[:120]})") from None
     space = model.observation_space
     try:
         D, F = space["devices"].shape
         G = space["global"].shape[0]
-    except Exception:  # noqa: BLE001
+    except Exception:
         raise AgentError(f"agent {str(folder)!r}: model.zip was not trained on a PartitionEnv "
                          "(its observation space has no 'devices'/'global')") from None
     if F != NF or G != NG:

@@ -76,10 +76,12 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
              f"Observation layout v{config.get('obs_version')}.", ""]
     bc = config.get("bc")
     if bc:
-        lines += ["**How (imitation warm-start, expert iteration, then PPO).** (1) Teacher data: the `dora` planner's plans on "
+        lines += ["**How (imitation warm-start, expert iteration, then PPO).** (1) Teacher data: "
+                  "the `dora` planner's plans on "
                   f"{bc['episodes']} seeded training instances"
                   + (f" (of {bc['requested_episodes']} requested: the teacher's time budget ran out)"
-                     if bc.get("stopped_early") else "") + f" (generator seed {bc.get('seed')}, {bc.get('dora')} with a "
+                     if bc.get("stopped_early") else "")
+                  + f" (generator seed {bc.get('seed')}, {bc.get('dora')} with a "
                   f"QoE-compliant `dora` plan, {bc.get('relaxed')} where none exists - there the DP without QoE "
                   "constraints, best `utility`; "
                   f"{bc.get('unreachable')} unreachable plans skipped) plus the presets "
@@ -116,7 +118,8 @@ def card(config: dict, results: dict, bench: dict | None) -> str:
                   "instances where the agent's plan is at least as good (QoE first, then objective).", "",
                   "Three ways of decoding the same network: **greedy** (one pass of the network, `search=greedy`), "
                   "**polish** (the `ppo` planner's default: the greedy plan, then a local polish of cuts and devices "
-                  "on the cost model) and **rollout** (`search=rollout`: every allowed action per decision completed greedily, "
+                  "on the cost model) and **rollout** (`search=rollout`: every allowed action per decision "
+                  "completed greedily, "
                   "the best kept, then the polish - and the polished greedy plan if that is better); each is never "
                   "worse than the one before "
                   "(dora_rl/learning/search.py).", "",
@@ -189,7 +192,8 @@ def main(argv=None) -> int:
     entries = {"check": check_entries(agent, preset_names())}
     if bench:
         entries["evaluation"] = {"heldout": bench["heldout"]["summary"], "presets": bench["presets"]["summary"],
-                             "preset_rows": [{k: r[k] for k in ("scenario", "agent", "vs")} for r in bench["presets"]["rows"]],
+                             "preset_rows": [{k: r[k] for k in ("scenario", "agent", "vs")}
+                                             for r in bench["presets"]["rows"]],
                              "heldout_samples8": (bench.get("heldout_samples8") or {}).get("summary"),
                              "heldout_polish": (bench.get("heldout_polish") or {}).get("summary"),
                              "checks_polish": bench.get("checks_polish"),

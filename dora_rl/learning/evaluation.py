@@ -185,7 +185,8 @@ def summarize(rows: list[dict], planners=REFERENCES) -> dict:
         per[name] = {"median_ratio": statistics.median(both) if both else None, "n_both": len(both),
                      "median_utility": statistics.median(utils) if utils else None, "n_utility": len(utils),
                      "win_or_tie": (sum(seen) / len(seen)) if seen else None, "n": len(seen),
-                     "qoe_ok": (sum(bool(r["planners"][name].get("qoe_ok")) for r in rows) / len(rows)) if rows else None}
+                     "qoe_ok": ((sum(bool(r["planners"][name].get("qoe_ok")) for r in rows) / len(rows))
+                                if rows else None)}
     out["vs"] = per
     return out
 

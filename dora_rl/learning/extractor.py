@@ -109,7 +109,7 @@ class NumpyActor:
         self.cont = lin(head.cont)
         self.dev = lin(head.dev)
 
-    def logits(self, obs: dict, mask) -> "np.ndarray":
+    def logits(self, obs: dict, mask):
         """Masked logits for one observation, or for a batch (arrays with a leading axis:
         search completes many partial plans in lockstep)."""
         import numpy as np

@@ -45,7 +45,7 @@ class Decisions:
 
     def add(self, steps, ret: float, repeat: int = 1) -> None:
         for _ in range(repeat):
-            for obs, mask, a in steps:
+            for obs, _mask, a in steps:
                 for k in KEYS:
                     self.cols[k].append(obs[k])
                 self.acts.append(a)

@@ -121,7 +121,7 @@ def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_p
     used = {d for _, _, g in stages for d in g}
     free = [d for d in range(n) if d not in used]
     for i in range(S - 1):
-        (l0, r0, g0), (l1, r1, g1) = stages[i], stages[i + 1]
+        (l0, r0, g0), (_l1, r1, g1) = stages[i], stages[i + 1]
         for dlt in range(-max_shift, max_shift + 1):
             b = r0 + dlt
             if dlt and l0 < b < r1:

@@ -95,7 +95,8 @@ def load_stage_model(zpath: Path, folder: Path):
     from dora_rl.learning.stage_policy import StagePolicy
 
     try:
-        model = MaskablePPO.load(str(zpath), device="cpu", custom_objects={**CUSTOM_OBJECTS, "policy_class": StagePolicy})
+        model = MaskablePPO.load(str(zpath), device="cpu",
+                                 custom_objects={**CUSTOM_OBJECTS, "policy_class": StagePolicy})
     except (OSError, ValueError, KeyError, RuntimeError, EOFError, TypeError, AttributeError) as e:
         raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
                          f"({type(e).__name__}: {str(e)[:120]})") from None

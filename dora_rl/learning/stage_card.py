@@ -77,7 +77,8 @@ def card(config: dict, ab: dict | None, env_id: str) -> str:
             f"max_blocks={config.get('max_blocks')}, seed=1)",
             "obs, _ = env.reset(seed=0)", "done = False", "while not done:",
             "    action, _ = model.predict(obs, action_masks=env.unwrapped.action_masks(), deterministic=True)",
-            "    obs, reward, done, _, info = env.step(action)", "print(info[\"plan\"], info[\"qoe_ok\"], reward)", "```",
+            "    obs, reward, done, _, info = env.step(action)",
+            "print(info[\"plan\"], info[\"qoe_ok\"], reward)", "```",
             "", "or `dora plan SCENARIO --planner ppo --search greedy` (the network alone; `--search polish|rollout|"
             "sample|beam --budget-ms MS` adds search), any cluster size.", ""]
     if ab:
@@ -97,7 +98,8 @@ def card(config: dict, ab: dict | None, env_id: str) -> str:
                                                    for a, d in v["duels"].items()), ""]
         c = ab.get("checks") or {}
         body += ["## Targets (issue 12), as measured", "",
-                 f"- held-out, network alone compliant >= 97 %: **{'met' if c.get('heldout_compliance_met') else 'NOT met'}** "
+                 "- held-out, network alone compliant >= 97 %: "
+                 f"**{'met' if c.get('heldout_compliance_met') else 'NOT met'}** "
                  f"({_f(c.get('heldout_net_compliance'))})",
                  f"- held-out, geo-mean / oracle <= 1.02: **{'met' if c.get('heldout_geo_met') else 'NOT met'}** "
                  f"({_f(c.get('heldout_net_geo_oracle'))})"]

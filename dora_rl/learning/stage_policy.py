@@ -180,8 +180,10 @@ class StageNumpyActor:
         self.heads = fe.attn[0].heads if len(fe.attn) else 1
         self.denc = [_np(fe.denc[0]), _np(fe.denc[2])]
         self.benc = [_np(fe.benc[0]), _np(fe.benc[2])]
-        self.attn = [dict(ln1=(b.ln1.weight.detach().numpy().astype("float64"), b.ln1.bias.detach().numpy().astype("float64")),
-                          ln2=(b.ln2.weight.detach().numpy().astype("float64"), b.ln2.bias.detach().numpy().astype("float64")),
+        def f64(t):
+            return t.detach().numpy().astype("float64")
+
+        self.attn = [dict(ln1=(f64(b.ln1.weight), f64(b.ln1.bias)), ln2=(f64(b.ln2.weight), f64(b.ln2.bias)),
                           qkv=_np(b.qkv), out=_np(b.out), ff1=_np(b.ff1), ff2=_np(b.ff2)) for b in fe.attn]
         self.genc, self.ctx, self.dout, self.bout = _np(fe.genc[0]), _np(fe.ctx[0]), _np(fe.dout[0]), _np(fe.bout[0])
         self.q, self.kb, self.amp, self.add = _np(hd.q), _np(hd.kb), _np(hd.amp), _np(hd.add)

@@ -175,5 +175,6 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     }
     save_agent(model, folder, config, {"env_id": env_id, "train_seconds": round(seconds, 1), "quick_eval": evals},
                card=f"# {env_id}\n\nTrained with `dora train` in {seconds / 60:.1f} min (stage policy: imitation of "
-                    "the best known plan, DAgger, PPO). Run `bench/bench_learning.py --agent` for the ablation table.\n")
+                    "the best known plan, DAgger, PPO). "
+                    "Run `bench/bench_learning.py --agent` for the ablation table.\n")
     return folder

@@ -182,7 +182,7 @@ class Transmitter:
                 t, tag = item
                 deliver = self.net.pace(self.me, j, t.numel() * t.element_size(), state)
                 self.pending.add(isend_tensor(t, self.ranks[dst], tag, deliver))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:   # re-raised by flush(); the worker turns it into a RuntimeFault
                 self.errors.append(e)
             finally:
                 q.task_done()

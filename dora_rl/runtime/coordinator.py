@@ -103,7 +103,8 @@ class Runtime(WorkerGroup):
         self.pg = False
         # [netns] network="netns": workers in network namespaces, kernel (tc) shaping; see netns.py
         if network not in ("pace", "netns"):
-            raise RuntimeFault(f"network must be 'pace' (in-process pacing) or 'netns' (kernel shaping), got {network!r}")
+            raise RuntimeFault("network must be 'pace' (in-process pacing) or 'netns' (kernel shaping), "
+                               f"got {network!r}")
         if network == "netns" and not spawn:
             raise RuntimeFault("network='netns' starts the workers itself (inside their namespaces); spawn=False is "
                                "not supported with it")
@@ -264,7 +265,7 @@ class Runtime(WorkerGroup):
         re-executed with the new rank, world and `port`), on `scenario` (theirs)."""
         try:
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001
+        except (RuntimeError, ValueError):   # the group is already gone with its peers
             pass
         self.pg = False
         self.pending = self.resilience.new_pending()

@@ -49,11 +49,9 @@ import subprocess
 import threading
 import time
 
-
 from dora_rl.errors import RuntimeFault
 from dora_rl.plan import Plan
-from dora_rl.runtime.comm import Pending
-from dora_rl.runtime.comm import free_port
+from dora_rl.runtime.comm import Pending, free_port
 from dora_rl.runtime.coordinator import Runtime
 from dora_rl.runtime.emulation import now
 from dora_rl.runtime.fault_policy import FailFast, WorkerLost

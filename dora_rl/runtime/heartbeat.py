@@ -112,7 +112,7 @@ class HeartbeatServer:
         try:
             self.server.shutdown()
             self.server.server_close()
-        except Exception:  # noqa: BLE001
+        except OSError:   # the socket is already closed
             pass
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import required_rate
-from dora_rl.errors import PlanError, RuntimeFault
+from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.runtime.adapter import Decision, Monitor, State, get_adapter
 from dora_rl.runtime.adapter.compose import battery_budgets, conditions, make_mix, score
@@ -87,7 +87,8 @@ class LiveRun:
                                announce=console.print if console is not None and live else None)
         self.slowdown = slowdown = self.dilation.factor
         if console is not None and live:
-            console.print(f"time dilation {slowdown:g}x{' (auto)' if self.dilation.auto else ''}: {duration:g} s of run "
+            auto = " (auto)" if self.dilation.auto else ""
+            console.print(f"time dilation {slowdown:g}x{auto}: {duration:g} s of run "
                           f"= {duration / slowdown:.3g} s of device time")
         self.sc = self.base.dilated(slowdown)       # the scenario the workers run (the survivors after a fault)
         self.trace, self.medium = make_trace(self.sc, trace, mean_frac=mean_frac, seed=seed, duration_s=span)
@@ -232,7 +233,7 @@ class LiveRun:
             power = mx.power
             # the running plan's capacity on the true bandwidth vs the required rate (as the simulation judges it)
             self.model_viol = [v for v in mx.violations if v.startswith("throughput")]
-        except Exception:  # noqa: BLE001  (a plan the cost model rejects on this condition)
+        except DoraError:   # the cost model rejects the running plan on this condition
             power = float("nan")
         return budgets, power
 

@@ -49,7 +49,8 @@ def measure(scenario: Scenario, plan: Plan, *, requests: int = 30, iterations: i
            "network": network,
            "predicted": {"latency_ms": pred.latency_ms, "throughput": pred.throughput, "energy_j": pred.energy_j,
                          "feasible": pred.feasible, "qoe_ok": pred.qoe_ok, "violations": pred.violations}}
-    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr, network=network, pace=pace) as rt:   # [netns] network
+    # [netns] network
+    with Runtime(scenario, emulate=emulate, timeout=timeout, lr=lr, network=network, pace=pace) as rt:
         rt.start(plan)
         if scenario.workload.training:
             if warmup:

@@ -245,7 +245,7 @@ class NetNS:
         n, names = cl.n, cl.names
         self._ns(self.hub, ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.accept_redirects=0",
                             "net.ipv4.conf.default.accept_redirects=0"])
-        for k, ns in enumerate(self.med_ns):
+        for ns in self.med_ns:
             self._ns(ns, ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                           "net.ipv4.conf.default.send_redirects=0"])
         for d in names:
@@ -281,7 +281,8 @@ class NetNS:
             hub_ip += [f"addr add {h}/24 dev m{k}", f"link set m{k} up",
                        f"route add default via {m} dev m{k} table {100 + k}"]
             cap = float(cl.medium_bps[k])
-            senders = sorted({i for i in range(n) for j in range(n) if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
+            senders = sorted({i for i in range(n) for j in range(n)
+                              if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
             hub_tc += [f"qdisc add dev m{k} root handle 1: htb default 2",
                        f"class add dev m{k} parent 1: classid 1:2 htb rate {UNSHAPED}",
                        f"class add dev m{k} parent 1: classid 1:1 htb rate {_bits(cap)} ceil {_bits(cap)} "
@@ -321,7 +322,8 @@ class NetNS:
             cap = float(cl.medium_bps[k])
             hub_tc.append(f"class change dev m{k} parent 1: classid 1:1 htb rate {_bits(cap)} ceil {_bits(cap)} "
                           f"quantum {_quantum(cap)}")
-            senders = sorted({i for i in range(n) for j in range(n) if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
+            senders = sorted({i for i in range(n) for j in range(n)
+                              if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
             for i in senders:
                 hub_tc.append(f"class change dev m{k} parent 1:1 classid 1:{0x10 + i:x} htb "
                               f"rate {_bits(cap / len(senders))} ceil {_bits(cap)} quantum {_quantum(cap)}")

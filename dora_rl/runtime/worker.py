@@ -38,8 +38,19 @@ import torch.distributed as dist
 from torch import nn
 
 from dora_rl.errors import RuntimeFault
-from dora_rl.runtime.comm import (TAG_ACK, TAG_CTRL, TAG_PROBE, TAG_WEIGHTS, Pending, Transmitter, irecv_tensor,
-                                  isend_obj, recv_obj, send_obj, wait_tensors)
+from dora_rl.runtime.comm import (
+    TAG_ACK,
+    TAG_CTRL,
+    TAG_PROBE,
+    TAG_WEIGHTS,
+    Pending,
+    Transmitter,
+    irecv_tensor,
+    isend_obj,
+    recv_obj,
+    send_obj,
+    wait_tensors,
+)
 from dora_rl.runtime.emulation import ComputeClock, NetEmulator, now, sleep_until
 from dora_rl.runtime.heartbeat import NoWorkerFaults
 from dora_rl.runtime.worker_inference import DTYPES, InferenceOps
@@ -169,7 +180,7 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
         self.S = len(self.stages)
         self.M = plan["microbatches"]
         self.my_stage = None
-        for s, (l, r, devs, sh) in enumerate(self.stages):
+        for s, (_, _, devs, _) in enumerate(self.stages):
             if self.device in devs:
                 self.my_stage = s
         owned = set()
@@ -313,7 +324,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         op_timeout = max(timeout, 24 * 3600.0) if os.environ.get("DORA_PARENT_PID") else timeout
         dist.init_process_group("gloo", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=op_timeout))
-    except Exception as e:  # noqa: BLE001  (timeouts and connection errors come as several types)
+    except Exception as e:   # gloo reports timeouts and refused connections as several types
         raise RuntimeFault(f"worker {device}: cannot reach the coordinator at {addr} within {timeout:g} s "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     try:
@@ -338,7 +349,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         if fx is not None:   # [faults] a peer died: keep heartbeating, wait for the rejoin order (re-exec)
             fx.wait_for_order(timeout)
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:   # any failure of a collective: the coordinator decides (a RuntimeFault)
         if fx is not None:   # [faults]
             fx.wait_for_order(timeout)
         raise RuntimeFault(f"worker {device}: lost the coordinator or a peer ({type(e).__name__}: "
@@ -346,7 +357,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
     finally:
         try:
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001
+        except (RuntimeError, ValueError):   # the group is already gone with its peers
             pass
     return 0
 

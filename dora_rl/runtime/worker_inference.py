@@ -34,7 +34,7 @@ class InferenceOps:
             remote = []
             for j in range(M):
                 self.scatter(0, j, m, x[j * m:(j + 1) * m], 0, False)
-                for a, b, lo, hi in self.links(self.S, m, False):
+                for a, _b, lo, hi in self.links(self.S, m, False):
                     if a != self.device:
                         remote.append((j, lo, hi, a))
             entry = {"rid": rid, "t0": t0, "pieces": {}, "need": sum(

@@ -6,6 +6,8 @@ import pytest
 
 from dora_rl.cluster import DEVICE_PRESETS, Cluster, Device, device_preset, random_cluster
 from dora_rl.errors import ClusterError, DoraError
+from dora_rl.scenario import Scenario
+from dora_rl.synthetic import random_profile, random_scenario
 
 EXPECTED = {"phone", "laptop", "smart_tv", "smart_speaker", "rpi4", "rpi5", "jetson_nano",
             "jetson_orin_nano", "jetson_agx_orin", "edge_server", "camera"}
@@ -134,8 +136,6 @@ def test_generator_bad_arguments():
 
 
 # ------------------------------------------------- synthetic profiles and scenarios
-from dora_rl.scenario import Scenario  # noqa: E402
-from dora_rl.synthetic import random_profile, random_scenario  # noqa: E402
 
 
 def test_random_profile_ranges_and_determinism():

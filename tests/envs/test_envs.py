@@ -8,7 +8,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import dora_rl.envs  # noqa: F401  registers the environments
+import dora_rl.envs
 from dora_rl.envs.partition import PartitionEnv, actions_for_plan
 from dora_rl.synthetic import random_scenario
 

@@ -91,7 +91,7 @@ def start_flow(net, src: str, dst: str, port: int, seconds: float, max_bytes: in
                 marks.append((time.monotonic(), n))
             c.close()
             s.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
             ready.set()
 
@@ -105,7 +105,7 @@ def start_flow(net, src: str, dst: str, port: int, seconds: float, max_bytes: in
                 c.sendall(buf)
                 sent += len(buf)
             c.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(e)
 
     ts = threading.Thread(target=server, daemon=True)

@@ -101,6 +101,19 @@ def _train_stage(args, env_kwargs: dict) -> int:
     return 0
 
 
+def _show_progress_logs() -> None:
+    """Training reports its phases (imitation epochs, expert-iteration rounds) through
+    logging; `dora train` shows them on stderr."""
+    import logging
+
+    lg = logging.getLogger("dora_rl.learning")
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(message)s"))
+        lg.addHandler(h)
+    lg.setLevel(logging.INFO)
+
+
 def cmd_train(args) -> int:
     import gymnasium as gym
 
@@ -109,6 +122,7 @@ def cmd_train(args) -> int:
 
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise AgentError(f"--max-minutes must be > 0, got {args.max_minutes:g}")
+    _show_progress_logs()
     env_kwargs = parse_env_kwargs(args.env_kwargs)
     from dora_rl.envs import register_all
 

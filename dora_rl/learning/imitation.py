@@ -23,12 +23,15 @@ indices [0, episodes)) - disjoint from the evaluation seed and from the held-out
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import numpy as np
 
 from dora_rl.errors import DoraError
+
+log = logging.getLogger(__name__)
 
 KEYS = ("devices", "device_mask", "global", "action_mask")
 
@@ -232,7 +235,7 @@ def expert_iteration(policy, data: dict, rounds: int, episodes: int, start: int,
                "final": fit["history"][-1] if fit["history"] else None}
         hist.append(rec)
         if progress:
-            print(f"expert iteration round {r + 1}/{rounds}: {rec}", flush=True)
+            log.info("expert iteration round %d/%d: %s", r + 1, rounds, rec)
     return {"rounds": hist, "seconds": round(time.time() - t0, 1), "top_k": top_k,
             "episodes_per_round": episodes, "epochs": epochs, "lr": lr}
 
@@ -294,7 +297,7 @@ def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, 
                            val_value_mse=round(float(vl), 4))
         hist.append(rec)
         if progress:
-            print(f"bc epoch {ep + 1}/{epochs}: {rec}", flush=True)
+            log.info("bc epoch %d/%d: %s", ep + 1, epochs, rec)
         if max_seconds and time.time() - t0 > max_seconds:
             break
     policy.set_training_mode(False)

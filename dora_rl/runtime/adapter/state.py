@@ -32,7 +32,7 @@ class Decision:
     fractions: tuple[float, ...]
     plans: list[Plan]
     switch: bool                  # the set of plans changed (weights may move, pipeline drains)
-    reason: str                   # initial | qoe-risk | cheaper | keep | reweight | oracle | agent | guard
+    reason: str                   # initial | qoe-risk | cheaper | keep | reweight | oracle | agent | veto:qoe
     predicted: dict               # on the planning condition: latency_ms, throughput, power_w, ok
     move_bytes: dict[str, float]  # weights each device must receive for this decision
     switch_s: float               # predicted switch time (transfer + drain), 0 when not switching

@@ -208,6 +208,31 @@ def large_set(devices=(16, 32, 64), blocks=(50, 100, 200), seeds: int = 2) -> li
     return rows
 
 
+BASELINES = ("local", "offload", "neurosurgeon", "even", "proportional", "pipeedge", "data_parallel", "random")
+
+
+def baseline_times(n: int = 16, blocks: int = 50, seeds: int = 2) -> dict:
+    """Median and worst planning time (ms) of each baseline at n devices x `blocks`
+    blocks, inference and training (tests check only that they plan; time is here)."""
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import get_planner
+
+    times: dict[str, list[float]] = {b: [] for b in BASELINES}
+    for s in range(seeds):
+        for kind in ("inference", "training"):
+            rng = np.random.default_rng(8000 + s)
+            sc = random_scenario(rng, min_devices=n, max_devices=n, n_blocks=blocks, kind=kind, qoe="none")
+            cost = CostModel(sc)
+            for b in BASELINES:
+                t0 = time.perf_counter()
+                try:
+                    get_planner(b).plan(sc, cost)
+                except NoFeasiblePlan:
+                    pass
+                times[b].append((time.perf_counter() - t0) * 1e3)
+    return {b: {"median_ms": statistics.median(v), "max_ms": max(v)} for b, v in times.items()}
+
+
 def past_exact(n: int, seed0: int = 90_000) -> dict:
     """7-8 devices: dora's gap to the best compliant plan any method found."""
     from dora_rl.planners.local import local_search
@@ -256,6 +281,7 @@ def run(results: dict, quick: bool = False) -> dict:
     out["approximation"] = approximation_gap(20 if quick else 60)
     out["large"] = large_set(seeds=1 if quick else 2)
     out["past_exact"] = past_exact(10 if quick else 80)
+    out["baseline_ms_16x50"] = baseline_times(seeds=1 if quick else 2)
     results["planners"] = out
     report(out)
     return out
@@ -303,6 +329,8 @@ def report(res: dict) -> None:
     p = res["past_exact"]
     print(f"7-8 devices, dora vs the best plan any method found: gap median {_fmt(p['gap_median'], True)}, "
           f"worst {_fmt(p['gap_worst'], True)} over {p['compared']}; false 'no plan' {p['false_no_plan']}")
+    print("baselines at 16 devices x 50 blocks (median / worst ms): " + ", ".join(
+        f"{b} {t['median_ms']:.0f}/{t['max_ms']:.0f}" for b, t in res["baseline_ms_16x50"].items()))
 
 
 if __name__ == "__main__":

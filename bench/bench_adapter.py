@@ -92,9 +92,9 @@ def bench_scenario(cfg: dict):
 
 def p_ref(scen) -> float:
     """The utility's reference power: the initial `dora` plan's at nominal bandwidth."""
+    from dora_rl.adapter import get_adapter
+    from dora_rl.adapter.compose import score
     from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter import get_adapter
-    from dora_rl.runtime.adapter.compose import score
 
     return score(CostModel(scen), 0, get_adapter("static", scen).plans[0]).power
 
@@ -108,7 +108,7 @@ def _energy_common(log, oracle) -> float | None:
 
 
 def _row(log, orc, pref: float) -> dict:
-    from dora_rl.envs.adapt_obs import qoe_utility
+    from dora_rl.adapter.observation import qoe_utility
 
     sm = log.summary()
     eo = orc.summary()["energy_j"] if orc is not None else None
@@ -134,8 +134,8 @@ def run(results: dict, *, scenarios: dict | None = None, traces: list[str] | Non
         merge: dict | None = None) -> dict:
     """Simulate every adapter on every test bed x trace; `merge`: a previous run's output whose
     adapters are kept (the oracle's log is re-used for the energy ratios only if it ran here)."""
+    from dora_rl.adapter import get_adapter, simulate
     from dora_rl.errors import AgentError
-    from dora_rl.runtime.adapter import get_adapter, simulate
 
     scenarios = SCENARIOS if scenarios is None else scenarios
     traces = validation_traces() if traces is None else traces

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def adapter_name(sc) -> str:
+    from dora_rl.adapter import load_agent_policy
     from dora_rl.errors import AgentError
-    from dora_rl.runtime.adapter import load_agent_policy
     try:
         load_agent_policy(sc)
         return "ppo"
@@ -44,8 +44,8 @@ def traces(n: int) -> list[str]:
 def simulated(base, name: str, spec: str, X: float, time_scale: float, duration: float) -> float:
     """Violating-interval fraction of `name` simulated on the dilated scenario over `spec`
     replayed as the live run replays it (trace time = run time x time_scale / X)."""
+    from dora_rl.adapter import make_trace, simulate
     from dora_rl.cluster.traces import BandwidthTrace
-    from dora_rl.runtime.adapter import make_trace, simulate
     sc = base.dilated(X)
     tr, _ = make_trace(sc, spec, duration_s=max(60.0, duration * time_scale))
     k = X / time_scale

@@ -76,8 +76,8 @@ def cmd_demo(args) -> int:
             console.print(f"[yellow]warning: emulation saturated on {', '.join(me['saturated'])}[/yellow]")
         summary["run"] = run
     if not args.no_run and args.live_seconds > 0 and not scen.workload.training:   # [live]
+        from dora_rl.adapter import load_agent_policy
         from dora_rl.errors import AgentError
-        from dora_rl.runtime.adapter import load_agent_policy
         from dora_rl.runtime.live import run_live
         if args.adapter == "ppo":
             try:

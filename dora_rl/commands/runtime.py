@@ -108,7 +108,7 @@ def cmd_run(args) -> int:
     if args.simulate or args.adapter:
         if not (args.simulate and args.adapter):
             raise PlanError("--simulate needs --adapter NAME (the adapter to simulate over a bandwidth trace)")
-        from dora_rl.runtime.adapter import run_simulation_cli
+        from dora_rl.adapter import run_simulation_cli
         res = run_simulation_cli(args.scenario, args.adapter, args.trace, args.duration or 120.0,
                                  out_dir=args.out or "runs/adapter",
                                  live=not args.json, console=console)

@@ -3,10 +3,10 @@
 Why: bandwidth moves every second and batteries run down, so the plan that was best at
 deploy time stops being best. A step is one control interval of the runtime simulator
 (dora_rl/envs/adapt_sim.py: IntervalSim replays simulate()'s loop), decided by the `ppo`
-runtime adapter itself (dora_rl/runtime/adapter/learned.py) with the agent's action as its
+runtime adapter itself (dora_rl/adapter/learned.py) with the agent's action as its
 policy's answer: the same candidates (the DP's Pareto sets at 0.25x..2x nominal, the
 composition ingredients, the partition agent's plans), the same band scoring, the same
-observation (dora_rl/envs/adapt_obs.py), the same QoE veto, the same switch cost (weights
+observation (dora_rl/adapter/observation.py), the same QoE veto, the same switch cost (weights
 moved at the true bandwidth + drain, the old plan serving meanwhile), the Monitor's
 estimation lag and noise, batteries draining by the power model.
 
@@ -18,7 +18,7 @@ Markov trace - with its mean at U(`mean_frac`) x nominal, started at a random of
 `horizon` intervals of `interval_s` seconds. Action: a row (keep / the LP's time-share /
 a candidate), `Discrete(SLOTS)` with `action_masks()`; a masked action keeps what runs (the
 LP's choice before the first deployment) and sets `info["masked_action"]`. Reward: the
-interval's QoE utility (adapt_obs.qoe_utility: 1 if QoE held, battery judged on the 60 s
+interval's QoE utility (adapter.observation.qoe_utility: 1 if QoE held, battery judged on the 60 s
 trailing-average draw, minus W_ENERGY x power / the initial plan's power)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from dora_rl.envs.adapt_obs import CLIP, NC, NGA, SLOTS, qoe_utility
+from dora_rl.adapter.observation import CLIP, NC, NGA, SLOTS, qoe_utility
 from dora_rl.envs.adapt_sim import IntervalSim, scaled_trace, test_bed, trace_split
 from dora_rl.errors import TraceError
 
@@ -80,7 +80,7 @@ class AdaptEnv(gym.Env):
 
     def _adapter(self, i: int):
         if i not in self._adapters:
-            from dora_rl.runtime.adapter.learned import PPOAdapter
+            from dora_rl.adapter.learned import PPOAdapter
             from dora_rl.scenario import Scenario
 
             bed = self.beds[i]

@@ -1,6 +1,6 @@
 """AdaptEnv's dynamics: the runtime simulator's interval, one step at a time; test beds; the trace split.
 
-`IntervalSim` replays simulate()'s loop (dora_rl/runtime/adapter/simulate.py) one control
+`IntervalSim` replays simulate()'s loop (dora_rl/adapter/simulate.py) one control
 interval per call, so that an agent acts between intervals: the adapter sees the Monitor's
 State (bandwidth estimated from the previous interval's transfers with lognormal noise and
 its recent overshoot, battery levels); a switch takes effect after its weights moved at the
@@ -56,7 +56,7 @@ def trace_split(root: str | Path | None = None) -> tuple[list[str], list[str]]:
 
 def test_bed(spec: str):
     """The scenario of a test bed spec: "preset" or "preset@uplinkX" (dynamic medium x X)."""
-    from dora_rl.runtime.adapter.compose import conditions
+    from dora_rl.adapter.compose import conditions
     from dora_rl.scenario import load_scenario
 
     name, _, rest = str(spec).partition("@")
@@ -82,10 +82,10 @@ class IntervalSim:
     def __init__(self, scenario, adapter, trace, medium: str, interval_s: float = 1.0, *, seed: int = 0,
                  t0: float = 0.0, estimator: str = "harmonic", window: int = 4, error_window: int = 5,
                  noise: float = 0.05, battery_window_s: float = 60.0):
+        from dora_rl.adapter.monitor import Monitor
+        from dora_rl.adapter.simulate import probe_peer
         from dora_rl.cost import CostModel
         from dora_rl.cost.qoe import required_rate
-        from dora_rl.runtime.adapter.monitor import Monitor
-        from dora_rl.runtime.adapter.simulate import probe_peer
 
         self.scenario, self.adapter, self.trace, self.medium = scenario, adapter, trace, medium
         self.interval_s, self.t0, self.noise = float(interval_s), float(t0), float(noise)
@@ -113,8 +113,7 @@ class IntervalSim:
 
     def step(self, dec) -> dict:
         """Run the coming interval under decision `dec` (Adapter.decide's); returns the log row."""
-        from dora_rl.cost import CostModel
-        from dora_rl.runtime.adapter.compose import (
+        from dora_rl.adapter.compose import (
             battery_budgets,
             conditions,
             make_mix,
@@ -122,8 +121,9 @@ class IntervalSim:
             score,
             transfer_seconds,
         )
-        from dora_rl.runtime.adapter.rules import true_mbps
-        from dora_rl.runtime.adapter.simulate import SAMPLES_PER_INTERVAL, battery_violations, plan_flows
+        from dora_rl.adapter.rules import true_mbps
+        from dora_rl.adapter.simulate import SAMPLES_PER_INTERVAL, battery_violations, plan_flows
+        from dora_rl.cost import CostModel
 
         ad, mon, tr, medium, need = self.adapter, self.mon, self.trace, self.medium, self.need
         t, dt, k = self.t, self.interval_s, self.k
@@ -193,7 +193,7 @@ class IntervalSim:
 def scaled_trace(scenario, relpath: str | None, mean_frac: float, seed: int, cache: dict | None = None):
     """(trace in Mbps, medium): the file `relpath` (or a Markov trace, seeded, when None) with
     its mean at mean_frac x the dynamic medium's nominal rate."""
-    from dora_rl.runtime.adapter.simulate import make_trace
+    from dora_rl.adapter.simulate import make_trace
 
     if relpath is None:
         return make_trace(scenario, f"markov:{seed}", mean_frac=mean_frac, duration_s=900.0)

@@ -16,8 +16,8 @@ import numpy as np
 
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import preference
-from dora_rl.envs.features import CLIP, clip_log
 from dora_rl.errors import DoraError, NoFeasiblePlan
+from dora_rl.features import CLIP, clip_log
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
@@ -157,11 +157,9 @@ class Instance:
                 break
         return R
 
-    def block_table(self) -> np.ndarray:
-        """Static per-block rows of StageEnv's `blocks` observation (row j: a stage ending
-        after block j): see `dora_rl.envs.stage.BLOCK_FEATURES`."""
-        from dora_rl.envs.stage import NFB
-
+    def block_table(self, NFB: int) -> np.ndarray:
+        """Static per-block rows (NFB columns) of StageEnv's `blocks` observation (row j: a
+        stage ending after block j): see `dora_rl.envs.stage.BLOCK_FEATURES`."""
         cost, B = self.cost, self.B
         fp, pp, bnd = np.asarray(cost.fp), np.asarray(cost.pp), np.asarray(cost.bnd)
         fl, pa = np.diff(fp), np.diff(pp)
@@ -180,10 +178,10 @@ class Instance:
         t[:, 12] = np.clip(np.log(np.maximum(peak / self.mem_med, 1e-30)), -CLIP, CLIP) / 3.0
         return t
 
-    @property
-    def block_static(self) -> np.ndarray:
+    def block_static(self, n_features: int) -> np.ndarray:
+        """`block_table`, computed once per instance."""
         if getattr(self, "_block_static", None) is None:
-            self._block_static = self.block_table()
+            self._block_static = self.block_table(n_features)
         return self._block_static
 
     # --- features ------------------------------------------------------------

@@ -44,9 +44,9 @@ import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
-from dora_rl.envs.features import CLIP, clip_log
 from dora_rl.envs.instance import DEFAULT_MAX_DEVICES, NF, NG, Instance, InstanceSource
 from dora_rl.errors import DoraError, NoFeasiblePlan
+from dora_rl.features import CLIP, clip_log
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 

@@ -39,9 +39,9 @@ import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
-from dora_rl.envs.features import CLIP, clip_log
 from dora_rl.envs.instance import NG, Instance, InstanceSource
 from dora_rl.errors import DoraError, NoFeasiblePlan
+from dora_rl.features import CLIP, clip_log
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
@@ -267,7 +267,7 @@ class StageEnv(gym.Env):
         dev[:n, 18] = np.clip(np.log(np.maximum(rest / rj / ts, 1e-30)), -CLIP, CLIP) / t3
         dev[:n, 19] = np.where(okc, (rmin - p) / span, 1.0)
         blk = np.zeros((Bm, NFB))
-        blk[:B] = inst.block_static
+        blk[:B] = inst.block_static(NFB)
         r = np.arange(1, B + 1)
         cand = r > p
         blk[:B, 1] = cand

@@ -2,7 +2,7 @@
 
 Per test bed of AdaptEnv (`smart_home`, `traffic_analytics@uplink1.5`), on episodes of the
 VALIDATION trace split (never seen in training; seeded), mean QoE utility per interval
-(adapt_obs.qoe_utility, the bench's), share of intervals meeting QoE and share the agent
+(adapter.observation.qoe_utility, the bench's), share of intervals meeting QoE and share the agent
 decided, for:
 
 - `agent`  the trained network, greedy with masks (the `ppo` adapter, QoE veto on);

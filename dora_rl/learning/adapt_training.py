@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dora_rl.envs.adapt_obs import ROW_FEATURES, layout
+from dora_rl.adapter.observation import ROW_FEATURES, layout
 
 log = logging.getLogger(__name__)
 RULE_COL = ROW_FEATURES.index("rule_pick")

@@ -1,7 +1,7 @@
 """The learned runtime adapter's agent: a trained AdaptEnv MaskablePPO network as the `ppo` adapter's policy.
 
-Why here: the `ppo` adapter (dora_rl/runtime/adapter/learned.py) builds the observation
-itself, with the one builder AdaptEnv trains on (dora_rl/envs/adapt_obs.py), and asks a
+Why here: the `ppo` adapter (dora_rl/adapter/learned.py) builds the observation
+itself, with the one builder AdaptEnv trains on (dora_rl/adapter/observation.py), and asks a
 policy for a row (`act(obs) -> int`). This module loads the network (`load_adapter_agent`),
 after checking that its config.yml describes this package's observation layout and row
 count: a mismatch is an AgentError naming the field that differs.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from dora_rl.envs.adapt_obs import layout
+from dora_rl.adapter.observation import layout
 from dora_rl.errors import AgentError
 from dora_rl.scenario import Scenario
 
@@ -38,7 +38,7 @@ def _load_model(folder: Path):
     check_layout(cfg, repr(str(folder)))
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.learning.agents import CUSTOM_OBJECTS
+    from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
     try:
         model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
     except (OSError, ValueError, KeyError, RuntimeError, EOFError) as e:

@@ -17,15 +17,13 @@ import numpy as np
 import yaml
 
 from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
-from dora_rl.learning.hyperparams import load_hyperparams
+from dora_rl.learning.hyperparams import CUSTOM_OBJECTS, load_hyperparams
 from dora_rl.plan import Plan
 from dora_rl.resources import agents_dir
 from dora_rl.scenario import Scenario
 
 AGENTS_DIR = agents_dir()
 DEFAULT_ENV_ID = "dora_rl/Partition-v0"
-CUSTOM_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.2,
-                  "clip_range_vf": None}
 
 
 def sanitize(env_id: str) -> str:

@@ -14,6 +14,11 @@ import yaml
 
 from dora_rl.resources import hyperparams_file
 
+# What a saved agent is loaded with instead of its pickled schedules, so that loading does not
+# depend on pickled lambdas surviving a version change (the agent is only used to predict).
+CUSTOM_OBJECTS = {"learning_rate": 0.0, "lr_schedule": lambda _: 0.0, "clip_range": lambda _: 0.2,
+                  "clip_range_vf": None}
+
 ZOO_FILE = "ppo.yml"
 TRAIN_FILE = "dora_train.yml"
 

@@ -91,7 +91,7 @@ def load_stage_model(zpath: Path, folder: Path):
     """MaskablePPO.load of a stage agent's model.zip with constant schedules."""
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.learning.agents import CUSTOM_OBJECTS
+    from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
     from dora_rl.learning.stage_policy import StagePolicy
 
     try:

@@ -168,7 +168,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     best_reward = float(cbs[0].best_mean_reward) if np.isfinite(cbs[0].best_mean_reward) else None
     best_is_bc = bool(do_bc and cbs[0].best_mean_reward == (bc_info or {}).get("eval_mean_reward"))
     if best.is_file():
-        from dora_rl.learning.agents import CUSTOM_OBJECTS
+        from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
         model = MaskablePPO.load(str(best), device="cpu", custom_objects=CUSTOM_OBJECTS)
     import gymnasium
     import sb3_contrib
@@ -180,7 +180,7 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         layout = {"obs_version": OBS_VERSION, "device_features": NF, "global_features": NG,
                   "max_devices": int(env_kwargs.get("max_devices", 8)), "max_blocks": 0}
     else:   # AdaptEnv: candidates x features (dora_rl/envs/adapt.py)
-        from dora_rl.envs.adapt_obs import ADAPT_OBS_VERSION, NC, NGA
+        from dora_rl.adapter.observation import ADAPT_OBS_VERSION, NC, NGA
         layout = {"obs_version": ADAPT_OBS_VERSION, "kind": "adapt", "candidate_features": NC,
                   "global_features": NGA, "max_candidates": int(env_kwargs.get("max_candidates", 8)),
                   "env_kwargs": {k: v for k, v in env_kwargs.items()}}

@@ -42,15 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dora_rl.adapter import Decision, Monitor, State, get_adapter
+from dora_rl.adapter.compose import battery_budgets, conditions, make_mix, score
+from dora_rl.adapter.simulate import Log, battery_violations, make_trace, probe_peer
+from dora_rl.adapter.timeline import plot_timeline
+from dora_rl.adapter.view import LiveView
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
-from dora_rl.runtime.adapter import Decision, Monitor, State, get_adapter
-from dora_rl.runtime.adapter.compose import battery_budgets, conditions, make_mix, score
-from dora_rl.runtime.adapter.simulate import Log, battery_violations, make_trace, probe_peer
-from dora_rl.runtime.adapter.timeline import plot_timeline
-from dora_rl.runtime.adapter.view import LiveView
 from dora_rl.runtime.dilation import choose
 from dora_rl.runtime.emulation import now
 from dora_rl.scenario import Scenario, load_scenario

@@ -157,8 +157,8 @@ def test_group_actions_build_data_parallel_stage():
 
 
 def test_adapt_masked_action_keeps_the_current_plan_and_is_flagged():
+    from dora_rl.adapter.observation import SLOTS
     from dora_rl.envs.adapt import AdaptEnv
-    from dora_rl.envs.adapt_obs import SLOTS
 
     env = AdaptEnv(scenario="traffic_analytics", horizon=4, partition_agent=False)
     obs, _ = env.reset(seed=0)
@@ -173,9 +173,9 @@ def test_adapt_masked_action_keeps_the_current_plan_and_is_flagged():
 
 def test_interval_sim_reproduces_simulate():
     """AdaptEnv's dynamics (adapt_sim.IntervalSim) are simulate()'s, interval for interval."""
+    from dora_rl.adapter import get_adapter, simulate
     from dora_rl.cluster.traces import markov_trace
     from dora_rl.envs.adapt_sim import IntervalSim
-    from dora_rl.runtime.adapter import get_adapter, simulate
     from dora_rl.scenario import load_scenario
 
     sc = load_scenario("smart_home")
@@ -191,9 +191,9 @@ def test_interval_sim_reproduces_simulate():
 
 
 def test_adapt_observation_comes_from_the_shared_builder(monkeypatch):
-    """AdaptEnv's observation is the `ppo` adapter's, built by `adapt_obs.build_observation`."""
-    import dora_rl.runtime.adapter.learned as learned
-    from dora_rl.envs import adapt_obs
+    """AdaptEnv's observation is the `ppo` adapter's, built by `adapter.observation.build_observation`."""
+    import dora_rl.adapter.learned as learned
+    from dora_rl.adapter import observation as adapt_obs
     from dora_rl.envs.adapt import AdaptEnv
 
     calls = []

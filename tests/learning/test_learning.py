@@ -249,8 +249,8 @@ def test_shipped_adapt_agent_matches_results_and_decides(folder):
 
 
 def test_ppo_adapter_loads_shipped_agent_and_decides():
-    from dora_rl.runtime.adapter import get_adapter
-    from dora_rl.runtime.adapter.state import State
+    from dora_rl.adapter import get_adapter
+    from dora_rl.adapter.state import State
 
     if not _shipped("adapt"):
         pytest.skip("no AdaptEnv agent shipped")

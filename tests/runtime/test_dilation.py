@@ -138,7 +138,7 @@ def test_silence_of_every_worker_at_once_is_a_stalled_channel_not_a_fault():
 
 
 def _log(dilation=50.0):
-    from dora_rl.runtime.adapter.simulate import Log
+    from dora_rl.adapter.simulate import Log
     log = Log("s", "static", "trace", "wifi", 300.0, 1.0, 10.0, 150.0 * dilation, 0.3, dilation=dilation)
     for i in range(12):
         log.rows.append({"t": float(i), "bw_true_mbps": 5.0, "bw_est_mbps": 5.0, "battery": {"p": 0.5},
@@ -154,7 +154,7 @@ def _log(dilation=50.0):
 def test_live_view_states_units_dilation_violated_targets_and_faults():
     from rich.console import Console
 
-    from dora_rl.runtime.adapter.view import render
+    from dora_rl.adapter.view import render
     log = _log()
     con = Console(width=200, record=True)
     con.print(render(log, log.rows[-1]))
@@ -167,7 +167,7 @@ def test_live_view_states_units_dilation_violated_targets_and_faults():
 
 
 def test_timeline_records_dilation_and_faults(tmp_path):
-    from dora_rl.runtime.adapter.timeline import plot_timeline
+    from dora_rl.adapter.timeline import plot_timeline
     log = _log()
     p = plot_timeline(log, tmp_path / "t.png")
     assert p.stat().st_size > 10_000

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dora_rl.adapter.compose import Mix
 from dora_rl.plan import Plan
-from dora_rl.runtime.adapter.compose import Mix
 
 
 @dataclass

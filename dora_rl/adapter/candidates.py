@@ -14,9 +14,9 @@ import json
 import math
 import time
 
+from dora_rl.adapter.compose import conditions
 from dora_rl.errors import NoFeasiblePlan, PlannerError
 from dora_rl.plan import Plan
-from dora_rl.runtime.adapter.compose import conditions
 from dora_rl.scenario import Scenario
 
 _DP_CACHE: dict = {}

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from dora_rl.adapter.candidates import SCORE_BIN, log_bin
+from dora_rl.adapter.compose import Mix, Scored, band_score, best_mix, conditions, score
 from dora_rl.cost import CostModel
 from dora_rl.plan import Plan
-from dora_rl.runtime.adapter.candidates import SCORE_BIN, log_bin
-from dora_rl.runtime.adapter.compose import Mix, Scored, band_score, best_mix, conditions, score
 from dora_rl.scenario import Scenario
 
 Band = tuple[dict, dict, dict]     # (lo, mid, hi) Mbps per medium

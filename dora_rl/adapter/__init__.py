@@ -1,7 +1,7 @@
 """The runtime adapter: monitor bandwidth and battery, decide each control interval,
 compose and switch plans (docs/adapter.md).
 
-    from dora_rl.runtime.adapter import get_adapter, Monitor, simulate
+    from dora_rl.adapter import get_adapter, Monitor, simulate
     ad = get_adapter("pareto", scenario)
     mon = Monitor(scenario.cluster)
     mon.observe_transfer("phone", "jetson", nbytes, seconds, t)   # every transfer a worker makes
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dora_rl.runtime.adapter.base import ADAPTERS, Adapter, adapter_names, get_adapter, register_adapter
-from dora_rl.runtime.adapter.compose import Mix, Scored, best_mix, choose_mix, conditions, lp_mix, make_mix, score
-from dora_rl.runtime.adapter.learned import AgentPolicy, PPOAdapter, load_agent_policy, register_agent_loader
-from dora_rl.runtime.adapter.monitor import BandwidthEstimator, Monitor, read_os_battery
-from dora_rl.runtime.adapter.rules import OracleAdapter, ParetoAdapter, ReplanAdapter, StaticAdapter
-from dora_rl.runtime.adapter.simulate import Log, make_trace, simulate
-from dora_rl.runtime.adapter.state import Decision, State
+from dora_rl.adapter.base import ADAPTERS, Adapter, adapter_names, get_adapter, register_adapter
+from dora_rl.adapter.compose import Mix, Scored, best_mix, choose_mix, conditions, lp_mix, make_mix, score
+from dora_rl.adapter.learned import AgentPolicy, PPOAdapter, load_agent_policy, register_agent_loader
+from dora_rl.adapter.monitor import BandwidthEstimator, Monitor, read_os_battery
+from dora_rl.adapter.rules import OracleAdapter, ParetoAdapter, ReplanAdapter, StaticAdapter
+from dora_rl.adapter.simulate import Log, make_trace, simulate
+from dora_rl.adapter.state import Decision, State
 
 
 def run_simulation_cli(scenario, adapter_name: str, trace_spec=None, duration: float = 120.0,
@@ -30,8 +30,8 @@ def run_simulation_cli(scenario, adapter_name: str, trace_spec=None, duration: f
     """Simulate `adapter_name` on `scenario` (a Scenario, preset name or YAML path) over
     `trace_spec` (see make_trace), showing the live view; write `<out_dir>/adapter_log.json`
     and `<out_dir>/adapter_timeline.png`. Returns {summary, log, png}."""
-    from dora_rl.runtime.adapter.timeline import plot_timeline
-    from dora_rl.runtime.adapter.view import LiveView
+    from dora_rl.adapter.timeline import plot_timeline
+    from dora_rl.adapter.view import LiveView
     from dora_rl.scenario import load_scenario
 
     scen = load_scenario(scenario)

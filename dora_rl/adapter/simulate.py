@@ -33,13 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dora_rl.cluster.traces import BandwidthTrace, resolve_trace
-from dora_rl.cost import CostModel
-from dora_rl.cost.qoe import required_rate
-from dora_rl.errors import TraceError
-from dora_rl.jsonsafe import json_safe
-from dora_rl.runtime.adapter.base import Adapter, get_adapter
-from dora_rl.runtime.adapter.compose import (
+from dora_rl.adapter.base import Adapter, get_adapter
+from dora_rl.adapter.compose import (
     battery_budgets,
     budget_violations,
     conditions,
@@ -48,8 +43,13 @@ from dora_rl.runtime.adapter.compose import (
     score,
     transfer_seconds,
 )
-from dora_rl.runtime.adapter.monitor import Monitor
-from dora_rl.runtime.adapter.rules import true_mbps
+from dora_rl.adapter.monitor import Monitor
+from dora_rl.adapter.rules import true_mbps
+from dora_rl.cluster.traces import BandwidthTrace, resolve_trace
+from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
+from dora_rl.errors import TraceError
+from dora_rl.jsonsafe import json_safe
 from dora_rl.scenario import Scenario
 
 SAMPLES_PER_INTERVAL = 4

@@ -2,7 +2,7 @@
 
 Why one builder: the agent trained on AdaptEnv must see, at deploy time, exactly the features
 it saw in training. Both AdaptEnv (dora_rl/envs/adapt.py) and the `ppo` runtime adapter
-(dora_rl/runtime/adapter/learned.py) run the SAME adapter code on the SAME inputs (the
+(dora_rl/adapter/learned.py) run the SAME adapter code on the SAME inputs (the
 Monitor's State each interval); the adapter calls `build_observation` with its options.
 
 Rows (`ADAPT_OBS_VERSION` 2): the agent's action is a row index.
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.features import CLIP, clip_log
+from dora_rl.features import CLIP, clip_log
 
 ROW_FEATURES = ("valid", "is_keep", "is_lp", "in_current", "rule_pick", "log_latency", "log_power", "latency_ok",
                 "throughput_ok", "battery_ok", "qoe_ok", "n_parts", "moved")

@@ -18,13 +18,13 @@ import time
 
 import numpy as np
 
+from dora_rl.adapter.base import Adapter, register_adapter
+from dora_rl.adapter.candidates import PARETO_LEVELS, dp_pareto, ingredient_plans
+from dora_rl.adapter.compose import Mix, battery_budgets, conditions, make_mix, score
+from dora_rl.adapter.scoring import Evaluation
+from dora_rl.adapter.state import Decision, State
 from dora_rl.cost import CostModel
 from dora_rl.cost.qoe import required_rate
-from dora_rl.runtime.adapter.base import Adapter, register_adapter
-from dora_rl.runtime.adapter.candidates import PARETO_LEVELS, dp_pareto, ingredient_plans
-from dora_rl.runtime.adapter.compose import Mix, battery_budgets, conditions, make_mix, score
-from dora_rl.runtime.adapter.scoring import Evaluation
-from dora_rl.runtime.adapter.state import Decision, State
 from dora_rl.scenario import Scenario
 
 

@@ -2,7 +2,7 @@
 
 Each control interval the adapter scores its options over the planning band (the same
 scoring, candidates and weights bookkeeping as `pareto`), builds the observation with
-the ONE builder AdaptEnv trains on (dora_rl/envs/adapt_obs.py) and asks the agent for a
+the ONE builder AdaptEnv trains on (dora_rl/adapter/observation.py) and asks the agent for a
 row: `keep` what runs, the composition LP's best plan or time-share, or one of the
 single candidate plans (the DP's Pareto sets and the partition agent's plans). The
 agent's row is deployed (reason `agent`) unless the veto applies:
@@ -19,6 +19,7 @@ the learning code: this module only asks for one (`load_agent_policy`)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections import deque
 from pathlib import Path
@@ -26,13 +27,9 @@ from typing import Callable, NamedTuple, Protocol
 
 import numpy as np
 
-from dora_rl.cost import CostModel
-from dora_rl.cost.qoe import required_rate
-from dora_rl.envs.adapt_obs import DWELL_NORM_S, SLOTS, build_observation, history_row
-from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
-from dora_rl.runtime.adapter.base import register_adapter
-from dora_rl.runtime.adapter.candidates import level_bandwidths
-from dora_rl.runtime.adapter.compose import (
+from dora_rl.adapter.base import register_adapter
+from dora_rl.adapter.candidates import level_bandwidths
+from dora_rl.adapter.compose import (
     Mix,
     battery_budgets,
     conditions,
@@ -42,9 +39,13 @@ from dora_rl.runtime.adapter.compose import (
     score,
     weights_to_move,
 )
-from dora_rl.runtime.adapter.rules import ParetoAdapter
-from dora_rl.runtime.adapter.scoring import Evaluation
-from dora_rl.runtime.adapter.state import State
+from dora_rl.adapter.observation import DWELL_NORM_S, SLOTS, build_observation, history_row
+from dora_rl.adapter.rules import ParetoAdapter
+from dora_rl.adapter.scoring import Evaluation
+from dora_rl.adapter.state import State
+from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
+from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
 from dora_rl.scenario import Scenario
 
 VETO_QOE = "veto:qoe"
@@ -52,7 +53,7 @@ VETO_QOE = "veto:qoe"
 
 class AgentPolicy(Protocol):
     """What a learned adapter must provide: `act(obs)` -> the row to run (an int whose
-    `obs["action_mask"]` entry is 1; adapt_obs.py describes the rows)."""
+    `obs["action_mask"]` entry is 1; adapter/observation.py describes the rows)."""
 
     def act(self, obs: dict) -> int: ...
 
@@ -65,6 +66,13 @@ def register_agent_loader(fn: Callable[[Scenario, str | Path | None], AgentPolic
     when it cannot provide one. Loaders are tried newest first, then the built-in one."""
     AGENT_LOADERS.insert(0, fn)
     return fn
+
+
+def _learning(module: str):
+    """A module of dora_rl.learning, imported by name when first needed: the learned
+    agents live above this layer (as the `ppo` planner does for planners/), and importing
+    the adapter must not import torch and SB3."""
+    return importlib.import_module(f"dora_rl.learning.{module}")
 
 
 def _load_agent(scenario: Scenario, path: str | Path | None) -> AgentPolicy:
@@ -83,9 +91,7 @@ def _load_agent(scenario: Scenario, path: str | Path | None) -> AgentPolicy:
         raise AgentError(f"no AdaptEnv agent for scenario {scenario.name!r} (looked in "
                          f"{', '.join(str(f) for f in folders)}); train one with "
                          "`python -m dora_rl.learning.adapt_training`, or use --adapter pareto")
-    from dora_rl.learning.adapter_agent import load_adapter_agent
-
-    return load_adapter_agent(scenario, found[0])
+    return _learning("adapter_agent").load_adapter_agent(scenario, found[0])
 
 
 def load_agent_policy(scenario: Scenario, agent: str | Path | None = None) -> AgentPolicy:
@@ -104,7 +110,7 @@ class Context(NamedTuple):
 
     t: float
     obs: dict
-    rows: list            # Mix or None per row (adapt_obs.py: keep, lp, candidates)
+    rows: list            # Mix or None per row (adapter/observation.py: keep, lp, candidates)
     rule: Mix             # `pareto`'s choice
     rule_why: str
 
@@ -152,10 +158,9 @@ class PPOAdapter(ParetoAdapter):
         candidate set: the learned planner's proposals join the DP's."""
         if self.partition_agent is False or self._given is not None:
             return
-        from dora_rl.learning.planner import cached_agent
-
         try:
-            agent = cached_agent(None if self.partition_agent in (None, True) else self.partition_agent)
+            which = None if self.partition_agent in (None, True) else self.partition_agent
+            agent = _learning("planner").cached_agent(which)
         except AgentError:
             if self.partition_agent not in (None, True):
                 raise

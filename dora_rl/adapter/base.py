@@ -27,12 +27,8 @@ import importlib
 import math
 import time
 
-from dora_rl.cost import CostModel
-from dora_rl.cost.qoe import required_rate
-from dora_rl.errors import NoFeasiblePlan, PlannerError
-from dora_rl.plan import Plan
-from dora_rl.runtime.adapter.candidates import pareto_over_levels, relaxed_for_composition
-from dora_rl.runtime.adapter.compose import (
+from dora_rl.adapter.candidates import pareto_over_levels, relaxed_for_composition
+from dora_rl.adapter.compose import (
     Mix,
     battery_budgets,
     block_params,
@@ -43,8 +39,12 @@ from dora_rl.runtime.adapter.compose import (
     transfer_seconds,
     weights_to_move,
 )
-from dora_rl.runtime.adapter.scoring import Band, Evaluation, ScoreCache
-from dora_rl.runtime.adapter.state import Decision, State
+from dora_rl.adapter.scoring import Band, Evaluation, ScoreCache
+from dora_rl.adapter.state import Decision, State
+from dora_rl.cost import CostModel
+from dora_rl.cost.qoe import required_rate
+from dora_rl.errors import NoFeasiblePlan, PlannerError
+from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
 ADAPTERS: dict[str, type[Adapter]] = {}

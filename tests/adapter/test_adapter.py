@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from dora_rl.adapter import BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli, simulate
+from dora_rl.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
+from dora_rl.adapter.learned import PPOAdapter
 from dora_rl.cluster.traces import BandwidthTrace, load_trace, step_trace
 from dora_rl.errors import AgentError, TraceError
-from dora_rl.runtime.adapter import BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli, simulate
-from dora_rl.runtime.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
-from dora_rl.runtime.adapter.learned import PPOAdapter
 from dora_rl.scenario import Scenario, load_scenario
 
 # A street corner like the traffic_analytics preset, fixed here so the numbers below do
@@ -84,7 +84,7 @@ def test_battery_drains_by_power_model():
 
 
 def test_battery_life_is_judged_on_the_trailing_average():
-    from dora_rl.runtime.adapter.simulate import battery_violations
+    from dora_rl.adapter.simulate import battery_violations
     s = load_scenario("smart_home")
     mon = Monitor(s.cluster, battery_window_s=60.0)
     assert mon.avg_power()["phone"] == 0.0                      # nothing drained yet
@@ -299,7 +299,7 @@ def test_bad_traces_raise_trace_error(tmp_path, traffic):
     assert load_trace(small).mbps[0] > 0
 
 
-QOE_OK_COL, VALID_COL = 10, 0    # adapt_obs.ROW_FEATURES "qoe_ok", "valid"
+QOE_OK_COL, VALID_COL = 10, 0    # adapter.observation.ROW_FEATURES "qoe_ok", "valid"
 
 
 class RowPicker:
@@ -389,8 +389,8 @@ def test_seconds_long_training_beats_static_on_a_synthetic_trace():
     choices beat `static`'s QoE utility on a synthetic trace it did not train on."""
     from sb3_contrib import MaskablePPO
 
+    from dora_rl.adapter.observation import qoe_utility
     from dora_rl.envs.adapt import AdaptEnv
-    from dora_rl.envs.adapt_obs import qoe_utility
     from dora_rl.learning.adapt_training import HYPER, behaviour_clone, collect
 
     env = AdaptEnv(beds=("smart_home",), horizon=60, synthetic_frac=1.0, partition_agent=False)
@@ -426,7 +426,7 @@ def test_run_simulation_cli_writes_log_and_png(tmp_path, traffic):
 def test_vertex_lp_matches_highs():
     from scipy.optimize import linprog
 
-    from dora_rl.runtime.adapter.compose import vertex_lp
+    from dora_rl.adapter.compose import vertex_lp
     rng = np.random.default_rng(7)
     for _ in range(150):
         n, m = int(rng.integers(1, 8)), int(rng.integers(0, 4))
@@ -450,8 +450,8 @@ def test_ingredients_compose_where_no_single_plan_complies():
     # plans move two ViT-sized tensors per frame; the Jetson alone is a little under
     # 15 fps; the laptop alone breaks its 6 h battery budget), but the Jetson alone with
     # the laptop alone ~20% of the time meets 15 fps and both budgets, on average.
+    from dora_rl.adapter.compose import conditions, score
     from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter.compose import conditions, score
     s = load_scenario("smart_home")
     ad = get_adapter("pareto", s, robust=False)
     d = ad.decide(State(0.0, {"wifi": 135.0}))
@@ -465,8 +465,8 @@ def test_ingredients_compose_where_no_single_plan_complies():
 def test_band_mix_meets_capacity_low_and_budgets_expected():
     # fractions solved over the band [lo, hi] keep the capacity anywhere in it (solved at
     # one point they have no slack) and the battery budgets at the expected rate (mid)
+    from dora_rl.adapter.compose import battery_budgets, conditions, required_rate, rescore, score
     from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter.compose import battery_budgets, conditions, required_rate, rescore, score
     s = load_scenario("smart_home")
     ad = get_adapter("pareto", s, prior_error=0.0)
     d = ad.decide(State(0.0, {"wifi": 200.0}, {}, {"wifi": 0.4}))      # lo = 200 / 1.4 x 0.95 = 136 Mbps
@@ -486,8 +486,8 @@ def test_robust_fallback_keeps_the_most_robust_compliant_option():
     # comply down to ~0.65 x. At an estimate of 450 with a 60% overshoot nothing complies
     # at the discounted 267 Mbps: `robust` takes the option that complies down to the
     # lowest rate, `raw` the cheapest one at the raw estimate, which a 10% drop breaks
+    from dora_rl.adapter.compose import conditions, rescore, score
     from dora_rl.cost import CostModel
-    from dora_rl.runtime.adapter.compose import conditions, rescore, score
     s = load_scenario("traffic_analytics")
     s = conditions(s, {"uplink": 450.0})
 

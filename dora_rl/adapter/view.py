@@ -19,7 +19,7 @@ from rich.text import Text
 
 def render(log, row: dict) -> Group:
     rows = log.rows
-    from dora_rl.runtime.adapter.simulate import latencies
+    from dora_rl.adapter.simulate import latencies
 
     lat = latencies(rows)
     p50, p95 = (float(np.percentile(lat, 50)), float(np.percentile(lat, 95))) if len(lat) else (math.nan, math.nan)

@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dora_rl.adapter.state import State
 from dora_rl.cluster.model import Cluster
-from dora_rl.runtime.adapter.state import State
 
 POWER_SUPPLY_ROOT = Path("/sys/class/power_supply")
 

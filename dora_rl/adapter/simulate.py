@@ -237,66 +237,14 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
         dec = adapter.decide(state)
         levels = mon.battery()
         tcost = CostModel(conditions(scenario, {medium: bw_true}, levels))
-        extra_j = 0.0
-        drain: dict[str, float] = {}
-        sw_true = 0.0
-        target = (dec.pids, dec.fractions)
-        if active is None or adapter.free_switch or set(target[0]) == set(active[0]):
-            active, ready_at = target, t          # first plan, free switch, or back to what serves
-        elif dec.switch:
-            sw_true = transfer_seconds(tcost, dec.move_bytes, src) + adapter.drain_s
-            ready_at = max(ready_at, t) + sw_true
-            extra_j = radio_joules(tcost, dec.move_bytes, src)
-            for d, b in dec.move_bytes.items():
-                for dev in (d, src):
-                    if dev in mon.levels:
-                        drain[dev] = drain.get(dev, 0.0) + b * tcost.radio[tcost.cluster.index[dev]]
-        # segments: the old mix serves until ready_at, then the target
-        segs = []
-        cut = min(max(ready_at, t), t + dt)
-        if cut > t:
-            segs.append((active, cut - t))
-        if t + dt > cut:
-            segs.append((target, t + dt - cut))
-            active = target
-        budgets, slo = battery_budgets(tcost), scenario.qoe.latency_slo_ms
-        energy, lat, cap, viol = extra_j, 0.0, 0.0, []
-        served = 0.0
-        for (pids, fr), d_s in segs:
-            parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
-            mx = make_mix(parts, need, budgets, slo)
-            viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
-            energy += mx.power * d_s
-            lat = max(lat, mx.latency_ms)
-            cap += mx.cap * d_s / dt
-            served += (min(1.0, mx.cap / need) if need else 1.0) * d_s / dt
-            for dev, w in mx.dev_power.items():
-                drain[dev] = drain.get(dev, 0.0) + w * d_s
-        mon.drain({d: j / dt for d, j in drain.items()}, dt)
-        viol += battery_violations(mon, budgets)
+        active, ready_at, fig = run_interval(adapter, scenario, tcost, dec, active, ready_at, t, dt, need, src, mon)
+        target, sw_true, energy, lat, viol = fig["target"], fig["sw_true"], fig["energy"], fig["lat"], fig["viol"]
+        cap, served = fig["cap"], fig["served"]
         # feed the estimator with what the serving plan actually transferred
         main_pid = max(zip(target[1], target[0], strict=False))[1]
         if main_pid not in flow_cache:
             flow_cache[main_pid] = plan_flows(nom_cost, adapter.plans[main_pid])
-        flows = flow_cache[main_pid]
-        for j in range(SAMPLES_PER_INTERVAL):
-            tau = t + (j + 0.5) * dt / SAMPLES_PER_INTERVAL
-            scale = float(tr.at(tau)) / nominal
-            jitter = float(rng.lognormal(0.0, noise)) if noise > 0 else 1.0
-            sent = False
-            for a, b, nbytes in flows:
-                media, nominal_route = mon.route_media(a, b)
-                if not media:
-                    continue
-                rate = nominal_route * (scale if medium in media else 1.0)  # Mbps
-                mon.observe_transfer(a, b, nbytes, nbytes * 8 / (rate * 1e6) * jitter, tau)
-                sent = True
-                break
-            if not sent and probe_dst is not None and mon.needs_probe(medium, tau):
-                _, nominal_route = mon.route_media(src, probe_dst)
-                rate = nominal_route * scale
-                mon.observe_transfer(src, probe_dst, mon.probe_bytes,
-                                     mon.probe_bytes * 8 / (rate * 1e6) * jitter, tau)
+        observe_interval(mon, flow_cache[main_pid], tr.at, t, dt, nominal, medium, rng, noise, src, probe_dst)
         row = {
             "t": t, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
             "bw_error": state.error.get(medium, 0.0),
@@ -315,6 +263,78 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     log.plans = [{"id": i, **p.to_dict()} for i, p in enumerate(adapter.plans)]
     log.monitor = mon.series
     return log
+
+
+def run_interval(adapter, scenario, tcost, dec, active, ready_at: float, t: float, dt: float, need: float,
+                 src: str, mon: Monitor):
+    """One control interval of the true system under decision `dec`: a switch moves weights
+    (radio energy, batteries) and the old mix serves until the new one is ready; then the
+    interval's energy, latency, capacity, served share and QoE violations, and the batteries
+    drained. Returns (active, ready_at, figures); `simulate` and AdaptEnv both step this."""
+    extra_j = 0.0
+    drain: dict[str, float] = {}
+    sw_true = 0.0
+    target = (dec.pids, dec.fractions)
+    if active is None or adapter.free_switch or set(target[0]) == set(active[0]):
+        active, ready_at = target, t          # first plan, free switch, or back to what serves
+    elif dec.switch:
+        sw_true = transfer_seconds(tcost, dec.move_bytes, src) + adapter.drain_s
+        ready_at = max(ready_at, t) + sw_true
+        extra_j = radio_joules(tcost, dec.move_bytes, src)
+        for d, b in dec.move_bytes.items():
+            for dev in (d, src):
+                if dev in mon.levels:
+                    drain[dev] = drain.get(dev, 0.0) + b * tcost.radio[tcost.cluster.index[dev]]
+    # segments: the old mix serves until ready_at, then the target
+    segs = []
+    cut = min(max(ready_at, t), t + dt)
+    if cut > t:
+        segs.append((active, cut - t))
+    if t + dt > cut:
+        segs.append((target, t + dt - cut))
+        active = target
+    budgets, slo = battery_budgets(tcost), scenario.qoe.latency_slo_ms
+    energy, lat, cap, viol = extra_j, 0.0, 0.0, []
+    served = 0.0
+    for (pids, fr), d_s in segs:
+        parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
+        mx = make_mix(parts, need, budgets, slo)
+        viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
+        energy += mx.power * d_s
+        lat = max(lat, mx.latency_ms)
+        cap += mx.cap * d_s / dt
+        served += (min(1.0, mx.cap / need) if need else 1.0) * d_s / dt
+        for dev, w in mx.dev_power.items():
+            drain[dev] = drain.get(dev, 0.0) + w * d_s
+    mon.drain({d: j / dt for d, j in drain.items()}, dt)
+    viol += battery_violations(mon, budgets)
+    return active, ready_at, {"target": target, "sw_true": sw_true, "energy": energy, "lat": lat, "cap": cap,
+                              "served": served, "viol": viol}
+
+
+def observe_interval(mon: Monitor, flows, trace_at, t: float, dt: float, nominal: float, medium: str, rng,
+                     noise: float, src: str, probe_dst) -> None:
+    """Feed the Monitor what the serving plan transferred during the interval (SAMPLES_PER_INTERVAL
+    transfers timed on the true bandwidth `trace_at(tau)` with log-normal jitter), or an idle
+    probe where the medium carries nothing."""
+    for j in range(SAMPLES_PER_INTERVAL):
+        tau = t + (j + 0.5) * dt / SAMPLES_PER_INTERVAL
+        scale = float(trace_at(tau)) / nominal
+        jitter = float(rng.lognormal(0.0, noise)) if noise > 0 else 1.0
+        sent = False
+        for a, b, nbytes in flows:
+            media, nominal_route = mon.route_media(a, b)
+            if not media:
+                continue
+            rate = nominal_route * (scale if medium in media else 1.0)  # Mbps
+            mon.observe_transfer(a, b, nbytes, nbytes * 8 / (rate * 1e6) * jitter, tau)
+            sent = True
+            break
+        if not sent and probe_dst is not None and mon.needs_probe(medium, tau):
+            _, nominal_route = mon.route_media(src, probe_dst)
+            rate = nominal_route * scale
+            mon.observe_transfer(src, probe_dst, mon.probe_bytes,
+                                 mon.probe_bytes * 8 / (rate * 1e6) * jitter, tau)
 
 
 def _agent_frac(reasons: list[str]) -> float | None:

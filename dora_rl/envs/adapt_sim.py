@@ -113,16 +113,9 @@ class IntervalSim:
 
     def step(self, dec) -> dict:
         """Run the coming interval under decision `dec` (Adapter.decide's); returns the log row."""
-        from dora_rl.adapter.compose import (
-            battery_budgets,
-            conditions,
-            make_mix,
-            radio_joules,
-            score,
-            transfer_seconds,
-        )
+        from dora_rl.adapter.compose import conditions
         from dora_rl.adapter.rules import true_mbps
-        from dora_rl.adapter.simulate import SAMPLES_PER_INTERVAL, battery_violations, plan_flows
+        from dora_rl.adapter.simulate import observe_interval, plan_flows, run_interval
         from dora_rl.cost import CostModel
 
         ad, mon, tr, medium, need = self.adapter, self.mon, self.trace, self.medium, self.need
@@ -130,58 +123,14 @@ class IntervalSim:
         bw_true = true_mbps(tr, self.t0 + t, dt)
         levels = mon.battery()
         tcost = CostModel(conditions(self.scenario, {medium: bw_true}, levels))
-        extra_j, drain, sw_true = 0.0, {}, 0.0
-        target = (dec.pids, dec.fractions)
-        if self.active is None or ad.free_switch or set(target[0]) == set(self.active[0]):
-            self.active, self.ready_at = target, t
-        elif dec.switch:
-            sw_true = transfer_seconds(tcost, dec.move_bytes, self.src) + ad.drain_s
-            self.ready_at = max(self.ready_at, t) + sw_true
-            extra_j = radio_joules(tcost, dec.move_bytes, self.src)
-            for d, b in dec.move_bytes.items():
-                for dev in (d, self.src):
-                    if dev in mon.levels:
-                        drain[dev] = drain.get(dev, 0.0) + b * tcost.radio[tcost.cluster.index[dev]]
-        segs = []
-        cut = min(max(self.ready_at, t), t + dt)
-        if cut > t:
-            segs.append((self.active, cut - t))
-        if t + dt > cut:
-            segs.append((target, t + dt - cut))
-            self.active = target
-        budgets, slo = battery_budgets(tcost), self.scenario.qoe.latency_slo_ms
-        energy, lat, viol = extra_j, 0.0, []
-        for (pids, fr), d_s in segs:
-            parts = [(score(tcost, p, ad.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
-            mx = make_mix(parts, need, budgets, slo)
-            viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
-            energy += mx.power * d_s
-            lat = max(lat, mx.latency_ms)
-            for dev, w in mx.dev_power.items():
-                drain[dev] = drain.get(dev, 0.0) + w * d_s
-        mon.drain({d: j / dt for d, j in drain.items()}, dt)
-        viol += battery_violations(mon, budgets)
+        self.active, self.ready_at, fig = run_interval(ad, self.scenario, tcost, dec, self.active, self.ready_at,
+                                                       t, dt, need, self.src, mon)
+        target, energy, lat, viol = fig["target"], fig["energy"], fig["lat"], fig["viol"]
         main_pid = max(zip(target[1], target[0], strict=False))[1]
         if main_pid not in self.flow_cache:
             self.flow_cache[main_pid] = plan_flows(self.nom_cost, ad.plans[main_pid])
-        for j in range(SAMPLES_PER_INTERVAL):
-            tau = t + (j + 0.5) * dt / SAMPLES_PER_INTERVAL
-            scale = float(tr.at(self.t0 + tau)) / self.nominal
-            jitter = float(self.rng.lognormal(0.0, self.noise)) if self.noise > 0 else 1.0
-            sent = False
-            for a, b, nbytes in self.flow_cache[main_pid]:
-                media, nominal_route = mon.route_media(a, b)
-                if not media:
-                    continue
-                rate = nominal_route * (scale if medium in media else 1.0)
-                mon.observe_transfer(a, b, nbytes, nbytes * 8 / (rate * 1e6) * jitter, tau)
-                sent = True
-                break
-            if not sent and self.probe_dst is not None and mon.needs_probe(medium, tau):
-                _, nominal_route = mon.route_media(self.src, self.probe_dst)
-                rate = nominal_route * scale
-                mon.observe_transfer(self.src, self.probe_dst, mon.probe_bytes,
-                                     mon.probe_bytes * 8 / (rate * 1e6) * jitter, tau)
+        observe_interval(mon, self.flow_cache[main_pid], lambda tau: tr.at(self.t0 + tau), t, dt, self.nominal,
+                         medium, self.rng, self.noise, self.src, self.probe_dst)
         mon.record(t, bw_true_mbps=bw_true)
         mon.close_interval()
         self.k += 1

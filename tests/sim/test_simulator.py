@@ -1,0 +1,122 @@
+"""The discrete-event simulator on the worked examples of docs/cost-model.md (tests/toy.py):
+equal to the analytic model where one flow runs at a time, and hand-computed where
+they differ (docs/simulator.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dora_rl.cost import CostModel
+from dora_rl.errors import ScheduleError
+from dora_rl.plan import Plan
+from dora_rl.schedule import Schedule
+from dora_rl.sim import simulate
+from tests.toy import HOME, LAB, scenario
+
+
+@pytest.fixture(scope="module")
+def home():
+    return CostModel(scenario(HOME))
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return CostModel(scenario(LAB))
+
+
+def lab_plan(M):
+    return Plan.make([(0, 2, ["jetA"]), (2, 4, ["jetB", "jetC"], [0.5, 0.5])], M)
+
+
+def test_two_stage_chain_equals_the_analytic_model(home):
+    # plan A of worked example 1: one flow at a time, so the simulator's sum is the model's:
+    # 0.120 + 0.016 + (0.002 + 200 kB / 1e7) + (0.002 + 8 kB / 1e7) = 160.8 ms; energy 3.7212 J
+    plan = Plan.make([(0, 2, ["phone"]), (2, 4, ["laptop"])], 1)
+    r, m = simulate(home, plan), home.evaluate(plan)
+    assert r.latency_ms == pytest.approx(160.8) == pytest.approx(m.latency_ms)
+    assert r.energy_j == pytest.approx(3.7212)
+    assert r.throughput == pytest.approx(1 / 0.120)    # the phone's stage
+
+
+def test_split_stage_answers_do_not_collide(home):
+    # plan B: phone computes 0.040 s, sends 200 kB to laptop and tv at once: they share the
+    # 1e7 B/s channel (5e6 each) -> both land at 0.040 + 0.040 + 0.002 = 0.082 s. The laptop
+    # finishes at 0.098 and its 4 kB answer is alone on the channel (0.0004 + 0.002); the tv
+    # finishes at 0.114, its answer lands at 0.114 + 0.0004 + 0.002 = 0.1164 s. The analytic
+    # model charges both answers as concurrent (0.0008 + 0.002): 116.8 ms.
+    plan = Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [0.5, 0.5])], 1)
+    assert simulate(home, plan).latency_ms == pytest.approx(116.4)
+    assert home.evaluate(plan).latency_ms == pytest.approx(116.8)
+
+
+def test_training_one_microbatch_equals_the_analytic_model(lab):
+    # M = 1 (m = 8): u0 = 3 * 8 * 6e9 / 2e11 = 0.72 s, u1 = 3 * 4 * 4e9 / 2e11 = 0.24 s,
+    # activation and gradient 0.0005 + 400 kB / 1e8 = 0.0045 s each, all-reduce 2 x (0.0005 +
+    # 1.5 MB / 1e8) = 0.031 s: 0.72 + 0.24 + 0.009 + 0.031 = 1.000 s
+    r = simulate(lab, lab_plan(1))
+    assert r.latency_ms == pytest.approx(1000.0) == pytest.approx(lab.evaluate(lab_plan(1)).latency_ms)
+
+
+def test_training_1f1b_hides_the_small_stage(lab):
+    # M = 4: jetA runs F0 F1 (0.06 s each), then B0 once the gradient is back: stage 1 gets
+    # mb 0 at 0.0615, runs F0 B0 (0.02 + 0.04) and returns the gradient at 0.123; from then
+    # on jetA never waits: B0 F2 B1 F3 B2 B3 = 4 x 0.12 + 2 x 0.06 -> drain at 0.123 + 0.6 = 0.723 s;
+    # then the all-reduce (0.031 s): 0.754 s. The analytic fill + steady state says 0.814 s.
+    assert simulate(lab, lab_plan(4)).latency_ms == pytest.approx(754.0)
+    assert lab.evaluate(lab_plan(4)).latency_ms == pytest.approx(814.0)
+
+
+def test_allreduce_during_backward_and_buckets(lab):
+    # stage 1's last backward ends at 0.5445 (its last forward input lands at 0.4845): the
+    # all-reduce started then ends at 0.5755, inside jetA's backwards: iteration 0.723 s
+    early = simulate(lab, lab_plan(4), Schedule(allreduce_start="backward"))
+    assert early.latency_ms == pytest.approx(723.0)
+    # two buckets after the drain: each 1.5 MB ring, 2 steps of (0.0005 + 0.75 MB / 1e8) = 0.016 s
+    two = simulate(lab, lab_plan(4), Schedule(buckets=2))
+    assert two.latency_ms == pytest.approx(723.0 + 32.0)
+
+
+def test_priorities_let_the_downstream_transfer_go_first(home):
+    # [0,1) on the laptop, [1,4) on the tv, M = 2 (1 sample each), input born on the phone.
+    # act0 (100 kB) of mb 0 runs [0, 0.010], lands 0.012; mb 1's input follows [0.010, ...).
+    # The laptop computes mb 0 in 0.004 s and sends act1 (200 kB) at 0.016, while 40 kB of
+    # mb 1's input remain.
+    # FIFO (fair): both at 5e6: act0.1 ends 0.024 (lands 0.026), act1.0 then alone: 160 kB ->
+    #   0.040 (lands 0.042); laptop F1 0.026-0.030, act1.1 waits for act1.0 and runs
+    #   [0.040, 0.060] (lands 0.062); tv F0 0.042-0.074, F1 0.074-0.106, answer 4 kB:
+    #   0.106 + 0.0004 + 0.002 = 0.1084 s.
+    # act1 before act0: act1.0 [0.016, 0.036] (lands 0.038); act0.1's last 40 kB [0.036, 0.040]
+    #   (lands 0.042); F1 0.042-0.046; act1.1 [0.046, 0.066] (lands 0.068); tv F0 0.038-0.070,
+    #   F1 0.070-0.102; answer lands 0.102 + 0.0024 = 0.1044 s.
+    plan = Plan.make([(0, 1, ["laptop"]), (1, 4, ["tv"])], 2)
+    assert simulate(home, plan).latency_ms == pytest.approx(108.4)
+    sched = Schedule(priorities=(("wifi", ("act2", "act1", "act0")),))
+    assert simulate(home, plan, sched).latency_ms == pytest.approx(104.4)
+
+
+def test_schedule_names_are_checked_against_the_plan(home):
+    plan = Plan.make([(0, 1, ["laptop"]), (1, 4, ["tv"])], 2)
+    with pytest.raises(ScheduleError, match="unknown medium 'ether'"):
+        simulate(home, plan, Schedule(priorities=(("ether", ("act0",)),)))
+    with pytest.raises(ScheduleError, match="'grad1' does not cross"):
+        simulate(home, plan, Schedule(priorities=(("wifi", ("act0", "act1", "act2", "grad1")),)))
+    with pytest.raises(ScheduleError, match="missing act2"):
+        simulate(home, plan, Schedule(priorities=(("wifi", ("act1", "act0")),)))
+
+
+def test_schedule_json_round_trip_and_bad_entries():
+    d = {"microbatches": 2, "stages": [{"blocks": [0, 4], "devices": ["tv"], "shares": [1.0]}],
+         "schedule": {"priorities": {"wifi": ["act1", "act0"]}, "allreduce": {"buckets": 2, "start": "backward"},
+                      "extra_warmup": 1}}
+    plan = Plan.from_dict(d)
+    assert plan.schedule == Schedule((("wifi", ("act1", "act0")),), 2, "backward", 1)
+    assert Plan.from_dict(plan.to_dict()) == plan
+    assert "schedule" not in Plan.make([(0, 4, ["tv"])]).to_dict()      # no schedule: FIFO
+    bad = [({"priorities": {"wifi": ["act0", "act0"]}}, "not a permutation: act0"),
+           ({"priorities": {"wifi": ["fast"]}}, "'fast' is not a flow class"),
+           ({"allreduce": {"start": "soon"}}, "allreduce.start"),
+           ({"allreduce": {"buckets": 0}}, "buckets"),
+           ({"order": 1}, "unknown key")]
+    for sched, msg in bad:
+        with pytest.raises(ScheduleError, match=msg):
+            Plan.from_dict({**d, "schedule": sched})

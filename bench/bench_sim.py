@@ -4,7 +4,8 @@ channel), the analytic model's error on scheduled plans, and the simulator's spe
 
 Targets (issue 16): scheduled never slower than FIFO; >= 10 % faster on a preset or a
 contention instance; analytic within 10 % of the simulator (median, scheduled plans);
-an 8-stage plan with 8 micro-batches simulated in <= 50 ms.
+an 8-stage plan with 8 micro-batches simulated in <= 50 ms; the `dora` planner with the
+scheduler (schedule=True) within 2x of its time without.
 
     PYTHONPATH=. python bench/run.py sim      # writes bench/results/sim.json
 """
@@ -95,6 +96,33 @@ def _speed(repeats: int = 7) -> dict:
     return out
 
 
+def _planning_time(scenarios, repeats: int = 3) -> dict:
+    """Median planning seconds of `dora` without and with schedule=True, interleaved,
+    per scenario; and the simulated objective each returns."""
+    from dora_rl.cost import CostModel
+    from dora_rl.planners import get_planner
+    from dora_rl.sim import simulate
+
+    rows = []
+    for scen in scenarios:
+        t = {False: [], True: []}
+        sims = {}
+        for _ in range(repeats):
+            for sched in (False, True):
+                cm = CostModel(scen)
+                t0 = time.perf_counter()
+                plan = get_planner("dora", schedule=sched).plan(scen, cm)
+                t[sched].append(time.perf_counter() - t0)
+                r = simulate(cm, plan, validate=False)
+                sims[sched] = r.latency_ms if scen.qoe.objective == "latency" else r.energy_j
+        rows.append({"scenario": scen.name, "plain_s": statistics.median(t[False]),
+                     "scheduled_s": statistics.median(t[True]),
+                     "ratio": statistics.median(t[True]) / statistics.median(t[False]),
+                     "sim_objective_plain": sims[False], "sim_objective_scheduled": sims[True]})
+    return {"planning": rows, "planning_ratio_max": max(r["ratio"] for r in rows),
+            "planning_ratio_median": statistics.median(r["ratio"] for r in rows)}
+
+
 def run(results: dict) -> dict:
     from dora_rl.cost import CostModel
     from dora_rl.planners import get_planner
@@ -124,8 +152,15 @@ def run(results: dict) -> dict:
     results["analytic_median_rel_err_scheduled"] = statistics.median(r["analytic_err"] for r in rows)
     results["analytic_median_rel_err_fifo"] = statistics.median(r["analytic_fifo_err"] for r in rows)
     results.update(_speed())
+    scens = [load_scenario(n) for n in PRESETS] + [contention_instance(seed)[0] for seed in range(4)]
+    results.update(_planning_time(scens))
+    for r in results["planning"]:
+        print(f"planning {r['scenario']:18s} dora {1e3 * r['plain_s']:7.1f} ms, +schedule "
+              f"{1e3 * r['scheduled_s']:7.1f} ms ({r['ratio']:.2f}x); simulated objective "
+              f"{r['sim_objective_plain']:.4g} -> {r['sim_objective_scheduled']:.4g}")
     for k in ("never_slower", "max_speedup", "median_speedup", "instances_10pct_faster",
               "instances_10pct_faster_same_m", "analytic_median_rel_err_scheduled", "analytic_median_rel_err_fifo",
-              "sim_ms_8stages_8mb_inference", "sim_ms_8stages_8mb_training"):
+              "sim_ms_8stages_8mb_inference", "sim_ms_8stages_8mb_training", "planning_ratio_max",
+              "planning_ratio_median"):
         print(f"{k}: {results[k]}")
     return results

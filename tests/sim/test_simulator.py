@@ -120,3 +120,17 @@ def test_schedule_json_round_trip_and_bad_entries():
     for sched, msg in bad:
         with pytest.raises(ScheduleError, match=msg):
             Plan.from_dict({**d, "schedule": sched})
+
+
+def test_measured_block_times_are_the_cost_models(tmp_path):
+    # worked example 3: the phone measured (fixed 4 + 10 ms, per sample 8 + 20 ms): c0 = 0.070 s
+    # instead of 0.120 s; one flow at a time, so 0.070 + 0.016 + 0.022 + 0.0028 = 110.8 ms
+    from dora_rl.scenario import Scenario
+    from tests.profile.test_profile_measured import with_profile, write
+    from tests.toy import toy_profile
+
+    write(tmp_path)
+    sc = Scenario.from_dict(with_profile(HOME, "phone", tmp_path / "phone.json"), base_dir=tmp_path,
+                            profile=toy_profile())
+    plan = Plan.make([(0, 2, ["phone"]), (2, 4, ["laptop"])], 1)
+    assert simulate(CostModel(sc), plan).latency_ms == pytest.approx(110.8)

@@ -49,6 +49,26 @@ def contention_instance(seed: int):
     return scen, CostModel(scen), plan
 
 
+def resnet18_wifi():
+    """Issue 16's example: ResNet-18 fine-tuning (batch 16, M 4, sgd) on four Jetson Orin
+    Nano boards and a laptop on one 600 Mbps WiFi; the last stage data-parallel on two
+    boards, whose 24 MB all-reduce dominates the iteration."""
+    from dora_rl.cluster.model import Cluster, Link, Medium, device_preset
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.profile import get_profile
+    from dora_rl.scenario import QoE, Scenario, Workload
+
+    devs = [device_preset("jetson_orin_nano", f"jet{i}") for i in range(1, 5)] + [device_preset("laptop", "laptop")]
+    names = [d.name for d in devs]
+    links = [Link(a, b, 600, 2, "wifi") for i, a in enumerate(names) for b in names[i + 1:]]
+    cl = Cluster(devs, links, {"wifi": Medium("wifi", 600)})
+    scen = Scenario("resnet18_wifi", {"profile": "resnet18"}, get_profile("resnet18"), cl,
+                    Workload("training", 16, 4, None, "laptop", "sgd"), QoE(None, None, None, "latency"))
+    plan = Plan.make([(0, 4, ["laptop"]), (4, 7, ["jet1"]), (7, 10, ["jet2", "jet3"])], 4)
+    return scen, CostModel(scen), plan
+
+
 def _row(name, cm, plan):
     from dora_rl.sim import schedule_plan
 
@@ -136,6 +156,8 @@ def run(results: dict) -> dict:
     for seed in range(10):
         _, cm, plan = contention_instance(seed)
         rows.append(_row(f"wifi{seed}", cm, plan))
+    _, cm, plan = resnet18_wifi()
+    rows.append(_row("resnet18_wifi", cm, plan))
     print(f"{'instance':18s} {'kind':5s} {'FIFO ms':>9s} {'sched ms':>9s} {'x':>6s} {'x same M':>8s} "
           f"{'M':>7s} {'analytic':>9s} {'err':>6s}")
     for r in rows:

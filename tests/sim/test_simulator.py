@@ -134,3 +134,29 @@ def test_measured_block_times_are_the_cost_models(tmp_path):
                             profile=toy_profile())
     plan = Plan.make([(0, 2, ["phone"]), (2, 4, ["laptop"])], 1)
     assert simulate(CostModel(sc), plan).latency_ms == pytest.approx(110.8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("kind", ["inference", "training"])
+def test_one_flow_at_a_time_equals_the_analytic_model_on_random_instances(seed, kind):
+    # a chain of one-device stages with one micro-batch: every transfer runs alone, so the
+    # simulator's critical path is the analytic sum (rates min(bw, C / hops) in both)
+    import numpy as np
+
+    from dora_rl.cluster import random_cluster
+    from dora_rl.scenario import QoE, Scenario, Workload
+    from dora_rl.synthetic import random_profile
+
+    rng = np.random.default_rng(seed)
+    prof = random_profile(rng, n_blocks=10)
+    cl = random_cluster(rng, n_devices=5)
+    wl = Workload(kind, 4, 1, 2.0 if kind == "inference" else None, cl.names[int(rng.integers(5))], "sgd")
+    cm = CostModel(Scenario("t", {"profile": "synthetic"}, prof, cl, wl, QoE(None, None, None, "latency")))
+    devs = rng.permutation(cl.names).tolist()[:4]
+    cuts = sorted(rng.choice(np.arange(1, 10), 3, replace=False).tolist())
+    b = [0, *cuts, 10]
+    plan = Plan.make([(b[i], b[i + 1], [devs[i]]) for i in range(4)], 1)
+    r, m = simulate(cm, plan), cm.evaluate(plan)
+    assert r.latency_ms == pytest.approx(m.latency_ms, rel=1e-9)
+    if kind == "training":
+        assert r.energy_j == pytest.approx(m.energy_j, rel=1e-9)

@@ -99,8 +99,8 @@ def test_simulate_json_auto_and_errors(tmp_path, capsys):
     d = json.loads(capsys.readouterr().out)
     assert d["simulated"]["latency_ms"] <= d["fifo"]["latency_ms"] * (1 + 1e-9)
     assert "schedule" in json.loads((tmp_path / "s.json").read_text())
-    assert main(["simulate", "smart_home", str(tmp_path / "s.json")]) == 0
-    assert "simulator" in capsys.readouterr().out
+    assert main(["simulate", "smart_home", str(tmp_path / "s.json"), "--timeline", str(tmp_path / "t.png")]) == 0
+    assert "simulator" in capsys.readouterr().out and (tmp_path / "t.png").stat().st_size > 0
     code, _, err = run("simulate", "smart_home", str(tmp_path / "p.json"), "--schedule", "best")
     assert code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
     bad = Plan.from_dict(json.loads((tmp_path / "p.json").read_text())).to_dict()

@@ -26,14 +26,14 @@ class Flow:
     i: int
     j: int
     nbytes: float
-    cap: float
+    route: object
     res: list
     prio: int
-    lat: float
     ring: object = None
     rem: float = 0.0
     rate: float = 0.0
     start: float = 0.0
+    cap: float = math.inf
 
 
 @dataclass
@@ -46,16 +46,18 @@ class Run:
     radio: list[float]
     mb_done: list[float]
     end: float
-    carried: dict                      # resource -> bytes x hops it carried
+    carried: dict                      # resource -> bytes x uses it carried
     timeline: list = field(default_factory=list)
 
 
 class _Ring:
     """A data-parallel group's ring all-reduce: buckets in order, 2(g-1) steps each."""
 
-    def __init__(self, stage, devs, nbytes, buckets):
+    def __init__(self, cm, stage, devs, nbytes, buckets):
         self.stage, self.devs, self.buckets = stage, devs, buckets
-        self.chunk = nbytes / buckets / len(devs)
+        g = len(devs)
+        self.chunk = nbytes / buckets / g
+        self.routes = [route(cm, devs[t], devs[(t + 1) % g], self.chunk) for t in range(g)]
         self.ready = [0] * buckets       # members whose gradients of bucket b are ready
         self.next = 0                    # bucket to run next
         self.step = 0
@@ -85,7 +87,7 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
     chan_busy: set = set()
     active: list[Flow] = []
     dirty = [False]
-    rings = [_Ring(s, devs, p, buckets) for s, devs, p in prog.rings]
+    rings = [_Ring(cm, s, devs, p, buckets) for s, devs, p in prog.rings]
     ring_of = {r.stage: r for r in rings}
 
     def push(t, kind, x):
@@ -97,9 +99,8 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
         r = levels.get(cls)
         return min(r.values()) if r else 0
 
-    def make(cls, mb, i, j, b, ring=None):
-        cap, res = route(cm, i, j)
-        return Flow(cls, mb, i, j, b, cap, res, prio(cls), cm.lat[i][j], ring, b)
+    def make(cls, mb, i, j, b, r, ring=None):
+        return Flow(cls, mb, i, j, b, r, r.res, prio(cls), ring, b)
 
     def begin(f):
         f.start = now
@@ -140,8 +141,8 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
         ptr[d] += 1
         running[d] = False
         left_ops[0] -= 1
-        for cls, i, j, b in prog.sends.get((op.kind, op.stage, d), ()):
-            offer(make(cls, op.mb, i, j, b))
+        for cls, i, j, b, r in prog.sends.get((op.kind, op.stage, d), ()):
+            offer(make(cls, op.mb, i, j, b, r))
         if op.kind == "F" and op.stage == prog.last_stage:
             mb_done[op.mb] = max(mb_done[op.mb], now)
         try_start(d)
@@ -161,11 +162,12 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
         g = len(r.devs)
         r.outstanding = g
         for t in range(g):
-            begin(make(f"ar{r.stage}", r.next, r.devs[t], r.devs[(t + 1) % g], r.chunk, ring=r))
+            begin(make(f"ar{r.stage}", r.next, r.devs[t], r.devs[(t + 1) % g], r.chunk, r.routes[t], ring=r))
 
     def deliver(f):
-        radio[f.i] += f.nbytes
-        radio[f.j] += f.nbytes
+        for u, v in f.route.hops:       # every hop: its sender and receiver (relays both)
+            radio[u] += f.nbytes
+            radio[v] += f.nbytes
         for r, w in f.res:
             carried[r] = carried.get(r, 0.0) + w * f.nbytes
         if f.ring is not None:
@@ -185,7 +187,7 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
 
     def transmitted(f):
         if timeline:
-            where = [media[mu] for (_, mu), _ in f.res] or [f"{names[f.i]}->{names[f.j]}"]
+            where = [media[mu] for mu, _ in f.route.media] or [f"{names[u]}->{names[v]}" for u, v in f.route.hops]
             tl.extend((w, f.start, now, f"{f.cls}.{f.mb}") for w in where)
         if f.ring is None:
             key = (f.cls, f.i, f.j)
@@ -194,11 +196,11 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
                 begin(q.popleft())
             else:
                 chan_busy.discard(key)
-        push(now + f.lat, "deliver", f)
+        push(now + f.route.lat, "deliver", f)
 
     for q in range(prog.n_mb):
-        for cls, i, j, b in prog.source_flows:
-            offer(make(cls, q, i, j, b))
+        for cls, i, j, b, r in prog.source_flows:
+            offer(make(cls, q, i, j, b, r))
     for d in prog.ops:
         try_start(d)
     while True:

@@ -1,12 +1,13 @@
 """Fluid rates of concurrent flows: max-min fair sharing within a priority level, strict
 priority between levels (docs/simulator.md, "Network").
 
-A flow crosses resources (a shared medium, counted once per hop on it) and has a rate
-cap of its own (its route's slowest link). Progressive filling raises every unfrozen
-flow's rate together until a resource saturates or a flow hits its cap, freezes those
-flows and repeats; a lower priority level then fills what the levels above left. One
-flow alone gets min(cap, C / hops), the rate the analytic model gives it; two equal
-flows on one channel each get half of it, as the analytic contention term assumes."""
+A flow loads every resource its route crosses (a shared medium once per hop on it, a
+link direction, a device's send or receive interface), each a capacity all flows
+through it share. Progressive filling raises every unfrozen flow's rate together until
+a resource saturates, freezes the flows through it and repeats; a lower priority level
+then fills what the levels above left. One flow alone gets min over its resources of
+capacity / uses, the rate the analytic model gives it (1 / kappa); two equal flows on a
+channel each get half, as the analytic contention term assumes."""
 
 from __future__ import annotations
 

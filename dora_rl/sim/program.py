@@ -3,10 +3,11 @@ each call sends, and the all-reduce rings, built from the cost model's own acces
 
 Everything the simulator charges comes from `CostModel`: per-member compute time
 (`stage_compute` / `stage_busy`, so measured block times are used where a device has
-them), the realized whole-sample shares, the bytes per cut, the flows of a boundary
-(`transfer`: who sends what to whom), route rates, latencies and the media a route
-crosses. The simulator and the analytic model therefore share their inputs and differ
-only in how they combine them (docs/simulator.md)."""
+them), the realized whole-sample shares, the bytes per cut, and the network: each flow
+takes the route the cost model gives a flow of its size (`cm.net.route`: least latency +
+bytes x kappa), and loads that route's resources (media, link directions, interface
+directions; `cm.net.cap`). The simulator and the analytic model therefore share their
+inputs and differ only in how they combine them (docs/simulator.md)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ class Op:
 @dataclass
 class Program:
     ops: dict[int, list[Op]]                  # per device, in execution order (1F1B in training)
-    sends: dict[tuple, list[tuple]]           # (kind, stage, device) -> [(class, i, j, bytes), ...]
+    sends: dict[tuple, list[tuple]]           # (kind, stage, device) -> [(class, i, j, bytes, route), ...]
     inputs: dict[tuple, int]                  # (class, receiver) -> flows it waits for per micro-batch
-    source_flows: list[tuple]                 # boundary 0 flows (class, i, j, bytes) per micro-batch
+    source_flows: list[tuple]                 # boundary 0 flows (class, i, j, bytes, route) per micro-batch
     rings: list[tuple]                        # (stage, member devices, gradient bytes) with >= 2 members
     classes: dict[str, set]                   # flow class -> media indices it crosses
     n_mb: int                                 # micro-batches in this run
@@ -44,14 +45,36 @@ class Program:
     participants: set = field(default_factory=set)
 
 
-def route(cm, i: int, j: int) -> tuple[float, list[tuple]]:
-    """(rate cap, [(resource, weight)]) of the route i -> j: the slowest link's rate caps
-    the flow; each shared medium it crosses is a resource loaded once per hop."""
-    return cm.bw[i][j], [(("medium", mu), cnt) for mu, cnt in cm.hops[i][j]]
+def route(cm, i: int, j: int, nbytes: float):
+    """The route a flow of nbytes from i to j takes (`cm.net.route`): `.lat`, `.res` =
+    [(resource, uses)], `.media`, `.hops`, `.relays`."""
+    return cm.net.route(i, j, nbytes)
 
 
 def capacities(cm) -> dict:
-    return {("medium", mu): c for mu, c in enumerate(cm.medium_bps)}
+    """Resource index -> capacity (B/s): media, link directions, interface directions."""
+    return dict(enumerate(cm.net.cap))
+
+
+def pairs(a_devs, a_edges, b_devs, b_edges, per_sample: float) -> list[tuple[int, int, float]]:
+    """End-to-end flows of one boundary: sender i's samples [a_edges[i], a_edges[i+1])
+    that receiver j computes (its own slice of the micro-batch, both laid out in listed
+    order), times the bytes per sample; nothing from a device to itself."""
+    out = []
+    for i, a in enumerate(a_devs):
+        for j, b in enumerate(b_devs):
+            ov = min(a_edges[i + 1], b_edges[j + 1]) - max(a_edges[i], b_edges[j])
+            if ov > 0 and a != b and per_sample > 0:
+                out.append((a, b, ov * per_sample))
+    return out
+
+
+def edges(m: int, shares) -> list[int]:
+    """Slice edges of a micro-batch of m samples under realized shares n_i / m."""
+    out = [0]
+    for w in shares:
+        out.append(out[-1] + round(w * m))
+    return out
 
 
 def one_f_one_b(s: int, S: int, M: int, extra: int = 0) -> list[tuple[str, int]]:
@@ -96,21 +119,20 @@ def build(cm, plan, requests: int = 1, extra_warmup: int = 0) -> Program:
 
     def add(cls, flows, key_of):
         for i, j, b in flows:
-            if b <= 0:
-                continue
-            classes.setdefault(cls, set()).update(mu for mu, _ in cm.hops[i][j])
+            r = route(cm, i, j, b)
+            classes.setdefault(cls, set()).update(mu for mu, _ in r.media)
+            part.update(r.relays)
             inputs[(cls, j)] = inputs.get((cls, j), 0) + 1
             key = key_of(i)
-            (source_flows if key is None else sends.setdefault(key, [])).append((cls, i, j, b))
+            (source_flows if key is None else sends.setdefault(key, [])).append((cls, i, j, b, r))
 
     for k in range(len(groups) - 1):
         (a_devs, a_sh), (b_devs, b_sh) = groups[k], groups[k + 1]
-        nbytes = m * cm.bnd[stages[k - 1][1]] if k > 0 else m * cm.bnd[0]
-        fwd_flows = cm.transfer(a_devs, a_sh, b_devs, b_sh, nbytes)[3]
-        add(f"act{k}", fwd_flows, (lambda i, k=k: None if k == 0 else ("F", k - 1, i)))
+        per = cm.bnd[stages[k - 1][1]] if k > 0 else cm.bnd[0]
+        ea, eb = edges(m, a_sh), edges(m, b_sh)
+        add(f"act{k}", pairs(a_devs, ea, b_devs, eb, per), (lambda i, k=k: None if k == 0 else ("F", k - 1, i)))
         if training and k > 0:
-            back = cm.transfer(b_devs, b_sh, a_devs, a_sh, nbytes)[3]
-            add(f"grad{k}", back, (lambda i, k=k: ("B", k, i)))
+            add(f"grad{k}", pairs(b_devs, eb, a_devs, ea, per), (lambda i, k=k: ("B", k, i)))
     rings = []
     if training:
         for s, (l, r, devs, _) in enumerate(stages):
@@ -119,8 +141,9 @@ def build(cm, plan, requests: int = 1, extra_warmup: int = 0) -> Program:
                 rings.append((s, list(devs), p))
                 g = len(devs)
                 for t in range(g):
-                    i, j = devs[t], devs[(t + 1) % g]
-                    classes.setdefault(f"ar{s}", set()).update(mu for mu, _ in cm.hops[i][j])
+                    r = route(cm, devs[t], devs[(t + 1) % g], p / g)
+                    classes.setdefault(f"ar{s}", set()).update(mu for mu, _ in r.media)
+                    part.update(r.relays)
     # a forward whose input comes from nowhere (source member of stage 0) needs nothing
     for lst in ops.values():
         for op in lst:

@@ -1,6 +1,7 @@
 """The `dora` command: tables, --json, and one-line errors with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -109,3 +110,14 @@ def test_simulate_json_auto_and_errors(tmp_path, capsys):
     assert main(["simulate", "smart_home", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err
     assert "priorities['ethernet']" in err and "unknown medium" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tables_keep_full_names_off_a_terminal():
+    """Piped into a file, `dora compare` must not squeeze its table to 80 columns and cut the
+    planner names and headers ("data_parallel" -> "dat…")."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "dora_rl.cli", "compare", "smart_home", "--planners",
+                          "data_parallel,neurosurgeon,proportional"], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert "data_parallel" in out and "neurosurgeon" in out and "latency ms" in out
+    assert "…" not in out

@@ -19,9 +19,9 @@ def test_lab_all_reduce_moves_under_backward():
     cm = CostModel(scenario(LAB))
     plan = Plan.make([(0, 2, ["jetA"]), (2, 4, ["jetB", "jetC"], [0.5, 0.5])], 4)
     s = schedule_plan(cm, plan, microbatches=False)
-    # FIFO 754 ms; the all-reduce during stage 1's last backward hides it: 723 ms (test_simulator)
-    assert s.fifo.latency_ms == pytest.approx(754.0)
-    assert s.result.latency_ms <= 723.0 + 1e-6
+    # FIFO 756 ms; the all-reduce during stage 1's last backward hides it: 725 ms (test_simulator)
+    assert s.fifo.latency_ms == pytest.approx(756.0)
+    assert s.result.latency_ms <= 725.0 + 1e-6
     assert s.plan.microbatches == 4 and s.plan.schedule is not None
     # the plan carries its schedule: reading it back and simulating gives the same figure
     again = Plan.from_dict(s.plan.to_dict())

@@ -50,30 +50,34 @@ def test_split_stage_answers_do_not_collide(home):
 
 
 def test_training_one_microbatch_equals_the_analytic_model(lab):
-    # M = 1 (m = 8): u0 = 3 * 8 * 6e9 / 2e11 = 0.72 s, u1 = 3 * 4 * 4e9 / 2e11 = 0.24 s,
-    # activation and gradient 0.0005 + 400 kB / 1e8 = 0.0045 s each, all-reduce 2 x (0.0005 +
-    # 1.5 MB / 1e8) = 0.031 s: 0.72 + 0.24 + 0.009 + 0.031 = 1.000 s
+    # M = 1 (m = 8): u0 = 3 * 8 * 6e9 / 2e11 = 0.72 s, u1 = 3 * 4 * 4e9 / 2e11 = 0.24 s; jetA
+    # sends 400 kB to jetB and to jetC at once through its one 1e8 B/s send interface:
+    # 0.0005 + 800 kB / 1e8 = 0.0085 s, the gradients back through its receive interface
+    # likewise; all-reduce 2 x (0.0005 + 1.5 MB / 1e8) = 0.031 s (jetB -> jetC and back use
+    # separate directions): 0.72 + 0.24 + 2 x 0.0085 + 0.031 = 1.008 s
     r = simulate(lab, lab_plan(1))
-    assert r.latency_ms == pytest.approx(1000.0) == pytest.approx(lab.evaluate(lab_plan(1)).latency_ms)
+    assert r.latency_ms == pytest.approx(1008.0) == pytest.approx(lab.evaluate(lab_plan(1)).latency_ms)
 
 
 def test_training_1f1b_hides_the_small_stage(lab):
-    # M = 4: jetA runs F0 F1 (0.06 s each), then B0 once the gradient is back: stage 1 gets
-    # mb 0 at 0.0615, runs F0 B0 (0.02 + 0.04) and returns the gradient at 0.123; from then
-    # on jetA never waits: B0 F2 B1 F3 B2 B3 = 4 x 0.12 + 2 x 0.06 -> drain at 0.123 + 0.6 = 0.723 s;
-    # then the all-reduce (0.031 s): 0.754 s. The analytic fill + steady state says 0.814 s.
-    assert simulate(lab, lab_plan(4)).latency_ms == pytest.approx(754.0)
-    assert lab.evaluate(lab_plan(4)).latency_ms == pytest.approx(814.0)
+    # M = 4 (one 100 kB sample to each member, 0.0005 + 200 kB / 1e8 = 0.0025 s through jetA's
+    # interface): jetA runs F0 F1 (0.06 s each); stage 1 gets mb 0 at 0.0625, runs F0 B0
+    # (0.02 + 0.04) and the gradients land at 0.125; from then on jetA never waits: B0 F2 B1
+    # F3 B2 B3 = 4 x 0.12 + 2 x 0.06 -> drain at 0.125 + 0.6 = 0.725 s; then the all-reduce
+    # (0.031 s): 0.756 s. The analytic fill + steady state: 0.18 + 0.06 + 2 x 0.0025 + 3 x
+    # 0.18 + 0.031 = 0.816 s.
+    assert simulate(lab, lab_plan(4)).latency_ms == pytest.approx(756.0)
+    assert lab.evaluate(lab_plan(4)).latency_ms == pytest.approx(816.0)
 
 
 def test_allreduce_during_backward_and_buckets(lab):
-    # stage 1's last backward ends at 0.5445 (its last forward input lands at 0.4845): the
-    # all-reduce started then ends at 0.5755, inside jetA's backwards: iteration 0.723 s
+    # stage 1's last backward ends at 0.5475 (its last input lands at 0.4875): the all-reduce
+    # started then ends at 0.5785, inside jetA's backwards: iteration 0.725 s
     early = simulate(lab, lab_plan(4), Schedule(allreduce_start="backward"))
-    assert early.latency_ms == pytest.approx(723.0)
+    assert early.latency_ms == pytest.approx(725.0)
     # two buckets after the drain: each 1.5 MB ring, 2 steps of (0.0005 + 0.75 MB / 1e8) = 0.016 s
     two = simulate(lab, lab_plan(4), Schedule(buckets=2))
-    assert two.latency_ms == pytest.approx(723.0 + 32.0)
+    assert two.latency_ms == pytest.approx(725.0 + 32.0)
 
 
 def test_priorities_let_the_downstream_transfer_go_first(home):
@@ -160,3 +164,22 @@ def test_one_flow_at_a_time_equals_the_analytic_model_on_random_instances(seed, 
     assert r.latency_ms == pytest.approx(m.latency_ms, rel=1e-9)
     if kind == "training":
         assert r.energy_j == pytest.approx(m.energy_j, rel=1e-9)
+
+
+def test_a_shared_interface_and_a_relay():
+    from tests.toy import HUB, RELAY
+
+    # HUB: the camera feeds both boards one 100 kB sample each through its one 100 Mbps
+    # (1.25e7 B/s) send interface: 0.001 + 200 kB / 1.25e7 = 0.017 s; each board computes
+    # 1e10 / 2e11 = 0.05 s; both 4 kB answers share the camera's receive interface:
+    # 0.001 + 8 kB / 1.25e7 = 0.00164 s -> 68.64 ms, the analytic figure too
+    cm = CostModel(scenario(HUB))
+    plan = Plan.make([(0, 4, ["boardA", "boardB"], [0.5, 0.5])], 1)
+    assert simulate(cm, plan).latency_ms == pytest.approx(68.64) == pytest.approx(cm.evaluate(plan).latency_ms)
+    # RELAY: cam -> phone -> server (1e7 B/s, 2 ms per hop): input 0.004 + 200 kB / 1e7 = 0.024 s,
+    # server 2e10 / 5e11 = 0.04 s, answer 0.004 + 8 kB / 1e7 = 0.0048 s -> 68.8 ms; the phone
+    # relays 208 kB in and out: 0.1 J/MB x 0.416 MB + idle 0.5 W x 0.5 s = 0.2916 J
+    cm = CostModel(scenario(RELAY))
+    r = simulate(cm, Plan.make([(0, 4, ["server"])], 1))
+    assert r.latency_ms == pytest.approx(68.8)
+    assert r.energy_by_device["phone"] == pytest.approx(0.2916)

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-MODULES = ["bench_cost", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter", "bench_faults",
-           "bench_fidelity", "bench_live", "bench_docs"]
+MODULES = ["bench_cost", "bench_sim", "bench_planners", "bench_learning", "bench_runtime", "bench_adapter",
+           "bench_faults", "bench_fidelity", "bench_live", "bench_docs"]
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,7 @@ from dora_rl.errors import DoraError
 # modules that define add_commands(subparsers); each subcommand sets func=callable(args) -> int
 COMMAND_MODULES = [
     "dora_rl.commands.basic",      # profile, score
+    "dora_rl.commands.simulate",   # simulate
     "dora_rl.commands.planning",   # plan, compare
     "dora_rl.commands.learning",   # train, evaluate
     "dora_rl.commands.runtime",    # run, worker

@@ -56,3 +56,8 @@ class OutputError(DoraError):
 
 class TraceError(DoraError):
     """A bandwidth trace is empty, non-monotonic or otherwise unusable."""
+
+
+class ScheduleError(PlanError):
+    """A plan's `schedule` section is malformed or names a flow or medium the plan does
+    not have (docs/formats.md, "Schedule")."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dora_rl.errors import PlanError
+from dora_rl.schedule import Schedule
 
 SHARE_TOL = 1e-6
 
@@ -72,6 +73,7 @@ class Stage:
 class Plan:
     stages: tuple[Stage, ...]
     microbatches: int = 1
+    schedule: Schedule | None = None     # how the network is used (None: FIFO; docs/formats.md)
 
     # --- construction ---------------------------------------------------
     @classmethod
@@ -144,7 +146,10 @@ class Plan:
 
     # --- JSON --------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"microbatches": self.microbatches, "stages": [s.to_dict() for s in self.stages]}
+        d = {"microbatches": self.microbatches, "stages": [s.to_dict() for s in self.stages]}
+        if self.schedule is not None:
+            d["schedule"] = self.schedule.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d, source: str = "plan") -> "Plan":
@@ -173,7 +178,9 @@ class Plan:
         mb = d.get("microbatches", 1)
         if not isinstance(mb, int) or isinstance(mb, bool):
             raise PlanError(f"{source}: 'microbatches' must be a whole number, got {mb!r}")
-        return cls(tuple(stages), mb)
+        sched = d.get("schedule")
+        sched = None if sched is None else Schedule.from_dict(sched, source=f"{source}: schedule")
+        return cls(tuple(stages), mb, sched)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -93,6 +93,25 @@ def test_compare_and_plan_say_exact_and_name_violations(capsys):
     assert d["approximate"] is True and d["gap"] is not None and d["gap"] >= -1e-9
 
 
+def test_simulate_json_auto_and_errors(tmp_path, capsys):
+    Plan.make([(0, 12, ["jetson"]), (12, 14, ["laptop"])], 1).save(tmp_path / "p.json")
+    assert main(["simulate", "smart_home", str(tmp_path / "p.json"), "--json", "--schedule", "auto",
+                 "--out", str(tmp_path / "s.json")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["simulated"]["latency_ms"] <= d["fifo"]["latency_ms"] * (1 + 1e-9)
+    assert "schedule" in json.loads((tmp_path / "s.json").read_text())
+    assert main(["simulate", "smart_home", str(tmp_path / "s.json"), "--timeline", str(tmp_path / "t.png")]) == 0
+    assert "simulator" in capsys.readouterr().out and (tmp_path / "t.png").stat().st_size > 0
+    code, _, err = run("simulate", "smart_home", str(tmp_path / "p.json"), "--schedule", "best")
+    assert code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1
+    bad = Plan.from_dict(json.loads((tmp_path / "p.json").read_text())).to_dict()
+    bad["schedule"] = {"priorities": {"ethernet": ["act0"]}}
+    (tmp_path / "b.json").write_text(json.dumps(bad))
+    assert main(["simulate", "smart_home", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "priorities['ethernet']" in err and "unknown medium" in err and len(err.strip().splitlines()) == 1
+
+
 def test_tables_keep_full_names_off_a_terminal():
     """Piped into a file, `dora compare` must not squeeze its table to 80 columns and cut the
     planner names and headers ("data_parallel" -> "dat…")."""

@@ -6,7 +6,12 @@ multi-start local search of `planners/local.py` from the fastest device, the
 k-fastest pipeline and the approximation's three best plans; the better plan wins and
 the result is marked `approximate = True`. "No plan" is reported only when neither finds a
 compliant plan (the error then names the targets the closest plan misses, judged on
-every plan the approximation and the local search scored: no second DP run)."""
+every plan the approximation and the local search scored: no second DP run).
+
+With `schedule=True` (Dora's partitioner -> scheduler), the best `SCHEDULED` compliant
+candidates are each refined by the network scheduler on the simulator
+(`dora_rl.sim.schedule_plan`: micro-batches, priorities, all-reduce buckets, warm-up) and
+the best by the simulated QoE and objective is returned with its schedule."""
 
 from __future__ import annotations
 
@@ -17,13 +22,17 @@ from dora_rl.planners.dp.diagnosis import explain_infeasible
 from dora_rl.planners.dp.search import search, to_plan
 from dora_rl.planners.local import local_search, rank
 from dora_rl.scenario import Scenario
+from dora_rl.sim.scheduler import key as sim_key
+from dora_rl.sim.scheduler import schedule_plan
 
 STARTS = 3      # approximate candidates the local search also starts from
+SCHEDULED = 3   # compliant candidates the scheduler refines (schedule=True)
 
 
 @register
 class Dora(Planner):
-    """Exact Pareto DP over block prefixes x device groups (options: max_group, exact, budget)."""
+    """Exact Pareto DP over block prefixes x device groups (options: max_group, exact, budget,
+    schedule)."""
 
     name = "dora"
     description = "heterogeneity-aware partitioner: exact DP keeping the Pareto set of QoE-compliant plans"
@@ -47,4 +56,8 @@ class Dora(Planner):
             closest = ls
         if best is None:
             raise explain_infeasible(self.name, scenario, cost, closest=closest, scored=scored, **opts)
-        return to_plan(cost, best[1])
+        if not self.options.get("schedule"):
+            return to_plan(cost, best[1])
+        layouts = [best[1]] + [c.stages for c in good[:SCHEDULED] if c.stages is not best[1]]
+        refined = [schedule_plan(cost, to_plan(cost, st)) for st in layouts[:SCHEDULED]]
+        return min(refined, key=lambda s: sim_key(cost, s.result)).plan

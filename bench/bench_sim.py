@@ -1,0 +1,218 @@
+"""The network scheduler on the simulator (docs/simulator.md): scheduled vs FIFO on the
+three presets and on contention-heavy random instances (several stages on one WiFi
+channel), the analytic model's error on scheduled plans, and the simulator's speed.
+
+Targets (issue 16): scheduled never slower than FIFO; >= 10 % faster on a preset or a
+contention instance; analytic within 10 % of the simulator (median, scheduled plans);
+an 8-stage plan with 8 micro-batches simulated in <= 50 ms; the `dora` planner with the
+scheduler (schedule=True) within 2x of its time without.
+
+    PYTHONPATH=. python bench/run.py sim      # writes bench/results/sim.json
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+PRESETS = ("smart_home", "traffic_analytics", "edge_cluster")
+KINDS = ("jetson_orin_nano", "jetson_orin_nano", "jetson_nano", "rpi5", "laptop", "jetson_agx_orin")
+
+
+def contention_instance(seed: int):
+    """Six devices on one WiFi channel of 150-600 Mbps (each link 60-100 % of it), a
+    random 16-block model, a 4-stage plan whose second stage is data-parallel on two
+    devices; even seeds infer (batch 4, M 2), odd seeds train (batch 8, M 4, sgd)."""
+    from dora_rl.cluster.model import Cluster, Link, Medium, device_preset
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.scenario import QoE, Scenario, Workload
+    from dora_rl.synthetic import random_profile
+
+    rng = np.random.default_rng(1000 + seed)
+    devs = [device_preset(k, f"d{i}", gflops=float(rng.uniform(100, 1500))) for i, k in enumerate(KINDS)]
+    wifi = float(rng.uniform(150, 600))
+    links = [Link(a.name, b.name, wifi * float(rng.uniform(0.6, 1.0)), float(rng.uniform(1, 4)), "wifi")
+             for i, a in enumerate(devs) for b in devs[i + 1:]]
+    cl = Cluster(devs, links, {"wifi": Medium("wifi", wifi)})
+    prof = random_profile(rng, n_blocks=16)
+    training = seed % 2 == 1
+    wl = Workload("training", 8, 4, None, "d0", "sgd") if training else Workload("inference", 4, 2, None, "d0")
+    scen = Scenario(f"wifi{seed}", {"profile": "synthetic"}, prof, cl, wl, QoE(None, None, None, "latency"))
+    cuts = sorted(rng.choice(np.arange(1, 16), 3, replace=False).tolist())
+    b = [0, *cuts, 16]
+    order = rng.permutation([d.name for d in devs]).tolist()
+    groups = [[order[0]], order[1:3], [order[3]], [order[4]]]
+    plan = Plan.make([(b[i], b[i + 1], g) for i, g in enumerate(groups)], wl.microbatches)
+    return scen, CostModel(scen), plan
+
+
+def resnet18_wifi():
+    """Issue 16's example: ResNet-18 fine-tuning (batch 16, M 4, sgd) on four Jetson Orin
+    Nano boards and a laptop on one 600 Mbps WiFi; the last stage data-parallel on two
+    boards, whose 24 MB all-reduce dominates the iteration."""
+    from dora_rl.cluster.model import Cluster, Link, Medium, device_preset
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.profile import get_profile
+    from dora_rl.scenario import QoE, Scenario, Workload
+
+    devs = [device_preset("jetson_orin_nano", f"jet{i}") for i in range(1, 5)] + [device_preset("laptop", "laptop")]
+    names = [d.name for d in devs]
+    links = [Link(a, b, 600, 2, "wifi") for i, a in enumerate(names) for b in names[i + 1:]]
+    cl = Cluster(devs, links, {"wifi": Medium("wifi", 600)})
+    scen = Scenario("resnet18_wifi", {"profile": "resnet18"}, get_profile("resnet18"), cl,
+                    Workload("training", 16, 4, None, "laptop", "sgd"), QoE(None, None, None, "latency"))
+    plan = Plan.make([(0, 4, ["laptop"]), (4, 7, ["jet1"]), (7, 10, ["jet2", "jet3"])], 4)
+    return scen, CostModel(scen), plan
+
+
+def preset_plan(scen, cm):
+    """The `dora` plan of a preset; if no plan meets its QoE, the `dora` plan with the
+    QoE targets and the request rate dropped (the scheduler is judged on it all the
+    same, on the preset), and why."""
+    import dataclasses
+
+    from dora_rl.cost import CostModel
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import get_planner
+
+    try:
+        return get_planner("dora").plan(scen, cm), None
+    except NoFeasiblePlan as e:
+        relaxed = scen.replace(qoe=dataclasses.replace(scen.qoe, latency_slo_ms=None, min_throughput=None,
+                                                       min_battery_hours=None),
+                               workload=dataclasses.replace(scen.workload, request_rate=None))
+        return get_planner("dora").plan(relaxed, CostModel(relaxed)), str(e)
+
+
+def _row(name, cm, plan):
+    from dora_rl.sim import schedule_plan
+
+    full = schedule_plan(cm, plan)
+    same_m = schedule_plan(cm, plan, microbatches=False)
+    analytic = cm.evaluate(full.plan, validate=False).latency_ms
+    analytic_fifo = cm.evaluate(plan, validate=False).latency_ms
+    fifo = full.fifo.latency_ms
+    return {"instance": name, "training": cm.training, "fifo_ms": fifo, "scheduled_ms": full.result.latency_ms,
+            "speedup": fifo / full.result.latency_ms, "scheduled_same_m_ms": same_m.result.latency_ms,
+            "speedup_same_m": fifo / same_m.result.latency_ms, "microbatches": [plan.microbatches,
+                                                                                full.plan.microbatches],
+            "fifo_energy_j": full.fifo.energy_j, "scheduled_energy_j": full.result.energy_j,
+            "schedule": full.plan.schedule.to_dict(), "analytic_scheduled_ms": analytic,
+            "analytic_err": abs(analytic - full.result.latency_ms) / full.result.latency_ms,
+            "analytic_fifo_err": abs(analytic_fifo - fifo) / fifo, "candidates": full.evaluated}
+
+
+def _speed(repeats: int = 7) -> dict:
+    from dora_rl.cluster import random_cluster
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.scenario import QoE, Scenario, Workload
+    from dora_rl.sim import simulate
+    from dora_rl.synthetic import random_profile
+
+    rng = np.random.default_rng(0)
+    prof = random_profile(rng, n_blocks=50)
+    cl = random_cluster(rng, n_devices=8)
+    out = {}
+    for kind in ("inference", "training"):
+        wl = Workload(kind, 8, 8, 5.0 if kind == "inference" else None, cl.names[0], "adam")
+        cm = CostModel(Scenario("speed", {"profile": "synthetic"}, prof, cl, wl, QoE(None, None, None, "latency")))
+        cuts = sorted(rng.choice(np.arange(1, 50), 7, replace=False).tolist())
+        b = [0, *cuts, 50]
+        devs = rng.permutation(cl.names).tolist()
+        plan = Plan.make([(b[i], b[i + 1], [devs[i]]) for i in range(8)], 8)
+        simulate(cm, plan)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            simulate(cm, plan, validate=False)
+            ts.append(time.perf_counter() - t0)
+        out[f"sim_ms_8stages_8mb_{kind}"] = statistics.median(ts) * 1e3
+    return out
+
+
+def _planning_time(scenarios, repeats: int = 3) -> dict:
+    """Median planning seconds of `dora` without and with schedule=True, interleaved,
+    per scenario; and the simulated objective each returns."""
+    from dora_rl.cost import CostModel
+    from dora_rl.errors import NoFeasiblePlan
+    from dora_rl.planners import get_planner
+    from dora_rl.sim import simulate
+
+    rows = []
+    for scen in scenarios:
+        t = {False: [], True: []}
+        sims = {}
+        for _ in range(repeats):
+            for sched in (False, True):
+                cm = CostModel(scen)
+                t0 = time.perf_counter()
+                try:
+                    plan = get_planner("dora", schedule=sched).plan(scen, cm)
+                except NoFeasiblePlan:      # timed all the same: the search ran to its end
+                    plan = None
+                t[sched].append(time.perf_counter() - t0)
+                if plan is None:
+                    sims[sched] = None
+                    continue
+                r = simulate(cm, plan, validate=False)
+                sims[sched] = r.latency_ms if scen.qoe.objective == "latency" else r.energy_j
+        rows.append({"scenario": scen.name, "plain_s": statistics.median(t[False]),
+                     "scheduled_s": statistics.median(t[True]),
+                     "ratio": statistics.median(t[True]) / statistics.median(t[False]),
+                     "sim_objective_plain": sims[False], "sim_objective_scheduled": sims[True]})
+    return {"planning": rows, "planning_ratio_max": max(r["ratio"] for r in rows),
+            "planning_ratio_median": statistics.median(r["ratio"] for r in rows)}
+
+
+def run(results: dict) -> dict:
+    from dora_rl.cost import CostModel
+    from dora_rl.scenario import load_scenario
+
+    rows = []
+    for name in PRESETS:
+        scen = load_scenario(name)
+        cm = CostModel(scen)
+        plan, why = preset_plan(scen, cm)
+        rows.append(_row(name, cm, plan))
+        if why:
+            rows[-1]["note"] = f"no QoE-compliant plan ({why}); the dora plan without QoE targets"
+    for seed in range(10):
+        _, cm, plan = contention_instance(seed)
+        rows.append(_row(f"wifi{seed}", cm, plan))
+    _, cm, plan = resnet18_wifi()
+    rows.append(_row("resnet18_wifi", cm, plan))
+    print(f"{'instance':18s} {'kind':5s} {'FIFO ms':>9s} {'sched ms':>9s} {'x':>6s} {'x same M':>8s} "
+          f"{'M':>7s} {'analytic':>9s} {'err':>6s}")
+    for r in rows:
+        if r.get("note"):
+            print(f"{r['instance']}: {r['note']}")
+        print(f"{r['instance']:18s} {'train' if r['training'] else 'infer':5s} {r['fifo_ms']:9.2f} "
+              f"{r['scheduled_ms']:9.2f} {r['speedup']:6.3f} {r['speedup_same_m']:8.3f} "
+              f"{'%d->%d' % tuple(r['microbatches']):>7s} {r['analytic_scheduled_ms']:9.2f} "
+              f"{100 * r['analytic_err']:5.1f}%")
+    results["rows"] = rows
+    results["never_slower"] = all(r["scheduled_ms"] <= r["fifo_ms"] * (1 + 1e-9) for r in rows)
+    results["max_speedup"] = max(r["speedup"] for r in rows)
+    results["instances_10pct_faster"] = [r["instance"] for r in rows if r["speedup"] >= 1.1]
+    results["instances_10pct_faster_same_m"] = [r["instance"] for r in rows if r["speedup_same_m"] >= 1.1]
+    results["median_speedup"] = statistics.median(r["speedup"] for r in rows)
+    results["analytic_median_rel_err_scheduled"] = statistics.median(r["analytic_err"] for r in rows)
+    results["analytic_median_rel_err_fifo"] = statistics.median(r["analytic_fifo_err"] for r in rows)
+    results.update(_speed())
+    scens = [load_scenario(n) for n in PRESETS] + [contention_instance(seed)[0] for seed in range(4)]
+    results.update(_planning_time(scens))
+    for r in results["planning"]:
+        print(f"planning {r['scenario']:18s} dora {1e3 * r['plain_s']:7.1f} ms, +schedule "
+              f"{1e3 * r['scheduled_s']:7.1f} ms ({r['ratio']:.2f}x); simulated objective "
+              f"{r['sim_objective_plain']} -> {r['sim_objective_scheduled']}")
+    for k in ("never_slower", "max_speedup", "median_speedup", "instances_10pct_faster",
+              "instances_10pct_faster_same_m", "analytic_median_rel_err_scheduled", "analytic_median_rel_err_fifo",
+              "sim_ms_8stages_8mb_inference", "sim_ms_8stages_8mb_training", "planning_ratio_max",
+              "planning_ratio_median"):
+        print(f"{k}: {results[k]}")
+    return results

@@ -25,6 +25,35 @@ from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 EPS = 1e-12
 
 
+def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
+    """The end-to-end flows of one boundary: group A's micro-batch (nbytes in all, split
+    by shares a_sh) goes to group B (shares b_sh); samples are laid out as contiguous
+    slices in listed order, so A's member i sends B's member j the overlap of their
+    slices, times nbytes; nothing from a device to itself. [(i, j, bytes)]. The cost
+    model's `transfer` and the simulator's program (dora_rl/sim) both split flows so."""
+    if nbytes <= 0:
+        return []
+    if len(a_devs) == 1 and len(b_devs) == 1:
+        return [(a_devs[0], b_devs[0], nbytes)] if a_devs[0] != b_devs[0] else []
+    pairs = []
+    i = j = 0
+    a_lo = b_lo = 0.0
+    na, nb = len(a_devs), len(b_devs)
+    while i < na and j < nb:
+        a_hi = a_lo + a_sh[i]
+        b_hi = b_lo + b_sh[j]
+        ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
+        if ov > EPS and a_devs[i] != b_devs[j]:
+            pairs.append((a_devs[i], b_devs[j], ov * nbytes))
+        if a_hi < b_hi or j == nb - 1:
+            a_lo = a_hi
+            i += 1
+        else:
+            b_lo = b_hi
+            j += 1
+    return pairs
+
+
 class CostModel:
     """Precomputes per-scenario tables once; `evaluate(plan)` is then cheap."""
 
@@ -164,29 +193,11 @@ class CostModel:
         capacity, so concurrent flows share every capacity they cross (contention)."""
         if nbytes <= 0:
             return 0.0, 0.0, {}, []
-        pairs = []
         if len(a_devs) == 1 and len(b_devs) == 1:
             hit = self._placed.get((a_devs[0], b_devs[0], nbytes))
             if hit is not None:
                 return hit
-            if a_devs[0] != b_devs[0]:
-                pairs.append((a_devs[0], b_devs[0], nbytes))
-        else:
-            i = j = 0
-            a_lo = b_lo = 0.0
-            na, nb = len(a_devs), len(b_devs)
-            while i < na and j < nb:
-                a_hi = a_lo + a_sh[i]
-                b_hi = b_lo + b_sh[j]
-                ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
-                if ov > EPS and a_devs[i] != b_devs[j]:
-                    pairs.append((a_devs[i], b_devs[j], ov * nbytes))
-                if a_hi < b_hi or j == nb - 1:
-                    a_lo = a_hi
-                    i += 1
-                else:
-                    b_lo = b_hi
-                    j += 1
+        pairs = flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes)
         if not pairs:
             return 0.0, 0.0, {}, []
         key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dora_rl.cost.model import flow_pairs
 from dora_rl.errors import ScheduleError
 from dora_rl.schedule import FIFO, Schedule
 
@@ -54,27 +55,6 @@ def route(cm, i: int, j: int, nbytes: float):
 def capacities(cm) -> dict:
     """Resource index -> capacity (B/s): media, link directions, interface directions."""
     return dict(enumerate(cm.net.cap))
-
-
-def pairs(a_devs, a_edges, b_devs, b_edges, per_sample: float) -> list[tuple[int, int, float]]:
-    """End-to-end flows of one boundary: sender i's samples [a_edges[i], a_edges[i+1])
-    that receiver j computes (its own slice of the micro-batch, both laid out in listed
-    order), times the bytes per sample; nothing from a device to itself."""
-    out = []
-    for i, a in enumerate(a_devs):
-        for j, b in enumerate(b_devs):
-            ov = min(a_edges[i + 1], b_edges[j + 1]) - max(a_edges[i], b_edges[j])
-            if ov > 0 and a != b and per_sample > 0:
-                out.append((a, b, ov * per_sample))
-    return out
-
-
-def edges(m: int, shares) -> list[int]:
-    """Slice edges of a micro-batch of m samples under realized shares n_i / m."""
-    out = [0]
-    for w in shares:
-        out.append(out[-1] + round(w * m))
-    return out
 
 
 def one_f_one_b(s: int, S: int, M: int, extra: int = 0) -> list[tuple[str, int]]:
@@ -129,10 +109,10 @@ def build(cm, plan, requests: int = 1, extra_warmup: int = 0) -> Program:
     for k in range(len(groups) - 1):
         (a_devs, a_sh), (b_devs, b_sh) = groups[k], groups[k + 1]
         per = cm.bnd[stages[k - 1][1]] if k > 0 else cm.bnd[0]
-        ea, eb = edges(m, a_sh), edges(m, b_sh)
-        add(f"act{k}", pairs(a_devs, ea, b_devs, eb, per), (lambda i, k=k: None if k == 0 else ("F", k - 1, i)))
+        add(f"act{k}", flow_pairs(a_devs, a_sh, b_devs, b_sh, per * m),
+            (lambda i, k=k: None if k == 0 else ("F", k - 1, i)))
         if training and k > 0:
-            add(f"grad{k}", pairs(b_devs, eb, a_devs, ea, per), (lambda i, k=k: ("B", k, i)))
+            add(f"grad{k}", flow_pairs(b_devs, b_sh, a_devs, a_sh, per * m), (lambda i, k=k: ("B", k, i)))
     rings = []
     if training:
         for s, (l, r, devs, _) in enumerate(stages):

@@ -13,6 +13,10 @@
   (inference and training, both objectives, random and no QoE; exact space forced): equal within 1e-9 relative;
 - `contention`: the same with shared WiFi media: relative gap (dora - oracle) / oracle,
   median and worst (the DP carries per-medium loads, so the target is 0);
+- `relays`: the same on sparse topologies (`synthetic.sparse_scenario`: a spanning tree
+  of the links, 3-6 devices, a third with shared media), where routes pass through
+  relays (participants: idle power, radio, battery); it counts the instances whose best
+  plan has a relay and the candidates with one (target: 0 gap);
 - `approximation`: the chain approximation (forced) vs the exact DP on mid instances, gap;
 - `large`: 16 / 32 / 64 devices x 50 / 100 / 200 blocks: `dora` (run_planner) time and
   objective vs the local search from the fastest device alone (targets: 16x50 <= 0.5 s,
@@ -36,30 +40,41 @@ import numpy as np
 from dora_rl.cost import CostModel
 from dora_rl.planners.dp import best_candidate, search
 from dora_rl.planners.oracle import oracle_search
-from dora_rl.synthetic import random_scenario
+from dora_rl.synthetic import random_scenario, sparse_scenario
 
 OUT = Path(__file__).resolve().parent / "results" / "planners.json"
 EXACT_REF_BLOCKS = 10   # past_exact: up to this many blocks the forced exact DP is one of the methods
 
 
-def _small(seed: int, shared: bool, max_devices: int = 6, max_blocks: int = 10):
+def _small(seed: int, shared: bool, max_devices: int = 6, max_blocks: int = 10, sparse: bool = False):
     rng = np.random.default_rng(seed)
     kind = "training" if seed % 2 else "inference"
     objective = "energy" if (seed // 2) % 2 else "latency"
     qoe = "none" if seed % 5 == 0 else "random"
-    n = int(rng.integers(2, max_devices + 1))
+    n = int(rng.integers(2 if not sparse else 3, max_devices + 1))
     top = max_blocks if n <= 4 else (8 if n == 5 else 5)      # stay in the exact regime at 5-6 devices
-    return random_scenario(rng, min_devices=n, max_devices=n, n_blocks=int(rng.integers(2, top + 1)),
-                           kind=kind, objective=objective, shared_media=shared, qoe=qoe)
+    sc = random_scenario(rng, min_devices=n, max_devices=n, n_blocks=int(rng.integers(2, top + 1)),
+                         kind=kind, objective=objective, shared_media=shared, qoe=qoe)
+    return sparse_scenario(rng, sc, extra_links=int(rng.integers(0, 2))) if sparse else sc
 
 
-def compare_set(n: int, shared: bool, seed0: int) -> dict:
+def relays(cost: CostModel, stages, metrics) -> list[int]:
+    """Devices a plan's routes pass through that neither serve a stage nor are the source."""
+    members = {d for s in stages for d in s[2]} | {cost.src}
+    return [d for d in metrics.participants if d not in members]
+
+
+def compare_set(n: int, shared: bool | None, seed0: int, sparse: bool = False) -> dict:
     """dora's DP (exact space forced: this checks the DP, not the regime choice) vs oracle
-    on n seeded instances."""
+    on n seeded instances (shared None: alternate with and without shared media; sparse:
+    a spanning tree of the links, so routes have relays). Counts the instances whose
+    best plan (oracle's, dora's) has a relay, and the candidates dora kept with one."""
     equal, both_none, gaps, mism = 0, 0, [], []
     t_dora = t_oracle = 0.0
+    relay_best = relay_cands = cands = 0
     for i in range(n):
-        sc = _small(seed0 + i, shared)
+        sh = bool((seed0 + i) % 3 == 0) if shared is None else shared
+        sc = _small(seed0 + i, sh, sparse=sparse)
         cost = CostModel(sc)
         t0 = time.perf_counter()
         res = search(sc, cost, exact=True)
@@ -68,6 +83,10 @@ def compare_set(n: int, shared: bool, seed0: int) -> dict:
         t0 = time.perf_counter()
         ob, _ = oracle_search(sc, cost)
         t_oracle += time.perf_counter() - t0
+        cands += len(res.candidates)
+        relay_cands += sum(bool(relays(cost, c.stages, c.metrics)) for c in res.candidates)
+        if (ob is not None and relays(cost, ob[1], ob[2])) or (b is not None and relays(cost, b.stages, b.metrics)):
+            relay_best += 1
         dv = None if b is None else b.metrics.objective(sc.qoe.objective)
         ov = None if ob is None else ob[0]
         if dv is None and ov is None:
@@ -84,6 +103,7 @@ def compare_set(n: int, shared: bool, seed0: int) -> dict:
     return {"instances": n, "equal": equal, "both_infeasible": both_none, "compared": len(gaps),
             "gap_median": statistics.median(gaps) if gaps else None,
             "gap_worst": max(gaps) if gaps else None, "mismatches": mism[:20],
+            "best_plan_has_relay": relay_best, "candidates": cands, "candidates_with_relay": relay_cands,
             "dora_s": t_dora, "oracle_s": t_oracle}
 
 
@@ -277,6 +297,7 @@ def run(results: dict, quick: bool = False) -> dict:
     n_eq = 40 if quick else 400
     out["equality"] = compare_set(n_eq, shared=False, seed0=0)
     out["contention"] = compare_set(n_eq, shared=True, seed0=100_000)
+    out["relays"] = compare_set(n_eq, shared=None, seed0=200_000, sparse=True)
     out["exactness"] = exactness_table(blocks=(4, 8, 12, 16) if quick else (4, 8, 12, 16, 24))
     out["approximation"] = approximation_gap(20 if quick else 60)
     out["large"] = large_set(seeds=1 if quick else 2)
@@ -307,11 +328,16 @@ def report(res: dict) -> None:
         print(f"{r['devices']:>7} {r['blocks']:>6} {r['median_s']:>8.3f} {r['max_s']:>8.3f}  {r['regime']}")
     t = res["targets"]
     print(f"targets: 6x32 {t['6x32_s']:.3f} s (< 0.3), 8x50 {t['8x50_s']:.3f} s (< 2), 16x50 {t['16x50_s']:.3f} s")
-    for key, title in (("equality", "no shared media"), ("contention", "shared media")):
+    for key, title in (("equality", "no shared media"), ("contention", "shared media"),
+                       ("relays", "sparse topologies")):
         e = res[key]
         print(f"dora vs oracle ({title}): {e['equal']}/{e['instances']} equal "
               f"({e['both_infeasible']} infeasible for both), gap median {_fmt(e['gap_median'], True)}, "
-              f"worst {_fmt(e['gap_worst'], True)}; dora {e['dora_s']:.1f} s, oracle {e['oracle_s']:.1f} s")
+              f"worst {_fmt(e['gap_worst'], True)}; best plan has a relay on {e['best_plan_has_relay']}, "
+              f"{e['candidates_with_relay']}/{e['candidates']} candidates; "
+              f"dora {e['dora_s']:.1f} s, oracle {e['oracle_s']:.1f} s")
+        for mm in e["mismatches"]:
+            print(f"  MISMATCH seed {mm['seed']}: dora {mm['dora']} vs oracle {mm['oracle']}")
     print("exactness: dora planner vs oracle, random QoE, 2 seeds; regime, equal?, max time (s) dora / oracle")
     for r in res["exactness"]:
         print(f"{r['devices']:>7} {r['blocks']:>6} {r['kind']:>9} {r['regime']:>6} "

@@ -128,13 +128,13 @@ class DPEngine:
         partial_ok, finalize, relays_ok = lim.partial_ok, lim.finalize_device, lim.relays_ok
         idle_of, accounts, nosrc = self.pieces.idle_of, self.pieces.accounts, self.pieces.nosrc
         period0 = lim.period0
-        width = self.space.beam
+        width, exact = self.space.beam, self.space.order is None
         media, iL, iAR = range(lay.nmed), lay.loads, lay.ar_loads
         new = tuple.__new__
         n_labels = 0
         for (gi, shid, j), lst in labels[l].items():
             lst = beam(lst, width, M, 8)
-            lst = prune(lst, gmask[gi], lim)
+            lst = prune(lst, gmask[gi], lim, exact)
             lst = beam(lst, width, M)
             if not lst:
                 continue
@@ -172,6 +172,8 @@ class DPEngine:
                     add_E = sum(energy.values())
                     es_add, cols, pend, touched = accounts(energy)
                     newp = (m0 & nosrc) | bd.hops | st.relays        # who takes part from this step on
+                    m0n = m0 & nosrc
+                    idle0 = idle_of(m0n)
                     p0 = tuple(pend.get(d, 0.0) for d in devs0)       # the new first stage: incoming unknown
                     fin_in = [(k, pend.get(d, 0.0)) for k, d in fin_devs]   # the suffix's first stage: complete
                     tgt = labels[l0].setdefault((gi0, st.shid, j0), [])
@@ -185,11 +187,12 @@ class DPEngine:
                         if t_ar0 > v[ALLREDUCE]:
                             v[ALLREDUCE] = t_ar0
                         joined = newp & ~part             # each participant's idle power counts once
+                        idle = idle0 if joined == m0n else idle_of(joined)
                         if fixed:
-                            v[ENERGY] += add_E + idle_of(joined) * period0
+                            v[ENERGY] += add_E + idle * period0
                         else:
                             v[ENERGY] += add_E
-                            v[IDLE] += idle_of(joined)
+                            v[IDLE] += idle
                         v[SOURCE_J] += es_add
                         for mu in media:
                             v[iL + mu] += lv[mu]
@@ -229,7 +232,7 @@ class DPEngine:
         idle_of = self.pieces.idle_of
         out = []
         for (gi, _shid, _j), lst in layer.items():
-            lst = prune(lst, self.gmask[gi], lim)
+            lst = prune(lst, self.gmask[gi], lim, self.space.order is None)
             if not lst:
                 continue
             devs = self.groups[gi]

@@ -83,9 +83,12 @@ class Pieces:
         if self.training and len(devs) > 1:
             t_ar, ar_load, per_dev = cost.allreduce(list(devs), params)
             edev = [e + cost.radio[d] * 2 * per_dev for e, d in zip(edev, devs)]
-            for d, b in cost.ring_relays(list(devs), params).items():
-                relay_j[d] = cost.radio[d] * b
-                relays |= 1 << d
+            routes = cost.net.routes
+            g = len(devs)
+            if any(r.relays for t in range(g) for r in routes[devs[t]][devs[(t + 1) % g]]):
+                for d, b in cost.ring_relays(list(devs), params).items():
+                    relay_j[d] = cost.radio[d] * b
+                    relays |= 1 << d
         shid = self._shid.setdefault((gi, tuple(sh)), len(self._shid))
         arv = [0.0] * self.limits.nmed
         for mu, b in ar_load.items():

@@ -17,12 +17,13 @@ CHUNK = 128            # labels compared at once (memory of the pairwise test)
 WORD = (1 << 64) - 1   # one uint64 word of a device mask
 
 
-def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
+def prune(lst: list[Label], first: int, limits: Limits, parts: bool = True) -> list[Label]:
     """Keep the labels no other label dominates (vec and pending <=, device set subset,
     participant set subset when some label has a relay outside its device set: a relay
     pays idle power once, so a label with fewer participants can only gain from a
     completion's relays); `first` is the device mask of the list's first stage (its
-    batteries are not final).
+    batteries are not final). `parts=False` (the chain approximation, whose claims are
+    not member sets anyway) skips the participant test.
     Vectorised: sorted by a scaled sum (a dominator always sorts first), then checked
     chunk by chunk against the survivors so far.
 
@@ -38,11 +39,11 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
     X = np.array([o.vec + o.pending for o in lst], dtype=float)
     claims = [o.claim for o in lst]
     U = mask_array(claims, limits.mask_words)
-    if limits.relay_mask and any(o.part & ~o.claim for o in lst):
+    if parts and limits.relay_mask and any(o.part & ~o.claim for o in lst):
         # relays: the participant set must be a subset too (one mask: claim, then part)
-        shift = 64 * limits.mask_words
+        shift = limits.cost.n
         claims = [o.claim | (o.part << shift) for o in lst]
-        UP = mask_array(claims, 2 * limits.mask_words)
+        UP = mask_array(claims, (2 * shift + 63) // 64)
     else:
         UP = U
     scale = np.abs(X).max(axis=0)

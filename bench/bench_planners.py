@@ -13,13 +13,18 @@
   (inference and training, both objectives, random and no QoE; exact space forced): equal within 1e-9 relative;
 - `contention`: the same with shared WiFi media: relative gap (dora - oracle) / oracle,
   median and worst (the DP carries per-medium loads, so the target is 0);
+- `relays`: the same on sparse topologies (`synthetic.sparse_scenario`: a spanning tree
+  of the links, 3-6 devices, a third with shared media), where routes pass through
+  relays (participants: idle power, radio, battery); it counts the instances whose best
+  plan has a relay and the candidates with one (target: 0 gap);
 - `approximation`: the chain approximation (forced) vs the exact DP on mid instances, gap;
 - `large`: 16 / 32 / 64 devices x 50 / 100 / 200 blocks: `dora` (run_planner) time and
   objective vs the local search from the fastest device alone (targets: 16x50 <= 0.5 s,
   64x200 <= 5 s, never worse than that local search, never "no plan" when it finds one);
 - `past_exact`: 7-8 devices: dora's gap to the best plan any method found (dora, local
   search from every start, the baselines, and up to 10 blocks the exact DP forced, i.e.
-  the optimum) - targets median <= 1 %, worst <= 5 %.
+  the optimum) - targets median <= 1 %, worst <= 5 %; `past_exact_sparse`: the same on
+  sparse topologies (relays).
 """
 
 from __future__ import annotations
@@ -36,30 +41,41 @@ import numpy as np
 from dora_rl.cost import CostModel
 from dora_rl.planners.dp import best_candidate, search
 from dora_rl.planners.oracle import oracle_search
-from dora_rl.synthetic import random_scenario
+from dora_rl.synthetic import random_scenario, sparse_scenario
 
 OUT = Path(__file__).resolve().parent / "results" / "planners.json"
 EXACT_REF_BLOCKS = 10   # past_exact: up to this many blocks the forced exact DP is one of the methods
 
 
-def _small(seed: int, shared: bool, max_devices: int = 6, max_blocks: int = 10):
+def _small(seed: int, shared: bool, max_devices: int = 6, max_blocks: int = 10, sparse: bool = False):
     rng = np.random.default_rng(seed)
     kind = "training" if seed % 2 else "inference"
     objective = "energy" if (seed // 2) % 2 else "latency"
     qoe = "none" if seed % 5 == 0 else "random"
-    n = int(rng.integers(2, max_devices + 1))
+    n = int(rng.integers(2 if not sparse else 3, max_devices + 1))
     top = max_blocks if n <= 4 else (8 if n == 5 else 5)      # stay in the exact regime at 5-6 devices
-    return random_scenario(rng, min_devices=n, max_devices=n, n_blocks=int(rng.integers(2, top + 1)),
-                           kind=kind, objective=objective, shared_media=shared, qoe=qoe)
+    sc = random_scenario(rng, min_devices=n, max_devices=n, n_blocks=int(rng.integers(2, top + 1)),
+                         kind=kind, objective=objective, shared_media=shared, qoe=qoe)
+    return sparse_scenario(rng, sc, extra_links=int(rng.integers(0, 2))) if sparse else sc
 
 
-def compare_set(n: int, shared: bool, seed0: int) -> dict:
+def relays(cost: CostModel, stages, metrics) -> list[int]:
+    """Devices a plan's routes pass through that neither serve a stage nor are the source."""
+    members = {d for s in stages for d in s[2]} | {cost.src}
+    return [d for d in metrics.participants if d not in members]
+
+
+def compare_set(n: int, shared: bool | None, seed0: int, sparse: bool = False) -> dict:
     """dora's DP (exact space forced: this checks the DP, not the regime choice) vs oracle
-    on n seeded instances."""
+    on n seeded instances (shared None: alternate with and without shared media; sparse:
+    a spanning tree of the links, so routes have relays). Counts the instances whose
+    best plan (oracle's, dora's) has a relay, and the candidates dora kept with one."""
     equal, both_none, gaps, mism = 0, 0, [], []
     t_dora = t_oracle = 0.0
+    relay_best = relay_cands = cands = 0
     for i in range(n):
-        sc = _small(seed0 + i, shared)
+        sh = bool((seed0 + i) % 3 == 0) if shared is None else shared
+        sc = _small(seed0 + i, sh, sparse=sparse)
         cost = CostModel(sc)
         t0 = time.perf_counter()
         res = search(sc, cost, exact=True)
@@ -68,6 +84,10 @@ def compare_set(n: int, shared: bool, seed0: int) -> dict:
         t0 = time.perf_counter()
         ob, _ = oracle_search(sc, cost)
         t_oracle += time.perf_counter() - t0
+        cands += len(res.candidates)
+        relay_cands += sum(bool(relays(cost, c.stages, c.metrics)) for c in res.candidates)
+        if (ob is not None and relays(cost, ob[1], ob[2])) or (b is not None and relays(cost, b.stages, b.metrics)):
+            relay_best += 1
         dv = None if b is None else b.metrics.objective(sc.qoe.objective)
         ov = None if ob is None else ob[0]
         if dv is None and ov is None:
@@ -84,6 +104,7 @@ def compare_set(n: int, shared: bool, seed0: int) -> dict:
     return {"instances": n, "equal": equal, "both_infeasible": both_none, "compared": len(gaps),
             "gap_median": statistics.median(gaps) if gaps else None,
             "gap_worst": max(gaps) if gaps else None, "mismatches": mism[:20],
+            "best_plan_has_relay": relay_best, "candidates": cands, "candidates_with_relay": relay_cands,
             "dora_s": t_dora, "oracle_s": t_oracle}
 
 
@@ -233,17 +254,24 @@ def baseline_times(n: int = 16, blocks: int = 50, seeds: int = 2) -> dict:
     return {b: {"median_ms": statistics.median(v), "max_ms": max(v)} for b, v in times.items()}
 
 
-def past_exact(n: int, seed0: int = 90_000) -> dict:
-    """7-8 devices: dora's gap to the best compliant plan any method found."""
+def past_exact(n: int, seed0: int = 90_000, sparse: bool = False) -> dict:
+    """7-8 devices: dora's gap to the best compliant plan any method found (sparse: on a
+    spanning tree of the links plus up to 2 more, where routes pass through relays)."""
+    from dora_rl.planners import run_planner
     from dora_rl.planners.local import local_search
 
-    gaps, false_none, exact_ref = [], 0, 0
+    gaps, false_none, exact_ref, with_relay = [], 0, 0, 0
     others = ("oracle", "pipeedge", "offload", "neurosurgeon", "even", "proportional", "data_parallel")
     for i in range(n):
         rng = np.random.default_rng(seed0 + i)
         sc = random_scenario(rng, min_devices=7, max_devices=8, n_blocks=int(rng.integers(6, 17)), qoe="random")
+        if sparse:
+            sc = sparse_scenario(rng, sc, extra_links=int(rng.integers(0, 3)))
         cost = CostModel(sc)
         dv, dok = _objective("dora", sc, cost)
+        if dok:
+            r = run_planner("dora", sc, cost)
+            with_relay += bool(relays(cost, cost.stage_indices(r.plan), r.metrics))
         found = [v for v, ok in (_objective(p, sc, cost) for p in others) if ok]
         ls = local_search(cost)
         if ls is not None and ls[2].qoe_ok:
@@ -263,6 +291,7 @@ def past_exact(n: int, seed0: int = 90_000) -> dict:
             continue
         gaps.append((dv - best) / best if best else 0.0)
     return {"instances": n, "compared": len(gaps), "false_no_plan": false_none, "exact_reference": exact_ref,
+            "dora_plan_has_relay": with_relay,
             "gap_median": statistics.median(gaps) if gaps else None, "gap_worst": max(gaps) if gaps else None}
 
 
@@ -277,10 +306,12 @@ def run(results: dict, quick: bool = False) -> dict:
     n_eq = 40 if quick else 400
     out["equality"] = compare_set(n_eq, shared=False, seed0=0)
     out["contention"] = compare_set(n_eq, shared=True, seed0=100_000)
+    out["relays"] = compare_set(n_eq, shared=None, seed0=200_000, sparse=True)
     out["exactness"] = exactness_table(blocks=(4, 8, 12, 16) if quick else (4, 8, 12, 16, 24))
     out["approximation"] = approximation_gap(20 if quick else 60)
     out["large"] = large_set(seeds=1 if quick else 2)
     out["past_exact"] = past_exact(10 if quick else 80)
+    out["past_exact_sparse"] = past_exact(6 if quick else 40, seed0=95_000, sparse=True)
     out["baseline_ms_16x50"] = baseline_times(seeds=1 if quick else 2)
     results["planners"] = out
     report(out)
@@ -307,11 +338,16 @@ def report(res: dict) -> None:
         print(f"{r['devices']:>7} {r['blocks']:>6} {r['median_s']:>8.3f} {r['max_s']:>8.3f}  {r['regime']}")
     t = res["targets"]
     print(f"targets: 6x32 {t['6x32_s']:.3f} s (< 0.3), 8x50 {t['8x50_s']:.3f} s (< 2), 16x50 {t['16x50_s']:.3f} s")
-    for key, title in (("equality", "no shared media"), ("contention", "shared media")):
+    for key, title in (("equality", "no shared media"), ("contention", "shared media"),
+                       ("relays", "sparse topologies")):
         e = res[key]
         print(f"dora vs oracle ({title}): {e['equal']}/{e['instances']} equal "
               f"({e['both_infeasible']} infeasible for both), gap median {_fmt(e['gap_median'], True)}, "
-              f"worst {_fmt(e['gap_worst'], True)}; dora {e['dora_s']:.1f} s, oracle {e['oracle_s']:.1f} s")
+              f"worst {_fmt(e['gap_worst'], True)}; best plan has a relay on {e['best_plan_has_relay']}, "
+              f"{e['candidates_with_relay']}/{e['candidates']} candidates; "
+              f"dora {e['dora_s']:.1f} s, oracle {e['oracle_s']:.1f} s")
+        for mm in e["mismatches"]:
+            print(f"  MISMATCH seed {mm['seed']}: dora {mm['dora']} vs oracle {mm['oracle']}")
     print("exactness: dora planner vs oracle, random QoE, 2 seeds; regime, equal?, max time (s) dora / oracle")
     for r in res["exactness"]:
         print(f"{r['devices']:>7} {r['blocks']:>6} {r['kind']:>9} {r['regime']:>6} "
@@ -326,9 +362,12 @@ def report(res: dict) -> None:
     for r in res["large"]:
         print(f"{r['devices']:>7} {r['blocks']:>6} {r['kind']:>9} {r['seconds']:>7.2f} {_fmt(r['dora']):>10} "
               f"{_fmt(r['local_search_fastest']):>10}{'  WORSE' if r['worse_than_local_search'] else ''}")
-    p = res["past_exact"]
-    print(f"7-8 devices, dora vs the best plan any method found: gap median {_fmt(p['gap_median'], True)}, "
-          f"worst {_fmt(p['gap_worst'], True)} over {p['compared']}; false 'no plan' {p['false_no_plan']}")
+    for key, title in (("past_exact", ""), ("past_exact_sparse", ", sparse topologies")):
+        p = res[key]
+        print(f"7-8 devices{title}, dora vs the best plan any method found: gap median "
+              f"{_fmt(p['gap_median'], True)}, worst {_fmt(p['gap_worst'], True)} over {p['compared']} "
+              f"({p['exact_reference']} with the forced exact DP; dora's plan has a relay on "
+              f"{p['dora_plan_has_relay']}); false 'no plan' {p['false_no_plan']}")
     print("baselines at 16 devices x 50 blocks (median / worst ms): " + ", ".join(
         f"{b} {t['median_ms']:.0f}/{t['max_ms']:.0f}" for b, t in res["baseline_ms_16x50"].items()))
 

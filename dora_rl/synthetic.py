@@ -155,3 +155,34 @@ def random_scenario(rng: np.random.Generator, max_devices: int = 6, min_devices:
                              "scale": "mean"}}
     name = f"synthetic_{kind}_{cluster.n}d_{profile.n_blocks}b"
     return Scenario(name, {"profile": "synthetic"}, profile, cluster, workload, q, dyn)
+
+
+def sparse_scenario(rng: np.random.Generator, scenario: Scenario, extra_links: int = 1) -> Scenario:
+    """`scenario` on a sparse topology: a random spanning tree of its links (each kept link
+    unchanged) plus up to `extra_links` of the others, so devices that lost their direct
+    link reach each other through relays (docs/cost-model.md: relays are participants).
+    Used to check the planners where routes have intermediate devices."""
+    cl = scenario.cluster
+    links = list(cl.links)
+    order = [int(i) for i in rng.permutation(len(links))]
+    comp = {d.name: d.name for d in cl.devices}
+
+    def root(x: str) -> str:
+        while comp[x] != x:
+            x = comp[x]
+        return x
+
+    tree, rest = [], []
+    for i in order:
+        ln = links[i]
+        a, b = root(ln.a), root(ln.b)
+        if a != b:
+            comp[a] = b
+            tree.append(ln)
+        else:
+            rest.append(ln)
+    kept = tree + rest[:max(0, int(extra_links))]
+    kept.sort(key=links.index)
+    used = {ln.medium for ln in kept if ln.medium is not None}
+    cluster = type(cl)(cl.devices, kept, {k: m for k, m in cl.media.items() if k in used})
+    return scenario.replace(cluster=cluster, name=f"{scenario.name}_sparse")

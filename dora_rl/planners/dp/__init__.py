@@ -16,6 +16,7 @@ Modules, one concern each:
   the work estimate);
 - `labels`: the named records (label vector layout, `Label`, `StageCost`, `Candidate`...);
 - `limits`: the QoE bounds a label is pruned with;
+- `pieces`: what one DP step adds (stage and boundary costs, relays and who pays);
 - `pruning`: Pareto dominance and the approximation's beam;
 - `engine`: the DP itself (`DPEngine`);
 - `search`: `search`, `pareto`, `best_candidate`, `to_plan`;

@@ -14,6 +14,11 @@ dominance pruning is exact (docs/planners.md):
     BATTERY    battery: period a battery device needs (period varies)        max
     SOURCE_J   the source's battery energy (it is on several boundaries)     additive
     then per-medium bytes of the pipeline (and of the all-reduces)           additive
+    then per battery device that can relay: its battery energy so far        additive
+
+Relays (devices inside a route, docs/cost-model.md) are participants: `Label.part` is
+the set of devices that pay idle power (members and relays, the source aside); IDLE
+(or the fixed-period idle energy in ENERGY) counts each of them once.
 
 These are NamedTuples: the DP builds millions of them, and a tuple is what CPython
 builds fastest."""
@@ -40,12 +45,15 @@ class Layout(NamedTuple):
     ar_loads: int      # first all-reduce load (training only; one per medium)
     dim: int           # vector length
     pcols: list[int]   # the components that fix the period (FILL, STEADY, ALLREDUCE, loads)
+    rbat: int          # first relay-battery column (one per battery device that can relay)
 
 
-def layout(nmed: int, training: bool) -> Layout:
-    """The vector layout for `nmed` media (training adds the all-reduce loads)."""
-    dim = LOADS + nmed * (2 if training else 1)
-    return Layout(nmed, LOADS, LOADS + nmed, dim, [FILL, STEADY, ALLREDUCE] + list(range(LOADS, dim)))
+def layout(nmed: int, training: bool, n_rbat: int = 0) -> Layout:
+    """The vector layout for `nmed` media (training adds the all-reduce loads) and
+    `n_rbat` battery devices that can relay (their energy is carried to the end)."""
+    loads_end = LOADS + nmed * (2 if training else 1)
+    return Layout(nmed, LOADS, LOADS + nmed, loads_end + n_rbat,
+                  [FILL, STEADY, ALLREDUCE] + list(range(LOADS, loads_end)), loads_end)
 
 
 class Span(NamedTuple):
@@ -69,6 +77,7 @@ class Label(NamedTuple):
 
     vec: tuple[float, ...]       # cost components (module docstring)
     claim: int                   # U: mask of the devices the suffix uses (or claims, chain space)
+    part: int                    # mask of the participants that pay idle power: members and relays, not the source
     pending: tuple[float, ...]   # battery J of the first stage's devices whose incoming transfer is unknown
     stages: Node
 
@@ -80,9 +89,10 @@ class StageCost(NamedTuple):
     shid: int                    # id of (group, shares)
     busy: float                  # u: time per micro-batch (x3 for training)
     energy: list[float]          # per member: (active - idle) J over the M micro-batches (+ all-reduce radio)
-    idle_w: float                # idle watts of the members other than the source
     allreduce_s: float
     ar_loads: list[float]        # all-reduce bytes per medium
+    relays: int                  # mask of the all-reduce ring's relays (not the source)
+    relay_j: dict[int, float]    # radio J per relay of the all-reduce ring
 
 
 class Boundary(NamedTuple):
@@ -91,7 +101,8 @@ class Boundary(NamedTuple):
     fill: float                  # added to FILL: occupancy + latency
     occ: float                   # STEADY candidate: occupancy
     loads: list[float]           # bytes per medium
-    radio: dict[int, float]      # radio J per device
+    radio: dict[int, float]      # radio J per device (relays included)
+    hops: int                    # mask of every device on the flows' routes (not the source)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Pareto lists of the DP: exact dominance pruning, and the beam of the approximation.
 
 A label dominates another when every vector component and every pending battery
-energy is <= and its device set is a subset: anything that completes the dominated
-label completes the dominator at least as well, so pruning keeps the search exact.
+energy is <= and its device set is a subset (and so is its set of participants paying
+idle power, relays included): anything that completes the dominated label completes the
+dominator at least as well, so pruning keeps the search exact.
 The beam (chain approximation only) keeps the best labels by latency and by energy."""
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ CHUNK = 128            # labels compared at once (memory of the pairwise test)
 WORD = (1 << 64) - 1   # one uint64 word of a device mask
 
 
-def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
-    """Keep the labels no other label dominates (vec and pending <=, device set subset);
-    `first` is the device mask of the list's first stage (its batteries are not final).
+def prune(lst: list[Label], first: int, limits: Limits, parts: bool = True) -> list[Label]:
+    """Keep the labels no other label dominates (vec and pending <=, device set subset,
+    participant set subset when some label has a relay outside its device set: a relay
+    pays idle power once, so a label with fewer participants can only gain from a
+    completion's relays); `first` is the device mask of the list's first stage (its
+    batteries are not final). `parts=False` (the chain approximation, whose claims are
+    not member sets anyway) skips the participant test.
     Vectorised: sorted by a scaled sum (a dominator always sorts first), then checked
     chunk by chunk against the survivors so far.
 
@@ -34,12 +39,19 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
     X = np.array([o.vec + o.pending for o in lst], dtype=float)
     claims = [o.claim for o in lst]
     U = mask_array(claims, limits.mask_words)
+    if parts and limits.relay_mask and any(o.part & ~o.claim for o in lst):
+        # relays: the participant set must be a subset too (one mask: claim, then part)
+        shift = limits.cost.n
+        claims = [o.claim | (o.part << shift) for o in lst]
+        UP = mask_array(claims, (2 * shift + 63) // 64)
+    else:
+        UP = U
     scale = np.abs(X).max(axis=0)
     scale[scale == 0] = 1.0
     key = (X / scale).sum(axis=1)
     pop = np.array([u.bit_count() for u in claims])
     order = np.lexsort((pop, key))
-    X, U = X[order], U[order]
+    X, U, UP = X[order], U[order], UP[order]
     bv = limits.battery_variable
     pcols = limits.lay.pcols
     if bv:
@@ -48,10 +60,11 @@ def prune(lst: list[Label], first: int, limits: Limits) -> list[Label]:
         need = np.maximum(X[:, BATTERY], limits.demand_src)
         for d, rd in limits.demand_dev:
             outside = has_bit(U, d) == 0
-            if (first >> d) & 1:
+            if (first >> d) & 1 or d in limits.rbcol:     # not final yet (a relay's energy grows to the end)
                 outside[:] = True
             need = np.where(outside, np.maximum(need, rd), need)
         safe = period_lower_bound(X, limits) >= need
+    U = UP
     keptX = np.empty((0, X.shape[1]))
     keptU = U[:0]
     keptP = np.empty((0, len(pcols)))

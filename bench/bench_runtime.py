@@ -154,7 +154,9 @@ def switch(results: dict) -> None:
     out = {"preset": "smart_home", "slowdown": X, "target_s": 2.0,
            "note": "drain_s is inflated by the slowdown (a request takes ~X times longer than modelled "
                    "at full speed); move_s is paced over the emulated WiFi at its real bandwidth"}
-    with Runtime(scaled, emulate=True, timeout=300) as rt:
+    # a whole-model switch moves the weights over the dilated WiFi (X times slower): the
+    # timeout scales with X, as the live runtime's does
+    with Runtime(scaled, emulate=True, timeout=max(300.0, 10.0 * X)) as rt:
         rt.start(a)
         rt.infer(1, window=1)
         res = rt.infer(4, window=1, switch_at=2, switch_plan=cut)

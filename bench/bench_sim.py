@@ -4,6 +4,9 @@ channel), the analytic model's error on scheduled plans, and the simulator's spe
 
 Targets (issue 16): scheduled never slower than FIFO; >= 10 % faster on a preset or a
 contention instance; analytic within 10 % of the simulator (median, scheduled plans);
+the emulated runtime's measured gain (FIFO / scheduled: p50 request latency, or p50
+iteration time; `--slowdown auto`, both plans at the same dilation, interleaved and
+repeated) within 5 percentage points of the simulator's;
 an 8-stage plan with 8 micro-batches simulated in <= 50 ms; the `dora` planner with the
 scheduler (schedule=True) within 2x of its time without.
 
@@ -106,6 +109,58 @@ def _row(name, cm, plan):
             "analytic_fifo_err": abs(analytic_fifo - fifo) / fifo, "candidates": full.evaluated}
 
 
+def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iterations: int = 3) -> dict:
+    """The emulated runtime's gain of the scheduled plan over FIFO (module doc): both
+    plans at the larger of their auto dilations, inference at one common offered rate
+    (0.4x the slower plan's predicted capacity, so requests rarely queue: the simulator
+    judges one request), FIFO and scheduled alternating `repeats` times."""
+    import dataclasses
+    import os
+
+    from dora_rl.cost import CostModel
+    from dora_rl.runtime.dilation import choose
+    from dora_rl.runtime.measure import measure
+    from dora_rl.schedule import Schedule
+
+    fifo = dataclasses.replace(plan, schedule=None)
+    sd = row["schedule"]
+    sched = dataclasses.replace(fifo, microbatches=row["microbatches"][1],
+                                schedule=Schedule.from_dict(sd))
+    X = max(choose(scen, p).factor for p in (fifo, sched))
+    sc = scen.dilated(X)
+    rate = None if cm.training else 0.4 * min(CostModel(sc).evaluate(p, validate=False).throughput
+                                             for p in (fifo, sched))
+    got = {"fifo": [], "scheduled": []}
+    load = [os.getloadavg()[0]]
+    for _ in range(repeats):
+        for key, p in (("fifo", fifo), ("scheduled", sched)):
+            out = measure(sc, p, requests=requests, iterations=iterations, warmup=1, rate=rate,
+                          throughput_phase=False)
+            got[key].append(out["measured"]["latency_ms"]["p50"] / X)   # device time
+            load.append(os.getloadavg()[0])
+    gains = [f / s for f, s in zip(got["fifo"], got["scheduled"])]
+    g = statistics.median(gains)
+    return {"slowdown": X, "runtime_fifo_ms": got["fifo"], "runtime_scheduled_ms": got["scheduled"],
+            "runtime_gains": gains, "runtime_gain": g, "sim_gain": row["speedup"],
+            "gap_pp": 100 * abs((g - 1) - (row["speedup"] - 1)), "load_avg": load}
+
+
+def runtime_column(rows, instances) -> dict:
+    """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it."""
+    out = []
+    by = {r["instance"]: r for r in rows}
+    for name, scen, cm, plan in instances:
+        r = _runtime_gain(scen, cm, plan, by[name])
+        r["instance"] = name
+        out.append(r)
+        runs = [round(g, 3) for g in r["runtime_gains"]]
+        print(f"runtime {name:18s} X {r['slowdown']:6.3g}  FIFO {r['runtime_fifo_ms']} ms  sched "
+              f"{r['runtime_scheduled_ms']} ms  gain {r['runtime_gain']:.3f} (runs {runs})"
+              f"  sim {r['sim_gain']:.3f}  gap {r['gap_pp']:.1f} pp  load {[round(x, 1) for x in r['load_avg']]}",
+              flush=True)
+    return {"runtime": out, "runtime_within_5pp": [r["instance"] for r in out if r["gap_pp"] <= 5.0]}
+
+
 def _speed(repeats: int = 7) -> dict:
     from dora_rl.cluster import random_cluster
     from dora_rl.cost import CostModel
@@ -173,12 +228,13 @@ def run(results: dict) -> dict:
     from dora_rl.cost import CostModel
     from dora_rl.scenario import load_scenario
 
-    rows = []
+    rows, on_runtime = [], []
     for name in PRESETS:
         scen = load_scenario(name)
         cm = CostModel(scen)
         plan, why = preset_plan(scen, cm)
         rows.append(_row(name, cm, plan))
+        on_runtime.append((name, scen, cm, plan))
         if why:
             rows[-1]["note"] = f"no QoE-compliant plan ({why}); the dora plan without QoE targets"
     for seed in range(10):
@@ -203,6 +259,9 @@ def run(results: dict) -> dict:
     results["median_speedup"] = statistics.median(r["speedup"] for r in rows)
     results["analytic_median_rel_err_scheduled"] = statistics.median(r["analytic_err"] for r in rows)
     results["analytic_median_rel_err_fifo"] = statistics.median(r["analytic_fifo_err"] for r in rows)
+    import os
+    if os.environ.get("DORA_BENCH_SIM_RUNTIME", "1") != "0":   # the emulated runtime (minutes; 0 skips)
+        results.update(runtime_column(rows, on_runtime))
     results.update(_speed())
     scens = [load_scenario(n) for n in PRESETS] + [contention_instance(seed)[0] for seed in range(4)]
     results.update(_planning_time(scens))

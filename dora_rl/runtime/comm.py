@@ -34,6 +34,7 @@ TAG_WEIGHTS = 4
 TAG_PROBE = 5
 TAG_RING = 6
 TAG_INPUT = 7      # request inputs, coordinator -> source, as raw tensor messages
+TAG_DRAIN = 8      # training: stage 0 has run its last backward (the pipeline drained)
 TAG_FWD = 100      # + boundary k
 TAG_BWD = 400      # + boundary k
 

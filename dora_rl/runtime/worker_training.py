@@ -7,7 +7,9 @@ then an SGD step (with momentum when set). The plan's schedule (docs/formats.md)
 `extra_warmup` forwards to 1F1B's warm-up and splits the all-reduce into `buckets`
 equal slices of the flat gradient, last layers first; with start `backward` a thread
 runs bucket b once the modelled last backward is (b+1)/buckets done (as the simulator),
-overlapping the rest of it, else the buckets run one after another after the drain.
+overlapping the rest of it, else the buckets run one after another once the whole
+pipeline has drained (stage 0, the last to finish 1F1B, tells every data-parallel
+member of a later stage: a control token, not paced).
 `op_checkpoint` hands the coordinator the parameters and optimizer state of every block
 (the fault-tolerant runtime's copy)."""
 
@@ -18,7 +20,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from dora_rl.runtime.comm import TAG_BWD, TAG_RING, irecv_tensor, wait_tensors
+from dora_rl.runtime.comm import TAG_BWD, TAG_DRAIN, TAG_RING, irecv_tensor, isend_tensor, wait_tensors
 from dora_rl.runtime.emulation import now, sleep_until
 
 
@@ -92,6 +94,8 @@ class TrainingOps:
                     bwd(j)
                 for j in range(M - warm, M):
                     bwd(j)
+            if ar.get("start", "drain") == "drain":
+                self.drained(s)
             self.allreduce_and_step(s, ring[0] if ring else None)
         self.flush()
         self.ack({"op": "train", "device": self.device, "t0": t0, "t1": now()})
@@ -117,6 +121,16 @@ class TrainingOps:
             if b != self.device:
                 continue
             self.send_tensor(a, g[lo - my_lo: hi - my_lo], TAG_BWD + k)
+
+    def drained(self, s: int) -> None:
+        """`drain` start: stage 0 tells the data-parallel members of later stages that
+        its last backward is done; they wait for every stage-0 member's token."""
+        later = [d for _, _, devs, _ in self.stages[1:] if len(devs) > 1 for d in devs]
+        if s == 0:
+            for d in later:
+                self.pending.add(isend_tensor(torch.zeros(1), self.ranks[d], TAG_DRAIN, 0.0))
+        elif self.device in later:
+            wait_tensors([irecv_tensor((1,), torch.float32, self.ranks[d], TAG_DRAIN) for d in self.stages[0][2]])
 
     def _grads(self) -> list:
         params = [(b, name, p) for b in sorted(self.blocks) for name, p in self.blocks[b].named_parameters()]

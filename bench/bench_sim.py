@@ -133,7 +133,8 @@ def _row(name, cm, plan):
             "analytic_fifo_err": abs(analytic_fifo - fifo) / fifo, "candidates": full.evaluated}
 
 
-def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iterations: int = 3) -> dict:
+def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iterations: int = 3,
+                  budget_s: float = 300.0) -> dict:
     """The emulated runtime's gain of the scheduled plan over FIFO (module doc): both
     plans at the larger of their auto dilations, inference at one common offered rate
     (0.4x the slower plan's predicted capacity, so requests rarely queue: the simulator
@@ -142,6 +143,7 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
     import os
 
     from dora_rl.cost import CostModel
+    from dora_rl.errors import RuntimeFault
     from dora_rl.runtime.dilation import choose
     from dora_rl.runtime.measure import measure
     from dora_rl.schedule import Schedule
@@ -152,8 +154,14 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
                                 schedule=Schedule.from_dict(sd))
     X = max(choose(scen, p, timeout=120.0).factor for p in (fifo, sched))
     sc = scen.dilated(X)
-    rate = None if cm.training else 0.4 * min(CostModel(sc).evaluate(p, validate=False).throughput
-                                             for p in (fifo, sched))
+    dm = CostModel(sc)
+    rate = None if cm.training else 0.4 * min(dm.evaluate(p, validate=False).throughput for p in (fifo, sched))
+    n = (iterations if cm.training else requests) + 1
+    est = 2 * repeats * n * max(max(dm.evaluate(p, validate=False).latency_ms for p in (fifo, sched)) / 1e3,
+                                0.0 if rate is None else 1.0 / rate)
+    if est > budget_s:
+        raise RuntimeFault(f"at the auto dilation {X:.3g}x the runs would take ~{est:.0f} s here (budget "
+                           f"{budget_s:.0f} s, $DORA_BENCH_SIM_RUNTIME_BUDGET)")
     got = {"fifo": [], "scheduled": []}
     load = [os.getloadavg()[0]]
     for _ in range(repeats):
@@ -170,14 +178,18 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
 
 
 def runtime_column(rows, instances) -> dict:
-    """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it."""
+    """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it. An
+    instance whose dilated runs would outlast the budget is listed as not run, with why."""
+    import os
+
     out = []
     by = {r["instance"]: r for r in rows}
     from dora_rl.errors import RuntimeFault
 
     for name, scen, cm, plan in instances:
         try:
-            r = _runtime_gain(scen, cm, plan, by[name])
+            r = _runtime_gain(scen, cm, plan, by[name],
+                              budget_s=float(os.environ.get("DORA_BENCH_SIM_RUNTIME_BUDGET", 300)))
         except RuntimeFault as e:   # e.g. the dilation this CPU needs makes one iteration outlast the timeout
             out.append({"instance": name, "skipped": str(e)})
             print(f"runtime {name:18s} not run: {e}", flush=True)

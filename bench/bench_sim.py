@@ -4,6 +4,9 @@ channel), the analytic model's error on scheduled plans, and the simulator's spe
 
 Targets (issue 16): scheduled never slower than FIFO; >= 10 % faster on a preset or a
 contention instance; analytic within 10 % of the simulator (median, scheduled plans);
+the emulated runtime's measured gain (FIFO / scheduled: p50 request latency, or p50
+iteration time; `--slowdown auto`, both plans at the same dilation, interleaved and
+repeated) within 5 percentage points of the simulator's;
 an 8-stage plan with 8 micro-batches simulated in <= 50 ms; the `dora` planner with the
 scheduler (schedule=True) within 2x of its time without.
 
@@ -69,6 +72,30 @@ def resnet18_wifi():
     return scen, CostModel(scen), plan
 
 
+def tiny_contention(kind: str):
+    """A contention instance the runtime can run in seconds (tiny_cnn, a zoo model): four
+    devices on one slow shared channel; training (batch 16, M 2, 20 Mbps, 0.2 GFLOPS): a
+    source stage and a stage data-parallel on two devices; inference (batch 8, M 1,
+    10 Mbps): a three-stage pipeline fed and answered over the channel."""
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.scenario import Scenario
+
+    train = kind == "training"
+    W = 20 if train else 10
+    links = [{"a": x, "b": y, "mbps": W, "latency_ms": 1, "medium": "w"}
+             for i, x in enumerate("abcd") for y in "abcd"[i + 1:]]
+    wl = {"kind": kind, "batch": 16 if train else 8, "microbatches": 2 if train else 1, "source": "a"}
+    if train:
+        wl["optimizer"] = "sgd"
+    scen = Scenario.from_dict({"name": f"tiny_{kind}", "model": "tiny_cnn", "workload": wl,
+                               "devices": [{"name": n, "gflops": 0.2, "memory_gb": 4} for n in "abcd"],
+                               "links": links, "media": {"w": {"mbps": W}}})
+    stages = [(0, 3, ["a"]), (3, 7, ["b", "c"], [0.5, 0.5])] if train else \
+        [(0, 3, ["b"]), (3, 5, ["c"]), (5, 7, ["d"])]
+    return scen, CostModel(scen), Plan.make(stages, wl["microbatches"])
+
+
 def preset_plan(scen, cm):
     """The `dora` plan of a preset; if no plan meets its QoE, the `dora` plan with the
     QoE targets and the request rate dropped (the scheduler is judged on it all the
@@ -104,6 +131,77 @@ def _row(name, cm, plan):
             "schedule": full.plan.schedule.to_dict(), "analytic_scheduled_ms": analytic,
             "analytic_err": abs(analytic - full.result.latency_ms) / full.result.latency_ms,
             "analytic_fifo_err": abs(analytic_fifo - fifo) / fifo, "candidates": full.evaluated}
+
+
+def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iterations: int = 3,
+                  budget_s: float = 300.0) -> dict:
+    """The emulated runtime's gain of the scheduled plan over FIFO (module doc): both
+    plans at the larger of their auto dilations, inference at one common offered rate
+    (0.4x the slower plan's predicted capacity, so requests rarely queue: the simulator
+    judges one request), FIFO and scheduled alternating `repeats` times."""
+    import dataclasses
+    import os
+
+    from dora_rl.cost import CostModel
+    from dora_rl.errors import RuntimeFault
+    from dora_rl.runtime.dilation import choose
+    from dora_rl.runtime.measure import measure
+    from dora_rl.schedule import Schedule
+
+    fifo = dataclasses.replace(plan, schedule=None)
+    sd = row["schedule"]
+    sched = dataclasses.replace(fifo, microbatches=row["microbatches"][1],
+                                schedule=Schedule.from_dict(sd))
+    X = max(choose(scen, p, timeout=120.0).factor for p in (fifo, sched))
+    sc = scen.dilated(X)
+    dm = CostModel(sc)
+    rate = None if cm.training else 0.4 * min(dm.evaluate(p, validate=False).throughput for p in (fifo, sched))
+    n = (iterations if cm.training else requests) + 1
+    est = 2 * repeats * n * max(max(dm.evaluate(p, validate=False).latency_ms for p in (fifo, sched)) / 1e3,
+                                0.0 if rate is None else 1.0 / rate)
+    if est > budget_s:
+        raise RuntimeFault(f"at the auto dilation {X:.3g}x the runs would take ~{est:.0f} s here (budget "
+                           f"{budget_s:.0f} s, $DORA_BENCH_SIM_RUNTIME_BUDGET)")
+    got = {"fifo": [], "scheduled": []}
+    load = [os.getloadavg()[0]]
+    for _ in range(repeats):
+        for key, p in (("fifo", fifo), ("scheduled", sched)):
+            out = measure(sc, p, requests=requests, iterations=iterations, warmup=1, rate=rate,
+                          throughput_phase=False)
+            got[key].append(out["measured"]["latency_ms"]["p50"] / X)   # device time
+            load.append(os.getloadavg()[0])
+    gains = [f / s for f, s in zip(got["fifo"], got["scheduled"])]
+    g = statistics.median(gains)
+    return {"slowdown": X, "runtime_fifo_ms": got["fifo"], "runtime_scheduled_ms": got["scheduled"],
+            "runtime_gains": gains, "runtime_gain": g, "sim_gain": row["speedup"],
+            "gap_pp": 100 * abs((g - 1) - (row["speedup"] - 1)), "load_avg": load}
+
+
+def runtime_column(rows, instances) -> dict:
+    """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it. An
+    instance whose dilated runs would outlast the budget is listed as not run, with why."""
+    import os
+
+    out = []
+    by = {r["instance"]: r for r in rows}
+    from dora_rl.errors import RuntimeFault
+
+    for name, scen, cm, plan in instances:
+        try:
+            r = _runtime_gain(scen, cm, plan, by[name],
+                              budget_s=float(os.environ.get("DORA_BENCH_SIM_RUNTIME_BUDGET", 300)))
+        except RuntimeFault as e:   # e.g. the dilation this CPU needs makes one iteration outlast the timeout
+            out.append({"instance": name, "skipped": str(e)})
+            print(f"runtime {name:18s} not run: {e}", flush=True)
+            continue
+        r["instance"] = name
+        out.append(r)
+        runs = [round(g, 3) for g in r["runtime_gains"]]
+        print(f"runtime {name:18s} X {r['slowdown']:6.3g}  FIFO {r['runtime_fifo_ms']} ms  sched "
+              f"{r['runtime_scheduled_ms']} ms  gain {r['runtime_gain']:.3f} (runs {runs})"
+              f"  sim {r['sim_gain']:.3f}  gap {r['gap_pp']:.1f} pp  load {[round(x, 1) for x in r['load_avg']]}",
+              flush=True)
+    return {"runtime": out, "runtime_within_5pp": [r["instance"] for r in out if r.get("gap_pp", 99) <= 5.0]}
 
 
 def _speed(repeats: int = 7) -> dict:
@@ -173,12 +271,13 @@ def run(results: dict) -> dict:
     from dora_rl.cost import CostModel
     from dora_rl.scenario import load_scenario
 
-    rows = []
+    rows, on_runtime = [], []
     for name in PRESETS:
         scen = load_scenario(name)
         cm = CostModel(scen)
         plan, why = preset_plan(scen, cm)
         rows.append(_row(name, cm, plan))
+        on_runtime.append((name, scen, cm, plan))
         if why:
             rows[-1]["note"] = f"no QoE-compliant plan ({why}); the dora plan without QoE targets"
     for seed in range(10):
@@ -186,6 +285,10 @@ def run(results: dict) -> dict:
         rows.append(_row(f"wifi{seed}", cm, plan))
     _, cm, plan = resnet18_wifi()
     rows.append(_row("resnet18_wifi", cm, plan))
+    for kind in ("training", "inference"):
+        scen, cm, plan = tiny_contention(kind)
+        rows.append(_row(scen.name, cm, plan))
+        on_runtime.append((scen.name, scen, cm, plan))
     print(f"{'instance':18s} {'kind':5s} {'FIFO ms':>9s} {'sched ms':>9s} {'x':>6s} {'x same M':>8s} "
           f"{'M':>7s} {'analytic':>9s} {'err':>6s}")
     for r in rows:
@@ -203,6 +306,9 @@ def run(results: dict) -> dict:
     results["median_speedup"] = statistics.median(r["speedup"] for r in rows)
     results["analytic_median_rel_err_scheduled"] = statistics.median(r["analytic_err"] for r in rows)
     results["analytic_median_rel_err_fifo"] = statistics.median(r["analytic_fifo_err"] for r in rows)
+    import os
+    if os.environ.get("DORA_BENCH_SIM_RUNTIME", "1") != "0":   # the emulated runtime (minutes; 0 skips)
+        results.update(runtime_column(rows, on_runtime))
     results.update(_speed())
     scens = [load_scenario(n) for n in PRESETS] + [contention_instance(seed)[0] for seed in range(4)]
     results.update(_planning_time(scens))

@@ -19,6 +19,10 @@ def add_commands(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--plan", help="plan JSON file")
     g.add_argument("--planner", default=None, help="planner name (default: dora)")
+    p.add_argument("--schedule", choices=("fifo", "auto"), default=None,
+                   help="network schedule to execute: fifo = none (first come, first served; one all-reduce after "
+                        "the drain); auto = the scheduler's for this plan (docs/simulator.md); default: the plan's "
+                        "own `schedule` section, FIFO if it has none")
     p.add_argument("--requests", type=int, default=30, help="requests per phase (inference)")
     p.add_argument("--iterations", type=int, default=5, help="timed iterations (training)")
     p.add_argument("--rate", type=float, default=None,
@@ -79,6 +83,18 @@ def _plan_for(scenario, what: str):
     return get_planner(what).plan(scenario, CostModel(scenario))
 
 
+def with_schedule(scenario, plan, how: str | None):
+    """`plan` with the schedule `--schedule` asks for (None: its own)."""
+    import dataclasses
+    if how == "fifo":
+        return dataclasses.replace(plan, schedule=None)
+    if how == "auto":
+        from dora_rl.cost import CostModel
+        from dora_rl.sim import schedule_plan
+        return schedule_plan(CostModel(scenario), plan).plan
+    return plan
+
+
 def parse_fail(spec: str) -> tuple[str, float]:
     """--fail 'DEVICE@SECONDS' -> (device, seconds)."""
     dev, sep, t = str(spec).rpartition("@")
@@ -122,7 +138,7 @@ def cmd_run(args) -> int:
         if getattr(args, name) < 1:
             raise PlanError(f"--{name} must be >= 1")
     base = load_scenario(args.scenario)
-    plan = _plan_for(base, args.plan or args.planner or "dora")
+    plan = with_schedule(base, _plan_for(base, args.plan or args.planner or "dora"), args.schedule)
     switch = _plan_for(base, args.switch_to) if args.switch_to else None
     dil = _dilation(args, base, plan, 1.0 if args.no_emulate and slowdown == "auto" else slowdown, switch)
     X = dil.factor
@@ -153,7 +169,8 @@ def cmd_run(args) -> int:
                         f", time dilated {fmt(X)}x{' (auto)' if dil.auto else ''}: first rows in dilated time)",
                         ["", "predicted", "measured (mean)", "p50", "p95"], rows))
     console.print(f"plan: {[(s['blocks'], s['devices']) for s in out['plan']['stages']]}, "
-                  f"microbatches {out['plan']['microbatches']}; latency error (p50 vs predicted) "
+                  f"microbatches {out['plan']['microbatches']}, schedule "
+                  f"{out['plan'].get('schedule') or 'FIFO'}; latency error (p50 vs predicted) "
                   f"{out['latency_error'] * 100:.1f}%")
     if me.get("switch"):
         console.print(f"plan switch: {me['switch']['total_s'] * 1e3:.1f} ms "

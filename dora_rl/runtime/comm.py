@@ -13,6 +13,7 @@ of group B exactly the overlap of their slices (`overlaps`), as the cost model d
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
 import queue
 import socket
@@ -33,8 +34,22 @@ TAG_WEIGHTS = 4
 TAG_PROBE = 5
 TAG_RING = 6
 TAG_INPUT = 7      # request inputs, coordinator -> source, as raw tensor messages
+TAG_DRAIN = 8      # training: stage 0 has run its last backward (the pipeline drained)
 TAG_FWD = 100      # + boundary k
 TAG_BWD = 400      # + boundary k
+
+
+def flow_class(tag: int, stage: int | None) -> str | None:
+    """The schedule's flow class of a message on `tag` sent by a worker of `stage`:
+    act<k> (forward across boundary k), grad<k> (backward across k), ar<s> (all-reduce
+    of stage s); None for anything else (probes)."""
+    if TAG_FWD <= tag < TAG_BWD:
+        return f"act{tag - TAG_FWD}"
+    if TAG_BWD <= tag < TAG_BWD + 300:
+        return f"grad{tag - TAG_BWD}"
+    if tag == TAG_RING and stage is not None:
+        return f"ar{stage}"
+    return None
 
 
 def free_port() -> int:
@@ -148,7 +163,9 @@ class Pending:
 class Transmitter:
     """Outgoing tensor messages of one worker. Unpaced they are sent at once; paced
     (`pace`: the network is emulated), one sender thread per destination paces them (so compute overlaps
-    communication, and flows to different peers proceed in parallel, as on a NIC)."""
+    communication, and flows to different peers proceed in parallel, as on a NIC). `ranks` (a plan's
+    schedule): medium index -> the message class's rank there; a destination's queue serves the most
+    urgent class first (FIFO within a class, and FIFO without a schedule)."""
 
     def __init__(self, net, my_idx: int, ranks: dict, names: list, pace: bool):
         self.net, self.me, self.ranks, self.names = net, my_idx, ranks, names
@@ -157,30 +174,32 @@ class Transmitter:
         self.queues: dict = {}
         self.threads: list = []
         self.errors: list = []
+        self.seq = itertools.count()
 
-    def send(self, dst: str, t: torch.Tensor, tag: int) -> None:
+    def send(self, dst: str, t: torch.Tensor, tag: int, ranks: dict | None = None) -> None:
         t = t.detach().contiguous()
         if not self.pace:
             self.pending.add(isend_tensor(t, self.ranks[dst], tag, 0.0))
             return
-        q = self.queues.get(dst)
-        if q is None:
-            q = self.queues[dst] = queue.Queue()
-            th = threading.Thread(target=self._loop, args=(dst, q), daemon=True)
-            th.start()
-            self.threads.append(th)
-        q.put((t, tag))
+        with self.pending.lock:   # the training all-reduce thread sends beside the main thread
+            q = self.queues.get(dst)
+            if q is None:
+                q = self.queues[dst] = queue.PriorityQueue()
+                th = threading.Thread(target=self._loop, args=(dst, q), daemon=True)
+                th.start()
+                self.threads.append(th)
+        q.put((min(ranks.values(), default=0) if ranks else 0, next(self.seq), (t, tag, ranks)))
 
     def _loop(self, dst: str, q: queue.Queue) -> None:
         j = self.names.index(dst)
         state: dict = {}
         while True:
-            item = q.get()
+            _, _, item = q.get()
             try:
                 if item is None:
                     return
-                t, tag = item
-                deliver = self.net.pace(self.me, j, t.numel() * t.element_size(), state)
+                t, tag, ranks = item
+                deliver = self.net.pace(self.me, j, t.numel() * t.element_size(), state, ranks)
                 self.pending.add(isend_tensor(t, self.ranks[dst], tag, deliver))
             except Exception as e:   # re-raised by flush(); the worker turns it into a RuntimeFault
                 self.errors.append(e)
@@ -197,4 +216,4 @@ class Transmitter:
 
     def close(self) -> None:
         for q in self.queues.values():
-            q.put(None)
+            q.put((float("inf"), next(self.seq), None))

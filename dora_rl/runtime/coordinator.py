@@ -131,7 +131,17 @@ class Runtime(WorkerGroup):
         if not m.feasible:
             mem = [v for v in m.violations if v.startswith("memory")]
             raise PlanError("plan does not fit: " + "; ".join(mem) + " (give those devices fewer blocks)")
+        self.levels(plan)   # a schedule naming a flow class or medium the plan lacks: ScheduleError
         return plan
+
+    def levels(self, plan: Plan) -> dict:
+        """The plan schedule's priorities as flow class -> {medium index: rank} (the
+        simulator's check, `dora_rl.sim.program.flow_levels`); {} without a schedule."""
+        if plan.schedule is None or not plan.schedule.priorities:
+            return {}
+        from dora_rl.sim.program import build, flow_levels
+        lv = flow_levels(self.cost, build(self.cost, plan, 1), plan.schedule)
+        return {c: r for c, r in lv.items() if r}
 
     def start(self, plan: Plan) -> None:
         """Start workers, form the group, send settings, deploy `plan`."""
@@ -196,10 +206,10 @@ class Runtime(WorkerGroup):
         net = {"bw": cl.bw_l, "lat": cl.lat_l, "hops": [[list(h) for h in row] for row in cl.hops],
                "medium_bps": cl.medium_bps.tolist()}
         cal = os.path.join(self.tmp, "calendar.bin")
-        from dora_rl.runtime.emulation import Calendar, set_medium_scale
+        from dora_rl.runtime.emulation import Calendar, calendar_slots, set_medium_scale
         if self.media_scale is not None:   # [live] before the workers open the calendar
             set_medium_scale(cal, self.media_scale)
-        Calendar(cal, cl.n * cl.n + len(cl.media_names), create=True).close()
+        Calendar(cal, calendar_slots(cl.n, len(cl.media_names)), create=True).close()
         for dev, r in self.ranks.items():
             threads, cpus = self._threads(dev)
             cfg = {"op": "setup", "names": self.names, "ranks": self.ranks, "source": self.sc.source,
@@ -305,7 +315,8 @@ class Runtime(WorkerGroup):
     def _send_plan(self, dev: str, plan: Plan, **fields) -> None:
         """A worker's plan command. Inference workers keep blocks they stop owning
         (`keep`: a later switch back moves nothing); training workers drop them."""
-        self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "keep": not self.sc.workload.training, **fields})
+        self._cmd(dev, {"op": "plan", "plan": plan.to_dict(), "levels": self.levels(plan),
+                        "keep": not self.sc.workload.training, **fields})
 
     def _plan_acks(self) -> list[dict]:
         """Every worker's ack of a plan command; records the blocks each now holds."""

@@ -17,6 +17,11 @@ occupancy plus the route latency. The bytes themselves move over gloo at once; t
 receiver waits until the delivery time. So a link never carries more than its
 bandwidth, and flows on one medium queue behind each other (FIFO per message: two
 long flows each get about half). Same formulas and routes as `cost/model.py`.
+A plan's schedule (docs/formats.md, "Schedule") ranks the flow classes on a medium:
+a sender of rank r marks `active_until` of (medium, r) on the calendar while it is
+backlogged, and a sender of a lower rank (a larger number) waits while any more urgent
+class on one of its media is marked: strict priority at chunk granularity (a chunk
+already booked is not preempted), FIFO within a class; no schedule: FIFO.
 
 Energy: busy (modelled compute) seconds at active power, the rest of the window at
 idle power, plus radio energy per byte sent and received."""
@@ -39,8 +44,18 @@ def sleep_until(t: float) -> None:
         time.sleep(d)
 
 
+PRIO_LEVELS = 32      # priority ranks per medium the calendar can mark (deeper ranks share the last)
+PRIO_GRACE_S = 0.002  # a backlogged flow stays marked this long past its chunk (its next booking's wake-up)
+
+
+def calendar_slots(n: int, n_media: int) -> int:
+    """Slots of a calendar: n*n pairs, one per medium, then PRIO_LEVELS marks per medium."""
+    return n * n + n_media + n_media * PRIO_LEVELS
+
+
 class Calendar:
-    """The shared `free_at` table: n*n pair slots then one slot per medium."""
+    """The shared `free_at` table: n*n pair slots, one slot per medium, then the
+    priority marks (`active_until` per medium and rank)."""
 
     def __init__(self, path: str, n_slots: int, create: bool = False):
         self.path = path
@@ -71,6 +86,19 @@ class Calendar:
         finally:
             fcntl.flock(self.lockfd, fcntl.LOCK_UN)
 
+    def read(self, slot: int) -> float:
+        return struct.unpack_from("d", self.mm, 8 * slot)[0]
+
+    def mark(self, slots: list[int], until: float) -> None:
+        """Raise each slot's time to `until` (a priority mark)."""
+        fcntl.flock(self.lockfd, fcntl.LOCK_EX)
+        try:
+            for s in slots:
+                if struct.unpack_from("d", self.mm, 8 * s)[0] < until:
+                    struct.pack_into("d", self.mm, 8 * s, until)
+        finally:
+            fcntl.flock(self.lockfd, fcntl.LOCK_UN)
+
     def reset(self) -> None:
         fcntl.flock(self.lockfd, fcntl.LOCK_EX)
         try:
@@ -97,7 +125,7 @@ class NetEmulator:
         self.hops = net["hops"]
         self.medium_bps = net["medium_bps"]
         self.n = len(self.bw)
-        self.cal = Calendar(calendar_path, self.n * self.n + len(self.medium_bps)) if calendar_path else None
+        self.cal = Calendar(calendar_path, calendar_slots(self.n, len(self.medium_bps))) if calendar_path else None
         # [live] bandwidth dynamics: a shared table of per-medium factors (calendar + ".scale", written by
         # the live adapter loop, `set_medium_scale`); every link on a medium scales with it
         self.scale = None
@@ -134,12 +162,28 @@ class NetEmulator:
         _, end = self.cal.reserve(self._slots(i, j, nbytes), now())
         return end + self.lat[i][j]
 
-    def pace(self, i: int, j: int, nbytes: float, state: dict) -> float:
+    def _mark_slot(self, mu: int, rank: int) -> int:
+        return self.n * self.n + len(self.medium_bps) + mu * PRIO_LEVELS + min(rank, PRIO_LEVELS - 1)
+
+    def _yield_to_urgent(self, ranks: dict) -> None:
+        """Wait while a more urgent class is marked backlogged on one of `ranks`' media
+        (medium index -> this flow's rank there)."""
+        while True:
+            t = now()
+            block = max([self.cal.read(self._mark_slot(mu, q)) for mu, r in ranks.items()
+                         for q in range(min(r, PRIO_LEVELS - 1))] or [0.0])
+            if block <= t:
+                return
+            sleep_until(block)
+
+    def pace(self, i: int, j: int, nbytes: float, state: dict, ranks: dict | None = None) -> float:
         """Transmit nbytes over i -> j in real time: book chunks of ~2 ms one after
         another, sleeping through each, so that flows sharing a medium interleave
         chunk by chunk (fair sharing). A backlogged flow chains its chunks from the
-        previous chunk's end (sleep overshoot does not accumulate). Blocks the calling
-        (sender) thread; returns the delivery time (end + route latency)."""
+        previous chunk's end (sleep overshoot does not accumulate). `ranks` (a
+        schedule): medium index -> this flow's class rank there; before each chunk the
+        flow yields to more urgent marked classes, after it marks its own. Blocks the
+        calling (sender) thread; returns the delivery time (end + route latency)."""
         if self.cal is None or i == j or nbytes <= 0:
             return 0.0
         rate = self.bw[i][j] * self._rf(i, j)
@@ -151,9 +195,14 @@ class NetEmulator:
         t_begin = None
         while left > 0:
             c = min(chunk, left)
+            if ranks:
+                self._yield_to_urgent(ranks)
             t = now()
             earliest = prev if 0.0 <= t - prev < 1e-3 else t
             start, end = self.cal.reserve(self._slots(i, j, c), earliest)
+            if ranks:
+                self.cal.mark([self._mark_slot(mu, r) for mu, r in ranks.items()],
+                              end + (PRIO_GRACE_S if left > c else 0.0))
             if t_begin is None:
                 t_begin = start   # [live] measure from the first chunk's start (not the queueing before it)
             sleep_until(end)

@@ -387,8 +387,8 @@ class KernelNet:
             end = self.ends[(i, j)] = self._floor(i, j, nbytes, self.ends.get((i, j), 0.0))
         return end + self.lat[i][j]
 
-    def pace(self, i: int, j: int, nbytes: float, state: dict) -> float:
-        return self.book(i, j, nbytes)
+    def pace(self, i: int, j: int, nbytes: float, state: dict, ranks: dict | None = None) -> float:
+        return self.book(i, j, nbytes)   # schedule priorities: not under netns (no htb classes yet)
 
     def close(self) -> None:
         pass

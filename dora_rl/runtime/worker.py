@@ -45,6 +45,7 @@ from dora_rl.runtime.comm import (
     TAG_WEIGHTS,
     Pending,
     Transmitter,
+    flow_class,
     irecv_tensor,
     isend_obj,
     recv_obj,
@@ -78,6 +79,8 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
         self.sent_bytes = 0.0
         self.recv_bytes = 0.0
         self.faults = NoWorkerFaults()   # heartbeat.WorkerFaults when fault tolerance is on
+        self.my_stage = None
+        self.ranks_of: dict = {}         # flow class -> {medium index: rank} of the plan's schedule
 
     # ------------------------------------------------------------------ setup
     def setup(self, cfg: dict) -> None:
@@ -112,7 +115,7 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
 
     def send_tensor(self, dst_dev: str, t: torch.Tensor, tag: int) -> None:
         self.sent_bytes += t.numel() * t.element_size()
-        self.tx.send(dst_dev, t, tag)
+        self.tx.send(dst_dev, t, tag, self.ranks_of.get(flow_class(tag, self.my_stage)))
 
     def flush(self) -> None:
         self.tx.flush()
@@ -166,6 +169,7 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
         if "version" in cmd:   # fault tolerance: the iteration the re-deployed blocks are at
             self.faults.version = cmd["version"]
         sends.wait()
+        self.ranks_of = cmd.get("levels") or {}   # the schedule's ranks (FIFO without)
         self._adopt(plan, keep=bool(cmd.get("keep")))
         self.ack({"op": "plan", "device": self.device, "seconds": now() - t0,
                   "blocks": sorted(self.blocks)})
@@ -175,6 +179,7 @@ class Worker(PipelineOps, InferenceOps, TrainingOps):
         stay in memory - the device's flash copy - so a later switch back moves nothing;
         training drops them (their parameters would go stale)."""
         self.plan = plan
+        self.schedule = plan.get("schedule") or {}
         self.stages = [(s["blocks"][0], s["blocks"][1], list(s["devices"]), list(s["shares"]))
                        for s in plan["stages"]]
         self.S = len(self.stages)

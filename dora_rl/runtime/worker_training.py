@@ -3,16 +3,25 @@
 `op_train` runs one iteration: 1F1B over the micro-batches of this device's stage,
 gradients sent back across the boundaries, a ring all-reduce of the gradients inside the
 stage's data-parallel group (2(g-1) steps of one chunk each, the cost model's formula),
-then an SGD step (with momentum when set). `op_checkpoint` hands the coordinator the
-parameters and optimizer state of every block (the fault-tolerant runtime's copy)."""
+then an SGD step (with momentum when set). The plan's schedule (docs/formats.md) adds
+`extra_warmup` forwards to 1F1B's warm-up and splits the all-reduce into `buckets`
+equal slices of the flat gradient, last layers first; with start `backward` a thread
+runs bucket b once the modelled last backward is (b+1)/buckets done (as the simulator),
+overlapping the rest of it, else the buckets run one after another once the whole
+pipeline has drained (stage 0, the last to finish 1F1B, tells every data-parallel
+member of a later stage: a control token, not paced).
+`op_checkpoint` hands the coordinator the parameters and optimizer state of every block
+(the fault-tolerant runtime's copy)."""
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
 
-from dora_rl.runtime.comm import TAG_BWD, TAG_RING, irecv_tensor, wait_tensors
-from dora_rl.runtime.emulation import now
+from dora_rl.runtime.comm import TAG_BWD, TAG_DRAIN, TAG_RING, irecv_tensor, isend_tensor, wait_tensors
+from dora_rl.runtime.emulation import now, sleep_until
 
 
 class TrainingOps:
@@ -42,6 +51,9 @@ class TrainingOps:
             saved = {}
             y_all = cmd.get("y")
             denom = cmd["denom"]
+            ar = self.schedule.get("allreduce") or {}
+            early = ar.get("start") == "backward" and len(self.stages[s][2]) > 1
+            ring: list = []   # the bucketed all-reduce thread started during the last backward
 
             def fwd(j):
                 x = self.gather(s, j, m, True)
@@ -66,12 +78,15 @@ class TrainingOps:
                     g = self.gather_grad(s, j, m, lo_)
                     t = now()
                     y.backward(g)
-                self.clock.stretch(t, self.model_s(s, n, "bwd"))
+                model = self.model_s(s, n, "bwd")
+                if early and j == M - 1:
+                    ring.append(self._start_ring(s, t, model))
+                self.clock.stretch(t, model)
                 if s > 0:
                     self.scatter_grad(s, j, m, x.grad, lo_)
 
             if n > 0:
-                warm = min(S - s - 1, M)
+                warm = min(S - s - 1 + int(self.schedule.get("extra_warmup", 0)), M)
                 for j in range(warm):
                     fwd(j)
                 for j in range(M - warm):
@@ -79,7 +94,9 @@ class TrainingOps:
                     bwd(j)
                 for j in range(M - warm, M):
                     bwd(j)
-            self.allreduce_and_step(s)
+            if ar.get("start", "drain") == "drain":
+                self.drained(s)
+            self.allreduce_and_step(s, ring[0] if ring else None)
         self.flush()
         self.ack({"op": "train", "device": self.device, "t0": t0, "t1": now()})
 
@@ -105,15 +122,59 @@ class TrainingOps:
                 continue
             self.send_tensor(a, g[lo - my_lo: hi - my_lo], TAG_BWD + k)
 
-    def allreduce_and_step(self, s: int) -> None:
+    def drained(self, s: int) -> None:
+        """`drain` start: stage 0 tells the data-parallel members of later stages that
+        its last backward is done; they wait for every stage-0 member's token."""
+        later = [d for _, _, devs, _ in self.stages[1:] if len(devs) > 1 for d in devs]
+        if s == 0:
+            for d in later:
+                self.pending.add(isend_tensor(torch.zeros(1), self.ranks[d], TAG_DRAIN, 0.0))
+        elif self.device in later:
+            wait_tensors([irecv_tensor((1,), torch.float32, self.ranks[d], TAG_DRAIN) for d in self.stages[0][2]])
+
+    def _grads(self) -> list:
         params = [(b, name, p) for b in sorted(self.blocks) for name, p in self.blocks[b].named_parameters()]
         for _, _, p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        return params
+
+    def _bucketed(self, s: int, t0: float, model: float) -> tuple:
+        """(flat gradient, thread) - the thread sums `flat` over stage s's group in the
+        schedule's buckets, bucket b (the last (b+1)/B of the flat gradient) from
+        t0 + model*(b+1)/B; its error, if any, is appended to the thread's `err`."""
+        params = self._grads()
+        flat = torch.cat([p.grad.reshape(-1) for _, _, p in params]) if params else torch.zeros(0)
+        B = max(1, int((self.schedule.get("allreduce") or {}).get("buckets", 1)))
+        pieces = list(reversed(torch.tensor_split(flat, B)))
+        devs = self.stages[s][2]
+
+        def run():
+            try:
+                for b, piece in enumerate(pieces):
+                    sleep_until(t0 + model * (b + 1) / B)
+                    if piece.numel():
+                        self.ring_allreduce(piece, devs)
+            except (RuntimeError, OSError) as e:   # re-raised by allreduce_and_step in the main thread
+                th.err.append(e)
+        th = threading.Thread(target=run, daemon=True)
+        th.err = []
+        return flat, th
+
+    def _start_ring(self, s: int, t0: float, model: float) -> tuple:
+        flat, th = self._bucketed(s, t0, model)
+        th.start()
+        return flat, th
+
+    def allreduce_and_step(self, s: int, ring: tuple | None = None) -> None:
+        """All-reduce (or collect the one started during backward, `ring`), then step."""
+        params = self._grads()
         devs = self.stages[s][2]
         if len(devs) > 1 and params:
-            flat = torch.cat([p.grad.reshape(-1) for _, _, p in params])
-            self.ring_allreduce(flat, devs)
+            flat, th = ring if ring is not None else self._start_ring(s, now(), 0.0)
+            th.join()
+            if th.err:
+                raise th.err[0]
             off = 0
             for _, _, p in params:
                 k = p.numel()

@@ -121,3 +121,24 @@ def test_tables_keep_full_names_off_a_terminal():
                          check=True).stdout
     assert "data_parallel" in out and "neurosurgeon" in out and "latency ms" in out
     assert "…" not in out
+
+
+def test_run_schedule_option_fifo_auto_and_errors():
+    from dora_rl.commands.runtime import with_schedule
+    from dora_rl.cost import CostModel
+    from dora_rl.planners import get_planner
+    from dora_rl.scenario import load_scenario
+    from dora_rl.schedule import Schedule
+    from dora_rl.sim import simulate
+
+    sc = load_scenario("traffic_analytics")
+    cm = CostModel(sc)
+    plan = get_planner("pipeedge").plan(sc, cm)
+    own = Plan.from_dict({**plan.to_dict(), "schedule": Schedule(buckets=2).to_dict()})
+    assert with_schedule(sc, own, None).schedule == Schedule(buckets=2)   # the plan's own
+    assert with_schedule(sc, own, "fifo").schedule is None
+    auto = with_schedule(sc, own, "auto")
+    assert auto.schedule is not None
+    assert simulate(cm, auto).latency_ms <= simulate(cm, plan).latency_ms * (1 + 1e-9)
+    code, _, err = run("run", "smart_home", "--schedule", "best")
+    assert code == 2 and "invalid choice" in err and len(err.strip().splitlines()) == 1

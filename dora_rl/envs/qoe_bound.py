@@ -19,8 +19,11 @@ times u_s plus the boundaries' `dirs (occupancy + latency)`, T >= every u_s and 
   least the even split over the group's rate);
 - a boundary between two single devices: exactly `cost.transfer` (others: >= 0);
 - the rest [r, B) on the free devices (total rate R_free): every device serves at most
-  one stage, so the rest adds at least back m (F_B - F_r) / R_free to fill and T is at
-  least that much.
+  one stage, so T is at least back m (F_B - F_r) / R_free; and a stage's group computes
+  with at most m members (each member of a group needs a whole sample of the
+  micro-batch to contribute), so the rest adds at least back m (F_B - F_r) / R_m to fill,
+  R_m = the total rate of the m fastest free devices (for m = 1: the fastest one alone -
+  the stages run one after the other).
 
 A step is masked when `fill + (M - 1) T` exceeds the latency cap (the SLO; for training
 also batch / min_throughput), or T exceeds 1 / (M x required rate) for inference, or a
@@ -113,25 +116,44 @@ class QoEBound:
     def _ok(self, fill, T):
         return (fill + (self.M - 1) * T <= self.lat_cap) & (T <= self.T_cap)
 
-    def global_ok(self, F: float, T: float, p: int, free_rate: float) -> bool:
-        """Some completion from block p on devices of total rate `free_rate` may comply."""
+    def rest_rates(self, pool: list) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Rates left for the rest once device d takes a stage, per device d (array over all
+        devices; d outside `pool` leaves the whole pool): (total rate, rate of the m fastest),
+        then the same two for the whole pool."""
+        rate, k = self.inst.rate, max(1, self.m)
+        order = sorted(pool, key=lambda d: -rate[d])
+        tot = float(sum(rate[d] for d in pool))
+        top = float(sum(rate[d] for d in order[:k]))
+        nxt = float(rate[order[k]]) if len(order) > k else 0.0
+        R_T = np.full(self.inst.n, tot)
+        R_m = np.full(self.inst.n, top)
+        for d in pool:
+            R_T[d] = tot - rate[d]
+        for d in order[:k]:
+            R_m[d] = top - rate[d] + nxt
+        return R_T, R_m, tot, top
+
+    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_top: float) -> bool:
+        """Some completion from block p on a pool of devices (total rate `pool_rate`, its m
+        fastest `pool_top`) may comply."""
         if p >= self.B:
             return bool(self._ok(F, T))
-        rest = self.back * self.m * (self.fp[-1] - self.fp[p]) / max(free_rate, 1e-30)
-        return bool(self._ok(F + rest, max(T, rest)))
+        work = self.back * self.m * (self.fp[-1] - self.fp[p])
+        return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30))))
 
     def close_ok(self, F: float, T: float, f_in: float, t_in: float, group: list, d: int, p: int, r: np.ndarray,
-                 rest_rate: float) -> np.ndarray:
+                 rest_rate: float, rest_top: float) -> np.ndarray:
         """For ends r (array, p < r <= B): may the stage [p, r) on group + [d] (entered at
         fill / T cost f_in / t_in, `inputs`), then the rest on devices of total rate
-        `rest_rate`, still comply? (fill F, period T of the closed stages)."""
+        `rest_rate` (the m fastest: `rest_top`), still comply? (fill F, period T so far)."""
         devs = group + [d]
         rate = float(sum(self.inst.rate[x] for x in devs))
         u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
-        rest = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]) / max(rest_rate, 1e-30), 0.0)
+        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)
+        rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
         o_occ, o_lat = self.out[d] if not group else (0.0, 0.0)
         end = r >= self.B
-        fill = F + f_in + u + rest + np.where(end, o_occ + o_lat, 0.0)
+        fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
         TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0)])
         ok = self._ok(fill, TT)
         if self.min_h is not None:

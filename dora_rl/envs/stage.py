@@ -54,7 +54,7 @@ DEVICE_FEATURES = (
     "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
     "used", "in_group", "log_t_cut_from_prev", "log_rate_join", "reach_frac", "can_close", "can_add",
     "log_t_rest_join", "min_end_frac", "log_in_fill", "log_in_period", "log_out_fill", "log_rate_rest",
-    "log_dyn_w", "log_idle_w_new",
+    "log_dyn_w", "log_idle_w_new", "log_rate_rest_fill",
 )
 BLOCK_FEATURES = (
     "valid", "candidate", "log_flops", "log_params", "log_act_out", "log_work", "frac_after", "log_t_cut",
@@ -72,7 +72,7 @@ BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
 # the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_policy.py:lookahead)
 DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_rate_rest", "log_in_fill",
                                                          "log_in_period", "log_out_fill", "log_dyn_w",
-                                                         "log_idle_w_new"))
+                                                         "log_idle_w_new", "log_rate_rest_fill"))
 BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
 
 
@@ -223,17 +223,16 @@ class StageEnv(gym.Env):
         (no compliant plan exists: the episode still ends in a valid plan). rmin/rmax become
         the first/last allowed end per device (the observation's reach features)."""
         qb, inst, p = self._bound(), self.inst, self.p
-        free_rate = float(sum(inst.rate[d] for d in range(inst.n) if d not in self.used))
-        rest0 = free_rate - float(sum(inst.rate[d] for d in self.group))
+        pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
+        R_T, R_m, _, _ = qb.rest_rates(pool)
         q = np.zeros_like(cm)
         f_in, t_in = self._qin
         for d in np.flatnonzero(rmin <= rmax):
             r = np.arange(rmin[d], rmax[d] + 1)
-            q[d, r - 1] = qb.close_ok(self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r,
-                                      rest0 - inst.rate[d])
+            q[d, r - 1] = qb.close_ok(self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r, R_T[d], R_m[d])
         if q.any():
             cm[:] = q
-        elif adds.any() and qb.global_ok(self._qF, self._qT, p, free_rate):
+        elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
             cm[:] = False
         else:
             return
@@ -326,8 +325,9 @@ class StageEnv(gym.Env):
         f_in, t_in = self._qin
         lg = np.log(np.maximum(np.stack([f_in, t_in, [o[0] + o[1] for o in qb.out]], 1) / ts, 1e-30))
         dev[:n, 20:23] = np.clip(lg, -CLIP, CLIP)
-        rest_rate = free_rate - grate - inst.rate
-        dev[:n, 23] = np.clip(np.log(np.maximum(rest_rate / mean_rate, 1e-30)), -CLIP, CLIP)
+        R_T, R_m, _, _ = qb.rest_rates([d for d in range(n) if d not in self.used and d not in self.group])
+        dev[:n, 23] = np.clip(np.log(np.maximum(R_T / mean_rate, 1e-30)), -CLIP, CLIP)
+        dev[:n, 26] = np.clip(np.log(np.maximum(R_m / mean_rate, 1e-30)), -CLIP, CLIP)
         pstar = max(float(inst.act_w.mean()), 1e-9)           # energies over P* T* (P* = mean active power)
         dev[:n, 24] = np.clip(np.log(np.maximum(qb.dyn_w / pstar, 1e-30)), -CLIP, CLIP)
         part = self.used | {inst.src}

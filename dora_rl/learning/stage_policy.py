@@ -51,13 +51,13 @@ def lookahead(xd, xb, xg, lib=np):
     def ex(x):
         return lib.exp(lib.clip(x, -3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
 
-    lrj, lrr, lfin, ltin, lout, ldyn, lidle = (xd[..., i][..., :, None] for i in range(NDL))
+    lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm = (xd[..., i][..., :, None] for i in range(NDL))
     lw, lwa, is_end = (xb[..., i][..., None, :] for i in range(NBL))
     g = [xg[..., i][..., None, None] for i in range(NGL)]
     x1 = lw - lrj
     u, rest = ex(x1 - g[2]), ex(lwa - lrr - g[2]) * (1.0 - is_end)
     out = ex(lout) * is_end
-    fill = ex(g[0]) + ex(lfin) + u + rest + out
+    fill = ex(g[0]) + ex(lfin) + u + ex(lwa - lrm - g[2]) * (1.0 - is_end) + out
     mx = lib.maximum
     T = mx(mx(mx(ex(g[1]), ex(ltin)), mx(u, rest)), out)
     lb = lib.log(fill + 64.0 * g[3] * T)

@@ -15,31 +15,39 @@ from dora_rl.errors import PlanError
 SHARE_TOL = 1e-6
 
 
+def sample_counts(m: int, shares, names=None) -> list[int]:
+    """Whole samples per member when a micro-batch of m samples is split by `shares`.
+
+    A function of the group as a set of (device, share) pairs, not of the order the
+    members are listed in (docs/cost-model.md "Compute"): if there are at least as many
+    samples as members, every member first gets one sample; each remaining sample then
+    goes to the member furthest below its target (largest shortfall w_i m - n_i,
+    compared to 1e-9), ties to the first device name in sort order (`names`; without
+    names, the first listed). So counts sum to m, follow the shares as closely as whole
+    samples can (largest remainder), and a listed member is never left idle."""
+    k = len(shares)
+    least = 1 if m >= k else 0
+    targets = [w * m for w in shares]
+    # the greedy below first brings every member up to max(least, floor(target)) (a
+    # shortfall >= 1 always wins over one < 1), so start there when that fits in m
+    counts = [max(least, math.floor(round(t, 9))) for t in targets]
+    if sum(counts) > m:
+        counts = [least] * k
+    keys = [((names[i] if names is not None else ""), i) for i in range(k)]
+    for _ in range(m - sum(counts)):
+        best = min(range(k), key=lambda i: (-round(targets[i] - counts[i], 9), keys[i]))
+        counts[best] += 1
+    return counts
+
+
 def sample_edges(m: int, shares, names=None) -> list[int]:
     """Integer slice edges [0, e_1, ..., m] of a micro-batch of m samples split by
-    `shares`. Device i of a stage computes samples [e_i, e_{i+1}); the cost model and the
-    runtime both use this split.
-
-    How many samples each member gets does not depend on the order the members are
-    listed in: the counts are rounded in a canonical order, by device name (`names`,
-    one per share; without names, the listed order): walking that order,
-    n_i = floor(m (w_0 + ... + w_i) + 1/2) - floor(m (w_0 + ... + w_{i-1}) + 1/2), so the
-    counts sum to m and follow the shares as closely as whole samples can. The slices
-    are then laid out in the listed order (which only decides who sends what to whom)."""
-    k = len(shares)
-    order = list(range(k)) if names is None else sorted(range(k), key=lambda i: (names[i], i))
-    counts = [0] * k
-    prev, acc = 0, 0.0
-    for pos, i in enumerate(order):
-        if pos == k - 1:
-            e = m
-        else:
-            acc += shares[i]
-            e = min(m, max(prev, math.floor(acc * m + 0.5)))
-        counts[i] = e - prev
-        prev = e
+    `shares`: member i computes samples [e_i, e_{i+1}). The counts come from
+    `sample_counts` (independent of member order); the slices are laid out in the
+    listed order, which only decides who sends what to whom. The cost model and the
+    runtime both use this split."""
     edges = [0]
-    for c in counts:
+    for c in sample_counts(m, shares, names):
         edges.append(edges[-1] + c)
     return edges
 

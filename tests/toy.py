@@ -47,3 +47,38 @@ LAB = {
 
 def scenario(d: dict) -> Scenario:
     return Scenario.from_dict(d, profile=toy_profile())
+
+# worked example 4: a camera hub whose one 100 Mbps interface feeds two boards
+HUB = {
+    "name": "toy_hub", "model": {"profile": "toy.json"},
+    "workload": {"kind": "inference", "batch": 2, "microbatches": 1, "request_rate": 2, "source": "cam"},
+    "qoe": {"objective": "latency"},
+    "devices": [
+        {"name": "cam", "kind": "camera", "gflops": 25, "memory_gb": 2, "idle_w": 2, "active_w": 5,
+         "radio_j_per_mb": 0.08},
+        *({"name": n, "kind": "jetson_orin_nano", "gflops": 200, "memory_gb": 8, "idle_w": 2, "active_w": 10,
+           "radio_j_per_mb": 0.05} for n in ("boardA", "boardB")),
+    ],
+    "links": [
+        {"a": "cam", "b": "boardA", "mbps": 100, "latency_ms": 1},
+        {"a": "cam", "b": "boardB", "mbps": 100, "latency_ms": 1},
+        {"a": "boardA", "b": "boardB", "mbps": 1000, "latency_ms": 0.5},
+    ],
+}
+
+# worked example 5: a battery phone relays every transfer between the camera and a server
+RELAY = {
+    "name": "toy_relay", "model": {"profile": "toy.json"},
+    "workload": {"kind": "inference", "batch": 2, "microbatches": 1, "request_rate": 2, "source": "cam"},
+    "qoe": {"objective": "latency", "min_battery_hours": 1000},
+    "devices": [
+        HUB["devices"][0],
+        HOME["devices"][0],
+        {"name": "server", "kind": "laptop", "gflops": 500, "memory_gb": 16, "idle_w": 5, "active_w": 30,
+         "battery_wh": None, "radio_j_per_mb": 0.05},
+    ],
+    "links": [
+        {"a": "cam", "b": "phone", "mbps": 80, "latency_ms": 2},
+        {"a": "phone", "b": "server", "mbps": 80, "latency_ms": 2},
+    ],
+}

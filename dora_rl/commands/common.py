@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -14,7 +15,9 @@ from rich.table import Table
 from dora_rl.errors import OutputError
 from dora_rl.jsonsafe import json_safe
 
-console = Console()
+# A pipe or a log file has no width; rich would squeeze tables to 80 columns and cut every
+# name ("pla…"). Off a terminal, print at full width unless $COLUMNS says otherwise.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 
 
 def print_json(obj) -> None:

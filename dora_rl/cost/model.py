@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from dora_rl.cost.metrics import Metrics
+from dora_rl.cost.routes import Network
 from dora_rl.plan import Plan, sample_edges
 from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
@@ -52,6 +53,10 @@ class CostModel:
         self.bw = cl.bw_l
         self.lat = cl.lat_l
         self.hops = cl.hops
+        net = getattr(cl, "_cost_network", None)      # routes depend on the cluster only: share them
+        if net is None:
+            net = cl._cost_network = Network(cl)
+        self.net = net
         self.medium_bps = cl.medium_bps.tolist()
         self.media_names = cl.media_names
         self.mem = cl.mem.tolist()
@@ -62,6 +67,7 @@ class CostModel:
                           for d in cl.devices]
         self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
         self._realized: dict = {}
+        self._placed: dict = {}   # concurrent flows -> (occupancy, latency, media loads, hop flows)
         # measured block times (docs/cost-model.md "Measured block times"): per device None, or
         # prefix sums (fixed_f, per_sample_f, fixed_b, per_sample_b) of forward / backward seconds
         self.timed = None
@@ -92,8 +98,10 @@ class CostModel:
     def realized(self, m: int, shares, devs=None) -> list[float]:
         """The shares a plan really gets: whole samples. A micro-batch of m samples is
         split by `plan.sample_edges` (the runtime's split) with the members' names
-        (`devs`, device indices), so member i computes n_i samples whatever the members'
-        order, and its realized share is n_i / m (cached per (m, shares, devs))."""
+        (`devs`, device indices): the counts n_i are a function of the group as a set
+        (`plan.sample_counts`: one sample each when m >= g, the rest by largest
+        shortfall, ties by name), and member i's realized share is n_i / m (cached per
+        (m, shares, devs))."""
         key = (m, tuple(shares), None if devs is None else tuple(devs))
         r = self._realized.get(key)
         if r is None:
@@ -147,14 +155,22 @@ class CostModel:
         """Move a micro-batch's activation (nbytes in total) from group A to group B.
 
         Samples are laid out as contiguous slices in share order, so device i of A sends
-        to device j of B exactly the overlap of their slices (nothing when i == j).
-        Returns (occupancy o_k, latency, {medium: bytes carried}, [(i, j, bytes), ...]).
-        occupancy = max(max_flow bytes/bw, max_medium load/capacity): concurrent flows on
-        one medium share its capacity (contention)."""
-        flows = []
+        to device j of B exactly the overlap of their slices (nothing when i == j, and
+        nothing at all when nbytes is 0). Each flow takes the route of least lat + b κ
+        (`routes.Network.route`). Returns (occupancy o_k, latency, {medium: bytes
+        carried}, [(u, v, bytes) per hop of every flow]; cached: read, do not modify):
+        o_k = max over resources
+        (media, link directions, interface directions) of the bytes through it / its
+        capacity, so concurrent flows share every capacity they cross (contention)."""
+        if nbytes <= 0:
+            return 0.0, 0.0, {}, []
+        pairs = []
         if len(a_devs) == 1 and len(b_devs) == 1:
-            if a_devs[0] != b_devs[0] and nbytes > 0:
-                flows.append((a_devs[0], b_devs[0], nbytes))
+            hit = self._placed.get((a_devs[0], b_devs[0], nbytes))
+            if hit is not None:
+                return hit
+            if a_devs[0] != b_devs[0]:
+                pairs.append((a_devs[0], b_devs[0], nbytes))
         else:
             i = j = 0
             a_lo = b_lo = 0.0
@@ -164,51 +180,63 @@ class CostModel:
                 b_hi = b_lo + b_sh[j]
                 ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
                 if ov > EPS and a_devs[i] != b_devs[j]:
-                    flows.append((a_devs[i], b_devs[j], ov * nbytes))
+                    pairs.append((a_devs[i], b_devs[j], ov * nbytes))
                 if a_hi < b_hi or j == nb - 1:
                     a_lo = a_hi
                     i += 1
                 else:
                     b_lo = b_hi
                     j += 1
-        occ = lat = 0.0
-        load: dict[int, float] = {}
-        bw, lt, hops = self.bw, self.lat, self.hops
-        for i, j, b in flows:
-            t = b / bw[i][j]
-            if t > occ:
-                occ = t
-            if lt[i][j] > lat:
-                lat = lt[i][j]
-            for mu, cnt in hops[i][j]:
-                load[mu] = load.get(mu, 0.0) + b * cnt
-        for mu, b in load.items():
-            t = b / self.medium_bps[mu]
-            if t > occ:
-                occ = t
-        return occ, lat, load, flows
+        if not pairs:
+            return 0.0, 0.0, {}, []
+        key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)
+        hit = self._placed.get(key)
+        if hit is None and len(self._placed) > 200_000:
+            self._placed.clear()
+        if hit is None and len(pairs) == 1:
+            i, j, b = pairs[0]
+            r = self.net.route(i, j, b)
+            hit = self._placed[key] = (b * r.kappa, r.lat, {mu: b * c for mu, c in r.media},
+                                       [(u, v, b) for u, v in r.hops])
+        elif hit is None:
+            load: dict[int, float] = {}
+            lat, routes = self.net.place(pairs, load)
+            cap, nmed = self.net.cap, self.net.n_media
+            occ = max(bts / cap[x] for x, bts in load.items())
+            hit = self._placed[key] = (occ, lat, {x: bts for x, bts in load.items() if x < nmed},
+                                       [(u, v, b) for (_, _, b), r in zip(pairs, routes) for u, v in r.hops])
+        return hit
 
     def allreduce(self, devs, param_bytes: float):
         """Ring all-reduce of a stage's gradients over its group (in group order):
-        2(g-1) steps, each sending P/g over every ring link at once.
+        2(g-1) steps, each sending P/g over every ring link at once; a step takes the
+        slowest ring transfer (lat + chunk κ) or the busiest resource's load / capacity.
         Returns (time, {medium: bytes}, bytes sent per device)."""
         g = len(devs)
         if g < 2 or param_bytes <= 0:
             return 0.0, {}, 0.0
         chunk = param_bytes / g
-        step = 0.0
         load: dict[int, float] = {}
-        for t in range(g):
-            i, j = devs[t], devs[(t + 1) % g]
-            s = self.lat[i][j] + chunk / self.bw[i][j]
-            if s > step:
-                step = s
-            for mu, cnt in self.hops[i][j]:
-                load[mu] = load.get(mu, 0.0) + chunk * cnt
-        for mu, b in load.items():
-            step = max(step, b / self.medium_bps[mu])
+        lat, routes = self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], load)
+        step = max(r.lat + chunk * r.kappa for r in routes)
+        cap, nmed = self.net.cap, self.net.n_media
+        for x, b in load.items():
+            step = max(step, b / cap[x])
         steps = 2 * (g - 1)
-        return steps * step, {mu: b * steps for mu, b in load.items()}, steps * chunk
+        return steps * step, {x: b * steps for x, b in load.items() if x < nmed}, steps * chunk
+
+    def ring_relays(self, devs, param_bytes: float) -> dict[int, float]:
+        """Bytes each relay of a ring all-reduce's routes forwards (received + sent)."""
+        g = len(devs)
+        out: dict[int, float] = {}
+        if g < 2 or param_bytes <= 0:
+            return out
+        chunk = param_bytes / g
+        steps = 2 * (g - 1)
+        for r in self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], {})[1]:
+            for d in r.relays:
+                out[d] = out.get(d, 0.0) + 2 * steps * chunk
+        return out
 
     # --- the whole plan ------------------------------------------------------
     def evaluate_stages(self, stages, M: int) -> Metrics:
@@ -265,9 +293,10 @@ class CostModel:
                 T, bname = dirs * occ, f"boundary {k}"
             for mu, bts in load.items():
                 medium_load[mu] = medium_load.get(mu, 0.0) + dirs * bts
-            for i, j, bts in flows:
+            for i, j, bts in flows:          # per hop: a relay receives and sends
                 sent[i] += dirs * bts
                 sent[j] += dirs * bts
+                part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)
         for mu, bts in medium_load.items():
             t = bts / self.medium_bps[mu]
             if t > T:
@@ -283,6 +312,10 @@ class CostModel:
                     ar_media[mu] = ar_media.get(mu, 0.0) + bts
                 for d in devs:
                     radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
+                if len(devs) > 1:
+                    for d, bts in self.ring_relays(devs, self.pp[r] - self.pp[l]).items():
+                        radio_bytes[d] += bts
+                        part.add(d)
             for mu, bts in ar_media.items():
                 A = max(A, bts / self.medium_bps[mu])
         total = fill + (M - 1) * T + A    # fill + drain + steady state (+ all-reduce)

@@ -330,19 +330,21 @@ class Runtime(WorkerGroup):
     def infer(self, n: int | None = None, *, rate: float | None = None, window: int | None = None, inputs=None,
               keep_outputs: bool = False, switch_at: int | None = None, switch_plan: Plan | None = None,
               batch: int | None = None, duration: float | None = None, control=None, interval: float = 1.0,
-              on_answer=None) -> InferenceResult:
+              on_answer=None, on_issue=None) -> InferenceResult:
         """Run `n` requests (or admit them for `duration` seconds). `rate`: open-loop
         arrivals per second; `window`: at most that many in flight (closed loop);
         neither: window = stages + 1. `inputs[i]`: request i's input (default
         `make_input`). With `switch_at=k`, after admitting k requests: stop admitting,
         drain, switch to `switch_plan`, resume. `control(t) -> Plan | None` is called
         every `interval` seconds at a request boundary; a plan it returns is switched to
-        (drain, move). `on_answer(rid, latency_s, t_answer)` hears every answer.
+        (drain, move). `on_answer(rid, latency_s, t_answer)` hears every answer and
+        `on_issue(rid, t_issue)` every issue (a re-issue too).
         With a resilient fault policy every request is answered exactly once even if
         workers die (request_loop.py)."""
         return request_loop.RequestStream(self, n, rate=rate, window=window, inputs=inputs, keep_outputs=keep_outputs,
                                       switch_at=switch_at, switch_plan=switch_plan, batch=batch, duration=duration,
-                                      control=control, interval=interval, on_answer=on_answer).run()
+                                      control=control, interval=interval, on_answer=on_answer,
+                                      on_issue=on_issue).run()
 
     # ------------------------------------------------------------------ training
     def make_batch(self, it: int, batch: int):

@@ -117,6 +117,7 @@ class LiveRun:
             self.offered_rate = min(self.offered_rate, 0.8 * cap)
         self.request_deadline = request_deadline or max(15.0, 20 * (self.sc.qoe.latency_slo_ms or 1000) / 1e3)
         self.answers: list[tuple[float, float]] = []      # (t_answer, latency_s)
+        self.waiting: dict[int, float] = {}               # rid -> issue time, of the requests not yet answered
         self.plans_seen: dict[int, dict] = {}             # plan id -> plan dict, of every decision
         self.t0 = 0.0                                     # the runtime clock at the start of serving
         self.last = 0.0                                   # the start of the current control interval
@@ -148,7 +149,7 @@ class LiveRun:
             with LiveView(self.live, self.console) as view:
                 self.view = view
                 res = rt.infer(duration=self.duration, rate=self.offered_rate, control=self.control,
-                               interval=self.interval, on_answer=self.on_answer)
+                               interval=self.interval, on_answer=self.on_answer, on_issue=self.on_issue)
             faults = list(rt.faults)
         return self.finish(res, faults)
 
@@ -159,6 +160,10 @@ class LiveRun:
 
     def on_answer(self, rid: int, latency_s: float, t_answer: float) -> None:
         self.answers.append((t_answer, latency_s))
+        self.waiting.pop(rid, None)
+
+    def on_issue(self, rid: int, t_issue: float) -> None:
+        self.waiting[rid] = t_issue
 
     def replan(self, new_sc: Scenario) -> Plan:
         """A device died: rebuild the adapter (and monitor) on the survivors, let it choose."""
@@ -243,17 +248,22 @@ class LiveRun:
         QoE violations (latency p95 vs SLO, throughput vs required, battery budgets)."""
         need, interval, log = self.need, self.interval, self.log
         recent = [lat for (ta, lat) in self.answers if ta - self.t0 >= t_prev]
-        # no answer in this interval: the last measured latency (None before the first)
+        # no answer in this interval: shown as the last measured latency (None before the first),
+        # judged by the oldest request still waiting (a user waiting past the SLO is a
+        # violation now; an answer measured under an earlier bandwidth is not evidence)
         lat_ms = float(np.percentile(recent, 95) * 1e3) if recent else (log.rows[-1]["latency_ms"]
                                                                         if log.rows else None)
+        waiting_ms = (now() - min(self.waiting.values())) * 1e3 if self.waiting else 0.0
         slo = self.sc.qoe.latency_slo_ms
         # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
         # at the dilated request rates)
         win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
         thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
         viol = []
-        if slo is not None and lat_ms is not None and lat_ms > slo:
+        if slo is not None and recent and lat_ms > slo:
             viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
+        elif slo is not None and not recent and waiting_ms > slo:
+            viol.append(f"latency: a request waiting {waiting_ms:.0f} ms > SLO {slo:.0f} ms")
         # throughput once a full window can hold answers (the first ones arrive after one latency)
         # throughput: the running plan's capacity on the true bandwidth below the required
         # rate (as the simulation judges it), or - once a full window can hold answers -
@@ -269,7 +279,7 @@ class LiveRun:
                 "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),
                 "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
                 "switch": bool(do_switch), "switch_s": 0.0, "move_mb": 0.0, "latency_ms": lat_ms,
-                "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None,
+                "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None, "waiting_ms": waiting_ms,
                 "answered": len(recent), "throughput": thr, "power_w": power,
                 "energy_j": power * dt if math.isfinite(power) else 0.0,
                 "served_frac": min(1.0, thr / need) if need else 1.0, "thr_judged": judged or not need,

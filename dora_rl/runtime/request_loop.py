@@ -46,7 +46,7 @@ class RequestStream:
     def __init__(self, rt, n: int | None = None, *, rate: float | None = None, window: int | None = None,
                  inputs=None, keep_outputs: bool = False, switch_at: int | None = None,
                  switch_plan: Plan | None = None, batch: int | None = None, duration: float | None = None,
-                 control=None, interval: float = 1.0, on_answer=None):
+                 control=None, interval: float = 1.0, on_answer=None, on_issue=None):
         if rt.sc.workload.training:
             raise RuntimeFault(f"scenario {rt.sc.name!r} is a training workload; use train()")
         if n is None and duration is None:
@@ -54,7 +54,7 @@ class RequestStream:
         self.rt = rt
         self.n, self.duration = n, duration
         self.rate, self.window = rate, window
-        self.inputs, self.keep_outputs, self.on_answer = inputs, keep_outputs, on_answer
+        self.inputs, self.keep_outputs, self.on_answer, self.on_issue = inputs, keep_outputs, on_answer, on_issue
         self.control, self.interval = control, interval
         self.batch = batch or rt.sc.workload.batch
         if self.batch % rt.plan.microbatches:
@@ -175,6 +175,8 @@ class RequestStream:
         t = now()
         self.first_issue.setdefault(rid, t)
         self.inflight[rid] = t
+        if self.on_issue is not None:
+            self.on_issue(rid, t)
         for dev in rt.participants():
             cmd = {"op": "infer", "rid": rid, "batch": int(x.shape[0])}
             if dev == rt.sc.source:

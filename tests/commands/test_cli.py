@@ -1,6 +1,7 @@
 """The `dora` command: tables, --json, and one-line errors with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -90,3 +91,14 @@ def test_compare_and_plan_say_exact_and_name_violations(capsys):
     assert main(["plan", "smart_home", "--planner", "local", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["approximate"] is True and d["gap"] is not None and d["gap"] >= -1e-9
+
+
+def test_tables_keep_full_names_off_a_terminal():
+    """Piped into a file, `dora compare` must not squeeze its table to 80 columns and cut the
+    planner names and headers ("data_parallel" -> "dat…")."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = subprocess.run([sys.executable, "-m", "dora_rl.cli", "compare", "smart_home", "--planners",
+                          "data_parallel,neurosurgeon,proportional"], capture_output=True, text=True, env=env,
+                         check=True).stdout
+    assert "data_parallel" in out and "neurosurgeon" in out and "latency ms" in out
+    assert "…" not in out

@@ -66,15 +66,19 @@ def test_shares_are_realized_in_whole_samples(home):
 
 
 def test_contention_halves_bandwidth():
-    """Two equal flows on one medium each see half of it; on dedicated links they don't."""
+    """Two equal flows on one medium each see half of it; on dedicated links they still
+    share the sender's interface (as fast as its fastest link, 80 Mbps = 1e7 B/s), so
+    taking the medium away does not make the phone's two sends concurrent."""
     d = {**HOME, "qoe": {"objective": "latency"}}
     plan = Plan.make([(0, 1, ["phone"]), (1, 4, ["laptop", "tv"], [0.5, 0.5])], 1)
     shared = CostModel(scenario(d)).evaluate(plan)
     dedicated = {**d, "links": [{k: v for k, v in ln.items() if k != "medium"} for ln in HOME["links"]], "media": {}}
     alone = CostModel(scenario(dedicated)).evaluate(plan)
     flow = 0.5 * 2 * 200_000 / 1e7  # half of m=2 samples x 200 kB per receiver at 1e7 B/s
-    assert alone.transfer_s[1] == approx(0.002 + flow)
     assert shared.transfer_s[1] == approx(0.002 + 2 * flow)
+    assert alone.transfer_s[1] == approx(0.002 + 2 * flow)      # phone's send interface: 400 kB / 1e7
+    # the answers (4 kB from each member) share the phone's receive interface: 8 kB / 1e7
+    assert alone.transfer_s[2] == approx(0.002 + 8_000 / 1e7)
 
 
 def test_memory_overflow_is_infeasible():
@@ -101,14 +105,21 @@ def test_qoe_violations_are_named(home):
 def test_worked_example_training():
     cm = CostModel(scenario(LAB))
     m = cm.evaluate(Plan.make([(0, 2, ["jetA"]), (2, 4, ["jetB", "jetC"])], 4))
+    # ring jetB -> jetC -> jetB: the two directions are separate capacities (full duplex)
     assert m.allreduce_s == approx(2 * (0.0005 + 1.5e6 / 1e8))
-    assert m.latency_ms == approx(814.0)
-    assert m.throughput == approx(8 / 0.814)
+    # x1: jetA's send interface (1e8 B/s) carries both 100 kB flows: 0.0005 + 2e5/1e8 =
+    # 0.0025 s, twice (activation + gradient); iteration = 0.18 + 0.06 + 0.005 + 3 x 0.18
+    # + 0.031 = 0.816 s (was 0.814 when the two flows did not share jetA's interface)
+    assert m.transfer_s[1] == approx(0.0025)
+    assert m.latency_ms == approx(816.0)
+    assert m.throughput == approx(8 / 0.816)
     d = m.to_dict()
     assert d["memory_bytes"] == {"jetA": approx(25.6e6), "jetB": approx(6.154e6), "jetC": approx(6.154e6)}
-    assert d["energy_by_device_j"]["jetA"] == approx(7.468)
-    assert d["energy_by_device_j"]["jetB"] == approx(3.888)
-    assert m.energy_j == approx(15.244)
+    # jetA: 10 x 0.72 + 2 x (0.816 - 0.72) + 0.05 x 1.6 MB = 7.472 J
+    assert d["energy_by_device_j"]["jetA"] == approx(7.472)
+    # jetB: 10 x 0.24 + 2 x (0.816 - 0.24) + 0.05 x (0.8 MB activations + gradients + 6 MB all-reduce)
+    assert d["energy_by_device_j"]["jetB"] == approx(3.892)
+    assert m.energy_j == approx(7.472 + 2 * 3.892)   # 15.256 J
 
 
 def test_training_equal_stages_textbook_1f1b():

@@ -65,11 +65,12 @@ def test_worked_example_3_training(tmp_path):
     m = CostModel(sc).evaluate(Plan.from_dict({"microbatches": 4, "stages": [
         {"blocks": [0, 2], "devices": ["jetA"]}, {"blocks": [2, 4], "devices": ["jetB", "jetC"]}]}))
     u0 = 2 * (0.01 + 0.015) + 2 * (0.015 + 0.025)        # 0.05 forward + 0.08 backward
-    it = u0 + 0.06 + 0.003 + 3 * u0 + 0.031               # fill + steady state + all-reduce = 0.614 s
+    # x1 = 0.0005 + 2 x 100 kB / 1e8 (jetA's send interface carries both flows) = 0.0025 s, twice
+    it = u0 + 0.06 + 0.005 + 3 * u0 + 0.031               # fill + steady state + all-reduce = 0.616 s
     assert m.stage_compute_s[0] == pytest.approx(0.05)
     assert m.latency_ms == pytest.approx(it * 1e3)
     assert m.busy_s[0] == pytest.approx(4 * u0)
-    assert m.energy_by_device[0] == pytest.approx(10 * 0.52 + 2 * (0.614 - 0.52) + 0.05 * 1.6)   # 5.468 J
+    assert m.energy_by_device[0] == pytest.approx(10 * 0.52 + 2 * (0.616 - 0.52) + 0.05 * 1.6)   # 5.472 J
 
 
 def test_a_member_with_no_sample_costs_nothing(tmp_path):

@@ -94,7 +94,7 @@ def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     links = [{"a": x, "b": y, "mbps": 80, "latency_ms": 1, "medium": "w"} for x, y in (("a", "b"), ("a", "c"),
                                                                                         ("b", "c"))]
     sc = Scenario.from_dict({
-        "name": "live_step", "model": "tiny_cnn", "qoe": {"objective": "latency"},
+        "name": "live_step", "model": "tiny_cnn", "qoe": {"objective": "latency", "latency_slo_ms": 60},
         "workload": {"kind": "inference", "batch": 4, "microbatches": 1, "source": "a", "request_rate": 3},
         "devices": [{"name": "a", "gflops": 0.2, "memory_gb": 4}, {"name": "b", "gflops": 5, "memory_gb": 4},
                     {"name": "c", "gflops": 5, "memory_gb": 4}],
@@ -107,3 +107,13 @@ def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     rows = json.loads(open(out["log"]).read())["rows"]
     assert rows[0]["plan"] != rows[-1]["plan"]
     assert (tmp_path / "live_timeline.png").exists()
+    # latency is judged on this interval's answers, or on the oldest request still waiting
+    slo = json.loads(open(out["log"]).read()).get("slo_ms") or sc.qoe.latency_slo_ms
+    for r in rows:
+        lat_viol = any(v.startswith("latency") for v in r["violations"])
+        if slo is None:
+            assert not lat_viol
+        elif r["answered"]:
+            assert lat_viol == (r["latency_ms"] > slo)
+        else:
+            assert lat_viol == (r["waiting_ms"] > slo)

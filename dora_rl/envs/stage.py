@@ -23,13 +23,18 @@ free devices (so every plan is reachable up to 16 devices; the add masks stay ch
 Masks: a close (d, r) is allowed when the group holds [p, r) in memory and the rest
 [r, B) can still be finished by the greedy completion of `Instance.completion_table`
 (sound: if it finishes, a plan exists); an add when some other free device can close a
-stage with the enlarged group. Reward: `utility` on the last step (as PartitionEnv).
+stage with the enlarged group. QoE masks (`qoe_masks=True`, dora_rl/envs/qoe_bound.py)
+then keep only the closes after which a QoE-compliant completion may still exist by a
+sound lower bound, falling back to the memory masks when none does. Reward: `utility` on
+the last step (as PartitionEnv).
 
 Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
-`global (NG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
+`global (SNG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
 raw logs whose difference is the log of the stage's compute time over T* on the group
-plus that device: the policy forms that pairwise term itself (dora_rl/learning/stage_policy.py).
+plus that device; with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global
+extras (`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead
+per close itself (dora_rl/learning/stage_policy.py:lookahead).
 """
 
 from __future__ import annotations

@@ -176,6 +176,8 @@ class Instance:
         t[:, 10] = np.arange(1, B + 1) / B
         peak = np.diag(self.act[:B, 1:B + 1]) if self.act.ndim == 2 else np.zeros(B)
         t[:, 12] = np.clip(np.log(np.maximum(peak / self.mem_med, 1e-30)), -CLIP, CLIP) / 3.0
+        if NFB > 13:      # log of the work after block j, over the mean work per device (log_work's scale)
+            t[:, 13] = np.clip(np.log(np.maximum(t[:, 6] * self.n, 1e-30)), -CLIP, CLIP)
         return t
 
     def block_static(self, n_features: int) -> np.ndarray:

@@ -23,13 +23,18 @@ free devices (so every plan is reachable up to 16 devices; the add masks stay ch
 Masks: a close (d, r) is allowed when the group holds [p, r) in memory and the rest
 [r, B) can still be finished by the greedy completion of `Instance.completion_table`
 (sound: if it finishes, a plan exists); an add when some other free device can close a
-stage with the enlarged group. Reward: `utility` on the last step (as PartitionEnv).
+stage with the enlarged group. QoE masks (`qoe_masks=True`, dora_rl/envs/qoe_bound.py)
+then keep only the closes after which a QoE-compliant completion may still exist by a
+sound lower bound, falling back to the memory masks when none does. Reward: `utility` on
+the last step (as PartitionEnv).
 
 Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
-`global (NG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
+`global (SNG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
 raw logs whose difference is the log of the stage's compute time over T* on the group
-plus that device: the policy forms that pairwise term itself (dora_rl/learning/stage_policy.py).
+plus that device; with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global
+extras (`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead
+per close itself (dora_rl/learning/stage_policy.py:lookahead).
 """
 
 from __future__ import annotations
@@ -40,27 +45,40 @@ from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
 from dora_rl.envs.instance import NG, Instance, InstanceSource
+from dora_rl.envs.qoe_bound import QoEBound
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP, clip_log
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
-STAGE_OBS_VERSION = 2
+STAGE_OBS_VERSION = 3
 HARD_MAX_DEVICES = 256          # the documented hard limit of the set policy (>= 128)
 ADD_CANDIDATES = 16             # data-parallel members are drawn from the 16 fastest free devices
 DEVICE_FEATURES = (
     "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
     "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
     "used", "in_group", "log_t_cut_from_prev", "log_rate_join", "reach_frac", "can_close", "can_add",
-    "log_t_rest_join", "min_end_frac",
+    "log_t_rest_join", "min_end_frac", "log_in_fill", "log_in_period", "log_out_fill", "log_rate_rest",
+    "log_dyn_w", "log_idle_w_new", "log_rate_rest_fill",
 )
 BLOCK_FEATURES = (
     "valid", "candidate", "log_flops", "log_params", "log_act_out", "log_work", "frac_after", "log_t_cut",
-    "is_end", "len_frac", "pos_frac", "log_stage_params", "log_peak_act",
+    "is_end", "len_frac", "pos_frac", "log_stage_params", "log_peak_act", "log_work_after",
 )
+# StageEnv's global vector: PartitionEnv's GLOBAL_FEATURES (instance.py), then the QoE bound's
+# state (dora_rl/envs/qoe_bound.py; times per micro-batch over T*) and the micro-batch count
+STAGE_GLOBAL_EXTRA = ("log_fill_closed", "log_period_closed", "log_microbatches", "microbatches_m1_64",
+                      "log_latency_cap", "log_period_cap", "log_request_period", "training", "log_rest_dyn",
+                      "log_idle_w_used")
+SNG = NG + len(STAGE_GLOBAL_EXTRA)
 NFD, NFB = len(DEVICE_FEATURES), len(BLOCK_FEATURES)
 DEV_LOG_RATE_JOIN = DEVICE_FEATURES.index("log_rate_join")
 BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
+# the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_policy.py:lookahead)
+DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_rate_rest", "log_in_fill",
+                                                         "log_in_period", "log_out_fill", "log_dyn_w",
+                                                         "log_idle_w_new", "log_rate_rest_fill"))
+BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
 
 
 class StageEnv(gym.Env):
@@ -71,8 +89,10 @@ class StageEnv(gym.Env):
 
     def __init__(self, scenario=None, max_devices: int = 8, max_blocks: int = 32, seed: int = 0,
                  pool_size: int = 100_000, min_devices: int = 2, gen_max_devices: int | None = None,
-                 render_mode: str | None = None, gen_kwargs: dict | None = None):
+                 render_mode: str | None = None, gen_kwargs: dict | None = None, qoe_masks: bool = True):
         super().__init__()
+        self.qoe_masks = bool(qoe_masks)
+        self.qoe_masked = False
         self.max_devices = D = int(max_devices)
         self.max_blocks = Bm = int(max_blocks)
         if not 1 <= D <= HARD_MAX_DEVICES:
@@ -88,7 +108,7 @@ class StageEnv(gym.Env):
             "device_mask": spaces.Box(0.0, 1.0, (D,), np.float32),
             "blocks": spaces.Box(-CLIP, CLIP, (Bm, NFB), np.float32),
             "block_mask": spaces.Box(0.0, 1.0, (Bm,), np.float32),
-            "global": spaces.Box(-CLIP, CLIP, (NG,), np.float32),
+            "global": spaces.Box(-CLIP, CLIP, (SNG,), np.float32),
         })
         self.inst: Instance | None = None
         self.result = None
@@ -121,6 +141,7 @@ class StageEnv(gym.Env):
         self.prev: list[int] = [inst.src]
         self.t_max_stage = 0.0
         self.t_transfers = 0.0
+        self._qF = self._qT = 0.0           # QoE bound: fill and period lower bounds of the closed stages
         self.done = False
         self.result = None
         self._compute_mask()
@@ -135,11 +156,13 @@ class StageEnv(gym.Env):
                                                      max_blocks=self.max_blocks, pool_size=1)
         if (dst.max_devices, dst.max_blocks) != (self.max_devices, self.max_blocks):
             raise DoraError("fork: environments of different shapes")
+        dst.qoe_masks = self.qoe_masks
         dst.inst, dst._dmask, dst._mask = self.inst, self._dmask, self._mask.copy()
-        dst._rmin, dst._rmax = self._rmin, self._rmax
+        dst._rmin, dst._rmax, dst._qin = self._rmin, self._rmax, self._qin
         dst.p, dst.done, dst.result = self.p, self.done, self.result
         dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
         dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
+        dst._qF, dst._qT, dst.qoe_masked = self._qF, self._qT, self.qoe_masked
         return dst
 
     # --- masks -------------------------------------------------------------------
@@ -161,6 +184,13 @@ class StageEnv(gym.Env):
             if len(ok):
                 rmin[d], rmax[d] = p + 1 + ok[0], R
         return rmin, rmax
+
+    def _bound(self) -> QoEBound:
+        """The instance's QoE bound (built once per Instance, shared by every episode on it)."""
+        qb = getattr(self.inst, "_qoe_bound", None)
+        if qb is None:
+            qb = self.inst._qoe_bound = QoEBound(self.inst)
+        return qb
 
     def _compute_mask(self) -> None:
         D, Bm, n = self.max_devices, self.max_blocks, self.inst.n
@@ -186,7 +216,35 @@ class StageEnv(gym.Env):
                     if R3 > p and (R3 >= B or inst.greedy(R3, taken | {d, e}) >= B):
                         mask[D * Bm + d] = True
                         break
+        self.qoe_masked = False
+        self._qin = self._bound().inputs(self.prev, self.group, p, [d for d in range(n) if d not in taken])
+        if self.qoe_masks and self._bound().on:
+            self._qoe_mask(cm, mask[D * Bm:], rmin, rmax)
         self._mask, self._rmin, self._rmax = mask, rmin, rmax
+
+    def _qoe_mask(self, cm: np.ndarray, adds: np.ndarray, rmin: np.ndarray, rmax: np.ndarray) -> None:
+        """Narrow the memory masks (in place) to steps after which a QoE-compliant plan may
+        still exist (dora_rl/envs/qoe_bound.py); when no step passes, keep the memory masks
+        (no compliant plan exists: the episode still ends in a valid plan). rmin/rmax become
+        the first/last allowed end per device (the observation's reach features)."""
+        qb, inst, p = self._bound(), self.inst, self.p
+        pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
+        R_T, R_m, _, _ = qb.rest_rates(pool)
+        q = np.zeros_like(cm)
+        f_in, t_in = self._qin
+        for d in np.flatnonzero(rmin <= rmax):
+            r = np.arange(rmin[d], rmax[d] + 1)
+            q[d, r - 1] = qb.close_ok(self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r, R_T[d], R_m[d])
+        if q.any():
+            cm[:] = q
+        elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
+            cm[:] = False
+        else:
+            return
+        self.qoe_masked = True
+        for d in range(inst.n):
+            ok = np.flatnonzero(cm[d])
+            rmin[d], rmax[d] = (ok[0] + 1, ok[-1] + 1) if len(ok) else (inst.B + 1, 0)
 
     def action_masks(self) -> np.ndarray:
         return self._mask.copy()
@@ -219,6 +277,7 @@ class StageEnv(gym.Env):
             self.t_max_stage = max(self.t_max_stage, inst.back * inst.batch * (inst.fp[r] - inst.fp[self.p]) / rate)
             if self.stages:
                 self.t_transfers += inst.batch * inst.bnd_l[self.p] / min(inst.bw[g, d] for g in self.prev)
+            self._qF, self._qT = self._bound().after_close(self._qF, self._qT, self.prev, devs, self.p, r)
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
             self.prev, self.group, self.p = devs, [], r
@@ -257,15 +316,28 @@ class StageEnv(gym.Env):
         rj = inst.rate + grate
         mean_rate = inst.total_rate / n
         dev[:n, 14] = np.log(rj / mean_rate)
+        free_rate = float(sum(inst.rate[d] for d in range(n) if d not in self.used))
         span = max(B - p, 1)
         rmin, rmax = self._rmin, self._rmax
         okc = rmin <= rmax
-        dev[:n, 15] = np.where(okc, (rmax - p) / span, 0.0)
+        dev[:n, 15] = np.where(okc, np.clip((rmax - p) / span, 0.0, 1.0), 0.0)     # (terminal obs: p = B)
         dev[:n, 16] = okc
         dev[:n, 17] = self._mask[D * Bm:D * Bm + n]
         rest = inst.back * inst.batch * (inst.fp[-1] - inst.fp[p])
         dev[:n, 18] = np.clip(np.log(np.maximum(rest / rj / ts, 1e-30)), -CLIP, CLIP) / t3
-        dev[:n, 19] = np.where(okc, (rmin - p) / span, 1.0)
+        dev[:n, 19] = np.where(okc, np.clip((rmin - p) / span, 0.0, 1.0), 1.0)
+        qb = self._bound()
+        f_in, t_in = self._qin
+        lg = np.log(np.maximum(np.stack([f_in, t_in, [o[0] + o[1] for o in qb.out]], 1) / ts, 1e-30))
+        dev[:n, 20:23] = np.clip(lg, -CLIP, CLIP)
+        R_T, R_m, _, _ = qb.rest_rates([d for d in range(n) if d not in self.used and d not in self.group])
+        dev[:n, 23] = np.clip(np.log(np.maximum(R_T / mean_rate, 1e-30)), -CLIP, CLIP)
+        dev[:n, 26] = np.clip(np.log(np.maximum(R_m / mean_rate, 1e-30)), -CLIP, CLIP)
+        pstar = max(float(inst.act_w.mean()), 1e-9)           # energies over P* T* (P* = mean active power)
+        dev[:n, 24] = np.clip(np.log(np.maximum(qb.dyn_w / pstar, 1e-30)), -CLIP, CLIP)
+        part = self.used | {inst.src}
+        new = np.array([d not in part for d in range(n)])
+        dev[:n, 25] = np.where(new, np.clip(np.log(np.maximum(qb.idle / pstar, 1e-30)), -CLIP, CLIP), -CLIP)
         blk = np.zeros((Bm, NFB))
         blk[:B] = inst.block_static(NFB)
         r = np.arange(1, B + 1)
@@ -280,7 +352,8 @@ class StageEnv(gym.Env):
         blk[:B, 11] = np.where(cand, log_params / t3, -CLIP / t3)
         bmask = np.zeros(Bm, np.float32)
         bmask[:B] = cand
-        g = inst.gstatic.copy()
+        g = np.zeros(SNG)
+        g[:NG] = inst.gstatic
         g[0] = p / B
         g[1] = len(self.stages) / 8.0
         g[2] = len(self.group) / 4.0
@@ -291,11 +364,18 @@ class StageEnv(gym.Env):
         g[7] = clip_log(grate / mean_rate) if self.group else -CLIP
         g[8] = np.log(B) / np.log(300.0)
         g[9] = clip_log(inst.bnd_l[p] / max(inst.bnd_l[0], 1.0)) / t3
-        free_rate = sum(inst.rate[d] for d in range(n) if d not in self.used)
         g[19] = (n - len(self.used)) / n
         g[20] = free_rate / inst.total_rate
         g[21] = clip_log(rest / free_rate / ts) / t3 if free_rate > 0 else CLIP / t3
         g[23] = np.log(n) / np.log(64.0)
+        M = qb.M
+        free = [d for d in range(n) if d not in self.used]
+        rest_dyn = min((qb.dyn_w[d] / pstar * mean_rate / inst.rate[d] for d in free), default=0.0)
+        wl = inst.cost.workload
+        g[NG:] = (clip_log(self._qF / ts), clip_log(self._qT / ts), np.log(M), (M - 1) / 64.0,
+                  clip_log(qb.lat_cap / ts), clip_log(qb.T_cap / ts),
+                  clip_log(1.0 / wl.request_rate / ts) if (wl.request_rate and not inst.training) else -CLIP,
+                  float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
         return {"devices": dev.astype(np.float32), "device_mask": self._dmask.copy(),
                 "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
 

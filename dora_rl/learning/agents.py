@@ -190,11 +190,10 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
 
 def _load_stage(folder: Path, zpath: Path, config: dict):
     """A stage-policy agent (dora_rl/learning/stage_agent.py), its layout checked first."""
-    from dora_rl.envs.instance import NG
-    from dora_rl.envs.stage import NFB, NFD, STAGE_OBS_VERSION
+    from dora_rl.envs.stage import NFB, NFD, SNG, STAGE_OBS_VERSION
     from dora_rl.learning.stage_agent import StageAgent, load_stage_model
 
-    want = (STAGE_OBS_VERSION, NFD, NFB, NG)
+    want = (STAGE_OBS_VERSION, NFD, NFB, SNG)
     got = (config.get("obs_version"), config.get("device_features"), config.get("block_features"),
            config.get("global_features"))
     if got != want:

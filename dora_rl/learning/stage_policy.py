@@ -30,9 +30,44 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from dora_rl.envs.stage import BLK_LOG_WORK, DEV_LOG_RATE_JOIN
+from dora_rl.envs.instance import NG
+from dora_rl.envs.stage import BLK_LOOKAHEAD, DEV_LOOKAHEAD
+from dora_rl.features import CLIP
 
 NEG = -1e4
+NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), 10    # lookahead columns: device, block, global
+PAIR_BUMPS = (8, 4, 4, 4, 4)    # tanh bumps per lookahead feature (log stage time, log bound, vs caps, energy)
+
+
+def lookahead(xd, xb, xg, lib=np):
+    """The one-step lookahead of every close (d, j), (..., D, Bm, 5), from the observation's
+    lookahead columns (xd: `DEV_LOOKAHEAD` columns, xb: `BLK_LOOKAHEAD`, xg: StageEnv's global extras;
+    dora_rl/envs/qoe_bound.py): log stage time / T*, log of the latency lower bound
+    `fill + (M - 1) T` after the close (the rest spread over the remaining devices) / T*,
+    that bound over the latency cap, the period bound over the period cap, and the log of an
+    energy estimate (stage + rest at the most efficient free device + idle power over the
+    period) over P* T* (P* = the mean active power). `lib` is
+    numpy or torch (same formula for the actor in numpy and the policy in torch)."""
+    def ex(x):
+        return lib.exp(lib.clip(x, -3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
+
+    lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm = (xd[..., i][..., :, None] for i in range(NDL))
+    lw, lwa, is_end = (xb[..., i][..., None, :] for i in range(NBL))
+    g = [xg[..., i][..., None, None] for i in range(NGL)]
+    x1 = lw - lrj
+    u, rest = ex(x1 - g[2]), ex(lwa - lrr - g[2]) * (1.0 - is_end)
+    out = ex(lout) * is_end
+    fill = ex(g[0]) + ex(lfin) + u + ex(lwa - lrm - g[2]) * (1.0 - is_end) + out
+    mx = lib.maximum
+    T = mx(mx(mx(ex(g[1]), ex(ltin)), mx(u, rest)), out)
+    lb = lib.log(fill + 64.0 * g[3] * T)
+    lt = lib.log(T)
+    # energy over P* T*: the stage's dynamic energy, the rest's at the most efficient free
+    # device, and idle power of the participants over the period (inference: the request
+    # period or M T; training: the latency bound)
+    period = g[7] * (fill + 64.0 * g[3] * T) + (1.0 - g[7]) * mx(ex(g[6]), ex(g[2]) * T)
+    e = ex(x1 + ldyn) + ex(lwa + g[8]) * (1.0 - is_end) + (ex(g[9]) + ex(lidle)) * period
+    return lib.stack([x1, lb, lb - g[4], lt - g[5], lib.log(e)], -1)
 
 
 class AttnBlock(nn.Module):
@@ -66,7 +101,7 @@ class StageExtractor(BaseFeaturesExtractor):
         D, FD = observation_space["devices"].shape
         Bm, FB = observation_space["blocks"].shape
         G = observation_space["global"].shape[0]
-        super().__init__(observation_space, features_dim=hidden + (D + Bm) * embed + D + Bm)
+        super().__init__(observation_space, features_dim=hidden + (D + Bm) * embed + D * NDL + Bm * NBL + NGL)
         self.D, self.Bm, self.hidden, self.embed = D, Bm, hidden, embed
         self.denc, self.benc = _mlp(FD, hidden), _mlp(FB, hidden)
         self.attn = nn.ModuleList([AttnBlock(hidden, heads) for _ in range(layers)])
@@ -76,11 +111,12 @@ class StageExtractor(BaseFeaturesExtractor):
         self.bout = nn.Sequential(nn.Linear(2 * hidden, embed), nn.Tanh())
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        c, hd, gb, lrj, work = self.parts(obs)
-        return torch.cat([c, hd.flatten(1), gb.flatten(1), lrj, work], -1)
+        c, hd, gb, xd, xb, xg = self.parts(obs)
+        return torch.cat([c, hd.flatten(1), gb.flatten(1), xd.flatten(1), xb.flatten(1), xg], -1)
 
     def parts(self, obs: dict[str, torch.Tensor]):
-        """(context, device embeddings, block embeddings, log join rates, log work) for any D, B."""
+        """(context, device embeddings, block embeddings, and the lookahead columns of the
+        devices, blocks and global vector) for any D, B."""
         xd, dm = obs["devices"], obs["device_mask"]
         xb, bm = obs["blocks"], obs["block_mask"]
         e = self.denc(xd)
@@ -95,20 +131,23 @@ class StageExtractor(BaseFeaturesExtractor):
         c = self.ctx(torch.cat([self.genc(obs["global"]), mean, mx, bmean], -1))
         hd = self.dout(torch.cat([e, c.unsqueeze(1).expand(-1, e.shape[1], -1)], -1))
         gb = self.bout(torch.cat([b, c.unsqueeze(1).expand(-1, b.shape[1], -1)], -1))
-        return c, hd, gb, xd[..., DEV_LOG_RATE_JOIN], xb[..., BLK_LOG_WORK]
+        dl, bl = list(DEV_LOOKAHEAD), list(BLK_LOOKAHEAD)
+        return c, hd, gb, xd[..., dl], xb[..., bl], obs["global"][..., NG:NG + NGL]
 
 
 class StagePointerHead(nn.Module):
     """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
 
-    def __init__(self, hidden: int, embed: int, D: int, Bm: int, bumps: int = 8):
+    def __init__(self, hidden: int, embed: int, D: int, Bm: int):
         super().__init__()
         self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
+        K = sum(PAIR_BUMPS)
         self.q = nn.Linear(embed, embed)
         self.kb = nn.Linear(embed, 1)
-        self.amp = nn.Linear(embed, bumps)
-        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, bumps))
-        self.shift = nn.Parameter(torch.linspace(-3.0, 3.0, bumps))
+        self.amp = nn.Linear(embed, K)
+        self.register_buffer("fidx", torch.tensor([i for i, k in enumerate(PAIR_BUMPS) for _ in range(k)]))
+        self.scale = nn.Parameter(torch.cat([torch.linspace(0.5, 2.0, k) for k in PAIR_BUMPS]))
+        self.shift = nn.Parameter(torch.cat([torch.linspace(-3.0, 3.0, k) for k in PAIR_BUMPS]))
         self.add = nn.Linear(embed, 1)
 
     def split(self, z: torch.Tensor):
@@ -118,16 +157,21 @@ class StagePointerHead(nn.Module):
         o += D * E
         gb = z[:, o:o + Bm * E].reshape(-1, Bm, E)
         o += Bm * E
-        return hd, gb, z[:, o:o + D], z[:, o + D:o + D + Bm]
+        xd = z[:, o:o + D * NDL].reshape(-1, D, NDL)
+        o += D * NDL
+        xb = z[:, o:o + Bm * NBL].reshape(-1, Bm, NBL)
+        o += Bm * NBL
+        return hd, gb, xd, xb, z[:, o:o + NGL]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
-    def logits(self, hd, gb, lrj, work) -> torch.Tensor:
-        """Logits from the extractor's parts (any D and B)."""
+    def logits(self, hd, gb, xd, xb, xg) -> torch.Tensor:
+        """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
+        0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
-        x = work[:, None, :] - lrj[:, :, None]                                  # log stage time / T*
-        bump = torch.tanh(x[..., None] * self.scale + self.shift)              # (N, D, Bm, K)
+        x = lookahead(xd, xb, xg, torch)                                 # (N, D, Bm, 5)
+        bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)         # (N, D, Bm, K)
         pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
         close = bil + pair + self.kb(gb).transpose(1, 2)
         return torch.cat([close.flatten(1), self.add(hd)[..., 0]], -1)
@@ -164,8 +208,8 @@ class StagePolicy(MaskableActorCriticPolicy):
 
     def any_size(self, obs: dict[str, torch.Tensor]):
         """(logits, values) for a batch of any (D, B): imitation trains on several sizes."""
-        c, hd, gb, lrj, work = self.features_extractor.parts(obs)
-        return self.action_net.logits(hd, gb, lrj, work), self.value_net.net(c).flatten()
+        c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
+        return self.action_net.logits(hd, gb, xd, xb, xg), self.value_net.net(c).flatten()
 
 
 def _np(m: nn.Linear):
@@ -189,6 +233,7 @@ class StageNumpyActor:
         self.q, self.kb, self.amp, self.add = _np(hd.q), _np(hd.kb), _np(hd.amp), _np(hd.add)
         self.scale = hd.scale.detach().numpy().astype("float64")
         self.shift = hd.shift.detach().numpy().astype("float64")
+        self.fidx = hd.fidx.detach().numpy()
         self.embed = fe.embed
 
     @staticmethod
@@ -237,9 +282,10 @@ class StageNumpyActor:
         hd = np.tanh(np.concatenate([e, cd], -1) @ self.dout[0] + self.dout[1])
         gb = np.tanh(np.concatenate([b, cb], -1) @ self.bout[0] + self.bout[1])
         bil = (hd @ self.q[0] + self.q[1]) @ np.swapaxes(gb, -1, -2) / math.sqrt(self.embed)
-        x = xb[..., None, :, BLK_LOG_WORK] - xd[..., :, None, DEV_LOG_RATE_JOIN]
+        x = lookahead(xd[..., list(DEV_LOOKAHEAD)], xb[..., list(BLK_LOOKAHEAD)],
+                             obs["global"].astype("float64")[..., NG:NG + NGL], np)
         amp = hd @ self.amp[0] + self.amp[1]
-        pair = np.einsum("...dbk,...dk->...db", np.tanh(x[..., None] * self.scale + self.shift), amp)
+        pair = np.einsum("...dbk,...dk->...db", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
         close = bil + pair + np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)

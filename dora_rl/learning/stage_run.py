@@ -151,8 +151,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     import sb3_contrib
     import stable_baselines3
 
-    from dora_rl.envs.instance import NG
-    from dora_rl.envs.stage import NFB, NFD
+    from dora_rl.envs.stage import NFB, NFD, SNG
 
     rng_dev = [min(f.get("min_devices", 2) for f in fams.values()),
                max(f.get("gen_max_devices", f["max_devices"]) for f in fams.values())]
@@ -163,7 +162,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
         rng_blk = [scenario.profile.n_blocks, scenario.profile.n_blocks]
     config = {
         "env_id": env_id, "algo": "MaskablePPO", "policy": "StagePolicy", "action_space": "stage",
-        "obs_version": STAGE_OBS_VERSION, "device_features": NFD, "block_features": NFB, "global_features": NG,
+        "obs_version": STAGE_OBS_VERSION, "device_features": NFD, "block_features": NFB, "global_features": SNG,
         "max_devices": int(first["max_devices"]), "max_blocks": int(first["max_blocks"]),
         "trained_range": {"devices": rng_dev, "blocks": rng_blk},
         "scenario": getattr(scenario, "name", None), "seed": seed, "train_seconds": round(seconds, 1),

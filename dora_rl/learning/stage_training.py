@@ -83,18 +83,21 @@ def best_known(inst, use_dora: bool = True, polish_rounds: int = 40):
 
 
 class Data:
-    """Decisions of one family: observations, masks, actions, returns."""
+    """Decisions of one family: observations, masks, actions, returns, and per decision the
+    set of actions as good as the label (`equiv`: the label, and for a DAgger label the
+    rollout candidates whose polished completions tie with it)."""
 
     def __init__(self):
         self.obs = {k: [] for k in OBS}
-        self.masks, self.acts, self.rets = [], [], []
+        self.masks, self.acts, self.rets, self.equiv = [], [], [], []
 
-    def add(self, obs, mask, a, ret):
+    def add(self, obs, mask, a, ret, equiv=()):
         for k in OBS:
             self.obs[k].append(obs[k])
         self.masks.append(mask)
         self.acts.append(int(a))
         self.rets.append(float(ret))
+        self.equiv.append(tuple(sorted({int(a), *map(int, equiv)})))
 
     def __len__(self):
         return len(self.acts)
@@ -102,8 +105,12 @@ class Data:
     def tensors(self):
         import torch
 
+        masks = torch.from_numpy(np.stack(self.masks))
+        eq = torch.zeros_like(masks)
+        for i, e in enumerate(self.equiv):
+            eq[i, list(e)] = True
         return ({k: torch.from_numpy(np.stack(v).astype(np.float32)) for k, v in self.obs.items()},
-                torch.from_numpy(np.stack(self.masks)), torch.tensor(self.acts), torch.tensor(self.rets))
+                masks, torch.tensor(self.acts), torch.tensor(self.rets), eq)
 
 
 def replay_plan(env, inst, plan, data: Data, ret: float) -> bool:
@@ -161,10 +168,42 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
     return stats
 
 
+def _batches(t, batch: int, rng) -> list:
+    """Index chunks of one family's decisions, similar sizes together (sorted by devices x
+    blocks with a random jitter, so chunks change between epochs): padding is per batch."""
+    obs = t[0]
+    nd = obs["device_mask"].sum(1).numpy()
+    nb = obs["blocks"][..., 0].sum(1).numpy()
+    order = np.argsort(nd * nb * (1.0 + 0.3 * rng.random(len(nd))), kind="stable")
+    return np.array_split(order, max(1, math.ceil(len(order) / batch)))
+
+
+def _crop(t, idx):
+    """The decisions `idx` of a family cropped to their largest device and block counts:
+    observations, masks and actions re-indexed to the (Dc, Bc) action layout."""
+    import torch
+
+    obs, masks, acts, rets, eq = t
+    ii = torch.from_numpy(idx)
+    D, Bm = obs["devices"].shape[1], obs["blocks"].shape[1]
+    dc = max(1, int(obs["device_mask"][ii].sum(1).max()))
+    bc = max(1, int(obs["blocks"][ii][..., 0].sum(1).max()))
+    o = {"devices": obs["devices"][ii, :dc], "device_mask": obs["device_mask"][ii, :dc],
+         "blocks": obs["blocks"][ii, :bc], "block_mask": obs["block_mask"][ii, :bc], "global": obs["global"][ii]}
+    def cut(m):
+        return torch.cat([m[:, :D * Bm].reshape(-1, D, Bm)[:, :dc, :bc].flatten(1), m[:, D * Bm:D * Bm + dc]], 1)
+
+    a = acts[ii]
+    close = a < D * Bm
+    a = torch.where(close, (a // Bm) * bc + a % Bm, dc * bc + (a - D * Bm))
+    return o, cut(masks[ii]), a, rets[ii], cut(eq[ii])
+
+
 def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3, batch: int = 128,
         seed: int = 0, progress: bool = False, desc: str = "imitate") -> dict:
-    """Masked cross-entropy (+ value regression) on every family's decisions, one family per
-    mini-batch, cosine learning rate, until `epochs` or `seconds`."""
+    """Masked cross-entropy of each label's equivalence class (+ value regression) on every
+    family's decisions, one family per mini-batch (each cropped to its largest instance),
+    cosine learning rate, until `epochs` or `seconds`."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -178,24 +217,23 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
     policy.set_training_mode(True)
     t0, bar, hist = time.time(), _bar(seconds, desc, progress), []
     for ep in range(epochs):
-        order = [(k, idx) for k, t in tens.items() for idx in np.array_split(rng.permutation(len(t[2])),
-                                                                             max(1, math.ceil(len(t[2]) / batch)))]
+        order = [(k, idx) for k, t in tens.items() for idx in _batches(t, batch, rng)]
         rng.shuffle(order)
         tot = acc = cnt = 0.0
         for k, idx in order:
-            obs, masks, acts, rets = tens[k]
-            ii = torch.from_numpy(idx)
-            logits, v = policy.any_size({kk: vv[ii] for kk, vv in obs.items()})
-            logits = logits.masked_fill(~masks[ii], -1e9)
-            ce = torch.nn.functional.cross_entropy(logits, acts[ii])
-            loss = ce + 0.25 * torch.nn.functional.mse_loss(v, rets[ii])
+            obs, masks, acts, rets, eq = _crop(tens[k], idx)
+            logits, v = policy.any_size(obs)
+            logits = logits.masked_fill(~masks, -1e9)
+            # cross-entropy of the label's equivalence class (one action unless equivalents were found)
+            ce = (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~eq, -1e9), -1)).mean()
+            loss = ce + 0.25 * torch.nn.functional.mse_loss(v, rets)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             sched.step()
             tot += float(ce.detach()) * len(idx)
-            acc += float((logits.argmax(-1) == acts[ii]).float().sum())
+            acc += float(eq.gather(1, logits.argmax(-1, keepdim=True)).float().sum())
             cnt += len(idx)
         hist.append({"epoch": ep + 1, "ce": round(tot / cnt, 4), "acc": round(acc / cnt, 4)})
         if bar is not None:
@@ -211,9 +249,10 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
             "seconds": round(time.time() - t0, 1), "final": hist[-1] if hist else None}
 
 
-def label_by_rollout(actor, env, top_k: int):
+def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
     """The teacher's action at env's state: each of the policy's top_k actions (and the
-    greedy one) completed greedily and polished; returns (action, best result)."""
+    greedy one) completed greedily and polished; returns (action, best result, the
+    candidates as good as it: same QoE status, objective within `tol`)."""
     from dora_rl.learning.search import greedy_complete, polish, search_key
 
     mask = env._mask
@@ -226,8 +265,11 @@ def label_by_rollout(actor, env, top_k: int):
         f.advance(int(a))
         forks.append(f)
     res = [polish(env.inst, r, max_rounds=30) for r in greedy_complete(actor, forks)]
-    i = min(range(len(cands)), key=lambda i: search_key(res[i], env.inst.objective))
-    return int(cands[i]), res[i]
+    keys = [search_key(r, env.inst.objective) for r in res]
+    i = min(range(len(cands)), key=lambda i: keys[i])
+    eq = [int(cands[j]) for j in range(len(cands))
+          if keys[j][0] == keys[i][0] and keys[j][1] <= keys[i][1] + tol * abs(keys[i][1])]
+    return int(cands[i]), res[i], eq
 
 
 def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
@@ -262,10 +304,10 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
                     env.advance(int(allowed[0]))
                     continue
                 a_pol = int(np.argmax(actor.logits(obs, mask)))
-                a_lab, res = label_by_rollout(actor, env, top_k)
-                datas[name].add(obs, mask.copy(), a_lab, res[2])
+                a_lab, res, eq = label_by_rollout(actor, env, top_k)
+                datas[name].add(obs, mask.copy(), a_lab, res[2], eq)
                 n_dec += 1
-                agree += a_pol == a_lab
+                agree += a_pol in eq
                 env.advance(a_pol)            # DAgger: follow the learner, label with the teacher
                 obs = env.observe()
             if bar is not None:

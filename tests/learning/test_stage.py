@@ -107,6 +107,37 @@ def test_same_network_runs_on_2_and_64_devices(small_policy):
         assert np.allclose(lt[0].numpy()[mask], lg[mask], atol=1e-4)
 
 
+def test_fit_crops_each_batch_without_changing_the_logits(small_policy):
+    """Imitation crops a mini-batch to its largest instance (padding per batch): the cropped
+    logits of every allowed action, re-indexed, equal the padded ones."""
+    import torch
+
+    from dora_rl.learning import stage_training as st
+
+    env = StageEnv(max_devices=12, max_blocks=40, seed=2, min_devices=3, gen_max_devices=7,
+                   gen_kwargs={"min_blocks": 6, "max_blocks": 30})
+    data, rng = st.Data(), np.random.default_rng(0)
+    for ep in range(6):
+        obs, _ = env.reset(seed=ep)
+        done = False
+        while not done:
+            m = env.action_masks()
+            a = int(rng.choice(np.flatnonzero(m)))
+            data.add(obs, m, a, 0.0)
+            obs, _, done, _, _ = env.step(a)
+    t = data.tensors()
+    idx = np.arange(len(data))
+    o, m, a, _, _ = st._crop(t, idx)
+    assert o["devices"].shape[1] <= 7 and o["blocks"].shape[1] <= 30
+    with torch.no_grad():
+        full, _ = small_policy.policy.any_size(t[0])
+        crop, _ = small_policy.policy.any_size(o)
+    for i in idx:
+        assert int(m[i].sum()) == int(t[1][i].sum())
+        assert float(crop[i, a[i]]) == pytest.approx(float(full[i, t[2][i]]), abs=1e-4)
+        assert np.allclose(np.sort(crop[i][m[i]].numpy()), np.sort(full[i][t[1][i]].numpy()), atol=1e-4)
+
+
 def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
     from dora_rl.learning import stage_training as st
     from dora_rl.learning.search import greedy_complete

@@ -1,0 +1,172 @@
+"""QoE bounds behind StageEnv's masks: a sound, cheap test that a partial plan can still end QoE-compliant.
+
+Why: memory masks alone let the policy close a stage after which no completion can meet
+the latency SLO, the required throughput or the battery target (typically: the whole
+model on the fastest device when only a pipeline meets the SLO). Such a step can never
+be part of a compliant plan, so masking it is free for the planner and removes the most
+common miss of greedy decoding. The test is a lower bound, never an estimate: a step it
+masks has no compliant completion (tested against the oracle's plans), a step it keeps
+may still have none.
+
+The bound (docs/learning.md, "QoE-aware masks"), with M micro-batches of m samples,
+`back` = 3 for training (forward + backward) and 1 for inference. The cost model's
+latency is `total = fill + (M - 1) T + A` (dora_rl/cost/model.py), fill = the stages'
+times u_s plus the boundaries' `dirs (occupancy + latency)`, T >= every u_s and every
+`dirs occupancy`, A >= 0. Lower bounds:
+
+- a stage [l, r) on a group of total rate R: u >= back m (F_r - F_l) / R (exact on one
+  device, whose realized share is 1; on a group, the slowest member's share time is at
+  least the even split over the group's rate);
+- a boundary between two single devices: exactly `cost.transfer` (others: >= 0);
+- the rest [r, B) on the free devices (total rate R_free): every device serves at most
+  one stage, so T is at least back m (F_B - F_r) / R_free; and a stage's group computes
+  with at most m members (each member of a group needs a whole sample of the
+  micro-batch to contribute), so the rest adds at least back m (F_B - F_r) / R_m to fill,
+  R_m = the total rate of the m fastest free devices (for m = 1: the fastest one alone -
+  the stages run one after the other).
+
+A step is masked when `fill + (M - 1) T` exceeds the latency cap (the SLO; for training
+also batch / min_throughput), or T exceeds 1 / (M x required rate) for inference, or a
+battery device of the new stage cannot last the target hours: a compliant plan's period
+is at most 1 / request_rate (inference with a request stream), 1 / required rate
+(inference), or the latency cap (training), so the device's power is at least
+idle + (active - idle) busy / that period. Scenarios with measured block times
+(`cost.timed`) get no QoE masks (their stage times follow no rate formula)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dora_rl.cost.qoe import required_rate
+
+SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
+
+
+class QoEBound:
+    """Per-Instance constants of the bound; `close_ok` tests candidate closes, `after_close`
+    updates the (fill, T) lower bounds of the closed stages."""
+
+    def __init__(self, inst):
+        cost, q, wl = inst.cost, inst.cost.qoe, inst.cost.workload
+        self.inst, self.cost = inst, cost
+        self.M = int(inst.M)
+        self.m = wl.batch // self.M
+        self.back = float(inst.back)
+        self.training = bool(inst.training)
+        self.dirs = 2.0 if self.training else 1.0
+        need = required_rate(cost)
+        lat_cap = q.latency_slo_ms / 1e3 if q.latency_slo_ms is not None else math.inf
+        if self.training and need:
+            lat_cap = min(lat_cap, wl.batch / need)
+        self.lat_cap = lat_cap * (1 + SLACK)
+        self.T_cap = (1.0 / (self.M * need)) * (1 + SLACK) if (need and not self.training) else math.inf
+        if self.training:
+            period = lat_cap
+        elif wl.request_rate:
+            period = 1.0 / wl.request_rate
+        else:
+            period = 1.0 / need if need else math.inf
+        self.period_cap = period * (1 + SLACK)
+        self.min_h = q.min_battery_hours
+        self.bj = np.array([np.nan if b is None else b for b in cost.battery_j], dtype=float)
+        self.idle = np.array(cost.idle_w, dtype=float)
+        self.dyn_w = np.maximum(np.array(cost.active_w, dtype=float) - self.idle, 0.0)
+        has_batt = self.min_h is not None and bool(np.isfinite(self.bj).any())
+        self.on = cost.timed is None and (math.isfinite(self.lat_cap) or math.isfinite(self.T_cap) or has_batt)
+        self.fp = np.asarray(cost.fp, dtype=float)
+        self.src, self.B = inst.src, inst.B
+        # last stage -> source (inference only): exact for a single device
+        self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
+                                                                for d in range(inst.n)]
+
+    def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
+        """(occupancy, latency) of boundary k from group a to group b: exact for single
+        devices (the cost model's own transfer), 0 otherwise (a lower bound)."""
+        if len(a) != 1 or len(b) != 1:
+            return 0.0, 0.0
+        occ, lat, _, _ = self.cost.transfer(a, [1.0], b, [1.0], self.m * self.cost.bnd[k])
+        return float(occ), float(lat)
+
+    def _in(self, prev: list, devs: list, p: int) -> tuple[float, float]:
+        """(fill, T) lower bounds of the boundary into a stage starting at block p."""
+        occ, lat = self._xfer(prev, devs, p)
+        dirs = self.dirs if p > 0 else 1.0
+        return dirs * (occ + lat), dirs * occ
+
+    def inputs(self, prev: list, group: list, p: int, devices) -> tuple[np.ndarray, np.ndarray]:
+        """Per device d (others 0): (fill, T) lower bounds of the boundary into the stage
+        [p, .) on group + [d] (non-zero only from a single device to a single device)."""
+        f, t = np.zeros(self.inst.n), np.zeros(self.inst.n)
+        if not group and len(prev) == 1:
+            for d in devices:
+                f[d], t[d] = self._in(prev, [int(d)], p)
+        return f, t
+
+    def _battery_ok(self, d: int, busy) -> np.ndarray | bool:
+        """Device d can last min_h hours with `busy` compute-seconds per period (array ok)."""
+        if self.min_h is None or not np.isfinite(self.bj[d]):
+            return True
+        frac = busy / self.period_cap if math.isfinite(self.period_cap) else 0.0
+        power = self.idle[d] + self.dyn_w[d] * frac
+        hours = self.bj[d] / np.maximum(power, 1e-30) / 3600.0
+        return hours >= self.min_h * (1 - 1e-9) * (1 - SLACK)
+
+    def _ok(self, fill, T):
+        return (fill + (self.M - 1) * T <= self.lat_cap) & (T <= self.T_cap)
+
+    def rest_rates(self, pool: list) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """Rates left for the rest once device d takes a stage, per device d (array over all
+        devices; d outside `pool` leaves the whole pool): (total rate, rate of the m fastest),
+        then the same two for the whole pool."""
+        rate, k = self.inst.rate, max(1, self.m)
+        order = sorted(pool, key=lambda d: -rate[d])
+        tot = float(sum(rate[d] for d in pool))
+        top = float(sum(rate[d] for d in order[:k]))
+        nxt = float(rate[order[k]]) if len(order) > k else 0.0
+        R_T = np.full(self.inst.n, tot)
+        R_m = np.full(self.inst.n, top)
+        for d in pool:
+            R_T[d] = tot - rate[d]
+        for d in order[:k]:
+            R_m[d] = top - rate[d] + nxt
+        return R_T, R_m, tot, top
+
+    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_top: float) -> bool:
+        """Some completion from block p on a pool of devices (total rate `pool_rate`, its m
+        fastest `pool_top`) may comply."""
+        if p >= self.B:
+            return bool(self._ok(F, T))
+        work = self.back * self.m * (self.fp[-1] - self.fp[p])
+        return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30))))
+
+    def close_ok(self, F: float, T: float, f_in: float, t_in: float, group: list, d: int, p: int, r: np.ndarray,
+                 rest_rate: float, rest_top: float) -> np.ndarray:
+        """For ends r (array, p < r <= B): may the stage [p, r) on group + [d] (entered at
+        fill / T cost f_in / t_in, `inputs`), then the rest on devices of total rate
+        `rest_rate` (the m fastest: `rest_top`), still comply? (fill F, period T so far)."""
+        devs = group + [d]
+        rate = float(sum(self.inst.rate[x] for x in devs))
+        u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
+        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)
+        rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
+        o_occ, o_lat = self.out[d] if not group else (0.0, 0.0)
+        end = r >= self.B
+        fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
+        TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0)])
+        ok = self._ok(fill, TT)
+        if self.min_h is not None:
+            if group:          # members' shares are not known yet: each at least idles
+                for x in devs:
+                    ok = ok & self._battery_ok(x, 0.0)
+            else:
+                ok = ok & self._battery_ok(d, u * self.M)
+        return ok
+
+    def after_close(self, F: float, T: float, prev: list, devs: list, p: int, r: int) -> tuple[float, float]:
+        """(fill, T) lower bounds once the stage [p, r) on `devs` is closed."""
+        rate = float(sum(self.inst.rate[x] for x in devs))
+        u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
+        f_in, t_in = self._in(prev, list(devs), p)
+        return F + f_in + u, max(T, t_in, u)

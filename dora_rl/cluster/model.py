@@ -234,6 +234,16 @@ class Cluster:
     def names(self) -> list[str]:
         return [d.name for d in self.devices]
 
+    def interface_bps(self) -> list[float]:
+        """Per device, the capacity of its network interface in each direction: its
+        fastest link's bytes/s (0.0 for a device without links). The cost model's
+        interface law (docs/cost-model.md) and the runtime's emulation both use it."""
+        fastest = [0.0] * self.n
+        for ln in self.links:
+            for d in (self.index[ln.a], self.index[ln.b]):
+                fastest[d] = max(fastest[d], ln.bytes_per_s)
+        return fastest
+
     def device(self, name: str) -> Device:
         if name not in self.index:
             raise ClusterError(f"unknown device {name!r}; known devices: {', '.join(self.names)}")

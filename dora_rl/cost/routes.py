@@ -47,7 +47,6 @@ class Network:
         L = len(links)
         cap = list(cluster.medium_bps.tolist())
         cap += [ln.bytes_per_s for ln in links for _ in (0, 1)]             # link li, direction a->b / b->a
-        fastest = [0.0] * n
         adj: list[list[tuple[int, int, float, float, int]]] = [[] for _ in range(n)]
         for li, ln in enumerate(links):
             a, b = idx[ln.a], idx[ln.b]
@@ -55,10 +54,8 @@ class Network:
             r, lt = ln.bytes_per_s, ln.latency_ms / 1e3
             adj[a].append((b, nmed + 2 * li, r, lt, mu))
             adj[b].append((a, nmed + 2 * li + 1, r, lt, mu))
-            fastest[a] = max(fastest[a], r)
-            fastest[b] = max(fastest[b], r)
         self.iface0 = nmed + 2 * L
-        cap += [f if f > 0 else float("inf") for f in fastest for _ in (0, 1)]   # device d: send, receive
+        cap += [f if f > 0 else float("inf") for f in cluster.interface_bps() for _ in (0, 1)]   # d: send, receive
         self.cap = cap
         rates = sorted({ln.bytes_per_s for ln in links})
         if len(rates) > MAX_THRESHOLDS:

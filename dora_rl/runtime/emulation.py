@@ -9,14 +9,18 @@ slower than the modelled device): the excess is counted and reported, never hidd
 
 Network: every transfer reserves time on a shared calendar that all workers on this
 machine see (a small memory-mapped file of `free_at` times guarded by `flock`): one
-slot per ordered device pair (the route's bottleneck bandwidth) and one per shared
-medium (its capacity). A message of b bytes from i to j starts when the pair and every
-medium its route crosses are free, occupies the pair for b/bw and each medium for
-b*hops/capacity, and is *delivered* (usable by the receiver) at the end of that
-occupancy plus the route latency. The bytes themselves move over gloo at once; the
-receiver waits until the delivery time. So a link never carries more than its
-bandwidth, and flows on one medium queue behind each other (FIFO per message: two
-long flows each get about half). Same formulas and routes as `cost/model.py`.
+slot per ordered device pair (the route's bottleneck bandwidth), one per shared
+medium (its capacity) and two per device (its network interface, send and receive, as
+fast as its fastest link: the cost model's interface law). A message of b bytes from i
+to j starts when the pair, every medium its route crosses, i's send and j's receive
+interface are free, occupies the pair for b/bw, each medium for b*hops/capacity and the
+two interfaces for b/their rate, and is *delivered* (usable by the receiver) at the end
+of that occupancy plus the route latency. (A relay's interfaces are not booked: the
+emulation keeps one route per device pair, where the cost model routes each flow.) The
+bytes themselves move over gloo at once; the receiver waits until the delivery time.
+So a link never carries more than its bandwidth, and flows on one medium (or through
+one interface) queue behind each other (FIFO per message: two long flows each get about
+half). Same formulas as `cost/model.py`.
 A plan's schedule (docs/formats.md, "Schedule") ranks the flow classes on a medium:
 a sender of rank r marks `active_until` of (medium, r) on the calendar while it is
 backlogged, and a sender of a lower rank (a larger number) waits while any more urgent
@@ -49,8 +53,9 @@ PRIO_GRACE_S = 0.002  # a backlogged flow stays marked this long past its chunk 
 
 
 def calendar_slots(n: int, n_media: int) -> int:
-    """Slots of a calendar: n*n pairs, one per medium, then PRIO_LEVELS marks per medium."""
-    return n * n + n_media + n_media * PRIO_LEVELS
+    """Slots of a calendar: n*n pairs, one per medium, two per device (send and receive
+    interface), then PRIO_LEVELS marks per medium."""
+    return n * n + n_media + 2 * n + n_media * PRIO_LEVELS
 
 
 class Calendar:
@@ -119,12 +124,15 @@ class NetEmulator:
     """Paces transfers between devices (indices into the cluster's device list)."""
 
     def __init__(self, net: dict, calendar_path: str | None):
-        # net: {"bw": n x n bytes/s, "lat": n x n s, "hops": n x n [(medium, count)], "medium_bps": [...]}
+        # net: {"bw": n x n bytes/s, "lat": n x n s, "hops": n x n [(medium, count)], "medium_bps": [...],
+        #       "iface_bps": [per device: its fastest link, bytes/s; 0 = no links]}
         self.bw = net["bw"]
         self.lat = net["lat"]
         self.hops = net["hops"]
         self.medium_bps = net["medium_bps"]
         self.n = len(self.bw)
+        self.iface_bps = net.get("iface_bps") or [0.0] * self.n
+        self.iface0 = self.n * self.n + len(self.medium_bps)      # device d: send slot iface0 + 2d, receive + 1
         self.cal = Calendar(calendar_path, calendar_slots(self.n, len(self.medium_bps))) if calendar_path else None
         # [live] bandwidth dynamics: a shared table of per-medium factors (calendar + ".scale", written by
         # the live adapter loop, `set_medium_scale`); every link on a medium scales with it
@@ -152,6 +160,9 @@ class NetEmulator:
         slots = [(i * self.n + j, nbytes / (self.bw[i][j] * self._rf(i, j)))]
         for mu, cnt in self.hops[i][j]:
             slots.append((self.n * self.n + mu, nbytes * cnt / (self.medium_bps[mu] * self._mf(mu))))
+        for slot, bps in ((self.iface0 + 2 * i, self.iface_bps[i]), (self.iface0 + 2 * j + 1, self.iface_bps[j])):
+            if bps > 0:
+                slots.append((slot, nbytes / bps))
         return slots
 
     def book(self, i: int, j: int, nbytes: float) -> float:
@@ -163,7 +174,7 @@ class NetEmulator:
         return end + self.lat[i][j]
 
     def _mark_slot(self, mu: int, rank: int) -> int:
-        return self.n * self.n + len(self.medium_bps) + mu * PRIO_LEVELS + min(rank, PRIO_LEVELS - 1)
+        return self.iface0 + 2 * self.n + mu * PRIO_LEVELS + min(rank, PRIO_LEVELS - 1)
 
     def _yield_to_urgent(self, ranks: dict) -> None:
         """Wait while a more urgent class is marked backlogged on one of `ranks`' media
@@ -189,6 +200,9 @@ class NetEmulator:
         rate = self.bw[i][j] * self._rf(i, j)
         for mu, cnt in self.hops[i][j]:
             rate = min(rate, self.medium_bps[mu] * self._mf(mu) / cnt)
+        for bps in (self.iface_bps[i], self.iface_bps[j]):
+            if bps > 0:
+                rate = min(rate, bps)
         chunk = max(16384.0, rate * 0.002)
         prev = state.get("end", 0.0)
         left = float(nbytes)

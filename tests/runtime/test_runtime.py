@@ -201,3 +201,21 @@ def test_a_failed_send_goes_to_on_error_not_out_as_a_gloo_error():
     bare.add([(Failed(), None)])
     with pytest.raises(RuntimeError, match="closed by peer"):
         bare.wait()
+
+
+def test_pacing_shares_the_senders_interface():
+    # s has two dedicated 40 Mbps links and no medium: its network interface is as fast
+    # as its fastest link (40 Mbps, docs/cost-model.md), so two flows s -> x and s -> y
+    # started together share it (each ~20 Mbps), as the cost model charges them
+    links = [{"a": "s", "b": "x", "mbps": 40, "latency_ms": 1}, {"a": "s", "b": "y", "mbps": 40, "latency_ms": 1}]
+    sc = Scenario.from_dict({
+        "name": "iface", "model": "tiny_cnn", "workload": {"kind": "inference", "batch": 2, "microbatches": 1,
+                                                           "source": "s"},
+        "devices": [{"name": n, "gflops": 0.5, "memory_gb": 4} for n in ("s", "x", "y")], "links": links})
+    link = 40e6 / 8
+    with Runtime(sc, emulate=True, timeout=40) as r:
+        r.start(Plan.make([(0, 3, ["s"]), (3, 5, ["x"]), (5, 7, ["y"])], microbatches=1))
+        two = r.probe([("s", "x", 100_000, 20), ("s", "y", 100_000, 20)])
+    assert sum(two) < 1.1 * link, (two, link)
+    for rate in two:
+        assert 0.3 * link < rate < 0.6 * link, (two, link / 2)

@@ -25,6 +25,7 @@ Targets (issue 13): agent_decided_frac >= 0.95; ppo's mean utility >= pareto's x
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,12 +61,13 @@ def validation_traces(n: int = N_TRACES) -> list[str]:
 # traffic_analytics@uplink1.5: the preset's devices with the 5G/WiFi uplink (medium
 #   and its three links) at 1.5 x the preset's rates (450 Mbps medium, 300 Mbps links),
 #   traces at mean = that nominal. The preset itself is not a test bed for adaptation:
-#   its 4 x 224^2 RGB frames at 15/s need ~289 Mbps of the 300 Mbps uplink for the
-#   input alone, every plan ships that input over the uplink, so NO plan complies below
-#   ~0.96 x nominal and the nominal-optimal plan is already the most robust one (a
-#   switch can only save energy, never a violation). With headroom the nominal-optimal
-#   plan (the roadside box alone, one 300 Mbps link) needs >= ~0.97 x nominal while the
-#   two Jetsons (two links) comply down to ~0.65 x, time-shares in between.
+#   its 4 x 224^2 RGB float32 frames at 10/s need ~193 Mbps of the camera's 200 Mbps
+#   radio for the input alone, every plan ships that input over the uplink, so nothing
+#   complies much below nominal and the nominal-optimal plan is already the most robust
+#   one (a switch can only save energy, never a violation). With headroom the
+#   nominal-optimal plan (one Jetson alone, 15.9 W) needs >= ~0.91 x nominal while the
+#   two Jetsons (18.5 W) or the roadside box (22.4 W) comply down to ~0.66 x,
+#   time-shares in between (docs/adapter.md, "Benchmark").
 SCENARIOS = {
     "smart_home": {"preset": "smart_home", "medium_x": 1.0, "mean_frac": 1.0},
     "traffic_analytics@uplink1.5": {"preset": "traffic_analytics", "medium_x": 1.5, "mean_frac": 1.0},
@@ -131,9 +133,10 @@ def _row(log, orc, pref: float) -> dict:
 
 def run(results: dict, *, scenarios: dict | None = None, traces: list[str] | None = None,
         duration_s: float = DURATION_S, adapters: list[str] | None = None, verbose: bool = True,
-        merge: dict | None = None) -> dict:
+        merge: dict | None = None, options: dict | None = None) -> dict:
     """Simulate every adapter on every test bed x trace; `merge`: a previous run's output whose
-    adapters are kept (the oracle's log is re-used for the energy ratios only if it ran here)."""
+    adapters are kept (the oracle's log is re-used for the energy ratios only if it ran here);
+    `options`: per adapter name, keyword options for get_adapter (e.g. {"ppo": {"agent": path}})."""
     from dora_rl.adapter import get_adapter, simulate
     from dora_rl.errors import AgentError
 
@@ -141,7 +144,7 @@ def run(results: dict, *, scenarios: dict | None = None, traces: list[str] | Non
     traces = validation_traces() if traces is None else traces
     adapters = ADAPTERS if adapters is None else adapters
     out = {"duration_s": duration_s, "interval_s": INTERVAL_S, "scenario_configs": scenarios, "traces": traces,
-           "scenarios": {}}
+           "scenarios": {}, "load_average": {"start": list(os.getloadavg())}}
     for sc, cfg in scenarios.items():
         scen = bench_scenario(cfg)
         pref = p_ref(scen)
@@ -151,7 +154,7 @@ def run(results: dict, *, scenarios: dict | None = None, traces: list[str] | Non
             logs, notes = {}, {}
             for name in adapters:
                 try:
-                    ad = get_adapter(name, scen)
+                    ad = get_adapter(name, scen, **(options or {}).get(name, {}))
                 except AgentError as e:
                     notes[name] = f"skipped: {e}"
                     continue
@@ -172,6 +175,7 @@ def run(results: dict, *, scenarios: dict | None = None, traces: list[str] | Non
             if verbose:
                 print(_line(sc, row), flush=True)
         out["scenarios"][sc] = {"per_trace": per_trace, "mean": _means(per_trace)}
+    out["load_average"]["end"] = list(os.getloadavg())     # decision times are wall clock on a shared machine
     out["targets"] = _targets(out)
     results["adapter"] = out
     return out
@@ -266,6 +270,7 @@ if __name__ == "__main__":
     ap.add_argument("--reference", action="store_true", help="also run the previous configuration (REFERENCE)")
     ap.add_argument("--merge", default=None, help="a previous run's JSON whose other adapters are kept")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/adapter.json on a full run)")
+    ap.add_argument("--agent", default=None, help="the AdaptEnv agent folder `ppo` loads (default: the shipped one)")
     args = ap.parse_args()
     allcfg = {**SCENARIOS, **REFERENCE}
     scen = dict(SCENARIOS)
@@ -290,7 +295,7 @@ if __name__ == "__main__":
     prev = json.loads(Path(args.merge).read_text())["adapter"] if args.merge else None
     res: dict = {}
     out = run(res, scenarios=scen, traces=traces, duration_s=args.duration, adapters=args.adapters.split(","),
-              merge=prev)
+              merge=prev, options={"ppo": {"agent": args.agent}} if args.agent else None)
     full = args.traces == N_TRACES and args.duration == DURATION_S
     path = Path(args.out) if args.out else (ROOT / "bench" / "results" / "adapter.json" if full else None)
     if path is not None:
@@ -298,5 +303,6 @@ if __name__ == "__main__":
         path.write_text(json.dumps(res, indent=1) + "\n")     # the layout bench/run.py writes
     print(table(out))
     print(json.dumps(out["targets"], indent=1))
+    print(f"load average (1/5/15 min) at start {out['load_average']['start']}, at end {out['load_average']['end']}")
     if path is not None:
         print(f"wrote {path}")

@@ -81,6 +81,35 @@ def ingredient_plans(scenario: Scenario, levels=INGREDIENT_LEVELS) -> list[Plan]
     return pareto_over_levels(relaxed_for_composition(scenario), levels)
 
 
+SUBSET_LEVELS = (1.0, 0.5)      # the device-subset plans' bandwidth levels
+MAX_SUBSET_DEVICES = 6          # subsets of at most this many devices besides the source (2^6 - 1 DP runs)
+
+
+def subset_plans(scenario: Scenario, levels=SUBSET_LEVELS) -> list[Plan]:
+    """The DP's Pareto sets (as is and `relaxed_for_composition`) of the scenario restricted to
+    each subset of the devices besides the source, at `levels` x nominal. The full cluster's
+    (latency, energy) front drops a plan that some other plan dominates at that condition, e.g.
+    in traffic_analytics one Jetson alone: no faster, no cheaper when QoE holds, but the
+    cheapest thing to run while nothing complies (a lost interval still pays its energy).
+    Subsets that leave the cluster disconnected are skipped; none above MAX_SUBSET_DEVICES."""
+    from itertools import combinations
+
+    from dora_rl.errors import ClusterError
+
+    others = [d.name for d in scenario.cluster.devices if d.name != scenario.workload.source]
+    if len(others) > MAX_SUBSET_DEVICES or scenario.workload.training:
+        return []
+    out = []
+    for r in range(1, len(others)):
+        for keep in combinations(others, r):
+            try:
+                sub = scenario.without_devices([n for n in others if n not in keep])
+            except ClusterError:
+                continue
+            out += pareto_over_levels(sub, levels) + pareto_over_levels(relaxed_for_composition(sub), levels)
+    return out
+
+
 def level_bandwidths(scenario: Scenario, levels) -> list[dict[str, float]]:
     """Per level, the bandwidth override that puts the dynamic medium at that fraction
     of its nominal rate ({} at 1.0: the scenario as it is)."""

@@ -247,6 +247,7 @@ def choose_mix(scored: list[Scored], need: float, budgets: dict[str, float], slo
     return best
 
 
+_VERTEX_MEMO: dict = {}   # lp_mix's vertex_lp solutions by their exact inputs
 VERTEX_MAX_N = 16       # composition LPs this small are solved by vertex enumeration (exact, ~0.3 ms)
 VERTEX_MAX_ROWS = 3     # capacity + up to two battery budgets; larger ones go to HiGHS
 
@@ -323,7 +324,13 @@ def lp_mix(cands: list[Scored], need: float, budgets: dict[str, float], slo_ms: 
             a_ub.append(row)
             b_ub.append(b * (1 - 1e-7))
     if n <= VERTEX_MAX_N and len(a_ub) <= VERTEX_MAX_ROWS:
-        xs = vertex_lp(c, np.array(a_ub, dtype=float).reshape(len(a_ub), n), np.array(b_ub, dtype=float))
+        a_np, b_np = np.array(a_ub, dtype=float).reshape(len(a_ub), n), np.array(b_ub, dtype=float)
+        key = (c.tobytes(), a_np.tobytes(), b_np.tobytes())
+        if key not in _VERTEX_MEMO:      # the same figures recur (scores are cached per bandwidth bin)
+            if len(_VERTEX_MEMO) > 20000:
+                _VERTEX_MEMO.clear()
+            _VERTEX_MEMO[key] = vertex_lp(c, a_np, b_np)
+        xs = _VERTEX_MEMO[key]
         if xs is None:
             return None
     else:

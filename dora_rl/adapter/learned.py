@@ -4,14 +4,16 @@ Each control interval the adapter scores its options over the planning band (the
 scoring, candidates and weights bookkeeping as `pareto`), builds the observation with
 the ONE builder AdaptEnv trains on (dora_rl/adapter/observation.py) and asks the agent for a
 row: `keep` what runs, the composition LP's best plan or time-share, or one of the
-single candidate plans (the DP's Pareto sets and the partition agent's plans). The
-agent's row is deployed (reason `agent`) unless the veto applies:
+single candidate plans (the DP's Pareto sets and the partition agent's plans); every
+option is scored over the planning band and at the current estimate (the band's mid point).
+The agent's row is deployed (reason `agent`) unless the veto applies:
 
-    VETO (`veto:qoe`): the agent's pick is predicted to miss QoE over the planning band
-    while at least one option (keep, the LP's mix or a candidate) is predicted to meet
-    it. Then `pareto`'s rule decides if its choice complies, else the cheapest compliant
-    option. Nothing else is vetoed: not a costlier pick, not a switch the rule would
-    not make, not flapping.
+    VETO (`veto:qoe`): the agent's pick is predicted to miss QoE at the current estimate
+    while at least one option (keep, an LP's mix or a candidate) is predicted to meet it
+    there. Then the LP's choice over the planning band is deployed if it complies there,
+    else the cheapest option that complies at the estimate. Nothing else is vetoed: not a
+    costlier pick, not a pick that keeps no margin below the estimate, not a switch
+    `pareto`'s rule would not make, not a cheap pick when nothing complies at the estimate.
 
 `agent_decided` / `decisions` count the share the agent decided (simulate's summary
 reports it as `agent_decided_frac`). The agent itself (a MaskablePPO network) lives with
@@ -28,7 +30,7 @@ from typing import Callable, NamedTuple, Protocol
 import numpy as np
 
 from dora_rl.adapter.base import register_adapter
-from dora_rl.adapter.candidates import level_bandwidths
+from dora_rl.adapter.candidates import level_bandwidths, subset_plans
 from dora_rl.adapter.compose import (
     Mix,
     battery_budgets,
@@ -39,7 +41,15 @@ from dora_rl.adapter.compose import (
     score,
     weights_to_move,
 )
-from dora_rl.adapter.observation import DWELL_NORM_S, SLOTS, build_observation, history_row
+from dora_rl.adapter.observation import (
+    DWELL_NORM_S,
+    FIXED_ROWS,
+    SLOTS,
+    TREND_WINDOW,
+    build_observation,
+    history_row,
+    trend_features,
+)
 from dora_rl.adapter.rules import ParetoAdapter
 from dora_rl.adapter.scoring import Evaluation
 from dora_rl.adapter.state import State
@@ -105,14 +115,24 @@ def load_agent_policy(scenario: Scenario, agent: str | Path | None = None) -> Ag
     raise AgentError("; ".join(dict.fromkeys(errors)))
 
 
+class Option(NamedTuple):
+    """One row: the plan or time-share scored over the planning band and at the current estimate."""
+
+    band: Mix             # what is deployed when the row is picked
+    est: Mix              # the same plans and fractions at the estimate
+    min_bw: float | None  # a single plan's lowest compliant bandwidth / the estimate (None: a time-share)
+
+    @property
+    def ok(self) -> bool:
+        return self.band.ok
+
+
 class Context(NamedTuple):
     """One interval's observation and what each row would deploy."""
 
     t: float
     obs: dict
-    rows: list            # Mix or None per row (adapter/observation.py: keep, lp, candidates)
-    rule: Mix             # `pareto`'s choice
-    rule_why: str
+    rows: list            # Option or None per row (adapter/observation.py: keep, lp, lp_est, candidates)
 
 
 @register_adapter
@@ -137,6 +157,7 @@ class PPOAdapter(ParetoAdapter):
         self.nominal = scenario.cluster.media[self.medium].mbps if self.medium else None
         self.capacity_j = {d.name: d.battery_wh * 3600.0 for d in scenario.cluster.devices if d.on_battery}
         self.total_params = max(sum(self.params), 1e-12)
+        self.min_ok = self.scores.min_ok_mbps()
         self.reset_run()
 
     def reset_run(self) -> None:
@@ -147,6 +168,7 @@ class PPOAdapter(ParetoAdapter):
         self._hist = []
         self.stage_weights(self.plans)
         self.history: deque = deque(maxlen=8)
+        self.log_bw: deque = deque(maxlen=TREND_WINDOW)
         self.levels_seen: deque = deque()
         self._ctx: Context | None = None
         self.agent_decided = 0
@@ -154,9 +176,14 @@ class PPOAdapter(ParetoAdapter):
         self.last_action: int | None = None
 
     def add_candidates(self) -> None:
-        """The partition agent's plan (rollout search) at every bandwidth level of the
-        candidate set: the learned planner's proposals join the DP's."""
-        if self.partition_agent is False or self._given is not None:
+        """The DP's plans on every subset of the devices (candidates.subset_plans) and the
+        partition agent's plan (rollout search) at every bandwidth level of the candidate set:
+        the learned planner's proposals join the DP's."""
+        if self._given is not None:
+            return
+        for p in subset_plans(self.scenario):
+            self.pid(p)
+        if self.partition_agent is False:
             return
         try:
             which = None if self.partition_agent in (None, True) else self.partition_agent
@@ -207,30 +234,49 @@ class PPOAdapter(ParetoAdapter):
         err = (state.error or {}).get(self.medium, 0.0) if self.medium else 0.0
         self.history.append(history_row(mb, self.nominal, err, min(lv) if lv else 1.0,
                                         self._draw_vs_budget(state, bud)))
-        rule, why = ParetoAdapter._choose(self, state, ev)
+        if mb and self.nominal:
+            self.log_bw.append(math.log(mb / self.nominal))
+        lo, mid, hi = ev.band
+        est = self.scores.band((mid, mid, hi), state.battery, sorted(by))
+        seen = self.recent_low()
+        low = {m: min(v * (1 - self.headroom), seen.get(m, v)) for m, v in lo.items()}
+        safe = self.scores.band((low, mid, hi), state.battery, sorted(by))
+        est_mbps = mid.get(self.medium) if self.medium else None
+
+        def option(m: Mix, at_est: bool = False) -> Option:
+            band, e = (rescore(m, by, cost), m) if at_est else (m, rescore(m, est.by, est.cost))
+            thr = None
+            if len(m.parts) == 1 and est_mbps:
+                thr = min(self.min_ok.get(m.pids[0], math.inf), 4.0 * self.nominal) / est_mbps
+            return Option(band, e, thr)
+
         keep = None
         if self.current is not None:
-            keep = rescore(self.current, by, cost)
-            if len(keep.parts) > 1:
-                re = lp_slack([s for s, _ in keep.parts if s.lat_ok], need, bud, slo)
+            k = rescore(self.current, by, cost)
+            if len(k.parts) > 1:
+                re = lp_slack([s for s, _ in k.parts if s.lat_ok], need, bud, slo)
                 if re is not None and re.ok:
-                    keep = re
+                    k = re
+            keep = option(k)
         singles = [make_mix([(by[p], 1.0)], need, bud, slo) for p in sorted(by)]
         cur = set(self.current.pids) if self.current is not None else set()
-        if len(singles) > SLOTS - 2:     # the current plans first, then compliant, then cheapest
+        room = SLOTS - FIXED_ROWS
+        if len(singles) > room:     # the current plans first, then compliant, then cheapest
             singles.sort(key=lambda m: (m.pids[0] not in cur, not m.ok, self.at_cost(m, cost)))
-            singles = sorted(singles[:SLOTS - 2], key=lambda m: m.pids[0])
-        rows = [keep, ev.best] + singles
-        flags = [(k == 0, k == 1, m is not None and set(m.pids) == cur, m is not None and set(m.pids) == set(rule.pids))
+            singles = sorted(singles[:room], key=lambda m: m.pids[0])
+        rows = [keep, option(ev.best), option(est.best, at_est=True), option(rescore(safe.best, by, cost))]
+        rows += [option(m) for m in singles]
+        flags = [(k == 0, k == 1, k == 2, k == 3, m is not None and set(m.band.pids) == cur)
                  for k, m in enumerate(rows)]
-        moved = [0.0 if m is None else self._moved(m) for m in rows]
+        moved = [0.0 if m is None else self._moved(m.band) for m in rows]
         q = cost.qoe
         dwell = 1.0 if self.current is None else min(state.t - self.last_switch_t, DWELL_NORM_S) / DWELL_NORM_S
         tail = [1.0 if keep is not None and keep.ok else 0.0, dwell, 1.0 if q.objective == "energy" else 0.0,
                 1.0 if q.min_battery_hours is not None else 0.0, 1.0 if need else 0.0,
                 1.0 if self.current is None else 0.0]
-        obs = build_observation(rows, flags, moved, list(self.history), tail, q, need, self.lat_ref, self.p_ref)
-        self._ctx = Context(state.t, obs, rows, rule, why)
+        obs = build_observation(rows, flags, moved, list(self.history), trend_features(self.log_bw), tail, q, need,
+                                self.lat_ref, self.p_ref)
+        self._ctx = Context(state.t, obs, rows)
         return self._ctx
 
     # --- the decision -------------------------------------------------------------------
@@ -252,13 +298,24 @@ class PPOAdapter(ParetoAdapter):
         self.last_action = a
         self.decisions += 1
         pick = ctx.rows[a]
-        if self.veto and not pick.ok:
-            compliant = [m for m in ctx.rows if m is not None and m.ok]
-            if compliant:
-                safe = ctx.rule if ctx.rule.ok else min(compliant, key=lambda m: self.at_cost(m, ev.cost))
+        if self.veto:
+            safe = self.veto_choice(ctx.rows, pick, ev.cost)
+            if safe is not None:
                 return safe, VETO_QOE
         self.agent_decided += 1
-        return pick, "agent"
+        return pick.band, "agent"
+
+    def veto_choice(self, rows: list, pick: Option, cost: CostModel) -> Mix | None:
+        """The veto (module docstring): None when `pick` stands, else what is deployed instead."""
+        if pick.est.ok:
+            return None
+        fine = [o for o in rows if o is not None and o.est.ok]
+        if not fine:
+            return None
+        lp = rows[1]
+        if lp.band.ok:
+            return lp.band
+        return min(fine, key=lambda o: self.at_cost(o.est, cost)).band
 
     @property
     def agent_decided_frac(self) -> float | None:

@@ -20,6 +20,7 @@ operating system's time-remaining estimate does."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -195,6 +196,13 @@ class Monitor:
         while sum(t for t, _ in self._drained) - self._drained[0][0] >= self.battery_window_s:
             self._drained.popleft()
         return dict(self.levels)
+
+    def fork(self) -> "Monitor":
+        """A copy whose battery state (levels, drain window) evolves on its own: what-if intervals."""
+        other = copy.copy(self)
+        other.levels = dict(self.levels)
+        other._drained = deque(self._drained)
+        return other
 
     def avg_power(self) -> dict[str, float]:
         """Each battery device's average draw (W) over the last `battery_window_s`

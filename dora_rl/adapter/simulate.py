@@ -266,11 +266,13 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
 
 
 def run_interval(adapter, scenario, tcost, dec, active, ready_at: float, t: float, dt: float, need: float,
-                 src: str, mon: Monitor):
+                 src: str, mon: Monitor, *, scorer=score):
     """One control interval of the true system under decision `dec`: a switch moves weights
     (radio energy, batteries) and the old mix serves until the new one is ready; then the
     interval's energy, latency, capacity, served share and QoE violations, and the batteries
-    drained. Returns (active, ready_at, figures); `simulate` and AdaptEnv both step this."""
+    drained. Returns (active, ready_at, figures); `simulate` and AdaptEnv both step this
+    (AdaptEnv also on a Monitor.fork() per option, with a memoising `scorer`, for what each
+    option would have given)."""
     extra_j = 0.0
     drain: dict[str, float] = {}
     sw_true = 0.0
@@ -297,7 +299,7 @@ def run_interval(adapter, scenario, tcost, dec, active, ready_at: float, t: floa
     energy, lat, cap, viol = extra_j, 0.0, 0.0, []
     served = 0.0
     for (pids, fr), d_s in segs:
-        parts = [(score(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
+        parts = [(scorer(tcost, p, adapter.plans[p]), a) for p, a in zip(pids, fr, strict=False)]
         mx = make_mix(parts, need, budgets, slo)
         viol.extend(v for v in mx.violations if v not in viol and not v.startswith("battery:"))
         energy += mx.power * d_s

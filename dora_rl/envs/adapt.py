@@ -19,7 +19,9 @@ Markov trace - with its mean at U(`mean_frac`) x nominal, started at a random of
 a candidate), `Discrete(SLOTS)` with `action_masks()`; a masked action keeps what runs (the
 LP's choice before the first deployment) and sets `info["masked_action"]`. Reward: the
 interval's QoE utility (adapter.observation.qoe_utility: 1 if QoE held, battery judged on the 60 s
-trailing-average draw, minus W_ENERGY x power / the initial plan's power)."""
+trailing-average draw, minus W_ENERGY x power / the initial plan's power). `row_utilities()`
+gives, before a step, what EVERY row would be paid (IntervalSim.what_if: the training targets of
+adapt_training), `replay(adapter)` what a rule adapter gets on the same episode."""
 
 from __future__ import annotations
 
@@ -101,14 +103,42 @@ class AdaptEnv(gym.Env):
         span = max(tr.duration - self.horizon * self.interval_s, 0.0)
         t0 = float(rng.uniform(0, span)) if span > 0 else 0.0
         self.trace_name = rel or "markov"
-        self.sim = IntervalSim(self.scen, self.ad, tr, medium, self.interval_s, seed=int(rng.integers(2**31)),
-                               t0=t0, noise=self.noise)
+        self.sim_seed = int(rng.integers(2**31))
+        self.sim = IntervalSim(self.scen, self.ad, tr, medium, self.interval_s, seed=self.sim_seed, t0=t0,
+                               noise=self.noise)
         self._observe()
         return self.obs, {}
 
     def _observe(self):
         self.state = self.sim.state()
         self.obs = self.ad.context(self.state, self.ad.evaluate_state(self.state)).obs
+
+    def replay(self, adapter) -> dict:
+        """What another adapter (e.g. `pareto`) gets on the episode the last reset() drew (same test
+        bed, trace, start and Monitor noise): mean QoE utility, share of intervals meeting QoE."""
+        from dora_rl.adapter.observation import qoe_utility
+
+        sim = IntervalSim(self.scen, adapter, self.sim.trace, self.sim.medium, self.interval_s, seed=self.sim_seed,
+                          t0=self.sim.t0, noise=self.noise)
+        rows = [sim.step(adapter.decide(sim.state())) for _ in range(self.horizon)]
+        return {"utility": float(np.mean([qoe_utility(r["ok"], r["energy_j"], self.interval_s, self.ad.p_ref)
+                                          for r in rows])),
+                "qoe": float(np.mean([r["ok"] for r in rows])), "agent": 0.0}
+
+    def row_utilities(self, with_ok: bool = False):
+        """Per row of the current observation, the QoE utility the coming interval would have if
+        that row were deployed (NaN for absent rows; IntervalSim.what_if): every row's reward,
+        not only the chosen one's (the counterfactual targets adapt_training regresses on).
+        `with_ok`: (utilities, 1/0 whether the row would meet QoE)."""
+        ev = self.ad.evaluate_state(self.state)
+        rows = self.ad.context(self.state, ev).rows
+        deployed = []
+        for o in rows:          # a vetoed row deploys the veto's choice
+            safe = self.ad.veto_choice(rows, o, ev.cost) if o is not None and self.ad.veto else None
+            deployed.append(None if o is None else (safe if safe is not None else o.band))
+        out, ok = np.full(SLOTS, np.nan), np.full(SLOTS, np.nan)
+        out[:len(rows)], ok[:len(rows)] = self.sim.what_if(deployed, self.ad.p_ref)
+        return (out, ok) if with_ok else out
 
     def action_masks(self) -> np.ndarray:
         return self.obs["action_mask"] > 0.5

@@ -7,7 +7,8 @@ its recent overshoot, battery levels); a switch takes effect after its weights m
 TRUE bandwidth plus the drain time (the old plan serves meanwhile, the radio energy is
 paid); the interval is judged on the TRUE bandwidth, battery on the 60 s trailing-average
 draw (simulate.battery_violations). tests/test_envs.py checks that it reproduces
-simulate()'s log for `pareto`.
+simulate()'s log for `pareto`. `what_if(options)` runs the coming interval once per option on a
+fork of the Monitor's battery state: what each would have been paid (AdaptEnv.row_utilities).
 
 The trace split (`trace_split`): every file under the traces root ($DORA_TRACES, e.g.
 ../shared/data/traces/pensieve: norway_3g/, fcc_broadband/) is in the validation split
@@ -102,6 +103,7 @@ class IntervalSim:
         self.active = None
         self.ready_at = 0.0
         self.k = 0
+        self._true = None
 
     @property
     def t(self) -> float:
@@ -111,18 +113,57 @@ class IntervalSim:
         """The Monitor's State at the coming decision."""
         return self.mon.state(self.t)
 
-    def step(self, dec) -> dict:
-        """Run the coming interval under decision `dec` (Adapter.decide's); returns the log row."""
+    def true_condition(self):
+        """(true bandwidth, cost model on the true condition) of the coming interval."""
         from dora_rl.adapter.compose import conditions
         from dora_rl.adapter.rules import true_mbps
-        from dora_rl.adapter.simulate import observe_interval, plan_flows, run_interval
         from dora_rl.cost import CostModel
+
+        if self._true is None or self._true[0] != self.k:
+            bw = true_mbps(self.trace, self.t0 + self.t, self.interval_s)
+            self._true = (self.k, bw, CostModel(conditions(self.scenario, {self.medium: bw}, self.mon.battery())))
+        return self._true[1], self._true[2]
+
+    def what_if(self, options: list, p_ref: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per option (a Mix, or None: NaN), the QoE utility (adapter.observation.qoe_utility) the
+        coming interval would have if the adapter deployed it now, and whether it would meet QoE
+        (1/0): run_interval on a fork of the Monitor's battery state, exactly as step() would judge
+        it (switch drain, battery on the trailing average). AdaptEnv's counterfactual targets."""
+        from types import SimpleNamespace
+
+        from dora_rl.adapter.compose import score, weights_to_move
+        from dora_rl.adapter.observation import qoe_utility
+        from dora_rl.adapter.simulate import run_interval
+
+        ad, dt = self.adapter, self.interval_s
+        _, tcost = self.true_condition()
+        memo: dict = {}
+
+        def scorer(cost, p, plan):
+            if p not in memo:
+                memo[p] = score(cost, p, plan)
+            return memo[p]
+
+        out, ok = np.full(len(options), np.nan), np.full(len(options), np.nan)
+        for k, m in enumerate(options):
+            if m is None:
+                continue
+            switch = ad.current is None or set(m.pids) != set(ad.current.pids)
+            move = weights_to_move(m.plans, ad.holdings, ad.params, ad.source) if switch else {}
+            dec = SimpleNamespace(pids=m.pids, fractions=m.fractions, switch=switch, move_bytes=move)
+            fig = run_interval(ad, self.scenario, tcost, dec, self.active, self.ready_at, self.t, dt, self.need,
+                               self.src, self.mon.fork(), scorer=scorer)[2]
+            out[k] = qoe_utility(not fig["viol"], fig["energy"], dt, p_ref)
+            ok[k] = 0.0 if fig["viol"] else 1.0
+        return out, ok
+
+    def step(self, dec) -> dict:
+        """Run the coming interval under decision `dec` (Adapter.decide's); returns the log row."""
+        from dora_rl.adapter.simulate import observe_interval, plan_flows, run_interval
 
         ad, mon, tr, medium, need = self.adapter, self.mon, self.trace, self.medium, self.need
         t, dt, k = self.t, self.interval_s, self.k
-        bw_true = true_mbps(tr, self.t0 + t, dt)
-        levels = mon.battery()
-        tcost = CostModel(conditions(self.scenario, {medium: bw_true}, levels))
+        bw_true, tcost = self.true_condition()
         self.active, self.ready_at, fig = run_interval(ad, self.scenario, tcost, dec, self.active, self.ready_at,
                                                        t, dt, need, self.src, mon)
         target, energy, lat, viol = fig["target"], fig["energy"], fig["lat"], fig["viol"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dora_rl.adapter.observation import layout
@@ -47,6 +48,38 @@ def _load_model(folder: Path):
     return model, cfg
 
 
+class NumpyActor:
+    """The greedy masked actor of a MaskablePPO MultiInputPolicy (flatten + concat, MLP, action net) in numpy."""
+
+    def __init__(self, policy):
+        import torch as th
+
+        ext = policy.pi_features_extractor if hasattr(policy, "pi_features_extractor") else policy.features_extractor
+        self.keys = list(ext.extractors.keys())
+        self.layers: list = []
+        for mod in list(policy.mlp_extractor.policy_net) + [policy.action_net]:
+            if isinstance(mod, th.nn.Linear):
+                self.layers.append(("lin", mod.weight.detach().numpy().astype(np.float64).T.copy(),
+                                    mod.bias.detach().numpy().astype(np.float64).copy()))
+            elif isinstance(mod, th.nn.Tanh):
+                self.layers.append(("tanh", None, None))
+            elif isinstance(mod, th.nn.ReLU):
+                self.layers.append(("relu", None, None))
+            else:
+                raise AgentError(f"adapter agent: unsupported layer {type(mod).__name__} in the actor network")
+
+    def logits(self, obs: dict) -> np.ndarray:
+        x = np.concatenate([np.asarray(obs[k], dtype=np.float64).ravel() for k in self.keys])
+        for kind, w, b in self.layers:
+            x = x @ w + b if kind == "lin" else (np.tanh(x) if kind == "tanh" else np.maximum(x, 0.0))
+        return x
+
+    def act(self, obs: dict) -> int:
+        z = self.logits(obs)
+        z[np.asarray(obs["action_mask"]) < 0.5] = -np.inf
+        return int(np.argmax(z))
+
+
 class AdapterAgent:
     """A trained AdaptEnv network as the `ppo` adapter's policy: greedy, with the row mask."""
 
@@ -57,10 +90,10 @@ class AdapterAgent:
         if got != want or int(model.action_space.n) != want[0]:
             raise AgentError(f"adapter agent {str(path)!r}: the network's candidate rows {got} / actions "
                              f"{model.action_space.n} do not match this dora_rl's {want} / {want[0]}")
+        self.actor = NumpyActor(model.policy)
 
     def act(self, obs: dict) -> int:
-        a, _ = self.model.predict(obs, deterministic=True, action_masks=obs["action_mask"] > 0.5)
-        return int(a)
+        return self.actor.act(obs)
 
 
 def load_adapter_agent(scenario: Scenario, path: str | Path) -> AdapterAgent:
@@ -72,4 +105,4 @@ def load_adapter_agent(scenario: Scenario, path: str | Path) -> AdapterAgent:
     return AdapterAgent(model, config, folder)
 
 
-__all__ = ["AdapterAgent", "load_adapter_agent", "check_layout"]
+__all__ = ["AdapterAgent", "NumpyActor", "load_adapter_agent", "check_layout"]

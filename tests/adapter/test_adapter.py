@@ -13,6 +13,7 @@ import pytest
 from dora_rl.adapter import BandwidthEstimator, Monitor, State, get_adapter, run_simulation_cli, simulate
 from dora_rl.adapter.compose import Scored, choose_mix, lp_mix, lp_slack
 from dora_rl.adapter.learned import PPOAdapter
+from dora_rl.adapter.observation import ROW_FEATURES
 from dora_rl.cluster.traces import BandwidthTrace, load_trace, step_trace
 from dora_rl.errors import AgentError, TraceError
 from dora_rl.scenario import Scenario, load_scenario
@@ -299,12 +300,12 @@ def test_bad_traces_raise_trace_error(tmp_path, traffic):
     assert load_trace(small).mbps[0] > 0
 
 
-QOE_OK_COL, VALID_COL = 10, 0    # adapter.observation.ROW_FEATURES "qoe_ok", "valid"
+QOE_OK_COL = ROW_FEATURES.index("qoe_ok_est")    # compliant at the current estimate: what the veto judges
 
 
 class RowPicker:
-    """A stand-in agent: `kind` = worst (a row predicted to miss QoE when there is one),
-    costliest (the compliant row with the highest power), or lp."""
+    """A stand-in agent: `kind` = worst (a row predicted to miss QoE at the estimate when there is
+    one), costliest (the compliant row with the highest power), or lp."""
 
     def __init__(self, kind):
         self.kind = kind
@@ -317,7 +318,7 @@ class RowPicker:
             return int(bad[0])
         if self.kind == "costliest":
             ok = [k for k in valid if c[k, QOE_OK_COL] > 0.5] or list(valid)
-            return int(max(ok, key=lambda k: c[k, 6]))
+            return int(max(ok, key=lambda k: c[k, ROW_FEATURES.index("log_power")]))
         return 1
 
 
@@ -348,25 +349,39 @@ def test_ppo_adapter_errors_are_typed(traffic, tmp_path):
 
 
 def test_ppo_veto_triggers_only_in_its_documented_case(traffic):
-    """Veto `veto:qoe` exactly when the agent's pick misses QoE over the planning band
-    while some option meets it; a compliant but costlier pick, or a non-compliant pick
-    when nothing complies, is deployed as the agent's."""
-    ad = PPOAdapter(traffic, policy=RowPicker("worst"), partition_agent=False)
+    """Veto `veto:qoe` exactly when the agent's pick misses QoE at the current estimate
+    while some option meets it there; a compliant but costlier pick, a pick compliant at
+    the estimate but not over the planning band, or a non-compliant pick when nothing
+    complies, is deployed as the agent's."""
+    from dora_rl.envs.adapt_sim import test_bed
+
+    wide = test_bed("traffic_analytics@uplink1.5")   # the roadside box alone needs ~1x nominal, two Jetsons ~0.66x
+    ad = PPOAdapter(wide, policy=RowPicker("worst"), partition_agent=False)
     vetoed = 0
-    for t, bw in enumerate([300.0, 300.0, 280.0, 300.0]):
+    for t, bw in enumerate([450.0, 360.0, 360.0, 450.0]):
         d = ad.decide(State(float(t), {"uplink": bw}))
         ctx = ad._ctx
         pick = ctx.rows[ad.last_action]
-        some_ok = any(m is not None and m.ok for m in ctx.rows)
-        assert (d.reason == "veto:qoe") == (not pick.ok and some_ok)
+        some_ok = any(m is not None and m.est.ok for m in ctx.rows)
+        assert (d.reason == "veto:qoe") == (not pick.est.ok and some_ok)
         vetoed += d.reason == "veto:qoe"
         if d.reason == "veto:qoe":
             assert d.predicted["ok"]
-    assert vetoed >= 1       # the worst pick misses QoE at 300 Mbps while a plan complies
+    assert vetoed >= 1       # at 360 Mbps the roadside box alone misses QoE while the Jetsons comply
     strict = Scenario.from_dict({**STREET, "qoe": {**STREET["qoe"], "min_throughput": 1e6}})
     ad = PPOAdapter(strict, policy=RowPicker("worst"), partition_agent=False)
     d = ad.decide(State(0.0, {"uplink": 300.0}))         # nothing serves 1e6 frames/s
-    assert not any(m is not None and m.ok for m in ad._ctx.rows) and d.reason == "agent"
+    assert not any(m is not None and m.est.ok for m in ad._ctx.rows) and d.reason == "agent"
+
+    class Aggressive:     # the LP's choice at the estimate: no margin for a drop, never vetoed
+        def act(self, obs):
+            return 2
+
+    ad = PPOAdapter(wide, policy=Aggressive(), partition_agent=False)
+    for t, bw in enumerate([450.0, 440.0, 400.0, 450.0, 470.0]):
+        d = ad.decide(State(float(t), {"uplink": bw}, {}, {"uplink": 0.1}))
+        # compliant at the estimate, not with 10% overshoot and the safety margin below it: deployed
+        assert ad._ctx.rows[2].est.ok and not ad._ctx.rows[2].band.ok and d.reason == "agent"
     ad = PPOAdapter(traffic, policy=RowPicker("costliest"), partition_agent=False)
     for t in range(3):
         assert ad.decide(State(float(t), {"uplink": 300.0})).reason == "agent"
@@ -385,23 +400,22 @@ def test_agent_decided_frac_agrees_with_the_log(traffic):
 
 
 def test_seconds_long_training_beats_static_on_a_synthetic_trace():
-    """Behaviour cloning on two AdaptEnv episodes (seconds) gives an agent whose deployed
-    choices beat `static`'s QoE utility on a synthetic trace it did not train on."""
+    """The counterfactual regression on two AdaptEnv episodes (seconds) gives an agent whose
+    deployed choices beat `static`'s QoE utility on a synthetic trace it did not train on."""
     from sb3_contrib import MaskablePPO
 
     from dora_rl.adapter.observation import qoe_utility
     from dora_rl.envs.adapt import AdaptEnv
-    from dora_rl.learning.adapt_training import HYPER, behaviour_clone, collect
+    from dora_rl.learning.adapt_training import HYPER, collect, fit_rows, greedy
 
     env = AdaptEnv(beds=("smart_home",), horizon=60, synthetic_frac=1.0, partition_agent=False)
-    obs, acts = collect(env, 2, 0)
+    obs, q = collect(env, 2, 0)
     model = MaskablePPO("MultiInputPolicy", env, seed=0, device="cpu", n_steps=64, batch_size=64,
                         policy_kwargs={"net_arch": {"pi": HYPER["net_arch"], "vf": HYPER["net_arch"]}})
-    behaviour_clone(model, obs, acts, epochs=20)
+    fit_rows(model, obs, q, epochs=20)
 
     class Net:
-        def act(self, o):
-            return int(model.predict(o, deterministic=True, action_masks=o["action_mask"] > 0.5)[0])
+        act = staticmethod(greedy(model))
 
     sc = load_scenario("smart_home")
     ad = PPOAdapter(sc, policy=Net(), partition_agent=False)
@@ -519,3 +533,26 @@ def test_decisions_are_cached(traffic):
     for k, b in enumerate(bws):
         ad.decide(State(200.0 + k, {"uplink": float(b)}, {}, {"uplink": 0.2}))
     assert ad.scores.built == built
+
+
+def test_score_cache_relevels_batteries_like_a_rebuilt_cost_model():
+    """ScoreCache re-levels a bin's cost model (scoring.with_battery_levels) instead of rebuilding
+    the cluster: the scores must equal those of a CostModel built on the same levels."""
+    from dora_rl.adapter.compose import battery_budgets, conditions, score
+    from dora_rl.adapter.scoring import ScoreCache
+    from dora_rl.cost import CostModel
+
+    sc = load_scenario("smart_home")
+    ad = get_adapter("pareto", sc, prewarm=False)
+    cache = ScoreCache(sc, ad.plans, compose=True, slack=0.03)
+    bw, levels = {"wifi": 180.0}, {"laptop": 0.37, "phone": 0.52}
+    cost, by = cache.at(bw, levels, list(range(len(ad.plans))))
+    b, lv, _ = cache.key(bw, levels)
+    ref = CostModel(conditions(sc, b, lv))
+    assert battery_budgets(cost) == pytest.approx(battery_budgets(ref)) and battery_budgets(ref)
+    for p, s in by.items():
+        r = score(ref, p, ad.plans[p])
+        assert (s.ok, s.metrics.violations) == (r.ok, r.metrics.violations)
+        assert s.metrics.battery_hours == pytest.approx(r.metrics.battery_hours)
+        assert s.power == pytest.approx(r.power) and s.cap == pytest.approx(r.cap)
+    assert any(not s.ok for s in by.values()) and cache.built == 1

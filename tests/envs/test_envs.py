@@ -237,7 +237,7 @@ def test_adapt_training_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys)
         if not is_validation(f"fcc_broadband/x{i}"):
             (tmp_path / "fcc_broadband" / f"x{i}").write_text("0 1.0\n")
     monkeypatch.setenv("DORA_TRACES", str(tmp_path))
-    assert main(["--out", str(tmp_path / "out"), "--minutes", "0.01", "--bc-episodes", "1"]) == 2
+    assert main(["--out", str(tmp_path / "out"), "--minutes", "0.01", "--episodes", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no validation traces" in err[0]
     assert main(["--minutes", "0"]) == 2
@@ -257,3 +257,43 @@ def test_lower_layers_never_import_learning():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": root})
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_row_utilities_are_the_rewards_the_rows_would_get():
+    """AdaptEnv.row_utilities (IntervalSim.what_if on a fork of the Monitor) predicts, for the row
+    taken, exactly the reward step() then pays: every row's target is the runtime's judgement."""
+    from dora_rl.envs.adapt import AdaptEnv
+
+    env = AdaptEnv(scenario="smart_home", horizon=25, synthetic_frac=1.0, mean_frac=(0.6, 0.6),
+                   partition_agent=False)
+    obs, _ = env.reset(seed=4)
+    rng = np.random.default_rng(0)
+    spread = 0.0
+    for _ in range(25):
+        q = env.row_utilities()
+        valid = np.flatnonzero(obs["action_mask"] > 0.5)
+        assert np.isfinite(q[valid]).all() and np.isnan(q[obs["action_mask"] < 0.5]).all()
+        a = int(rng.choice(valid))
+        obs, r, _, _, _ = env.step(a)
+        assert r == pytest.approx(q[a], abs=1e-12)
+        spread = max(spread, float(np.ptp(q[valid])))
+    assert spread > 0.01          # the rows differ: the targets carry information
+
+
+def test_numpy_actor_picks_what_the_policy_picks():
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.envs.adapt import AdaptEnv
+    from dora_rl.learning.adapter_agent import NumpyActor
+
+    env = AdaptEnv(scenario="traffic_analytics@uplink1.5", horizon=10, synthetic_frac=1.0, partition_agent=False)
+    model = MaskablePPO("MultiInputPolicy", env, seed=1, device="cpu", n_steps=64, batch_size=64)
+    actor = NumpyActor(model.policy)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        o = {k: v.copy() for k, v in obs.items()}
+        o["candidates"] = o["candidates"] + rng.normal(0, 1, o["candidates"].shape).astype(np.float32)
+        want = int(model.predict(o, deterministic=True, action_masks=o["action_mask"] > 0.5)[0])
+        assert actor.act(o) == want
+        obs, *_ = env.step(1)

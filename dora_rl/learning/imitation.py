@@ -240,6 +240,17 @@ def expert_iteration(policy, data: dict, rounds: int, episodes: int, start: int,
             "episodes_per_round": episodes, "epochs": epochs, "lr": lr}
 
 
+def optimizer_step(policy, opt, sched, loss) -> None:
+    """One supervised step: backward, clip the gradient norm to 1, step the optimizer and
+    its schedule (behaviour cloning here and the stage policy's fit share it)."""
+    import torch
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    opt.step()
+    sched.step()
+
+
 def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, lr: float = 1e-3,
                     vf_coef: float = 0.5, seed: int = 0, val_frac: float = 0.05, progress: bool = False,
                     max_seconds: float | None = None) -> dict:
@@ -278,12 +289,7 @@ def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, 
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             ce, vl, _ = batch_loss(idx)
-            loss = ce + vf_coef * vl
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(policy, opt, sched, ce + vf_coef * vl)
             tot += float(ce.detach()) * len(idx)
             cnt += len(idx)
         done_epochs += 1

@@ -206,6 +206,8 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
     cosine learning rate, until `epochs` or `seconds`."""
     import torch
 
+    from dora_rl.learning.imitation import optimizer_step
+
     rng = np.random.default_rng(seed)
     tens = {k: d.tensors() for k, d in datas.items() if len(d)}
     if not tens:
@@ -226,12 +228,7 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
             logits = logits.masked_fill(~masks, -1e9)
             # cross-entropy of the label's equivalence class (one action unless equivalents were found)
             ce = (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~eq, -1e9), -1)).mean()
-            loss = ce + 0.25 * torch.nn.functional.mse_loss(v, rets)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(policy, opt, sched, ce + 0.25 * torch.nn.functional.mse_loss(v, rets))
             tot += float(ce.detach()) * len(idx)
             acc += float(eq.gather(1, logits.argmax(-1, keepdim=True)).float().sum())
             cnt += len(idx)

@@ -39,11 +39,11 @@ an ideal time T* (all work spread over all devices) so one network serves any mo
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
+from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import DEFAULT_MAX_DEVICES, NF, NG, Instance, InstanceSource
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP, clip_log
@@ -51,7 +51,7 @@ from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
 
-class PartitionEnv(gym.Env):
+class PartitionEnv(BuildEnv):
     """One episode = one plan for one scenario (see the module docstring).
 
     Args:
@@ -156,9 +156,6 @@ class PartitionEnv(gym.Env):
                 mask[1 + D + d] = ok
         return mask
 
-    def action_masks(self) -> np.ndarray:
-        return self._mask.copy()
-
     # --- transition --------------------------------------------------------------
     def _close_stage(self) -> None:
         inst = self.inst
@@ -167,25 +164,11 @@ class PartitionEnv(gym.Env):
         self.t_max_stage = max(self.t_max_stage, t)
         self.stages.append((self.l, self.p, tuple(self.group)))
 
-    def step(self, action):
-        reward, terminated, info = self.advance(action)
-        return self._obs(), reward, terminated, False, info
-
-    def observe(self) -> dict:
-        """The current observation (planning skips it on forced moves)."""
-        return self._obs()
-
     def advance(self, action) -> tuple[float, bool, dict]:
         """`step` without building the observation: (reward, terminated, info)."""
-        a = int(action)
-        if self.done:
-            raise DoraError("PartitionEnv.step called after the episode ended; call reset()")
-        substituted = False
-        if not (0 <= a < self.n_actions) or not self._mask[a]:
-            # a masked action (a sampler that ignores action_masks()): take the first
-            # allowed one instead - "continue" when possible - and say so in info
-            a = int(np.flatnonzero(self._mask)[0])
-            substituted = True
+        # a masked action (a sampler that ignores action_masks()): the first allowed one
+        # instead - "continue" when possible - and said so in info
+        a, substituted = self._allowed(action)
         inst, D = self.inst, self.max_devices
         if a == 0:
             if self.p >= inst.B:

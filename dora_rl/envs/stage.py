@@ -39,11 +39,11 @@ per close itself (dora_rl/learning/stage_policy.py:lookahead).
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
+from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import NG, Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
 from dora_rl.errors import DoraError, NoFeasiblePlan
@@ -81,7 +81,7 @@ DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_r
 BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
 
 
-class StageEnv(gym.Env):
+class StageEnv(BuildEnv):
     """One episode = one plan, one stage per step (see the module docstring). Arguments as
     `PartitionEnv`, plus `max_blocks` (the padding of the block axis)."""
 
@@ -246,26 +246,10 @@ class StageEnv(gym.Env):
             ok = np.flatnonzero(cm[d])
             rmin[d], rmax[d] = (ok[0] + 1, ok[-1] + 1) if len(ok) else (inst.B + 1, 0)
 
-    def action_masks(self) -> np.ndarray:
-        return self._mask.copy()
-
     # --- transition --------------------------------------------------------------
-    def step(self, action):
-        reward, terminated, info = self.advance(action)
-        return self._obs(), reward, terminated, False, info
-
-    def observe(self) -> dict:
-        return self._obs()
-
     def advance(self, action) -> tuple[float, bool, dict]:
         """`step` without building the observation: (reward, terminated, info)."""
-        a = int(action)
-        if self.done:
-            raise DoraError("StageEnv.step called after the episode ended; call reset()")
-        substituted = False
-        if not (0 <= a < self.n_actions) or not self._mask[a]:
-            a = int(np.flatnonzero(self._mask)[0])
-            substituted = True
+        a, substituted = self._allowed(action)
         inst, D, Bm = self.inst, self.max_devices, self.max_blocks
         if a >= D * Bm:
             self.group.append(a - D * Bm)

@@ -297,3 +297,26 @@ def test_numpy_actor_picks_what_the_policy_picks():
         want = int(model.predict(o, deterministic=True, action_masks=o["action_mask"] > 0.5)[0])
         assert actor.act(o) == want
         obs, *_ = env.step(1)
+
+
+@pytest.mark.parametrize("make", ["partition", "stage"])
+def test_masked_action_is_substituted_and_an_ended_episode_refuses_steps(make):
+    # the protocol both plan-building environments share (envs/build.py): a forbidden
+    # action becomes the first allowed one, said in info; an ended episode raises
+    from dora_rl.envs.stage import StageEnv
+    from dora_rl.errors import DoraError
+
+    env = PartitionEnv(seed=5) if make == "partition" else StageEnv(seed=5)
+    env.reset(seed=5)
+    masks = env.action_masks()
+    forbidden = int(np.flatnonzero(~masks)[0])
+    first_allowed = int(np.flatnonzero(masks)[0])
+    twin = env.fork()
+    *_, info = env.step(forbidden)
+    assert info["masked_action"] is True
+    *_, info2 = twin.step(first_allowed)
+    assert info2["masked_action"] is False
+    assert np.array_equal(env.action_masks(), twin.action_masks())
+    env.done = True
+    with pytest.raises(DoraError, match=f"{type(env).__name__}.step called after the episode ended"):
+        env.step(first_allowed)

@@ -167,7 +167,7 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
     for _ in range(repeats):
         for key, p in (("fifo", fifo), ("scheduled", sched)):
             out = measure(sc, p, requests=requests, iterations=iterations, warmup=1, rate=rate,
-                          throughput_phase=False)
+                          throughput_phase=False, timeout=max(120.0, 10.0 * X))
             got[key].append(out["measured"]["latency_ms"]["p50"] / X)   # device time
             load.append(os.getloadavg()[0])
     gains = [f / s for f, s in zip(got["fifo"], got["scheduled"])]
@@ -177,7 +177,7 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
             "gap_pp": 100 * abs((g - 1) - (row["speedup"] - 1)), "load_avg": load}
 
 
-def runtime_column(rows, instances) -> dict:
+def runtime_column(rows, instances, repeats: int = 3, requests: int = 8, iterations: int = 3) -> dict:
     """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it. An
     instance whose dilated runs would outlast the budget is listed as not run, with why."""
     import os
@@ -188,7 +188,7 @@ def runtime_column(rows, instances) -> dict:
 
     for name, scen, cm, plan in instances:
         try:
-            r = _runtime_gain(scen, cm, plan, by[name],
+            r = _runtime_gain(scen, cm, plan, by[name], repeats=repeats, requests=requests, iterations=iterations,
                               budget_s=float(os.environ.get("DORA_BENCH_SIM_RUNTIME_BUDGET", 300)))
         except RuntimeFault as e:   # e.g. the dilation this CPU needs makes one iteration outlast the timeout
             out.append({"instance": name, "skipped": str(e)})

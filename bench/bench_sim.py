@@ -20,36 +20,9 @@ import time
 
 import numpy as np
 
+from dora_rl.envs.schedule import contention_instance  # the instances Schedule-v0 samples
+
 PRESETS = ("smart_home", "traffic_analytics", "edge_cluster")
-KINDS = ("jetson_orin_nano", "jetson_orin_nano", "jetson_nano", "rpi5", "laptop", "jetson_agx_orin")
-
-
-def contention_instance(seed: int):
-    """Six devices on one WiFi channel of 150-600 Mbps (each link 60-100 % of it), a
-    random 16-block model, a 4-stage plan whose second stage is data-parallel on two
-    devices; even seeds infer (batch 4, M 2), odd seeds train (batch 8, M 4, sgd)."""
-    from dora_rl.cluster.model import Cluster, Link, Medium, device_preset
-    from dora_rl.cost import CostModel
-    from dora_rl.plan import Plan
-    from dora_rl.scenario import QoE, Scenario, Workload
-    from dora_rl.synthetic import random_profile
-
-    rng = np.random.default_rng(1000 + seed)
-    devs = [device_preset(k, f"d{i}", gflops=float(rng.uniform(100, 1500))) for i, k in enumerate(KINDS)]
-    wifi = float(rng.uniform(150, 600))
-    links = [Link(a.name, b.name, wifi * float(rng.uniform(0.6, 1.0)), float(rng.uniform(1, 4)), "wifi")
-             for i, a in enumerate(devs) for b in devs[i + 1:]]
-    cl = Cluster(devs, links, {"wifi": Medium("wifi", wifi)})
-    prof = random_profile(rng, n_blocks=16)
-    training = seed % 2 == 1
-    wl = Workload("training", 8, 4, None, "d0", "sgd") if training else Workload("inference", 4, 2, None, "d0")
-    scen = Scenario(f"wifi{seed}", {"profile": "synthetic"}, prof, cl, wl, QoE(None, None, None, "latency"))
-    cuts = sorted(rng.choice(np.arange(1, 16), 3, replace=False).tolist())
-    b = [0, *cuts, 16]
-    order = rng.permutation([d.name for d in devs]).tolist()
-    groups = [[order[0]], order[1:3], [order[3]], [order[4]]]
-    plan = Plan.make([(b[i], b[i + 1], g) for i, g in enumerate(groups)], wl.microbatches)
-    return scen, CostModel(scen), plan
 
 
 def resnet18_wifi():

@@ -287,8 +287,9 @@ class ComputeClock:
         real = now() - t0
         self.real_s += real
         self.sections += 1
-        if not self.emulate:
+        if not self.emulate:      # real compute: it ends now (what follows is not backdated into it)
             self.busy_s += real
+            advance(now())
             return
         if real > model:
             self.saturated += 1

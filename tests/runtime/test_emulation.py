@@ -76,3 +76,16 @@ def test_a_backlogged_urgent_sender_keeps_its_mark_past_its_chunk(tmp_path):
     end = em.pace(0, 1, 4_000, {"backlog": True}, {0: 0}) - 0.001   # another message waits: + grace
     assert abs(em.cal.read(slot) - (end + PRIO_GRACE_S)) < 1e-9
     em.close()
+
+
+def test_real_compute_is_not_backdated():
+    # --no-emulate: a section runs at this machine's speed; what the thread does next
+    # happens after it, even when its input was delivered within the slack before
+    settle()
+    delivered = now() - 0.01
+    advance(delivered)
+    clock = ComputeClock(emulate=False)
+    t0 = now()
+    clock.stretch(t0, 1.0)
+    t1 = now()
+    assert vtime(t1) >= t0 > delivered and clock.credited_s == 0.0

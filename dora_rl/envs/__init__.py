@@ -7,7 +7,9 @@ torch, no scenario loading until `gymnasium.make`).
 - `dora_rl/PartitionStage-v0`: the same plan a stage at a time (cut + device group per
   step; spaces sized by `max_devices` / `max_blocks`) - the size-free stage policy's env;
 - `dora_rl/Adapt-v0` and `dora_rl/Adapt-<preset>-v0`: keep or switch plans while
-  bandwidth moves and batteries drain.
+  bandwidth moves and batteries drain;
+- `dora_rl/Schedule-v0`: given a plan, choose its network schedule (micro-batches,
+  priorities, all-reduce start and buckets, warm-up), rewarded by the simulator.
 
 See docs/learning.md."""
 
@@ -35,6 +37,7 @@ def register_all() -> None:
     _reg(f"{NAMESPACE}/Partition-v0", "dora_rl.envs.partition:PartitionEnv", {})
     _reg(f"{NAMESPACE}/PartitionStage-v0", "dora_rl.envs.stage:StageEnv", {})
     _reg(f"{NAMESPACE}/Adapt-v0", "dora_rl.envs.adapt:AdaptEnv", {})
+    _reg(f"{NAMESPACE}/Schedule-v0", "dora_rl.envs.schedule:ScheduleEnv", {})
     for name in preset_env_names():
         _reg(f"{NAMESPACE}/Partition-{name}-v0", "dora_rl.envs.partition:PartitionEnv", {"scenario": name})
         _reg(f"{NAMESPACE}/Adapt-{name}-v0", "dora_rl.envs.adapt:AdaptEnv", {"scenario": name})
@@ -55,9 +58,12 @@ def __getattr__(name: str):  # lazy access to the classes without importing them
     if name == "AdaptEnv":
         from dora_rl.envs.adapt import AdaptEnv
         return AdaptEnv
+    if name == "ScheduleEnv":
+        from dora_rl.envs.schedule import ScheduleEnv
+        return ScheduleEnv
     raise AttributeError(name)
 
 
 register_all()
 
-__all__ = ["NAMESPACE", "register_all", "sanitize", "preset_env_names", "PartitionEnv", "AdaptEnv"]
+__all__ = ["NAMESPACE", "register_all", "sanitize", "preset_env_names", "PartitionEnv", "AdaptEnv", "ScheduleEnv"]

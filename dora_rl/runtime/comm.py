@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from dora_rl.plan import sample_edges  # noqa: F401  (re-exported for the workers)
-from dora_rl.runtime.emulation import sleep_until
+from dora_rl.runtime.emulation import advance, sleep_until, vnow
 
 # tags: control from the coordinator, replies to it, weights, probe flows, and one
 # tag per pipeline boundary for activations (forward) and gradients (backward)
@@ -165,7 +165,8 @@ class Transmitter:
     (`pace`: the network is emulated), one sender thread per destination paces them (so compute overlaps
     communication, and flows to different peers proceed in parallel, as on a NIC). `ranks` (a plan's
     schedule): medium index -> the message class's rank there; a destination's queue serves the most
-    urgent class first (FIFO within a class, and FIFO without a schedule)."""
+    urgent class first (FIFO within a class, and FIFO without a schedule). A message carries the
+    sending thread's modelled time (`emulation.vnow`), from which its pacing starts."""
 
     def __init__(self, net, my_idx: int, ranks: dict, names: list, pace: bool):
         self.net, self.me, self.ranks, self.names = net, my_idx, ranks, names
@@ -188,7 +189,7 @@ class Transmitter:
                 th = threading.Thread(target=self._loop, args=(dst, q), daemon=True)
                 th.start()
                 self.threads.append(th)
-        q.put((min(ranks.values(), default=0) if ranks else 0, next(self.seq), (t, tag, ranks)))
+        q.put((min(ranks.values(), default=0) if ranks else 0, next(self.seq), (t, tag, ranks, vnow())))
 
     def _loop(self, dst: str, q: queue.Queue) -> None:
         j = self.names.index(dst)
@@ -198,7 +199,9 @@ class Transmitter:
             try:
                 if item is None:
                     return
-                t, tag, ranks = item
+                t, tag, ranks, offered = item
+                advance(offered)                  # the message exists from the sender's modelled time
+                state["backlog"] = not q.empty()
                 deliver = self.net.pace(self.me, j, t.numel() * t.element_size(), state, ranks)
                 self.pending.add(isend_tensor(t, self.ranks[dst], tag, deliver))
             except Exception as e:   # re-raised by flush(); the worker turns it into a RuntimeFault

@@ -33,19 +33,52 @@ idle power, plus radio energy per byte sent and received."""
 from __future__ import annotations
 
 import fcntl
+import math
 import mmap
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 
 now = time.monotonic   # CLOCK_MONOTONIC: one clock for every process on this machine
 
+SLACK_S = 0.05   # host lateness (a late wake-up, a descheduled thread) a modelled time absorbs
+_mark = threading.local()
+
 
 def sleep_until(t: float) -> None:
+    """Sleep until t; the calling thread's modelled time is then at least t (`vtime`)."""
     d = t - now()
     if d > 0:
         time.sleep(d)
+    advance(t)
+
+
+def advance(t: float) -> None:
+    """The calling thread learns that a modelled event happened at t (its own section's
+    end, an input's delivery, the moment a message it now sends was offered)."""
+    if t > getattr(_mark, "t", -math.inf):
+        _mark.t = t
+
+
+def settle() -> None:
+    """Forget the thread's modelled time (a command arrived: nothing before it counts)."""
+    _mark.t = -math.inf
+
+
+def vtime(t: float) -> float:
+    """The modelled time of real instant t (>= the thread's last modelled event) on the
+    calling thread: that event's time if t is at most SLACK_S after it, else t. A thread
+    that wakes late from `sleep_until(x)`, or acts late on an input delivered at x, acts
+    as the modelled device would, at x: this host's scheduling delays are not charged
+    to the emulated device or link (docs/runtime.md, "Modelled time")."""
+    m = getattr(_mark, "t", -math.inf)
+    return m if 0.0 <= t - m <= SLACK_S else t
+
+
+def vnow() -> float:
+    return vtime(now())
 
 
 PRIO_LEVELS = 32      # priority ranks per medium the calendar can mark (deeper ranks share the last)
@@ -178,14 +211,18 @@ class NetEmulator:
 
     def _yield_to_urgent(self, ranks: dict) -> None:
         """Wait while a more urgent class is marked backlogged on one of `ranks`' media
-        (medium index -> this flow's rank there)."""
+        (medium index -> this flow's rank there), and PRIO_GRACE_S past its mark: its
+        sender may be about to book its next message (a wake-up away). The medium was
+        the urgent class's until its mark, so this flow's modelled time moves there
+        (not to the end of the wait)."""
         while True:
             t = now()
             block = max([self.cal.read(self._mark_slot(mu, q)) for mu, r in ranks.items()
                          for q in range(min(r, PRIO_LEVELS - 1))] or [0.0])
-            if block <= t:
+            if block + PRIO_GRACE_S <= t:
                 return
-            sleep_until(block)
+            time.sleep(block + PRIO_GRACE_S - t)
+            advance(block)
 
     def pace(self, i: int, j: int, nbytes: float, state: dict, ranks: dict | None = None) -> float:
         """Transmit nbytes over i -> j in real time: book chunks of ~2 ms one after
@@ -193,8 +230,12 @@ class NetEmulator:
         chunk by chunk (fair sharing). A backlogged flow chains its chunks from the
         previous chunk's end (sleep overshoot does not accumulate). `ranks` (a
         schedule): medium index -> this flow's class rank there; before each chunk the
-        flow yields to more urgent marked classes, after it marks its own. Blocks the
-        calling (sender) thread; returns the delivery time (end + route latency)."""
+        flow yields to more urgent marked classes, after it marks its own (kept PRIO_GRACE_S
+        past the chunk while `state["backlog"]`: more messages wait behind this one). A
+        chunk is booked from the thread's modelled time (`vnow`: the previous chunk's end,
+        or when the message was offered, `advance`), so a late wake-up neither delays it
+        nor lets a less urgent flow take its turn. Blocks the calling (sender) thread;
+        returns the delivery time (end + route latency)."""
         if self.cal is None or i == j or nbytes <= 0:
             return 0.0
         rate = self.bw[i][j] * self._rf(i, j)
@@ -203,28 +244,23 @@ class NetEmulator:
         for bps in (self.iface_bps[i], self.iface_bps[j]):
             if bps > 0:
                 rate = min(rate, bps)
-        chunk = max(16384.0, rate * 0.002)
-        prev = state.get("end", 0.0)
+        chunk = max(rate * 0.002, min(16384.0, max(1024.0, nbytes / 8)))
         left = float(nbytes)
         t_begin = None
         while left > 0:
             c = min(chunk, left)
             if ranks:
                 self._yield_to_urgent(ranks)
-            t = now()
-            earliest = prev if 0.0 <= t - prev < 1e-3 else t
-            start, end = self.cal.reserve(self._slots(i, j, c), earliest)
-            if ranks:
+            start, end = self.cal.reserve(self._slots(i, j, c), vnow())
+            if ranks:   # backlogged (more of this message, or more queued behind it): keep the mark
                 self.cal.mark([self._mark_slot(mu, r) for mu, r in ranks.items()],
-                              end + (PRIO_GRACE_S if left > c else 0.0))
+                              end + (PRIO_GRACE_S if left > c or state.get("backlog") else 0.0))
             if t_begin is None:
                 t_begin = start   # [live] measure from the first chunk's start (not the queueing before it)
             sleep_until(end)
-            prev = end
             left -= c
-        state["end"] = prev
-        self.observed.append((j, float(nbytes), max(prev - t_begin, 1e-9)))   # [live] measured transfer
-        return prev + self.lat[i][j]
+        self.observed.append((j, float(nbytes), max(end - t_begin, 1e-9)))   # [live] measured transfer
+        return end + self.lat[i][j]
 
     def close(self) -> None:
         if self.cal is not None:
@@ -241,30 +277,37 @@ class ComputeClock:
     saturated: int = 0           # sections where the real time exceeded the modelled time
     excess_s: float = 0.0        # total real-minus-modelled time of those sections
     sections: int = 0
+    credited_s: float = 0.0      # host lateness absorbed by modelled time (`vtime`)
 
     def stretch(self, t0: float, model: float) -> None:
-        """Call after a compute section that started at t0 and is modelled to take
-        `model` seconds."""
+        """Call after a compute section that started at t0 (real) and is modelled to take
+        `model` seconds: it ends at `vtime(t0) + model` (the device started it when its
+        previous section ended or its input was delivered, if this host started it at
+        most SLACK_S late; `credited_s` sums that lateness)."""
         real = now() - t0
         self.real_s += real
         self.sections += 1
-        if not self.emulate:
+        if not self.emulate:      # real compute: it ends now (what follows is not backdated into it)
             self.busy_s += real
+            advance(now())
             return
         if real > model:
             self.saturated += 1
             self.excess_s += real - model
             self.busy_s += real
+            advance(now())
         else:
-            sleep_until(t0 + model)
+            start = vtime(t0)
+            self.credited_s += t0 - start
+            sleep_until(start + model)
             self.busy_s += model
 
     def snapshot(self) -> dict:
         return {"busy_s": self.busy_s, "real_s": self.real_s, "saturated": self.saturated,
-                "excess_s": self.excess_s, "sections": self.sections}
+                "excess_s": self.excess_s, "sections": self.sections, "credited_s": self.credited_s}
 
     def reset(self) -> None:
-        self.busy_s = self.real_s = self.excess_s = 0.0
+        self.busy_s = self.real_s = self.excess_s = self.credited_s = 0.0
         self.saturated = self.sections = 0
 
 

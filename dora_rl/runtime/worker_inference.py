@@ -12,7 +12,7 @@ import threading
 import torch
 
 from dora_rl.runtime.comm import TAG_FWD, TAG_INPUT, TAG_REPLY, irecv_tensor, isend_obj, send_obj, wait_tensors
-from dora_rl.runtime.emulation import now
+from dora_rl.runtime.emulation import now, settle, vnow
 
 DTYPES = {"float32": torch.float32, "int64": torch.int64, "float64": torch.float64}
 
@@ -24,6 +24,7 @@ class InferenceOps:
         rid, batch = cmd["rid"], cmd["batch"]
         M = self.M
         m = batch // M
+        settle()
         t0 = now()
         if self.is_source:
             if "x_meta" in cmd:   # the input follows the command as a raw tensor message
@@ -64,7 +65,7 @@ class InferenceOps:
         if done:
             out = torch.cat([entry["pieces"][k] for k in sorted(entry["pieces"])])
             with self.reply_lock:
-                self.pending.add(isend_obj({"rid": entry["rid"], "y": out, "t0": entry["t0"], "t1": now()},
+                self.pending.add(isend_obj({"rid": entry["rid"], "y": out, "t0": entry["t0"], "t1": vnow()},
                                            0, TAG_REPLY))
 
     def _collect_loop(self) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dora_rl.runtime.comm import TAG_BWD, TAG_DRAIN, TAG_RING, irecv_tensor, isend_tensor, wait_tensors
-from dora_rl.runtime.emulation import now, sleep_until
+from dora_rl.runtime.emulation import now, settle, sleep_until, vtime
 
 
 class TrainingOps:
@@ -36,6 +36,7 @@ class TrainingOps:
             self.faults.end_iteration(cmd["v"])
 
     def _op_train(self, cmd: dict) -> None:
+        settle()
         t0 = now()
         batch = cmd["batch"]
         M, S = self.M, self.S
@@ -80,7 +81,7 @@ class TrainingOps:
                     y.backward(g)
                 model = self.model_s(s, n, "bwd")
                 if early and j == M - 1:
-                    ring.append(self._start_ring(s, t, model))
+                    ring.append(self._start_ring(s, vtime(t), model))   # the modelled start of the backward
                 self.clock.stretch(t, model)
                 if s > 0:
                     self.scatter_grad(s, j, m, x.grad, lo_)

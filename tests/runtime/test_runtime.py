@@ -115,14 +115,16 @@ class TestInference:
     def test_pacing_limits_to_link_bandwidth_and_medium_is_shared(self, rt):
         # Pacing is an upper bound: a loaded CPU can only make a flow slower, so the
         # bounds are tight above (no flow beats its link; two flows on one medium add
-        # up to one link) and loose below (unpaced or unshared flows would be far off).
+        # up to one link: unpaced or unshared flows would break them) and loose below,
+        # where they only catch gross over-throttling (a flow paced at a fraction of its
+        # link) without failing when other processes keep every core busy.
         link = W * 1e6 / 8
         one = rt.probe([("a", "b", 100_000, 20)])[0]
-        assert 0.7 * link < one < 1.05 * link, (one, link)
+        assert 0.35 * link < one < 1.05 * link, (one, link)
         two = rt.probe([("a", "b", 100_000, 20), ("c", "d", 100_000, 20)])
         assert sum(two) < 1.1 * link, (two, link)
         for r in two:
-            assert 0.3 * link < r < 0.6 * link, (two, link / 2)
+            assert 0.15 * link < r < 0.6 * link, (two, link / 2)
 
 
 def test_training_equals_single_process_sgd():

@@ -72,18 +72,48 @@ def overlap(spans, a: float, b: float) -> float:
 
 def at_request_instants(rows: list[dict], issues: list[float], interval: float, slo_ms: float | None) -> None:
     """Judge a *simulated* log the way a live one is judged, at the live run's request
-    instants: a request issued at t takes the latency of the simulated interval that
-    contains t (the plan serving it on the true bandwidth, from the cost model), and
-    every interval is then judged by the requests in service during it (`finalize`).
-    The rows (`t`, `latency_ms`, `violations`) are changed in place; other targets'
-    violations are kept. What stays different is only what the two measure: modelled
-    vs measured latency, and the decisions each adapter took on its own estimates."""
+    instants: a request issued at t takes the simulated latency of the intervals it
+    spans (`request_latency`: the plans serving them on the true bandwidth, from the
+    cost model), and every interval is then judged by the requests in service during it
+    (`finalize`). The rows (`t`, `latency_ms`, `violations`) are changed in place; other
+    targets' violations are kept. What stays different is only what the two measure:
+    modelled vs measured latency, and the decisions each adapter took on its own
+    estimates."""
+    lat_s = [None if r["latency_ms"] is None or r["latency_ms"] != r["latency_ms"] else r["latency_ms"] / 1e3
+             for r in rows]
     for r in rows:
         r["t_end"] = r["t"] + interval
     spans = []
     for ti in issues:
-        k = min(len(rows) - 1, max(0, int(ti // interval)))
-        lat = rows[k]["latency_ms"]
-        if lat is not None and lat == lat:
-            spans.append((ti, ti + lat / 1e3))
+        lat = request_latency(lat_s, interval, ti)
+        if lat is not None:
+            spans.append((ti, ti + lat))
     finalize(rows, spans, float("inf"), slo_ms)
+
+
+def request_latency(lat_s: list, interval: float, ti: float, rounds: int = 4) -> float | None:
+    """The modelled latency of a request issued at `ti` when interval k's plan takes
+    `lat_s[k]` seconds at that interval's bandwidth: the time-weighted mean of the
+    intervals it spans, [ti, ti + latency) (a fixed point, from the issue interval's
+    latency). A request lives through several intervals - at dilation 200 one
+    smart_home request lasts ~25 one-second intervals and the bandwidth trace moves
+    within it - and its transfers see those bandwidths, not only the first one."""
+    n = len(lat_s)
+
+    def at(t: float):
+        return lat_s[min(n - 1, max(0, int(t // interval)))]
+
+    lat = at(ti)
+    for _ in range(rounds):
+        if lat is None:
+            return None
+        a, b, acc, w = ti, ti + lat, 0.0, 0.0
+        k = int(a // interval)
+        while k * interval < b:
+            seg = min(b, (k + 1) * interval) - max(a, k * interval)
+            v = lat_s[min(n - 1, max(0, k))]
+            if seg > 0 and v is not None:
+                acc, w = acc + v * seg, w + seg
+            k += 1
+        lat = acc / w if w > 0 else lat
+    return lat

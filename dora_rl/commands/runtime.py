@@ -54,6 +54,9 @@ def add_commands(sub) -> None:
     p.add_argument("--duration", type=float, default=None,
                    help="seconds to run the adapter (default: 120 simulated with --simulate, 30 live: run seconds, "
                         "i.e. dilated; the device time covered is duration / slowdown)")
+    p.add_argument("--device-seconds", type=float, default=None, metavar="S",
+                   help="live adapter: run at least S seconds of device time (the run time grows with the "
+                        "dilation: max(--duration, S x slowdown); e.g. 0.5 holds ~7 requests on smart_home)")
     p.add_argument("--time-scale", type=float, default=10.0,
                    help="live adapter: trace seconds per second of device time (trace time is dilated with the "
                         "rest: run time x time-scale / slowdown; default 10)")
@@ -115,6 +118,8 @@ def cmd_run(args) -> int:
     slowdown = parse_slowdown(args.slowdown)
     if args.duration is not None and not args.duration > 0:
         raise PlanError(f"--duration must be a positive number of seconds, got {args.duration:g}")
+    if args.device_seconds is not None and not args.device_seconds > 0:
+        raise PlanError(f"--device-seconds must be a positive number of seconds, got {args.device_seconds:g}")
     if args.adapter and not args.simulate:   # [live] the adapter on live workers
         return _run_live(args, fails, slowdown)
     if fails:
@@ -182,7 +187,8 @@ def _run_live(args, fails, slowdown) -> int:   # [live]
     from dora_rl.runtime.live import run_live
     res = run_live(args.scenario, args.adapter, duration=args.duration or 30.0, slowdown=slowdown,
                    rate=args.rate, trace=args.trace, time_scale=args.time_scale, fail=fails,
-                   out_dir=args.out or "runs/live", live=not args.json, console=console, timeout=args.timeout)
+                   out_dir=args.out or "runs/live", live=not args.json, console=console, timeout=args.timeout,
+                   device_s=args.device_seconds)
     s = res["summary"]
     _saturation(args, s, s.get("saturated") or {})
     if args.json:

@@ -341,7 +341,7 @@ class Runtime(WorkerGroup):
     def infer(self, n: int | None = None, *, rate: float | None = None, window: int | None = None, inputs=None,
               keep_outputs: bool = False, switch_at: int | None = None, switch_plan: Plan | None = None,
               batch: int | None = None, duration: float | None = None, control=None, interval: float = 1.0,
-              on_answer=None, on_issue=None) -> InferenceResult:
+              on_answer=None, on_issue=None, on_pause=None) -> InferenceResult:
         """Run `n` requests (or admit them for `duration` seconds). `rate`: open-loop
         arrivals per second; `window`: at most that many in flight (closed loop);
         neither: window = stages + 1. `inputs[i]`: request i's input (default
@@ -349,13 +349,14 @@ class Runtime(WorkerGroup):
         drain, switch to `switch_plan`, resume. `control(t) -> Plan | None` is called
         every `interval` seconds at a request boundary; a plan it returns is switched to
         (drain, move). `on_answer(rid, latency_s, t_answer)` hears every answer and
-        `on_issue(rid, t_issue)` every issue (a re-issue too).
+        `on_issue(rid, t_issue)` every issue (a re-issue too); `on_pause(t0, t1)` each
+        admission pause of a `control` switch (seconds since the stream began).
         With a resilient fault policy every request is answered exactly once even if
         workers die (request_loop.py)."""
         return request_loop.RequestStream(self, n, rate=rate, window=window, inputs=inputs, keep_outputs=keep_outputs,
                                       switch_at=switch_at, switch_plan=switch_plan, batch=batch, duration=duration,
                                       control=control, interval=interval, on_answer=on_answer,
-                                      on_issue=on_issue).run()
+                                      on_issue=on_issue, on_pause=on_pause).run()
 
     # ------------------------------------------------------------------ training
     def make_batch(self, it: int, batch: int):

@@ -53,6 +53,7 @@ from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.runtime.dilation import choose
 from dora_rl.runtime.emulation import now
+from dora_rl.runtime.live_judge import finalize, judge, overlap
 from dora_rl.scenario import Scenario, load_scenario
 
 
@@ -71,8 +72,9 @@ class LiveRun:
                  slowdown="auto", rate: float | None = None, trace=None, time_scale: float = 10.0,
                  mean_frac: float | None = None, fail=(), out_dir: str | Path = "runs/live", live: bool = True,
                  console=None, timeout: float = 120.0, seed: int = 0, request_deadline: float | None = None,
-                 **adapter_options):
-        for key, v in (("duration", duration), ("interval", interval), ("time_scale", time_scale)):
+                 device_s: float | None = None, **adapter_options):
+        for key, v in (("duration", duration), ("interval", interval), ("time_scale", time_scale),
+                       ("device_s", device_s or 1.0)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise PlanError(f"--{key.replace('_', '-')} must be a positive number, got {v!r}")
         self.base = load_scenario(scenario)
@@ -86,6 +88,8 @@ class LiveRun:
         self.dilation = choose(self.base, None, slowdown=slowdown,
                                announce=console.print if console is not None and live else None)
         self.slowdown = slowdown = self.dilation.factor
+        if device_s:      # at least device_s seconds of device time: the run grows with the dilation
+            self.duration = duration = max(duration, device_s * slowdown)
         if console is not None and live:
             auto = " (auto)" if self.dilation.auto else ""
             console.print(f"time dilation {slowdown:g}x{auto}: {duration:g} s of run "
@@ -98,7 +102,9 @@ class LiveRun:
         self.adapter.bind(self.trace, self.medium, interval)
         # probes as long as at real speed: the dilated links are `slowdown` x slower
         self.monitor = Monitor(self.sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
-        self.plan = _main_plan(self.adapter.decide(self.monitor.state(0.0)))     # the plan to deploy
+        dec0 = self.adapter.decide(self.monitor.state(0.0))
+        self.plan = _main_plan(dec0)                      # the plan to deploy
+        self.plans_seen: dict[int, dict] = {pid: p.to_dict() for pid, p in zip(dec0.pids, dec0.plans, strict=False)}
         self.need = required_rate(self.sc)
         self.log = Log(self.base.name, self.adapter.name, self.trace.source, self.medium, self.nominal,
                        float(interval), float(duration), self.sc.qoe.latency_slo_ms, self.need,
@@ -117,12 +123,14 @@ class LiveRun:
             self.offered_rate = min(self.offered_rate, 0.8 * cap)
         self.request_deadline = request_deadline or max(15.0, 20 * (self.sc.qoe.latency_slo_ms or 1000) / 1e3)
         self.answers: list[tuple[float, float]] = []      # (t_answer, latency_s)
-        self.waiting: dict[int, float] = {}               # rid -> issue time, of the requests not yet answered
-        self.plans_seen: dict[int, dict] = {}             # plan id -> plan dict, of every decision
+        self.spans: dict[int, list] = {}                  # rid -> [first issue, answer or None], run time
+        self.pauses: list[tuple[float, float]] = []       # admission pauses of switches (drains), run time
+        self.pause_start: float | None = None             # the start of a drain in progress
         self.t0 = 0.0                                     # the runtime clock at the start of serving
         self.last = 0.0                                   # the start of the current control interval
         self.probe_t, self.probes = -math.inf, 0
         self.rt = None                                    # the ResilientRuntime, while running
+        self.asked: Plan | None = None                    # the plan the last interval asked for
         self.view = None                                  # the LiveView, while running
 
     def true_mbps(self, t: float) -> float:
@@ -149,7 +157,8 @@ class LiveRun:
             with LiveView(self.live, self.console) as view:
                 self.view = view
                 res = rt.infer(duration=self.duration, rate=self.offered_rate, control=self.control,
-                               interval=self.interval, on_answer=self.on_answer, on_issue=self.on_issue)
+                               interval=self.interval, on_answer=self.on_answer, on_issue=self.on_issue,
+                               on_pause=self.pauses_add)
             faults = list(rt.faults)
         return self.finish(res, faults)
 
@@ -157,13 +166,22 @@ class LiveRun:
         """A fault recovered: on the log (device, detection time, run time)."""
         self.log.faults.append({"devices": rec["devices"], "detected_s": rec["detected_s"],
                                 "recover_s": rec["recover_s"], "t": now() - self.t0})
+        self.asked = None                                 # the survivors run the re-planned plan
+        if self.pause_start is not None:                  # a drain cut short by the fault
+            self.pauses.append((self.pause_start, now() - self.t0))
+            self.pause_start = None
 
     def on_answer(self, rid: int, latency_s: float, t_answer: float) -> None:
         self.answers.append((t_answer, latency_s))
-        self.waiting.pop(rid, None)
+        ta = t_answer - self.t0
+        self.spans[rid] = [ta - latency_s, ta]      # a re-issued request: from its first admission
 
     def on_issue(self, rid: int, t_issue: float) -> None:
-        self.waiting[rid] = t_issue
+        self.spans.setdefault(rid, [t_issue - self.t0, None])
+
+    def pauses_add(self, t0: float, t1: float) -> None:
+        self.pauses.append((t0, t1))
+        self.pause_start = None
 
     def replan(self, new_sc: Scenario) -> Plan:
         """A device died: rebuild the adapter (and monitor) on the survivors, let it choose."""
@@ -195,10 +213,10 @@ class LiveRun:
         levels = self.monitor.battery()
         budgets, power = self.drain(t_prev, t, dt, levels)
         state = self.monitor.state(t)
-        prev_plan = self.rt.plan
+        asked = (self.asked or self.rt.plan).to_dict()     # the plan running, or being switched to (a drain)
         dec = self.adapter.decide(state)
-        new = _main_plan(dec)
-        do_switch = new.to_dict() != prev_plan.to_dict()
+        new = self.asked = _main_plan(dec)
+        do_switch = new.to_dict() != asked
         row = self.row(t_prev, t, dt, state, dec, do_switch, bw_true, levels, budgets, power)
         for pid, p in zip(dec.pids, dec.plans, strict=False):
             self.plans_seen[pid] = p.to_dict()
@@ -207,7 +225,11 @@ class LiveRun:
         self.monitor.close_interval()
         if self.view is not None:
             self.view.update(row, self.log)
-        return new if do_switch else None
+        if new.to_dict() == self.rt.plan.to_dict():
+            return None                                   # (during a drain: the switch is cancelled)
+        if self.pause_start is None:
+            self.pause_start = t                          # the drain starts now
+        return new
 
     def observe(self, t: float) -> None:
         """The workers' transfer measurements into the monitor; a probe when the medium
@@ -246,58 +268,59 @@ class LiveRun:
             levels: dict[str, float], budgets: dict[str, float], power: float) -> dict:
         """The log row of the interval [t_prev, t): what was measured and decided, and the
         QoE violations (latency p95 vs SLO, throughput vs required, battery budgets)."""
-        need, interval, log = self.need, self.interval, self.log
+        need, interval = self.need, self.interval
         recent = [lat for (ta, lat) in self.answers if ta - self.t0 >= t_prev]
-        # no answer in this interval: shown as the last measured latency (None before the first),
-        # judged by the oldest request still waiting (a user waiting past the SLO is a
-        # violation now; an answer measured under an earlier bandwidth is not evidence)
-        lat_ms = float(np.percentile(recent, 95) * 1e3) if recent else (log.rows[-1]["latency_ms"]
-                                                                        if log.rows else None)
-        waiting_ms = (now() - min(self.waiting.values())) * 1e3 if self.waiting else 0.0
         slo = self.sc.qoe.latency_slo_ms
         # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
         # at the dilated request rates)
         win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
         thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
+        # latency: judged by the requests in service during the interval (live_judge; provisional
+        # until they are answered, final in `finish`)
         viol = []
-        if slo is not None and recent and lat_ms > slo:
-            viol.append(f"latency: {lat_ms:.0f} ms > SLO {slo:.0f} ms")
-        elif slo is not None and not recent and waiting_ms > slo:
-            viol.append(f"latency: a request waiting {waiting_ms:.0f} ms > SLO {slo:.0f} ms")
-        # throughput once a full window can hold answers (the first ones arrive after one latency)
         # throughput: the running plan's capacity on the true bandwidth below the required
         # rate (as the simulation judges it), or - once a full window can hold answers -
-        # the workers serving less than 0.8 x what is offered (falling behind)
+        # the workers serving less than 0.8 x what was offered in it (falling behind; a
+        # switch's drain admits nothing, so its pause is not offered)
         viol += [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
         judged = bool(need) and t >= win + (slo or 0.0) / 1e3
         offered = min(need, self.offered_rate) if need else self.offered_rate
+        pauses = self.pauses + ([(self.pause_start, t)] if self.pause_start is not None else [])
+        offered *= max(0.0, win - overlap(pauses, t - win, t)) / win
         if judged and thr < 0.8 * offered:
             viol.append(f"throughput: served {thr:.3g} req/s < 0.8 x offered {offered:.3g} req/s over the last "
                         f"{win:.0f} s")
         viol += battery_violations(self.monitor, budgets)
-        return {"t": t_prev, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
+        row = {"t": t_prev, "t_end": t, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
                 "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),
                 "fractions": [round(a, 6) for a in dec.fractions], "label": dec.label, "reason": dec.reason,
-                "switch": bool(do_switch), "switch_s": 0.0, "move_mb": 0.0, "latency_ms": lat_ms,
-                "latency_p50_ms": float(np.percentile(recent, 50) * 1e3) if recent else None, "waiting_ms": waiting_ms,
-                "answered": len(recent), "throughput": thr, "power_w": power,
+                "switch": bool(do_switch), "switch_s": 0.0, "move_mb": 0.0, "answered": len(recent),
+                "throughput": thr, "power_w": power,
                 "energy_j": power * dt if math.isfinite(power) else 0.0,
                 "served_frac": min(1.0, thr / need) if need else 1.0, "thr_judged": judged or not need,
                 "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
                 "predicted": dec.predicted, "plan": self.rt.plan.to_dict(), "faults": len(self.rt.faults)}
+        judge(row, self.spans.values(), t_prev, t, t, slo)
+        return row
 
     # ---------------------------------------------------------------- the outputs
     def finish(self, res, faults: list) -> dict:
         """Write `<out>/live_log.json` (with the run's summary under "run") and
         `<out>/live_timeline.png`. Returns {summary, log, png, faults}."""
         log = self.log
+        finalize(log.rows, self.spans.values(), now() - self.t0, self.sc.qoe.latency_slo_ms)
+        for p0, p1 in self.pauses:         # a switch's drain, on the interval that asked for it
+            for r in log.rows:
+                if r["t"] <= p0 < r["t_end"]:
+                    r["switch_s"] += p1 - p0
         log.plans = [{"id": pid, **p} for pid, p in sorted(self.plans_seen.items())]
         log.monitor = self.monitor.series
         out = Path(self.out_dir)
         jp = log.save(out / "live_log.json")
         pp = plot_timeline(log, out / "live_timeline.png")
         admitted = len(res.answered) if res.answered else 0
-        summary = {**log.summary(), "requests": res.n, "answered": admitted,
+        summary = {**log.summary(), "switches": sum(1 for r in log.rows if r["switch"]),   # the first row's too
+                   "drain_s": sum(p1 - p0 for p0, p1 in self.pauses), "requests": res.n, "answered": admitted,
                    "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
                    "reissued": res.reissued, "probes": self.probes, "offered_rate": self.offered_rate,
                    "slowdown": self.slowdown, "dilation": self.dilation.to_dict(), "time_scale": self.time_scale,
@@ -309,6 +332,7 @@ class LiveRun:
         # the log keeps real-time (dilated) numbers; the summary also states them at device speed
         data = json.loads(jp.read_text())
         data["run"] = summary
+        data["requests"] = sorted(self.spans.values())    # [first issue, answer] per request, run seconds
         jp.write_text(json.dumps(data, indent=1, default=str) + "\n")
         return {"summary": summary, "log": str(jp), "png": str(pp), "faults": faults}
 
@@ -317,10 +341,10 @@ def run_live(scenario, adapter_name: str, *, duration: float = 30.0, interval: f
              slowdown="auto", rate: float | None = None, trace=None, time_scale: float = 10.0,
              mean_frac: float | None = None, fail=(), out_dir: str | Path = "runs/live", live: bool = True,
              console=None, timeout: float = 120.0, seed: int = 0, request_deadline: float | None = None,
-             **adapter_options) -> dict:
+             device_s: float | None = None, **adapter_options) -> dict:
     """Run `adapter_name` on live workers for `duration` seconds; returns
     {summary, log, png, faults} (see LiveRun)."""
     return LiveRun(scenario, adapter_name, duration=duration, interval=interval, slowdown=slowdown, rate=rate,
                    trace=trace, time_scale=time_scale, mean_frac=mean_frac, fail=fail, out_dir=out_dir, live=live,
                    console=console, timeout=timeout, seed=seed, request_deadline=request_deadline,
-                   **adapter_options).run()
+                   device_s=device_s, **adapter_options).run()

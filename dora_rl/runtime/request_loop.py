@@ -46,7 +46,7 @@ class RequestStream:
     def __init__(self, rt, n: int | None = None, *, rate: float | None = None, window: int | None = None,
                  inputs=None, keep_outputs: bool = False, switch_at: int | None = None,
                  switch_plan: Plan | None = None, batch: int | None = None, duration: float | None = None,
-                 control=None, interval: float = 1.0, on_answer=None, on_issue=None):
+                 control=None, interval: float = 1.0, on_answer=None, on_issue=None, on_pause=None):
         if rt.sc.workload.training:
             raise RuntimeFault(f"scenario {rt.sc.name!r} is a training workload; use train()")
         if n is None and duration is None:
@@ -55,7 +55,7 @@ class RequestStream:
         self.n, self.duration = n, duration
         self.rate, self.window = rate, window
         self.inputs, self.keep_outputs, self.on_answer, self.on_issue = inputs, keep_outputs, on_answer, on_issue
-        self.control, self.interval = control, interval
+        self.control, self.interval, self.on_pause = control, interval, on_pause
         self.batch = batch or rt.sc.workload.batch
         if self.batch % rt.plan.microbatches:
             raise PlanError(f"plan: microbatches={rt.plan.microbatches} must divide the batch ({self.batch})")
@@ -105,14 +105,9 @@ class RequestStream:
         """One move of the loop; False when every request is answered."""
         rt = self.rt
         if self.control is not None and now() >= self.next_ctl:
-            self.next_ctl = now() + self.interval
-            new = self.control(now() - self.t_begin)
+            new = self._control()
             if new is not None:
-                ts = now()
-                while self.inflight:
-                    self._wait_one(0.1)
-                info = rt.switch(new)
-                self.switch_info = {"total_s": now() - ts, **info}
+                self._control_switch(new)
         if self.retry:
             w = self.window or (len(rt.plan.stages) + 1)
             if len(self.inflight) < w:
@@ -148,6 +143,31 @@ class RequestStream:
             return False
         self._wait_one(0.1)
         return True
+
+    def _control(self):
+        self.next_ctl = now() + self.interval
+        return self.control(now() - self.t_begin)
+
+    def _control_switch(self, new: Plan) -> None:
+        """`control` asked for `new`: stop admitting, drain, switch. The control intervals
+        go on during the drain (each a decision: the latest one counts, None cancels the
+        switch). Open-loop arrivals resume at once after it, at the same rate: the
+        arrivals the drain held back are not issued in a burst (a backlog that would
+        outlast the switch by far at a high utilisation). `on_pause(t0, t1)` hears the pause."""
+        rt, ts = self.rt, now()
+        while self.inflight:
+            self._wait_one(0.1)
+            if now() >= self.next_ctl:
+                new = self._control()
+                if new is None:
+                    break
+        if new is not None:
+            info = rt.switch(new)
+            self.switch_info = {"total_s": now() - ts, **info}
+        if self.rate:
+            self.t_arrivals = max(self.t_arrivals, now() - self.nxt / self.rate)
+        if self.on_pause is not None:
+            self.on_pause(ts - self.t_begin, now() - self.t_begin)
 
     def _budget_left(self) -> bool:
         if self.n is not None:

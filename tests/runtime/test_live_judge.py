@@ -1,0 +1,67 @@
+"""A live interval is judged on latency by the requests in service during it (live_judge)."""
+
+from dora_rl.runtime.live_judge import finalize, in_service, judge, latency_verdict, overlap
+
+
+def test_a_request_is_in_service_in_every_interval_it_spans():
+    # one request issued at 0.5, answered at 3.2 (2.7 s): in service in [0,1), [1,2), [2,3), [3,4)
+    spans = [(0.5, 3.2)]
+    for a in (0.0, 1.0, 2.0, 3.0):
+        assert in_service(spans, a, a + 1.0, t_now=10.0) == [3.2 - 0.5]
+    assert in_service(spans, 4.0, 5.0, t_now=10.0) == []        # answered before the interval
+    assert in_service([(6.0, 7.0)], 4.0, 5.0, t_now=10.0) == []  # issued after it
+
+
+def test_an_unanswered_request_counts_its_wait_so_far():
+    # issued at 1.0, not answered, judged at 4.5: waited 3.5 s
+    assert in_service([(1.0, None)], 4.0, 5.0, t_now=4.5) == [3.5]
+
+
+def test_verdict_is_the_p95_of_the_requests_in_service_against_the_slo():
+    # latencies 0.1 and 0.2 s: p95 (linear) = 0.1 + 0.95 x 0.1 = 0.195 s = 195 ms
+    assert latency_verdict([0.1, 0.2], 190.0)[0].startswith("latency: p95 195 ms of the 2 request(s)")
+    assert latency_verdict([0.1, 0.2], 200.0) == []
+    assert latency_verdict([], 1.0) == []              # nothing in service: nothing violated
+    assert latency_verdict([5.0], None) == []          # no SLO
+
+
+def test_final_judgement_replaces_the_provisional_latency_verdict_and_keeps_the_others():
+    # an interval [0, 1) with one request issued at 0.2, still waiting at 1.0 (0.8 s so far < SLO 1 s):
+    # provisionally ok; answered at 2.4 (2.2 s > 1 s): finally violated. A throughput violation stays.
+    row = {"t": 0.0, "t_end": 1.0, "violations": ["throughput: served 0 req/s"], "ok": False}
+    spans = {0: [0.2, None]}
+    judge(row, spans.values(), 0.0, 1.0, 1.0, 1000.0)
+    assert row["violations"] == ["throughput: served 0 req/s"] and row["latency_ms"] == 800.0
+    spans[0][1] = 2.4
+    finalize([row], spans.values(), 3.0, 1000.0)
+    assert row["violations"][0].startswith("latency: p95 2200 ms") and row["violations"][1].startswith("throughput")
+    assert not row["ok"] and row["in_service"] == 1
+
+
+def test_overlap_of_pauses_with_a_window():
+    # pauses [1, 3) and [5, 6) inside the window [2, 5.5): 1 + 0.5 = 1.5 s
+    assert overlap([(1.0, 3.0), (5.0, 6.0)], 2.0, 5.5) == 1.5
+
+
+def test_a_simulated_request_takes_the_mean_latency_of_the_intervals_it_spans():
+    from dora_rl.runtime.live_judge import request_latency
+    # intervals of 1 s with modelled latencies 2, 2, 4, 4, ... s; a request issued at 1.0:
+    # round 1: L = 2 (its issue interval) -> spans [1, 3): (2 + 4) / 2 = 3
+    # round 2: [1, 4): (2 + 4 + 4) / 3 = 10/3; round 3: [1, 4.333): (2 + 4 + 4 + 4/3) / (10/3) = 3.4
+    lat = [2.0, 2.0] + [4.0] * 10
+    assert abs(request_latency(lat, 1.0, 1.0, rounds=3) - 3.4) < 1e-9
+    assert request_latency([1.5] * 5, 1.0, 0.5) == 1.5          # constant bandwidth: the interval's latency
+
+
+def test_simulated_rows_judged_at_the_live_request_instants():
+    from dora_rl.runtime.live_judge import at_request_instants
+    # 6 intervals of 1 s, modelled latency 0.5 s except interval 3 (2.0 s); SLO 1 s.
+    # Requests at 0.2 (0.5 s: in service in [0,1) only) and 3.1 (latency 2.0 from its issue
+    # interval, then the mean over its span: [3.1, 5.1) -> (0.9 x 2 + 1.1 x 0.5) / 2 = 1.175,
+    # [3.1, 4.275) -> (1.8 + 0.275 x 0.5) / 1.175 = 1.649, ... always > 1 s, so it is in service
+    # in [3,4) and [4,5) and violates both); [1,2) and [2,3) have no request in service: ok.
+    rows = [{"t": float(k), "latency_ms": 2000.0 if k == 3 else 500.0, "violations": [], "ok": True}
+            for k in range(6)]
+    at_request_instants(rows, [0.2, 3.1], 1.0, 1000.0)
+    assert [r["ok"] for r in rows[:3]] == [True, True, True]
+    assert not rows[3]["ok"] and not rows[4]["ok"]

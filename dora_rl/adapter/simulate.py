@@ -143,6 +143,7 @@ class Log:
     need: float
     battery_window_s: float | None = None
     dilation: float = 1.0            # a live run's time dilation (1: device time)
+    live: bool = False               # measured on workers (row 0's switch is a real one; latency measured)
     faults: list[dict] = field(default_factory=list)   # a live run's faults: devices, detected_s, t
     rows: list[dict] = field(default_factory=list)
     plans: list[dict] = field(default_factory=list)
@@ -159,7 +160,9 @@ class Log:
             "violation_frac": float(np.mean([not r["ok"] for r in rows])),
             "energy_j": float(sum(r["energy_j"] for r in rows)),
             "mean_power_w": float(np.mean([r["power_w"] for r in rows])),
-            "switches": int(sum(1 for r in rows[1:] if r["switch"])),
+            # a simulation's row 0 is the initial deployment; a live run's first plan was
+            # deployed before row 0, so a switch there is a real one
+            "switches": int(sum(1 for r in (rows if self.live else rows[1:]) if r["switch"])),
             "decide_ms_mean": float(dm.mean()),
             "decide_ms_p95": float(np.percentile(dm, 95)),
             "decide_ms_max": float(dm.max()),
@@ -174,7 +177,7 @@ class Log:
     def to_dict(self) -> dict:
         meta = {k: getattr(self, k) for k in ("scenario", "adapter", "trace", "medium", "nominal_mbps",
                                               "interval_s", "duration_s", "slo_ms", "need",
-                                              "battery_window_s", "dilation", "faults")}
+                                              "battery_window_s", "dilation", "live", "faults")}
         return {**meta, "summary": self.summary(), "plans": self.plans, "rows": self.rows, "monitor": self.monitor}
 
     def save(self, path: str | Path) -> Path:

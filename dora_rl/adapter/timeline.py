@@ -39,7 +39,8 @@ def plot_timeline(log, path: str | Path, title: str | None = None) -> Path:
         ax.text(0.5, 0.5, "no battery devices", transform=ax.transAxes, ha="center", va="center", color="grey")
     ax = axes[2]
     lats = [float("nan") if r["latency_ms"] is None else r["latency_ms"] for r in rows]   # NaN: none measured
-    ax.step(t, lats, where="post", color="tab:green", label="latency (true bw)")
+    ax.step(t, lats, where="post", color="tab:green",
+            label="latency (measured)" if d.get("live") else "latency (model, true bw)")
     slo = d.get("slo_ms")
     if slo:
         ax.axhline(slo, color="red", ls="--", lw=1, label="SLO")

@@ -108,7 +108,7 @@ class LiveRun:
         self.need = required_rate(self.sc)
         self.log = Log(self.base.name, self.adapter.name, self.trace.source, self.medium, self.nominal,
                        float(interval), float(duration), self.sc.qoe.latency_slo_ms, self.need,
-                       dilation=float(slowdown))
+                       dilation=float(slowdown), live=True)
         lat_s = CostModel(self.sc).evaluate(self.plan).latency_ms / 1e3
         if lat_s > timeout:
             dev = max(self.dilation.need, key=self.dilation.need.get)
@@ -319,8 +319,8 @@ class LiveRun:
         jp = log.save(out / "live_log.json")
         pp = plot_timeline(log, out / "live_timeline.png")
         admitted = len(res.answered) if res.answered else 0
-        summary = {**log.summary(), "switches": sum(1 for r in log.rows if r["switch"]),   # the first row's too
-                   "drain_s": sum(p1 - p0 for p0, p1 in self.pauses), "requests": res.n, "answered": admitted,
+        summary = {**log.summary(), "drain_s": sum(p1 - p0 for p0, p1 in self.pauses),
+                   "requests": res.n, "answered": admitted,
                    "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
                    "reissued": res.reissued, "probes": self.probes, "offered_rate": self.offered_rate,
                    "slowdown": self.slowdown, "dilation": self.dilation.to_dict(), "time_scale": self.time_scale,

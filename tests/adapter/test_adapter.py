@@ -556,3 +556,17 @@ def test_score_cache_relevels_batteries_like_a_rebuilt_cost_model():
         assert s.metrics.battery_hours == pytest.approx(r.metrics.battery_hours)
         assert s.power == pytest.approx(r.power) and s.cap == pytest.approx(r.cap)
     assert any(not s.ok for s in by.values()) and cache.built == 1
+
+
+def test_live_log_counts_its_first_row_switch_and_a_simulation_does_not():
+    # A simulation's row 0 is the initial deployment (not a switch); a live run deployed its
+    # first plan before row 0, so a switch there is a real one. Two rows, both switch=True:
+    # simulated -> 1 switch, live -> 2.
+    from dora_rl.adapter.simulate import Log
+    row = {"decide_ms": 1.0, "ok": True, "energy_j": 1.0, "power_w": 1.0, "switch": True,
+           "served_frac": 1.0, "reason": "initial", "latency_ms": 10.0}
+    rows = [dict(row, t=0.0), dict(row, t=1.0)]
+    sim = Log("s", "pareto", "tr", "wifi", 100.0, 1.0, 2.0, 150.0, 1.0, rows=rows)
+    live = Log("s", "pareto", "tr", "wifi", 100.0, 1.0, 2.0, 150.0, 1.0, live=True, rows=rows)
+    assert sim.summary()["switches"] == 1 and live.summary()["switches"] == 2
+    assert live.to_dict()["live"] is True

@@ -1,7 +1,7 @@
 """`train_stage`: one bounded run of the stage policy's recipe, always ending in a loadable agent.
 
 Phases and their share of `max_minutes` (dora_rl/learning/stage_training.py): teacher
-data 30 %, imitation 12 %, DAgger 50 %, PPO fine-tune 8 % (less when the budget is
+data 30 %, imitation 15 %, DAgger 40 %, PPO fine-tune 15 % (less when the budget is
 short). Each phase stops at its deadline; Ctrl-C stops the current phase and the run
 goes straight to saving, so an interrupted or budget-bound run still leaves
 `OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain `MaskablePPO.load`
@@ -19,7 +19,7 @@ from dora_rl.learning.agents import sanitize, save_agent
 
 log = logging.getLogger(__name__)
 STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
-SHARES = {"teacher": 0.30, "imitate": 0.12, "dagger": 0.50, "ppo": 0.08}
+SHARES = {"teacher": 0.30, "imitate": 0.15, "dagger": 0.40, "ppo": 0.15}
 
 
 def _families(scenario, env_kwargs: dict) -> dict:

@@ -36,18 +36,6 @@ FAMILIES = {
     "large": {"max_devices": 64, "max_blocks": 200, "min_devices": 12, "gen_max_devices": 64,
               "gen_kwargs": {"min_blocks": 30, "max_blocks": 200}},
 }
-# share of the teacher's and DAgger's wall time per family: a large instance costs 10-50x a
-# small one, so counting episodes (the session-5 recipe: 2 small to 1 large) gave the small
-# family, where the held-out set lives, a fraction of the time and 516 decisions
-TIME_SHARE = {"small": 0.6, "large": 0.4}
-
-
-def pick_family(spent: dict) -> str:
-    """The family furthest below its TIME_SHARE of the seconds spent so far (the first one
-    on ties); a family without a share gets an equal one."""
-    names = list(spent)
-    share = {k: TIME_SHARE.get(k, 1.0 / len(names)) for k in names}
-    return min(names, key=lambda k: spent[k] / share[k])
 
 
 def make_env(family: dict, seed: int = 0, pool_size: int = 10**9):
@@ -153,11 +141,11 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
     """Best known plans replayed on training instances, families in turn, until `seconds`."""
     envs = {k: make_env(f, seed) for k, f in families.items()}
     stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
-    t0, bar = time.time(), _bar(seconds, "teacher", progress)
-    spent = {k: 0.0 for k in families}
+    t0, bar, names = time.time(), _bar(seconds, "teacher", progress), list(families)
+    k = 0
     while time.time() - t0 < seconds:
-        name = pick_family(spent)
-        t1 = time.time()
+        name = names[0] if len(names) == 1 or k % 3 else names[1]     # 2 of 3 episodes from the first family
+        k += 1
         env = envs[name]
         i = start[name]
         start[name] += 1
@@ -165,14 +153,12 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
         env.source.cache.clear()
         best = best_known(inst, use_dora=inst.n <= 32)
         if best is None:
-            spent[name] += time.time() - t1
             continue
         ok = replay_plan(env, inst, best[0], datas[name], best[2])
         st = stats[name]
         st["episodes"] += ok
         st["unreachable"] += not ok
         st["compliant"] += bool(ok and best[1].qoe_ok)
-        spent[name] += time.time() - t1
         if bar is not None:
             bar.n = min(seconds, time.time() - t0)
             bar.set_postfix_str(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
@@ -283,7 +269,7 @@ def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
     return int(cands[i]), res[i], eq
 
 
-def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 5,
+def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
                  top_k: int = 4, progress: bool = False) -> list:
     """Rounds of: the policy plans fresh instances greedily, every state it visits is
     labelled by rollout (`label_by_rollout`) and added; then the network is fit again."""
@@ -297,12 +283,12 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
             break
         collect = left / (rounds - r) * 0.6
         actor = StageNumpyActor(policy)
-        t0, n_dec, agree = time.time(), 0, 0
-        spent = {k: 0.0 for k in families}
+        t0, n_dec, agree, k = time.time(), 0, 0, 0
+        names = list(families)
         bar = _bar(collect, f"dagger {r + 1}/{rounds}", progress)
         while time.time() - t0 < collect:
-            name = pick_family(spent)
-            t1 = time.time()
+            name = names[k % len(names)]
+            k += 1
             env = envs[name]
             inst = env.source.instance(start[name])
             start[name] += 1
@@ -323,7 +309,6 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
                 agree += a_pol in eq
                 env.advance(a_pol)            # DAgger: follow the learner, label with the teacher
                 obs = env.observe()
-            spent[name] += time.time() - t1
             if bar is not None:
                 bar.n = min(collect, time.time() - t0)
                 bar.set_postfix_str(f"{n_dec} states, agree {agree / max(n_dec, 1):.2f}")

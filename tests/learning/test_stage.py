@@ -127,16 +127,6 @@ def test_numpy_actor_scores_a_batch_as_each_state_alone(small_policy):
         assert np.isneginf(row[~m]).all() and np.allclose(row[m], one[m], rtol=0, atol=1e-9)
 
 
-def test_pick_family_balances_wall_time_by_share():
-    from dora_rl.learning.stage_training import pick_family
-
-    # shares small 0.6, large 0.4: seconds / share -> the smaller goes next
-    assert pick_family({"small": 0.0, "large": 0.0}) == "small"      # 0 vs 0: the first on ties
-    assert pick_family({"small": 6.0, "large": 3.0}) == "large"      # 6 / 0.6 = 10 > 3 / 0.4 = 7.5
-    assert pick_family({"small": 5.0, "large": 4.0}) == "small"      # 5 / 0.6 = 8.3 < 4 / 0.4 = 10
-    assert pick_family({"scenario": 9.0}) == "scenario"
-
-
 def test_fit_crops_each_batch_without_changing_the_logits(small_policy):
     """Imitation crops a mini-batch to its largest instance (padding per batch): the cropped
     logits of every allowed action, re-indexed, equal the padded ones."""

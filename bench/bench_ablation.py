@@ -213,13 +213,14 @@ def run(agent_path, n: int = 200, per_size: int = 6, timeout: float = 60.0, budg
         if per_size <= 0:
             break
         scs = large_scenarios(nd, B, per_size)
-        rows = run_set(agent, scs, ("dora",) + BASELINES, timeout, budget_ms, f"{nd}x{B}", None, progress)
+        rows = run_set(agent, scs, ("dora",) + BASELINES, timeout, budget_ms, f"{nd}x{B}", old, progress)
         s = summarize(rows, "best")
         large[f"{nd}x{B}"] = {"n": len(rows), "summary": s, "rows": rows, "duels": {
             "net_polish_at_budget vs fastest_polish_at_budget": duels(rows, "net_polish_at_budget",
                                                                      "fastest_polish_at_budget"),
             "net_polish_at_budget vs dora": duels(rows, "net_polish_at_budget", "dora"),
-            "net_sample vs fastest_polish_at_budget": duels(rows, "net_sample", "fastest_polish_at_budget")}}
+            "net_sample vs fastest_polish_at_budget": duels(rows, "net_sample", "fastest_polish_at_budget"),
+            "net_greedy vs v1_greedy": duels(rows, "net_greedy", "v1_greedy")}}
     out["large"] = large
     out["seconds"] = round(time.time() - t0, 1)
     out["checks"] = checks(out)

@@ -119,19 +119,36 @@ def target_checks(ev_h: dict, ev_p: dict) -> dict:
 
 
 def stage_plan_speed(agent, sizes=((8, 50), (64, 200)), reps: int = 5) -> dict:
-    """The network alone (greedy) on one instance per size: median ms, one thread."""
+    """The network alone (greedy) on one instance per size, one thread: `agent.plan` end to
+    end (wall and this process's CPU ms: on a loaded machine the wall time includes waiting
+    for a core), and its parts: the instance's tables (cost model, memory reach, reference
+    objective), the env's first state (masks), the greedy decoding (network + later masks)."""
+    from dora_rl.envs.instance import Instance
+    from dora_rl.learning.stage_search import decode
     from dora_rl.synthetic import random_scenario
 
     out = {}
     for n, B in sizes:
         sc = random_scenario(np.random.default_rng(3), max_devices=n, min_devices=n, n_blocks=B)
         agent.plan(sc, search="greedy")
-        ts = []
+        ts, cpu, parts = [], [], {"instance": [], "env_first_state": [], "decode": []}
         for _ in range(reps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             agent.plan(sc, search="greedy")
             ts.append((time.perf_counter() - t0) * 1e3)
-        out[f"{n}x{B}"] = {"median_ms": statistics.median(ts), "min_ms": min(ts)}
+            cpu.append((time.process_time() - c0) * 1e3)
+            c0 = time.process_time()
+            inst = Instance(sc, n)
+            c1 = time.process_time()
+            env = agent.env_for(inst)
+            c2 = time.process_time()
+            decode(agent.actor(), env, "greedy")
+            c3 = time.process_time()
+            for k, v in zip(parts, (c1 - c0, c2 - c1, c3 - c2)):
+                parts[k].append(v * 1e3)
+        out[f"{n}x{B}"] = {"median_ms": statistics.median(ts), "min_ms": min(ts),
+                           "median_cpu_ms": statistics.median(cpu),
+                           "cpu_ms_parts": {k: round(statistics.median(v), 2) for k, v in parts.items()}}
     return out
 
 

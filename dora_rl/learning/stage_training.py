@@ -294,7 +294,9 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
             start[name] += 1
             env.source.cache.clear()
             obs, _ = env.reset(seed=0, options={"scenario": inst})
-            while not env.done:
+            # the deadline is checked per state, not per episode: one 64-device episode,
+            # each state labelled by 4 rollouts + polish, once ran 24 minutes past it
+            while not env.done and time.time() - t0 < collect:
                 mask = env._mask
                 allowed = np.flatnonzero(mask)
                 if len(allowed) == 1:

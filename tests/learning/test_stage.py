@@ -107,6 +107,26 @@ def test_same_network_runs_on_2_and_64_devices(small_policy):
         assert np.allclose(lt[0].numpy()[mask], lg[mask], atol=1e-4)
 
 
+def test_numpy_actor_scores_a_batch_as_each_state_alone(small_policy):
+    # the numpy actor computes the lookahead term only at allowed closes: a batch of states
+    # (different masks) must give each state's own logits, -inf exactly where masked
+    from dora_rl.learning.stage_policy import StageNumpyActor
+
+    actor = StageNumpyActor(small_policy.policy)
+    env = StageEnv(scenario=_big(16, 60), max_devices=16, max_blocks=60)
+    obs0, _ = env.reset(seed=0)
+    m0 = env.action_masks()
+    obs1, *_ = env.step(int(np.flatnonzero(m0)[0]))
+    m1 = env.action_masks()
+    if env.done:
+        obs1, m1 = obs0, m0
+    batch = {k: np.stack([obs0[k], obs1[k]]) for k in obs0 if k != "action_mask"}
+    lb = actor.logits(batch, np.stack([m0, m1]))
+    for row, o, m in ((lb[0], obs0, m0), (lb[1], obs1, m1)):
+        one = actor.logits(o, m)
+        assert np.isneginf(row[~m]).all() and np.allclose(row[m], one[m], rtol=0, atol=1e-9)
+
+
 def test_fit_crops_each_batch_without_changing_the_logits(small_policy):
     """Imitation crops a mini-batch to its largest instance (padding per batch): the cropped
     logits of every allowed action, re-indexed, equal the padded ones."""

@@ -84,7 +84,8 @@ def card(config: dict, ev: dict, bench: dict | None = None) -> str:
             "model-index:", "- name: MaskablePPO-dora_rl-Adapt-v0", "  results:", "  - task:",
             "      type: reinforcement-learning", "    dataset:", "      name: dora_rl/Adapt-v0",
             "      type: dora_rl/Adapt-v0", "    metrics:"] + metrics + ["---", ""]
-    sel = (config.get("selection") or {}).get("utility", {})
+    sel = (config.get("selection") or {}).get("scores") or (config.get("selection") or {}).get("utility", {})
+    shipped = sel.get(config.get("shipped_checkpoint"), {})
     reg = config.get("regression") or {}
     lines = head + [
         "# `dora_rl/Adapt-v0` (MaskablePPO, MLP): the learned runtime adapter `ppo`", "",
@@ -116,9 +117,13 @@ def card(config: dict, ev: dict, bench: dict | None = None) -> str:
         f"{reg.get('veto_penalty')}), the actor's logits fitted to {reg.get('logit_scale')} x the centred utilities; "
         f"(2) {config.get('ppo_timesteps')} MaskablePPO steps from there; {config.get('train_seconds', 0) / 60:.1f} "
         f"min on 2 shared cores (nice 5). Shipped checkpoint: `{config.get('shipped_checkpoint')}`, chosen on "
-        f"training-split episodes (mean utility, `pareto` on the same episodes for reference: {json.dumps(sel)}). "
-        "Reward = the bench's QoE utility: 1 if the interval met QoE (battery judged on the 60 s trailing-average "
-        "draw) - 0.5 x power / initial plan's power. The rule is neither an input nor a teacher.",
+        f"{(config.get('selection') or {}).get('episodes')} training-split episodes against `pareto` on the same "
+        "episodes by issue 13's targets (targets met, then the share of episodes with violating intervals <= "
+        f"`pareto`'s, then mean utility): {json.dumps(shipped)}; `pareto` {sel.get('pareto')}. "
+        "Reward = the bench's QoE utility (1 if the interval met QoE, battery judged on the 60 s trailing-average "
+        f"draw, - 0.5 x power / initial plan's power) with a QoE miss counted {reg.get('miss_weight')}x: "
+        f"utility - {float(reg.get('miss_weight') or 1) - 1:g} x 1[missed] (the bench reports the unshaped "
+        "utility). The rule is neither an input nor a teacher.",
         "", "## Evaluation (`python -m dora_rl.learning.adapt_eval`, validation traces, 120 s episodes)", "",
         "| test bed | " + " | ".join(next(iter(ev.values()))) + " |", "|---|" + "---|" * len(next(iter(ev.values())))]
     for bed, row in ev.items():

@@ -556,3 +556,24 @@ def test_score_cache_relevels_batteries_like_a_rebuilt_cost_model():
         assert s.metrics.battery_hours == pytest.approx(r.metrics.battery_hours)
         assert s.power == pytest.approx(r.power) and s.cap == pytest.approx(r.cap)
     assert any(not s.ok for s in by.values()) and cache.built == 1
+
+
+def test_ppo_keep_row_is_what_pareto_keeps():
+    """The `keep` row of a running time-share takes the LP's best fractions (with its capacity slack)
+    when the LP's best runs the same plans, as `pareto` keeps it; the re-solve for the required rate
+    alone would be a thinner, cheaper time-share."""
+    from dora_rl.adapter.compose import battery_budgets
+    from dora_rl.cost.qoe import required_rate
+
+    sc = load_scenario("smart_home")
+    m = sc.dynamic_medium()
+    st = {m: sc.cluster.media[m].mbps}
+    ad = PPOAdapter(sc, policy=RowPicker("lp"), partition_agent=False)
+    ad.decide(State(0.0, st))
+    ad.decide(State(1.0, st))
+    keep, lp = ad._ctx.rows[0].band, ad._ctx.rows[1].band
+    assert len(lp.parts) > 1 and set(keep.pids) == set(lp.pids)
+    assert keep.fractions == lp.fractions
+    ev = ad.evaluate_state(State(1.0, st))
+    thin = lp_slack([s for s, _ in lp.parts], required_rate(ev.cost), battery_budgets(ev.cost), sc.qoe.latency_slo_ms)
+    assert thin is not None and thin.power < lp.power - 1e-6

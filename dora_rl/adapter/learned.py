@@ -253,10 +253,12 @@ class PPOAdapter(ParetoAdapter):
         keep = None
         if self.current is not None:
             k = rescore(self.current, by, cost)
-            if len(k.parts) > 1:
+            if len(k.parts) > 1:     # a time-share re-solved for the required rate (as `pareto` keeps it)
                 re = lp_slack([s for s, _ in k.parts if s.lat_ok], need, bud, slo)
                 if re is not None and re.ok:
                     k = re
+            if set(ev.best.pids) == set(k.pids):    # the LP's best runs the same plans: its fractions (slack)
+                k = ev.best
             keep = option(k)
         singles = [make_mix([(by[p], 1.0)], need, bud, slo) for p in sorted(by)]
         cur = set(self.current.pids) if self.current is not None else set()

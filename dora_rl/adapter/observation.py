@@ -6,7 +6,8 @@ it saw in training. Both AdaptEnv (dora_rl/envs/adapt.py) and the `ppo` runtime 
 Monitor's State each interval); the adapter calls `build_observation` with its options.
 
 Rows (`ADAPT_OBS_VERSION` 3): the agent's action is a row index.
-- row 0 `keep`: what runs now (re-scored; masked before the first plan is deployed);
+- row 0 `keep`: what runs now (re-scored; a time-share with the LP's fractions when the LP's best runs the
+  same plans, else re-solved for the required rate: what `pareto` keeps; masked before the first deployment);
 - row 1 `lp`: the composition LP's best plan or time-share over the planning band (robust: what
   `pareto` would consider);
 - row 2 `lp_est`: the LP's best at the current estimate (the band's mid point, battery budgets up

@@ -19,7 +19,9 @@ Markov trace - with its mean at U(`mean_frac`) x nominal, started at a random of
 a candidate), `Discrete(SLOTS)` with `action_masks()`; a masked action keeps what runs (the
 LP's choice before the first deployment) and sets `info["masked_action"]`. Reward: the
 interval's QoE utility (adapter.observation.qoe_utility: 1 if QoE held, battery judged on the 60 s
-trailing-average draw, minus W_ENERGY x power / the initial plan's power). `row_utilities()`
+trailing-average draw, minus W_ENERGY x power / the initial plan's power), the bench's figure, with a
+QoE miss counted `miss_weight` times (`shaped_reward`: utility - (miss_weight - 1) x 1[missed]; 1, the
+default, is the bench's utility as is; `info["utility"]` is always the unshaped one). `row_utilities()`
 gives, before a step, what EVERY row would be paid (IntervalSim.what_if: the training targets of
 adapt_training), `replay(adapter)` what a rule adapter gets on the same episode."""
 
@@ -31,9 +33,15 @@ from gymnasium import spaces
 
 from dora_rl.adapter.observation import CLIP, NC, NGA, SLOTS, qoe_utility
 from dora_rl.envs.adapt_sim import IntervalSim, scaled_trace, test_bed, trace_split
-from dora_rl.errors import TraceError
+from dora_rl.errors import AgentError, TraceError
 
 DEFAULT_BEDS = ("smart_home", "traffic_analytics@uplink1.5")
+
+
+def shaped_reward(utility, ok, miss_weight: float = 1.0):
+    """The training reward: the bench's QoE utility with a QoE miss counted `miss_weight` times
+    (utility - (miss_weight - 1) x (1 - ok)); scalars or arrays (`ok` 1/0)."""
+    return utility - (float(miss_weight) - 1.0) * (1.0 - np.asarray(ok, dtype=float))
 
 
 class _Pending:
@@ -53,16 +61,21 @@ class AdaptEnv(gym.Env):
         split: "train" or "validation" (the trace files used); horizon: intervals per episode.
         synthetic_frac: share of episodes on a Markov trace; mean_frac: (lo, hi) of the trace mean / nominal.
         partition_agent: passed to the `ppo` adapter (False: the DP's candidates only).
+        miss_weight: a QoE miss counts this many times in the reward (>= 1; 1: the bench's utility).
     """
 
     metadata = {"render_modes": ["ansi"]}
 
     def __init__(self, scenario=None, beds=DEFAULT_BEDS, split: str = "train", horizon: int = 120,
                  interval_s: float = 1.0, synthetic_frac: float = 0.25, mean_frac=(0.85, 1.15), noise: float = 0.05,
-                 seed: int = 0, partition_agent=None, render_mode: str | None = None):
+                 seed: int = 0, partition_agent=None, render_mode: str | None = None, miss_weight: float = 1.0):
         super().__init__()
         if split not in ("train", "validation"):
             raise TraceError(f"AdaptEnv: split must be 'train' or 'validation', got {split!r}")
+        if not (isinstance(miss_weight, (int, float)) and miss_weight >= 1.0):
+            raise AgentError(f"AdaptEnv: miss_weight must be a number >= 1 (1: the bench's utility), "
+                             f"got {miss_weight!r}")
+        self.miss_weight = float(miss_weight)
         self.beds = [scenario] if scenario is not None else list(beds)
         self.horizon, self.interval_s = int(horizon), float(interval_s)
         self.synthetic_frac, self.mean_frac, self.noise = float(synthetic_frac), tuple(mean_frac), float(noise)
@@ -152,10 +165,11 @@ class AdaptEnv(gym.Env):
         self.pol.a = a
         dec = self.ad.decide(self.state)
         row = self.sim.step(dec)
-        reward = qoe_utility(row["ok"], row["energy_j"], self.interval_s, self.ad.p_ref)
+        utility = qoe_utility(row["ok"], row["energy_j"], self.interval_s, self.ad.p_ref)
+        reward = float(shaped_reward(utility, row["ok"], self.miss_weight))
         info = {"qoe_ok": row["ok"], "energy_j": row["energy_j"], "switched": row["switch"], "reason": dec.reason,
                 "agent": dec.reason == "agent", "masked_action": masked, "mbps": row["bw_true_mbps"],
-                "utility": reward}
+                "utility": utility}
         truncated = self.sim.k >= self.horizon
         self._observe()
         return self.obs, float(reward), False, truncated, info

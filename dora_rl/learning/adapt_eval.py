@@ -25,6 +25,7 @@ import numpy as np
 from dora_rl.learning.adapt_training import greedy, run_episode
 
 BEDS = ("smart_home", "traffic_analytics@uplink1.5")
+KEEP_ROW = "pareto"       # what config.yml's `keep_row` says of agents trained with the current `keep` row
 CHECK_SEEDS = (0, 1)
 
 
@@ -74,6 +75,26 @@ def check_entries(folder, beds=("smart_home",), seeds=CHECK_SEEDS, horizon: int 
     return out
 
 
+def _selection_and_reward(config: dict, sel: dict, reg: dict) -> str:
+    """The card's sentences on checkpoint selection and reward: agents trained before the PPO reward was
+    shaped (no `ppo_miss_weight` in config.yml) were selected by mean utility and PPO ran on the utility."""
+    ck = config.get("shipped_checkpoint")
+    if "ppo_miss_weight" not in config:
+        return (f"Shipped checkpoint: `{ck}`, chosen on training-split episodes by mean utility (`pareto` on the "
+                f"same episodes for reference: {json.dumps(sel)}). PPO's reward = the bench's QoE utility: 1 if the "
+                "interval met QoE (battery judged on the 60 s trailing-average draw) - 0.5 x power / initial plan's "
+                "power; the miss weight applied to the regression targets only. The rule is neither an input nor a "
+                "teacher.")
+    w = float(config["ppo_miss_weight"])
+    return (f"Shipped checkpoint: `{ck}`, chosen on {(config.get('selection') or {}).get('episodes')} training-split "
+            "episodes against `pareto` on the same episodes by issue 13's targets (targets met, then the share of "
+            f"episodes with violating intervals <= `pareto`'s, then mean utility): {json.dumps(sel.get(ck, {}))}; "
+            f"`pareto` {sel.get('pareto')}. Reward (regression targets and PPO) = the bench's QoE utility (1 if the "
+            "interval met QoE, battery judged on the 60 s trailing-average draw, - 0.5 x power / initial plan's "
+            f"power) with a QoE miss counted {w:g}x: utility - {w - 1:g} x 1[missed] (the bench reports the unshaped "
+            "utility). The rule is neither an input nor a teacher.")
+
+
 def card(config: dict, ev: dict, bench: dict | None = None) -> str:
     """The model card (HF-style metadata header, usage snippet, evaluation, limits)."""
     metrics = [f"      - name: QoE utility per interval ({bed}, validation traces)\n        type: qoe_utility\n"
@@ -84,7 +105,7 @@ def card(config: dict, ev: dict, bench: dict | None = None) -> str:
             "model-index:", "- name: MaskablePPO-dora_rl-Adapt-v0", "  results:", "  - task:",
             "      type: reinforcement-learning", "    dataset:", "      name: dora_rl/Adapt-v0",
             "      type: dora_rl/Adapt-v0", "    metrics:"] + metrics + ["---", ""]
-    sel = (config.get("selection") or {}).get("utility", {})
+    sel = (config.get("selection") or {}).get("scores") or (config.get("selection") or {}).get("utility", {})
     reg = config.get("regression") or {}
     lines = head + [
         "# `dora_rl/Adapt-v0` (MaskablePPO, MLP): the learned runtime adapter `ppo`", "",
@@ -115,10 +136,7 @@ def card(config: dict, ev: dict, bench: dict | None = None) -> str:
         f"the Monitor; a QoE miss counted {reg.get('miss_weight')}x, a row the veto would override minus "
         f"{reg.get('veto_penalty')}), the actor's logits fitted to {reg.get('logit_scale')} x the centred utilities; "
         f"(2) {config.get('ppo_timesteps')} MaskablePPO steps from there; {config.get('train_seconds', 0) / 60:.1f} "
-        f"min on 2 shared cores (nice 5). Shipped checkpoint: `{config.get('shipped_checkpoint')}`, chosen on "
-        f"training-split episodes (mean utility, `pareto` on the same episodes for reference: {json.dumps(sel)}). "
-        "Reward = the bench's QoE utility: 1 if the interval met QoE (battery judged on the 60 s trailing-average "
-        "draw) - 0.5 x power / initial plan's power. The rule is neither an input nor a teacher.",
+        f"min on 2 shared cores (nice 5). " + _selection_and_reward(config, sel, reg),
         "", "## Evaluation (`python -m dora_rl.learning.adapt_eval`, validation traces, 120 s episodes)", "",
         "| test bed | " + " | ".join(next(iter(ev.values()))) + " |", "|---|" + "---|" * len(next(iter(ev.values())))]
     for bed, row in ev.items():
@@ -131,10 +149,14 @@ def card(config: dict, ev: dict, bench: dict | None = None) -> str:
               "- Trained on two test beds; on other scenarios it runs (the features are relative) but is unproven.",
               "- The regression's horizon is one interval; PPO's discount (gamma 0.5) a few more.",
               "- The agent trades violating intervals for energy where the utility says so (one violating "
-              "interval = 2 intervals at double the initial power): see `violations_le_pareto_traces` in the "
-              "bench's targets. Switches are nearly free (pre-staged weights, 0.1 s drain), so it switches "
-              "much more than `pareto`.",
-              ""]
+              "interval = 2 intervals at double the initial power), on traffic most: see "
+              "`violations_le_pareto_traces` per test bed in the bench's targets. Switches are nearly free "
+              "(pre-staged weights, 0.1 s drain), so it can switch more than `pareto`."]
+    if config.get("keep_row") != KEEP_ROW:
+        lines.append("- Trained with the previous `keep` row (a running time-share always re-solved for the required "
+                     "rate without slack); deployed with the row as `pareto` keeps it (the LP's best fractions when "
+                     "it runs the same plans): docs/adapter.md, \"What was tried\".")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -14,11 +14,15 @@ a full-information target, where PPO sees only the reward of the row it tried.
    (its estimate and history, not the true bandwidth), so its greedy row is the one with
    the highest EXPECTED utility given the observation. The rule is not an input and not a
    teacher.
+   `miss_weight` > 1 counts a QoE miss that many times in the targets (envs.adapt.shaped_reward).
 2. MaskablePPO from there for what is left of `minutes` (checkpoints every `ckpt_steps`):
-   the regression's horizon is one interval; PPO's reward is the same utility, discounted.
-3. Selection: the regression result and every PPO checkpoint are scored (greedy) on
+   the regression's horizon is one interval; PPO's reward is the same (shaped) utility, discounted.
+3. Selection: the regression result and every PPO checkpoint are run (greedy) on
    `select_episodes` AdaptEnv episodes of the TRAINING split (fixed seeds; the validation
-   split stays for the bench); the best is saved as <out>/model.zip with config.yml.
+   split stays for the bench) next to `pareto` on the same episodes, and ranked by issue 13's
+   targets against it (`versus`, `selection_key`: targets met, then the share of episodes with
+   violating intervals <= the rule's, then mean utility); the best is saved as <out>/model.zip
+   with config.yml.
 
     PYTHONPATH=. DORA_TRACES=../shared/data/traces/pensieve nice -n 10 \\
         python -m dora_rl.learning.adapt_training --out runs/adapt --minutes 25
@@ -38,6 +42,7 @@ import numpy as np
 import yaml
 
 from dora_rl.adapter.observation import ROW_FEATURES, layout
+from dora_rl.envs.adapt import shaped_reward
 
 log = logging.getLogger(__name__)
 HYPER = {"n_steps": 512, "batch_size": 128, "n_epochs": 4, "learning_rate": 3e-5, "gamma": 0.5,
@@ -63,16 +68,18 @@ def best_row(q: np.ndarray, obs: dict) -> int:
 
 
 def run_episode(env, act, seed: int) -> dict:
+    """One greedy episode: mean QoE utility (the bench's, unshaped), share of intervals meeting QoE,
+    share the agent decided, and the number of violating intervals."""
     obs, _ = env.reset(seed=seed)
     tot, n, ok, agent, done = 0.0, 0, 0, 0, False
     while not done:
-        obs, r, term, trunc, info = env.step(act(obs))
-        tot += r
+        obs, _, term, trunc, info = env.step(act(obs))
+        tot += info["utility"]
         n += 1
         ok += info["qoe_ok"]
         agent += info["agent"]
         done = term or trunc
-    return {"utility": tot / max(n, 1), "qoe": ok / max(n, 1), "agent": agent / max(n, 1)}
+    return {"utility": tot / max(n, 1), "qoe": ok / max(n, 1), "agent": agent / max(n, 1), "violations": n - ok}
 
 
 def collect(env, episodes: int, seed: int, act=None, explore: float = 0.3,
@@ -88,7 +95,7 @@ def collect(env, episodes: int, seed: int, act=None, explore: float = 0.3,
         done = False
         while not done:
             q, ok = env.row_utilities(with_ok=True)
-            q = q - (miss_weight - 1.0) * (1.0 - ok)
+            q = shaped_reward(q, ok, miss_weight)
             obs_l.append({k: v.copy() for k, v in obs.items()})
             q_l.append(q)
             valid = np.flatnonzero(obs["action_mask"] > 0.5)
@@ -144,20 +151,42 @@ def greedy(model):
     return NumpyActor(model.policy).act
 
 
-def rule_score(env, seeds, name: str = "pareto") -> float:
-    """Mean utility of the rule adapter `name` on the episodes `seeds` draw (AdaptEnv.replay)."""
+def rule_episodes(env, seeds, name: str = "pareto") -> list[dict]:
+    """What the rule adapter `name` gets on the episodes `seeds` draw (AdaptEnv.replay), per episode."""
     from dora_rl.adapter import get_adapter
 
     out = []
     for s in seeds:
         env.reset(seed=s)
-        out.append(env.replay(get_adapter(name, env.scen))["utility"])
-    return float(np.mean(out))
+        r = env.replay(get_adapter(name, env.scen))
+        out.append({**r, "violations": int(round((1.0 - r["qoe"]) * env.horizon))})
+    return out
 
 
-def score(model, env, seeds) -> float:
+def agent_episodes(model, env, seeds) -> list[dict]:
     act = greedy(model)
-    return float(np.mean([run_episode(env, act, s)["utility"] for s in seeds]))
+    return [run_episode(env, act, s) for s in seeds]
+
+
+def versus(agent: list[dict], rule: list[dict]) -> dict:
+    """Issue 13's targets of `agent` against `rule` on the same episodes (bench/bench_adapter.py's, per
+    episode instead of per trace): mean utilities and gain, share of episodes with utility >= the rule's,
+    with violating intervals <= the rule's; `met`: how many of (gain >= 5%, utility >= on >= 2/3,
+    violations <= on >= 2/3) hold."""
+    n = max(len(agent), 1)
+    ua, ur = float(np.mean([a["utility"] for a in agent])), float(np.mean([r["utility"] for r in rule]))
+    gain = (ua - ur) / abs(ur) if ur else 0.0
+    u_ge = sum(a["utility"] >= r["utility"] - 1e-9 for a, r in zip(agent, rule)) / n
+    v_le = sum(a["violations"] <= r["violations"] for a, r in zip(agent, rule)) / n
+    met = int(gain >= 0.05) + int(u_ge >= 2 / 3 - 1e-9) + int(v_le >= 2 / 3 - 1e-9)
+    return {"utility": round(ua, 4), "gain": round(gain, 4), "utility_ge": round(u_ge, 3),
+            "violations_le": round(v_le, 3), "met": met}
+
+
+def selection_key(v: dict) -> tuple:
+    """Checkpoints are ranked by how many of the targets they meet on the selection episodes, then by
+    the share of episodes with violations <= the rule's while that share is under 2/3, then utility."""
+    return (v["met"], min(v["violations_le"], 2 / 3), v["utility"])
 
 
 def train(out: Path, minutes: float = 25.0, episodes: int = 60, rounds: int = 3, select_episodes: int = 24,
@@ -174,7 +203,8 @@ def train(out: Path, minutes: float = 25.0, episodes: int = 60, rounds: int = 3,
     t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     env = AdaptEnv(seed=seed)
-    venv = DummyVecEnv([lambda: ActionMasker(AdaptEnv(seed=seed), lambda e: e.unwrapped.action_masks())])
+    venv = DummyVecEnv([lambda: ActionMasker(AdaptEnv(seed=seed, miss_weight=miss_weight),
+                                             lambda e: e.unwrapped.action_masks())])
     hp = dict(HYPER)
     arch = hp.pop("net_arch")
     model = MaskablePPO("MultiInputPolicy", venv, seed=seed, device="cpu", verbose=0,
@@ -209,17 +239,18 @@ def train(out: Path, minutes: float = 25.0, episodes: int = 60, rounds: int = 3,
             ckpt_steps, str(out / "checkpoints"), name_prefix="ppo")])
         model.save(str(out / "checkpoints" / "final"))
     steps, ppo_s = int(model.num_timesteps), time.time() - ppo_t0
-    # selection on fixed training-split episodes
+    # selection on fixed training-split episodes, by issue 13's targets against `pareto` (versus)
     sel = AdaptEnv(seed=seed + 1)
     seeds = list(range(50_000, 50_000 + select_episodes))
-    scores = {"pareto": rule_score(sel, seeds)}
-    best, best_s = None, -np.inf
+    rule = rule_episodes(sel, seeds)
+    scores = {"pareto": round(float(np.mean([r["utility"] for r in rule])), 4)}
+    best, best_k = None, None
     for ck in sorted((out / "checkpoints").glob("*.zip")):
-        m = MaskablePPO.load(str(ck), device="cpu")
-        scores[ck.stem] = s = score(m, sel, seeds)
-        log.info("selection %s: %.4f (pareto %.4f)", ck.stem, s, scores["pareto"])
-        if s > best_s:
-            best, best_s = ck, s
+        v = versus(agent_episodes(MaskablePPO.load(str(ck), device="cpu"), sel, seeds), rule)
+        scores[ck.stem] = v
+        log.info("selection %s: %s (pareto %.4f)", ck.stem, v, scores["pareto"])
+        if best_k is None or selection_key(v) > best_k:
+            best, best_k = ck, selection_key(v)
     MaskablePPO.load(str(best), device="cpu").save(str(out / "model.zip"))
     import gymnasium
     import sb3_contrib
@@ -227,13 +258,15 @@ def train(out: Path, minutes: float = 25.0, episodes: int = 60, rounds: int = 3,
 
     config = {"env_id": "dora_rl/Adapt-v0", "algo": "MaskablePPO", "policy": "MultiInputPolicy", "kind": "adapt",
               **layout(), "env_kwargs": {"beds": list(env.beds), "horizon": env.horizon, "split": "train"},
-              "seed": seed, "regression": {"rounds": rounds_log, "episodes_per_round": episodes, "steps": n_reg,
-                                           "explore": explore, "logit_scale": LOGIT_SCALE,
-                                           "miss_weight": miss_weight, "veto_penalty": VETO_PENALTY,
-                                           "seconds": round(reg_s, 1)},
-              "ppo_timesteps": steps, "ppo_seconds": round(ppo_s, 1),
+              "keep_row": "pareto", "seed": seed,
+              "regression": {"rounds": rounds_log, "episodes_per_round": episodes, "steps": n_reg,
+                             "explore": explore, "logit_scale": LOGIT_SCALE,
+                             "miss_weight": miss_weight, "veto_penalty": VETO_PENALTY,
+                             "seconds": round(reg_s, 1)},
+              "ppo_timesteps": steps, "ppo_seconds": round(ppo_s, 1), "ppo_miss_weight": miss_weight,
               "train_seconds": round(time.time() - t_start, 1), "shipped_checkpoint": best.stem,
-              "selection": {"episodes": select_episodes, "utility": {k: round(v, 4) for k, v in scores.items()}},
+              "selection": {"episodes": select_episodes, "scores": scores,
+                            "rule": "versus pareto: targets met, violations <= share, utility"},
               "hyperparams": HYPER,
               "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                            "stable_baselines3": stable_baselines3.__version__,

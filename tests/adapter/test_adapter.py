@@ -570,3 +570,24 @@ def test_live_log_counts_its_first_row_switch_and_a_simulation_does_not():
     live = Log("s", "pareto", "tr", "wifi", 100.0, 1.0, 2.0, 150.0, 1.0, live=True, rows=rows)
     assert sim.summary()["switches"] == 1 and live.summary()["switches"] == 2
     assert live.to_dict()["live"] is True
+
+
+def test_ppo_keep_row_is_what_pareto_keeps():
+    """The `keep` row of a running time-share takes the LP's best fractions (with its capacity slack)
+    when the LP's best runs the same plans, as `pareto` keeps it; the re-solve for the required rate
+    alone would be a thinner, cheaper time-share."""
+    from dora_rl.adapter.compose import battery_budgets
+    from dora_rl.cost.qoe import required_rate
+
+    sc = load_scenario("smart_home")
+    m = sc.dynamic_medium()
+    st = {m: sc.cluster.media[m].mbps}
+    ad = PPOAdapter(sc, policy=RowPicker("lp"), partition_agent=False)
+    ad.decide(State(0.0, st))
+    ad.decide(State(1.0, st))
+    keep, lp = ad._ctx.rows[0].band, ad._ctx.rows[1].band
+    assert len(lp.parts) > 1 and set(keep.pids) == set(lp.pids)
+    assert keep.fractions == lp.fractions
+    ev = ad.evaluate_state(State(1.0, st))
+    thin = lp_slack([s for s, _ in lp.parts], required_rate(ev.cost), battery_budgets(ev.cost), sc.qoe.latency_slo_ms)
+    assert thin is not None and thin.power < lp.power - 1e-6

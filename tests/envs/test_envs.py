@@ -320,3 +320,31 @@ def test_masked_action_is_substituted_and_an_ended_episode_refuses_steps(make):
     env.done = True
     with pytest.raises(DoraError, match=f"{type(env).__name__}.step called after the episode ended"):
         env.step(first_allowed)
+
+
+def test_miss_weight_shapes_the_reward_but_not_the_reported_utility():
+    """AdaptEnv(miss_weight=w) pays utility - (w - 1) x 1[missed]; info["utility"] stays the bench's
+    utility, and the episode itself (what runs, QoE, energy) does not depend on w."""
+    from dora_rl.envs.adapt import AdaptEnv, shaped_reward
+    from dora_rl.errors import AgentError
+
+    # hand values: a met interval keeps its utility, a missed one loses (3 - 1) x 1 = 2
+    assert float(shaped_reward(0.4, 1, 3.0)) == pytest.approx(0.4)
+    assert float(shaped_reward(0.4, 0, 3.0)) == pytest.approx(0.4 - 2.0)
+    assert np.allclose(shaped_reward(np.array([0.5, -0.1]), np.array([1.0, 0.0]), 2.0), [0.5, -1.1])
+    kw = dict(scenario="smart_home", horizon=20, synthetic_frac=1.0, mean_frac=(0.45, 0.45), partition_agent=False)
+    e1, e3 = AdaptEnv(**kw), AdaptEnv(miss_weight=3.0, **kw)
+    e1.reset(seed=2)
+    e3.reset(seed=2)
+    misses = 0
+    for k in range(20):
+        a = 1 if k % 3 else 2
+        _, r1, _, _, i1 = e1.step(a)
+        _, r3, _, _, i3 = e3.step(a)
+        assert i1["utility"] == pytest.approx(i3["utility"], abs=1e-12) and i1["qoe_ok"] == i3["qoe_ok"]
+        assert r1 == pytest.approx(i1["utility"], abs=1e-12)
+        assert r3 == pytest.approx(i3["utility"] - (0.0 if i3["qoe_ok"] else 2.0), abs=1e-12)
+        misses += not i3["qoe_ok"]
+    assert misses > 0            # the weight was exercised
+    with pytest.raises(AgentError, match="miss_weight"):
+        AdaptEnv(miss_weight=0.5)

@@ -293,3 +293,24 @@ def test_ppo_yml_is_an_rl_zoo_file_and_dora_train_adds_its_own_keys():
     part = load_hyperparams("dora_rl/Partition-v0")
     assert part["policy"] == "SetPointerPolicy" and part["bc"]["episodes"] == 2500
     assert {"eval_env_kwargs", "eval_freq", "n_eval_episodes", "expert_iteration", "finetune"} <= set(part)
+
+
+def test_checkpoint_selection_ranks_by_the_issue_targets():
+    """adapt_training.versus scores an agent against the rule per episode as the bench does per trace;
+    selection_key prefers meeting more targets, then a higher share with violations <= the rule's."""
+    from dora_rl.learning.adapt_training import selection_key, versus
+
+    def eps(*pairs):
+        return [{"utility": u, "violations": v} for u, v in pairs]
+
+    rule = eps((0.5, 2), (0.4, 0), (0.3, 5))
+    # greedy: +20% utility (mean 0.48 vs 0.40), >= on 3/3, violations <= on 0/3 (3 > 2, 1 > 0, 9 > 5)
+    greedy = eps((0.6, 3), (0.45, 1), (0.39, 9))
+    # careful: +7.5% (0.43 vs 0.40), >= on 3/3, violations <= on 2/3 (2 <= 2, 0 <= 0; 6 > 5)
+    careful = eps((0.52, 2), (0.45, 0), (0.32, 6))
+    g, c = versus(greedy, rule), versus(careful, rule)
+    assert g["gain"] == pytest.approx(0.2, abs=1e-4) and g["utility_ge"] == 1.0
+    assert g["violations_le"] == pytest.approx(0.0) and g["met"] == 2
+    assert c["gain"] == pytest.approx(0.075, abs=1e-4) and c["violations_le"] == pytest.approx(0.667, abs=1e-3)
+    assert c["met"] == 3
+    assert selection_key(c) > selection_key(g)

@@ -25,7 +25,7 @@ def render(log, row: dict) -> Group:
     p50, p95 = (float(np.percentile(lat, 50)), float(np.percentile(lat, 95))) if len(lat) else (math.nan, math.nan)
     slo = log.slo_ms
     viol = sum(1 for r in rows if not r["ok"])
-    sw = sum(1 for r in rows[1:] if r["switch"])
+    sw = sum(1 for r in (rows if getattr(log, "live", False) else rows[1:]) if r["switch"])   # as Log.summary
     t_now = min(row["t"] + log.interval_s, log.duration_s)
     dil = getattr(log, "dilation", None) or 1.0
     head = Text.assemble((f"{log.scenario}", "bold"), " / adapter ", (log.adapter, "bold cyan"),

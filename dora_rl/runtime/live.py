@@ -221,6 +221,9 @@ class LiveRun:
         for pid, p in zip(dec.pids, dec.plans, strict=False):
             self.plans_seen[pid] = p.to_dict()
         self.log.rows.append(row)
+        # earlier intervals again, with the answers that arrived since: the view's count of
+        # violating intervals is the log's final one as far as the run knows it now
+        finalize(self.log.rows, self.spans.values(), t, self.sc.qoe.latency_slo_ms)
         self.monitor.record(t, bw_true_mbps=bw_true)
         self.monitor.close_interval()
         if self.view is not None:

@@ -591,3 +591,22 @@ def test_ppo_keep_row_is_what_pareto_keeps():
     ev = ad.evaluate_state(State(1.0, st))
     thin = lp_slack([s for s, _ in lp.parts], required_rate(ev.cost), battery_budgets(ev.cost), sc.qoe.latency_slo_ms)
     assert thin is not None and thin.power < lp.power - 1e-6
+
+
+def test_live_view_counts_switches_as_the_log_summary_does():
+    # The view and the summary must agree: two rows with switch=True show 1 switch for a
+    # simulation (row 0 is the initial deployment) and 2 for a live run.
+    from rich.console import Console
+
+    from dora_rl.adapter.simulate import Log
+    from dora_rl.adapter.view import render
+    row = {"decide_ms": 1.0, "ok": True, "energy_j": 1.0, "power_w": 1.0, "switch": True, "served_frac": 1.0,
+           "reason": "agent", "latency_ms": 10.0, "label": "#1", "bw_true_mbps": 5.0, "bw_est_mbps": 5.0,
+           "battery": {}, "throughput": 1.0, "violations": []}
+    rows = [dict(row, t=0.0), dict(row, t=1.0)]
+    for live, want in ((False, 1), (True, 2)):
+        log = Log("s", "ppo", "tr", "wifi", 5.0, 1.0, 2.0, 150.0, 1.0, live=live, rows=rows)
+        con = Console(record=True, width=200)
+        con.print(render(log, rows[-1]))
+        assert f"switches {want} QoE-violating" in " ".join(con.export_text().split())
+        assert log.summary()["switches"] == want

@@ -12,8 +12,9 @@ unanswered counts the time it has waited so far, a lower bound - and violates la
 when their p95 exceeds the SLO. A request slower than the SLO so marks every interval
 it spent in the system, whatever the dilation. The verdict is provisional while
 requests of the interval are unanswered (the live view, which judges every interval
-again at each new one) and final once the run has drained (the log, `finalize`). An interval with no request in service (the pipeline
-idle) has no latency and does not violate it."""
+again at each new one) and final once the run has drained (the log, `finalize`). An
+interval with no request in service (the pipeline idle) has no latency and does not
+violate it."""
 
 from __future__ import annotations
 

@@ -88,3 +88,15 @@ def test_cheap_commands_run(where, cmd, tmp_path, capsys):
         assert main(words) == 0, f"{where}: `{cmd}` failed: {capsys.readouterr().err}"
     finally:
         os.chdir(cwd)
+
+
+def test_no_merge_conflict_markers_in_the_docs():
+    # A merge left `<<<<<<< HEAD` ... `>>>>>>> branch` in README.md once; the docs are what
+    # users read first, so a conflict marker anywhere in them is a bug.
+    bad = []
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(ROOT.glob("trained_agents/*/README.md"))]
+    for p in docs:
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            if re.match(r"(<{7}|>{7}|={7})( |$)", line):
+                bad.append(f"{p.relative_to(ROOT)}:{n}")
+    assert not bad, bad

@@ -229,15 +229,7 @@ class StageEnv(BuildEnv):
         the first/last allowed end per device (the observation's reach features)."""
         qb, inst, p = self._bound(), self.inst, self.p
         pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
-        R_T, R_m, _, _ = qb.rest_rates(pool)
-        q = np.zeros_like(cm)
-        f_in, t_in = self._qin
-        ds = np.flatnonzero(rmin <= rmax)
-        if len(ds):
-            r = np.arange(p + 1, inst.B + 1)
-            inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
-            q[ds, p:inst.B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                                   R_T[ds], R_m[ds])
+        q = self._qoe_closes(cm, rmin, rmax, *qb.rest_rates(pool)[:2])
         if q.any():
             cm[:] = q
         elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
@@ -249,6 +241,19 @@ class StageEnv(BuildEnv):
         has = c.any(axis=1)
         rmin[:] = np.where(has, c.argmax(axis=1) + 1, inst.B + 1)
         rmax[:] = np.where(has, c.shape[1] - c[:, ::-1].argmax(axis=1), 0)
+
+    def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
+        """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
+        qb, p, B = self._bound(), self.p, self.inst.B
+        q = np.zeros_like(cm)
+        f_in, t_in = self._qin
+        ds = np.flatnonzero(rmin <= rmax)
+        if len(ds):
+            r = np.arange(p + 1, B + 1)
+            inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
+            q[ds, p:B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
+                                              R_T[ds], R_m[ds])
+        return q
 
     # --- transition --------------------------------------------------------------
     def advance(self, action) -> tuple[float, bool, dict]:

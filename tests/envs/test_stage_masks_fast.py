@@ -95,26 +95,24 @@ class _ReferenceStageEnv(StageEnv):
                         break
         self.ref_adds = adds
 
-    def _qoe_mask(self, cm, adds, rmin, rmax):
-        qb, inst, p = self._bound(), self.inst, self.p
-        pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
-        R_T, R_m, _, _ = qb.rest_rates(pool)
+    def _qoe_closes(self, cm, rmin, rmax, R_T, R_m):
+        qb, p = self._bound(), self.p
         q = np.zeros_like(cm)
         f_in, t_in = self._qin
         for d in np.flatnonzero(rmin <= rmax):
             r = np.arange(rmin[d], rmax[d] + 1)
             q[d, r - 1] = _reference_close_ok(qb, self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r,
                                               R_T[d], R_m[d])
-        if q.any():
-            cm[:] = q
-        elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
-            cm[:] = False
-        else:
-            return
-        self.qoe_masked = True
-        for d in range(inst.n):
+        return q
+
+    def _qoe_mask(self, cm, adds, rmin, rmax):
+        super()._qoe_mask(cm, adds, rmin, rmax)
+        self.ref_q_range = []
+        for d in range(self.inst.n):     # the former per-device first / last allowed end
             ok = np.flatnonzero(cm[d])
-            rmin[d], rmax[d] = (ok[0] + 1, ok[-1] + 1) if len(ok) else (inst.B + 1, 0)
+            self.ref_q_range.append((ok[0] + 1, ok[-1] + 1) if len(ok) else (self.inst.B + 1, 0))
+        if self.qoe_masked:
+            assert [(int(a), int(b)) for a, b in zip(rmin, rmax)] == [(int(a), int(b)) for a, b in self.ref_q_range]
 
 
 def _instances(k, seed, n, B, **kw):
@@ -130,7 +128,7 @@ def _instances(k, seed, n, B, **kw):
 
 @pytest.mark.parametrize("n,B,k", [(2, 8, 6), (4, 16, 6), (8, 40, 4), (16, 60, 3), (64, 120, 2)])
 def test_vectorised_masks_equal_the_reference(n, B, k):
-    adds_seen = closes = 0
+    adds_seen = closes = narrowed = 0
     for j, inst in enumerate(_instances(k, 977 + n, n, B)):
         for qoe in (True, False):
             rng = np.random.default_rng(j)
@@ -148,6 +146,7 @@ def test_vectorised_masks_equal_the_reference(n, B, k):
                     assert np.array_equal(o_new[key], o_ref[key]), key
                 if ref.done:
                     break
+                narrowed += ref.qoe_masked
                 allowed = np.flatnonzero(ref._mask)
                 add = allowed[allowed >= D * Bm]
                 a = int(rng.choice(add if len(add) and rng.random() < 0.6 else allowed))
@@ -156,4 +155,5 @@ def test_vectorised_masks_equal_the_reference(n, B, k):
                 o_new, *_ = new.step(a)
                 o_ref, *_ = ref.step(a)
             assert new.result[2] == ref.result[2]
-    assert closes > 0 and (n < 4 or adds_seen > 0)        # the episodes exercised groups too
+    # the episodes exercised groups and the QoE narrowing too
+    assert closes > 0 and (n < 4 or adds_seen > 0) and narrowed > 0

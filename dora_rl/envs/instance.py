@@ -118,17 +118,30 @@ class Instance:
         one sample of the micro-batch), must fit both before and after rounding - then
         `proportional_shares` returns exactly those shares for any in-flight count <= the
         worst case, so the final plan fits."""
-        if len(devs) == 1:
-            return self.reach_l[devs[0]][l]
-        rates = self.rate[devs]
-        w = rates / rates.sum()
-        wr = np.array(self.cost.realized(self.m_int, [float(x) for x in w], list(devs)))
-        if self.m_int < len(devs) or (wr <= 0).any():
-            return l
-        ww = np.maximum(w, wr)
-        ok = np.all(self.base[l][None, :] + ww[:, None] * self.act[l][None, :] <= self.mem[devs][:, None], axis=0)
-        ok[: l + 1] = False
-        return l + int(ok.sum())
+        return int(self.group_reach_rows([list(devs)], l)[0])
+
+    def group_reach_rows(self, rows: list[list[int]], l: int) -> np.ndarray:
+        """`group_reach` of several groups of one size at once (one numpy comparison over
+        groups x members x blocks instead of one per group; the same values)."""
+        k = len(rows[0]) if rows else 0
+        out = np.full(len(rows), l, dtype=np.int64)
+        if k == 1:
+            return np.array([self.reach_l[g[0]][l] for g in rows], dtype=np.int64)
+        if not rows or self.m_int < k:
+            return out
+        idx = np.array(rows)
+        rates = self.rate[idx]
+        w = rates / rates.sum(axis=1, keepdims=True)
+        wr = np.array([self.cost.realized(self.m_int, wi, list(g)) for g, wi in zip(rows, w.tolist())])
+        keep = np.flatnonzero(~(wr <= 0).any(axis=1))
+        if not len(keep):
+            return out
+        W = np.maximum(w[keep], wr[keep])
+        base, act = self.base[l, l + 1:], self.act[l, l + 1:]      # ends r > l only
+        ok = np.all(base[None, None, :] + W[:, :, None] * act[None, None, :] <= self.mem[idx[keep]][:, :, None],
+                    axis=1)
+        out[keep] = l + ok.sum(axis=1)
+        return out
 
     def greedy(self, R: int, used) -> int:
         """How far the greedy gets from block R with the devices not in `used`."""

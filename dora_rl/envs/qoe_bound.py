@@ -104,14 +104,16 @@ class QoEBound:
                 f[d], t[d] = self._in(prev, [int(d)], p)
         return f, t
 
-    def _battery_ok(self, d: int, busy) -> np.ndarray | bool:
-        """Device d can last min_h hours with `busy` compute-seconds per period (array ok)."""
-        if self.min_h is None or not np.isfinite(self.bj[d]):
-            return True
+    def _battery_ok(self, ds: np.ndarray, busy) -> np.ndarray:
+        """Per device of `ds` (rows): can it last min_h hours with `busy` compute-seconds per
+        period (a scalar, or an array with one row per device)? Devices off battery: True."""
+        ds = np.asarray(ds)
+        bj = self.bj[ds][:, None]
         frac = busy / self.period_cap if math.isfinite(self.period_cap) else 0.0
-        power = self.idle[d] + self.dyn_w[d] * frac
-        hours = self.bj[d] / np.maximum(power, 1e-30) / 3600.0
-        return hours >= self.min_h * (1 - 1e-9) * (1 - SLACK)
+        power = self.idle[ds][:, None] + self.dyn_w[ds][:, None] * frac
+        with np.errstate(invalid="ignore"):
+            hours = bj / np.maximum(power, 1e-30) / 3600.0
+            return ~np.isfinite(bj) | (hours >= self.min_h * (1 - 1e-9) * (1 - SLACK))
 
     def _ok(self, fill, T):
         return (fill + (self.M - 1) * T <= self.lat_cap) & (T <= self.T_cap)
@@ -141,27 +143,35 @@ class QoEBound:
         work = self.back * self.m * (self.fp[-1] - self.fp[p])
         return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30))))
 
-    def close_ok(self, F: float, T: float, f_in: float, t_in: float, group: list, d: int, p: int, r: np.ndarray,
-                 rest_rate: float, rest_top: float) -> np.ndarray:
-        """For ends r (array, p < r <= B): may the stage [p, r) on group + [d] (entered at
-        fill / T cost f_in / t_in, `inputs`), then the rest on devices of total rate
-        `rest_rate` (the m fastest: `rest_top`), still comply? (fill F, period T so far)."""
-        devs = group + [d]
-        rate = float(sum(self.inst.rate[x] for x in devs))
-        u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
-        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)
-        rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
-        o_occ, o_lat = self.out[d] if not group else (0.0, 0.0)
-        end = r >= self.B
-        fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
-        TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0)])
+    def close_ok(self, F: float, T: float, f_in: np.ndarray, t_in: np.ndarray, group: list, ds: np.ndarray,
+                 p: int, r: np.ndarray, rest_rate: np.ndarray, rest_top: np.ndarray) -> np.ndarray:
+        """For devices ds (rows) and ends r (columns, p < r <= B): may the stage [p, r) on
+        group + [d] (entered at fill / T cost f_in[i] / t_in[i], `inputs`), then the rest on
+        devices of total rate `rest_rate[i]` (the m fastest: `rest_top[i]`), still comply?
+        (fill F, period T so far; f_in, t_in, rest_rate, rest_top: one entry per row of ds)."""
+        ds = np.asarray(ds, dtype=np.int64)
+        grate = sum(self.inst.rate[x] for x in group)
+        rate = (grate + self.inst.rate[ds])[:, None]
+        u = self.back * self.m * (self.fp[r] - self.fp[p])[None, :] / rate
+        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)[None, :]
+        rest = work / np.maximum(np.asarray(rest_rate, dtype=float), 1e-30)[:, None]
+        rest_f = work / np.maximum(np.asarray(rest_top, dtype=float), 1e-30)[:, None]
+        if group:
+            o_occ = o_lat = np.zeros((len(ds), 1))
+        else:
+            o = np.array([self.out[d] for d in ds], dtype=float).reshape(len(ds), 2)
+            o_occ, o_lat = o[:, :1], o[:, 1:]
+        end = (r >= self.B)[None, :]
+        fill = F + np.asarray(f_in, dtype=float)[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
+        t0 = np.maximum(T, np.asarray(t_in, dtype=float))[:, None]
+        TT = np.maximum.reduce([np.broadcast_to(t0, u.shape), u, np.broadcast_to(rest, u.shape),
+                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape)])
         ok = self._ok(fill, TT)
         if self.min_h is not None:
             if group:          # members' shares are not known yet: each at least idles
-                for x in devs:
-                    ok = ok & self._battery_ok(x, 0.0)
+                ok = ok & self._battery_ok(ds, 0.0) & bool(self._battery_ok(np.array(group), 0.0).all())
             else:
-                ok = ok & self._battery_ok(d, u * self.M)
+                ok = ok & self._battery_ok(ds, u * self.M)
         return ok
 
     def after_close(self, F: float, T: float, prev: list, devs: list, p: int, r: int) -> tuple[float, float]:

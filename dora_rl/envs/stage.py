@@ -173,16 +173,17 @@ class StageEnv(BuildEnv):
         rmin = np.full(n, B + 1, dtype=np.int64)
         rmax = np.zeros(n, dtype=np.int64)
         free = [d for d in range(n) if d not in taken]
+        self._reach = np.full(n, p, dtype=np.int64)       # group + [d]'s memory reach per free d
         if not free or p >= B:
             return rmin, rmax
         G = inst.completion_table(taken, free)
-        for i, d in enumerate(free):
-            R = inst.reach_l[d][p] if not group else inst.group_reach(group + [d], p)
-            if R <= p:
-                continue
-            ok = np.flatnonzero(G[i, p + 1:R + 1] >= B)
-            if len(ok):
-                rmin[d], rmax[d] = p + 1 + ok[0], R
+        R = inst.group_reach_rows([group + [d] for d in free], p)
+        self._reach[free] = R
+        # first end r in (p, R_d] from which the rest still completes (G >= B), per device
+        ok = (G[:, p + 1:] >= B) & (np.arange(p + 1, B + 1)[None, :] <= R[:, None])
+        has = ok.any(axis=1)
+        fr = np.asarray(free)[has]
+        rmin[fr], rmax[fr] = p + 1 + ok[has].argmax(axis=1), R[has]
         return rmin, rmax
 
     def _bound(self) -> QoEBound:
@@ -198,24 +199,23 @@ class StageEnv(BuildEnv):
         rmin, rmax = self._close_range(self.group, taken)
         mask = np.zeros(self.n_actions, dtype=bool)
         cm = mask[:D * Bm].reshape(D, Bm)
-        j = np.arange(Bm)
-        for d in range(n):
-            if rmin[d] <= rmax[d]:
-                cm[d] = (j + 1 >= rmin[d]) & (j + 1 <= rmax[d])
+        j = np.arange(1, Bm + 1)[None, :]
+        cm[:n] = (j >= rmin[:, None]) & (j <= rmax[:, None])
         # add d: some other free device must close a stage with the enlarged group (a
         # witness among the fastest free devices; candidates: the ADD_CANDIDATES fastest)
         inst, p, B = self.inst, self.p, self.inst.B
         free = sorted((d for d in range(n) if d not in taken), key=lambda d: -inst.rate[d])[:ADD_CANDIDATES]
         if len(free) >= 2 and inst.m_int >= len(self.group) + 2:
-            for d in free:
-                g2 = self.group + [d]
-                if inst.group_reach(g2, p) <= p:
-                    continue
-                for e in [x for x in free if x != d][:2]:
-                    R3 = inst.group_reach(g2 + [e], p)
-                    if R3 > p and (R3 >= B or inst.greedy(R3, taken | {d, e}) >= B):
+            # _close_range already has group + [d]'s memory reach for every free d
+            R2 = self._reach[free]
+            todo = [d for d, r2 in zip(free, R2) if r2 > p]
+            for k in range(2):       # the first witness of every candidate at once, then the second
+                wit = [(d, e) for d in todo for e in [x for x in free if x != d][k:k + 1]]
+                R3 = inst.group_reach_rows([self.group + [d, e] for d, e in wit], p) if wit else []
+                for (d, e), r3 in zip(wit, R3):
+                    if r3 > p and (r3 >= B or inst.greedy(int(r3), taken | {d, e}) >= B):
                         mask[D * Bm + d] = True
-                        break
+                todo = [d for d in todo if not mask[D * Bm + d]]
         self.qoe_masked = False
         self._qin = self._bound().inputs(self.prev, self.group, p, [d for d in range(n) if d not in taken])
         if self.qoe_masks and self._bound().on:
@@ -229,12 +229,7 @@ class StageEnv(BuildEnv):
         the first/last allowed end per device (the observation's reach features)."""
         qb, inst, p = self._bound(), self.inst, self.p
         pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
-        R_T, R_m, _, _ = qb.rest_rates(pool)
-        q = np.zeros_like(cm)
-        f_in, t_in = self._qin
-        for d in np.flatnonzero(rmin <= rmax):
-            r = np.arange(rmin[d], rmax[d] + 1)
-            q[d, r - 1] = qb.close_ok(self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r, R_T[d], R_m[d])
+        q = self._qoe_closes(cm, rmin, rmax, *qb.rest_rates(pool)[:2])
         if q.any():
             cm[:] = q
         elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
@@ -242,9 +237,23 @@ class StageEnv(BuildEnv):
         else:
             return
         self.qoe_masked = True
-        for d in range(inst.n):
-            ok = np.flatnonzero(cm[d])
-            rmin[d], rmax[d] = (ok[0] + 1, ok[-1] + 1) if len(ok) else (inst.B + 1, 0)
+        c = cm[:inst.n]
+        has = c.any(axis=1)
+        rmin[:] = np.where(has, c.argmax(axis=1) + 1, inst.B + 1)
+        rmax[:] = np.where(has, c.shape[1] - c[:, ::-1].argmax(axis=1), 0)
+
+    def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
+        """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
+        qb, p, B = self._bound(), self.p, self.inst.B
+        q = np.zeros_like(cm)
+        f_in, t_in = self._qin
+        ds = np.flatnonzero(rmin <= rmax)
+        if len(ds):
+            r = np.arange(p + 1, B + 1)
+            inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
+            q[ds, p:B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
+                                              R_T[ds], R_m[ds])
+        return q
 
     # --- transition --------------------------------------------------------------
     def advance(self, action) -> tuple[float, bool, dict]:

@@ -26,7 +26,16 @@ from gymnasium import spaces
 from dora_rl.envs.build import BuildEnv
 from dora_rl.schedule import FIFO, Schedule
 from dora_rl.sim import simulate
-from dora_rl.sim.scheduler import BUCKETS, MAX_M, WARMUP, fits, microbatch_counts, priority_orders, violations
+from dora_rl.sim.scheduler import (
+    BUCKETS,
+    MAX_M,
+    WARMUP,
+    fits,
+    microbatch_counts,
+    objective,
+    priority_orders,
+    violations,
+)
 
 PHASES = ("microbatches", "priorities", "allreduce", "warmup")
 ALLREDUCE = tuple((start, b) for start in ("drain", "backward") for b in BUCKETS)
@@ -62,10 +71,6 @@ def contention_instance(seed: int):
     groups = [[order[0]], order[1:3], [order[3]], [order[4]]]
     plan = Plan.make([(b[i], b[i + 1], g) for i, g in enumerate(groups)], wl.microbatches)
     return scen, CostModel(scen), plan
-
-
-def objective(cm, r) -> float:
-    return r.latency_ms if cm.qoe.objective == "latency" else r.energy_j
 
 
 class _Instance:

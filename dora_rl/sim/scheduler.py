@@ -55,10 +55,14 @@ def violations(cm, r: SimResult) -> int:
     return n
 
 
+def objective(cm, r: SimResult) -> float:
+    """The scenario's objective of a simulated plan: latency (ms) or energy (J)."""
+    return r.latency_ms if cm.qoe.objective == "latency" else r.energy_j
+
+
 def key(cm, r: SimResult) -> tuple:
-    obj = r.latency_ms if cm.qoe.objective == "latency" else r.energy_j
     other = r.energy_j if cm.qoe.objective == "latency" else r.latency_ms
-    return (violations(cm, r), obj, other)
+    return (violations(cm, r), objective(cm, r), other)
 
 
 def fits(cm, plan: Plan, extra_warmup: int) -> bool:

@@ -53,7 +53,7 @@ from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.runtime.dilation import choose
 from dora_rl.runtime.emulation import now
-from dora_rl.runtime.live_judge import finalize, judge, overlap
+from dora_rl.runtime.live_judge import finalize, overlap
 from dora_rl.scenario import Scenario, load_scenario
 
 
@@ -278,8 +278,9 @@ class LiveRun:
         # at the dilated request rates)
         win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
         thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
-        # latency: judged by the requests in service during the interval (live_judge; provisional
-        # until they are answered, final in `finish`)
+        # latency: judged by the requests in service during the interval, with every earlier
+        # interval, in `control` (live_judge.finalize; provisional until they are answered,
+        # final in `finish`)
         viol = []
         # throughput: the running plan's capacity on the true bandwidth below the required
         # rate (as the simulation judges it), or - once a full window can hold answers -
@@ -303,7 +304,6 @@ class LiveRun:
                 "served_frac": min(1.0, thr / need) if need else 1.0, "thr_judged": judged or not need,
                 "ok": not viol, "violations": viol, "decide_ms": dec.decide_ms,
                 "predicted": dec.predicted, "plan": self.rt.plan.to_dict(), "faults": len(self.rt.faults)}
-        judge(row, self.spans.values(), t_prev, t, t, slo)
         return row
 
     # ---------------------------------------------------------------- the outputs

@@ -558,20 +558,6 @@ def test_score_cache_relevels_batteries_like_a_rebuilt_cost_model():
     assert any(not s.ok for s in by.values()) and cache.built == 1
 
 
-def test_live_log_counts_its_first_row_switch_and_a_simulation_does_not():
-    # A simulation's row 0 is the initial deployment (not a switch); a live run deployed its
-    # first plan before row 0, so a switch there is a real one. Two rows, both switch=True:
-    # simulated -> 1 switch, live -> 2.
-    from dora_rl.adapter.simulate import Log
-    row = {"decide_ms": 1.0, "ok": True, "energy_j": 1.0, "power_w": 1.0, "switch": True,
-           "served_frac": 1.0, "reason": "initial", "latency_ms": 10.0}
-    rows = [dict(row, t=0.0), dict(row, t=1.0)]
-    sim = Log("s", "pareto", "tr", "wifi", 100.0, 1.0, 2.0, 150.0, 1.0, rows=rows)
-    live = Log("s", "pareto", "tr", "wifi", 100.0, 1.0, 2.0, 150.0, 1.0, live=True, rows=rows)
-    assert sim.summary()["switches"] == 1 and live.summary()["switches"] == 2
-    assert live.to_dict()["live"] is True
-
-
 def test_ppo_keep_row_is_what_pareto_keeps():
     """The `keep` row of a running time-share takes the LP's best fractions (with its capacity slack)
     when the LP's best runs the same plans, as `pareto` keeps it; the re-solve for the required rate
@@ -594,8 +580,9 @@ def test_ppo_keep_row_is_what_pareto_keeps():
 
 
 def test_live_view_counts_switches_as_the_log_summary_does():
-    # The view and the summary must agree: two rows with switch=True show 1 switch for a
-    # simulation (row 0 is the initial deployment) and 2 for a live run.
+    # A simulation's row 0 is the initial deployment (not a switch); a live run deployed its
+    # first plan before row 0, so a switch there is a real one. The view and the summary must
+    # agree: two rows with switch=True show 1 switch for a simulation and 2 for a live run.
     from rich.console import Console
 
     from dora_rl.adapter.simulate import Log
@@ -610,3 +597,4 @@ def test_live_view_counts_switches_as_the_log_summary_does():
         con.print(render(log, rows[-1]))
         assert f"switches {want} QoE-violating" in " ".join(con.export_text().split())
         assert log.summary()["switches"] == want
+        assert log.to_dict()["live"] is live

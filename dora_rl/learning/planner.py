@@ -68,6 +68,9 @@ class PPOPlanner(Planner):
         fails before anything runs."""
         super().check_supported(scenario)
         cached_agent(self.options.get("agent")).check_scenario(scenario)
+        if str(self.options.get("schedule") or "agent") != "fifo":
+            from dora_rl.learning.schedule_agent import cached_schedule_agent
+            cached_schedule_agent(self.options.get("schedule_agent"))
 
     def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
         unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k", "budget_ms", "schedule",

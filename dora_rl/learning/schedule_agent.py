@@ -126,12 +126,9 @@ def load_schedule_agent(path: str | Path | None = None) -> ScheduleAgent:
 _CACHE: dict[str, ScheduleAgent | None] = {}
 
 
-def schedule_for(cm, plan: Plan, agent: str | Path | None = None) -> Decision:
-    """The `ppo` planner's schedule for `plan`: the schedule agent's (module docstring); if
-    no agent is shipped (or `agent` names none), the coordinate-search scheduler's, with a
-    warning. An agent that exists but cannot be loaded is an AgentError."""
-    from dora_rl.sim import schedule_plan
-
+def cached_schedule_agent(agent: str | Path | None = None) -> ScheduleAgent | None:
+    """The schedule agent in `agent` (default: the shipped one), loaded once per process;
+    None, with a warning, if there is none there."""
     folder = Path(agent) if agent is not None else default_schedule_agent_path()
     k = str(folder)
     if k not in _CACHE:
@@ -140,23 +137,23 @@ def schedule_for(cm, plan: Plan, agent: str | Path | None = None) -> Decision:
         if not exists:
             log.warning("no schedule agent at %s: the ppo planner's schedule comes from the coordinate-search "
                         "scheduler instead (docs/learning.md, 'The schedule agent')", folder)
-    a = _CACHE[k]
+    return _CACHE[k]
+
+
+def schedule_for(cm, plan: Plan, agent: str | Path | None = None) -> Decision:
+    """The `ppo` planner's schedule for `plan`: the schedule agent's (module docstring); if
+    no agent is shipped (or `agent` names none), the coordinate-search scheduler's, with a
+    warning. An agent that exists but cannot be loaded is an AgentError."""
+    from dora_rl.sim import schedule_plan
+
+    a = cached_schedule_agent(agent)
     if a is not None:
         return a.decide(cm, plan)
     t0 = time.perf_counter()
     s = schedule_plan(cm, plan)
-    plan_out = s.plan if not s.plan.schedule.is_fifo or s.plan.microbatches != plan.microbatches \
-        else dataclasses.replace(s.plan, schedule=None)
+    plan_out = dataclasses.replace(s.plan, schedule=None) if s.plan.schedule.is_fifo else s.plan
     return Decision(plan_out, s.result, s.fifo, "scheduler", {}, s.result, time.perf_counter() - t0)
 
 
-def gains(cm, d: Decision) -> tuple[float, float]:
-    """(FIFO / kept objective, FIFO / kept latency) of a decision."""
-    from dora_rl.sim.scheduler import objective
-
-    return (objective(cm, d.fifo) / max(objective(cm, d.result), 1e-12),
-            d.fifo.latency_ms / max(d.result.latency_ms, 1e-12))
-
-
 __all__ = ["ENV_ID", "KIND", "Decision", "ScheduleAgent", "default_schedule_agent_path", "layout",
-           "load_schedule_agent", "schedule_for", "gains"]
+           "load_schedule_agent", "cached_schedule_agent", "schedule_for"]

@@ -90,6 +90,14 @@ def test_without_an_agent_the_scheduler_decides_with_a_warning(tmp_path, caplog)
     assert isinstance(d, Decision) and d.by == "scheduler"
     assert "coordinate-search scheduler" in caplog.text
     assert objective(cm, d.result) <= objective(cm, d.fifo)
+    from dora_rl.errors import PlannerError
+    from dora_rl.planners import get_planner
+
+    p = get_planner("ppo", schedule_agent=str(tmp_path / "nothing"))
+    p.plan(load_scenario("edge_cluster"))
+    assert p.schedule_decision.by == "scheduler"
+    with pytest.raises(PlannerError, match="schedule="):
+        get_planner("ppo", schedule="auto").plan(load_scenario("edge_cluster"))
 
 
 def test_a_mismatched_agent_is_an_error(tmp_path):

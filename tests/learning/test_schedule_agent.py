@@ -130,3 +130,7 @@ def test_ppo_planner_plan_is_rated_no_worse_than_fifo(name):
     got, fifo = simulate(cm, plan, validate=False), simulate(cm, fifo_plan, validate=False)
     assert fifo_plan.schedule is None
     assert got.latency_ms <= fifo.latency_ms * (1 + 1e-9) and key(cm, got) <= key(cm, fifo)
+    rec = {r["instance"]: r for r in json.loads((FOLDER / "results.json").read_text())["presets"]["rows"]}
+    if rec[name]["gain"] > 1 + 1e-9:        # edge_cluster: the agent's schedule is kept (4 more warm-up forwards)
+        assert d.by == "agent" and plan.schedule is not None
+        assert objective(cm, fifo) / objective(cm, got) == pytest.approx(rec[name]["gain"], rel=1e-9)

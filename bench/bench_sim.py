@@ -8,9 +8,11 @@ the emulated runtime's measured gain (FIFO / scheduled: p50 request latency, or 
 iteration time; `--slowdown auto`, both plans at the same dilation, interleaved and
 repeated) within 5 percentage points of the simulator's;
 an 8-stage plan with 8 micro-batches simulated in <= 50 ms; the `dora` planner with the
-scheduler (schedule=True) within 2x of its time without.
+scheduler (schedule=True) within 2x of its time without. Also: the shipped schedule agent
+(issue 16 item 6) against FIFO, the uniform masked policy and the scheduler.
 
     PYTHONPATH=. python bench/run.py sim      # writes bench/results/sim.json
+    PYTHONPATH=. python bench/bench_sim.py --runtime edge_cluster --slowdown 600   # one preset's runtime column
 """
 
 from __future__ import annotations
@@ -152,11 +154,12 @@ def _row(name, cm, plan):
 
 
 def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iterations: int = 3,
-                  budget_s: float = 300.0) -> dict:
+                  budget_s: float = 300.0, warmup: int = 1, slowdown: float | None = None) -> dict:
     """The emulated runtime's gain of the scheduled plan over FIFO (module doc): both
-    plans at the larger of their auto dilations, inference at one common offered rate
-    (0.4x the slower plan's predicted capacity, so requests rarely queue: the simulator
-    judges one request), FIFO and scheduled alternating `repeats` times."""
+    plans at the larger of their auto dilations (or `slowdown`), inference at one common
+    offered rate (0.4x the slower plan's predicted capacity, so requests rarely queue: the
+    simulator judges one request), FIFO and scheduled alternating `repeats` times, each
+    run `warmup` untimed then `iterations` timed iterations (or `requests` requests)."""
     import dataclasses
     import os
 
@@ -170,47 +173,71 @@ def _runtime_gain(scen, cm, plan, row, repeats: int = 2, requests: int = 8, iter
     sd = row["schedule"]
     sched = dataclasses.replace(fifo, microbatches=row["microbatches"][1],
                                 schedule=Schedule.from_dict(sd))
-    X = max(choose(scen, p, timeout=120.0).factor for p in (fifo, sched))
+    auto = max(choose(scen, p, timeout=max(120.0, budget_s)).factor for p in (fifo, sched))
+    X = slowdown or auto
     sc = scen.dilated(X)
     dm = CostModel(sc)
     rate = None if cm.training else 0.4 * min(dm.evaluate(p, validate=False).throughput for p in (fifo, sched))
-    n = (iterations if cm.training else requests) + 1
+    n = (iterations if cm.training else requests) + warmup
     est = 2 * repeats * n * max(max(dm.evaluate(p, validate=False).latency_ms for p in (fifo, sched)) / 1e3,
                                 0.0 if rate is None else 1.0 / rate)
     if est > budget_s:
         raise RuntimeFault(f"at the auto dilation {X:.3g}x the runs would take ~{est:.0f} s here (budget "
                            f"{budget_s:.0f} s, $DORA_BENCH_SIM_RUNTIME_BUDGET)")
     got = {"fifo": [], "scheduled": []}
+    saturated = {"fifo": [], "scheduled": []}
     load = [os.getloadavg()[0]]
     for _ in range(repeats):
         for key, p in (("fifo", fifo), ("scheduled", sched)):
-            out = measure(sc, p, requests=requests, iterations=iterations, warmup=1, rate=rate,
-                          throughput_phase=False, timeout=max(120.0, 10.0 * X))
+            out = measure(sc, p, requests=requests, iterations=iterations, warmup=warmup, rate=rate,
+                          throughput_phase=False, timeout=max(120.0, 10.0 * X, 2.0 * est / (2 * repeats)))
             got[key].append(out["measured"]["latency_ms"]["p50"] / X)   # device time
+            saturated[key].append(out["measured"]["saturated"])
             load.append(os.getloadavg()[0])
     gains = [f / s for f, s in zip(got["fifo"], got["scheduled"])]
     g = statistics.median(gains)
-    return {"slowdown": X, "runtime_fifo_ms": got["fifo"], "runtime_scheduled_ms": got["scheduled"],
+    return {"slowdown": X, "auto_slowdown": auto, "warmup": warmup, "iterations": iterations, "repeats": repeats,
+            "saturated": saturated, "runtime_fifo_ms": got["fifo"], "runtime_scheduled_ms": got["scheduled"],
             "runtime_gains": gains, "runtime_gain": g, "sim_gain": row["speedup"],
             "gap_pp": 100 * abs((g - 1) - (row["speedup"] - 1)), "load_avg": load}
 
 
-def runtime_column(rows, instances, repeats: int = 3, requests: int = 8, iterations: int = 3) -> dict:
+# instances whose dilated iteration takes minutes on this host (edge_cluster: BERT-base
+# training, ~8 min per iteration at the auto dilation under a load of 8): one timed
+# iteration per plan, no warm-up, one run each; run alone by `--runtime NAME` (module end)
+LONG_RUNS = {"edge_cluster": {"repeats": 1, "iterations": 1, "warmup": 0}}
+RECORDED = "sim_runtime_{}.json"    # bench/results/: what `--runtime NAME` measured
+
+
+def runtime_column(rows, instances, repeats: int = 3, requests: int = 8, iterations: int = 3,
+                   slowdown: float | None = None) -> dict:
     """The runtime column for `instances` [(row name, scen, cm, plan)]; prints it. An
-    instance whose dilated runs would outlast the budget is listed as not run, with why."""
+    instance whose dilated runs would outlast the budget is listed as not run, with why,
+    and with the figure `--runtime NAME` recorded for it, if any."""
+    import json
     import os
+    from pathlib import Path
 
     out = []
     by = {r["instance"]: r for r in rows}
     from dora_rl.errors import RuntimeFault
 
     for name, scen, cm, plan in instances:
+        opts = {"repeats": repeats, "requests": requests, "iterations": iterations, **LONG_RUNS.get(name, {})}
         try:
-            r = _runtime_gain(scen, cm, plan, by[name], repeats=repeats, requests=requests, iterations=iterations,
+            r = _runtime_gain(scen, cm, plan, by[name], slowdown=slowdown, **opts,
                               budget_s=float(os.environ.get("DORA_BENCH_SIM_RUNTIME_BUDGET", 300)))
         except RuntimeFault as e:   # e.g. the dilation this CPU needs makes one iteration outlast the timeout
-            out.append({"instance": name, "skipped": str(e)})
+            rec = Path(__file__).resolve().parent / "results" / RECORDED.format(name)
+            row = {"instance": name, "skipped": str(e)}
+            if rec.is_file():
+                row["recorded"] = json.loads(rec.read_text())
+            out.append(row)
             print(f"runtime {name:18s} not run: {e}", flush=True)
+            if "recorded" in row:
+                g = row["recorded"]
+                print(f"runtime {name:18s} recorded {g.get('when')}: gain {g['runtime_gain']:.3f} sim "
+                      f"{g['sim_gain']:.3f} gap {g['gap_pp']:.1f} pp (X {g['slowdown']})", flush=True)
             continue
         r["instance"] = name
         out.append(r)
@@ -220,6 +247,33 @@ def runtime_column(rows, instances, repeats: int = 3, requests: int = 8, iterati
               f"  sim {r['sim_gain']:.3f}  gap {r['gap_pp']:.1f} pp  load {[round(x, 1) for x in r['load_avg']]}",
               flush=True)
     return {"runtime": out, "runtime_within_5pp": [r["instance"] for r in out if r.get("gap_pp", 99) <= 5.0]}
+
+
+def runtime_one(name: str, slowdown: float | None = None) -> dict:
+    """The runtime column of one preset alone (`LONG_RUNS` settings, no budget), saved to
+    bench/results/sim_runtime_<name>.json, which the full bench then reports."""
+    import json
+    import os
+    from pathlib import Path
+
+    from dora_rl.cost import CostModel
+    from dora_rl.scenario import load_scenario
+
+    scen = load_scenario(name)
+    cm = CostModel(scen)
+    plan, why = preset_plan(scen, cm)
+    row = _row(name, cm, plan)
+    os.environ["DORA_BENCH_SIM_RUNTIME_BUDGET"] = "1e9"
+    t0 = time.time()
+    res = runtime_column([row], [(name, scen, cm, plan)], slowdown=slowdown)["runtime"][0]
+    res.update(wall_s=time.time() - t0, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               sim_fifo_ms=row["fifo_ms"], sim_scheduled_ms=row["scheduled_ms"], microbatches=row["microbatches"],
+               schedule=row["schedule"], note=why)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / RECORDED.format(name)).write_text(json.dumps(res, indent=1, default=str))
+    print(json.dumps(res, indent=1, default=str))
+    return res
 
 
 def _speed(repeats: int = 7) -> dict:
@@ -285,6 +339,21 @@ def _planning_time(scenarios, repeats: int = 3) -> dict:
             "planning_ratio_median": statistics.median(r["ratio"] for r in rows)}
 
 
+def schedule_agent() -> dict:
+    """The shipped schedule agent (`ppo` planner's schedules) against FIFO, the uniform
+    masked policy and the coordinate-search scheduler: the evaluation its results.json
+    records (dora_rl/learning/schedule_training.py), run again and printed."""
+    from dora_rl.learning.schedule_agent import default_schedule_agent_path, load_schedule_agent
+    from dora_rl.learning.schedule_training import evaluate, print_evaluation
+
+    if not (default_schedule_agent_path() / "model.zip").is_file():
+        print("schedule agent: none shipped")
+        return {}
+    ev = evaluate(load_schedule_agent())
+    print_evaluation(ev)
+    return {"schedule_agent": {k: ev[k]["summary"] for k in ("heldout", "presets")}}
+
+
 def run(results: dict) -> dict:
     from dora_rl.cost import CostModel
     from dora_rl.scenario import load_scenario
@@ -336,6 +405,7 @@ def run(results: dict) -> dict:
         print(f"planning {r['scenario']:18s} dora {1e3 * r['plain_s']:7.1f} ms, +schedule "
               f"{1e3 * r['scheduled_s']:7.1f} ms ({r['ratio']:.2f}x); simulated objective "
               f"{r['sim_objective_plain']} -> {r['sim_objective_scheduled']}")
+    results.update(schedule_agent())
     for k in ("never_slower", "max_speedup", "median_speedup", "instances_10pct_faster",
               "instances_10pct_faster_same_m", "analytic_median_rel_err_scheduled", "analytic_median_rel_err_fifo",
               "proposed_median_rel_err_scheduled", "proposed_median_rel_err_fifo",
@@ -343,3 +413,13 @@ def run(results: dict) -> dict:
               "planning_ratio_median"):
         print(f"{k}: {results[k]}")
     return results
+
+
+if __name__ == "__main__":     # python bench/bench_sim.py --runtime edge_cluster [--slowdown X]
+    import argparse
+
+    ap = argparse.ArgumentParser(description="the runtime column of one preset alone")
+    ap.add_argument("--runtime", required=True, help="preset name (e.g. edge_cluster)")
+    ap.add_argument("--slowdown", type=float, default=None, help="time dilation (default: auto at launch)")
+    a = ap.parse_args()
+    runtime_one(a.runtime, a.slowdown)

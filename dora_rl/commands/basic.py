@@ -85,11 +85,22 @@ def cmd_score(args) -> int:
     return 0
 
 
+def schedule_text(schedule) -> str:
+    """One line for a plan's network schedule ('FIFO' for none; docs/formats.md, "Schedule")."""
+    if schedule is None or schedule.is_fifo:
+        return "FIFO"
+    prio = "; ".join(f"{m}: {' > '.join(c)}" for m, c in schedule.priorities) or "fair sharing"
+    return (f"priorities {prio}, all-reduce {schedule.buckets} bucket(s) from {schedule.allreduce_start}, "
+            f"extra warm-up {schedule.extra_warmup}")
+
+
 def print_plan(scen, plan, title: str | None = None) -> None:
     rows = [[i, f"[{s.start}, {s.end})", ", ".join(s.devices), ", ".join(f"{w:.3f}" for w in s.shares)]
             for i, s in enumerate(plan.stages)]
     console.print(table(title or f"plan on {scen.name} ({plan.microbatches} micro-batches)",
                         ["stage", "blocks", "devices", "shares"], rows, justify_right_from=99))
+    if plan.schedule is not None:
+        console.print(f"network schedule: {schedule_text(plan.schedule)}")
 
 
 def print_metrics(scen, m) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from dora_rl.commands.basic import print_metrics, print_plan
+from dora_rl.commands.basic import print_metrics, print_plan, schedule_text
 from dora_rl.commands.common import console, print_json, table, write_output
 from dora_rl.errors import AgentError, NoFeasiblePlan, PlannerError
+from dora_rl.schedule import Schedule
 
 
 def add_commands(sub) -> None:
@@ -170,6 +171,10 @@ def cmd_compare(args) -> int:
                         "refined by the network scheduler)", cols, rows))
     lb = out["lower_bounds"]
     console.print("lower bounds: " + ", ".join(f"{k} = {v:.4g}" for k, v in lb.items()))
+    for r in out["rows"]:
+        if r["status"] == "ok" and r["plan"].get("schedule") is not None:
+            console.print(f"{r['planner']}: {r['plan']['microbatches']} micro-batches, network schedule "
+                          f"{schedule_text(Schedule.from_dict(r['plan']['schedule']))}")
     for r in out["rows"]:
         if r["status"] != "ok":
             console.print(f"[dim]{r['planner']}: {r['error']}[/dim]")

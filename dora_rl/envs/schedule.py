@@ -125,6 +125,11 @@ class ScheduleEnv(BuildEnv):
     def _plan(self):
         return dataclasses.replace(self.inst.plan, microbatches=self.m)
 
+    def chosen_plan(self):
+        """The instance's plan with the micro-batches and schedule chosen so far (after the
+        episode: the agent's; `result` is the simulator on it, FIFO's if nothing was chosen)."""
+        return dataclasses.replace(self._plan(), schedule=self.sched)
+
     def _enter(self, k: int) -> None:
         """Move to phase k or the next with two or more choices; end the episode if none."""
         while k < len(PHASES):
@@ -157,7 +162,7 @@ class ScheduleEnv(BuildEnv):
         idx = (options or {}).get("instance")
         self.inst = self.instances[int(self.np_random.integers(len(self.instances))) if idx is None else idx]
         self.m, self.sched, self.prio, self.ar, self.done = self.inst.plan.microbatches, Schedule(), 0, 0, False
-        self.current = []
+        self.current, self.result = [], self.inst.fifo
         self._enter(0)
         return self._obs(), {}
 
@@ -169,7 +174,7 @@ class ScheduleEnv(BuildEnv):
         if not self.done:
             return 0.0, False, info
         plan = self._plan()
-        r = simulate(self.inst.cm, plan, self.sched, validate=False)
+        r = self.result = simulate(self.inst.cm, plan, self.sched, validate=False)
         gain = math.log(max(self.inst.fifo_obj, 1e-12) / max(objective(self.inst.cm, r), 1e-12))
         reward = gain - max(0, violations(self.inst.cm, r) - self.inst.fifo_viol)
         info.update(schedule=self.sched.to_dict(), microbatches=plan.microbatches, sim=r.to_dict(),

@@ -15,7 +15,11 @@ device swaps; a few ms), `search=rollout`
 completed greedily and the best completion under the cost model is taken, then the plan
 is polished locally - cut shifts, merges, splits, device swaps; never worse than greedy,
 ~10-100x its time; dora_rl/learning/search.py), `top_k=K` (rollout search
-tries only the policy's K most likely actions per decision)."""
+tries only the policy's K most likely actions per decision), `schedule=agent|fifo` (agent, the
+default: the plan's network schedule - micro-batches, priorities, all-reduce, warm-up - from
+the schedule agent `dora_rl/Schedule-v0`, kept only where the simulator rates it no worse than
+FIFO; without a shipped schedule agent, the coordinate-search scheduler's, with a warning;
+dora_rl/learning/schedule_agent.py), `schedule_agent=PATH` (another schedule agent folder)."""
 
 from __future__ import annotations
 
@@ -64,13 +68,20 @@ class PPOPlanner(Planner):
         fails before anything runs."""
         super().check_supported(scenario)
         cached_agent(self.options.get("agent")).check_scenario(scenario)
+        if str(self.options.get("schedule") or "agent") != "fifo":
+            from dora_rl.learning.schedule_agent import cached_schedule_agent
+            cached_schedule_agent(self.options.get("schedule_agent"))
 
     def plan(self, scenario: Scenario, cost: CostModel | None = None) -> Plan:
-        unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k", "budget_ms"}
+        unknown = set(self.options) - {"agent", "samples", "seed", "search", "top_k", "budget_ms", "schedule",
+                                       "schedule_agent"}
         if unknown:
             raise PlannerError(f"planner 'ppo': unknown option(s) {', '.join(sorted(unknown))}; "
                                "known: agent=PATH, samples=K, seed=S, search=greedy|polish|rollout|sample|beam, "
-                               "top_k=K, budget_ms=MS")
+                               "top_k=K, budget_ms=MS, schedule=agent|fifo, schedule_agent=PATH")
+        schedule = str(self.options.get("schedule") or "agent")
+        if schedule not in ("agent", "fifo"):
+            raise PlannerError(f"planner 'ppo': option schedule={schedule!r} must be agent or fifo")
         samples = _int(self.options, "samples", 1, 1)
         seed = _int(self.options, "seed", 0)
         top_k = _int(self.options, "top_k", 0, 1) if self.options.get("top_k") is not None else None
@@ -89,5 +100,12 @@ class PPOPlanner(Planner):
             raise PlannerError(f"planner 'ppo': option search={search!r} must be one of {', '.join(SEARCHES)}")
         agent = cached_agent(self.options.get("agent"))
         kw = {"budget_ms": budget} if budget is not None else {}
+        cost = cost or CostModel(scenario)
         plan, _ = agent.plan(scenario, samples=samples, seed=seed, cost=cost, search=search, top_k=top_k, **kw)
-        return plan
+        self.schedule_decision = None
+        if schedule == "fifo":
+            return plan
+        from dora_rl.learning.schedule_agent import schedule_for
+
+        self.schedule_decision = schedule_for(cost, plan, self.options.get("schedule_agent"))
+        return self.schedule_decision.plan

@@ -234,6 +234,9 @@ class Runtime(WorkerGroup):
 
     def _deploy(self, plan: Plan, first: bool = False) -> dict:
         t0 = now()
+        if self.netns is not None:    # [netns] the schedule's priorities as htb classes, before any traffic
+            from dora_rl.runtime.netns_media import pair_priorities
+            self.netns.set_priorities(pair_priorities(self.cost, plan, self.sc.cluster))
         if first:
             for dev in self.names:
                 owned = {}

@@ -21,7 +21,9 @@
   an htb root with a parent class rate = ceil = the medium's capacity and one child
   class per sending device (rate = capacity / members, ceil = capacity); htb's
   deficit round robin between equal-quantum children gives each backlogged sender
-  an equal share (per-station fairness, like WiFi DCF).
+  an equal share (per-station fairness, like WiFi DCF). A plan schedule's priorities
+  replace those children by per-device-pair htb priority classes (`set_priorities`,
+  `netns_media.py`).
 
 Rates are goodput: the htb rates are scaled by 1514/1448 (Ethernet + IPv4 + TCP
 header bytes per full 1448-byte TCP payload) so a bulk TCP flow gets the link's
@@ -55,10 +57,9 @@ import time
 
 from dora_rl.errors import RuntimeFault
 from dora_rl.runtime.emulation import now
+from dora_rl.runtime.netns_media import UNSHAPED, bits, medium_classes, medium_lines, quantum
 
 CLONE_NEWNET = 0x40000000
-WIRE = 1514 / 1448            # wire bytes per TCP payload byte (MTU 1500, TCP timestamps)
-UNSHAPED = "10gbit"
 NETNS_DIR = "/run/netns" if os.path.isdir("/run/netns") or not os.path.isdir("/var/run/netns") else "/var/run/netns"
 _LIVE: set = set()
 _libc = None
@@ -119,14 +120,6 @@ def entered(ns: str):
         os.close(target)
 
 
-def _bits(bytes_per_s: float) -> str:
-    return f"{max(8, int(round(bytes_per_s * 8 * WIRE)))}bit"
-
-
-def _quantum(bytes_per_s: float) -> int:
-    return int(min(200_000, max(1514 * 2, bytes_per_s * WIRE / 10)))
-
-
 def stale_namespaces(ip: str) -> list[str]:
     """`dora-<pid>-*` namespaces whose creating process no longer exists."""
     out = []
@@ -168,6 +161,7 @@ class NetNS:
         self.dev_ns = {d: f"{self.prefix}d{i}" for i, d in enumerate(cluster.names)}
         self.med_ns = [f"{self.prefix}m{k}" for k in range(len(cluster.media_names))]
         self.created: list[str] = []
+        self.prios: dict = {}           # medium index -> {(i, j): htb prio}: a schedule's priorities
         self.lock = threading.Lock()
         self.built = False
 
@@ -267,8 +261,8 @@ class NetNS:
                     continue
                 bw = cl.bw_l[i][j]
                 cid = f"1:{0x10 + j:x}"
-                tcl += [f"class add dev eth0 parent 1: classid {cid} htb rate {_bits(bw)} ceil {_bits(bw)} "
-                        f"quantum {_quantum(bw)}",
+                tcl += [f"class add dev eth0 parent 1: classid {cid} htb rate {bits(bw)} ceil {bits(bw)} "
+                        f"quantum {quantum(bw)}",
                         f"filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst {self.addr(e)}/32 "
                         f"flowid {cid}"]
             self._batch(ns, self.tc, tcl)
@@ -280,20 +274,7 @@ class NetNS:
                                       f"route add default via {h} dev eth0"])
             hub_ip += [f"addr add {h}/24 dev m{k}", f"link set m{k} up",
                        f"route add default via {m} dev m{k} table {100 + k}"]
-            cap = float(cl.medium_bps[k])
-            senders = sorted({i for i in range(n) for j in range(n)
-                              if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
-            hub_tc += [f"qdisc add dev m{k} root handle 1: htb default 2",
-                       f"class add dev m{k} parent 1: classid 1:2 htb rate {UNSHAPED}",
-                       f"class add dev m{k} parent 1: classid 1:1 htb rate {_bits(cap)} ceil {_bits(cap)} "
-                       f"quantum {_quantum(cap)}"]
-            for i in senders:
-                cid = f"1:{0x10 + i:x}"
-                share = cap / max(1, len(senders))
-                hub_tc += [f"class add dev m{k} parent 1:1 classid {cid} htb rate {_bits(share)} ceil {_bits(cap)} "
-                           f"quantum {_quantum(cap)}",
-                           f"filter add dev m{k} parent 1: protocol ip prio 1 u32 match ip src "
-                           f"{self.addr(names[i])}/32 flowid {cid}"]
+            hub_tc += self._medium(k)
         # policy routing: a packet i -> j goes out through each medium its route crosses, in turn
         prio = 1000
         for i in range(n):
@@ -314,20 +295,40 @@ class NetNS:
         cl = self.cl = cluster
         n, names = cl.n, cl.names
         for i, d in enumerate(names):
-            tcl = [f"class change dev eth0 parent 1: classid 1:{0x10 + j:x} htb rate {_bits(cl.bw_l[i][j])} "
-                   f"ceil {_bits(cl.bw_l[i][j])} quantum {_quantum(cl.bw_l[i][j])}" for j in range(n) if j != i]
+            tcl = [f"class change dev eth0 parent 1: classid 1:{0x10 + j:x} htb rate {bits(cl.bw_l[i][j])} "
+                   f"ceil {bits(cl.bw_l[i][j])} quantum {quantum(cl.bw_l[i][j])}" for j in range(n) if j != i]
             self._batch(self.dev_ns[d], self.tc, tcl)
         hub_tc = []
         for k in range(len(self.med_ns)):
             cap = float(cl.medium_bps[k])
-            hub_tc.append(f"class change dev m{k} parent 1: classid 1:1 htb rate {_bits(cap)} ceil {_bits(cap)} "
-                          f"quantum {_quantum(cap)}")
-            senders = sorted({i for i in range(n) for j in range(n)
-                              if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
-            for i in senders:
-                hub_tc.append(f"class change dev m{k} parent 1:1 classid 1:{0x10 + i:x} htb "
-                              f"rate {_bits(cap / len(senders))} ceil {_bits(cap)} quantum {_quantum(cap)}")
+            hub_tc.append(f"class change dev m{k} parent 1: classid 1:1 htb rate {bits(cap)} ceil {bits(cap)} "
+                          f"quantum {quantum(cap)}")
+            hub_tc += medium_classes(f"m{k}", cap, self._senders(k), self.prios.get(k), verb="change")
         self._batch(self.hub, self.tc, hub_tc)
+
+    # ------------------------------------------------------------------ media
+    def _senders(self, k: int) -> list[int]:
+        """Devices whose packets to some device cross medium k (the kernel's routes)."""
+        cl = self.cl
+        return sorted({i for i in range(cl.n) for j in range(cl.n)
+                       if i != j and any(mu == k for mu, _ in cl.hops[i][j])})
+
+    def _medium(self, k: int) -> list[str]:
+        """The tc lines of medium k's egress under the current priorities (netns_media.py)."""
+        return medium_lines(f"m{k}", float(self.cl.medium_bps[k]), self._senders(k), self.prios.get(k),
+                            lambda i: self.addr(self.cl.names[i]))
+
+    def set_priorities(self, prios: dict) -> None:
+        """Apply a plan schedule's priorities, {medium index: {(i, j): htb prio}}
+        (`netns_media.pair_priorities`; {}: FIFO everywhere), rebuilding the egress of every
+        medium whose classes change. Call it when nothing is in flight (a plan deploy):
+        replacing a qdisc drops its queue."""
+        with self.lock:
+            changed = [k for k in range(len(self.med_ns)) if (prios.get(k) or None) != (self.prios.get(k) or None)]
+            self.prios = {k: dict(v) for k, v in prios.items() if v}
+            if self.built and changed:
+                self._batch(self.hub, self.tc, [ln for k in changed for ln in [f"qdisc del dev m{k} root",
+                                                                                 *self._medium(k)]])
 
     # ------------------------------------------------------------------ teardown
     def _teardown(self) -> None:
@@ -388,7 +389,7 @@ class KernelNet:
         return end + self.lat[i][j]
 
     def pace(self, i: int, j: int, nbytes: float, state: dict, ranks: dict | None = None) -> float:
-        return self.book(i, j, nbytes)   # schedule priorities: not under netns (no htb classes yet)
+        return self.book(i, j, nbytes)   # schedule priorities: the medium's htb classes (netns_media.py)
 
     def close(self) -> None:
         pass

@@ -6,7 +6,8 @@ namespaces (plain sockets, bounded bytes and time) is limited by tc to its link'
 rate within 10%; two concurrent flows on one shared medium each get about half the
 medium's capacity; a 2-stage tiny_cnn inference through `Runtime(network="netns")`
 returns the single-process outputs. Traffic only ever goes to 10.213.x addresses
-inside the test's own namespaces."""
+inside the test's own namespaces. A schedule's priorities become htb priority classes per
+device pair (`netns_media.py`): the urgent pair's transfer finishes first."""
 
 from __future__ import annotations
 
@@ -195,9 +196,16 @@ def test_runtime_netns_inference_equals_single_process():
                              **cluster_dict()})
     r = Runtime(sc, emulate=True, timeout=40, network="netns")
     try:
-        r.start(Plan.make([(0, 3, ["a"]), (3, 7, ["b"])], microbatches=2))
+        import dataclasses
+
+        from dora_rl.schedule import Schedule
+        plan = Plan.make([(0, 3, ["a"]), (3, 7, ["b"])], microbatches=2)
+        # the answer b -> a ranked above the activation a -> b on w: htb priority classes in the hub
+        r.start(dataclasses.replace(plan, schedule=Schedule.from_dict({"priorities": {"w": ["act2", "act1"]}})))
         prefix = r.netns.prefix
         assert len(our_namespaces(prefix)) == 6
+        a, b = r.netns.cl.index["a"], r.netns.cl.index["b"]
+        assert r.netns.prios == {0: {(b, a): 1, (a, b): 2}}
         res = r.infer(4, window=2, keep_outputs=True)
         model, _ = build_model("tiny_cnn")
         assert sorted(res.outputs) == list(range(4))
@@ -226,3 +234,91 @@ def test_clear_error_without_root(monkeypatch):
     with pytest.raises(RuntimeFault, match="root"):
         r.start(Plan.make([(0, 7, ["a"])]))
     assert r.procs == []
+
+
+def _wifi_scenario(kind: str):
+    """Four devices, every link on one medium w (so every pair crosses it)."""
+    links = [{"a": x, "b": y, "mbps": W, "latency_ms": 1, "medium": "w"} for i, x in enumerate("abcd")
+             for y in "abcd"[i + 1:]]
+    wl = {"kind": kind, "batch": 8, "microbatches": 2, "source": "a", **({"optimizer": "sgd"}
+                                                                          if kind == "training" else {})}
+    return Scenario.from_dict({"name": "w4", "model": "tiny_cnn", "workload": wl, "links": links,
+                               "devices": [{"name": n, "gflops": 0.5, "memory_gb": 4} for n in "abcd"],
+                               "media": {"w": {"mbps": W}}})
+
+
+def test_pair_priorities_map_each_class_to_the_pairs_that_carry_it():
+    """No root needed: the schedule's ranks become htb prios per device pair (1 + rank);
+    a pair carrying two classes gets the more urgent one (what per-pair cannot express)."""
+    import dataclasses
+
+    from dora_rl.cost import CostModel
+    from dora_rl.runtime.netns_media import pair_priorities
+    from dora_rl.schedule import Schedule
+
+    sc = _wifi_scenario("inference")
+    cl = sc.cluster
+    ix = cl.index
+    plan = Plan.make([(0, 3, ["b"]), (3, 5, ["c"]), (5, 7, ["d"])], 2)
+    assert pair_priorities(CostModel(sc), plan, cl) == {}                  # FIFO: no classes
+    plan = dataclasses.replace(plan, schedule=Schedule.from_dict({"priorities": {"w": ["act3", "act2", "act1",
+                                                                                       "act0"]}}))
+    got = pair_priorities(CostModel(sc), plan, cl)
+    # act0 a->b, act1 b->c, act2 c->d, act3 (the answer) d->a
+    assert got == {0: {(ix["d"], ix["a"]): 1, (ix["c"], ix["d"]): 2, (ix["b"], ix["c"]): 3, (ix["a"], ix["b"]): 4}}
+    tr = _wifi_scenario("training")
+    plan = Plan.make([(0, 3, ["b"]), (3, 7, ["a", "c"], [0.5, 0.5])], 2)
+    plan = dataclasses.replace(plan, schedule=Schedule.from_dict({"priorities": {"w": ["grad1", "act1", "ar1",
+                                                                                       "act0"]}}))
+    got = pair_priorities(CostModel(tr), plan, tr.cluster)[0]
+    a, b, c = ix["a"], ix["b"], ix["c"]
+    # a -> b carries act0 (rank 3) and grad1 (rank 0): one TCP pair, one class, rank 0
+    assert got == {(a, b): 1, (c, b): 1, (b, a): 2, (b, c): 2, (a, c): 3, (c, a): 3}
+
+
+def finish_times(net, flows, nbytes: int) -> list[float]:
+    """Send `nbytes` on each (src, dst, port, delay) flow, started `delay` s apart; the
+    receiver's time of its last byte, per flow."""
+    out = []
+    joins = []
+    t0 = time.monotonic()
+    for src, dst, port, delay in flows:
+        while time.monotonic() < t0 + delay:
+            time.sleep(0.005)
+        joins.append(start_flow(net, src, dst, port, seconds=30, max_bytes=nbytes))
+    for join, marks in joins:
+        join()
+        assert marks[-1][1] >= nbytes
+        out.append(marks[-1][0] - t0)
+    return out
+
+
+@needs_root
+def test_htb_priority_classes_let_the_urgent_pair_finish_first():
+    """Two equal bulk transfers on medium w (a -> b, c -> d). FIFO: fair sharing, the one
+    started first finishes first. With c -> d ranked above a -> b it finishes first
+    although it starts later: it takes the medium while both run (the fluid model: FIFO
+    0.45 / 0.60 s, priority 0.45 / 0.60 s the other way round; order asserted, not times)."""
+    n = netns.NetNS(Cluster.from_dict(cluster_dict()))
+    ix = n.cl.index
+    nbytes = 3_000_000          # 0.3 s alone at 80 Mbit/s
+    try:
+        n.build()
+        flows = [("a", "b", 5211, 0.0), ("c", "d", 5212, 0.15)]
+        fifo = finish_times(n, flows, nbytes)
+        assert fifo[0] < fifo[1], fifo
+        n.set_priorities({0: {(ix["c"], ix["d"]): 1, (ix["a"], ix["b"]): 2}})
+        cls = subprocess.run([TC, "-n", n.hub, "class", "show", "dev", "m0"], capture_output=True, text=True,
+                             timeout=10).stdout
+        # c -> d (class 1:1193) prio 1, a -> b (1:1001) prio 2, ACKs (1:3) prio 0, the rest prio 7
+        assert "1:1193 parent 1:1 prio 1 " in cls and "1:1001 parent 1:1 prio 2 " in cls
+        assert "1:3 parent 1:1 prio 0 " in cls and "prio 7" in cls
+        prio = finish_times(n, [("a", "b", 5213, 0.0), ("c", "d", 5214, 0.15)], nbytes)
+        assert prio[1] < prio[0], prio
+        n.set_priorities({})                                               # back to per-sender classes
+        cls = subprocess.run([TC, "-n", n.hub, "class", "show", "dev", "m0"], capture_output=True, text=True,
+                             timeout=10).stdout
+        assert "prio 7" not in cls and "1:3 " not in cls and "1:1193" not in cls
+    finally:
+        n.close()
+    assert our_namespaces(n.prefix) == []

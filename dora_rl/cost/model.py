@@ -17,12 +17,14 @@ import math
 
 import numpy as np
 
+from dora_rl.cost import routing
 from dora_rl.cost.metrics import Metrics
 from dora_rl.cost.routes import Network
 from dora_rl.plan import Plan, sample_edges
 from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
 EPS = 1e-12
+NO_FLOW = ((0.0, 0.0, {}, [], routing.Option(0.0, 0.0, 0.0, (), ())),)   # a transfer with no flow
 
 
 def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
@@ -181,70 +183,85 @@ class CostModel:
         return {"fwd_fixed": t[0], "fwd_per": t[1], "bwd_fixed": t[2], "bwd_per": t[3]}
 
     def transfer(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
-        """Move a micro-batch's activation (nbytes in total) from group A to group B.
+        """Move a micro-batch's activation (nbytes in total) from group A to group B on
+        the transfer's own fastest routing (what planners compose; `evaluate` may pick
+        another of `transfer_options` for the plan). Returns (occupancy o_k, latency,
+        {medium: bytes carried}, [(u, v, bytes) per hop of every flow]; cached: read,
+        do not modify)."""
+        return self.transfer_options(a_devs, a_sh, b_devs, b_sh, nbytes)[0][:4]
+
+    def transfer_options(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
+        """The routings of one boundary's flows worth considering (`routing.options`).
 
         Samples are laid out as contiguous slices in share order, so device i of A sends
         to device j of B exactly the overlap of their slices (nothing when i == j, and
-        nothing at all when nbytes is 0). Each flow takes the route of least lat + b κ
-        (`routes.Network.route`). Returns (occupancy o_k, latency, {medium: bytes
-        carried}, [(u, v, bytes) per hop of every flow]; cached: read, do not modify):
-        o_k = max over resources
-        (media, link directions, interface directions) of the bytes through it / its
-        capacity, so concurrent flows share every capacity they cross (contention)."""
+        nothing at all when nbytes is 0). Each routing is (occupancy o_k, latency,
+        {medium: bytes}, hop flows, Option): o_k = max over resources (media, link
+        directions, interface directions) of the bytes through it / its capacity, so
+        concurrent flows share every capacity they cross (contention). Pareto-minimal
+        over (x_k, o_k, bytes per medium), fastest first; cached: read, do not modify."""
         if nbytes <= 0:
-            return 0.0, 0.0, {}, []
+            return NO_FLOW
         if len(a_devs) == 1 and len(b_devs) == 1:
             hit = self._placed.get((a_devs[0], b_devs[0], nbytes))
             if hit is not None:
                 return hit
         pairs = flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes)
         if not pairs:
-            return 0.0, 0.0, {}, []
+            return NO_FLOW
         key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)
         hit = self._placed.get(key)
-        if hit is None and len(self._placed) > 200_000:
-            self._placed.clear()
-        if hit is None and len(pairs) == 1:
-            i, j, b = pairs[0]
-            r = self.net.route(i, j, b)
-            hit = self._placed[key] = (b * r.kappa, r.lat, {mu: b * c for mu, c in r.media},
-                                       [(u, v, b) for u, v in r.hops])
-        elif hit is None:
-            load: dict[int, float] = {}
-            lat, routes = self.net.place(pairs, load)
-            cap, nmed = self.net.cap, self.net.n_media
-            occ = max(bts / cap[x] for x, bts in load.items())
-            hit = self._placed[key] = (occ, lat, {x: bts for x, bts in load.items() if x < nmed},
-                                       [(u, v, b) for (_, _, b), r in zip(pairs, routes) for u, v in r.hops])
+        if hit is None:
+            if len(self._placed) > 200_000:
+                self._placed.clear()
+            hit = self._placed[key] = self._routings(pairs)
         return hit
 
-    def allreduce(self, devs, param_bytes: float):
+    def _routings(self, pairs):
+        opts = routing.options(self.net, pairs)
+        out = []
+        for o in opts:
+            media = {mu: v for mu, v in enumerate(o.media) if v > 0}
+            flows = [(u, v, b) for (_, _, b), r in zip(pairs, o.routes) for u, v in r.hops]
+            out.append((o.occ, o.lat, media, flows, o))
+        return tuple(out)
+
+    def allreduce_options(self, devs, param_bytes: float):
         """Ring all-reduce of a stage's gradients over its group (in group order):
-        2(g-1) steps, each sending P/g over every ring link at once; a step takes the
-        slowest ring transfer (lat + chunk κ) or the busiest resource's load / capacity.
-        Returns (time, {medium: bytes}, bytes sent per device)."""
+        2(g-1) steps, each sending P/g over every ring link at once, timed like a
+        boundary (slowest flow's latency + busiest resource's load / capacity). The
+        routings of one step (`transfer_options` format; cached)."""
         g = len(devs)
         if g < 2 or param_bytes <= 0:
-            return 0.0, {}, 0.0
+            return NO_FLOW
         chunk = param_bytes / g
-        load: dict[int, float] = {}
-        lat, routes = self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], load)
-        step = max(r.lat + chunk * r.kappa for r in routes)
-        cap, nmed = self.net.cap, self.net.n_media
-        for x, b in load.items():
-            step = max(step, b / cap[x])
-        steps = 2 * (g - 1)
-        return steps * step, {x: b * steps for x, b in load.items() if x < nmed}, steps * chunk
+        key = ("ar", tuple(devs), param_bytes)
+        hit = self._placed.get(key)
+        if hit is None:
+            hit = self._placed[key] = self._routings([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)])
+        return hit
 
-    def ring_relays(self, devs, param_bytes: float) -> dict[int, float]:
+    def allreduce(self, devs, param_bytes: float, choice: int = 0):
+        """(time, {medium: bytes}, bytes sent per device) of the ring all-reduce on its
+        routing `choice` (0: the fastest step)."""
+        g = len(devs)
+        opts = self.allreduce_options(devs, param_bytes)
+        if opts is NO_FLOW:
+            return 0.0, {}, 0.0
+        occ, lat, media, _, _ = opts[choice]
+        steps = 2 * (g - 1)
+        return steps * (occ + lat), {x: b * steps for x, b in media.items()}, steps * param_bytes / g
+
+    def ring_relays(self, devs, param_bytes: float, choice: int = 0) -> dict[int, float]:
         """Bytes each relay of a ring all-reduce's routes forwards (received + sent)."""
         g = len(devs)
         out: dict[int, float] = {}
-        if g < 2 or param_bytes <= 0:
+        opts = self.allreduce_options(devs, param_bytes)
+        if opts is NO_FLOW:
             return out
         chunk = param_bytes / g
         steps = 2 * (g - 1)
-        for r in self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], {})[1]:
+        for r in opts[choice][4].routes:
             for d in r.relays:
                 out[d] = out.get(d, 0.0) + 2 * steps * chunk
         return out
@@ -255,7 +272,6 @@ class CostModel:
         m = self.workload.batch // M
         S = len(stages)
         busy = [0.0] * n
-        sent = [0.0] * n           # bytes sent+received per micro-batch (radio)
         mem = [0.0] * n
         part = {src}
         comp = []
@@ -291,44 +307,25 @@ class CostModel:
         groups = [srcg] + [(st[2], st[3]) for st in stages]
         if not training:
             groups.append(srcg)
-        medium_load: dict[int, float] = {}
-        xs = []
+        # every boundary's routings; one per boundary for the whole plan (`routing.choose`:
+        # least latency per request / iteration, then least period)
+        trans, dirs = [], []
         for k in range(len(groups) - 1):
             a, b = groups[k], groups[k + 1]
             nbytes = m * self.bnd[stages[k - 1][1]] if k > 0 else m * self.bnd[0]
-            occ, lat, load, flows = self.transfer(a[0], a[1], b[0], b[1], nbytes)
-            dirs = 2.0 if (training and k > 0) else 1.0   # training: activations forward, gradients back
-            xs.append(occ + lat)
-            fill += dirs * (occ + lat)
-            if dirs * occ > T:
-                T, bname = dirs * occ, f"boundary {k}"
-            for mu, bts in load.items():
-                medium_load[mu] = medium_load.get(mu, 0.0) + dirs * bts
-            for i, j, bts in flows:          # per hop: a relay receives and sends
-                sent[i] += dirs * bts
-                sent[j] += dirs * bts
-                part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)
-        for mu, bts in medium_load.items():
-            t = bts / self.medium_bps[mu]
-            if t > T:
-                T, bname = t, f"medium {self.media_names[mu]}"
+            trans.append(self.transfer_options(a[0], a[1], b[0], b[1], nbytes))
+            dirs.append(2.0 if (training and k > 0) else 1.0)   # training: activations forward, gradients back
+        res = self._boundaries(trans, dirs, None, fill, T, bname)
+        if M > 1 and res[1] > T * (1 + 1e-12) and any(len(os) > 1 for os in trans):
+            pick = routing.choose([[e[4] for e in os] for os in trans], dirs, dirs, T, M - 1, self.medium_bps)
+            if any(pick):
+                res = self._boundaries(trans, dirs, pick, fill, T, bname)
+        fill, T, bname, xs, sent, relays = res
+        part |= relays
         radio_bytes = [b * M for b in sent]
         A = 0.0
         if training:
-            ar_media: dict[int, float] = {}
-            for (l, r, devs, _) in stages:
-                t, load, per_dev = self.allreduce(devs, self.pp[r] - self.pp[l])
-                A = max(A, t)
-                for mu, bts in load.items():
-                    ar_media[mu] = ar_media.get(mu, 0.0) + bts
-                for d in devs:
-                    radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
-                if len(devs) > 1:
-                    for d, bts in self.ring_relays(devs, self.pp[r] - self.pp[l]).items():
-                        radio_bytes[d] += bts
-                        part.add(d)
-            for mu, bts in ar_media.items():
-                A = max(A, bts / self.medium_bps[mu])
+            A = self._allreduces(stages, radio_bytes, part)
         total = fill + (M - 1) * T + A    # fill + drain + steady state (+ all-reduce)
         if training:
             period = total
@@ -345,6 +342,62 @@ class CostModel:
                          + self.radio[d] * radio_bytes[d])
         return self._finish(stages, comp, xs, A, total, throughput, period, T, bname,
                             sorted(part), busy, mem, energy)
+
+    def _boundaries(self, trans, dirs, pick, fill, T, bname):
+        """The boundaries' transfers on routing `pick` (None: each one's fastest) added to
+        fill and the period T: (fill, T, bottleneck, x_k, radio bytes per device per
+        micro-batch, the devices on the routes)."""
+        medium_load: dict[int, float] = {}
+        xs = []
+        sent = [0.0] * self.n
+        part = set()
+        for k, os in enumerate(trans):
+            occ, lat, load, flows, _ = os[pick[k] if pick else 0]
+            d = dirs[k]
+            xs.append(occ + lat)
+            fill += d * (occ + lat)
+            if d * occ > T:
+                T, bname = d * occ, f"boundary {k}"
+            for mu, bts in load.items():
+                medium_load[mu] = medium_load.get(mu, 0.0) + d * bts
+            for i, j, bts in flows:          # per hop: a relay receives and sends
+                sent[i] += d * bts
+                sent[j] += d * bts
+                part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)
+        for mu, bts in medium_load.items():
+            t = bts / self.medium_bps[mu]
+            if t > T:
+                T, bname = t, f"medium {self.media_names[mu]}"
+        return fill, T, bname, xs, sent, part
+
+    def _allreduces(self, stages, radio_bytes, part) -> float:
+        """A = max(max_s AR_s, max_μ Σ_s bytes_sμ / C_μ) on the rings' routings that
+        minimise it (`routing.choose`); charges the rings' radio bytes and relays."""
+        rings = [(devs, self.pp[r] - self.pp[l]) for (l, r, devs, _) in stages if len(devs) > 1]
+        if not rings:
+            return 0.0
+        opts = [self.allreduce_options(devs, p) for devs, p in rings]
+        pick = [0] * len(rings)
+        if any(len(os) > 1 for os in opts):
+            steps = [2.0 * (len(devs) - 1) for devs, _ in rings]
+            as_period = [[routing.Option(0.0, e[4].x, 0.0, e[4].media, ()) for e in os] for os in opts]
+            pick = routing.choose(as_period, [0.0] * len(rings), steps, 0.0, 1.0, self.medium_bps)
+        A = 0.0
+        ar_media: dict[int, float] = {}
+        for (devs, p), c in zip(rings, pick):
+            t, load, per_dev = self.allreduce(devs, p, c)
+            A = max(A, t)
+            for mu, bts in load.items():
+                ar_media[mu] = ar_media.get(mu, 0.0) + bts
+            for d in devs:
+                radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
+            if len(devs) > 1:
+                for d, bts in self.ring_relays(devs, p, c).items():
+                    radio_bytes[d] += bts
+                    part.add(d)
+        for mu, bts in ar_media.items():
+            A = max(A, bts / self.medium_bps[mu])
+        return A
 
     def _finish(self, stages, comp, xs, A, total, throughput, period, T, bname, part, busy, mem, energy) -> Metrics:
         q = self.qoe

@@ -20,40 +20,13 @@ import numpy as np
 from dora_rl.cost import routing
 from dora_rl.cost.metrics import Metrics
 from dora_rl.cost.routes import Network
+from dora_rl.cost.routing import flow_pairs
 from dora_rl.plan import Plan, sample_edges
 from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
 EPS = 1e-12
+ONE = [1.0]
 NO_FLOW = ((0.0, 0.0, {}, [], routing.Option(0.0, 0.0, 0.0, (), ())),)   # a transfer with no flow
-
-
-def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
-    """The end-to-end flows of one boundary: group A's micro-batch (nbytes in all, split
-    by shares a_sh) goes to group B (shares b_sh); samples are laid out as contiguous
-    slices in listed order, so A's member i sends B's member j the overlap of their
-    slices, times nbytes; nothing from a device to itself. [(i, j, bytes)]. The cost
-    model's `transfer` and the simulator's program (dora_rl/sim) both split flows so."""
-    if nbytes <= 0:
-        return []
-    if len(a_devs) == 1 and len(b_devs) == 1:
-        return [(a_devs[0], b_devs[0], nbytes)] if a_devs[0] != b_devs[0] else []
-    pairs = []
-    i = j = 0
-    a_lo = b_lo = 0.0
-    na, nb = len(a_devs), len(b_devs)
-    while i < na and j < nb:
-        a_hi = a_lo + a_sh[i]
-        b_hi = b_lo + b_sh[j]
-        ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
-        if ov > EPS and a_devs[i] != b_devs[j]:
-            pairs.append((a_devs[i], b_devs[j], ov * nbytes))
-        if a_hi < b_hi or j == nb - 1:
-            a_lo = a_hi
-            i += 1
-        else:
-            b_lo = b_hi
-            j += 1
-    return pairs
 
 
 class CostModel:
@@ -302,19 +275,18 @@ class CostModel:
                 busy[d] += t * M
                 mem[d] = base + w * m * act
                 part.add(d)
-        # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source)
-        srcg = ([src], [1.0])
-        groups = [srcg] + [(st[2], st[3]) for st in stages]
-        if not training:
-            groups.append(srcg)
-        # every boundary's routings; one per boundary for the whole plan (`routing.choose`:
+        # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source);
+        # every boundary's routings, then one per boundary for the whole plan (`routing.choose`:
         # least latency per request / iteration, then least period)
-        trans, dirs = [], []
-        for k in range(len(groups) - 1):
-            a, b = groups[k], groups[k + 1]
-            nbytes = m * self.bnd[stages[k - 1][1]] if k > 0 else m * self.bnd[0]
-            trans.append(self.transfer_options(a[0], a[1], b[0], b[1], nbytes))
-            dirs.append(2.0 if (training and k > 0) else 1.0)   # training: activations forward, gradients back
+        opts, bnd, one = self.transfer_options, self.bnd, [src]
+        first, last = stages[0], stages[-1]
+        trans = [opts(one, ONE, first[2], first[3], m * bnd[0])]
+        trans += [opts(x[2], x[3], y[2], y[3], m * bnd[x[1]]) for x, y in zip(stages, stages[1:])]
+        if training:
+            dirs = [1.0] + [2.0] * (len(trans) - 1)   # activations forward, gradients back
+        else:
+            trans.append(opts(last[2], last[3], one, ONE, m * bnd[last[1]]))
+            dirs = [1.0] * len(trans)
         res = self._boundaries(trans, dirs, None, fill, T, bname)
         if M > 1 and res[1] > T * (1 + 1e-12) and any(len(os) > 1 for os in trans):
             pick = routing.choose([[e[4] for e in os] for os in trans], dirs, dirs, T, M - 1, self.medium_bps)

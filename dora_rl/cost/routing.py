@@ -1,5 +1,7 @@
 """Route assignment for the cost model: which candidate path each flow takes, exactly.
 
+`flow_pairs` says which flows a transfer has (who sends whom how many bytes).
+
 Why a module of its own: the laws of docs/cost-model.md ("Routes and network
 resources", "Laws") hold by construction only if every routing decision is the exact
 optimum over a candidate set that can only grow or improve when the network does. This
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_LABELS = 4096   # partial assignments (per transfer) or plan labels kept before the fallback
 MAX_ASSIGNMENTS = 64  # heuristic regime: assignments tried exhaustively up to this many
+EPS = 1e-12
 
 
 class Option(NamedTuple):
@@ -39,23 +42,47 @@ class Option(NamedTuple):
     routes: tuple                             # the Route of each flow, in input order
 
 
-def _dominated(a_lat, a_load, b_lat, b_load) -> bool:
-    """Partial assignment b is no better than a: latency and every resource's load >=."""
-    if a_lat > b_lat:
-        return False
-    for x, v in a_load.items():
-        if v > b_load.get(x, 0.0):
-            return False
-    return True
+def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
+    """The end-to-end flows of one boundary: group A's micro-batch (nbytes in all, split
+    by shares a_sh) goes to group B (shares b_sh); samples are laid out as contiguous
+    slices in listed order, so A's member i sends B's member j the overlap of their
+    slices, times nbytes; nothing from a device to itself. [(i, j, bytes)]. The cost
+    model's `transfer` and the simulator's program (dora_rl/sim) both split flows so."""
+    if nbytes <= 0:
+        return []
+    if len(a_devs) == 1 and len(b_devs) == 1:
+        return [(a_devs[0], b_devs[0], nbytes)] if a_devs[0] != b_devs[0] else []
+    pairs = []
+    i = j = 0
+    a_lo = b_lo = 0.0
+    na, nb = len(a_devs), len(b_devs)
+    while i < na and j < nb:
+        a_hi = a_lo + a_sh[i]
+        b_hi = b_lo + b_sh[j]
+        ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
+        if ov > EPS and a_devs[i] != b_devs[j]:
+            pairs.append((a_devs[i], b_devs[j], ov * nbytes))
+        if a_hi < b_hi or j == nb - 1:
+            a_lo = a_hi
+            i += 1
+        else:
+            b_lo = b_hi
+            j += 1
+    return pairs
 
 
 def _prune(labels):
-    labels.sort(key=lambda t: (t[0], sum(t[1].values())))
+    """Drop partial assignments (lat, loads, routes) that another one matches or beats on
+    latency and on every resource's load (sums compared first: a cheap necessary test)."""
+    tagged = sorted(((lat, sum(ld.values()), ld, ch) for lat, ld, ch in labels), key=lambda t: (t[0], t[1]))
     keep: list = []
-    for lab in labels:
-        if not any(_dominated(k[0], k[1], lab[0], lab[1]) for k in keep):
-            keep.append(lab)
-    return keep
+    for lat, tot, ld, ch in tagged:
+        for klat, ktot, kld, _ in keep:
+            if ktot <= tot and klat <= lat and all(v <= ld.get(x, 0.0) for x, v in kld.items()):
+                break
+        else:
+            keep.append((lat, tot, ld, ch))
+    return [(lat, ld, ch) for lat, _, ld, ch in keep]
 
 
 def options(net, pairs) -> tuple[Option, ...]:
@@ -65,6 +92,9 @@ def options(net, pairs) -> tuple[Option, ...]:
     heuristic routing (`fastest`)."""
     if not net.exact:
         return fastest(net, pairs)
+    if len(pairs) == 1:       # one flow: each candidate is an assignment
+        i, j, b = pairs[0]
+        return _summarise(net, [(r.lat, {x: b * c for x, c in r.res}, (r,)) for r in net.routes[i][j]], pairs)
     size = 1
     for i, j, _ in pairs:
         size *= len(net.routes[i][j])

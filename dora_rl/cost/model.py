@@ -26,7 +26,6 @@ from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
 EPS = 1e-12
 ONE = [1.0]
-NO_FLOW = ((0.0, 0.0, {}, [], routing.Option(0.0, 0.0, 0.0, (), ())),)   # a transfer with no flow
 
 
 class CostModel:
@@ -71,7 +70,8 @@ class CostModel:
                           for d in cl.devices]
         self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
         self._realized: dict = {}
-        self._placed: dict = {}   # concurrent flows -> (occupancy, latency, media loads, hop flows)
+        self._placed: dict = {}   # concurrent flows -> their routings (`routing.Option`s)
+        self._no_flow = routing.no_flow(len(self.medium_bps))
         # measured block times (docs/cost-model.md "Measured block times"): per device None, or
         # prefix sums (fixed_f, per_sample_f, fixed_b, per_sample_b) of forward / backward seconds
         self.timed = None
@@ -174,30 +174,21 @@ class CostModel:
         concurrent flows share every capacity they cross (contention). Pareto-minimal
         over (x_k, o_k, bytes per medium), fastest first; cached: read, do not modify."""
         if nbytes <= 0:
-            return NO_FLOW
+            return self._no_flow
         if len(a_devs) == 1 and len(b_devs) == 1:
             hit = self._placed.get((a_devs[0], b_devs[0], nbytes))
             if hit is not None:
                 return hit
         pairs = flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes)
         if not pairs:
-            return NO_FLOW
+            return self._no_flow
         key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)
         hit = self._placed.get(key)
         if hit is None:
             if len(self._placed) > 200_000:
                 self._placed.clear()
-            hit = self._placed[key] = self._routings(pairs)
+            hit = self._placed[key] = routing.options(self.net, pairs)
         return hit
-
-    def _routings(self, pairs):
-        opts = routing.options(self.net, pairs)
-        out = []
-        for o in opts:
-            media = {mu: v for mu, v in enumerate(o.media) if v > 0}
-            flows = [(u, v, b) for (_, _, b), r in zip(pairs, o.routes) for u, v in r.hops]
-            out.append((o.occ, o.lat, media, flows, o))
-        return tuple(out)
 
     def allreduce_options(self, devs, param_bytes: float):
         """Ring all-reduce of a stage's gradients over its group (in group order):
@@ -206,12 +197,12 @@ class CostModel:
         routings of one step (`transfer_options` format; cached)."""
         g = len(devs)
         if g < 2 or param_bytes <= 0:
-            return NO_FLOW
+            return self._no_flow
         chunk = param_bytes / g
         key = ("ar", tuple(devs), param_bytes)
         hit = self._placed.get(key)
         if hit is None:
-            hit = self._placed[key] = self._routings([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)])
+            hit = self._placed[key] = routing.options(self.net, [(devs[t], devs[(t + 1) % g], chunk) for t in range(g)])
         return hit
 
     def allreduce(self, devs, param_bytes: float, choice: int = 0):
@@ -219,9 +210,9 @@ class CostModel:
         routing `choice` (0: the fastest step)."""
         g = len(devs)
         opts = self.allreduce_options(devs, param_bytes)
-        if opts is NO_FLOW:
+        if opts is self._no_flow:
             return 0.0, {}, 0.0
-        occ, lat, media, _, _ = opts[choice]
+        occ, lat, media = opts[choice][:3]
         steps = 2 * (g - 1)
         return steps * (occ + lat), {x: b * steps for x, b in media.items()}, steps * param_bytes / g
 
@@ -230,11 +221,11 @@ class CostModel:
         g = len(devs)
         out: dict[int, float] = {}
         opts = self.allreduce_options(devs, param_bytes)
-        if opts is NO_FLOW:
+        if opts is self._no_flow:
             return out
         chunk = param_bytes / g
         steps = 2 * (g - 1)
-        for r in opts[choice][4].routes:
+        for r in opts[choice].routes:
             for d in r.relays:
                 out[d] = out.get(d, 0.0) + 2 * steps * chunk
         return out
@@ -289,7 +280,7 @@ class CostModel:
             dirs = [1.0] * len(trans)
         res = self._boundaries(trans, dirs, None, fill, T, bname)
         if M > 1 and res[1] > T * (1 + 1e-12) and any(len(os) > 1 for os in trans):
-            pick = routing.choose([[e[4] for e in os] for os in trans], dirs, dirs, T, M - 1, self.medium_bps)
+            pick = routing.choose(trans, dirs, dirs, T, M - 1, self.medium_bps)
             if any(pick):
                 res = self._boundaries(trans, dirs, pick, fill, T, bname)
         fill, T, bname, xs, sent, relays = res
@@ -324,7 +315,7 @@ class CostModel:
         sent = [0.0] * self.n
         part = set()
         for k, os in enumerate(trans):
-            occ, lat, load, flows, _ = os[pick[k] if pick else 0]
+            occ, lat, load, flows = os[pick[k] if pick else 0][:4]
             d = dirs[k]
             xs.append(occ + lat)
             fill += d * (occ + lat)
@@ -352,7 +343,7 @@ class CostModel:
         pick = [0] * len(rings)
         if any(len(os) > 1 for os in opts):
             steps = [2.0 * (len(devs) - 1) for devs, _ in rings]
-            as_period = [[routing.Option(0.0, e[4].x, 0.0, e[4].media, ()) for e in os] for os in opts]
+            as_period = [[o._replace(occ=o.x) for o in os] for os in opts]
             pick = routing.choose(as_period, [0.0] * len(rings), steps, 0.0, 1.0, self.medium_bps)
         A = 0.0
         ar_media: dict[int, float] = {}

@@ -35,11 +35,19 @@ EPS = 1e-12
 
 
 class Option(NamedTuple):
-    x: float                                  # transfer time: max flow latency + occupancy (s)
+    """One routing of a transfer; its first four fields are what `CostModel.transfer` returns."""
     occ: float                                # occupancy: busiest resource's bytes / capacity (s)
     lat: float                                # slowest flow's latency (s)
+    load: dict                                # {medium: bytes} (media carrying any)
+    flows: list                               # (u, v, bytes) per hop of every flow
+    x: float                                  # transfer time: lat + occ (s)
     media: tuple[float, ...]                  # bytes on each medium (index = medium)
     routes: tuple                             # the Route of each flow, in input order
+
+
+def no_flow(n_media: int) -> tuple[Option]:
+    """The routings of a transfer that has no flow (zero bytes, or all local)."""
+    return (Option(0.0, 0.0, {}, [], 0.0, (0.0,) * n_media, ()),)
 
 
 def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
@@ -125,7 +133,10 @@ def _summarise(net, labels, pairs) -> tuple[Option, ...]:
         occ = max(v / cap[x] for x, v in ld.items()) if ld else 0.0
         media = tuple(ld.get(mu, 0.0) for mu in range(nmed))
         extra = len({d for r in chosen for d in r.relays} - ends)
-        out.append((Option(lat + occ, occ, lat, media, chosen), extra, sum(len(r.hops) for r in chosen)))
+        load = {mu: v for mu, v in enumerate(media) if v > 0}
+        flows = [(u, v, b) for (_, _, b), r in zip(pairs, chosen) for u, v in r.hops]
+        out.append((Option(occ, lat, load, flows, lat + occ, media, chosen), extra,
+                    sum(len(r.hops) for r in chosen)))
     out.sort(key=lambda t: (t[0].x, t[0].occ, t[0].media, t[1], t[2]))
     keep: list[Option] = []
     for o, _, _ in out:
@@ -201,7 +212,6 @@ def choose(opts, weights, dirs, U: float, K: float, mcap) -> list[int]:
         return [0] * len(opts)   # K = 0: Σ w x alone, which each transfer's fastest minimises
     nmed = len(mcap)
     zero = (0.0,) * nmed
-    opts = [[o if len(o.media) == nmed else o._replace(media=zero) for o in os] for os in opts]   # no-flow
     default = [o[0] for o in opts]
 
     def period(maxo, media):

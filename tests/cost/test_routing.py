@@ -56,7 +56,7 @@ def test_fastest_option_is_the_least_time_over_every_assignment():
 
 def _latency(cm, combo):
     caps = cm.medium_bps
-    media = [sum(o.media[mu] if o.media else 0.0 for o in combo) / caps[mu] for mu in range(len(caps))]
+    media = [sum(o.media[mu] for o in combo) / caps[mu] for mu in range(len(caps))]
     return sum(o.x for o in combo) + 3 * max([1e-9, *(o.occ for o in combo), *media])
 
 
@@ -65,7 +65,7 @@ def test_plan_choice_is_the_least_latency_over_every_combination():
     the boundaries' options (U: a period floor below the network's, so it binds nowhere)."""
     tried = 0
     for cm, plan in _instances(300):
-        opts = [[e[4] for e in cm.transfer_options(a[0], a[1], b[0], b[1], nb)] for a, b, nb in _boundaries(cm, plan)]
+        opts = [cm.transfer_options(a[0], a[1], b[0], b[1], nb) for a, b, nb in _boundaries(cm, plan)]
         if all(len(o) == 1 for o in opts):
             continue
         ones = [1.0] * len(opts)

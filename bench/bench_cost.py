@@ -59,9 +59,10 @@ def _laws(results: dict, cases: int = 3000) -> None:
     for law in LAWS:
         r = fuzz(law, cases, seed=2026)
         v = {k: r[k] for k in ("latency", "throughput", "energy")}
-        results[f"law_{law}"] = {"cases": r["cases"], "violations": v, "examples": r["examples"]}
+        results[f"law_{law}"] = {"cases": r["cases"], "violations": v, "traded": r["traded"],
+                                 "examples": r["examples"]}
         total += sum(v.values())
-        print(f"  law {law:14s} {r['cases']} cases, violations {v}")
+        print(f"  law {law:14s} {r['cases']} cases, violations {v}, traded (not laws) {r['traded']}")
     results["law_violations_total"] = total
 
 

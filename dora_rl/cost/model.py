@@ -17,41 +17,15 @@ import math
 
 import numpy as np
 
+from dora_rl.cost import routing
 from dora_rl.cost.metrics import Metrics
 from dora_rl.cost.routes import Network
+from dora_rl.cost.routing import flow_pairs
 from dora_rl.plan import Plan, sample_edges
 from dora_rl.scenario import OPTIMIZER_STATE, Scenario
 
 EPS = 1e-12
-
-
-def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int, float]]:
-    """The end-to-end flows of one boundary: group A's micro-batch (nbytes in all, split
-    by shares a_sh) goes to group B (shares b_sh); samples are laid out as contiguous
-    slices in listed order, so A's member i sends B's member j the overlap of their
-    slices, times nbytes; nothing from a device to itself. [(i, j, bytes)]. The cost
-    model's `transfer` and the simulator's program (dora_rl/sim) both split flows so."""
-    if nbytes <= 0:
-        return []
-    if len(a_devs) == 1 and len(b_devs) == 1:
-        return [(a_devs[0], b_devs[0], nbytes)] if a_devs[0] != b_devs[0] else []
-    pairs = []
-    i = j = 0
-    a_lo = b_lo = 0.0
-    na, nb = len(a_devs), len(b_devs)
-    while i < na and j < nb:
-        a_hi = a_lo + a_sh[i]
-        b_hi = b_lo + b_sh[j]
-        ov = (a_hi if a_hi < b_hi else b_hi) - (a_lo if a_lo > b_lo else b_lo)
-        if ov > EPS and a_devs[i] != b_devs[j]:
-            pairs.append((a_devs[i], b_devs[j], ov * nbytes))
-        if a_hi < b_hi or j == nb - 1:
-            a_lo = a_hi
-            i += 1
-        else:
-            b_lo = b_hi
-            j += 1
-    return pairs
+ONE = [1.0]
 
 
 class CostModel:
@@ -96,7 +70,8 @@ class CostModel:
                           for d in cl.devices]
         self.param_copies = 2 + OPTIMIZER_STATE[wl.optimizer]  # weights + grads + optimizer state
         self._realized: dict = {}
-        self._placed: dict = {}   # concurrent flows -> (occupancy, latency, media loads, hop flows)
+        self._placed: dict = {}   # concurrent flows -> their routings (`routing.Option`s)
+        self._no_flow = routing.no_flow(len(self.medium_bps))
         # measured block times (docs/cost-model.md "Measured block times"): per device None, or
         # prefix sums (fixed_f, per_sample_f, fixed_b, per_sample_b) of forward / backward seconds
         self.timed = None
@@ -181,70 +156,76 @@ class CostModel:
         return {"fwd_fixed": t[0], "fwd_per": t[1], "bwd_fixed": t[2], "bwd_per": t[3]}
 
     def transfer(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
-        """Move a micro-batch's activation (nbytes in total) from group A to group B.
+        """Move a micro-batch's activation (nbytes in total) from group A to group B on
+        the transfer's own fastest routing (what planners compose; `evaluate` may pick
+        another of `transfer_options` for the plan). Returns (occupancy o_k, latency,
+        {medium: bytes carried}, [(u, v, bytes) per hop of every flow]; cached: read,
+        do not modify)."""
+        return self.transfer_options(a_devs, a_sh, b_devs, b_sh, nbytes)[0][:4]
+
+    def transfer_options(self, a_devs, a_sh, b_devs, b_sh, nbytes: float):
+        """The routings of one boundary's flows worth considering (`routing.options`).
 
         Samples are laid out as contiguous slices in share order, so device i of A sends
         to device j of B exactly the overlap of their slices (nothing when i == j, and
-        nothing at all when nbytes is 0). Each flow takes the route of least lat + b κ
-        (`routes.Network.route`). Returns (occupancy o_k, latency, {medium: bytes
-        carried}, [(u, v, bytes) per hop of every flow]; cached: read, do not modify):
-        o_k = max over resources
-        (media, link directions, interface directions) of the bytes through it / its
-        capacity, so concurrent flows share every capacity they cross (contention)."""
+        nothing at all when nbytes is 0). Each routing is (occupancy o_k, latency,
+        {medium: bytes}, hop flows, Option): o_k = max over resources (media, link
+        directions, interface directions) of the bytes through it / its capacity, so
+        concurrent flows share every capacity they cross (contention). Pareto-minimal
+        over (x_k, o_k, bytes per medium), fastest first; cached: read, do not modify."""
         if nbytes <= 0:
-            return 0.0, 0.0, {}, []
+            return self._no_flow
         if len(a_devs) == 1 and len(b_devs) == 1:
             hit = self._placed.get((a_devs[0], b_devs[0], nbytes))
             if hit is not None:
                 return hit
         pairs = flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes)
         if not pairs:
-            return 0.0, 0.0, {}, []
+            return self._no_flow
         key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)
         hit = self._placed.get(key)
-        if hit is None and len(self._placed) > 200_000:
-            self._placed.clear()
-        if hit is None and len(pairs) == 1:
-            i, j, b = pairs[0]
-            r = self.net.route(i, j, b)
-            hit = self._placed[key] = (b * r.kappa, r.lat, {mu: b * c for mu, c in r.media},
-                                       [(u, v, b) for u, v in r.hops])
-        elif hit is None:
-            load: dict[int, float] = {}
-            lat, routes = self.net.place(pairs, load)
-            cap, nmed = self.net.cap, self.net.n_media
-            occ = max(bts / cap[x] for x, bts in load.items())
-            hit = self._placed[key] = (occ, lat, {x: bts for x, bts in load.items() if x < nmed},
-                                       [(u, v, b) for (_, _, b), r in zip(pairs, routes) for u, v in r.hops])
+        if hit is None:
+            if len(self._placed) > 200_000:
+                self._placed.clear()
+            hit = self._placed[key] = routing.options(self.net, pairs)
         return hit
 
-    def allreduce(self, devs, param_bytes: float):
+    def allreduce_options(self, devs, param_bytes: float):
         """Ring all-reduce of a stage's gradients over its group (in group order):
-        2(g-1) steps, each sending P/g over every ring link at once; a step takes the
-        slowest ring transfer (lat + chunk κ) or the busiest resource's load / capacity.
-        Returns (time, {medium: bytes}, bytes sent per device)."""
+        2(g-1) steps, each sending P/g over every ring link at once, timed like a
+        boundary (slowest flow's latency + busiest resource's load / capacity). The
+        routings of one step (`transfer_options` format; cached)."""
         g = len(devs)
         if g < 2 or param_bytes <= 0:
-            return 0.0, {}, 0.0
+            return self._no_flow
         chunk = param_bytes / g
-        load: dict[int, float] = {}
-        lat, routes = self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], load)
-        step = max(r.lat + chunk * r.kappa for r in routes)
-        cap, nmed = self.net.cap, self.net.n_media
-        for x, b in load.items():
-            step = max(step, b / cap[x])
-        steps = 2 * (g - 1)
-        return steps * step, {x: b * steps for x, b in load.items() if x < nmed}, steps * chunk
+        key = ("ar", tuple(devs), param_bytes)
+        hit = self._placed.get(key)
+        if hit is None:
+            hit = self._placed[key] = routing.options(self.net, [(devs[t], devs[(t + 1) % g], chunk) for t in range(g)])
+        return hit
 
-    def ring_relays(self, devs, param_bytes: float) -> dict[int, float]:
+    def allreduce(self, devs, param_bytes: float, choice: int = 0):
+        """(time, {medium: bytes}, bytes sent per device) of the ring all-reduce on its
+        routing `choice` (0: the fastest step)."""
+        g = len(devs)
+        opts = self.allreduce_options(devs, param_bytes)
+        if opts is self._no_flow:
+            return 0.0, {}, 0.0
+        occ, lat, media = opts[choice][:3]
+        steps = 2 * (g - 1)
+        return steps * (occ + lat), {x: b * steps for x, b in media.items()}, steps * param_bytes / g
+
+    def ring_relays(self, devs, param_bytes: float, choice: int = 0) -> dict[int, float]:
         """Bytes each relay of a ring all-reduce's routes forwards (received + sent)."""
         g = len(devs)
         out: dict[int, float] = {}
-        if g < 2 or param_bytes <= 0:
+        opts = self.allreduce_options(devs, param_bytes)
+        if opts is self._no_flow:
             return out
         chunk = param_bytes / g
         steps = 2 * (g - 1)
-        for r in self.net.place([(devs[t], devs[(t + 1) % g], chunk) for t in range(g)], {})[1]:
+        for r in opts[choice].routes:
             for d in r.relays:
                 out[d] = out.get(d, 0.0) + 2 * steps * chunk
         return out
@@ -255,7 +236,6 @@ class CostModel:
         m = self.workload.batch // M
         S = len(stages)
         busy = [0.0] * n
-        sent = [0.0] * n           # bytes sent+received per micro-batch (radio)
         mem = [0.0] * n
         part = {src}
         comp = []
@@ -286,49 +266,29 @@ class CostModel:
                 busy[d] += t * M
                 mem[d] = base + w * m * act
                 part.add(d)
-        # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source)
-        srcg = ([src], [1.0])
-        groups = [srcg] + [(st[2], st[3]) for st in stages]
-        if not training:
-            groups.append(srcg)
-        medium_load: dict[int, float] = {}
-        xs = []
-        for k in range(len(groups) - 1):
-            a, b = groups[k], groups[k + 1]
-            nbytes = m * self.bnd[stages[k - 1][1]] if k > 0 else m * self.bnd[0]
-            occ, lat, load, flows = self.transfer(a[0], a[1], b[0], b[1], nbytes)
-            dirs = 2.0 if (training and k > 0) else 1.0   # training: activations forward, gradients back
-            xs.append(occ + lat)
-            fill += dirs * (occ + lat)
-            if dirs * occ > T:
-                T, bname = dirs * occ, f"boundary {k}"
-            for mu, bts in load.items():
-                medium_load[mu] = medium_load.get(mu, 0.0) + dirs * bts
-            for i, j, bts in flows:          # per hop: a relay receives and sends
-                sent[i] += dirs * bts
-                sent[j] += dirs * bts
-                part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)
-        for mu, bts in medium_load.items():
-            t = bts / self.medium_bps[mu]
-            if t > T:
-                T, bname = t, f"medium {self.media_names[mu]}"
+        # communication, per boundary (k = 0: source -> stage 0; k = S: last stage -> source);
+        # every boundary's routings, then one per boundary for the whole plan (`routing.choose`:
+        # least latency per request / iteration, then least period)
+        opts, bnd, one = self.transfer_options, self.bnd, [src]
+        first, last = stages[0], stages[-1]
+        trans = [opts(one, ONE, first[2], first[3], m * bnd[0])]
+        trans += [opts(x[2], x[3], y[2], y[3], m * bnd[x[1]]) for x, y in zip(stages, stages[1:])]
+        if training:
+            dirs = [1.0] + [2.0] * (len(trans) - 1)   # activations forward, gradients back
+        else:
+            trans.append(opts(last[2], last[3], one, ONE, m * bnd[last[1]]))
+            dirs = [1.0] * len(trans)
+        res = self._boundaries(trans, dirs, None, fill, T, bname)
+        if M > 1 and res[1] > T * (1 + 1e-12) and any(len(os) > 1 for os in trans):
+            pick = routing.choose(trans, dirs, dirs, T, M - 1, self.medium_bps)
+            if any(pick):
+                res = self._boundaries(trans, dirs, pick, fill, T, bname)
+        fill, T, bname, xs, sent, relays = res
+        part |= relays
         radio_bytes = [b * M for b in sent]
         A = 0.0
         if training:
-            ar_media: dict[int, float] = {}
-            for (l, r, devs, _) in stages:
-                t, load, per_dev = self.allreduce(devs, self.pp[r] - self.pp[l])
-                A = max(A, t)
-                for mu, bts in load.items():
-                    ar_media[mu] = ar_media.get(mu, 0.0) + bts
-                for d in devs:
-                    radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
-                if len(devs) > 1:
-                    for d, bts in self.ring_relays(devs, self.pp[r] - self.pp[l]).items():
-                        radio_bytes[d] += bts
-                        part.add(d)
-            for mu, bts in ar_media.items():
-                A = max(A, bts / self.medium_bps[mu])
+            A = self._allreduces(stages, radio_bytes, part)
         total = fill + (M - 1) * T + A    # fill + drain + steady state (+ all-reduce)
         if training:
             period = total
@@ -345,6 +305,62 @@ class CostModel:
                          + self.radio[d] * radio_bytes[d])
         return self._finish(stages, comp, xs, A, total, throughput, period, T, bname,
                             sorted(part), busy, mem, energy)
+
+    def _boundaries(self, trans, dirs, pick, fill, T, bname):
+        """The boundaries' transfers on routing `pick` (None: each one's fastest) added to
+        fill and the period T: (fill, T, bottleneck, x_k, radio bytes per device per
+        micro-batch, the devices on the routes)."""
+        medium_load: dict[int, float] = {}
+        xs = []
+        sent = [0.0] * self.n
+        part = set()
+        for k, os in enumerate(trans):
+            occ, lat, load, flows = os[pick[k] if pick else 0][:4]
+            d = dirs[k]
+            xs.append(occ + lat)
+            fill += d * (occ + lat)
+            if d * occ > T:
+                T, bname = d * occ, f"boundary {k}"
+            for mu, bts in load.items():
+                medium_load[mu] = medium_load.get(mu, 0.0) + d * bts
+            for i, j, bts in flows:          # per hop: a relay receives and sends
+                sent[i] += d * bts
+                sent[j] += d * bts
+                part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)
+        for mu, bts in medium_load.items():
+            t = bts / self.medium_bps[mu]
+            if t > T:
+                T, bname = t, f"medium {self.media_names[mu]}"
+        return fill, T, bname, xs, sent, part
+
+    def _allreduces(self, stages, radio_bytes, part) -> float:
+        """A = max(max_s AR_s, max_μ Σ_s bytes_sμ / C_μ) on the rings' routings that
+        minimise it (`routing.choose`); charges the rings' radio bytes and relays."""
+        rings = [(devs, self.pp[r] - self.pp[l]) for (l, r, devs, _) in stages if len(devs) > 1]
+        if not rings:
+            return 0.0
+        opts = [self.allreduce_options(devs, p) for devs, p in rings]
+        pick = [0] * len(rings)
+        if any(len(os) > 1 for os in opts):
+            steps = [2.0 * (len(devs) - 1) for devs, _ in rings]
+            as_period = [[o._replace(occ=o.x) for o in os] for os in opts]
+            pick = routing.choose(as_period, [0.0] * len(rings), steps, 0.0, 1.0, self.medium_bps)
+        A = 0.0
+        ar_media: dict[int, float] = {}
+        for (devs, p), c in zip(rings, pick):
+            t, load, per_dev = self.allreduce(devs, p, c)
+            A = max(A, t)
+            for mu, bts in load.items():
+                ar_media[mu] = ar_media.get(mu, 0.0) + bts
+            for d in devs:
+                radio_bytes[d] += 2 * per_dev   # sent + received (0 for a one-device group)
+            if len(devs) > 1:
+                for d, bts in self.ring_relays(devs, p, c).items():
+                    radio_bytes[d] += bts
+                    part.add(d)
+        for mu, bts in ar_media.items():
+            A = max(A, bts / self.medium_bps[mu])
+        return A
 
     def _finish(self, stages, comp, xs, A, total, throughput, period, T, bname, part, busy, mem, energy) -> Metrics:
         q = self.qoe

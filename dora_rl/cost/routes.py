@@ -1,11 +1,16 @@
 """Routes and network resources for the cost model: which path a transfer takes and
 which capacities it uses on the way.
 
-Why here and not in `Cluster`: the route of a transfer depends on its size (a large
-flow prefers a fast path, a small one a short path), so the cost model chooses it per
-flow by the same criterion it times it with (docs/cost-model.md "Routes and network
-resources"). Per device pair this module keeps a few candidate paths; the cost model
-picks, for a flow of b bytes, the candidate of least `lat + b · κ`.
+Why here and not in `Cluster`: the route of a transfer depends on its size and on the
+other flows (a large flow prefers a fast path, a small one a short path), so the cost
+model chooses it by the time the plan will take (`routing.py`, docs/cost-model.md
+"Routes and network resources"). Per device pair this module keeps the candidate
+paths: on clusters of up to EXACT_DEVICES devices, every simple path of at most
+MAX_HOPS hops (a set that only grows with the graph), less the paths another candidate
+dominates (no more latency and a sub-multiset of its resources: never better, under
+any contention); pairs farther apart, and larger clusters, add the paths of heuristic
+searches (per link-rate threshold and per serialisation weight), which are not
+monotone in the graph.
 
 Resources (each a capacity in B/s that every flow through it shares):
 - a shared medium μ (`C_μ`; both directions, every hop on it counts once);
@@ -18,12 +23,12 @@ and v's receive interface. Intermediate devices of a path are its relays."""
 from __future__ import annotations
 
 import heapq
-import itertools
 from typing import NamedTuple
 
-MAX_THRESHOLDS = 32   # candidate paths per pair: one per link-rate threshold (at most this many)
+EXACT_DEVICES = 8     # up to this many devices: every simple path of <= MAX_HOPS hops is a candidate
+MAX_HOPS = 2          # one relay at most in the exhaustive candidate set
+MAX_THRESHOLDS = 32   # heuristic searches: one per link-rate threshold (at most this many)
 LAMBDAS = (1e4, 1e5, 1e6, 1e7)  # bytes: flow sizes the serialisation-weighted searches aim at
-MAX_ASSIGNMENTS = 64  # concurrent flows' route assignments tried exhaustively up to this many
 
 
 class Route(NamedTuple):
@@ -57,34 +62,19 @@ class Network:
         self.iface0 = nmed + 2 * L
         cap += [f if f > 0 else float("inf") for f in cluster.interface_bps() for _ in (0, 1)]   # d: send, receive
         self.cap = cap
-        rates = sorted({ln.bytes_per_s for ln in links})
-        if len(rates) > MAX_THRESHOLDS:
-            step = (len(rates) - 1) / (MAX_THRESHOLDS - 1)
-            rates = sorted({rates[round(k * step)] for k in range(MAX_THRESHOLDS)})
-        cands: list[list[dict]] = [[{} for _ in range(n)] for _ in range(n)]
-        # searches: per rate threshold, least latency and fewest hops (and least latency on
-        # dedicated links only); over all links, least (latency + lam x per-hop
-        # serialisation at min(link, medium) rate)
         mcap = cluster.medium_bps.tolist()
         adj = [[(v, res, r, lt, mu, 1.0 / (r if mu < 0 else min(r, mcap[mu]))) for v, res, r, lt, mu in row]
                for row in adj]
-        searches = [(beta, by_hops, 0.0, False) for beta in rates for by_hops in (False, True)]
-        searches += [(0.0, False, lam, False) for lam in LAMBDAS]
-        if nmed:    # paths that avoid every shared medium
-            searches += [(beta, False, 0.0, True) for beta in rates]
-        for beta, by_hops, lam, wired in searches:
+        cands: list[list[dict]] = [[{} for _ in range(n)] for _ in range(n)]
+        self.exact = n <= EXACT_DEVICES     # candidates complete up to MAX_HOPS (see routing.options)
+        if self.exact:
             for s in range(n):
-                prev = self._dijkstra(adj, s, beta, n, by_hops, lam, wired)
-                for t in range(n):
-                    if t == s or prev[t] is None:
-                        continue
-                    path = [t]
-                    while path[-1] != s:
-                        path.append(prev[path[-1]][0])
-                    path.reverse()
-                    key = tuple(path)
-                    if key not in cands[s][t]:
-                        cands[s][t][key] = self._route(path, adj)
+                for t, paths in self._simple_paths(adj, s).items():
+                    cands[s][t] = paths
+        # pairs with no exhaustive candidate (farther than MAX_HOPS, or a large cluster)
+        far = {(s, t) for s in range(n) for t in range(n) if t != s and not cands[s][t]}
+        if far:
+            self._searches(cluster, links, adj, far, cands)
         # drop a path only if another is no slower and uses a subset of its resources
         # (never better, under any contention); least latency first
         self.routes: list[list[tuple[Route, ...]]] = [[() for _ in range(n)] for _ in range(n)]
@@ -97,6 +87,48 @@ class Network:
                     if not any(k.lat <= r.lat and all(mine.get(x, 0) >= c for x, c in k.res) for k in keep):
                         keep.append(r)
                 self.routes[s][t] = tuple(keep)
+
+    def _simple_paths(self, adj, s: int) -> dict:
+        """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
+        out: dict = {}
+        stack = [[s]]
+        while stack:
+            path = stack.pop()
+            u = path[-1]
+            if len(path) > 1:
+                out.setdefault(u, {})[tuple(path)] = None
+            if len(path) <= MAX_HOPS:
+                for e in adj[u]:
+                    if e[0] not in path:
+                        stack.append(path + [e[0]])
+        return {t: {p: self._route(list(p), adj) for p in paths} for t, paths in out.items()}
+
+    def _searches(self, cluster, links, adj, far, cands) -> None:
+        """Heuristic candidates of the pairs `far`: per link-rate threshold, the least-latency
+        and the fewest-hop path over links at least that fast (and the least-latency path
+        on dedicated links only); the least latency + lam x per-hop serialisation path."""
+        n = cluster.n
+        rates = sorted({ln.bytes_per_s for ln in links})
+        if len(rates) > MAX_THRESHOLDS:
+            step = (len(rates) - 1) / (MAX_THRESHOLDS - 1)
+            rates = sorted({rates[round(k * step)] for k in range(MAX_THRESHOLDS)})
+        searches = [(beta, by_hops, 0.0, False) for beta in rates for by_hops in (False, True)]
+        searches += [(0.0, False, lam, False) for lam in LAMBDAS]
+        if self.n_media:    # paths that avoid every shared medium
+            searches += [(beta, False, 0.0, True) for beta in rates]
+        for beta, by_hops, lam, wired in searches:
+            for s in sorted({s for s, _ in far}):
+                prev = self._dijkstra(adj, s, beta, n, by_hops, lam, wired)
+                for t in range(n):
+                    if (s, t) not in far or prev[t] is None:
+                        continue
+                    path = [t]
+                    while path[-1] != s:
+                        path.append(prev[path[-1]][0])
+                    path.reverse()
+                    key = tuple(path)
+                    if key not in cands[s][t]:
+                        cands[s][t][key] = self._route(path, adj)
 
     @staticmethod
     def _dijkstra(adj, s: int, beta: float, n: int, by_hops: bool, lam: float, wired: bool):
@@ -149,78 +181,3 @@ class Network:
                 if t < tb:
                     best, tb = r, t
         return best
-
-    def place(self, pairs, load: dict[int, float]) -> tuple[float, list[Route]]:
-        """Routes for concurrent flows [(i, j, bytes), ...] that share the resources.
-
-        The assignment of candidate routes to flows that gives the least transfer time
-        (max flow latency + busiest resource's load / capacity) is kept. Start: every
-        flow on its lone-fastest route (`route`), time t0 (optimal when t0 is the slowest
-        flow's lone time: no assignment is faster than that); a candidate whose lone time
-        lat + b κ is already >= t0 cannot help and is dropped; the remaining assignments
-        are all tried when there are at most MAX_ASSIGNMENTS, else the best of four
-        (lone-fastest, least latency, highest bandwidth, greedy: largest flow first,
-        each on the candidate that least raises the time given the flows placed).
-        `load` is filled in with the kept assignment's bytes per resource. Returns
-        (max latency, routes in input order)."""
-        lone = [self.route(i, j, b) for i, j, b in pairs]
-        best = self._time(pairs, lone)
-        t0 = best[0]
-        # no assignment beats the slowest flow's lone time: if t0 is that, stop here
-        if t0 <= max(r.lat + b * r.kappa for (_, _, b), r in zip(pairs, lone)) * (1 + 1e-12):
-            load.update(best[3])
-            return best[1], lone
-        cands = []
-        size = 1
-        for (i, j, b), r0 in zip(pairs, lone):
-            rs = self.routes[i][j]
-            if len(rs) > 1:
-                rs = [r for r in rs if r is r0 or r.lat + b * r.kappa < t0]
-            cands.append(rs)
-            size *= len(rs)
-        if size > 1:
-            if size <= MAX_ASSIGNMENTS:
-                options = itertools.product(*cands)
-            else:
-                options = ([rs[0] for rs in cands], [rs[-1] for rs in cands], self._greedy(pairs))
-            for routes in options:
-                t = self._time(pairs, routes)
-                if t[0] < best[0]:
-                    best = t
-        load.update(best[3])
-        return best[1], list(best[2])
-
-    def _time(self, pairs, routes):
-        cap = self.cap
-        ld: dict[int, float] = {}
-        lat = 0.0
-        for (_, _, b), r in zip(pairs, routes):
-            if r.lat > lat:
-                lat = r.lat
-            for x, c in r.res:
-                ld[x] = ld.get(x, 0.0) + b * c
-        occ = 0.0
-        for x, v in ld.items():
-            v /= cap[x]
-            if v > occ:
-                occ = v
-        return lat + occ, lat, routes, ld
-
-    def _greedy(self, pairs) -> list[Route]:
-        cap = self.cap
-        load: dict[int, float] = {}
-        routes: list = [None] * len(pairs)
-        lat = 0.0
-        for k in sorted(range(len(pairs)), key=lambda x: -pairs[x][2]):
-            i, j, b = pairs[k]
-            rs = self.routes[i][j]
-            best, tb = rs[0], None
-            for r in rs:
-                t = max(lat, r.lat) + max((load.get(x, 0.0) + b * c) / cap[x] for x, c in r.res)
-                if tb is None or t < tb:
-                    best, tb = r, t
-            for x, c in best.res:
-                load[x] = load.get(x, 0.0) + b * c
-            lat = max(lat, best.lat)
-            routes[k] = best
-        return routes

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dora_rl.cost.model import flow_pairs
+from dora_rl.cost.routing import flow_pairs
 from dora_rl.errors import ScheduleError
 from dora_rl.schedule import FIFO, Schedule
 

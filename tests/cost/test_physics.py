@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from dora_rl.cost import CostModel
-from dora_rl.cost.laws import LAWS, fuzz
+from dora_rl.cost.laws import LAWS, case, fuzz
 from dora_rl.plan import Plan
 from tests.toy import HUB, RELAY, scenario
 
@@ -86,12 +86,31 @@ def test_zero_bytes_cost_nothing_on_every_path():
 
 @pytest.mark.parametrize("law", LAWS)
 def test_laws_hold_on_fuzzed_cases(law):
-    """150 random (scenario, plan) pairs per law; bench/bench_cost.py runs 3000.
-    faster_medium's throughput can still drop (a route that now takes the faster
-    medium adds load the period sums across boundaries): allowed 2 in 150 here, and
-    its count is reported by the bench."""
+    """150 random (scenario, plan) pairs per law; bench/bench_cost.py runs 3000. The laws
+    (docs/cost-model.md "Laws") hold by construction: no violation at all; by-products
+    of the one routing (`traded`) are counted, not asserted."""
     res = fuzz(law, 150, seed=7)
-    allowed = 2 if law == "faster_medium" else 0
-    assert res["latency"] == 0, res["examples"]
-    assert res["throughput"] <= allowed, res["examples"]
-    assert res["energy"] == 0, res["examples"]
+    assert res["cases"] == 150
+    assert (res["latency"], res["throughput"], res["energy"]) == (0, 0, 0), res["examples"]
+
+
+# cases of bench_cost's fuzz (seed 2026) that broke a law before the exact routing
+# (docs/cost-model.md "Laws"): candidate paths from heuristic searches (extra_link 5098:
+# one boundary slower), an all-reduce routed by one criterion and timed by another
+# (extra_link 1056, 5279, 8383; faster_medium 2030), a route that shortens its own
+# boundary but loads the medium the period sums (faster_link 742)
+BROKE_BEFORE = [("extra_link", 5098), ("extra_link", 1056), ("extra_link", 5279), ("extra_link", 8383),
+                ("faster_medium", 2030), ("faster_link", 742)]
+
+
+@pytest.mark.parametrize("law,i", BROKE_BEFORE)
+def test_cases_that_broke_a_law_now_hold(law, i):
+    assert case(law, 2026, i) == []
+
+
+def test_inference_throughput_is_traded_only_for_latency():
+    """extra_link 4782 (seed 2026): the extra link gives a routing 4.3 ms faster per
+    request whose period is 0.06 ms longer. The one routing is chosen by latency: the
+    throughput drop is a trade (counted), not a violation; no routing has both."""
+    bad, trades = case("extra_link", 2026, 4782, with_trades=True)
+    assert bad == [] and trades == ["throughput"]

@@ -117,11 +117,14 @@ def test_relay_on_battery_is_checked():
 
 
 def test_traffic_analytics_at_12_requests_per_second():
-    """traffic_analytics at 12 req/s: camera + jetson1 data-parallel on block 0, then
-    roadside. The mirror plan (camera + jetson2) sends the camera's slice to roadside
-    through jetson1, which then relays without serving a stage: the same bytes on the
-    same hops, plus jetson1's idle power over the window, 2.6 W / 12 req/s = 0.21667 J.
-    dora must keep the plan without the relay, as the oracle does."""
+    """traffic_analytics at 12 req/s: camera + a jetson data-parallel on block 0, then
+    roadside. The camera's slice reaches roadside through either jetson (two equally fast
+    2-hop routes, both candidates: docs/cost-model.md "Routes and network resources");
+    among equally fast routings of a boundary the one whose relay is one of its own ends
+    wins. The answer back to the camera has two equally fast routes too, through jetson1
+    or jetson2, neither an end of that boundary: the first in candidate order is taken,
+    so one mirror plan pays a relay's idle power (2.6 W / 12 req/s = 0.21667 J) and the
+    other does not. dora keeps a plan without an outside relay, as the oracle does."""
     root = Path(__file__).resolve().parents[2] / "envs"
     d = yaml.safe_load((root / "traffic_analytics.yaml").read_text())
     d["workload"]["request_rate"] = 12
@@ -130,19 +133,27 @@ def test_traffic_analytics_at_12_requests_per_second():
     dora, cost = _agree(sc)
     idx = cost.cluster.index
     stages = cost.stage_indices(dora.plan)
-    assert [sorted(s[2]) for s in stages] == [sorted([idx["camera"], idx["jetson1"]]), [idx["roadside"]]]
-    swap = {idx["jetson1"]: idx["jetson2"]}
+    j1, j2 = idx["jetson1"], idx["jetson2"]
+    first = sorted(stages[0][2])
+    assert first in (sorted([idx["camera"], j1]), sorted([idx["camera"], j2])) and stages[1][2] == [idx["roadside"]]
+    members = {x for s in stages for x in s[2]} | {cost.src}
+    assert set(dora.metrics.participants) == members
+    swap = {j1: j2, j2: j1}
     mirror = [(l, r, sorted(swap.get(x, x) for x in devs), sh) for l, r, devs, sh in stages]
     m = cost.evaluate_stages(mirror, 1)
-    assert idx["jetson1"] in m.participants
-    assert m.energy_j - dora.metrics.energy_j == pytest.approx(2.6 / 12, rel=1e-9)
+    assert m.energy_j >= dora.metrics.energy_j * (1 - 1e-12)
+    if len(m.participants) > len(members):       # the mirror's answer takes an outside relay
+        assert m.energy_j - dora.metrics.energy_j == pytest.approx(2.6 / 12, rel=1e-9)
 
 
 @pytest.mark.parametrize("kind", ["inference", "training"])
 def test_dora_equals_oracle_on_sparse_topologies(kind):
     """Random 3-5 device clusters thinned to a spanning tree (`sparse_scenario`): routes
-    have relays; the exact DP equals the oracle, and its own figures are the cost model's."""
-    with_relay = compliant = 0
+    have relays; the exact DP equals the oracle, and its own figures are the cost model's
+    where the plan takes every boundary's fastest routing (the DP's composition); where
+    the cost model's one routing for the plan differs (docs/cost-model.md "Routes and
+    network resources", step 3), its latency is lower than the DP's figure, never higher."""
+    with_relay = compliant = same = 0
     for seed in range(16):
         rng = np.random.default_rng(4000 + seed)
         sc = random_scenario(rng, min_devices=3, max_devices=5, n_blocks=int(rng.integers(2, 6)), kind=kind,
@@ -152,8 +163,10 @@ def test_dora_equals_oracle_on_sparse_topologies(kind):
         for c in search(sc, cost, exact=True, constrained=False).candidates:     # every complete plan kept
             if not c.metrics.feasible:
                 continue
-            assert c.latency_s * 1e3 == pytest.approx(c.metrics.latency_ms, rel=1e-9)
-            assert c.energy_j == pytest.approx(c.metrics.energy_j, rel=1e-9)
+            assert c.latency_s * 1e3 >= c.metrics.latency_ms * (1 - 1e-9)
+            if c.latency_s * 1e3 <= c.metrics.latency_ms * (1 + 1e-9):
+                assert c.energy_j == pytest.approx(c.metrics.energy_j, rel=1e-9)
+                same += 1
             members = {x for s in c.stages for x in s[2]} | {cost.src}
             with_relay += any(x not in members for x in c.metrics.participants)
         good = [c for c in search(sc, cost, exact=True).candidates if c.metrics.qoe_ok]
@@ -163,4 +176,4 @@ def test_dora_equals_oracle_on_sparse_topologies(kind):
         if ob is not None:
             compliant += 1
             assert min(c.metrics.objective(obj) for c in good) == pytest.approx(ob[0], rel=REL)
-    assert compliant >= 4 and with_relay >= 1
+    assert compliant >= 4 and with_relay >= 1 and same >= 20

@@ -34,8 +34,7 @@ NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate
 raw logs whose difference is the log of the stage's compute time over T* on the group
 plus that device; with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global
 extras (`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead
-per close itself (dora_rl/learning/stage_policy.py:lookahead); the last four device columns
-(dora_rl/envs/two_stage.py) add the latency of the two-stage completion to it (v4).
+per close itself (dora_rl/learning/stage_policy.py:lookahead).
 """
 
 from __future__ import annotations
@@ -47,13 +46,12 @@ from dora_rl.cost.qoe import utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import NG, Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
-from dora_rl.envs.two_stage import two_stage_columns
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP, clip_log
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
-STAGE_OBS_VERSION = 4
+STAGE_OBS_VERSION = 3
 HARD_MAX_DEVICES = 256          # the documented hard limit of the set policy (>= 128)
 ADD_CANDIDATES = 16             # data-parallel members are drawn from the 16 fastest free devices
 DEVICE_FEATURES = (
@@ -62,7 +60,6 @@ DEVICE_FEATURES = (
     "used", "in_group", "log_t_cut_from_prev", "log_rate_join", "reach_frac", "can_close", "can_add",
     "log_t_rest_join", "min_end_frac", "log_in_fill", "log_in_period", "log_out_fill", "log_rate_rest",
     "log_dyn_w", "log_idle_w_new", "log_rate_rest_fill",
-    "log_rate_next", "log_xfer_next", "log_lat_next", "log_out_next",
 )
 BLOCK_FEATURES = (
     "valid", "candidate", "log_flops", "log_params", "log_act_out", "log_work", "frac_after", "log_t_cut",
@@ -80,10 +77,8 @@ BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
 # the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_policy.py:lookahead)
 DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_rate_rest", "log_in_fill",
                                                          "log_in_period", "log_out_fill", "log_dyn_w",
-                                                         "log_idle_w_new", "log_rate_rest_fill",
-                                                         "log_rate_next", "log_xfer_next", "log_lat_next",
-                                                         "log_out_next"))
-BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end", "log_act_out"))
+                                                         "log_idle_w_new", "log_rate_rest_fill"))
+BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
 
 
 class StageEnv(BuildEnv):
@@ -336,7 +331,6 @@ class StageEnv(BuildEnv):
         part = self.used | {inst.src}
         new = np.array([d not in part for d in range(n)])
         dev[:n, 25] = np.where(new, np.clip(np.log(np.maximum(qb.idle / pstar, 1e-30)), -CLIP, CLIP), -CLIP)
-        dev[:n, 27:31] = two_stage_columns(inst, qb, self.used | set(self.group), mean_rate)
         blk = np.zeros((Bm, NFB))
         blk[:B] = inst.block_static(NFB)
         r = np.arange(1, B + 1)

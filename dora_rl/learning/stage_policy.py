@@ -12,13 +12,7 @@ Its flat output is `[ctx | h_1..h_D | g_1..g_B | lrj_1..lrj_D | work_1..work_B]`
 `StagePointerHead`: the close logit of (device d, end j) is a bilinear score of h_d and
 g_j plus a learned function of the exact log stage time `work_j - lrj_d` (K tanh bumps
 whose weights come from h_d): the one interaction the cost is most sensitive to is computed,
-not guessed from pooled features; the same lookahead features linearly, with weights read
-from the context; and a fixed term, `rule_term`: on latency objectives, minus the log
-latency of the close's two-stage completion x RULE_GAIN (a preference, not a mask: the
-network's other terms can outweigh it). Why the fixed term: imitation alone did not learn
-to use that estimate - on held-out training/latency teacher states the rule "argmin of the
-estimate" matched 85 % of the teacher's closes while networks with the feature matched
-~65 % (docs/learning.md). The add logit of d is linear in h_d. No weight belongs
+not guessed from pooled features. The add logit of d is linear in h_d. No weight belongs
 to a device slot or a block position: the same weights run on any (D, B); padding is
 masked. The value head reads the context only.
 
@@ -36,42 +30,30 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from dora_rl.envs.instance import GLOBAL_FEATURES, NG
+from dora_rl.envs.instance import NG
 from dora_rl.envs.stage import BLK_LOOKAHEAD, DEV_LOOKAHEAD
 from dora_rl.features import CLIP
 
 NEG = -1e4
-# lookahead columns: device, block, global (StageEnv's 10 global extras, then the energy-objective flag)
-GLOBAL_LOOKAHEAD = tuple(range(NG, NG + 10)) + (GLOBAL_FEATURES.index("obj_energy"),)
-NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), len(GLOBAL_LOOKAHEAD)
-# tanh bumps per lookahead feature (log stage time, log bound, vs caps, energy, two-stage estimate, vs cap)
-PAIR_BUMPS = (8, 4, 4, 4, 4, 8, 4)
-LIN_CLIP = 3 * CLIP             # the linear lookahead term's inputs are clipped to +-LIN_CLIP
-RULE_GAIN = 10.0                # weight of `rule_term` (a log-latency difference of 0.1 = 1 logit)
-LIN_GAIN = 10.0                 # the linear lookahead term's weights: 10 x a linear map of the context
+NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), 10    # lookahead columns: device, block, global
+PAIR_BUMPS = (8, 4, 4, 4, 4)    # tanh bumps per lookahead feature (log stage time, log bound, vs caps, energy)
 
 
 def lookahead(xd, xb, xg, lib=np):
-    """The one-step lookahead of every close (d, j), (..., D, Bm, 7), from the observation's
+    """The one-step lookahead of every close (d, j), (..., D, Bm, 5), from the observation's
     lookahead columns (xd: `DEV_LOOKAHEAD` columns, xb: `BLK_LOOKAHEAD`, xg: StageEnv's global extras;
     dora_rl/envs/qoe_bound.py): log stage time / T*, log of the latency lower bound
     `fill + (M - 1) T` after the close (the rest spread over the remaining devices) / T*,
     that bound over the latency cap, the period bound over the period cap, and the log of an
     energy estimate (stage + rest at the most efficient free device + idle power over the
-    period) over P* T* (P* = the mean active power), then an estimate of a plan that exists
-    rather than a bound: the log latency of the two-stage completion (the rest [j + 1, B) on
-    the fastest other free device e, the cut's activation shipped d -> e, x2 in training,
-    e's return to the source; = the bound at the model's end) and it over the latency cap.
-    The bound spreads the rest over every free device (in training with m samples a
-    micro-batch, as if data-parallel over m of them), so it cannot tell a pipeline that
-    pays from one that does not; the estimate can. `lib` is numpy or torch (same formula
-    for the actor in numpy and the policy in torch)."""
+    period) over P* T* (P* = the mean active power). `lib` is
+    numpy or torch (same formula for the actor in numpy and the policy in torch)."""
     def ex(x):
         return lib.exp(lib.clip(x, -3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
 
-    lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm, lrn, lxn, lln, lon = (xd[..., i][..., :, None] for i in range(NDL))
-    lw, lwa, is_end, lact = (xb[..., i][..., None, :] for i in range(NBL))
-    g = [xg[..., i][..., None, None] for i in range(10)]
+    lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm = (xd[..., i][..., :, None] for i in range(NDL))
+    lw, lwa, is_end = (xb[..., i][..., None, :] for i in range(NBL))
+    g = [xg[..., i][..., None, None] for i in range(NGL)]
     x1 = lw - lrj
     u, rest = ex(x1 - g[2]), ex(lwa - lrr - g[2]) * (1.0 - is_end)
     out = ex(lout) * is_end
@@ -85,21 +67,7 @@ def lookahead(xd, xb, xg, lib=np):
     # period or M T; training: the latency bound)
     period = g[7] * (fill + 64.0 * g[3] * T) + (1.0 - g[7]) * mx(ex(g[6]), ex(g[2]) * T)
     e = ex(x1 + ldyn) + ex(lwa + g[8]) * (1.0 - is_end) + (ex(g[9]) + ex(lidle)) * period
-    mid = 1.0 - is_end
-    xo = ex(lxn + 3.0 * lact) * mid                          # the cut's activation d -> e (occupancy)
-    u2, o2 = ex(lwa - lrn - g[2]) * mid, ex(lon) * mid       # the rest on e; e -> source
-    fill2 = ex(g[0]) + ex(lfin) + u + xo + ex(lln) * mid + u2 + o2 + out
-    T2 = mx(mx(mx(ex(g[1]), ex(ltin)), mx(u, xo)), mx(mx(u2, o2), out))
-    l2 = lib.log(fill2 + 64.0 * g[3] * T2)
-    return lib.stack([x1, lb, lb - g[4], lt - g[5], lib.log(e), l2, l2 - g[4]], -1)
-
-
-def rule_term(x, xg, lib=np):
-    """A fixed (not learned) preference for the closes whose two-stage completion is
-    fastest, on latency objectives: -(log latency estimate) x (1 - energy flag)."""
-    lat = 1.0 - xg[..., NGL - 1][..., None, None]
-    est = lib.clip(x[..., 5], -LIN_CLIP, LIN_CLIP) if lib is np else x[..., 5].clamp(-LIN_CLIP, LIN_CLIP)
-    return -est * lat
+    return lib.stack([x1, lb, lb - g[4], lt - g[5], lib.log(e)], -1)
 
 
 class AttnBlock(nn.Module):
@@ -164,7 +132,7 @@ class StageExtractor(BaseFeaturesExtractor):
         hd = self.dout(torch.cat([e, c.unsqueeze(1).expand(-1, e.shape[1], -1)], -1))
         gb = self.bout(torch.cat([b, c.unsqueeze(1).expand(-1, b.shape[1], -1)], -1))
         dl, bl = list(DEV_LOOKAHEAD), list(BLK_LOOKAHEAD)
-        return c, hd, gb, xd[..., dl], xb[..., bl], obs["global"][..., list(GLOBAL_LOOKAHEAD)]
+        return c, hd, gb, xd[..., dl], xb[..., bl], obs["global"][..., NG:NG + NGL]
 
 
 class StagePointerHead(nn.Module):
@@ -181,7 +149,6 @@ class StagePointerHead(nn.Module):
         self.scale = nn.Parameter(torch.cat([torch.linspace(0.5, 2.0, k) for k in PAIR_BUMPS]))
         self.shift = nn.Parameter(torch.cat([torch.linspace(-3.0, 3.0, k) for k in PAIR_BUMPS]))
         self.add = nn.Linear(embed, 1)
-        self.lin = nn.Linear(hidden, len(PAIR_BUMPS))
 
     def split(self, z: torch.Tensor):
         H, E, D, Bm = self.hidden, self.embed, self.D, self.Bm
@@ -194,23 +161,19 @@ class StagePointerHead(nn.Module):
         o += D * NDL
         xb = z[:, o:o + Bm * NBL].reshape(-1, Bm, NBL)
         o += Bm * NBL
-        return hd, gb, xd, xb, z[:, o:o + NGL], z[:, :H]
+        return hd, gb, xd, xb, z[:, o:o + NGL]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
-    def logits(self, hd, gb, xd, xb, xg, c) -> torch.Tensor:
+    def logits(self, hd, gb, xd, xb, xg) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
-        0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
-        The lookahead enters twice: through bumps weighted by the device's embedding, and
-        linearly with weights read from the context `c` (softmax is shift-invariant, so a
-        linear term ranks closes by their estimate whatever the instance's scale)."""
+        0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
-        x = lookahead(xd, xb, xg, torch)                                 # (N, D, Bm, 7)
+        x = lookahead(xd, xb, xg, torch)                                 # (N, D, Bm, 5)
         bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)         # (N, D, Bm, K)
-        pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1) + (x.clamp(-LIN_CLIP, LIN_CLIP)
-                                                                * LIN_GAIN * self.lin(c)[:, None, None, :]).sum(-1)
-        close = bil + pair + self.kb(gb).transpose(1, 2) + RULE_GAIN * rule_term(x, xg, torch)
+        pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
+        close = bil + pair + self.kb(gb).transpose(1, 2)
         return torch.cat([close.flatten(1), self.add(hd)[..., 0]], -1)
 
 
@@ -246,7 +209,7 @@ class StagePolicy(MaskableActorCriticPolicy):
     def any_size(self, obs: dict[str, torch.Tensor]):
         """(logits, values) for a batch of any (D, B): imitation trains on several sizes."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
-        return self.action_net.logits(hd, gb, xd, xb, xg, c), self.value_net.net(c).flatten()
+        return self.action_net.logits(hd, gb, xd, xb, xg), self.value_net.net(c).flatten()
 
 
 def _np(m: nn.Linear):
@@ -268,7 +231,6 @@ class StageNumpyActor:
                           qkv=_np(b.qkv), out=_np(b.out), ff1=_np(b.ff1), ff2=_np(b.ff2)) for b in fe.attn]
         self.genc, self.ctx, self.dout, self.bout = _np(fe.genc[0]), _np(fe.ctx[0]), _np(fe.dout[0]), _np(fe.bout[0])
         self.q, self.kb, self.amp, self.add = _np(hd.q), _np(hd.kb), _np(hd.amp), _np(hd.add)
-        self.lin = _np(hd.lin)
         self.scale = hd.scale.detach().numpy().astype("float64")
         self.shift = hd.shift.detach().numpy().astype("float64")
         self.fidx = hd.fidx.detach().numpy()
@@ -327,13 +289,10 @@ class StageNumpyActor:
         lead, di, ji = at[:-2], at[-2], at[-1]
         xdl = xd[..., list(DEV_LOOKAHEAD)][lead + (di,)][:, None]
         xbl = xb[..., list(BLK_LOOKAHEAD)][lead + (ji,)][:, None]
-        x = lookahead(xdl, xbl, obs["global"].astype("float64")[..., list(GLOBAL_LOOKAHEAD)][lead], np)[:, 0, 0]
+        x = lookahead(xdl, xbl, obs["global"].astype("float64")[..., NG:NG + NGL][lead], np)[:, 0, 0]
         amp = (hd @ self.amp[0] + self.amp[1])[lead + (di,)]
         close = bil.copy()
         close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
-        close[at] += (np.clip(x, -LIN_CLIP, LIN_CLIP) * LIN_GAIN * (c @ self.lin[0] + self.lin[1])[lead]).sum(-1)
-        xgl = obs["global"].astype("float64")[..., list(GLOBAL_LOOKAHEAD)][lead]
-        close[at] += RULE_GAIN * -np.clip(x[..., 5], -LIN_CLIP, LIN_CLIP) * (1.0 - xgl[..., NGL - 1])
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)

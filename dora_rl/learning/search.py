@@ -113,6 +113,16 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
     return best[1]
 
 
+def _keeps(stages: list[tuple], fixed: tuple) -> bool:
+    """Do `stages` start with the stages `fixed[0]`, and the next one's devices with `fixed[1]`?"""
+    pre, group = fixed
+    k = len(pre)
+    if not pre and not group:
+        return True
+    return (len(stages) > k and [tuple(x) for x in stages[:k]] == [tuple(x) for x in pre]
+            and tuple(stages[k][2][:len(group)]) == tuple(group) and len(stages[k][2]) > len(group))
+
+
 def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_points: int = 12):
     """Plans one local move away: shift a cut, merge two stages, replace a stage's device
     by an unused one, add an unused device to a stage's group (data parallelism) or drop
@@ -146,13 +156,17 @@ def _neighbours(stages: list[tuple], n: int, B: int, max_shift: int = 3, split_p
                     yield stages[:i] + [(l, q, (u,)), (q, r, g)] + stages[i + 1:]
 
 
-def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: float | None = None):
+def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: float | None = None,
+           fixed: tuple = ((), ())):
     """Hill-climb `result` (plan, metrics, utility) on Instance `inst` over `_neighbours`
     by `search_key`; returns the best (plan, metrics, utility). `first`: take the first
     improving move of each scan (first-improvement: about 1/3 of the evaluations of
     best-improvement for the same held-out results, 18 ms instead of 25 ms for 8 devices
     x 50 blocks); else the best move of each scan. `deadline` (time.perf_counter()
-    value): stop there with the best plan so far."""
+    value): stop there with the best plan so far. `fixed` = (stages, group): only moves
+    that keep these leading stages `(l, r, devices)` and start the next stage's devices
+    with `group` (a partial plan an episode has already built: a DAgger label must be a
+    plan the episode can still reach)."""
     import time
     idx = {name: i for i, name in enumerate(inst.cost.names)}
     plan = result[0]
@@ -163,6 +177,8 @@ def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: fl
         for cand in _neighbours(stages, inst.n, inst.B):
             if deadline is not None and time.perf_counter() > deadline:
                 break
+            if not _keeps(cand, fixed):
+                continue
             try:
                 M, st, m = inst.finish(cand)
             except NoFeasiblePlan:

@@ -246,10 +246,34 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
             "seconds": round(time.time() - t0, 1), "final": hist[-1] if hist else None}
 
 
+def next_action(env, plan) -> int | None:
+    """The StageEnv action at env's state that continues `plan` (None if the plan does not
+    start with the episode's stages and pending group)."""
+    idx = env.inst.scenario.cluster.index
+    stages = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in plan.stages]
+    k, g = len(env.stages), list(env.group)
+    if len(stages) <= k or stages[:k] != [tuple(x) for x in env.stages] or list(stages[k][2][:len(g)]) != g:
+        return None
+    l, r, devs = stages[k]
+    if l != env.p or len(devs) <= len(g):
+        return None
+    D, Bm = env.max_devices, env.max_blocks
+    return D * Bm + devs[len(g)] if len(devs) > len(g) + 1 else devs[-1] * Bm + r - 1
+
+
 def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
     """The teacher's action at env's state: each of the policy's top_k actions (and the
-    greedy one) completed greedily and polished; returns (action, best result, the
-    candidates as good as it: same QoE status, objective within `tol`)."""
+    greedy one) completed greedily, then polished with the episode's partial plan kept
+    (`polish(fixed=...)`); a candidate stands for the polished plan's own next action
+    when the masks allow it (the polish may have moved the current stage's cut or
+    device), else for itself with its unpolished completion. Returns (action, best
+    result, the actions as good as it: same QoE status, objective within `tol`).
+
+    Why not label the candidate with its freely polished plan: the polish rewrites the
+    whole plan, often the stages already built or the current one (about half the labels
+    on the session-6 agent's states), so a "close the whole model here" candidate was
+    credited with the pipeline the polish made of it - a label for a plan the action does
+    not lead to."""
     from dora_rl.learning.search import greedy_complete, polish, search_key
 
     mask = env._mask
@@ -261,12 +285,19 @@ def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
         f = env.fork()
         f.advance(int(a))
         forks.append(f)
-    res = [polish(env.inst, r, max_rounds=30) for r in greedy_complete(actor, forks)]
+    fixed = ([tuple(x) for x in env.stages], tuple(env.group))
+    acts, res = [], []
+    for a, r in zip(cands, greedy_complete(actor, forks)):
+        pr = polish(env.inst, r, max_rounds=30, fixed=fixed)
+        na = next_action(env, pr[0])
+        ok = na is not None and mask[na]
+        acts.append(int(na) if ok else int(a))
+        res.append(pr if ok else r)
     keys = [search_key(r, env.inst.objective) for r in res]
     i = min(range(len(cands)), key=lambda i: keys[i])
-    eq = [int(cands[j]) for j in range(len(cands))
+    eq = [acts[j] for j in range(len(cands))
           if keys[j][0] == keys[i][0] and keys[j][1] <= keys[i][1] + tol * abs(keys[i][1])]
-    return int(cands[i]), res[i], eq
+    return acts[i], res[i], eq
 
 
 def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,

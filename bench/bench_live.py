@@ -69,7 +69,7 @@ def simulated(base, name: str, spec: str, X: float, time_scale: float, duration:
     k = X / time_scale
     t0 = float(tr.times[0])
     st = BandwidthTrace((tr.times - t0) * k, tr.mbps, period=tr.period * k, source=tr.source)
-    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False})
+    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False}, probe_first=True)
 
 
 def kinds(rows) -> dict:

@@ -73,23 +73,51 @@ def overlap(spans, a: float, b: float) -> float:
 
 def at_request_instants(rows: list[dict], issues: list[float], interval: float, slo_ms: float | None) -> None:
     """Judge a *simulated* log the way a live one is judged, at the live run's request
-    instants: a request issued at t takes the simulated latency of the intervals it
-    spans (`request_latency`: the plans serving them on the true bandwidth, from the
-    cost model), and every interval is then judged by the requests in service during it
+    instants: a request issued at t waits for the pipeline (`queued_spans`: the serving
+    plan's capacity on the true bandwidth, the rows' `throughput`, sets the service
+    interval), then takes the simulated latency of the intervals it spans
+    (`request_latency`: the plans serving them on the true bandwidth, from the cost
+    model), and every interval is then judged by the requests in service during it
     (`finalize`). The rows (`t`, `latency_ms`, `violations`) are changed in place; other
     targets' violations are kept. What stays different is only what the two measure:
     modelled vs measured latency, and the decisions each adapter took on its own
     estimates."""
-    lat_s = [None if r["latency_ms"] is None or r["latency_ms"] != r["latency_ms"] else r["latency_ms"] / 1e3
-             for r in rows]
+    lat_s = [_finite(r["latency_ms"], 1e-3) for r in rows]
+    cap = [_finite(r.get("throughput")) for r in rows]
     for r in rows:
         r["t_end"] = r["t"] + interval
-    spans = []
-    for ti in issues:
-        lat = request_latency(lat_s, interval, ti)
-        if lat is not None:
-            spans.append((ti, ti + lat))
-    finalize(rows, spans, float("inf"), slo_ms)
+    finalize(rows, queued_spans(lat_s, cap, interval, issues), float("inf"), slo_ms)
+
+
+def _finite(v, scale: float = 1.0) -> float | None:
+    return v * scale if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None
+
+
+def queued_spans(lat_s: list, cap: list, interval: float, issues: list[float]) -> list[tuple[float, float]]:
+    """(issue, answer) of each request issued at `issues` (run seconds, any order) when
+    interval k's serving plan takes `lat_s[k]` seconds per request and serves at most
+    `cap[k]` requests per second (its capacity on the true bandwidth; None: unknown, no
+    wait). The pipeline takes the requests in issue order, one per service interval of
+    its bottleneck (1 / capacity): request i enters at e_i = max(issue_i, e_{i-1} +
+    1 / cap(e_{i-1})) (Lindley's recursion) and is answered `request_latency` after it
+    enters. A request issued while the bottleneck still holds its predecessor waits, as
+    on live workers (each stage serves one micro-batch at a time); without the wait, a
+    bandwidth dip that slows the bottleneck below the arrival rate shows no backlog."""
+    n = len(lat_s)
+
+    def at(v: list, t: float):
+        return v[min(n - 1, max(0, int(t // interval)))] if n else None
+
+    spans, free = [], -float("inf")
+    for ti in sorted(issues):
+        enter = max(ti, free)
+        lat = request_latency(lat_s, interval, enter)
+        if lat is None:
+            continue
+        c = at(cap, enter)
+        free = enter + (1.0 / c if c and c > 0 else 0.0)
+        spans.append((ti, enter + lat))
+    return spans
 
 
 def request_latency(lat_s: list, interval: float, ti: float, rounds: int = 4) -> float | None:

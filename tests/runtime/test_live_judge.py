@@ -65,3 +65,35 @@ def test_simulated_rows_judged_at_the_live_request_instants():
     at_request_instants(rows, [0.2, 3.1], 1.0, 1000.0)
     assert [r["ok"] for r in rows[:3]] == [True, True, True]
     assert not rows[3]["ok"] and not rows[4]["ok"]
+
+
+def test_a_simulated_request_waits_for_the_pipeline():
+    from dora_rl.runtime.live_judge import queued_spans
+    # intervals of 1 s; every plan takes 1.5 s per request and serves 0.5 req/s (a
+    # service interval of 1 / 0.5 = 2 s). Requests at 0.0, 0.5, 1.0 enter at
+    # e0 = 0.0, e1 = max(0.5, 0.0 + 2) = 2.0, e2 = max(1.0, 2.0 + 2) = 4.0 and are answered
+    # 1.5 s after they enter: 1.5, 3.5, 5.5 -> latencies 1.5, 3.0, 4.5 s
+    lat, cap = [1.5] * 8, [0.5] * 8
+    spans = queued_spans(lat, cap, 1.0, [0.0, 0.5, 1.0])
+    assert [round(b - a, 9) for a, b in spans] == [1.5, 3.0, 4.5]
+    # 4 req/s (0.25 s): the request at 0.5 finds the bottleneck free (0.0 + 0.25 < 0.5)
+    assert [round(b - a, 9) for a, b in queued_spans(lat, [4.0] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
+    # capacity unknown (None): no wait
+    assert [round(b - a, 9) for a, b in queued_spans(lat, [None] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
+
+
+def test_queueing_marks_the_intervals_of_a_backlog():
+    from dora_rl.runtime.live_judge import at_request_instants
+    # the case above judged against an SLO of 2 s: the request at 0.5 waits 1.5 s and
+    # takes 3.0 s in all, in service over [0.5, 3.5): intervals [0,1) .. [3,4) have it
+    # (p95 of {1.5, 3.0} and more > 2 s); [4,5) and [5,6) hold only the third request (4.5 s)
+    def rows_at(cap):
+        return [{"t": float(k), "latency_ms": 1500.0, "throughput": cap, "violations": [], "ok": True}
+                for k in range(8)]
+    rows = rows_at(0.5)
+    at_request_instants(rows, [0.0, 0.5, 1.0], 1.0, 2000.0)
+    assert [r["ok"] for r in rows] == [False] * 6 + [True, True]
+    # the same requests on a pipeline that keeps up (4 req/s): 1.5 s each, nothing violates
+    fast = rows_at(4.0)
+    at_request_instants(fast, [0.0, 0.5, 1.0], 1.0, 2000.0)
+    assert all(r["ok"] for r in fast)

@@ -89,6 +89,38 @@ def at_request_instants(rows: list[dict], issues: list[float], interval: float, 
     finalize(rows, queued_spans(lat_s, cap, interval, issues), float("inf"), slo_ms)
 
 
+def in_a_stream(rows: list[dict], scenario, plans: list[dict], medium: str, spacing: float) -> None:
+    """Scale each *simulated* row's `latency_ms` (the serving plan's one-request latency on
+    the true bandwidth) by what a stream adds: the latency of a request among others
+    offered `spacing` seconds apart (`sim.stream_latency`: the discrete-event simulator,
+    transfers of neighbouring requests sharing the media) over the one-request latency,
+    for the row's main plan at its true bandwidth. The spacing is the live run's (its
+    offered rate), at least the plan's service interval (1 / capacity): a backlog beyond
+    that is `queued_spans`'s wait. Rows are changed in place; `latency_ms_alone` keeps
+    the one-request latency."""
+    from dora_rl.adapter.compose import conditions
+    from dora_rl.cost import CostModel
+    from dora_rl.plan import Plan
+    from dora_rl.sim.simulate import stream_latency
+
+    by_id = {p["id"]: Plan.from_dict({k: v for k, v in p.items() if k != "id"}) for p in plans}
+    cache: dict = {}
+    for r in rows:
+        lat = _finite(r.get("latency_ms"))
+        if lat is None or not r.get("pids"):
+            continue
+        pid = max(zip(r["fractions"], r["pids"]))[1]
+        key = (pid, round(r["bw_true_mbps"], 9))
+        if key not in cache:
+            cm = CostModel(conditions(scenario, {medium: r["bw_true_mbps"]}, None))
+            m = cm.evaluate(by_id[pid], validate=False)
+            gap = max(spacing, 1.0 / m.throughput if m.throughput > 0 else spacing)
+            alone = m.latency_ms / 1e3
+            cache[key] = stream_latency(cm, by_id[pid], gap) / alone if alone > 0 else 1.0
+        r["latency_ms_alone"] = lat
+        r["latency_ms"] = lat * cache[key]
+
+
 def _finite(v, scale: float = 1.0) -> float | None:
     return v * scale if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None
 

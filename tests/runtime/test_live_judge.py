@@ -97,3 +97,21 @@ def test_queueing_marks_the_intervals_of_a_backlog():
     fast = rows_at(4.0)
     at_request_instants(fast, [0.0, 0.5, 1.0], 1.0, 2000.0)
     assert all(r["ok"] for r in fast)
+
+
+def test_simulated_rows_take_the_latency_of_a_request_in_a_stream():
+    from dora_rl.plan import Plan
+    from dora_rl.runtime.live_judge import in_a_stream
+    from tests.toy import HOME, scenario
+    # tests/sim's stream case: the toy model on the laptop, 64.8 ms alone, 66.4 ms with
+    # requests 50 ms apart (neighbouring transfers share the WiFi); capacity 25 req/s, so a
+    # spacing of 30 ms is taken at the service interval, 40 ms: alone again
+    plans = [{"id": 0, **Plan.make([(0, 4, ["laptop"])], 1).to_dict()}]
+
+    def rows():
+        return [{"t": 0.0, "pids": [0], "fractions": [1.0], "bw_true_mbps": 80.0, "latency_ms": 64.8}]
+    r50, r30 = rows(), rows()
+    in_a_stream(r50, scenario(HOME), plans, "wifi", 0.050)
+    in_a_stream(r30, scenario(HOME), plans, "wifi", 0.030)
+    assert abs(r50[0]["latency_ms"] - 66.4) < 1e-6 and r50[0]["latency_ms_alone"] == 64.8
+    assert abs(r30[0]["latency_ms"] - 64.8) < 1e-6

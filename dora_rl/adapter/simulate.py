@@ -213,7 +213,9 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     deciding every `interval_s` seconds. `on_interval(row, log)` is called after each
     interval (the live view). `probe_first`: the monitor measures one probe at t = 0
     before the first decision, as the live loop does before it serves (runtime/live.py
-    `deploy`); without it the first decision is made on the nominal prior."""
+    `deploy`), without jitter: the live probe crosses an idle network whose emulated rate
+    is exact (its first estimate equalled the trace's rate in every bench run); without it
+    the first decision is made on the nominal prior."""
     for key, v in (("duration_s", duration_s), ("interval_s", interval_s), ("battery_window_s", battery_window_s)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise TraceError(f"simulate: {key} must be a positive number of seconds, got {v!r}")
@@ -234,7 +236,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     probe_dst = probe_peer(scenario, medium)
     active = None          # (pids, fractions) serving now
     if probe_first and probe_dst is not None:
-        probe(mon, tr.at, 0.0, nominal, src, probe_dst, rng, noise)
+        probe(mon, tr.at, 0.0, nominal, src, probe_dst, rng, 0.0)
     ready_at = 0.0
     n = int(math.ceil(duration_s / interval_s - 1e-9))
     for k in range(n):

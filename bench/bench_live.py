@@ -113,7 +113,8 @@ def one_run(base, name: str, spec: str, device_s: float, duration: float, busy: 
     sim_raw = sim.summary()["violation_frac"]
     sim_rows = copy.deepcopy(sim.rows)      # judged like the live run, at its request instants
     in_a_stream(sim_rows, base.dilated(s["slowdown"]), sim.plans, sim.medium, 1.0 / s["offered_rate"])
-    at_request_instants(sim_rows, [ti for ti, _ in log["requests"]], 1.0, log["slo_ms"])
+    at_request_instants(sim_rows, [ti for ti, _ in log["requests"]], 1.0, log["slo_ms"], need=log["need"],
+                        offered_rate=s["offered_rate"], pauses=s["pauses"])
     sim_frac = sum(1 for r in sim_rows if not r["ok"]) / len(sim_rows)
     if keep:          # both logs, to look at
         Path(keep).mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.runtime.dilation import choose
 from dora_rl.runtime.emulation import now, sleep_until
-from dora_rl.runtime.live_judge import finalize, overlap
+from dora_rl.runtime.live_judge import finalize, served
 from dora_rl.scenario import Scenario, load_scenario
 
 
@@ -325,26 +325,17 @@ class LiveRun:
         need, interval = self.need, self.interval
         recent = [lat for (ta, lat) in self.answers if ta - self.t0 >= t_prev]
         slo = self.sc.qoe.latency_slo_ms
-        # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
-        # at the dilated request rates)
-        win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
-        thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
         # latency: judged by the requests in service during the interval, with every earlier
         # interval, in `control` (live_judge.finalize; provisional until they are answered,
         # final in `finish`)
-        viol = []
         # throughput: the running plan's capacity on the true bandwidth below the required
         # rate (as the simulation judges it), or - once a full window can hold answers -
-        # the workers serving less than 0.8 x what was offered in it (falling behind; a
-        # switch's drain admits nothing, so its pause is not offered)
-        viol += [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
-        judged = bool(need) and t >= win + (slo or 0.0) / 1e3
-        offered = min(need, self.offered_rate) if need else self.offered_rate
+        # the workers serving less than 0.8 x what was offered in it (live_judge.served)
+        viol = [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
         pauses = self.pauses + ([(self.pause_start, t)] if self.pause_start is not None else [])
-        offered *= max(0.0, win - overlap(pauses, t - win, t)) / win
-        if judged and thr < 0.8 * offered:
-            viol.append(f"throughput: served {thr:.3g} req/s < 0.8 x offered {offered:.3g} req/s over the last "
-                        f"{win:.0f} s")
+        thr, judged, served_viol = served([ta - self.t0 for ta, _ in self.answers], t, interval, need,
+                                          self.offered_rate, slo, pauses)
+        viol += served_viol
         viol += battery_violations(self.monitor, budgets)
         row = {"t": t_prev, "t_end": t, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
                 "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),
@@ -374,6 +365,7 @@ class LiveRun:
         pp = plot_timeline(log, out / "live_timeline.png")
         admitted = len(res.answered) if res.answered else 0
         summary = {**log.summary(), "drain_s": sum(p1 - p0 for p0, p1 in self.pauses),
+                   "pauses": [[p0, p1] for p0, p1 in self.pauses],
                    "requests": res.n, "answered": admitted,
                    "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
                    "reissued": res.reissued, "probes": self.probes, "offered_rate": self.offered_rate,

@@ -18,9 +18,12 @@ violate it."""
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 
 LATENCY = "latency"
+THROUGHPUT = "throughput"
 
 
 def in_service(spans, a: float, b: float, t_now: float) -> list[float]:
@@ -66,27 +69,60 @@ def finalize(rows: list[dict], spans, t_now: float, slo_ms: float | None) -> Non
         judge(r, spans, r["t"], r["t_end"], t_now, slo_ms)
 
 
+def served(answers: list[float], t: float, interval: float, need: float, offered_rate: float,
+           slo_ms: float | None, pauses=()) -> tuple[float, bool, list[str]]:
+    """The served-rate part of the throughput target at the end `t` of an interval, from
+    the answer instants `answers` (run seconds): (throughput, judged, violations). The
+    rate is counted over a window of at least three expected answers (per 1 s interval it
+    is 0 or 1 at dilated request rates): win = min(max(interval, 3 / need), t); judged
+    once a full window can hold answers (t >= win + SLO); violated when fewer than 0.8 x
+    the rate offered in the window were served (offered: min(need, offered_rate), less
+    the window's share of admission `pauses` - a switch's drain admits nothing).
+    `answers` are those received by `t`."""
+    win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
+    thr = sum(1 for ta in answers if ta >= t - win) / win          # `answers`: those received by t
+    judged = bool(need) and t >= win + (slo_ms or 0.0) / 1e3
+    offered = min(need, offered_rate) if need else offered_rate
+    offered *= max(0.0, win - overlap(pauses, t - win, t)) / win
+    if judged and thr < 0.8 * offered:
+        return thr, judged, [f"{THROUGHPUT}: served {thr:.3g} req/s < 0.8 x offered {offered:.3g} req/s over the "
+                             f"last {win:.0f} s"]
+    return thr, judged, []
+
+
 def overlap(spans, a: float, b: float) -> float:
     """Seconds of [a, b) covered by the (start, end) `spans` (disjoint)."""
     return sum(max(0.0, min(b, e) - max(a, s)) for s, e in spans)
 
 
-def at_request_instants(rows: list[dict], issues: list[float], interval: float, slo_ms: float | None) -> None:
+def at_request_instants(rows: list[dict], issues: list[float], interval: float, slo_ms: float | None, *,
+                        need: float | None = None, offered_rate: float | None = None, pauses=()) -> None:
     """Judge a *simulated* log the way a live one is judged, at the live run's request
     instants: a request issued at t waits for the pipeline (`queued_spans`: the serving
     plan's capacity on the true bandwidth, the rows' `throughput`, sets the service
     interval), then takes the simulated latency of the intervals it spans
     (`request_latency`: the plans serving them on the true bandwidth, from the cost
     model), and every interval is then judged by the requests in service during it
-    (`finalize`). The rows (`t`, `latency_ms`, `violations`) are changed in place; other
-    targets' violations are kept. What stays different is only what the two measure:
-    modelled vs measured latency, and the decisions each adapter took on its own
-    estimates."""
+    (`finalize`). With `offered_rate` (the live run's, with its `need` and admission
+    `pauses`) the served rate is judged too, as live (`served`, on the simulated answer
+    instants; the simulation's own capacity verdict is kept beside it). The rows (`t`,
+    `latency_ms`, `violations`) are changed in place; other targets' violations are
+    kept. What stays different is only what the two measure: modelled vs measured
+    latency, and the decisions each adapter took on its own estimates."""
     lat_s = [_finite(r["latency_ms"], 1e-3) for r in rows]
     cap = [_finite(r.get("throughput")) for r in rows]
     for r in rows:
         r["t_end"] = r["t"] + interval
-    finalize(rows, queued_spans(lat_s, cap, interval, issues), float("inf"), slo_ms)
+    spans = queued_spans(lat_s, cap, interval, issues)
+    finalize(rows, spans, float("inf"), slo_ms)
+    if offered_rate is None:
+        return
+    answers = sorted(ta for _, ta in spans)
+    for r in rows:
+        got = answers[:bisect.bisect_right(answers, r["t_end"])]
+        _, _, viol = served(got, r["t_end"], interval, need or 0.0, offered_rate, slo_ms, pauses)
+        r["violations"] = [v for v in r["violations"] if not v.startswith(f"{THROUGHPUT}: served")] + viol
+        r["ok"] = not r["violations"]
 
 
 def in_a_stream(rows: list[dict], scenario, plans: list[dict], medium: str, spacing: float) -> None:

@@ -115,3 +115,32 @@ def test_simulated_rows_take_the_latency_of_a_request_in_a_stream():
     in_a_stream(r30, scenario(HOME), plans, "wifi", 0.030)
     assert abs(r50[0]["latency_ms"] - 66.4) < 1e-6 and r50[0]["latency_ms_alone"] == 64.8
     assert abs(r30[0]["latency_ms"] - 64.8) < 1e-6
+
+
+def test_served_rate_is_counted_over_three_expected_answers():
+    from dora_rl.runtime.live_judge import served
+    # need 0.5 req/s: window max(1, 3 / 0.5) = 6 s, judged from t >= 6 + SLO 1 s = 7;
+    # offered 0.5 req/s: violated below 0.8 x 0.5 = 0.4 req/s
+    assert served([3.0, 5.0, 7.0], 8.0, 1.0, 0.5, 0.5, 1000.0)[2] == []            # 3 / 6 = 0.5
+    thr, judged, viol = served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0)               # [2, 8]: 1 / 6
+    assert judged and abs(thr - 1 / 6) < 1e-12 and viol and viol[0].startswith("throughput: served")
+    assert served([1.0, 5.0], 6.0, 1.0, 0.5, 0.5, 1000.0)[1:] == (False, [])         # not judged before 7 s
+    # a drain [2, 5) admitted nothing: offered 0.5 x 3 / 6 = 0.25, bound 0.2 > 1/6: violated;
+    # a drain [2, 6): offered 0.5 x 2 / 6, bound 0.133 < 1/6: met
+    assert served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0, [(2.0, 5.0)])[2]
+    assert served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0, [(2.0, 6.0)])[2] == []
+
+
+def test_simulated_answers_are_judged_by_the_served_rate_as_live():
+    from dora_rl.runtime.live_judge import at_request_instants
+    # 10 intervals of 1 s, 0.5 s per request, requests at 0 and 4 (answered at 0.5 and 4.5);
+    # need = offered = 0.5 req/s, SLO 1 s (window 6 s, judged from 7 s). At the ends 7 .. 10
+    # of intervals 6 .. 9 the windows [1, 7) .. [4, 10) hold one answer (4.5): 1/6 < 0.4 req/s,
+    # all four violate. Without the live run's offered rate, no served-rate verdict
+    def rows():
+        return [{"t": float(k), "latency_ms": 500.0, "violations": [], "ok": True} for k in range(10)]
+    judged, plain = rows(), rows()
+    at_request_instants(judged, [0.0, 4.0], 1.0, 1000.0, need=0.5, offered_rate=0.5)
+    at_request_instants(plain, [0.0, 4.0], 1.0, 1000.0)
+    assert [r["ok"] for r in judged] == [True] * 6 + [False] * 4
+    assert all(r["ok"] for r in plain)

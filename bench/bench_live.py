@@ -5,13 +5,16 @@ beside the same adapter simulated on the cost model over the same trace in the s
 (dilated) time, with the same interval and adapter options.
 
 Judged alike (runtime/live_judge.py): a live interval by the requests in service during
-it (their measured latencies); the simulated run at the live run's request instants (a
-request issued at t takes the simulated latency of the plan serving t on the true
-bandwidth) with the same rule. The simulation's own per-interval verdict (the analytic
-one: the serving plan's latency at each interval's bandwidth, no requests) is reported
-beside it (`violation_frac_sim_analytic`). Each run covers at least `DEVICE_S` seconds of
-device time (its run time grows with the dilation, so a run holds ~the same number of
-requests at any dilation: 15 req/s x 0.5 s), and at least `SECONDS` run seconds.
+it (their measured latencies); the simulated run at the live run's request instants with
+the same rule: a request issued at t waits for the pipeline (its bottleneck serves one
+request per 1 / capacity) and then takes the simulated latency of the plans serving its
+span on the true bandwidth, in a stream at the live run's offered rate (`in_a_stream`:
+the discrete-event simulator, neighbouring requests' transfers sharing the medium). The
+simulation's own per-interval verdict (the analytic one: the serving plan's latency at
+each interval's bandwidth, no requests) is reported beside it
+(`violation_frac_sim_analytic`). Each run covers at least `DEVICE_S` seconds of device
+time (its run time grows with the dilation, so a run holds ~the same number of requests
+at any dilation: 15 req/s x 0.5 s), and at least `SECONDS` run seconds.
 
 The last `BUSY` runs keep every core busy with another process (one spinning process
 per core, started `BUSY_WARMUP_S` before them so the load average - which the auto
@@ -69,7 +72,7 @@ def simulated(base, name: str, spec: str, X: float, time_scale: float, duration:
     k = X / time_scale
     t0 = float(tr.times[0])
     st = BandwidthTrace((tr.times - t0) * k, tr.mbps, period=tr.period * k, source=tr.source)
-    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False})
+    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False}, probe_first=True)
 
 
 def kinds(rows) -> dict:
@@ -95,7 +98,7 @@ def one_run(base, name: str, spec: str, device_s: float, duration: float, busy: 
             i: int = 0) -> dict:
     from dora_rl.errors import DoraError
     from dora_rl.runtime.live import run_live
-    from dora_rl.runtime.live_judge import at_request_instants
+    from dora_rl.runtime.live_judge import at_request_instants, in_a_stream
     t = time.monotonic()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +112,9 @@ def one_run(base, name: str, spec: str, device_s: float, duration: float, busy: 
     sim = simulated(base, name, spec, s["slowdown"], s["time_scale"], log["duration_s"])
     sim_raw = sim.summary()["violation_frac"]
     sim_rows = copy.deepcopy(sim.rows)      # judged like the live run, at its request instants
-    at_request_instants(sim_rows, [ti for ti, _ in log["requests"]], 1.0, log["slo_ms"])
+    in_a_stream(sim_rows, base.dilated(s["slowdown"]), sim.plans, sim.medium, 1.0 / s["offered_rate"])
+    at_request_instants(sim_rows, [ti for ti, _ in log["requests"]], 1.0, log["slo_ms"], need=log["need"],
+                        offered_rate=s["offered_rate"], pauses=s["pauses"])
     sim_frac = sum(1 for r in sim_rows if not r["ok"]) / len(sim_rows)
     if keep:          # both logs, to look at
         Path(keep).mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,9 @@ class Scenario:
     qoe: QoE
     dynamics: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)   # device name -> DeviceProfile (measured block times)
+    # run seconds per second of device time (`dilated`; 1 for a scenario as written): what
+    # the adapter converts its device-time constants with (not part of the YAML format)
+    dilation: float = 1.0
 
     @property
     def source(self) -> str:
@@ -174,7 +177,7 @@ class Scenario:
         wl = dc_replace(w, request_rate=w.request_rate / slowdown if w.request_rate else w.request_rate)
         qoe = dc_replace(q, latency_slo_ms=q.latency_slo_ms * slowdown if q.latency_slo_ms else q.latency_slo_ms,
                          min_throughput=q.min_throughput / slowdown if q.min_throughput else q.min_throughput)
-        return self.replace(cluster=Cluster.from_dict(d), workload=wl, qoe=qoe)
+        return self.replace(cluster=Cluster.from_dict(d), workload=wl, qoe=qoe, dilation=self.dilation * slowdown)
 
 
 def _num(v, field_name: str, scen: str, *, positive=True, allow_none=True, integer=False):

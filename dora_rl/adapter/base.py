@@ -18,7 +18,13 @@ cheaper by more than `margin` (relative power: hysteresis), is still compliant w
 last switch, AND the power saved over `horizon_s` exceeds what the switch costs
 (weights that must move / bandwidth + `drain_s`, during which nothing is saved, plus
 the radio energy of moving them). A change of fractions inside the same set of plans
-is a re-weighting, not a switch."""
+is a re-weighting, not a switch.
+
+Time constants (`drain_s`, `min_dwell_s`, `horizon_s`, `memory_s`) are seconds of device
+time. On a time-dilated scenario (`Scenario.dilated(X)`: the live loop, and its simulated
+twin) the adapter's clock (`State.t`) runs in dilated seconds, so `__init__` multiplies
+them by the scenario's `dilation`, once: a drain at dilation 100 lasts 100x longer in run
+time, exactly as the requests it waits for do."""
 
 from __future__ import annotations
 
@@ -92,12 +98,15 @@ class Adapter:
             self.slack = float(slack)
         self.scenario = scenario
         self.fallback = fallback
-        self.memory_s, self.prior_error = float(memory_s), float(prior_error)
+        # the time constants are seconds of device time; the adapter runs on the scenario's
+        # clock (a dilated scenario's run seconds, `Scenario.dilated`): converted here, once
+        self.dilation = float(getattr(scenario, "dilation", 1.0))
+        self.memory_s, self.prior_error = self.dilation * float(memory_s), float(prior_error)
         self._hist: list[tuple[float, dict, dict]] = []   # (t, overshoot, estimate) per decision
         self.robust = bool(robust)
         self.headroom = float(headroom)
-        self.safety, self.margin, self.horizon_s = float(safety), float(margin), float(horizon_s)
-        self.drain_s, self.min_dwell_s = float(drain_s), float(min_dwell_s)
+        self.safety, self.margin, self.horizon_s = float(safety), float(margin), self.dilation * float(horizon_s)
+        self.drain_s, self.min_dwell_s = self.dilation * float(drain_s), self.dilation * float(min_dwell_s)
         self.source = scenario.workload.source
         self.params = block_params(scenario)
         self.plans: list[Plan] = []

@@ -272,7 +272,8 @@ class PPOAdapter(ParetoAdapter):
                  for k, m in enumerate(rows)]
         moved = [0.0 if m is None else self._moved(m.band) for m in rows]
         q = cost.qoe
-        dwell = 1.0 if self.current is None else min(state.t - self.last_switch_t, DWELL_NORM_S) / DWELL_NORM_S
+        dwell_s = (state.t - self.last_switch_t) / self.dilation      # device seconds since the last switch
+        dwell = 1.0 if self.current is None else min(dwell_s, DWELL_NORM_S) / DWELL_NORM_S
         tail = [1.0 if keep is not None and keep.ok else 0.0, dwell, 1.0 if q.objective == "energy" else 0.0,
                 1.0 if q.min_battery_hours is not None else 0.0, 1.0 if need else 0.0,
                 1.0 if self.current is None else 0.0]

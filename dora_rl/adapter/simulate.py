@@ -207,10 +207,15 @@ def plan_flows(cost: CostModel, plan) -> list[tuple[str, str, float]]:
 def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s: float = 300.0,
              interval_s: float = 1.0, *, mean_frac: float | None = None, seed: int = 0,
              estimator: str = "harmonic", window: int = 4, error_window: int = 5, noise: float = 0.05,
-             battery_window_s: float = 60.0, on_interval=None, adapter_options: dict | None = None) -> Log:
+             battery_window_s: float = 60.0, on_interval=None, adapter_options: dict | None = None,
+             probe_first: bool = False) -> Log:
     """Replay `trace` (see make_trace for the accepted forms) for `duration_s` seconds,
     deciding every `interval_s` seconds. `on_interval(row, log)` is called after each
-    interval (the live view)."""
+    interval (the live view). `probe_first`: the monitor measures one probe at t = 0
+    before the first decision, as the live loop does before it serves (runtime/live.py
+    `deploy`), without jitter: the live probe crosses an idle network whose emulated rate
+    is exact (its first estimate equalled the trace's rate in every bench run); without it
+    the first decision is made on the nominal prior."""
     for key, v in (("duration_s", duration_s), ("interval_s", interval_s), ("battery_window_s", battery_window_s)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise TraceError(f"simulate: {key} must be a positive number of seconds, got {v!r}")
@@ -230,6 +235,8 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     flow_cache: dict[int, list] = {}
     probe_dst = probe_peer(scenario, medium)
     active = None          # (pids, fractions) serving now
+    if probe_first and probe_dst is not None:
+        probe(mon, tr.at, 0.0, nominal, src, probe_dst, rng, 0.0)
     ready_at = 0.0
     n = int(math.ceil(duration_s / interval_s - 1e-9))
     for k in range(n):
@@ -336,10 +343,18 @@ def observe_interval(mon: Monitor, flows, trace_at, t: float, dt: float, nominal
             sent = True
             break
         if not sent and probe_dst is not None and mon.needs_probe(medium, tau):
-            _, nominal_route = mon.route_media(src, probe_dst)
-            rate = nominal_route * scale
-            mon.observe_transfer(src, probe_dst, mon.probe_bytes,
-                                 mon.probe_bytes * 8 / (rate * 1e6) * jitter, tau)
+            probe(mon, trace_at, tau, nominal, src, probe_dst, rng, noise, jitter)
+
+
+def probe(mon: Monitor, trace_at, tau: float, nominal: float, src: str, dst: str, rng, noise: float,
+          jitter: float | None = None) -> None:
+    """The monitor measures a probe from `src` to `dst` at time `tau` on the true bandwidth
+    (`trace_at(tau)` Mbps on a medium of `nominal` Mbps), with log-normal jitter."""
+    if jitter is None:
+        jitter = float(rng.lognormal(0.0, noise)) if noise > 0 else 1.0
+    _, nominal_route = mon.route_media(src, dst)
+    rate = nominal_route * float(trace_at(tau)) / nominal
+    mon.observe_transfer(src, dst, mon.probe_bytes, mon.probe_bytes * 8 / (rate * 1e6) * jitter, tau)
 
 
 def _agent_frac(reasons: list[str]) -> float | None:

@@ -238,11 +238,19 @@ class Cluster:
         """Per device, the capacity of its network interface in each direction: its
         fastest link's bytes/s (0.0 for a device without links). The cost model's
         interface law (docs/cost-model.md) and the runtime's emulation both use it."""
-        fastest = [0.0] * self.n
+        return [max((b for b, _ in links), default=0.0) for links in self.interface_links()]
+
+    def interface_links(self) -> list[list[tuple[float, int]]]:
+        """Per device, (bytes/s, medium index or -1) of each of its links: its interface is
+        as fast as the fastest, and when a medium's bandwidth moves its links move with it
+        (`with_medium_mbps`), so the interface does too (the runtime's emulation scales
+        these by the live medium factors)."""
+        midx = {m: i for i, m in enumerate(self.media_names)}
+        out: list[list[tuple[float, int]]] = [[] for _ in range(self.n)]
         for ln in self.links:
             for d in (self.index[ln.a], self.index[ln.b]):
-                fastest[d] = max(fastest[d], ln.bytes_per_s)
-        return fastest
+                out[d].append((ln.bytes_per_s, midx.get(ln.medium, -1) if ln.medium else -1))
+        return out
 
     def device(self, name: str) -> Device:
         if name not in self.index:

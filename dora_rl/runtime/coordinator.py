@@ -204,7 +204,8 @@ class Runtime(WorkerGroup):
     def _setup(self) -> None:
         cl = self.sc.cluster
         net = {"bw": cl.bw_l, "lat": cl.lat_l, "hops": [[list(h) for h in row] for row in cl.hops],
-               "medium_bps": cl.medium_bps.tolist(), "iface_bps": cl.interface_bps()}
+               "medium_bps": cl.medium_bps.tolist(), "iface_bps": cl.interface_bps(),
+               "iface_links": cl.interface_links()}
         cal = os.path.join(self.tmp, "calendar.bin")
         from dora_rl.runtime.emulation import Calendar, calendar_slots, set_medium_scale
         if self.media_scale is not None:   # [live] before the workers open the calendar

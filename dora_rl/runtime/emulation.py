@@ -11,7 +11,8 @@ Network: every transfer reserves time on a shared calendar that all workers on t
 machine see (a small memory-mapped file of `free_at` times guarded by `flock`): one
 slot per ordered device pair (the route's bottleneck bandwidth), one per shared
 medium (its capacity) and two per device (its network interface, send and receive, as
-fast as its fastest link: the cost model's interface law). A message of b bytes from i
+fast as its fastest link: the cost model's interface law; under live bandwidth factors
+each link counts at its medium's factor, as the model's dynamics scale it). A message of b bytes from i
 to j starts when the pair, every medium its route crosses, i's send and j's receive
 interface are free, occupies the pair for b/bw, each medium for b*hops/capacity and the
 two interfaces for b/their rate, and is *delivered* (usable by the receiver) at the end
@@ -165,6 +166,7 @@ class NetEmulator:
         self.medium_bps = net["medium_bps"]
         self.n = len(self.bw)
         self.iface_bps = net.get("iface_bps") or [0.0] * self.n
+        self.iface_links = net.get("iface_links")   # per device [(bytes/s, medium or -1)] of its links
         self.iface0 = self.n * self.n + len(self.medium_bps)      # device d: send slot iface0 + 2d, receive + 1
         self.cal = Calendar(calendar_path, calendar_slots(self.n, len(self.medium_bps))) if calendar_path else None
         # [live] bandwidth dynamics: a shared table of per-medium factors (calendar + ".scale", written by
@@ -189,11 +191,19 @@ class NetEmulator:
             return 1.0
         return min([self._mf(mu) for mu, _ in self.hops[i][j]] or [1.0])
 
+    def _iface(self, d: int) -> float:
+        """Device d's interface rate (bytes/s): its fastest link, each link scaled by its
+        medium's live factor (as `Cluster.with_medium_mbps` scales links, and with them the
+        cost model's interfaces); the nominal `iface_bps` without dynamics."""
+        if self.scale is None or not self.iface_links:
+            return self.iface_bps[d]
+        return max((b * (self._mf(mu) if mu >= 0 else 1.0) for b, mu in self.iface_links[d]), default=0.0)
+
     def _slots(self, i: int, j: int, nbytes: float):
         slots = [(i * self.n + j, nbytes / (self.bw[i][j] * self._rf(i, j)))]
         for mu, cnt in self.hops[i][j]:
             slots.append((self.n * self.n + mu, nbytes * cnt / (self.medium_bps[mu] * self._mf(mu))))
-        for slot, bps in ((self.iface0 + 2 * i, self.iface_bps[i]), (self.iface0 + 2 * j + 1, self.iface_bps[j])):
+        for slot, bps in ((self.iface0 + 2 * i, self._iface(i)), (self.iface0 + 2 * j + 1, self._iface(j))):
             if bps > 0:
                 slots.append((slot, nbytes / bps))
         return slots
@@ -241,7 +251,7 @@ class NetEmulator:
         rate = self.bw[i][j] * self._rf(i, j)
         for mu, cnt in self.hops[i][j]:
             rate = min(rate, self.medium_bps[mu] * self._mf(mu) / cnt)
-        for bps in (self.iface_bps[i], self.iface_bps[j]):
+        for bps in (self._iface(i), self._iface(j)):
             if bps > 0:
                 rate = min(rate, bps)
         chunk = max(rate * 0.002, min(16384.0, max(1024.0, nbytes / 8)))

@@ -44,7 +44,7 @@ import numpy as np
 
 from dora_rl.adapter import Decision, Monitor, State, get_adapter
 from dora_rl.adapter.compose import battery_budgets, conditions, make_mix, score
-from dora_rl.adapter.simulate import Log, battery_violations, make_trace, probe_peer
+from dora_rl.adapter.simulate import Log, battery_violations, make_trace, plan_flows, probe_peer
 from dora_rl.adapter.timeline import plot_timeline
 from dora_rl.adapter.view import LiveView
 from dora_rl.cost import CostModel
@@ -52,8 +52,8 @@ from dora_rl.cost.qoe import required_rate
 from dora_rl.errors import DoraError, PlanError, RuntimeFault
 from dora_rl.plan import Plan
 from dora_rl.runtime.dilation import choose
-from dora_rl.runtime.emulation import now
-from dora_rl.runtime.live_judge import finalize, overlap
+from dora_rl.runtime.emulation import now, sleep_until
+from dora_rl.runtime.live_judge import finalize, served
 from dora_rl.scenario import Scenario, load_scenario
 
 
@@ -102,9 +102,10 @@ class LiveRun:
         self.adapter.bind(self.trace, self.medium, interval)
         # probes as long as at real speed: the dilated links are `slowdown` x slower
         self.monitor = Monitor(self.sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
-        dec0 = self.adapter.decide(self.monitor.state(0.0))
-        self.plan = _main_plan(dec0)                      # the plan to deploy
-        self.plans_seen: dict[int, dict] = {pid: p.to_dict() for pid, p in zip(dec0.pids, dec0.plans, strict=False)}
+        # the workers start on the adapter's initial plan; its first decision waits for a first
+        # probe of the bandwidth (`deploy`), as its simulated twin's does (simulate(probe_first))
+        self.plan = self.adapter.plans[0] if self.adapter.plans else self.adapter.initial_plan()
+        self.plans_seen: dict[int, dict] = {}
         self.need = required_rate(self.sc)
         self.log = Log(self.base.name, self.adapter.name, self.trace.source, self.medium, self.nominal,
                        float(interval), float(duration), self.sc.qoe.latency_slo_ms, self.need,
@@ -117,10 +118,8 @@ class LiveRun:
                                f"of {slowdown:.3g}, at which one request takes {lat_s:.3g} s, "
                                f"{lat_s / timeout:.2g}x the --timeout of {timeout:g} s")
         self.hb_timeout = max(5.0, min(30.0, 0.1 * slowdown))   # silence that declares a hung worker
-        cap = CostModel(self.sc).evaluate(self.plan).throughput
-        self.offered_rate = rate or self.sc.workload.request_rate or 0.5 * cap
-        if math.isfinite(cap) and cap > 0:
-            self.offered_rate = min(self.offered_rate, 0.8 * cap)
+        self.rate = rate
+        self.offered_rate = self.offer(self.plan)
         self.request_deadline = request_deadline or max(15.0, 20 * (self.sc.qoe.latency_slo_ms or 1000) / 1e3)
         self.answers: list[tuple[float, float]] = []      # (t_answer, latency_s)
         self.spans: dict[int, list] = {}                  # rid -> [first issue, answer or None], run time
@@ -129,9 +128,16 @@ class LiveRun:
         self.t0 = 0.0                                     # the runtime clock at the start of serving
         self.last = 0.0                                   # the start of the current control interval
         self.probe_t, self.probes = -math.inf, 0
+        self.crosses: dict[str, bool] = {}                # plan key -> its transfers cross the medium
         self.rt = None                                    # the ResilientRuntime, while running
         self.asked: Plan | None = None                    # the plan the last interval asked for
         self.view = None                                  # the LiveView, while running
+
+    def offer(self, plan: Plan) -> float:
+        """The open-loop request rate: the scenario's (or `rate`), at most 0.8x `plan`'s capacity."""
+        cap = CostModel(self.sc).evaluate(plan).throughput
+        offered = self.rate or self.sc.workload.request_rate or 0.5 * cap
+        return min(offered, 0.8 * cap) if math.isfinite(cap) and cap > 0 else offered
 
     def true_mbps(self, t: float) -> float:
         """The trace's bandwidth at run time t: device time t / slowdown, replayed
@@ -148,9 +154,10 @@ class LiveRun:
                               request_deadline=self.request_deadline, on_recover=self.on_recover) as rt:
             self.rt = rt
             rt.start(self.plan)
+            rt.set_bandwidth(self.medium, self.true_mbps(0.0) / self.nominal)
             if self.adapter.prestage:      # the candidates' weights go out at deployment, as the adapter assumes
                 rt.prestage(self.adapter.holdings)
-            rt.set_bandwidth(self.medium, self.true_mbps(0.0) / self.nominal)
+            self.deploy(rt)
             for dev, at in self.fail or ():
                 rt.fail_at(dev, at)
             self.t0 = now()
@@ -161,6 +168,33 @@ class LiveRun:
                                on_pause=self.pauses_add)
             faults = list(rt.faults)
         return self.finish(res, faults)
+
+    def deploy(self, rt, wait_s: float = 3.0) -> None:
+        """The adapter's first decision, on a first measurement: a probe across the medium
+        (its rate comes back with the heartbeats, as every later one), then the plan it picks
+        is deployed before serving (nothing in flight, the candidates prestaged: a plan
+        command, no drain). Without the probe the first decision is made on the nominal prior
+        and the first interval switches away from it, draining a request's latency."""
+        peer, src = probe_peer(self.sc, self.medium), self.sc.workload.source
+        if peer is not None and peer in rt.ranks:
+            rt.probe([(src, peer, int(self.monitor.probe_bytes), 1)])
+            t_end = now() + wait_s
+            while True:       # the probe's report rides the next heartbeat (every 0.25 s)
+                got = [x for x in rt.hb.take_transfers() if x[1] in self.monitor.cluster.index
+                       and x[2] in self.monitor.cluster.index]
+                for (_, a, b, nbytes, secs) in got:
+                    self.monitor.observe_transfer(a, b, nbytes, secs, 0.0)
+                if got or now() > t_end:
+                    break
+                sleep_until(now() + 0.05)
+            self.probes += 1
+        dec = self.adapter.decide(self.monitor.state(0.0))
+        self.plans_seen.update({pid: p.to_dict() for pid, p in zip(dec.pids, dec.plans, strict=False)})
+        plan = _main_plan(dec)
+        if plan.to_dict() != rt.plan.to_dict():
+            rt.switch(plan)
+        self.plan = plan
+        self.offered_rate = self.offer(plan)
 
     def on_recover(self, rec: dict, rt) -> None:
         """A fault recovered: on the log (device, detection time, run time)."""
@@ -238,17 +272,34 @@ class LiveRun:
         """The workers' transfer measurements into the monitor; a probe when the medium
         carried nothing for a while (no requests, or a plan that keeps off it): a small
         transfer from the source across it, whose rate comes back with the heartbeats.
-        At most one per probe_after_s."""
+        At most one per probe_after_s, and none while the running plan's transfers are on
+        the medium (`medium_busy`)."""
         mon, rt = self.monitor, self.rt
         for (ta, src, dst, b, s) in rt.hb.take_transfers():
             if src in mon.cluster.index and dst in mon.cluster.index:
                 mon.observe_transfer(src, dst, b, s, ta - self.t0)
         peer = probe_peer(self.sc, self.medium)
         if (peer is not None and peer in rt.ranks and mon.needs_probe(self.medium, t)
-                and t - self.probe_t >= mon.probe_after_s):
+                and t - self.probe_t >= mon.probe_after_s and not self.medium_busy()):
             rt.probe_async(self.sc.workload.source, peer, mon.probe_bytes)
             self.probe_t = t
             self.probes += 1
+
+    def medium_busy(self) -> bool:
+        """True while requests are in flight on a plan whose transfers cross the medium: at
+        high dilation one transfer lasts seconds, so no report may arrive for longer than
+        probe_after_s although the medium is in use. A probe then measures a shared medium,
+        queues behind the transfers in flight and holds the source's command loop until its
+        sends are out (each probe flushes them), delaying the next request: at dilation 120
+        a probe every 2 s cut the served rate to 0.04-0.08 req/s of 0.11 offered. The
+        simulation probes only when the serving plan sends nothing across the medium."""
+        if not any(ans is None for _, ans in self.spans.values()):
+            return False
+        key = self.rt.plan.key()
+        if key not in self.crosses:
+            flows = plan_flows(CostModel(self.sc), self.rt.plan)
+            self.crosses[key] = any(self.medium in self.monitor.route_media(a, b)[0] for a, b, _ in flows)
+        return self.crosses[key]
 
     def drain(self, t_prev: float, t: float, dt: float, levels: dict[str, float]) -> tuple[dict[str, float], float]:
         """Batteries drain by the power model of the running plan on the true condition.
@@ -274,26 +325,17 @@ class LiveRun:
         need, interval = self.need, self.interval
         recent = [lat for (ta, lat) in self.answers if ta - self.t0 >= t_prev]
         slo = self.sc.qoe.latency_slo_ms
-        # throughput over a window of >= 3 expected answers (per interval it is 0 or 1
-        # at the dilated request rates)
-        win = min(max(interval, 3.0 / need if need else interval), max(t, 1e-6))
-        thr = sum(1 for (ta, _) in self.answers if ta - self.t0 >= t - win) / win
         # latency: judged by the requests in service during the interval, with every earlier
         # interval, in `control` (live_judge.finalize; provisional until they are answered,
         # final in `finish`)
-        viol = []
         # throughput: the running plan's capacity on the true bandwidth below the required
         # rate (as the simulation judges it), or - once a full window can hold answers -
-        # the workers serving less than 0.8 x what was offered in it (falling behind; a
-        # switch's drain admits nothing, so its pause is not offered)
-        viol += [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
-        judged = bool(need) and t >= win + (slo or 0.0) / 1e3
-        offered = min(need, self.offered_rate) if need else self.offered_rate
+        # the workers serving less than 0.8 x what was offered in it (live_judge.served)
+        viol = [f"{v} (on the true bandwidth)" for v in getattr(self, "model_viol", ())]
         pauses = self.pauses + ([(self.pause_start, t)] if self.pause_start is not None else [])
-        offered *= max(0.0, win - overlap(pauses, t - win, t)) / win
-        if judged and thr < 0.8 * offered:
-            viol.append(f"throughput: served {thr:.3g} req/s < 0.8 x offered {offered:.3g} req/s over the last "
-                        f"{win:.0f} s")
+        thr, judged, served_viol = served([ta - self.t0 for ta, _ in self.answers], t, interval, need,
+                                          self.offered_rate, slo, pauses)
+        viol += served_viol
         viol += battery_violations(self.monitor, budgets)
         row = {"t": t_prev, "t_end": t, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(self.medium),
                 "bw_error": state.error.get(self.medium, 0.0), "battery": levels, "pids": list(dec.pids),
@@ -323,6 +365,7 @@ class LiveRun:
         pp = plot_timeline(log, out / "live_timeline.png")
         admitted = len(res.answered) if res.answered else 0
         summary = {**log.summary(), "drain_s": sum(p1 - p0 for p0, p1 in self.pauses),
+                   "pauses": [[p0, p1] for p0, p1 in self.pauses],
                    "requests": res.n, "answered": admitted,
                    "answered_once": sorted(res.answered) == list(range(res.n)), "duplicates_dropped": res.duplicates,
                    "reissued": res.reissued, "probes": self.probes, "offered_rate": self.offered_rate,

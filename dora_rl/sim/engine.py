@@ -66,7 +66,10 @@ class _Ring:
 
 
 def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: str = "drain",
-                     timeline: bool = False) -> Run:
+                     timeline: bool = False, release: list[float] | None = None) -> Run:
+    """Run `prog`; `release[q]` (inference) is when micro-batch q's input is offered at the
+    source (default: every one at time 0): its source flows start then, and a source
+    member of stage 0 computes it no earlier."""
     n = cm.n
     caps = capacities(cm)
     heap: list = []
@@ -116,6 +119,8 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
             begin(f)
 
     def ready(op):
+        if release is not None and op.mb < len(release) and release[op.mb] > now and op.stage == 0:
+            return False
         if op.needs is None:
             return True
         cls, d = op.needs
@@ -198,9 +203,17 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
                 chan_busy.discard(key)
         push(now + f.route.lat, "deliver", f)
 
-    for q in range(prog.n_mb):
+    def arrive(q):
         for cls, i, j, b, r in prog.source_flows:
             offer(make(cls, q, i, j, b, r))
+        for d in prog.ops:
+            try_start(d)
+
+    for q in range(prog.n_mb):
+        if release is None or release[q] <= 0:
+            arrive(q)
+        else:
+            push(release[q], "arrive", q)
     for d in prog.ops:
         try_start(d)
     while True:
@@ -233,6 +246,8 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
             end_op(x)
         elif kind == "deliver":
             deliver(x)
+        elif kind == "arrive":
+            arrive(x)
         else:
             r = ring_of[x[0]]
             r.ready[x[1]] += 1

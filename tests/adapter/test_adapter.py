@@ -598,3 +598,30 @@ def test_live_view_counts_switches_as_the_log_summary_does():
         assert f"switches {want} QoE-violating" in " ".join(con.export_text().split())
         assert log.summary()["switches"] == want
         assert log.to_dict()["live"] is live
+
+
+def test_time_constants_are_device_seconds_on_a_dilated_scenario(traffic):
+    # at dilation 10 the adapter's clock runs in dilated seconds: drain_s 0.1 s of device
+    # time is 1 s, min_dwell_s 3 s -> 30 s, horizon_s 10 s -> 100 s, memory_s 10 s -> 100 s
+    sc = traffic.dilated(10)
+    assert sc.dilation == 10 and sc.dilated(2).dilation == 20 and traffic.dilation == 1
+    ad = get_adapter("pareto", sc)
+    assert (ad.drain_s, ad.min_dwell_s, ad.horizon_s, ad.memory_s) == pytest.approx((1.0, 30.0, 100.0, 100.0))
+    # the simulated switch lasts the dilated drain: 300 Mbps / 10 = 30 Mbps, then 0.55x
+    # (the jetson1 plan breaks, as in test_switches_on_bandwidth_drop); the candidates are
+    # prestaged, so the switch moves nothing and takes drain_s = 0.1 x 10 = 1 s
+    tr = step_trace([30.0, 16.5], [15.0, 25.0])
+    log = simulate(sc, "pareto", tr, duration_s=30, interval_s=1.0, seed=1, noise=0.0)
+    switched = [r for r in log.rows[1:] if r["switch"]]
+    assert switched and switched[0]["switch_s"] == pytest.approx(1.0)
+
+
+def test_probe_first_measures_before_the_first_decision(traffic):
+    # the uplink starts at half its nominal 300 Mbps: with a first probe (exact, as the live
+    # probe of an idle emulated network, whatever the samples' noise) the first decision
+    # sees 150 Mbps; without, the nominal prior (300)
+    tr = step_trace([150.0], [60.0])
+    probed = simulate(traffic, "pareto", tr, duration_s=3, interval_s=1.0, noise=0.05, probe_first=True)
+    prior = simulate(traffic, "pareto", tr, duration_s=3, interval_s=1.0, noise=0.0)
+    assert probed.rows[0]["bw_est_mbps"] == pytest.approx(150.0)
+    assert prior.rows[0]["bw_est_mbps"] == pytest.approx(300.0)

@@ -1,6 +1,7 @@
 """Modelled time in the emulation (docs/runtime.md, "Modelled time"): a thread that acts
 late after a modelled event acts at that event, within the slack; compute sections and
-paced chunks are timed from it; a backlogged urgent sender keeps its priority mark."""
+paced chunks are timed from it; a backlogged urgent sender keeps its priority mark; a
+device interface speeds up with its medium's live factor, as its links do."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dora_rl.runtime.emulation import (
     advance,
     calendar_slots,
     now,
+    set_medium_scale,
     settle,
     vtime,
 )
@@ -89,3 +91,39 @@ def test_real_compute_is_not_backdated():
     clock.stretch(t0, 1.0)
     t1 = now()
     assert vtime(t1) >= t0 > delivered and clock.credited_s == 0.0
+
+
+def test_an_interface_scales_with_its_medium_factor(tmp_path):
+    # two devices on one medium: pair 4e6 B/s, medium 8e6, each interface as fast as its one
+    # link (4e6). The live factor 2 doubles the link (8e6) and, as the cost model's
+    # with_medium_mbps has it, the interfaces (8e6); the medium (16e6) does not bind.
+    # 16000 B: 16000 / 8e6 = 2 ms from the offer + 1 ms latency (with the interfaces kept at
+    # their nominal 4e6: 4 ms + 1 ms)
+    n = 2
+    net = {"bw": [[4e6] * n for _ in range(n)], "lat": [[0.001] * n for _ in range(n)],
+           "hops": [[[(0, 1)] for _ in range(n)] for _ in range(n)], "medium_bps": [8e6],
+           "iface_bps": [4e6, 4e6], "iface_links": [[(4e6, 0)], [(4e6, 0)]]}
+    path = os.path.join(tmp_path, "cal.bin")
+    set_medium_scale(path, [2.0])
+    Calendar(path, calendar_slots(n, 1), create=True).close()
+    em = NetEmulator(net, path)
+    settle()
+    offered = now()
+    advance(offered)
+    deliver = em.pace(0, 1, 16_000, {})
+    assert abs(deliver - (offered + 0.002 + 0.001)) < 1e-9
+    em.close()
+
+
+def test_interface_links_are_the_fastest_link_law():
+    from dora_rl.cluster.model import Cluster
+    # a: 100 Mbps on w and 40 Mbps wired -> 12.5e6 B/s; at w x 0.25 the wired link (5e6) is faster
+    cl = Cluster.from_dict({"devices": [{"name": "a", "gflops": 1}, {"name": "b", "gflops": 1},
+                                        {"name": "c", "gflops": 1}],
+                            "links": [{"a": "a", "b": "b", "mbps": 100, "medium": "w"},
+                                      {"a": "a", "b": "c", "mbps": 40}],
+                            "media": {"w": {"mbps": 100}}})
+    assert cl.interface_links()[0] == [(12.5e6, 0), (5e6, -1)]
+    assert cl.interface_bps() == [12.5e6, 12.5e6, 5e6]
+    assert cl.with_medium_mbps("w", 25).interface_bps()[0] == 5e6
+

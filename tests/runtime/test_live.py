@@ -2,7 +2,9 @@
 
 A worker killed mid-stream: every request answered exactly once, the run finishes;
 training with a worker killed: final parameters equal single-process SGD; a live
-adapter run over a step bandwidth trace switches plans and loses no request."""
+adapter run over a step bandwidth trace switches plans and loses no request; it
+deploys the plan its adapter picks on a first probe, and does not probe while the
+running plan transfers on the medium."""
 
 from __future__ import annotations
 
@@ -83,6 +85,18 @@ def test_async_probe_is_measured_through_the_heartbeats():
         assert rt.infer(4).n == 4                       # the workers serve on, nothing left pending
 
 
+
+def three_on_a_medium(name: str) -> Scenario:
+    """tiny_cnn from a slow source `a` over two fast devices, all on one 80 Mbps medium `w`."""
+    links = [{"a": x, "b": y, "mbps": 80, "latency_ms": 1, "medium": "w"} for x, y in (("a", "b"), ("a", "c"),
+                                                                                        ("b", "c"))]
+    return Scenario.from_dict({
+        "name": name, "model": "tiny_cnn", "qoe": {"objective": "latency", "latency_slo_ms": 60},
+        "workload": {"kind": "inference", "batch": 4, "microbatches": 1, "source": "a", "request_rate": 3},
+        "devices": [{"name": "a", "gflops": 0.2, "memory_gb": 4}, {"name": "b", "gflops": 5, "memory_gb": 4},
+                    {"name": "c", "gflops": 5, "memory_gb": 4}],
+        "links": links, "media": {"w": {"mbps": 80}}})
+
 def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     import json
 
@@ -91,14 +105,7 @@ def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     from dora_rl.cluster.traces import BandwidthTrace
     from dora_rl.runtime.live import run_live
 
-    links = [{"a": x, "b": y, "mbps": 80, "latency_ms": 1, "medium": "w"} for x, y in (("a", "b"), ("a", "c"),
-                                                                                        ("b", "c"))]
-    sc = Scenario.from_dict({
-        "name": "live_step", "model": "tiny_cnn", "qoe": {"objective": "latency", "latency_slo_ms": 60},
-        "workload": {"kind": "inference", "batch": 4, "microbatches": 1, "source": "a", "request_rate": 3},
-        "devices": [{"name": "a", "gflops": 0.2, "memory_gb": 4}, {"name": "b", "gflops": 5, "memory_gb": 4},
-                    {"name": "c", "gflops": 5, "memory_gb": 4}],
-        "links": links, "media": {"w": {"mbps": 80}}})
+    sc = three_on_a_medium("live_step")
     step = BandwidthTrace(np.array([0.0, 3.0]), np.array([80.0, 2.0]), period=60.0, source="step")
     out = run_live(sc, "replan", duration=7, slowdown=1, trace=step, time_scale=1, live=False, out_dir=tmp_path)
     s = out["summary"]
@@ -114,3 +121,58 @@ def test_live_adapter_switches_on_a_step_trace_and_loses_no_request(tmp_path):
     for r in rows:
         lat_viol = any(v.startswith("latency") for v in r["violations"])
         assert lat_viol == (slo is not None and r["latency_ms"] is not None and r["latency_ms"] > slo)
+
+
+def test_live_run_deploys_the_plan_chosen_on_a_first_probe(tmp_path):
+    import json
+
+    import numpy as np
+
+    from dora_rl.adapter import State, get_adapter
+    from dora_rl.cluster.traces import BandwidthTrace
+    from dora_rl.runtime.live import run_live
+
+    # the medium runs at 2 of its nominal 80 Mbps from the start: the nominal plan (the
+    # initial `dora` plan, a-b-c pipelined over the medium) is not what `replan` picks there.
+    # The first decision is made on a probe, so the workers serve on that plan from the
+    # first request and the first interval does not switch (before: deployed on the nominal
+    # prior, switched with a drain at the first interval)
+    sc = three_on_a_medium("live_low")
+    ad = get_adapter("replan", sc)
+    nominal, low = (ad.decide(State(float(t), {"w": bw})).plans[0] for t, bw in ((0, 80.0), (1, 2.0)))
+    assert nominal.to_dict() != low.to_dict()              # the case is one where the probe matters
+    low_trace = BandwidthTrace(np.array([0.0]), np.array([2.0]), period=60.0, source="low")
+    out = run_live(sc, "replan", duration=3, slowdown=1, trace=low_trace, time_scale=1, live=False, out_dir=tmp_path)
+    rows = json.loads(open(out["log"]).read())["rows"]
+    assert not rows[0]["switch"] and rows[0]["plan"] != nominal.to_dict()
+    assert out["summary"]["probes"] >= 1
+    assert out["summary"]["answered_once"]
+
+
+def test_no_probe_while_the_running_plan_transfers_on_the_medium(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dora_rl.cluster.traces import BandwidthTrace
+    from dora_rl.runtime.live import LiveRun
+
+    # every link of three_on_a_medium is on `w`, so a plan over two devices sends across it.
+    # The medium carried no *finished* transfer for 5 s (> probe_after_s = 2 s): with a
+    # request in flight its transfers are still on the medium and their reports will come,
+    # so no probe (a probe would share the medium with them and hold the source's command
+    # loop until its sends are out); with nothing in flight the medium is idle: one probe
+    flat = BandwidthTrace(np.array([0.0]), np.array([80.0]), period=60.0, source="flat")
+    run = LiveRun(three_on_a_medium("live_probe"), "static", slowdown=1, trace=flat, time_scale=1, live=False,
+                  out_dir=tmp_path)
+    sent = []
+    run.rt = SimpleNamespace(plan=run.plan, ranks={"a": 1, "b": 2, "c": 3},
+                             hb=SimpleNamespace(take_transfers=list),
+                             probe_async=lambda src, dst, n: sent.append((src, dst)))
+    assert len({d for st in run.plan.stages for d in st.devices} | {"a"}) > 1   # the plan crosses `w`
+    run.spans = {0: [0.0, None]}
+    run.observe(5.0)
+    assert sent == []
+    run.spans = {0: [0.0, 1.0]}
+    run.observe(5.0)
+    assert sent == [("a", "b")] or sent == [("a", "c")]

@@ -65,3 +65,82 @@ def test_simulated_rows_judged_at_the_live_request_instants():
     at_request_instants(rows, [0.2, 3.1], 1.0, 1000.0)
     assert [r["ok"] for r in rows[:3]] == [True, True, True]
     assert not rows[3]["ok"] and not rows[4]["ok"]
+
+
+def test_a_simulated_request_waits_for_the_pipeline():
+    from dora_rl.runtime.live_judge import queued_spans
+    # intervals of 1 s; every plan takes 1.5 s per request and serves 0.5 req/s (a
+    # service interval of 1 / 0.5 = 2 s). Requests at 0.0, 0.5, 1.0 enter at
+    # e0 = 0.0, e1 = max(0.5, 0.0 + 2) = 2.0, e2 = max(1.0, 2.0 + 2) = 4.0 and are answered
+    # 1.5 s after they enter: 1.5, 3.5, 5.5 -> latencies 1.5, 3.0, 4.5 s
+    lat, cap = [1.5] * 8, [0.5] * 8
+    spans = queued_spans(lat, cap, 1.0, [0.0, 0.5, 1.0])
+    assert [round(b - a, 9) for a, b in spans] == [1.5, 3.0, 4.5]
+    # 4 req/s (0.25 s): the request at 0.5 finds the bottleneck free (0.0 + 0.25 < 0.5)
+    assert [round(b - a, 9) for a, b in queued_spans(lat, [4.0] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
+    # capacity unknown (None): no wait
+    assert [round(b - a, 9) for a, b in queued_spans(lat, [None] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
+
+
+def test_queueing_marks_the_intervals_of_a_backlog():
+    from dora_rl.runtime.live_judge import at_request_instants
+    # the case above judged against an SLO of 2 s: the request at 0.5 waits 1.5 s and
+    # takes 3.0 s in all, in service over [0.5, 3.5): intervals [0,1) .. [3,4) have it
+    # (p95 of {1.5, 3.0} and more > 2 s); [4,5) and [5,6) hold only the third request (4.5 s)
+    def rows_at(cap):
+        return [{"t": float(k), "latency_ms": 1500.0, "throughput": cap, "violations": [], "ok": True}
+                for k in range(8)]
+    rows = rows_at(0.5)
+    at_request_instants(rows, [0.0, 0.5, 1.0], 1.0, 2000.0)
+    assert [r["ok"] for r in rows] == [False] * 6 + [True, True]
+    # the same requests on a pipeline that keeps up (4 req/s): 1.5 s each, nothing violates
+    fast = rows_at(4.0)
+    at_request_instants(fast, [0.0, 0.5, 1.0], 1.0, 2000.0)
+    assert all(r["ok"] for r in fast)
+
+
+def test_simulated_rows_take_the_latency_of_a_request_in_a_stream():
+    from dora_rl.plan import Plan
+    from dora_rl.runtime.live_judge import in_a_stream
+    from tests.toy import HOME, scenario
+    # tests/sim's stream case: the toy model on the laptop, 64.8 ms alone, 66.4 ms with
+    # requests 50 ms apart (neighbouring transfers share the WiFi); capacity 25 req/s, so a
+    # spacing of 30 ms is taken at the service interval, 40 ms: alone again
+    plans = [{"id": 0, **Plan.make([(0, 4, ["laptop"])], 1).to_dict()}]
+
+    def rows():
+        return [{"t": 0.0, "pids": [0], "fractions": [1.0], "bw_true_mbps": 80.0, "latency_ms": 64.8}]
+    r50, r30 = rows(), rows()
+    in_a_stream(r50, scenario(HOME), plans, "wifi", 0.050)
+    in_a_stream(r30, scenario(HOME), plans, "wifi", 0.030)
+    assert abs(r50[0]["latency_ms"] - 66.4) < 1e-6 and r50[0]["latency_ms_alone"] == 64.8
+    assert abs(r30[0]["latency_ms"] - 64.8) < 1e-6
+
+
+def test_served_rate_is_counted_over_three_expected_answers():
+    from dora_rl.runtime.live_judge import served
+    # need 0.5 req/s: window max(1, 3 / 0.5) = 6 s, judged from t >= 6 + SLO 1 s = 7;
+    # offered 0.5 req/s: violated below 0.8 x 0.5 = 0.4 req/s
+    assert served([3.0, 5.0, 7.0], 8.0, 1.0, 0.5, 0.5, 1000.0)[2] == []            # 3 / 6 = 0.5
+    thr, judged, viol = served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0)               # [2, 8]: 1 / 6
+    assert judged and abs(thr - 1 / 6) < 1e-12 and viol and viol[0].startswith("throughput: served")
+    assert served([1.0, 5.0], 6.0, 1.0, 0.5, 0.5, 1000.0)[1:] == (False, [])         # not judged before 7 s
+    # a drain [2, 5) admitted nothing: offered 0.5 x 3 / 6 = 0.25, bound 0.2 > 1/6: violated;
+    # a drain [2, 6): offered 0.5 x 2 / 6, bound 0.133 < 1/6: met
+    assert served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0, [(2.0, 5.0)])[2]
+    assert served([1.0, 5.0], 8.0, 1.0, 0.5, 0.5, 1000.0, [(2.0, 6.0)])[2] == []
+
+
+def test_simulated_answers_are_judged_by_the_served_rate_as_live():
+    from dora_rl.runtime.live_judge import at_request_instants
+    # 10 intervals of 1 s, 0.5 s per request, requests at 0 and 4 (answered at 0.5 and 4.5);
+    # need = offered = 0.5 req/s, SLO 1 s (window 6 s, judged from 7 s). At the ends 7 .. 10
+    # of intervals 6 .. 9 the windows [1, 7) .. [4, 10) hold one answer (4.5): 1/6 < 0.4 req/s,
+    # all four violate. Without the live run's offered rate, no served-rate verdict
+    def rows():
+        return [{"t": float(k), "latency_ms": 500.0, "violations": [], "ok": True} for k in range(10)]
+    judged, plain = rows(), rows()
+    at_request_instants(judged, [0.0, 4.0], 1.0, 1000.0, need=0.5, offered_rate=0.5)
+    at_request_instants(plain, [0.0, 4.0], 1.0, 1000.0)
+    assert [r["ok"] for r in judged] == [True] * 6 + [False] * 4
+    assert all(r["ok"] for r in plain)

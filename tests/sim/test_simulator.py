@@ -183,3 +183,21 @@ def test_a_shared_interface_and_a_relay():
     r = simulate(cm, Plan.make([(0, 4, ["server"])], 1))
     assert r.latency_ms == pytest.approx(68.8)
     assert r.energy_by_device["phone"] == pytest.approx(0.2916)
+
+
+def test_a_request_in_a_stream_shares_the_medium_with_its_neighbours(home):
+    from dora_rl.sim.simulate import stream_latency
+    # the whole toy model on the laptop: input 2 x 100 kB phone -> laptop at 1e7 B/s = 20 ms
+    # (+ 2 ms), compute 2 x 10 GFLOP / 500 GFLOP/s = 40 ms, answer 8 kB = 0.8 ms (+ 2 ms):
+    # 64.8 ms alone. Requests 50 ms apart: request r+1's input [50, 70) meets request r's
+    # answer at 62 (both on the 1e7 B/s WiFi: 5e6 each). The answer takes 8 kB / 5e6 = 1.6 ms
+    # (not 0.8); the input has 80 kB left at 62, 8 kB go at 5e6 until 63.6 and 72 kB at 1e7:
+    # it ends at 70.8, so r+1 computes from 72.8 to 112.8 (0.8 ms late) and its answer,
+    # meeting r+2's input the same way, lands 62.8 + 1.6 + 2 = 66.4 ms after its issue:
+    # every middle request takes 66.4 ms
+    plan = Plan.make([(0, 4, ["laptop"])], 1)
+    assert home.evaluate(plan).latency_ms == pytest.approx(64.8)
+    assert stream_latency(home, plan, 0.050) * 1e3 == pytest.approx(66.4)
+    # 100 ms apart, or 40 ms (r+1's input [40, 60) is over before r's answer at 62): alone
+    assert stream_latency(home, plan, 0.100) * 1e3 == pytest.approx(64.8)
+    assert stream_latency(home, plan, 0.040) * 1e3 == pytest.approx(64.8)

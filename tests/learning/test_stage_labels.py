@@ -62,14 +62,18 @@ def test_dagger_label_continues_the_plan_it_is_credited_with(policy):
     actor = StageNumpyActor(policy)
     env = make_env(FAMILIES["small"], seed=5)
     labels = 0
-    for i in range(12):
+    for i in range(12):     # until 3 labelled states: each label polishes top_k plans (seconds each)
+        if labels >= 3:
+            break
         env.reset(seed=0, options={"scenario": env.source.instance(i)})
         while not env.done:
             allowed = np.flatnonzero(env._mask)
             if len(allowed) > 1:
-                a, res, eq = label_by_rollout(actor, env, top_k=4)
+                a, res, eq = label_by_rollout(actor, env, top_k=2)
                 assert env._mask[a] and a in eq and all(env._mask[x] for x in eq)
                 assert next_action(env, res[0]) == a
                 labels += 1
+            if labels >= 3:
+                break
             env.advance(int(allowed[0]))
-    assert labels >= 5
+    assert labels >= 3

@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from dora_rl.errors import AgentError
+from dora_rl.learning.agents import sanitize
 from dora_rl.plan import Plan
 from dora_rl.resources import agents_dir
 
@@ -34,7 +35,7 @@ TOL = 1e-9
 
 
 def default_schedule_agent_path() -> Path:
-    return agents_dir() / ENV_ID.replace("/", "__")
+    return agents_dir() / sanitize(ENV_ID)
 
 
 def layout() -> dict:
@@ -107,7 +108,15 @@ def load_schedule_agent(path: str | Path | None = None) -> ScheduleAgent:
     if not cpath.is_file() or not zpath.is_file():
         raise AgentError(f"schedule agent {str(folder)!r}: model.zip or config.yml is missing; train one with "
                          "`python -m dora_rl.learning.schedule_training --out DIR`")
-    cfg = yaml.safe_load(cpath.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(cpath.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise AgentError(f"schedule agent {str(folder)!r}: config.yml is not valid YAML "
+                         f"({str(e).splitlines()[0]}); retrain it with `python -m dora_rl.learning.schedule_training`"
+                         ) from None
+    if not isinstance(cfg, dict):
+        raise AgentError(f"schedule agent {str(folder)!r}: config.yml is not a mapping; retrain it with "
+                         "`python -m dora_rl.learning.schedule_training`")
     bad = [f"{k}: agent {cfg.get(k)!r} vs this dora_rl {v!r}" for k, v in layout().items() if cfg.get(k) != v]
     if bad:
         raise AgentError(f"schedule agent {str(folder)!r}: layout mismatch ({'; '.join(bad)}); retrain it with "

@@ -110,6 +110,9 @@ def test_a_mismatched_agent_is_an_error(tmp_path):
     (tmp_path / "config.yml").write_text(yaml.safe_dump(layout()))
     with pytest.raises(AgentError, match="corrupt"):
         load_schedule_agent(tmp_path)
+    (tmp_path / "config.yml").write_text("kind: [schedule")      # unterminated flow sequence
+    with pytest.raises(AgentError, match="not valid YAML"):
+        load_schedule_agent(tmp_path)
 
 
 @shipped

@@ -184,11 +184,7 @@ class CostModel:
             return self._no_flow
         key = pairs[0] if len(a_devs) == 1 and len(b_devs) == 1 else tuple(pairs)
         hit = self._placed.get(key)
-        if hit is None:
-            if len(self._placed) > 200_000:
-                self._placed.clear()
-            hit = self._placed[key] = routing.options(self.net, pairs)
-        return hit
+        return self._place(key, pairs) if hit is None else hit
 
     def allreduce_options(self, devs, param_bytes: float):
         """Ring all-reduce of a stage's gradients over its group (in group order):
@@ -201,8 +197,14 @@ class CostModel:
         chunk = param_bytes / g
         key = ("ar", tuple(devs), param_bytes)
         hit = self._placed.get(key)
-        if hit is None:
-            hit = self._placed[key] = routing.options(self.net, [(devs[t], devs[(t + 1) % g], chunk) for t in range(g)])
+        return self._place(key, [(devs[t], devs[(t + 1) % g], chunk) for t in range(g)]) if hit is None else hit
+
+    def _place(self, key, pairs):
+        """Route `pairs` (`routing.options`) and cache the result under `key`; the cache
+        (boundaries and all-reduce steps alike) is emptied past 200k entries."""
+        if len(self._placed) > 200_000:
+            self._placed.clear()
+        hit = self._placed[key] = routing.options(self.net, pairs)
         return hit
 
     def allreduce(self, devs, param_bytes: float, choice: int = 0):

@@ -101,7 +101,7 @@ class Plan:
     # --- validation -------------------------------------------------------
     def validate(self, n_blocks: int, device_names, batch: int | None = None) -> "Plan":
         """Check coverage, devices and shares against a model and cluster; return self."""
-        known = set(device_names)
+        known = device_names if isinstance(device_names, (set, frozenset)) else set(device_names)
         if not self.stages:
             raise PlanError("plan: 'stages' is empty; a plan needs at least one stage")
         if not isinstance(self.microbatches, int) or self.microbatches < 1:

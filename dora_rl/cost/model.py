@@ -52,6 +52,7 @@ class CostModel:
         self.src = cl.index[wl.source]
         self.n = cl.n
         self.names = cl.names
+        self._known = frozenset(cl.names)    # for Plan.validate, built once
         self.rate = cl.rate_l
         self.bw = cl.bw_l
         self.lat = cl.lat_l
@@ -89,7 +90,7 @@ class CostModel:
         return [(s.start, s.end, [idx[d] for d in s.devices], list(s.shares)) for s in plan.stages]
 
     def validate(self, plan: Plan) -> Plan:
-        return plan.validate(self.n_blocks, self.names, self.workload.batch)
+        return plan.validate(self.n_blocks, self._known, self.workload.batch)
 
     def evaluate(self, plan: Plan, validate: bool = True) -> Metrics:
         """Metrics of `plan`. With validate=False the plan must already be valid
@@ -106,6 +107,8 @@ class CostModel:
         (`plan.sample_counts`: one sample each when m >= g, the rest by largest
         shortfall, ties by name), and member i's realized share is n_i / m (cached per
         (m, shares, devs))."""
+        if len(shares) == 1:
+            return ONE                    # one member takes the whole micro-batch (m >= 1)
         key = (m, tuple(shares), None if devs is None else tuple(devs))
         r = self._realized.get(key)
         if r is None:
@@ -119,6 +122,9 @@ class CostModel:
         block times, fixed_d[l, r) + n_d per_sample_d[l, r) (0 if it gets no sample)."""
         work = m * (self.fp[r] - self.fp[l])
         if self.timed is None:
+            if len(devs) == 1:            # the common case, without the comprehension
+                c = shares[0] * work / self.rate[devs[0]]
+                return c, [c]
             per = [w * work / self.rate[d] for d, w in zip(devs, shares)]
             return max(per), per
         per = []
@@ -135,7 +141,7 @@ class CostModel:
         """Training: forward + backward seconds per micro-batch of each member: 3 c_sd
         (backward = 2x forward), or the measured forward + backward times."""
         if self.timed is None:
-            return [3.0 * t for t in per]
+            return [3.0 * per[0]] if len(per) == 1 else [3.0 * t for t in per]
         out = []
         for d, w, f in zip(devs, shares, per):
             t = self.timed[d]
@@ -245,25 +251,23 @@ class CostModel:
         T = 0.0                    # steady-state period per micro-batch
         fill = 0.0                 # one micro-batch's pass through every resource
         # compute + memory, per stage
-        stages = [(l, r, devs, self.realized(m, sh, devs)) for (l, r, devs, sh) in stages]
+        realized, compute, pp, ap, bnd, peak = self.realized, self.stage_compute, self.pp, self.ap, self.bnd, self.peak
+        stages = [(l, r, devs, realized(m, sh, devs)) for (l, r, devs, sh) in stages]
         for s, (l, r, devs, sh) in enumerate(stages):
-            c, per = self.stage_compute(l, r, devs, sh, m)
+            c, per = compute(l, r, devs, sh, m)
             comp.append(c)
             if training:
                 per = self.stage_busy(l, r, devs, sh, m, per)   # forward + backward per member
                 u = max(per)
+                act = (bnd[l] + ap[r] - ap[l]) * min(M, S - s)   # 1F1B in-flight
+                base = (pp[r] - pp[l]) * self.param_copies
             else:
                 u = c
+                act = peak[l][r]
+                base = pp[r] - pp[l]
             fill += u
             if u > T:
                 T, bname = u, f"stage {s}"
-            params = self.pp[r] - self.pp[l]
-            if training:
-                act = (self.bnd[l] + self.ap[r] - self.ap[l]) * min(M, S - s)   # 1F1B in-flight
-                base = params * self.param_copies
-            else:
-                act = self.peak[l][r]
-                base = params
             for d, w, t in zip(devs, sh, per):
                 busy[d] += t * M
                 mem[d] = base + w * m * act
@@ -316,16 +320,16 @@ class CostModel:
         xs = []
         sent = [0.0] * self.n
         part = set()
-        for k, os in enumerate(trans):
-            occ, lat, load, flows = os[pick[k] if pick else 0][:4]
-            d = dirs[k]
-            xs.append(occ + lat)
-            fill += d * (occ + lat)
+        for k, (os, d) in enumerate(zip(trans, dirs)):
+            o = os[pick[k]] if pick else os[0]
+            occ, x, load = o[0], o[0] + o[1], o[2]
+            xs.append(x)
+            fill += d * x
             if d * occ > T:
                 T, bname = d * occ, f"boundary {k}"
             for mu, bts in load.items():
                 medium_load[mu] = medium_load.get(mu, 0.0) + d * bts
-            for i, j, bts in flows:          # per hop: a relay receives and sends
+            for i, j, bts in o[3]:           # per hop: a relay receives and sends
                 sent[i] += d * bts
                 sent[j] += d * bts
                 part.add(j)                  # a relay (each hop's sender is the source, a member or a relay)

@@ -81,12 +81,15 @@ def flow_pairs(a_devs, a_sh, b_devs, b_sh, nbytes: float) -> list[tuple[int, int
 
 def _prune(labels):
     """Drop partial assignments (lat, loads, routes) that another one matches or beats on
-    latency and on every resource's load (sums compared first: a cheap necessary test)."""
+    latency and on every resource's load. Cheap necessary tests first: the sum of loads,
+    then the resources used (every load is > 0, so a label that uses a resource the other
+    does not cannot be at or below it)."""
     tagged = sorted(((lat, sum(ld.values()), ld, ch) for lat, ld, ch in labels), key=lambda t: (t[0], t[1]))
     keep: list = []
     for lat, tot, ld, ch in tagged:
+        used = ld.keys()
         for klat, ktot, kld, _ in keep:
-            if ktot <= tot and klat <= lat and all(v <= ld.get(x, 0.0) for x, v in kld.items()):
+            if ktot <= tot and klat <= lat and kld.keys() <= used and all(v <= ld[x] for x, v in kld.items()):
                 break
         else:
             keep.append((lat, tot, ld, ch))
@@ -125,24 +128,39 @@ def options(net, pairs) -> tuple[Option, ...]:
 def _summarise(net, labels, pairs) -> tuple[Option, ...]:
     """Options of the labels, Pareto-minimal over (x, o, bytes per medium); among equal
     vectors the one with the fewest relays outside the flows' own ends (a relay is a
-    participant: idle power, battery), then the fewest hops, then the first found."""
+    participant: idle power, battery), then the fewest hops, then the first found. The
+    vectors are filtered first; an Option is built only for a label that is kept."""
     cap, nmed = net.cap, net.n_media
-    ends = {d for i, j, _ in pairs for d in (i, j)}
-    out = []
-    for lat, ld, chosen in labels:
+    rows = []
+    for k, (lat, ld, _) in enumerate(labels):
         occ = max(v / cap[x] for x, v in ld.items()) if ld else 0.0
-        media = tuple(ld.get(mu, 0.0) for mu in range(nmed))
-        extra = len({d for r in chosen for d in r.relays} - ends)
-        load = {mu: v for mu, v in enumerate(media) if v > 0}
+        med = [0.0] * nmed
+        for x, v in ld.items():
+            if x < nmed:                   # resources 0 .. n_media - 1 are the media
+                med[x] = v
+        rows.append((lat + occ, occ, tuple(med), k))
+    rows.sort()                            # by (x, o, media), then found order
+    ends = None
+    keep: list = []
+    i = 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j][:3] == rows[i][:3]:
+            j += 1
+        if j - i > 1:                      # equal vectors: fewest outside relays, then hops
+            ends = ends or {d for a, b, _ in pairs for d in (a, b)}
+            rows[i] = min(rows[i:j], key=lambda t: (len({d for r in labels[t[3]][2] for d in r.relays} - ends),
+                                                     sum(len(r.hops) for r in labels[t[3]][2]), t[3]))
+        x, occ, med, k = rows[i]
+        if not any(kx <= x and ko <= occ and all(a <= b for a, b in zip(km, med)) for kx, ko, km, _ in keep):
+            keep.append(rows[i])
+        i = j
+    out = []
+    for x, occ, med, k in keep:
+        lat, _, chosen = labels[k]
         flows = [(u, v, b) for (_, _, b), r in zip(pairs, chosen) for u, v in r.hops]
-        out.append((Option(occ, lat, load, flows, lat + occ, media, chosen), extra,
-                    sum(len(r.hops) for r in chosen)))
-    out.sort(key=lambda t: (t[0].x, t[0].occ, t[0].media, t[1], t[2]))
-    keep: list[Option] = []
-    for o, _, _ in out:
-        if not any(k.x <= o.x and k.occ <= o.occ and all(a <= b for a, b in zip(k.media, o.media)) for k in keep):
-            keep.append(o)
-    return tuple(keep)
+        out.append(Option(occ, lat, {mu: v for mu, v in enumerate(med) if v > 0}, flows, x, med, chosen))
+    return tuple(out)
 
 
 def fastest(net, pairs) -> tuple[Option]:

@@ -111,8 +111,10 @@ def options(net, pairs) -> tuple[Option, ...]:
         size *= len(net.routes[i][j])
     if size > MAX_LABELS:
         return fastest(net, pairs)
+    inc = _vector(net, *_time(net, pairs, [net.route(i, j, b) for i, j, b in pairs])[1::2])
+    rest = _floors(net, pairs)
     labels = [(0.0, {}, ())]
-    for i, j, b in pairs:
+    for k, (i, j, b) in enumerate(pairs):
         rs = net.routes[i][j]
         new = []
         for lat, ld, chosen in labels:
@@ -121,8 +123,53 @@ def options(net, pairs) -> tuple[Option, ...]:
                 for x, c in r.res:
                     nl[x] = nl.get(x, 0.0) + b * c
                 new.append((lat if lat > r.lat else r.lat, nl, chosen + (r,)))
+        if k + 1 < len(pairs):
+            new = [t for t in new if not _beaten(net, t[0], t[1], rest[k + 1], inc)]
         labels = _prune(new) if len(rs) > 1 or len(new) > 1 else new
     return _summarise(net, labels, pairs)
+
+
+def _vector(net, lat: float, ld: dict) -> tuple[float, float, tuple[float, ...]]:
+    """(x, o, bytes per medium) of an assignment with latency `lat` and loads `ld`."""
+    cap = net.cap
+    occ = max(v / cap[x] for x, v in ld.items()) if ld else 0.0
+    med = [0.0] * net.n_media
+    for x, v in ld.items():
+        if x < net.n_media:                # resources 0 .. n_media - 1 are the media
+            med[x] = v
+    return lat + occ, occ, tuple(med)
+
+
+def _floors(net, pairs) -> list[tuple[float, list]]:
+    """Per flow k, what flows k, k+1, ... add at least whatever candidates they take:
+    (the largest of their least latencies, per flow the (resource, load) of the resources
+    every candidate of that flow uses, at its fewest uses)."""
+    out: list[tuple[float, list]] = [(0.0, [])]
+    for i, j, b in reversed(pairs):
+        rs = net.routes[i][j]
+        uses = [dict(r.res) for r in rs]
+        common = set(uses[0]).intersection(*uses[1:])
+        least = [(x, b * min(u[x] for u in uses)) for x in sorted(common)]
+        lat = min(r.lat for r in rs)
+        out.append((max(lat, out[-1][0]), [least, *out[-1][1]]))
+    return out[:0:-1]
+
+
+def _beaten(net, lat: float, ld: dict, rest, inc) -> bool:
+    """Whether the complete assignment `inc` ((x, o, media): every flow on its lone
+    fastest candidate) beats every completion of a partial one (`lat`, loads `ld`) by the
+    flows still to place (`rest`, `_floors`): lower x, no more o, no more bytes on any
+    medium. Such a partial assignment cannot reach the Pareto set, and, its x being
+    strictly worse, no tie either. The bound adds the floors in flow order, as the
+    search adds loads, so rounding keeps it at or below every completion's figures."""
+    least_lat, floors = rest
+    lb = dict(ld)
+    for fl in floors:
+        for x, v in fl:
+            lb[x] = lb.get(x, 0.0) + v
+    x, occ, med = _vector(net, lat if lat > least_lat else least_lat, lb)
+    ix, iocc, imed = inc
+    return ix < x and iocc <= occ and all(a <= b for a, b in zip(imed, med))
 
 
 def _summarise(net, labels, pairs) -> tuple[Option, ...]:
@@ -130,15 +177,7 @@ def _summarise(net, labels, pairs) -> tuple[Option, ...]:
     vectors the one with the fewest relays outside the flows' own ends (a relay is a
     participant: idle power, battery), then the fewest hops, then the first found. The
     vectors are filtered first; an Option is built only for a label that is kept."""
-    cap, nmed = net.cap, net.n_media
-    rows = []
-    for k, (lat, ld, _) in enumerate(labels):
-        occ = max(v / cap[x] for x, v in ld.items()) if ld else 0.0
-        med = [0.0] * nmed
-        for x, v in ld.items():
-            if x < nmed:                   # resources 0 .. n_media - 1 are the media
-                med[x] = v
-        rows.append((lat + occ, occ, tuple(med), k))
+    rows = [(*_vector(net, lat, ld), k) for k, (lat, ld, _) in enumerate(labels)]
     rows.sort()                            # by (x, o, media), then found order
     ends = None
     keep: list = []

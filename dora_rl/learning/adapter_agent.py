@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from dora_rl.adapter.observation import layout
 from dora_rl.errors import AgentError
+from dora_rl.learning.agent_files import load_model, read_config
 from dora_rl.scenario import Scenario
 
 
@@ -32,19 +32,10 @@ def check_layout(cfg: dict, where: str) -> None:
 
 def _load_model(folder: Path):
     """(MaskablePPO network, config) of the agent in `folder`, layout checked."""
-    cpath, zpath = folder / "config.yml", folder / "model.zip"
-    if not cpath.is_file() or not zpath.is_file():
-        raise AgentError(f"adapter agent {str(folder)!r}: model.zip or config.yml is missing")
-    cfg = yaml.safe_load(cpath.read_text()) or {}
+    fix = "retrain it with `python -m dora_rl.learning.adapt_training`"
+    cfg = read_config(folder, "adapter agent", fix)
     check_layout(cfg, repr(str(folder)))
-    from sb3_contrib import MaskablePPO
-
-    from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
-    try:
-        model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as e:
-        raise AgentError(f"adapter agent {str(folder)!r}: model.zip is corrupt or unreadable "
-                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    model = load_model(folder, "adapter agent", fix)
     return model, cfg
 
 

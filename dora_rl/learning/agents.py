@@ -17,7 +17,8 @@ import numpy as np
 import yaml
 
 from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
-from dora_rl.learning.hyperparams import CUSTOM_OBJECTS, load_hyperparams
+from dora_rl.learning.agent_files import load_model, read_config
+from dora_rl.learning.hyperparams import load_hyperparams
 from dora_rl.plan import Plan
 from dora_rl.resources import agents_dir
 from dora_rl.scenario import Scenario
@@ -142,36 +143,22 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
 
     path = resolve_agent_path(agent)
     folder = path if path.is_dir() else path.parent
-    zpath = folder / "model.zip"
-    cpath = folder / "config.yml"
-    if not zpath.is_file():
-        raise AgentError(f"agent {str(folder)!r}: model.zip is missing; train one with `dora train ENV --out DIR`")
-    if not cpath.is_file():
-        raise AgentError(f"agent {str(folder)!r}: config.yml is missing (it records the observation layout "
-                         "and maximum devices); re-save the agent with `dora train`")
-    try:
-        config = yaml.safe_load(cpath.read_text())
-    except yaml.YAMLError as e:
-        raise AgentError(f"agent {str(folder)!r}: config.yml is not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict) or "obs_version" not in config or "max_devices" not in config:
+    fix = "train one with `dora train ENV --out DIR`"
+    if not (folder / "model.zip").is_file():
+        raise AgentError(f"agent {str(folder)!r}: model.zip is missing; {fix}")
+    config = read_config(folder, "agent", "re-save the agent with `dora train`")
+    if "obs_version" not in config or "max_devices" not in config:
         raise AgentError(f"agent {str(folder)!r}: config.yml lacks obs_version/max_devices; re-save the agent")
     if config.get("action_space") == "stage":
-        return _load_stage(folder, zpath, config)
+        return _load_stage(folder, config)
     if config["obs_version"] != OBS_VERSION:
         raise AgentError(f"agent {str(folder)!r} uses observation layout v{config['obs_version']} but this dora_rl "
                          f"uses v{OBS_VERSION}; retrain it with `dora train {config.get('env_id', 'ENV')}`")
-    try:
-        from sb3_contrib import MaskablePPO
+    from dora_rl.learning.extractor import SetPointerPolicy
 
-        from dora_rl.learning.extractor import SetPointerPolicy
-
-        # agents saved before dora_rl.policies became dora_rl.learning pickled the policy class
-        # under its old module path: name the class here instead of unpickling it
-        model = MaskablePPO.load(str(zpath), device="cpu",
-                                 custom_objects={**CUSTOM_OBJECTS, "policy_class": SetPointerPolicy})
-    except Exception as e:
-        raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
-                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    # agents saved before dora_rl.policies became dora_rl.learning pickled the policy class
+    # under its old module path: name the class here instead of unpickling it
+    model = load_model(folder, "agent", fix, SetPointerPolicy)
     space = model.observation_space
     try:
         D, F = space["devices"].shape
@@ -188,7 +175,7 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
     return PartitionAgent(model, config, folder)
 
 
-def _load_stage(folder: Path, zpath: Path, config: dict):
+def _load_stage(folder: Path, config: dict):
     """A stage-policy agent (dora_rl/learning/stage_agent.py), its layout checked first."""
     from dora_rl.envs.stage import NFB, NFD, SNG, STAGE_OBS_VERSION
     from dora_rl.learning.stage_agent import StageAgent, load_stage_model
@@ -200,7 +187,7 @@ def _load_stage(folder: Path, zpath: Path, config: dict):
         raise AgentError(f"agent {str(folder)!r} uses stage observation layout v{got[0]} with {got[1]}/{got[2]}/"
                          f"{got[3]} device/block/global features, but this dora_rl uses v{want[0]} with "
                          f"{want[1]}/{want[2]}/{want[3]}; retrain it with `dora train`")
-    return StageAgent(load_stage_model(zpath, folder), config, folder)
+    return StageAgent(load_stage_model(folder), config, folder)
 
 
 def save_agent(model, folder: str | Path, config: dict, results: dict | None = None, card: str | None = None) -> Path:

@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from dora_rl.errors import AgentError
+from dora_rl.learning.agent_files import load_model, read_config
 from dora_rl.learning.agents import sanitize
 from dora_rl.plan import Plan
 from dora_rl.resources import agents_dir
@@ -104,31 +103,12 @@ def load_schedule_agent(path: str | Path | None = None) -> ScheduleAgent:
     AgentError names what is missing or does not match."""
     folder = Path(path) if path is not None else default_schedule_agent_path()
     folder = folder.parent if folder.suffix == ".zip" else folder
-    cpath, zpath = folder / "config.yml", folder / "model.zip"
-    if not cpath.is_file() or not zpath.is_file():
-        raise AgentError(f"schedule agent {str(folder)!r}: model.zip or config.yml is missing; train one with "
-                         "`python -m dora_rl.learning.schedule_training --out DIR`")
-    try:
-        cfg = yaml.safe_load(cpath.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise AgentError(f"schedule agent {str(folder)!r}: config.yml is not valid YAML "
-                         f"({str(e).splitlines()[0]}); retrain it with `python -m dora_rl.learning.schedule_training`"
-                         ) from None
-    if not isinstance(cfg, dict):
-        raise AgentError(f"schedule agent {str(folder)!r}: config.yml is not a mapping; retrain it with "
-                         "`python -m dora_rl.learning.schedule_training`")
+    what, fix = "schedule agent", "retrain it with `python -m dora_rl.learning.schedule_training --out DIR`"
+    cfg = read_config(folder, what, fix)
     bad = [f"{k}: agent {cfg.get(k)!r} vs this dora_rl {v!r}" for k, v in layout().items() if cfg.get(k) != v]
     if bad:
-        raise AgentError(f"schedule agent {str(folder)!r}: layout mismatch ({'; '.join(bad)}); retrain it with "
-                         "`python -m dora_rl.learning.schedule_training`")
-    from sb3_contrib import MaskablePPO
-
-    from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
-    try:
-        model = MaskablePPO.load(str(zpath), device="cpu", custom_objects=CUSTOM_OBJECTS)
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError) as e:
-        raise AgentError(f"schedule agent {str(folder)!r}: model.zip is corrupt or unreadable "
-                         f"({type(e).__name__}: {str(e)[:120]})") from None
+        raise AgentError(f"{what} {str(folder)!r}: layout mismatch ({'; '.join(bad)}); {fix}")
+    model = load_model(folder, what, fix)
     return ScheduleAgent(model, cfg, folder)
 
 

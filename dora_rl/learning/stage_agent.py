@@ -87,19 +87,12 @@ class StageAgent:
         return best[0], best[1]
 
 
-def load_stage_model(zpath: Path, folder: Path):
-    """MaskablePPO.load of a stage agent's model.zip with constant schedules."""
-    from sb3_contrib import MaskablePPO
-
-    from dora_rl.learning.hyperparams import CUSTOM_OBJECTS
+def load_stage_model(folder: Path):
+    """MaskablePPO.load of a stage agent's model.zip, checked to be a StageEnv network."""
+    from dora_rl.learning.agent_files import load_model
     from dora_rl.learning.stage_policy import StagePolicy
 
-    try:
-        model = MaskablePPO.load(str(zpath), device="cpu",
-                                 custom_objects={**CUSTOM_OBJECTS, "policy_class": StagePolicy})
-    except (OSError, ValueError, KeyError, RuntimeError, EOFError, TypeError, AttributeError) as e:
-        raise AgentError(f"agent {str(folder)!r}: model.zip is corrupt or unreadable "
-                         f"({type(e).__name__}: {str(e)[:120]})") from None
+    model = load_model(folder, "agent", "train one with `dora train ENV --out DIR`", StagePolicy)
     if "blocks" not in getattr(model.observation_space, "spaces", {}):
         raise AgentError(f"agent {str(folder)!r}: model.zip was not trained on a StageEnv (its observation space "
                          "has no 'blocks'), but config.yml says action_space: stage")

@@ -116,9 +116,18 @@ class Network:
         searches += [(0.0, False, lam, False) for lam in LAMBDAS]
         if self.n_media:    # paths that avoid every shared medium
             searches += [(beta, False, 0.0, True) for beta in rates]
+        sources = sorted({s for s, _ in far})
+        seen: set = set()
         for beta, by_hops, lam, wired in searches:
-            for s in sorted({s for s, _ in far}):
-                prev = self._dijkstra(adj, s, beta, n, by_hops, lam, wired)
+            # the search's graph, once for every source: usable links (in adj's order, so
+            # ties resolve as before) with the edge weight (latency + lam x serialisation)
+            sub = tuple(tuple((v, lt + lam * inv) for v, _res, r, lt, mu, inv in row
+                              if r >= beta and not (wired and mu >= 0)) for row in adj)
+            if (sub, by_hops) in seen:     # the same graph searched the same way: the same paths
+                continue
+            seen.add((sub, by_hops))
+            for s in sources:
+                prev = self._dijkstra(sub, s, n, by_hops)
                 for t in range(n):
                     if (s, t) not in far or prev[t] is None:
                         continue
@@ -131,9 +140,9 @@ class Network:
                         cands[s][t][key] = self._route(path, adj)
 
     @staticmethod
-    def _dijkstra(adj, s: int, beta: float, n: int, by_hops: bool, lam: float, wired: bool):
-        """Shortest paths from s over links at least beta B/s (and on no medium if
-        wired): by (latency + lam x serialisation, hops), or by (hops, latency)."""
+    def _dijkstra(sub, s: int, n: int, by_hops: bool):
+        """Shortest paths from s over the search's graph `sub` ([(v, weight)] per
+        device): by (weight, hops), or by (hops, weight)."""
         best: list = [None] * n
         best[s] = (0.0, 0.0)
         prev: list = [None] * n
@@ -142,10 +151,7 @@ class Network:
             d1, d2, u = heapq.heappop(heap)
             if (d1, d2) > best[u]:
                 continue
-            for v, _res, r, lt, mu, inv in adj[u]:
-                if r < beta or (wired and mu >= 0):
-                    continue
-                w = lt + lam * inv
+            for v, w in sub[u]:
                 cand = (d1 + 1.0, d2 + w) if by_hops else (d1 + w, d2 + 1.0)
                 if best[v] is None or cand < best[v]:
                     best[v] = cand

@@ -16,7 +16,10 @@ Pruning never changes the answer:
 - branch and bound on the objective: the prefix's partial latency (sum of stage and
   transfer times so far + (M-1) x partial bottleneck + partial all-reduce) and partial
   energy (participants so far, with the period lower bound) only grow as stages are
-  added; a prefix no better than the incumbent is cut.
+  added; a prefix no better than the incumbent is cut. A transfer is charged, figure by
+  figure, the least over its routings (time, occupancy, bytes per medium and per
+  device): the cost model picks one routing per complete plan, so a prefix cannot know
+  which.
 
 Instances beyond `MAX_DEVICES` devices or `MAX_BLOCKS` blocks are refused
 (`PlannerError`): the space grows like (ordered set partitions) x C(B-1, S-1)."""
@@ -103,19 +106,26 @@ class _Oracle:
         for d, t in zip(devs, per):
             Q["busy"][d] = Q["busy"].get(d, 0.0) + t * M
         dirs = 2.0 if (self.tr and l > 0) else 1.0
-        occ, lat, load, flows = cost.transfer(prev[0], prev[1], list(devs), list(sh), self.m * cost.bnd[l])
-        Q["fill"] += dirs * (occ + lat)
-        Q["T"] = max(Q["T"], dirs * occ)
-        for mu, b in load.items():
-            Q["load"][mu] = Q["load"].get(mu, 0.0) + dirs * b
-        for i, j, b in flows:
-            Q["bytes"][i] = Q["bytes"].get(i, 0.0) + dirs * b * M
-            Q["bytes"][j] = Q["bytes"].get(j, 0.0) + dirs * b * M
+        # the plan's routing is chosen once it is complete (`routing.choose`), so a prefix is
+        # charged, figure by figure, the least over the transfer's routings: a lower bound
+        opts = cost.transfer_options(prev[0], prev[1], list(devs), list(sh), self.m * cost.bnd[l])
+        Q["fill"] += dirs * opts[0].x                   # the options are sorted by x
+        Q["T"] = max(Q["T"], dirs * min(o.occ for o in opts))
+        for mu in range(self.nmed):
+            b = min(o.media[mu] for o in opts)
+            if b > 0:
+                Q["load"][mu] = Q["load"].get(mu, 0.0) + dirs * b
+        for d, b in _least_bytes(opts).items():
+            Q["bytes"][d] = Q["bytes"].get(d, 0.0) + dirs * b * M
         if self.tr:
-            t, arl, per_dev = cost.allreduce(list(devs), cost.pp[r] - cost.pp[l])
+            t, _, per_dev = cost.allreduce(list(devs), cost.pp[r] - cost.pp[l])    # least time: the fastest
             Q["A"] = max(Q["A"], t)
-            for mu, b in arl.items():
-                Q["arload"][mu] = Q["arload"].get(mu, 0.0) + b
+            ar = cost.allreduce_options(list(devs), cost.pp[r] - cost.pp[l])
+            steps = 2 * (len(devs) - 1)
+            for mu in range(self.nmed):
+                b = min(o.media[mu] for o in ar) * steps
+                if b > 0:
+                    Q["arload"][mu] = Q["arload"].get(mu, 0.0) + b
             if len(devs) > 1:
                 for d in devs:
                     Q["bytes"][d] = Q["bytes"].get(d, 0.0) + 2 * per_dev
@@ -195,6 +205,19 @@ def oracle_search(scenario: Scenario, cost: CostModel | None = None, *, max_grou
     o = _Oracle(cost, max_group, prune)
     best = o.run()
     return best, o
+
+
+def _least_bytes(opts) -> dict[int, float]:
+    """Per device, the least bytes it sends or receives (relaying counts both) over a
+    transfer's routings (0 where some routing does not touch it)."""
+    per = []
+    for o in opts:
+        b: dict[int, float] = {}
+        for i, j, x in o.flows:
+            b[i] = b.get(i, 0.0) + x
+            b[j] = b.get(j, 0.0) + x
+        per.append(b)
+    return {d: min(p.get(d, 0.0) for p in per) for d in per[0]}
 
 
 @register

@@ -55,7 +55,7 @@ class DPEngine:
         self.lay = self.limits.lay
         self.pieces = Pieces(cost, self.groups, self.limits)
         self.stage = self.pieces.stage
-        self.boundary = self.pieces.boundary
+        self.boundaries = self.pieces.boundaries
 
     # --- the search --------------------------------------------------------
     def run(self) -> tuple[list[Candidate], int]:
@@ -72,9 +72,8 @@ class DPEngine:
 
     def _seed(self, labels: list, cuts: list[int]) -> None:
         """The last stage [l, B) of every suffix (+ the answer's return for inference)."""
-        B, src, tr, lay, lim = self.B, self.src, self.training, self.lay, self.limits
-        fixed, nosrc = lim.fixed_period, self.pieces.nosrc
-        idle_of, accounts = self.pieces.idle_of, self.pieces.accounts
+        B, src, tr, lay = self.B, self.src, self.training, self.lay
+        nosrc = self.pieces.nosrc
         for l in cuts[:-1]:
             for gi, devs in enumerate(self.groups):
                 st = self.stage(l, B, gi, 1)
@@ -87,36 +86,45 @@ class DPEngine:
                 if tr:
                     for mu in range(lay.nmed):
                         v[lay.ar_loads + mu] = st.ar_loads[mu]
-                part = (self.gmask[gi] & nosrc) | st.relays
-                energy = dict(zip(devs, st.energy))
+                part0 = (self.gmask[gi] & nosrc) | st.relays
+                energy0 = dict(zip(devs, st.energy))
                 for d, e in st.relay_j.items():
-                    energy[d] = energy.get(d, 0.0) + e
-                if not tr:
-                    bd = self.boundary(list(devs), list(st.shares), [src], [1.0], B, 1.0)
-                    v[FILL] += bd.fill
-                    if bd.occ > v[STEADY]:
-                        v[STEADY] = bd.occ
-                    for mu in range(lay.nmed):
-                        v[lay.loads + mu] += bd.loads[mu]
-                    for d, e in bd.radio.items():
-                        energy[d] = energy.get(d, 0.0) + e
-                    part |= bd.hops
-                v[ENERGY] = sum(energy.values())
-                if fixed:
-                    v[ENERGY] += idle_of(part) * lim.period0
-                else:
-                    v[IDLE] = idle_of(part)
-                src_j, cols, pend, touched = accounts(energy)
-                v[SOURCE_J] = src_j
-                for c, e in cols:
-                    v[c] += e
-                if not lim.partial_ok(v):
-                    continue
-                if fixed and lim.rb_mask and not lim.relays_ok(v, part, lim.rb_mask, lim.period0):
-                    continue
-                pending = tuple(pend.get(d, 0.0) for d in devs)
-                lab = Label(tuple(v), self.claim[gi], part, pending, Node(Span(l, B, devs, st.shares), None))
-                labels[l].setdefault((gi, st.shid, 1), []).append(lab)
+                    energy0[d] = energy0.get(d, 0.0) + e
+                # inference: the answer's return to the source, on each of its routings
+                bds = (None,) if tr else self.boundaries(list(devs), list(st.shares), [src], [1.0], B, 1.0)
+                for bd in bds:
+                    self._seed_one(labels, l, gi, devs, st, list(v), dict(energy0), part0, bd)
+
+    def _seed_one(self, labels, l, gi, devs, st, v, energy, part, bd) -> None:
+        """The seed label of stage [l, B) on group gi with the return transfer `bd` (None:
+        training, which has none)."""
+        lay, lim, B = self.lay, self.limits, self.B
+        fixed, idle_of, accounts = lim.fixed_period, self.pieces.idle_of, self.pieces.accounts
+        if bd is not None:
+            v[FILL] += bd.fill
+            if bd.occ > v[STEADY]:
+                v[STEADY] = bd.occ
+            for mu in range(lay.nmed):
+                v[lay.loads + mu] += bd.loads[mu]
+            for d, e in bd.radio.items():
+                energy[d] = energy.get(d, 0.0) + e
+            part |= bd.hops
+        v[ENERGY] = sum(energy.values())
+        if fixed:
+            v[ENERGY] += idle_of(part) * lim.period0
+        else:
+            v[IDLE] = idle_of(part)
+        src_j, cols, pend, touched = accounts(energy)
+        v[SOURCE_J] = src_j
+        for c, e in cols:
+            v[c] += e
+        if not lim.partial_ok(v):
+            return
+        if fixed and lim.rb_mask and not lim.relays_ok(v, part, lim.rb_mask, lim.period0):
+            return
+        pending = tuple(pend.get(d, 0.0) for d in devs)
+        lab = Label(tuple(v), self.claim[gi], part, pending, Node(Span(l, B, devs, st.shares), None))
+        labels[l].setdefault((gi, st.shid, 1), []).append(lab)
 
     def _prepend(self, labels: list, cuts: list[int], ci: int, bcache: dict) -> int:
         """Prepend a stage [l0, l) (l = cuts[ci]) to every label starting at l; returns the
@@ -158,68 +166,69 @@ class DPEngine:
                     if st is None:
                         break       # a longer range on the same group cannot fit either
                     bkey = (st.shid, gi, shid, l)
-                    bd = bcache.get(bkey)
-                    if bd is None:
-                        bd = bcache[bkey] = self.boundary(list(devs0), list(st.shares), list(devs), list(sh), l,
-                                                          2.0 if tr else 1.0)
-                    rad, lv, t_ar0, arv0 = bd.radio, bd.loads, st.allreduce_s, st.ar_loads
-                    add_fill = st.busy + bd.fill
-                    # this step's energy per device: the new stage, the transfer at l, the ring's relays
-                    energy = dict(zip(devs0, st.energy))
-                    for src_d in (rad, st.relay_j):
-                        for d, e in src_d.items():
-                            energy[d] = energy.get(d, 0.0) + e
-                    add_E = sum(energy.values())
-                    es_add, cols, pend, touched = accounts(energy)
-                    newp = (m0 & nosrc) | bd.hops | st.relays        # who takes part from this step on
-                    m0n = m0 & nosrc
-                    idle0 = idle_of(m0n)
-                    p0 = tuple(pend.get(d, 0.0) for d in devs0)       # the new first stage: incoming unknown
-                    fin_in = [(k, pend.get(d, 0.0)) for k, d in fin_devs]   # the suffix's first stage: complete
-                    tgt = labels[l0].setdefault((gi0, st.shid, j0), [])
-                    span0 = None                          # the new stage, built with its first label
-                    t = st.busy if st.busy > bd.occ else bd.occ
-                    for vec, claim_o, part, pending, node in avail:
-                        v = list(vec)
-                        v[FILL] += add_fill
-                        if t > v[STEADY]:
-                            v[STEADY] = t
-                        if t_ar0 > v[ALLREDUCE]:
-                            v[ALLREDUCE] = t_ar0
-                        joined = newp & ~part             # each participant's idle power counts once
-                        idle = idle0 if joined == m0n else idle_of(joined)
-                        if fixed:
-                            v[ENERGY] += add_E + idle * period0
-                        else:
-                            v[ENERGY] += add_E
-                            v[IDLE] += idle
-                        v[SOURCE_J] += es_add
-                        for mu in media:
-                            v[iL + mu] += lv[mu]
-                            if tr:
-                                v[iAR + mu] += arv0[mu]
-                        for c, e in cols:
-                            v[c] += e
-                        if not partial_ok(v):
-                            continue
-                        part_new = part | newp
-                        if fixed and rb_mask and (touched or joined & rb_mask) and \
-                                not relays_ok(v, part_new, touched | joined, period0):
-                            continue
-                        # the suffix's first stage now knows its incoming transfer: finalize
-                        good = True
-                        for k, e in fin_in:
-                            if not finalize(devs[k], pending[k] + e, v):
-                                good = False
-                                break
-                        if not good:
-                            continue
-                        n_labels += 1
-                        if span0 is None:
-                            span0 = new(Span, (l0, l, devs0, st.shares))
-                        # tuple.__new__ builds the NamedTuples without their Python-level __new__ (hot loop)
-                        tgt.append(new(Label, (tuple(v), claim_o | claim0, part_new, p0,
-                                               new(Node, (span0, node)))))
+                    bds = bcache.get(bkey)
+                    if bds is None:
+                        bds = bcache[bkey] = self.boundaries(list(devs0), list(st.shares), list(devs), list(sh), l,
+                                                             2.0 if tr else 1.0)
+                    for bd in bds:        # the transfer at l on each of its routings
+                        rad, lv, t_ar0, arv0 = bd.radio, bd.loads, st.allreduce_s, st.ar_loads
+                        add_fill = st.busy + bd.fill
+                        # this step's energy per device: the new stage, the transfer at l, the ring's relays
+                        energy = dict(zip(devs0, st.energy))
+                        for src_d in (rad, st.relay_j):
+                            for d, e in src_d.items():
+                                energy[d] = energy.get(d, 0.0) + e
+                        add_E = sum(energy.values())
+                        es_add, cols, pend, touched = accounts(energy)
+                        newp = (m0 & nosrc) | bd.hops | st.relays        # who takes part from this step on
+                        m0n = m0 & nosrc
+                        idle0 = idle_of(m0n)
+                        p0 = tuple(pend.get(d, 0.0) for d in devs0)       # the new first stage: incoming unknown
+                        fin_in = [(k, pend.get(d, 0.0)) for k, d in fin_devs]   # the suffix's first stage: complete
+                        tgt = labels[l0].setdefault((gi0, st.shid, j0), [])
+                        span0 = None                          # the new stage, built with its first label
+                        t = st.busy if st.busy > bd.occ else bd.occ
+                        for vec, claim_o, part, pending, node in avail:
+                            v = list(vec)
+                            v[FILL] += add_fill
+                            if t > v[STEADY]:
+                                v[STEADY] = t
+                            if t_ar0 > v[ALLREDUCE]:
+                                v[ALLREDUCE] = t_ar0
+                            joined = newp & ~part             # each participant's idle power counts once
+                            idle = idle0 if joined == m0n else idle_of(joined)
+                            if fixed:
+                                v[ENERGY] += add_E + idle * period0
+                            else:
+                                v[ENERGY] += add_E
+                                v[IDLE] += idle
+                            v[SOURCE_J] += es_add
+                            for mu in media:
+                                v[iL + mu] += lv[mu]
+                                if tr:
+                                    v[iAR + mu] += arv0[mu]
+                            for c, e in cols:
+                                v[c] += e
+                            if not partial_ok(v):
+                                continue
+                            part_new = part | newp
+                            if fixed and rb_mask and (touched or joined & rb_mask) and \
+                                    not relays_ok(v, part_new, touched | joined, period0):
+                                continue
+                            # the suffix's first stage now knows its incoming transfer: finalize
+                            good = True
+                            for k, e in fin_in:
+                                if not finalize(devs[k], pending[k] + e, v):
+                                    good = False
+                                    break
+                            if not good:
+                                continue
+                            n_labels += 1
+                            if span0 is None:
+                                span0 = new(Span, (l0, l, devs0, st.shares))
+                            # tuple.__new__ builds the NamedTuples without their Python-level __new__ (hot loop)
+                            tgt.append(new(Label, (tuple(v), claim_o | claim0, part_new, p0,
+                                                   new(Node, (span0, node)))))
         return n_labels
 
     def _close(self, layer: dict) -> list[Candidate]:
@@ -237,66 +246,67 @@ class DPEngine:
                 continue
             devs = self.groups[gi]
             sh = lst[0].stages.stage.shares
-            bd = self.boundary([src], [1.0], list(devs), list(sh), 0, 1.0)
-            src_j, cols, pend, _ = self.pieces.accounts(bd.radio)
-            add_E = sum(bd.radio.values())
-            for o in lst:
-                v = list(o.vec)
-                v[FILL] += bd.fill
-                if bd.occ > v[STEADY]:
-                    v[STEADY] = bd.occ
-                v[ENERGY] += add_E
-                for mu in media:
-                    v[iL + mu] += bd.loads[mu]
-                for c, e in cols:
-                    v[c] += e
-                part = o.part | bd.hops
-                idle = idle_of(part & ~o.part) + cost.idle_w[src]
-                T = v[STEADY]
-                for mu in media:
-                    T = max(T, v[iL + mu] / caps[mu])
-                A = v[ALLREDUCE]
-                if tr:
+            # the source's input transfer on each of its routings
+            for bd in self.boundaries([src], [1.0], list(devs), list(sh), 0, 1.0):
+                src_j, cols, pend, _ = self.pieces.accounts(bd.radio)
+                add_E = sum(bd.radio.values())
+                for o in lst:
+                    v = list(o.vec)
+                    v[FILL] += bd.fill
+                    if bd.occ > v[STEADY]:
+                        v[STEADY] = bd.occ
+                    v[ENERGY] += add_E
                     for mu in media:
-                        A = max(A, v[iAR + mu] / caps[mu])
-                L = v[FILL] + (M - 1) * T + A
-                es = v[SOURCE_J] + src_j
-                if tr:
-                    period = L
-                else:
-                    rate = cost.workload.request_rate
-                    period = max(1.0 / rate, M * T) if rate else M * T
-                if period <= 0:
-                    period = L if L > 0 else 1e-12
-                if lim.fixed_period:
-                    E = v[ENERGY] + idle * lim.period0
-                else:
-                    E = v[ENERGY] + (v[IDLE] + idle) * period
-                ok = True
-                for d, e in zip(devs, o.pending):
-                    if lim.fin[d] and not lim.finalize_device(d, e + pend.get(d, 0.0), v):
-                        ok = False
-                        break
-                if not ok or not lim.partial_ok(v):
-                    continue
-                if self.constrained:
-                    if not lim.fixed_period and lim.battery and v[BATTERY] > period * (1 + 1e-12):
+                        v[iL + mu] += bd.loads[mu]
+                    for c, e in cols:
+                        v[c] += e
+                    part = o.part | bd.hops
+                    idle = idle_of(part & ~o.part) + cost.idle_w[src]
+                    T = v[STEADY]
+                    for mu in media:
+                        T = max(T, v[iL + mu] / caps[mu])
+                    A = v[ALLREDUCE]
+                    if tr:
+                        for mu in media:
+                            A = max(A, v[iAR + mu] / caps[mu])
+                    L = v[FILL] + (M - 1) * T + A
+                    es = v[SOURCE_J] + src_j
+                    if tr:
+                        period = L
+                    else:
+                        rate = cost.workload.request_rate
+                        period = max(1.0 / rate, M * T) if rate else M * T
+                    if period <= 0:
+                        period = L if L > 0 else 1e-12
+                    if lim.fixed_period:
+                        E = v[ENERGY] + idle * lim.period0
+                    else:
+                        E = v[ENERGY] + (v[IDLE] + idle) * period
+                    ok = True
+                    for d, e in zip(devs, o.pending):
+                        if lim.fin[d] and not lim.finalize_device(d, e + pend.get(d, 0.0), v):
+                            ok = False
+                            break
+                    if not ok or not lim.partial_ok(v):
                         continue
-                    if lim.rb_mask and not lim.relays_ok(v, part, lim.rb_mask, period):
-                        continue
-                    p = lim.pmax[src]
-                    if p is not None:
-                        room = p - cost.idle_w[src]
-                        if room <= 0 or es > room * period * (1 + 1e-12):
+                    if self.constrained:
+                        if not lim.fixed_period and lim.battery and v[BATTERY] > period * (1 + 1e-12):
                             continue
-                    if q.latency_slo_ms is not None and L * 1e3 > q.latency_slo_ms * (1 + TOL):
-                        continue
-                first = o.stages.stage
-                stages = [(0, first.end, list(first.devs), list(first.shares))]
-                node = o.stages.rest
-                while node is not None:
-                    s = node.stage
-                    stages.append((s.start, s.end, list(s.devs), list(s.shares)))
-                    node = node.rest
-                out.append(Candidate(stages, L, E))
+                        if lim.rb_mask and not lim.relays_ok(v, part, lim.rb_mask, period):
+                            continue
+                        p = lim.pmax[src]
+                        if p is not None:
+                            room = p - cost.idle_w[src]
+                            if room <= 0 or es > room * period * (1 + 1e-12):
+                                continue
+                        if q.latency_slo_ms is not None and L * 1e3 > q.latency_slo_ms * (1 + TOL):
+                            continue
+                    first = o.stages.stage
+                    stages = [(0, first.end, list(first.devs), list(first.shares))]
+                    node = o.stages.rest
+                    while node is not None:
+                        s = node.stage
+                        stages.append((s.start, s.end, list(s.devs), list(s.shares)))
+                        node = node.rest
+                    out.append(Candidate(stages, L, E))
         return out

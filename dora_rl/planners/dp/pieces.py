@@ -95,22 +95,28 @@ class Pieces:
             arv[mu] += b
         return StageCost(tuple(sh), shid, u, edev, t_ar, arv, relays & self.nosrc, relay_j)
 
-    def boundary(self, adevs, ash, bdevs, bsh, k: int, dirs: float) -> Boundary:
+    def boundaries(self, adevs, ash, bdevs, bsh, k: int, dirs: float) -> tuple[Boundary, ...]:
         """The transfer at block boundary k from group adevs (shares ash) to bdevs (bsh),
-        `dirs` times (2 for training: activations forward, gradients back)."""
+        `dirs` times (2 for training: activations forward, gradients back), on each of its
+        routings (`CostModel.transfer_options`, fastest first). The cost model picks one
+        routing per plan (`routing.choose`), which need not be each boundary's fastest (a
+        slower one may have less occupancy: a shorter period); the engine extends a label
+        by every routing, so the plan's best is among its labels."""
         cost = self.cost
-        occ, lat, load, flows = cost.transfer(adevs, ash, bdevs, bsh, self.m * cost.bnd[k])
-        lv = [0.0] * self.limits.nmed
-        for mu, b in load.items():
-            lv[mu] += dirs * b
-        rad: dict[int, float] = {}
-        hops = 0
-        for i, j, b in flows:          # per hop: both ends (relays too) send / receive it
-            e = dirs * b * self.M
-            rad[i] = rad.get(i, 0.0) + cost.radio[i] * e
-            rad[j] = rad.get(j, 0.0) + cost.radio[j] * e
-            hops |= (1 << i) | (1 << j)
-        return Boundary(dirs * (occ + lat), dirs * occ, lv, rad, hops & self.nosrc)
+        out = []
+        for occ, lat, load, flows, *_ in cost.transfer_options(adevs, ash, bdevs, bsh, self.m * cost.bnd[k]):
+            lv = [0.0] * self.limits.nmed
+            for mu, b in load.items():
+                lv[mu] += dirs * b
+            rad: dict[int, float] = {}
+            hops = 0
+            for i, j, b in flows:          # per hop: both ends (relays too) send / receive it
+                e = dirs * b * self.M
+                rad[i] = rad.get(i, 0.0) + cost.radio[i] * e
+                rad[j] = rad.get(j, 0.0) + cost.radio[j] * e
+                hops |= (1 << i) | (1 << j)
+            out.append(Boundary(dirs * (occ + lat), dirs * occ, lv, rad, hops & self.nosrc))
+        return tuple(out)
 
     def accounts(self, energy: dict[int, float]) -> tuple[float, tuple, dict[int, float], int]:
         """Split a step's energy per device (J not depending on the period) into: the

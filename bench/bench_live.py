@@ -6,10 +6,10 @@ beside the same adapter simulated on the cost model over the same trace in the s
 
 Judged alike (runtime/live_judge.py): a live interval by the requests in service during
 it (their measured latencies); the simulated run at the live run's request instants with
-the same rule: a request issued at t waits for the pipeline (its bottleneck serves one
-request per 1 / capacity) and then takes the simulated latency of the plans serving its
-span on the true bandwidth, in a stream at the live run's offered rate (`in_a_stream`:
-the discrete-event simulator, neighbouring requests' transfers sharing the medium). The
+the same rule: the live run's requests replayed through the discrete-event simulator on
+the simulated run's plans and the true bandwidth interval by interval (`replayed_spans`:
+each waits for the devices its predecessors hold, shares the medium with their
+transfers, and each transfer runs at the bandwidth of its moment). The
 simulation's own per-interval verdict (the analytic one: the serving plan's latency at
 each interval's bandwidth, no requests) is reported beside it
 (`violation_frac_sim_analytic`). Each run covers at least `DEVICE_S` seconds of device
@@ -62,17 +62,21 @@ def traces(n: int) -> list[str]:
     return [f"norway_3g/{files[i % len(files)]}" for i in range(n)]
 
 
-def simulated(base, name: str, spec: str, X: float, time_scale: float, duration: float):
+def simulated(base, name: str, spec: str, X: float, time_scale: float, duration: float, issues=None):
     """The simulated log of `name` on the dilated scenario over `spec` replayed as the
-    live run replays it (trace time = run time x time_scale / X)."""
+    live run replays it (trace time = run time x time_scale / X). With the live run's
+    request instants `issues`, its monitor hears what the live one hears: the transfers
+    of those requests replayed (runtime/live_twin.py `LiveMonitorFeed`)."""
     from dora_rl.adapter import make_trace, simulate
     from dora_rl.cluster.traces import BandwidthTrace
+    from dora_rl.runtime.live_twin import LiveMonitorFeed
     sc = base.dilated(X)
-    tr, _ = make_trace(sc, spec, duration_s=max(60.0, duration * time_scale))
+    tr, medium = make_trace(sc, spec, duration_s=max(60.0, duration * time_scale))
     k = X / time_scale
     t0 = float(tr.times[0])
     st = BandwidthTrace((tr.times - t0) * k, tr.mbps, period=tr.period * k, source=tr.source)
-    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False}, probe_first=True)
+    feed = LiveMonitorFeed(sc, medium, issues, 1.0) if issues is not None else None
+    return simulate(sc, name, st, duration, 1.0, adapter_options={"compose": False}, probe_first=True, observe=feed)
 
 
 def kinds(rows) -> dict:
@@ -98,7 +102,7 @@ def one_run(base, name: str, spec: str, device_s: float, duration: float, busy: 
             i: int = 0) -> dict:
     from dora_rl.errors import DoraError
     from dora_rl.runtime.live import run_live
-    from dora_rl.runtime.live_judge import at_request_instants, in_a_stream
+    from dora_rl.runtime.live_judge import at_request_instants
     t = time.monotonic()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,11 +113,12 @@ def one_run(base, name: str, spec: str, device_s: float, duration: float, busy: 
         except DoraError as e:   # a failed run is a row, not the end of the bench
             return {"trace": spec, "busy_cores": busy, "load_before": load0, "error": f"{type(e).__name__}: {e}"}
     s, rows = out["summary"], log["rows"]
-    sim = simulated(base, name, spec, s["slowdown"], s["time_scale"], log["duration_s"])
+    issues = [ti for ti, _ in log["requests"]]
+    sim = simulated(base, name, spec, s["slowdown"], s["time_scale"], log["duration_s"], issues)
     sim_raw = sim.summary()["violation_frac"]
     sim_rows = copy.deepcopy(sim.rows)      # judged like the live run, at its request instants
-    in_a_stream(sim_rows, base.dilated(s["slowdown"]), sim.plans, sim.medium, 1.0 / s["offered_rate"])
-    at_request_instants(sim_rows, [ti for ti, _ in log["requests"]], 1.0, log["slo_ms"], need=log["need"],
+    at_request_instants(sim_rows, issues, 1.0, log["slo_ms"],
+                        scenario=base.dilated(s["slowdown"]), plans=sim.plans, medium=sim.medium, need=log["need"],
                         offered_rate=s["offered_rate"], pauses=s["pauses"])
     sim_frac = sum(1 for r in sim_rows if not r["ok"]) / len(sim_rows)
     if keep:          # both logs, to look at

@@ -114,6 +114,7 @@ class Monitor:
     os_root: Path = POWER_SUPPLY_ROOT
     error_window: int = 5
     battery_window_s: float = 60.0
+    dilation: float = 1.0          # run seconds per device second (a dilated run): levels drain per device second
 
     def __post_init__(self) -> None:
         cl = self.cluster
@@ -188,10 +189,12 @@ class Monitor:
 
     # --- battery -----------------------------------------------------------------
     def drain(self, power_w: dict[str, float], dt: float) -> dict[str, float]:
-        """Battery devices spend `power_w[d]` watts for `dt` seconds (power model)."""
+        """Battery devices spend `power_w[d]` watts for `dt` seconds (power model): of run
+        time, so for dt / `dilation` seconds of device time (the levels); the trailing
+        average draw (`avg_power`) is a power, the same in either clock."""
         for d, w in power_w.items():
             if d in self.levels and w > 0:
-                self.levels[d] = max(0.0, self.levels[d] - w * dt / self.capacity_j[d])
+                self.levels[d] = max(0.0, self.levels[d] - w * dt / self.dilation / self.capacity_j[d])
         self._drained.append((dt, {d: w * dt for d, w in power_w.items() if d in self.levels}))
         while sum(t for t, _ in self._drained) - self._drained[0][0] >= self.battery_window_s:
             self._drained.popleft()

@@ -208,14 +208,18 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
              interval_s: float = 1.0, *, mean_frac: float | None = None, seed: int = 0,
              estimator: str = "harmonic", window: int = 4, error_window: int = 5, noise: float = 0.05,
              battery_window_s: float = 60.0, on_interval=None, adapter_options: dict | None = None,
-             probe_first: bool = False) -> Log:
+             probe_first: bool = False, observe=None) -> Log:
     """Replay `trace` (see make_trace for the accepted forms) for `duration_s` seconds,
     deciding every `interval_s` seconds. `on_interval(row, log)` is called after each
     interval (the live view). `probe_first`: the monitor measures one probe at t = 0
     before the first decision, as the live loop does before it serves (runtime/live.py
     `deploy`), without jitter: the live probe crosses an idle network whose emulated rate
     is exact (its first estimate equalled the trace's rate in every bench run); without it
-    the first decision is made on the nominal prior."""
+    the first decision is made on the nominal prior. `observe(mon, trace_at, nominal, t, dt,
+    plan, bw_true)` replaces what the monitor hears each interval (default: the serving
+    plan's transfers sampled 4 times on the true bandwidth, `observe_interval`); the live
+    bench's twin feeds it the transfers of the live run's requests replayed
+    (runtime/live_twin.py)."""
     for key, v in (("duration_s", duration_s), ("interval_s", interval_s), ("battery_window_s", battery_window_s)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise TraceError(f"simulate: {key} must be a positive number of seconds, got {v!r}")
@@ -228,7 +232,7 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
     log = Log(scenario.name, adapter.name, tr.source, medium, nominal, float(interval_s), float(duration_s),
               scenario.qoe.latency_slo_ms, need, battery_window_s=float(battery_window_s))
     mon = Monitor(scenario.cluster, kind=estimator, window=window, error_window=error_window,
-                  battery_window_s=battery_window_s)
+                  battery_window_s=battery_window_s, dilation=float(getattr(scenario, "dilation", 1.0)))
     rng = np.random.default_rng(seed)
     src = scenario.workload.source
     nom_cost = CostModel(scenario)
@@ -254,7 +258,10 @@ def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s:
         main_pid = max(zip(target[1], target[0], strict=False))[1]
         if main_pid not in flow_cache:
             flow_cache[main_pid] = plan_flows(nom_cost, adapter.plans[main_pid])
-        observe_interval(mon, flow_cache[main_pid], tr.at, t, dt, nominal, medium, rng, noise, src, probe_dst)
+        if observe is not None:
+            observe(mon, tr.at, nominal, t, dt, adapter.plans[main_pid], bw_true)
+        else:
+            observe_interval(mon, flow_cache[main_pid], tr.at, t, dt, nominal, medium, rng, noise, src, probe_dst)
         row = {
             "t": t, "bw_true_mbps": bw_true, "bw_est_mbps": state.bandwidth.get(medium),
             "bw_error": state.error.get(medium, 0.0),

@@ -10,8 +10,9 @@
    the heartbeat silence that declares a hung worker scales with it (`hb_timeout`).
 2. Workers execute the running plan (`ResilientRuntime`, emulated cluster); requests
    arrive at the scenario's (dilated) rate, capped at 0.8x the capacity of the first plan.
-3. Bandwidth follows the scenario's `dynamics` trace (or `trace`): every control
-   interval the medium's factor (trace / nominal) is written to the pacing table all
+3. Bandwidth follows the scenario's `dynamics` trace (or `trace`): at the start of every
+   control interval the medium's factor for it (the trace's mean over the interval /
+   nominal, as the simulation's rows take it) is written to the pacing table all
    workers read, so links and the shared medium really slow down or speed up. Trace
    time is dilated with the rest: it advances `time_scale` trace seconds per second of
    *device* time (run time / slowdown; default 10: a 30 s run at dilation 50 covers
@@ -101,7 +102,7 @@ class LiveRun:
         self.adapter = get_adapter(adapter_name, self.sc, **self.adapter_options)
         self.adapter.bind(self.trace, self.medium, interval)
         # probes as long as at real speed: the dilated links are `slowdown` x slower
-        self.monitor = Monitor(self.sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown)
+        self.monitor = Monitor(self.sc.cluster, probe_bytes=Monitor.probe_bytes / slowdown, dilation=slowdown)
         # the workers start on the adapter's initial plan; its first decision waits for a first
         # probe of the bandwidth (`deploy`), as its simulated twin's does (simulate(probe_first))
         self.plan = self.adapter.plans[0] if self.adapter.plans else self.adapter.initial_plan()
@@ -128,7 +129,9 @@ class LiveRun:
         self.t0 = 0.0                                     # the runtime clock at the start of serving
         self.last = 0.0                                   # the start of the current control interval
         self.probe_t, self.probes = -math.inf, 0
+        self.bw_now = self.true_mbps(0.0, interval)       # the medium's bandwidth now (set each interval)
         self.crosses: dict[str, bool] = {}                # plan key -> its transfers cross the medium
+        self.heard: list[tuple] = []                      # (t, src, dst, bytes, seconds) the monitor was told
         self.rt = None                                    # the ResilientRuntime, while running
         self.asked: Plan | None = None                    # the plan the last interval asked for
         self.view = None                                  # the LiveView, while running
@@ -139,10 +142,12 @@ class LiveRun:
         offered = self.rate or self.sc.workload.request_rate or 0.5 * cap
         return min(offered, 0.8 * cap) if math.isfinite(cap) and cap > 0 else offered
 
-    def true_mbps(self, t: float) -> float:
-        """The trace's bandwidth at run time t: device time t / slowdown, replayed
+    def true_mbps(self, t: float, dt: float = 0.0) -> float:
+        """The trace's bandwidth over run time [t, t + dt) (its time-average, as the
+        simulation's rows take it; dt 0: at t): device time / slowdown, replayed
         `time_scale` x faster."""
-        return float(self.trace.at(t / self.slowdown * self.time_scale))
+        pts = t + (np.arange(16) + 0.5) * (dt / 16) if dt > 0 else np.array([t])
+        return float(np.mean(self.trace.at(pts / self.slowdown * self.time_scale)))
 
     # ---------------------------------------------------------------- the run
     def run(self) -> dict:
@@ -154,7 +159,8 @@ class LiveRun:
                               request_deadline=self.request_deadline, on_recover=self.on_recover) as rt:
             self.rt = rt
             rt.start(self.plan)
-            rt.set_bandwidth(self.medium, self.true_mbps(0.0) / self.nominal)
+            self.bw_now = self.true_mbps(0.0, self.interval)      # what the medium runs at until the next interval
+            rt.set_bandwidth(self.medium, self.bw_now / self.nominal)
             if self.adapter.prestage:      # the candidates' weights go out at deployment, as the adapter assumes
                 rt.prestage(self.adapter.holdings)
             self.deploy(rt)
@@ -221,7 +227,7 @@ class LiveRun:
         """A device died: rebuild the adapter (and monitor) on the survivors, let it choose."""
         ad = get_adapter(self.adapter_name, new_sc, **self.adapter_options)
         ad.bind(self.trace, self.medium, self.interval)
-        mon = Monitor(new_sc.cluster, probe_bytes=self.monitor.probe_bytes)
+        mon = Monitor(new_sc.cluster, probe_bytes=self.monitor.probe_bytes, dilation=self.monitor.dilation)
         for d, v in self.monitor.levels.items():
             if d in mon.levels:
                 mon.levels[d] = v
@@ -241,11 +247,14 @@ class LiveRun:
             return None
         t_prev, self.last = self.last, t
         dt = max(1e-6, t - t_prev)
-        bw_true = self.true_mbps(t)
-        self.rt.set_bandwidth(self.medium, bw_true / self.nominal)
+        # the interval [t_prev, t) ran at bw_true; the next one runs at the trace's mean over
+        # [t, t + interval), set now (a sample at t, held for the interval, lagged the trace
+        # by half an interval on average: a dip came up to a second late)
+        bw_true, self.bw_now = self.bw_now, self.true_mbps(t, self.interval)
+        self.rt.set_bandwidth(self.medium, self.bw_now / self.nominal)
         self.observe(t)
         levels = self.monitor.battery()
-        budgets, power = self.drain(t_prev, t, dt, levels)
+        budgets, power = self.drain(bw_true, dt, levels)
         state = self.monitor.state(t)
         asked = (self.asked or self.rt.plan).to_dict()     # the plan running, or being switched to (a drain)
         dec = self.adapter.decide(state)
@@ -278,6 +287,7 @@ class LiveRun:
         for (ta, src, dst, b, s) in rt.hb.take_transfers():
             if src in mon.cluster.index and dst in mon.cluster.index:
                 mon.observe_transfer(src, dst, b, s, ta - self.t0)
+                self.heard.append((ta - self.t0, src, dst, b, s))
         peer = probe_peer(self.sc, self.medium)
         if (peer is not None and peer in rt.ranks and mon.needs_probe(self.medium, t)
                 and t - self.probe_t >= mon.probe_after_s and not self.medium_busy()):
@@ -301,12 +311,13 @@ class LiveRun:
             self.crosses[key] = any(self.medium in self.monitor.route_media(a, b)[0] for a, b, _ in flows)
         return self.crosses[key]
 
-    def drain(self, t_prev: float, t: float, dt: float, levels: dict[str, float]) -> tuple[dict[str, float], float]:
-        """Batteries drain by the power model of the running plan on the true condition.
+    def drain(self, bw_true: float, dt: float, levels: dict[str, float]) -> tuple[dict[str, float], float]:
+        """Batteries drain by the power model of the running plan on the true condition
+        (`bw_true`: the bandwidth the interval ran at).
         Returns (battery budgets, the plan's power; NaN when the cost model rejects it)."""
         budgets: dict[str, float] = {}
         try:
-            tcost = CostModel(conditions(self.sc, {self.medium: self.true_mbps((t_prev + t) / 2)}, levels))
+            tcost = CostModel(conditions(self.sc, {self.medium: bw_true}, levels))
             sc_run = score(tcost, 0, self.rt.plan)
             budgets = battery_budgets(tcost)
             mx = make_mix([(sc_run, 1.0)], self.need, budgets, self.sc.qoe.latency_slo_ms)
@@ -379,6 +390,7 @@ class LiveRun:
         data = json.loads(jp.read_text())
         data["run"] = summary
         data["requests"] = sorted(self.spans.values())    # [first issue, answer] per request, run seconds
+        data["transfers"] = self.heard                     # what the monitor heard: [t, src, dst, bytes, seconds]
         jp.write_text(json.dumps(data, indent=1, default=str) + "\n")
         return {"summary": summary, "log": str(jp), "png": str(pp), "faults": faults}
 

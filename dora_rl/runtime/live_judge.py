@@ -96,24 +96,21 @@ def overlap(spans, a: float, b: float) -> float:
 
 
 def at_request_instants(rows: list[dict], issues: list[float], interval: float, slo_ms: float | None, *,
-                        need: float | None = None, offered_rate: float | None = None, pauses=()) -> None:
+                        scenario, plans: list[dict], medium: str, need: float | None = None,
+                        offered_rate: float | None = None, pauses=()) -> None:
     """Judge a *simulated* log the way a live one is judged, at the live run's request
-    instants: a request issued at t waits for the pipeline (`queued_spans`: the serving
-    plan's capacity on the true bandwidth, the rows' `throughput`, sets the service
-    interval), then takes the simulated latency of the intervals it spans
-    (`request_latency`: the plans serving them on the true bandwidth, from the cost
-    model), and every interval is then judged by the requests in service during it
-    (`finalize`). With `offered_rate` (the live run's, with its `need` and admission
-    `pauses`) the served rate is judged too, as live (`served`, on the simulated answer
-    instants; the simulation's own capacity verdict is kept beside it). The rows (`t`,
-    `latency_ms`, `violations`) are changed in place; other targets' violations are
-    kept. What stays different is only what the two measure: modelled vs measured
-    latency, and the decisions each adapter took on its own estimates."""
-    lat_s = [_finite(r["latency_ms"], 1e-3) for r in rows]
-    cap = [_finite(r.get("throughput")) for r in rows]
+    instants: the requests are replayed through the discrete-event simulator on the
+    serving plans and the true bandwidth of each interval (`replayed_spans`), and every
+    interval is then judged by the requests in service during it (`finalize`). With
+    `offered_rate` (the live run's, with its `need` and admission `pauses`) the served
+    rate is judged too, as live (`served`, on the simulated answer instants; the
+    simulation's own capacity verdict is kept beside it). The rows (`t`, `pids`,
+    `fractions`, `bw_true_mbps`, `latency_ms`, `violations`) are changed in place; other
+    targets' violations are kept. What stays different is what the adapters decided,
+    each on its own bandwidth estimates."""
     for r in rows:
         r["t_end"] = r["t"] + interval
-    spans = queued_spans(lat_s, cap, interval, issues)
+    spans = replayed_spans(rows, issues, interval, scenario, plans, medium)
     finalize(rows, spans, float("inf"), slo_ms)
     if offered_rate is None:
         return
@@ -125,92 +122,32 @@ def at_request_instants(rows: list[dict], issues: list[float], interval: float, 
         r["ok"] = not r["violations"]
 
 
-def in_a_stream(rows: list[dict], scenario, plans: list[dict], medium: str, spacing: float) -> None:
-    """Scale each *simulated* row's `latency_ms` (the serving plan's one-request latency on
-    the true bandwidth) by what a stream adds: the latency of a request among others
-    offered `spacing` seconds apart (`sim.stream_latency`: the discrete-event simulator,
-    transfers of neighbouring requests sharing the media) over the one-request latency,
-    for the row's main plan at its true bandwidth. The spacing is the live run's (its
-    offered rate), at least the plan's service interval (1 / capacity): a backlog beyond
-    that is `queued_spans`'s wait. Rows are changed in place; `latency_ms_alone` keeps
-    the one-request latency."""
-    from dora_rl.adapter.compose import conditions
-    from dora_rl.cost import CostModel
+def replayed_spans(rows: list[dict], issues: list[float], interval: float, scenario, plans: list[dict],
+                   medium: str) -> list[tuple[float, float]]:
+    """(issue, answer) of each request issued at `issues` (run seconds) to a simulated
+    run whose interval k (`rows[k]`, `interval` seconds from k x interval) is served by
+    its main plan (`pids`, `fractions`; `plans` [{"id", ...plan}]) on the bandwidth
+    `bw_true_mbps` of `medium`: the requests go through the discrete-event simulator
+    (`sim.replay`), the network's capacities following the rows' bandwidth interval by
+    interval. A request is served by the plan of its issue interval; consecutive ones on
+    one plan are replayed together, so each waits for the devices its predecessors hold
+    (a stage serves one micro-batch at a time) and shares the media with their transfers,
+    and each transfer runs at the bandwidth of the moments it runs in (a dip after a
+    request's transfers are done does not slow it). This is what the live workers do
+    (docs/runtime.md "Live vs simulated"). A request whose row has no finite latency
+    (no plan serves) is left out."""
     from dora_rl.plan import Plan
-    from dora_rl.sim.simulate import stream_latency
+    from dora_rl.runtime.live_twin import RequestReplay
 
     by_id = {p["id"]: Plan.from_dict({k: v for k, v in p.items() if k != "id"}) for p in plans}
-    cache: dict = {}
-    for r in rows:
-        lat = _finite(r.get("latency_ms"))
-        if lat is None or not r.get("pids"):
-            continue
-        pid = max(zip(r["fractions"], r["pids"]))[1]
-        key = (pid, round(r["bw_true_mbps"], 9))
-        if key not in cache:
-            cm = CostModel(conditions(scenario, {medium: r["bw_true_mbps"]}, None))
-            m = cm.evaluate(by_id[pid], validate=False)
-            gap = max(spacing, 1.0 / m.throughput if m.throughput > 0 else spacing)
-            alone = m.latency_ms / 1e3
-            cache[key] = stream_latency(cm, by_id[pid], gap) / alone if alone > 0 else 1.0
-        r["latency_ms_alone"] = lat
-        r["latency_ms"] = lat * cache[key]
+
+    def plan_of(r: dict):
+        if _finite(r.get("latency_ms")) is None or not r.get("pids"):
+            return None
+        return by_id[max(zip(r["fractions"], r["pids"]))[1]]
+
+    return RequestReplay(scenario, medium, issues, interval).spans([(plan_of(r), r["bw_true_mbps"]) for r in rows])
 
 
 def _finite(v, scale: float = 1.0) -> float | None:
     return v * scale if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None
-
-
-def queued_spans(lat_s: list, cap: list, interval: float, issues: list[float]) -> list[tuple[float, float]]:
-    """(issue, answer) of each request issued at `issues` (run seconds, any order) when
-    interval k's serving plan takes `lat_s[k]` seconds per request and serves at most
-    `cap[k]` requests per second (its capacity on the true bandwidth; None: unknown, no
-    wait). The pipeline takes the requests in issue order, one per service interval of
-    its bottleneck (1 / capacity): request i enters at e_i = max(issue_i, e_{i-1} +
-    1 / cap(e_{i-1})) (Lindley's recursion) and is answered `request_latency` after it
-    enters. A request issued while the bottleneck still holds its predecessor waits, as
-    on live workers (each stage serves one micro-batch at a time); without the wait, a
-    bandwidth dip that slows the bottleneck below the arrival rate shows no backlog."""
-    n = len(lat_s)
-
-    def at(v: list, t: float):
-        return v[min(n - 1, max(0, int(t // interval)))] if n else None
-
-    spans, free = [], -float("inf")
-    for ti in sorted(issues):
-        enter = max(ti, free)
-        lat = request_latency(lat_s, interval, enter)
-        if lat is None:
-            continue
-        c = at(cap, enter)
-        free = enter + (1.0 / c if c and c > 0 else 0.0)
-        spans.append((ti, enter + lat))
-    return spans
-
-
-def request_latency(lat_s: list, interval: float, ti: float, rounds: int = 4) -> float | None:
-    """The modelled latency of a request issued at `ti` when interval k's plan takes
-    `lat_s[k]` seconds at that interval's bandwidth: the time-weighted mean of the
-    intervals it spans, [ti, ti + latency) (a fixed point, from the issue interval's
-    latency). A request lives through several intervals - at dilation 200 one
-    smart_home request lasts ~25 one-second intervals and the bandwidth trace moves
-    within it - and its transfers see those bandwidths, not only the first one."""
-    n = len(lat_s)
-
-    def at(t: float):
-        return lat_s[min(n - 1, max(0, int(t // interval)))]
-
-    lat = at(ti)
-    for _ in range(rounds):
-        if lat is None:
-            return None
-        a, b, acc, w = ti, ti + lat, 0.0, 0.0
-        k = int(a // interval)
-        while k * interval < b:
-            seg = min(b, (k + 1) * interval) - max(a, k * interval)
-            v = lat_s[min(n - 1, max(0, k))]
-            if seg > 0 and v is not None:
-                acc, w = acc + v * seg, w + seg
-            k += 1
-        lat = acc / w if w > 0 else lat
-    return lat

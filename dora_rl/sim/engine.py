@@ -48,6 +48,7 @@ class Run:
     end: float
     carried: dict                      # resource -> bytes x uses it carried
     timeline: list = field(default_factory=list)
+    transfers: list = field(default_factory=list)   # (i, j, bytes, first byte, last byte) of each flow
 
 
 class _Ring:
@@ -66,10 +67,12 @@ class _Ring:
 
 
 def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: str = "drain",
-                     timeline: bool = False, release: list[float] | None = None) -> Run:
+                     timeline: bool = False, release: list[float] | None = None, caps_at=()) -> Run:
     """Run `prog`; `release[q]` (inference) is when micro-batch q's input is offered at the
     source (default: every one at time 0): its source flows start then, and a source
-    member of stage 0 computes it no earlier."""
+    member of stage 0 computes it no earlier. `caps_at` [(t, capacities)] replaces the
+    resource capacities at time t (a bandwidth trace: flows in progress continue at the
+    new rates from t); the run ends with its last call or flow, not with these."""
     n = cm.n
     caps = capacities(cm)
     heap: list = []
@@ -79,6 +82,7 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
     radio = [0.0] * n
     mb_done = [0.0] * prog.n_mb
     tl: list = []
+    sent: list = []
     carried: dict = {}
     names = cm.names
     media = cm.media_names
@@ -195,6 +199,7 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
             where = [media[mu] for mu, _ in f.route.media] or [f"{names[u]}->{names[v]}" for u, v in f.route.hops]
             tl.extend((w, f.start, now, f"{f.cls}.{f.mb}") for w in where)
         if f.ring is None:
+            sent.append((f.i, f.j, f.nbytes, f.start, now))
             key = (f.cls, f.i, f.j)
             q = chans.get(key)
             if q:
@@ -214,9 +219,14 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
             arrive(q)
         else:
             push(release[q], "arrive", q)
+    for t_cap, c in caps_at:
+        push(t_cap, "caps", c)
+    n_caps = len(caps_at)
     for d in prog.ops:
         try_start(d)
     while True:
+        if not active and len(heap) == n_caps:
+            break                         # only capacity changes left: nothing runs any more
         if dirty[0]:
             allocate(active, caps)
             dirty[0] = False
@@ -242,7 +252,9 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
                 transmitted(f)
             continue
         _, _, kind, x = heapq.heappop(heap)
-        if kind == "op":
+        if kind == "caps":
+            caps, n_caps, dirty[0] = x, n_caps - 1, True
+        elif kind == "op":
             end_op(x)
         elif kind == "deliver":
             deliver(x)
@@ -254,4 +266,4 @@ def simulate_program(cm, prog: Program, levels: dict, buckets: int = 1, start: s
             ring_next(r)
     if left_ops[0] or any(r.next < r.buckets for r in rings):
         raise RuntimeError(f"simulator: {left_ops[0]} compute calls never got their input (a program bug)")
-    return Run(busy, radio, mb_done, now, carried, tl)
+    return Run(busy, radio, mb_done, now, carried, tl, sent)

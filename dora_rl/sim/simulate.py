@@ -85,13 +85,32 @@ def stream_latency(cm, plan: Plan, spacing: float, n: int = 8) -> float:
     boundary transfer of the one before, on one WiFi), which the one-request latency -
     the analytic model's - does not have: smart_home's `dora` plan takes 116.1 ms alone
     and 125.9 ms in a stream at 80 % of its capacity."""
-    sched = plan.schedule or FIFO
-    M = plan.microbatches
-    prog = build(cm, plan, n, sched.extra_warmup)
-    levels = flow_levels(cm, prog, sched)
-    run = simulate_program(cm, prog, levels, sched.buckets, sched.allreduce_start,
-                           release=[(q // M) * spacing for q in range(n * M)])
-    done = [max(run.mb_done[r * M:(r + 1) * M]) - r * spacing for r in range(n)]
+    done = [ta - r * spacing for r, ta in enumerate(replay(cm, plan, [r * spacing for r in range(n)]))]
     mid = done[2:n - 2] or done
     return sum(mid) / len(mid)
 
+
+def replay(cm, plan: Plan, releases: list[float], caps_at=()) -> list[float]:
+    """Inference: the answer instant (s) of each request offered at `releases` (s from 0,
+    ascending) to `plan` (its schedule, else FIFO) while the network's capacities change
+    as `caps_at` says ([(t, capacities)], e.g. a bandwidth trace's intervals, each
+    `capacities(CostModel(conditions at that bandwidth))`). The requests share the
+    devices (each runs its calls one at a time, in request order: a request offered while
+    the bottleneck holds an earlier one waits) and the media (fair shares), and each
+    transfer runs at the capacities of the moments it runs in."""
+    M = plan.microbatches
+    run = replay_run(cm, plan, releases, caps_at)
+    return [max(run.mb_done[r * M:(r + 1) * M]) for r in range(len(releases))] if run else []
+
+
+def replay_run(cm, plan: Plan, releases: list[float], caps_at=()):
+    """`replay`'s whole run (the engine's `Run`: its `transfers` are what a monitor of the
+    network would measure); None for no requests."""
+    sched = plan.schedule or FIFO
+    M, n = plan.microbatches, len(releases)
+    if not n:
+        return None
+    prog = build(cm, plan, n, sched.extra_warmup)
+    levels = flow_levels(cm, prog, sched)
+    return simulate_program(cm, prog, levels, sched.buckets, sched.allreduce_start,
+                            release=[releases[q // M] for q in range(n * M)], caps_at=caps_at)

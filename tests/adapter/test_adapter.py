@@ -82,6 +82,12 @@ def test_battery_drains_by_power_model():
     lvl0 = mon.battery()["phone"]                       # 0.8 of 19.4 Wh
     mon.drain({"phone": 19.4}, 360.0)                   # 19.4 W for 0.1 h = 1.94 Wh = 10%
     assert mon.battery()["phone"] == pytest.approx(lvl0 - 0.1, abs=1e-12)
+    # a run dilated 10x: 360 s of run are 36 s of device time: 0.194 Wh = 1%; the draw is
+    # still 19.4 W (a power is the same in either clock)
+    mon = Monitor(s.cluster, dilation=10.0)
+    mon.drain({"phone": 19.4}, 360.0)
+    assert mon.battery()["phone"] == pytest.approx(lvl0 - 0.01, abs=1e-12)
+    assert mon.avg_power()["phone"] == pytest.approx(19.4)
 
 
 def test_battery_life_is_judged_on_the_trailing_average():

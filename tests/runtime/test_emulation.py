@@ -61,7 +61,7 @@ def test_a_message_is_paced_from_its_offer_time(tmp_path):
     offered = now() - 0.01     # offered 10 ms ago; the sender thread woke late
     advance(offered)
     deliver = em.pace(0, 1, 16_000, {})
-    # two chunks of 8000 B (4e6 B/s x 2 ms) back to back on an idle calendar: 16000 / 4e6 = 4 ms from
+    # one chunk of 16000 B (<= 16 kB: one piece) on an idle calendar: 16000 / 4e6 = 4 ms from
     # the offer, + 1 ms latency
     assert abs(deliver - (offered + 0.004 + 0.001)) < 1e-9
     em.close()
@@ -71,7 +71,7 @@ def test_a_backlogged_urgent_sender_keeps_its_mark_past_its_chunk(tmp_path):
     em = _net(tmp_path)
     slot = em._mark_slot(0, 0)
     settle()
-    # 4000 B: one chunk (<= 8000 B); nothing queued behind: marked to the chunk's end
+    # 4000 B: one chunk (<= 16 kB); nothing queued behind: marked to the chunk's end
     end = em.pace(0, 1, 4_000, {}, {0: 0}) - 0.001
     assert abs(em.cal.read(slot) - end) < 1e-9
     settle()
@@ -127,3 +127,14 @@ def test_interface_links_are_the_fastest_link_law():
     assert cl.interface_bps() == [12.5e6, 12.5e6, 5e6]
     assert cl.with_medium_mbps("w", 25).interface_bps()[0] == 5e6
 
+
+
+def test_chunks_are_one_size_for_every_message_and_small_ones_go_whole():
+    from dora_rl.runtime.emulation import chunk_bytes
+    # a dilated WiFi at 250 kB/s (2 ms = 500 B): a 600 kB input in 16 kB chunks, a 4 kB answer
+    # whole (it waits for at most one of the input's chunks: 16384 / 250e3 = 65.5 ms, then
+    # 4000 / 250e3 = 16 ms), a 100 kB boundary in 16 kB chunks too (fair between the two)
+    assert chunk_bytes(250e3, 602_112) == chunk_bytes(250e3, 100_000) == 16384.0
+    assert chunk_bytes(250e3, 4_000) == 4000.0
+    # a fast link (25 MB/s): ~2 ms chunks, 50 kB
+    assert chunk_bytes(25e6, 602_112) == 50_000.0

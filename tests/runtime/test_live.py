@@ -176,3 +176,30 @@ def test_no_probe_while_the_running_plan_transfers_on_the_medium(tmp_path):
     run.spans = {0: [0.0, 1.0]}
     run.observe(5.0)
     assert sent == [("a", "b")] or sent == [("a", "c")]
+
+
+def test_each_interval_runs_at_the_trace_mean_over_it_and_logs_it(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dora_rl.cluster.traces import BandwidthTrace
+    from dora_rl.runtime.live import LiveRun
+
+    # the trace steps from 80 to 20 Mbps at 1.5 s (no dilation, time scale 1). At control
+    # instant t the medium is set for [t, t + 1): the trace's mean over it - at t = 1:
+    # (0.5 x 80 + 0.5 x 20) / 1 = 50 Mbps, at t = 2: 20 - where a sample at t, held, gave 80
+    # until 2 (the dip half an interval late). The row of [t_prev, t) logs what it ran at:
+    # [0, 1) 80 (set at the start), [1, 2) 50.
+    step = BandwidthTrace(np.array([0.0, 1.5]), np.array([80.0, 20.0]), period=60.0, source="step")
+    run = LiveRun(three_on_a_medium("live_bw"), "static", slowdown=1, trace=step, time_scale=1, live=False,
+                  out_dir=tmp_path)
+    assert run.true_mbps(1.0) == 80.0 and run.true_mbps(1.0, 1.0) == 50.0
+    factors = []
+    run.rt = SimpleNamespace(plan=run.plan, ranks={"a": 1, "b": 2, "c": 3}, faults=[],
+                             hb=SimpleNamespace(take_transfers=list), probe_async=lambda *a: None,
+                             set_bandwidth=lambda medium, f: factors.append(f))
+    run.control(1.0)
+    run.control(2.0)
+    assert factors == [50.0 / 80.0, 20.0 / 80.0]
+    assert [r["bw_true_mbps"] for r in run.log.rows] == [80.0, 50.0]

@@ -1,5 +1,7 @@
 """A live interval is judged on latency by the requests in service during it (live_judge)."""
 
+import pytest
+
 from dora_rl.runtime.live_judge import finalize, in_service, judge, latency_verdict, overlap
 
 
@@ -43,78 +45,54 @@ def test_overlap_of_pauses_with_a_window():
     assert overlap([(1.0, 3.0), (5.0, 6.0)], 2.0, 5.5) == 1.5
 
 
-def test_a_simulated_request_takes_the_mean_latency_of_the_intervals_it_spans():
-    from dora_rl.runtime.live_judge import request_latency
-    # intervals of 1 s with modelled latencies 2, 2, 4, 4, ... s; a request issued at 1.0:
-    # round 1: L = 2 (its issue interval) -> spans [1, 3): (2 + 4) / 2 = 3
-    # round 2: [1, 4): (2 + 4 + 4) / 3 = 10/3; round 3: [1, 4.333): (2 + 4 + 4 + 4/3) / (10/3) = 3.4
-    lat = [2.0, 2.0] + [4.0] * 10
-    assert abs(request_latency(lat, 1.0, 1.0, rounds=3) - 3.4) < 1e-9
-    assert request_latency([1.5] * 5, 1.0, 0.5) == 1.5          # constant bandwidth: the interval's latency
+def _toy_rows(n: int, dip_from: int | None = None, interval: float = 0.01) -> list[dict]:
+    """Simulated rows of `interval` s: the whole toy model on the laptop (tests/toy HOME,
+    64.8 ms alone), the WiFi at 80 Mbps, from row `dip_from` on at 20 Mbps."""
+    return [{"t": k * interval, "pids": [0], "fractions": [1.0], "latency_ms": 64.8, "violations": [], "ok": True,
+             "bw_true_mbps": 20.0 if dip_from is not None and k >= dip_from else 80.0} for k in range(n)]
 
 
-def test_simulated_rows_judged_at_the_live_request_instants():
-    from dora_rl.runtime.live_judge import at_request_instants
-    # 6 intervals of 1 s, modelled latency 0.5 s except interval 3 (2.0 s); SLO 1 s.
-    # Requests at 0.2 (0.5 s: in service in [0,1) only) and 3.1 (latency 2.0 from its issue
-    # interval, then the mean over its span: [3.1, 5.1) -> (0.9 x 2 + 1.1 x 0.5) / 2 = 1.175,
-    # [3.1, 4.275) -> (1.8 + 0.275 x 0.5) / 1.175 = 1.649, ... always > 1 s, so it is in service
-    # in [3,4) and [4,5) and violates both); [1,2) and [2,3) have no request in service: ok.
-    rows = [{"t": float(k), "latency_ms": 2000.0 if k == 3 else 500.0, "violations": [], "ok": True}
-            for k in range(6)]
-    at_request_instants(rows, [0.2, 3.1], 1.0, 1000.0)
-    assert [r["ok"] for r in rows[:3]] == [True, True, True]
-    assert not rows[3]["ok"] and not rows[4]["ok"]
-
-
-def test_a_simulated_request_waits_for_the_pipeline():
-    from dora_rl.runtime.live_judge import queued_spans
-    # intervals of 1 s; every plan takes 1.5 s per request and serves 0.5 req/s (a
-    # service interval of 1 / 0.5 = 2 s). Requests at 0.0, 0.5, 1.0 enter at
-    # e0 = 0.0, e1 = max(0.5, 0.0 + 2) = 2.0, e2 = max(1.0, 2.0 + 2) = 4.0 and are answered
-    # 1.5 s after they enter: 1.5, 3.5, 5.5 -> latencies 1.5, 3.0, 4.5 s
-    lat, cap = [1.5] * 8, [0.5] * 8
-    spans = queued_spans(lat, cap, 1.0, [0.0, 0.5, 1.0])
-    assert [round(b - a, 9) for a, b in spans] == [1.5, 3.0, 4.5]
-    # 4 req/s (0.25 s): the request at 0.5 finds the bottleneck free (0.0 + 0.25 < 0.5)
-    assert [round(b - a, 9) for a, b in queued_spans(lat, [4.0] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
-    # capacity unknown (None): no wait
-    assert [round(b - a, 9) for a, b in queued_spans(lat, [None] * 8, 1.0, [0.0, 0.5])] == [1.5, 1.5]
-
-
-def test_queueing_marks_the_intervals_of_a_backlog():
-    from dora_rl.runtime.live_judge import at_request_instants
-    # the case above judged against an SLO of 2 s: the request at 0.5 waits 1.5 s and
-    # takes 3.0 s in all, in service over [0.5, 3.5): intervals [0,1) .. [3,4) have it
-    # (p95 of {1.5, 3.0} and more > 2 s); [4,5) and [5,6) hold only the third request (4.5 s)
-    def rows_at(cap):
-        return [{"t": float(k), "latency_ms": 1500.0, "throughput": cap, "violations": [], "ok": True}
-                for k in range(8)]
-    rows = rows_at(0.5)
-    at_request_instants(rows, [0.0, 0.5, 1.0], 1.0, 2000.0)
-    assert [r["ok"] for r in rows] == [False] * 6 + [True, True]
-    # the same requests on a pipeline that keeps up (4 req/s): 1.5 s each, nothing violates
-    fast = rows_at(4.0)
-    at_request_instants(fast, [0.0, 0.5, 1.0], 1.0, 2000.0)
-    assert all(r["ok"] for r in fast)
-
-
-def test_simulated_rows_take_the_latency_of_a_request_in_a_stream():
+def _judge(rows, issues, slo_ms, **kw):
     from dora_rl.plan import Plan
-    from dora_rl.runtime.live_judge import in_a_stream
+    from dora_rl.runtime.live_judge import at_request_instants
     from tests.toy import HOME, scenario
-    # tests/sim's stream case: the toy model on the laptop, 64.8 ms alone, 66.4 ms with
-    # requests 50 ms apart (neighbouring transfers share the WiFi); capacity 25 req/s, so a
-    # spacing of 30 ms is taken at the service interval, 40 ms: alone again
     plans = [{"id": 0, **Plan.make([(0, 4, ["laptop"])], 1).to_dict()}]
+    at_request_instants(rows, issues, 0.01, slo_ms, scenario=scenario(HOME), plans=plans, medium="wifi", **kw)
+    return rows
 
-    def rows():
-        return [{"t": 0.0, "pids": [0], "fractions": [1.0], "bw_true_mbps": 80.0, "latency_ms": 64.8}]
-    r50, r30 = rows(), rows()
-    in_a_stream(r50, scenario(HOME), plans, "wifi", 0.050)
-    in_a_stream(r30, scenario(HOME), plans, "wifi", 0.030)
-    assert abs(r50[0]["latency_ms"] - 66.4) < 1e-6 and r50[0]["latency_ms_alone"] == 64.8
-    assert abs(r30[0]["latency_ms"] - 64.8) < 1e-6
+
+def test_simulated_requests_are_replayed_on_the_bandwidth_of_their_transfers():
+    # intervals of 10 ms; the WiFi drops from 80 to 20 Mbps (1e7 -> 2.5e6 B/s) at 60 ms.
+    # Request A at 0: input 0-20 ms at 1e7, delivered 22, compute 22-62, answer 8 kB from 62 at
+    # 2.5e6 = 3.2 ms + 2 -> 67.2 ms: the dip only slows its answer. Request B at 30.5 ms: input
+    # 30.5-50.5 (fast), but the laptop holds A until 62, so it computes 62-102 and answers at
+    # 102 + 3.2 + 2 = 107.2: 76.7 ms. Against an SLO of 70 ms, the intervals A alone is in
+    # service ([0, 30) ms) are met, those B is in ([30, 110)) violate, the rest have nobody.
+    # (The old judge took a request's latency as the time-weighted mean of the intervals'
+    # one-request latencies over its span, 64.8 ms before the dip and 127.2 after (input
+    # 80 ms + 2 + 40 + 3.2 + 2): A's fixed point 64.8 -> 69.4 -> 73.3 -> 76.1 -> 78.0 ms > 70,
+    # so [0, 30) violated too, although A's transfers were over before the dip.)
+    rows = _judge(_toy_rows(14, dip_from=6), [0.0, 0.0305], 70.0)
+    assert [r["ok"] for r in rows] == [True] * 3 + [False] * 8 + [True] * 3
+    assert rows[3]["in_service"] == 2 and rows[11]["in_service"] == 0
+    assert rows[0]["latency_ms"] == pytest.approx(67.2) and rows[10]["latency_ms"] == pytest.approx(76.7)
+
+
+def test_replayed_requests_share_the_medium_with_their_neighbours():
+    from dora_rl.plan import Plan
+    from dora_rl.runtime.live_judge import replayed_spans
+    from tests.toy import HOME, scenario
+    # requests 50 ms apart on 80 Mbps (tests/sim's stream case): A's answer leaves at 62 while
+    # B's input [50, 70) is on the WiFi: both get 5e6 B/s. A's 8 kB take 1.6 ms -> 63.6 + 2 = 65.6;
+    # B's input has 80 kB left at 62: 8 kB at 5e6 to 63.6, 72 kB at 1e7 to 70.8, delivered
+    # 72.8, compute to 112.8, its answer alone: 0.8 + 2 -> 115.6: 65.6 ms as well
+    plans = [{"id": 0, **Plan.make([(0, 4, ["laptop"])], 1).to_dict()}]
+    spans = replayed_spans(_toy_rows(20), [0.0, 0.05], 0.01, scenario(HOME), plans, "wifi")
+    assert [(b - a) * 1e3 for a, b in spans] == pytest.approx([65.6, 65.6])
+    # a request whose row has no finite latency (no plan serves it) is left out
+    rows = _toy_rows(20)
+    rows[5]["latency_ms"] = float("nan")
+    assert [a for a, _ in replayed_spans(rows, [0.0, 0.05], 0.01, scenario(HOME), plans, "wifi")] == [0.0]
 
 
 def test_served_rate_is_counted_over_three_expected_answers():
@@ -132,15 +110,12 @@ def test_served_rate_is_counted_over_three_expected_answers():
 
 
 def test_simulated_answers_are_judged_by_the_served_rate_as_live():
-    from dora_rl.runtime.live_judge import at_request_instants
-    # 10 intervals of 1 s, 0.5 s per request, requests at 0 and 4 (answered at 0.5 and 4.5);
-    # need = offered = 0.5 req/s, SLO 1 s (window 6 s, judged from 7 s). At the ends 7 .. 10
-    # of intervals 6 .. 9 the windows [1, 7) .. [4, 10) hold one answer (4.5): 1/6 < 0.4 req/s,
-    # all four violate. Without the live run's offered rate, no served-rate verdict
-    def rows():
-        return [{"t": float(k), "latency_ms": 500.0, "violations": [], "ok": True} for k in range(10)]
-    judged, plain = rows(), rows()
-    at_request_instants(judged, [0.0, 4.0], 1.0, 1000.0, need=0.5, offered_rate=0.5)
-    at_request_instants(plain, [0.0, 4.0], 1.0, 1000.0)
-    assert [r["ok"] for r in judged] == [True] * 6 + [False] * 4
+    # 40 intervals of 10 ms at 80 Mbps, requests at 0 and 0.1 s answered 64.8 ms later (at
+    # 0.0648 and 0.1648); need = offered = 20 req/s, SLO 205 ms: window 3 / 20 = 0.15 s, judged
+    # from t >= 0.15 + 0.205 = 0.355, so at the ends 0.36 .. 0.40 of intervals 35 .. 39, whose
+    # windows [0.21, 0.36) .. hold no answer: 0 < 0.8 x 20 req/s, all five violate. Without the
+    # live run's offered rate, no served-rate verdict
+    judged = _judge(_toy_rows(40), [0.0, 0.1], 205.0, need=20.0, offered_rate=20.0)
+    plain = _judge(_toy_rows(40), [0.0, 0.1], 205.0)
+    assert [r["ok"] for r in judged] == [True] * 35 + [False] * 5
     assert all(r["ok"] for r in plain)

@@ -201,3 +201,23 @@ def test_a_request_in_a_stream_shares_the_medium_with_its_neighbours(home):
     # 100 ms apart, or 40 ms (r+1's input [40, 60) is over before r's answer at 62): alone
     assert stream_latency(home, plan, 0.100) * 1e3 == pytest.approx(64.8)
     assert stream_latency(home, plan, 0.040) * 1e3 == pytest.approx(64.8)
+
+
+def test_a_replayed_request_sees_the_bandwidth_of_the_moments_its_transfers_run(home):
+    from dora_rl.adapter.compose import conditions
+    from dora_rl.sim.program import capacities
+    from dora_rl.sim.simulate import replay
+    # the whole toy model on the laptop (64.8 ms alone: input 200 kB at 1e7 B/s = 20 ms + 2,
+    # compute 40 ms, answer 8 kB = 0.8 ms + 2). The WiFi drops to 20 Mbps (2.5e6 B/s: its
+    # links with it) at t:
+    # - at 10 ms, during the input: 100 kB went at 1e7, 100 kB go at 2.5e6 = 40 ms -> 50,
+    #   delivered 52, compute to 92, answer 8 kB / 2.5e6 = 3.2 ms + 2 -> 97.2 ms
+    # - at 60 ms, during the compute: only the answer is slow: 62 + 3.2 + 2 = 67.2 ms
+    # - at 70 ms, after the answer went: 64.8 ms
+    plan = Plan.make([(0, 4, ["laptop"])], 1)
+    slow = capacities(CostModel(conditions(scenario(HOME), {"wifi": 20.0})))
+    for t, ms in ((0.010, 97.2), (0.060, 67.2), (0.070, 64.8)):
+        assert replay(home, plan, [0.0], [(t, slow)])[0] * 1e3 == pytest.approx(ms)
+    # two requests 30 ms apart, the drop at 60 ms: the second's input [30, 50) is fast, but the
+    # laptop holds the first until 62, so it computes 62-102 and answers 102 + 3.2 + 2 = 107.2
+    assert [x * 1e3 for x in replay(home, plan, [0.0, 0.030], [(0.060, slow)])] == pytest.approx([67.2, 107.2])

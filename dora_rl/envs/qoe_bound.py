@@ -96,6 +96,15 @@ class QoEBound:
         self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
                                                                 for d in range(inst.n)]
         self.pp = np.asarray(cost.pp, dtype=float)
+        # the exit of a single-device stage: every byte leaves through its send interface, every
+        # route starts with one of its links
+        net, idx = cost.net, cost.cluster.index
+        self.send_cap = np.array([net.cap[net.iface0 + 2 * d] for d in range(inst.n)], dtype=float)
+        self.exit_lat = np.full(inst.n, np.inf)
+        for ln in cost.cluster.links:
+            for d in (idx[ln.a], idx[ln.b]):
+                self.exit_lat[d] = min(self.exit_lat[d], ln.latency_ms / 1e3)
+        self.bnd = np.asarray(cost.bnd, dtype=float)
         self._ring = None            # (lat, kappa) per device pair, built on first use (training)
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
@@ -268,10 +277,12 @@ class QoEBound:
             o = np.array([self.out[d] for d in ds], dtype=float).reshape(len(ds), 2)
             o_occ, o_lat = o[:, :1], o[:, 1:]
         end = (r >= self.B)[None, :]
-        fill = F + np.asarray(f_in, dtype=float)[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
-        t0 = np.maximum(T, np.asarray(t_in, dtype=float))[:, None]
+        x_occ, x_lat = self._exit(group, ds, r)
+        f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
+        fill = F + f_in[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
+        t0 = np.maximum(T, t_in)[:, None]
         TT = np.maximum.reduce([np.broadcast_to(t0, u.shape), u, np.broadcast_to(rest, u.shape),
-                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape)])
+                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape), np.broadcast_to(x_occ, u.shape)])
         ok = self._ok(fill, TT, np.maximum(A, self.close_allreduce(group, ds, p, r)))
         if self.min_h is not None:
             if group:          # members' shares are not known yet: each at least idles
@@ -279,6 +290,20 @@ class QoEBound:
             else:
                 ok = ok & self._battery_ok(ds, u * self.M)
         return ok
+
+    def _lat(self, devs) -> np.ndarray:
+        """The least latency of any link of each device (0 for a device without links)."""
+        lat = self.exit_lat[devs]
+        return np.where(np.isfinite(lat), lat, 0.0)
+
+    def _exit(self, group: list, ds: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower bounds (occupancy, latency; x dirs) of the boundary out of a single-device
+        stage [p, r) on d (rows ds, columns r; 0 at r = B and for a group): its bytes leave
+        through d's send interface, and every route starts with one of d's links."""
+        if group:
+            return np.zeros((1, 1)), np.zeros((1, 1))
+        xb = np.where(r < self.B, self.m * self.bnd[r], 0.0)[None, :]
+        return self.dirs * xb / self.send_cap[ds][:, None], np.where(xb > 0, self.dirs * self._lat(ds)[:, None], 0.0)
 
     def after_close(self, F: float, T: float, prev: list, devs: list, p: int, r: int) -> tuple[float, float]:
         """(fill, T) lower bounds once the stage [p, r) on `devs` is closed."""

@@ -93,6 +93,17 @@ def test_an_add_within_the_slo_is_kept_and_commits_the_cost_models_all_reduce():
     assert env.action_masks()[ADD_B]
 
 
+def test_the_exit_of_a_single_device_stage_counts_its_send_interface():
+    """Closing [0, 1) on a: 0.12 s, then its 2 x 100 kB leave through a's send interface
+    (1e8 B/s) after a 0.5 ms link, twice (activation, gradient): 2 x (0.0005 + 0.002) =
+    0.005 s; the rest [1, 2) on b + c at 4e11 FLOP/s: 0.06 s. Bound 0.185 s (0.18 s without
+    the exit): masked under a 182 ms SLO (the plan with b next takes 0.245 s), kept under 190."""
+    env = _env(_lab(182))
+    assert not env.action_masks()[CLOSE_A_1] and env.qoe_masked
+    assert _env(_lab(182), qoe_masks=False).action_masks()[CLOSE_A_1]
+    assert _env(_lab(190)).action_masks()[CLOSE_A_1]
+
+
 # --- exhaustive: no step of any compliant plan is masked ----------------------------------
 def _dfs(off: StageEnv, on: StageEnv | None, n_close: int, seen: dict) -> bool:
     """Every plan below `off` (memory masks only); `on` follows with the QoE masks while its

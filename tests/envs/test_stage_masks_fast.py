@@ -82,8 +82,17 @@ def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, rest_rate, rest_to
     rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
     o_occ, o_lat = qb.out[d] if not group else (0.0, 0.0)
     end = r >= qb.B
-    fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
-    TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0)])
+    x_occ, x_lat = np.zeros_like(u), np.zeros_like(u)
+    if not group:       # the exit of a single-device stage: through d's send interface, after one of its links
+        net = qb.cost.net
+        lat = min((ln.latency_ms / 1e3 for ln in qb.cost.cluster.links if d in (qb.cost.cluster.index[ln.a],
+                                                                                qb.cost.cluster.index[ln.b])))
+        for i, x in enumerate(r):
+            if x < qb.B and qb.cost.bnd[x] > 0:
+                x_occ[i] = qb.dirs * qb.m * qb.cost.bnd[x] / net.cap[net.iface0 + 2 * d]
+                x_lat[i] = qb.dirs * lat
+    fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
+    TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0), x_occ])
     ar = np.array([_reference_ring(qb, devs, devs, qb.pp[x] - qb.pp[p], len(devs)) if group else 0.0 for x in r])
     ok = qb._ok(fill, TT, np.maximum(A, ar))
     if qb.min_h is not None:

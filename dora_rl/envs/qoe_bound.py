@@ -51,12 +51,14 @@ idle + (active - idle) busy / that period. Scenarios with measured block times
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
 from dora_rl.cost.qoe import required_rate
 
 SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
+_RING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # routes.Network -> QoEBound.ring_tables
 
 
 class QoEBound:
@@ -150,15 +152,18 @@ class QoEBound:
         byte of any candidate route (lat inf and kappa 0 on the diagonal and where no route
         exists: such a partner is never the best)."""
         if self._ring is None:
-            n, routes = self.inst.n, self.cost.net.routes
-            L, K = np.full((n, n), np.inf), np.zeros((n, n))
-            for x in range(n):
-                for e in range(n):
-                    rs = routes[x][e] if x != e else ()
-                    if rs:
-                        L[x, e] = min(r.lat for r in rs)
-                        K[x, e] = min(r.kappa for r in rs)
-            self._ring = (L, K)
+            net = self.cost.net          # routes depend on the cluster only: so do these (built once)
+            self._ring = _RING.get(net)
+            if self._ring is None:
+                n = self.inst.n
+                L, K = np.full((n, n), np.inf), np.zeros((n, n))
+                for x in range(n):
+                    for e in range(n):
+                        rs = net.routes[x][e] if x != e else ()
+                        if rs:
+                            L[x, e] = min(r.lat for r in rs)
+                            K[x, e] = min(r.kappa for r in rs)
+                self._ring = _RING[net] = (L, K)
         return self._ring
 
     def _member_steps(self, xs, partners, chunk: np.ndarray) -> np.ndarray:
@@ -218,10 +223,22 @@ class QoEBound:
         if self.training:
             g = k + 2
             P = self.pp[r] - self.pp[p]
-            partners = list(group) + list(pool)
-            step = self._member_steps(cands, partners, P / g)                         # (rows, R)
+            # each member's least latency plus chunk x its least s/B to any partner (min of sums >=
+            # sum of mins: looser than the close's bound, and O(members x partners + members x R))
+            L, K = self.ring_tables()
+            ps = np.asarray(list(group) + list(pool), dtype=np.int64)
+            c = P / g
+
+            def steps(xs):
+                xs = np.asarray(xs, dtype=np.int64)
+                lp = L[xs][:, ps]                           # inf on x itself and where no route exists
+                kp = np.where(np.isfinite(lp), K[xs][:, ps], np.inf).min(axis=1)
+                kp = np.where(np.isfinite(kp), kp, 0.0)
+                return lp.min(axis=1)[:, None] + kp[:, None] * c[None, :]
+
+            step = steps(cands)                                                          # (rows, R)
             if group:
-                step = np.maximum(step, self._member_steps(group, partners, P / g).max(axis=0)[None, :])
+                step = np.maximum(step, steps(group).max(axis=0)[None, :])
             AA = np.maximum(AA, self._ar(g, P[None, :], step))
         return self._ok(fill, TT, AA).any(axis=1)
 

@@ -46,12 +46,19 @@ def _reference_lone(qb, x, e, chunk):
     return min(r.lat for r in rs) + chunk * min(r.kappa for r in rs) if rs else math.inf
 
 
-def _reference_ring(qb, members, partners, P, g):
-    """2 (g - 1) max over members x of min over partners e != x of the lone flow x -> e."""
+def _reference_ring(qb, members, partners, P, g, separable=False):
+    """2 (g - 1) max over members x of min over partners e != x of the lone flow x -> e
+    (separable: the least latency plus chunk x the least s/B, each over the partners)."""
     if not qb.training or P <= 0:
         return 0.0
-    step = max(min((_reference_lone(qb, x, e, P / g) for e in partners if e != x), default=math.inf)
-               for x in members)
+    if separable:
+        net, c = qb.cost.net, P / g
+        step = max(min((r.lat for e in partners if e != x for r in net.routes[x][e]), default=math.inf)
+                   + c * min((r.kappa for e in partners if e != x for r in net.routes[x][e]), default=0.0)
+                   for x in members)
+    else:
+        step = max(min((_reference_lone(qb, x, e, P / g) for e in partners if e != x), default=math.inf)
+                   for x in members)
     return 2.0 * (g - 1) * step if math.isfinite(step) else 0.0
 
 
@@ -68,7 +75,7 @@ def _reference_add_ok(qb, F, T, A, group, pool, p, a):
         work = qb.back * qb.m * (qb.fp[-1] - qb.fp[r]) if r < B else 0.0
         fill = F + u + work / max(rest_m, 1e-30)
         TT = max(T, u, work / max(rest_T, 1e-30))
-        ar = _reference_ring(qb, group + [a], group + pool, qb.pp[r] - qb.pp[p], k + 2)
+        ar = _reference_ring(qb, group + [a], group + pool, qb.pp[r] - qb.pp[p], k + 2, separable=True)
         if qb._ok(fill, TT, max(A, ar)):
             return True
     return False

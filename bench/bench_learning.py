@@ -6,7 +6,7 @@ network alone, + polish / rollout / sample / beam, the same searches from a unif
 and from the fastest device, `dora`, the best baseline, the oracle; held-out 2-6 devices
 and 16/32/64 devices x 50/100/200 blocks; searches at equal time budgets.
 
-    PYTHONPATH=. python bench/bench_learning.py [N] [--per-size K] [--old-agent PATH]     # N held-out (200)
+    PYTHONPATH=. python bench/bench_learning.py [N] [--per-size K] [--old-agent PATH] [--timeout S]  # N held-out (200)
     PYTHONPATH=. python bench/bench_learning.py 100 --agent runs/dora_rl__Partition-v0 --out /tmp/l.json
 
 Writes bench/results/learning.json (or --out). `run(results)` fills `results["learning"]`."""
@@ -245,8 +245,9 @@ if __name__ == "__main__":
     agent_path = args[args.index("--agent") + 1] if "--agent" in args else None
     old = args[args.index("--old-agent") + 1] if "--old-agent" in args else None
     per = int(args[args.index("--per-size") + 1]) if "--per-size" in args else 6
+    timeout = float(args[args.index("--timeout") + 1]) if "--timeout" in args else 60.0   # per reference planner
     res: dict = {}
-    out = run(res, n=n, agent_path=agent_path, per_size=per, old_agent_path=old)
+    out = run(res, n=n, timeout=timeout, agent_path=agent_path, per_size=per, old_agent_path=old)
     path = Path(args[args.index("--out") + 1]) if "--out" in args else ROOT / "bench" / "results" / "learning.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1, default=str) + "\n")    # the layout bench/run.py writes

@@ -25,7 +25,22 @@ times u_s plus the boundaries' `dirs (occupancy + latency)`, T >= every u_s and 
   R_m = the total rate of the m fastest free devices (for m = 1: the fastest one alone -
   the stages run one after the other).
 
-A step is masked when `fill + (M - 1) T` exceeds the latency cap (the SLO; for training
+Training adds the data-parallel all-reduce: the cost model's `A` is the largest ring
+all-reduce over the stages (`CostModel._allreduces`), 2 (g - 1) steps of chunk = P / g
+bytes (P = the stage's parameter bytes, g its members; nothing when P = 0); a step sends a
+chunk from every member to its ring successor and lasts at least the slowest flow alone on
+its fastest route. So a ring step is at least, for every member x, the least
+`lat(x, e) + chunk kappa(x, e)` over the other members e (`lat`, `kappa` = the least
+latency and the least seconds per byte of any candidate route x -> e, `routes.Network`):
+`A_lb = 2 (g - 1) max_x min_e (lat + chunk kappa)`. A closed stage commits the cost model's
+own time on its fastest routing (`CostModel.allreduce`, choice 0; the plan's routing is
+never faster), and every later bound adds `max(committed, the new stage's A_lb)`. An add
+is tested with a lookahead over every end r: the stage computes at most at the rate of
+its members plus the fastest devices that may still join (at most m members), the rest
+as above, and its all-reduce has at least g = members + 1 (the bound grows with g) over
+partners among all free devices. An add none of whose ends passes is masked.
+
+A step is masked when `fill + (M - 1) T (+ A)` exceeds the latency cap (the SLO; for training
 also batch / min_throughput), or T exceeds 1 / (M x required rate) for inference, or a
 battery device of the new stage cannot last the target hours: a compliant plan's period
 is at most 1 / request_rate (inference with a request stream), 1 / required rate
@@ -36,12 +51,14 @@ idle + (active - idle) busy / that period. Scenarios with measured block times
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
 from dora_rl.cost.qoe import required_rate
 
 SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
+_RING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # routes.Network -> QoEBound.ring_tables
 
 
 class QoEBound:
@@ -80,6 +97,17 @@ class QoEBound:
         # last stage -> source (inference only): exact for a single device
         self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
                                                                 for d in range(inst.n)]
+        self.pp = np.asarray(cost.pp, dtype=float)
+        # the exit of a single-device stage: every byte leaves through its send interface, every
+        # route starts with one of its links
+        net, idx = cost.net, cost.cluster.index
+        self.send_cap = np.array([net.cap[net.iface0 + 2 * d] for d in range(inst.n)], dtype=float)
+        self.exit_lat = np.full(inst.n, np.inf)
+        for ln in cost.cluster.links:
+            for d in (idx[ln.a], idx[ln.b]):
+                self.exit_lat[d] = min(self.exit_lat[d], ln.latency_ms / 1e3)
+        self.bnd = np.asarray(cost.bnd, dtype=float)
+        self._ring = None            # (lat, kappa) per device pair, built on first use (training)
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
         """(occupancy, latency) of boundary k from group a to group b: exact for single
@@ -115,40 +143,144 @@ class QoEBound:
             hours = bj / np.maximum(power, 1e-30) / 3600.0
             return ~np.isfinite(bj) | (hours >= self.min_h * (1 - 1e-9) * (1 - SLACK))
 
-    def _ok(self, fill, T):
-        return (fill + (self.M - 1) * T <= self.lat_cap) & (T <= self.T_cap)
+    def _ok(self, fill, T, A=0.0):
+        return (fill + (self.M - 1) * T + A <= self.lat_cap) & (T <= self.T_cap)
+
+    # --- the data-parallel all-reduce (training) ---------------------------------
+    def ring_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lat, kappa): per device pair x -> e the least latency and the least seconds per
+        byte of any candidate route (lat inf and kappa 0 on the diagonal and where no route
+        exists: such a partner is never the best)."""
+        if self._ring is None:
+            net = self.cost.net          # routes depend on the cluster only: so do these (built once)
+            self._ring = _RING.get(net)
+            if self._ring is None:
+                n = self.inst.n
+                L, K = np.full((n, n), np.inf), np.zeros((n, n))
+                for x in range(n):
+                    for e in range(n):
+                        rs = net.routes[x][e] if x != e else ()
+                        if rs:
+                            L[x, e] = min(r.lat for r in rs)
+                            K[x, e] = min(r.kappa for r in rs)
+                self._ring = _RING[net] = (L, K)
+        return self._ring
+
+    def _member_steps(self, xs, partners, chunk: np.ndarray) -> np.ndarray:
+        """Per member x of `xs` and chunk size: the least lone time of a flow from x to one of
+        `partners` (x itself excluded), (len(xs), len(chunk))."""
+        L, K = self.ring_tables()
+        xs, ps = np.asarray(xs, dtype=np.int64), np.asarray(partners, dtype=np.int64)
+        if not len(ps):
+            return np.full((len(xs), len(chunk)), np.inf)
+        t = L[xs][:, ps, None] + K[xs][:, ps, None] * chunk[None, None, :]
+        return t.min(axis=1)
+
+    def _ar(self, g: int, P: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """2 (g - 1) x the ring step's lower bound, 0 where the stage has no parameters."""
+        return np.where(P > 0, 2.0 * (g - 1) * np.where(np.isfinite(step), step, 0.0), 0.0)
+
+    def close_allreduce(self, group: list, ds: np.ndarray, p: int, r: np.ndarray) -> np.ndarray:
+        """Lower bound of the all-reduce of the stage [p, r) on group + [d] (rows: ds, columns:
+        r); 0 without a group or outside training."""
+        if not self.training or not group:
+            return np.zeros((len(ds), len(r)))
+        g = len(group) + 1
+        P = self.pp[r] - self.pp[p]
+        c = P / g
+        L, K = self.ring_tables()
+        G = np.asarray(group, dtype=np.int64)
+        ds = np.asarray(ds, dtype=np.int64)
+        # a group member x: its best partner among the other members, or the new device d
+        own = self._member_steps(G, G, c)                                         # (k, R)
+        to_d = L[G][:, ds].T[:, :, None] + K[G][:, ds].T[:, :, None] * c[None, None, :]    # (rows, k, R)
+        step = np.minimum(own[None], to_d).max(axis=1)
+        step = np.maximum(step, self._member_steps(ds, G, c))    # d: its best partner among the members
+        return self._ar(g, P[None, :], step)
+
+    def add_ok(self, F: float, T: float, A: float, group: list, pool: list, p: int, cands) -> np.ndarray:
+        """Per candidate add `a` of `cands`: may some stage [p, r) on group + [a] + the devices
+        that may still join, then the rest, still comply? (a lookahead over every end r; the
+        stage's rate at most group + a + the fastest of the pool, the rest on pool - a, the
+        all-reduce over g = len(group) + 2 members at least, partners among group + pool)."""
+        cands = np.asarray(cands, dtype=np.int64)
+        if not len(cands) or p >= self.B:
+            return np.zeros(len(cands), dtype=bool)
+        rate = self.inst.rate
+        r = np.arange(p + 1, self.B + 1)
+        k = len(group)
+        # members beyond group + a: at most m - k - 1 (a group computes with at most m members)
+        extra, _ = self._fastest(pool, max(1, self.inst.m_int - k - 1))
+        R = float(sum(rate[x] for x in group)) + rate[cands] + extra[cands]
+        u = self.back * self.m * (self.fp[r] - self.fp[p])[None, :] / R[:, None]
+        R_T, R_m, _, _ = self.rest_rates(pool)
+        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)[None, :]
+        rest = work / np.maximum(R_T[cands], 1e-30)[:, None]
+        rest_f = work / np.maximum(R_m[cands], 1e-30)[:, None]
+        fill = F + u + rest_f
+        TT = np.maximum(np.maximum(T, u), rest)
+        AA = np.full_like(u, A)
+        if self.training:
+            g = k + 2
+            P = self.pp[r] - self.pp[p]
+            # each member's least latency plus chunk x its least s/B to any partner (min of sums >=
+            # sum of mins: looser than the close's bound, and O(members x partners + members x R))
+            L, K = self.ring_tables()
+            ps = np.asarray(list(group) + list(pool), dtype=np.int64)
+            c = P / g
+
+            def steps(xs):
+                xs = np.asarray(xs, dtype=np.int64)
+                lp = L[xs][:, ps]                           # inf on x itself and where no route exists
+                kp = np.where(np.isfinite(lp), K[xs][:, ps], np.inf).min(axis=1)
+                kp = np.where(np.isfinite(kp), kp, 0.0)
+                return lp.min(axis=1)[:, None] + kp[:, None] * c[None, :]
+
+            step = steps(cands)                                                          # (rows, R)
+            if group:
+                step = np.maximum(step, steps(group).max(axis=0)[None, :])
+            AA = np.maximum(AA, self._ar(g, P[None, :], step))
+        return self._ok(fill, TT, AA).any(axis=1)
 
     def rest_rates(self, pool: list) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Rates left for the rest once device d takes a stage, per device d (array over all
         devices; d outside `pool` leaves the whole pool): (total rate, rate of the m fastest),
         then the same two for the whole pool."""
-        rate, k = self.inst.rate, max(1, self.m)
-        order = sorted(pool, key=lambda d: -rate[d])
+        rate = self.inst.rate
         tot = float(sum(rate[d] for d in pool))
-        top = float(sum(rate[d] for d in order[:k]))
-        nxt = float(rate[order[k]]) if len(order) > k else 0.0
         R_T = np.full(self.inst.n, tot)
-        R_m = np.full(self.inst.n, top)
         for d in pool:
             R_T[d] = tot - rate[d]
-        for d in order[:k]:
-            R_m[d] = top - rate[d] + nxt
+        R_m, top = self._fastest(pool, max(1, self.m))
         return R_T, R_m, tot, top
 
-    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_top: float) -> bool:
+    def _fastest(self, pool: list, k: int) -> tuple[np.ndarray, float]:
+        """Per device d (array over all devices): the total rate of the k fastest devices of
+        `pool` other than d; then that of the pool's k fastest."""
+        rate = self.inst.rate
+        order = sorted(pool, key=lambda d: -rate[d])
+        top = float(sum(rate[d] for d in order[:k]))
+        nxt = float(rate[order[k]]) if len(order) > k else 0.0
+        out = np.full(self.inst.n, top)
+        for d in order[:k]:
+            out[d] = top - rate[d] + nxt
+        return out, top
+
+    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_top: float, A: float = 0.0) -> bool:
         """Some completion from block p on a pool of devices (total rate `pool_rate`, its m
-        fastest `pool_top`) may comply."""
+        fastest `pool_top`) may comply (A: the all-reduce committed so far)."""
         if p >= self.B:
-            return bool(self._ok(F, T))
+            return bool(self._ok(F, T, A))
         work = self.back * self.m * (self.fp[-1] - self.fp[p])
-        return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30))))
+        return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30)), A))
 
     def close_ok(self, F: float, T: float, f_in: np.ndarray, t_in: np.ndarray, group: list, ds: np.ndarray,
-                 p: int, r: np.ndarray, rest_rate: np.ndarray, rest_top: np.ndarray) -> np.ndarray:
+                 p: int, r: np.ndarray, rest_rate: np.ndarray, rest_top: np.ndarray, A: float = 0.0) -> np.ndarray:
         """For devices ds (rows) and ends r (columns, p < r <= B): may the stage [p, r) on
         group + [d] (entered at fill / T cost f_in[i] / t_in[i], `inputs`), then the rest on
         devices of total rate `rest_rate[i]` (the m fastest: `rest_top[i]`), still comply?
-        (fill F, period T so far; f_in, t_in, rest_rate, rest_top: one entry per row of ds)."""
+        (fill F, period T and all-reduce A so far; f_in, t_in, rest_rate, rest_top: one entry
+        per row of ds)."""
         ds = np.asarray(ds, dtype=np.int64)
         grate = sum(self.inst.rate[x] for x in group)
         rate = (grate + self.inst.rate[ds])[:, None]
@@ -162,11 +294,13 @@ class QoEBound:
             o = np.array([self.out[d] for d in ds], dtype=float).reshape(len(ds), 2)
             o_occ, o_lat = o[:, :1], o[:, 1:]
         end = (r >= self.B)[None, :]
-        fill = F + np.asarray(f_in, dtype=float)[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
-        t0 = np.maximum(T, np.asarray(t_in, dtype=float))[:, None]
+        x_occ, x_lat = self._exit(group, ds, r)
+        f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
+        fill = F + f_in[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
+        t0 = np.maximum(T, t_in)[:, None]
         TT = np.maximum.reduce([np.broadcast_to(t0, u.shape), u, np.broadcast_to(rest, u.shape),
-                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape)])
-        ok = self._ok(fill, TT)
+                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape), np.broadcast_to(x_occ, u.shape)])
+        ok = self._ok(fill, TT, np.maximum(A, self.close_allreduce(group, ds, p, r)))
         if self.min_h is not None:
             if group:          # members' shares are not known yet: each at least idles
                 ok = ok & self._battery_ok(ds, 0.0) & bool(self._battery_ok(np.array(group), 0.0).all())
@@ -174,9 +308,30 @@ class QoEBound:
                 ok = ok & self._battery_ok(ds, u * self.M)
         return ok
 
+    def _lat(self, devs) -> np.ndarray:
+        """The least latency of any link of each device (0 for a device without links)."""
+        lat = self.exit_lat[devs]
+        return np.where(np.isfinite(lat), lat, 0.0)
+
+    def _exit(self, group: list, ds: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower bounds (occupancy, latency; x dirs) of the boundary out of a single-device
+        stage [p, r) on d (rows ds, columns r; 0 at r = B and for a group): its bytes leave
+        through d's send interface, and every route starts with one of d's links."""
+        if group:
+            return np.zeros((1, 1)), np.zeros((1, 1))
+        xb = np.where(r < self.B, self.m * self.bnd[r], 0.0)[None, :]
+        return self.dirs * xb / self.send_cap[ds][:, None], np.where(xb > 0, self.dirs * self._lat(ds)[:, None], 0.0)
+
     def after_close(self, F: float, T: float, prev: list, devs: list, p: int, r: int) -> tuple[float, float]:
         """(fill, T) lower bounds once the stage [p, r) on `devs` is closed."""
         rate = float(sum(self.inst.rate[x] for x in devs))
         u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
         f_in, t_in = self._in(prev, list(devs), p)
         return F + f_in + u, max(T, t_in, u)
+
+    def after_close_allreduce(self, A: float, devs: list, p: int, r: int) -> float:
+        """The all-reduce committed once the stage [p, r) on `devs` (in ring order) is closed:
+        the cost model's own ring time on its fastest routing (the plan's is never less)."""
+        if not self.training or len(devs) < 2:
+            return A
+        return max(A, float(self.cost.allreduce(list(devs), float(self.pp[r] - self.pp[p]), 0)[0]))

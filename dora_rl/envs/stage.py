@@ -142,6 +142,7 @@ class StageEnv(BuildEnv):
         self.t_max_stage = 0.0
         self.t_transfers = 0.0
         self._qF = self._qT = 0.0           # QoE bound: fill and period lower bounds of the closed stages
+        self._qA = 0.0                      # ... and the all-reduce they commit (training)
         self.done = False
         self.result = None
         self._compute_mask()
@@ -162,7 +163,8 @@ class StageEnv(BuildEnv):
         dst.p, dst.done, dst.result = self.p, self.done, self.result
         dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
         dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
-        dst._qF, dst._qT, dst.qoe_masked = self._qF, self._qT, self.qoe_masked
+        dst._qF, dst._qT, dst._qA, dst.qoe_masked = self._qF, self._qT, self._qA, self.qoe_masked
+        dst._adds_mem = self._adds_mem
         return dst
 
     # --- masks -------------------------------------------------------------------
@@ -217,6 +219,7 @@ class StageEnv(BuildEnv):
                         mask[D * Bm + d] = True
                 todo = [d for d in todo if not mask[D * Bm + d]]
         self.qoe_masked = False
+        self._adds_mem = mask[D * Bm:].copy()       # the adds before the QoE narrowing (tests compare them)
         self._qin = self._bound().inputs(self.prev, self.group, p, [d for d in range(n) if d not in taken])
         if self.qoe_masks and self._bound().on:
             self._qoe_mask(cm, mask[D * Bm:], rmin, rmax)
@@ -230,10 +233,13 @@ class StageEnv(BuildEnv):
         qb, inst, p = self._bound(), self.inst, self.p
         pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
         q = self._qoe_closes(cm, rmin, rmax, *qb.rest_rates(pool)[:2])
+        qa = self._qoe_adds(adds, pool)
         if q.any():
             cm[:] = q
-        elif adds.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:]):
+            adds[:] = qa
+        elif qa.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:], A=self._qA):
             cm[:] = False
+            adds[:] = qa
         else:
             return
         self.qoe_masked = True
@@ -241,6 +247,13 @@ class StageEnv(BuildEnv):
         has = c.any(axis=1)
         rmin[:] = np.where(has, c.argmax(axis=1) + 1, inst.B + 1)
         rmax[:] = np.where(has, c.shape[1] - c[:, ::-1].argmax(axis=1), 0)
+
+    def _qoe_adds(self, adds: np.ndarray, pool: list) -> np.ndarray:
+        """The adds (adds' shape) that pass `QoEBound.add_ok` (a lookahead over the stage's ends)."""
+        cand = np.flatnonzero(adds[:self.inst.n])
+        qa = np.zeros_like(adds)
+        qa[cand] = self._bound().add_ok(self._qF, self._qT, self._qA, self.group, pool, self.p, cand)
+        return qa
 
     def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
         """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
@@ -252,7 +265,7 @@ class StageEnv(BuildEnv):
             r = np.arange(p + 1, B + 1)
             inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
             q[ds, p:B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                              R_T[ds], R_m[ds])
+                                              R_T[ds], R_m[ds], A=self._qA)
         return q
 
     # --- transition --------------------------------------------------------------
@@ -271,6 +284,7 @@ class StageEnv(BuildEnv):
             if self.stages:
                 self.t_transfers += inst.batch * inst.bnd_l[self.p] / min(inst.bw[g, d] for g in self.prev)
             self._qF, self._qT = self._bound().after_close(self._qF, self._qT, self.prev, devs, self.p, r)
+            self._qA = self._bound().after_close_allreduce(self._qA, devs, self.p, r)
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
             self.prev, self.group, self.p = devs, [], r

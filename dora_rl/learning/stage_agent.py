@@ -80,9 +80,23 @@ class StageAgent:
 
     def plan(self, scenario: Scenario, samples: int = 1, seed: int = 0, cost=None, search: str = "greedy",
              top_k: int | None = None, budget_ms: float | None = None):
+        """The best (QoE-compliant first, then objective) of `rollouts`. With search=polish (the
+        `ppo` planner's default), when the polished plan misses QoE, the polish from the fastest
+        device (the bench's control) is a candidate too: the network's plan can lead the polish
+        into a local optimum that misses QoE where the control's start does not (edge_cluster,
+        docs/learning.md "Session 8")."""
         from dora_rl.cost.qoe import preference
 
         res = self.rollouts(scenario, samples, seed, cost=cost, search=search, top_k=top_k, budget_ms=budget_ms)
+        if search == "polish" and not any(r[1].qoe_ok for r in res):
+            from dora_rl.envs.instance import Instance
+            from dora_rl.learning.stage_search import decode
+            from dora_rl.learning.stage_training import fastest_plan
+
+            inst = Instance(scenario, max(scenario.cluster.n, 1), cost)
+            start = fastest_plan(inst)
+            if start is not None:
+                res.append(decode(self.actor(), self.env_for(inst), "polish", budget_ms=budget_ms, start=start))
         best = min(res, key=lambda x: preference(x[1], scenario.qoe.objective))
         return best[0], best[1]
 

@@ -1,6 +1,9 @@
 """The model card and results.json of a stage-policy agent, from its config and one bench run.
 
-    PYTHONPATH=. python -m dora_rl.learning.stage_card AGENT_FOLDER bench/results/learning.json
+    PYTHONPATH=. python -m dora_rl.learning.stage_card AGENT_FOLDER bench/results/learning.json [NOTE.md]
+
+NOTE.md (optional): where the figures come from when they changed without a retrain (masks,
+cost model), printed under the headline as "Provenance".
 
 The card starts with a Hugging Face style metadata header (library, tags, environment,
 metrics), then a usage snippet (MaskablePPO.load + gymnasium.make + action masks), then
@@ -58,7 +61,7 @@ def _table(summary: dict, yard: str) -> list[str]:
     return lines
 
 
-def card(config: dict, ab: dict | None, env_id: str) -> str:
+def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) -> str:
     tr = config.get("trained_range") or {}
     head = ["---", "library_name: stable-baselines3", "tags:", "- reinforcement-learning", "- stable-baselines3",
             "- sb3-contrib", "- MaskablePPO", "- dnn-partitioning", "- edge-ai", "- dora_rl", "model-index:",
@@ -99,6 +102,8 @@ def card(config: dict, ab: dict | None, env_id: str) -> str:
                  "its figure to search on the cost model as much as to the network - compare it with the same "
                  "search from the uniform policy and from the fastest device.", ""]
         body += _table(h["summary"], "oracle") + [""]
+        if note:
+            body += ["### Provenance", "", note.strip(), ""]
         body += ["Equal budgets (wins/losses/ties, QoE first then objective): " + "; ".join(
             f"{k}: {v['wins']}/{v['losses']}/{v['ties']}" for k, v in h["duels"].items()), ""]
         for k, v in ab.get("large", {}).items():
@@ -152,7 +157,9 @@ def main(argv=None) -> int:
                                "checks": ab["checks"], "budget_ms": ab["budget_ms"]}
         entries["plan_ms"] = bench.get("plan")
     update_results(folder, entries)
-    (folder / "README.md").write_text(card(agent.config, ab, agent.config.get("env_id", "dora_rl/PartitionStage-v0")))
+    note = Path(argv[2]).read_text() if len(argv) > 2 else None
+    (folder / "README.md").write_text(card(agent.config, ab, agent.config.get("env_id", "dora_rl/PartitionStage-v0"),
+                                           note))
     return 0
 
 

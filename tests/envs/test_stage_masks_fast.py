@@ -40,7 +40,48 @@ def _reference_battery_ok(qb, d, busy):
     return hours >= qb.min_h * (1 - 1e-9) * (1 - SLACK)
 
 
-def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, rest_rate, rest_top):
+def _reference_lone(qb, x, e, chunk):
+    """The least latency plus chunk x the least seconds per byte of any route x -> e."""
+    rs = qb.cost.net.routes[x][e] if x != e else ()
+    return min(r.lat for r in rs) + chunk * min(r.kappa for r in rs) if rs else math.inf
+
+
+def _reference_ring(qb, members, partners, P, g, separable=False):
+    """2 (g - 1) max over members x of min over partners e != x of the lone flow x -> e
+    (separable: the least latency plus chunk x the least s/B, each over the partners)."""
+    if not qb.training or P <= 0:
+        return 0.0
+    if separable:
+        net, c = qb.cost.net, P / g
+        step = max(min((r.lat for e in partners if e != x for r in net.routes[x][e]), default=math.inf)
+                   + c * min((r.kappa for e in partners if e != x for r in net.routes[x][e]), default=0.0)
+                   for x in members)
+    else:
+        step = max(min((_reference_lone(qb, x, e, P / g) for e in partners if e != x), default=math.inf)
+                   for x in members)
+    return 2.0 * (g - 1) * step if math.isfinite(step) else 0.0
+
+
+def _reference_add_ok(qb, F, T, A, group, pool, p, a):
+    rate, B = qb.inst.rate, qb.B
+    k = len(group)
+    j = max(1, qb.inst.m_int - k - 1)
+    others = sorted((rate[x] for x in pool if x != a), reverse=True)
+    R = sum(rate[x] for x in group) + rate[a] + sum(others[:j])
+    rest_T = sum(rate[x] for x in pool if x != a)
+    rest_m = sum(others[:max(1, qb.m)])
+    for r in range(p + 1, B + 1):
+        u = qb.back * qb.m * (qb.fp[r] - qb.fp[p]) / R
+        work = qb.back * qb.m * (qb.fp[-1] - qb.fp[r]) if r < B else 0.0
+        fill = F + u + work / max(rest_m, 1e-30)
+        TT = max(T, u, work / max(rest_T, 1e-30))
+        ar = _reference_ring(qb, group + [a], group + pool, qb.pp[r] - qb.pp[p], k + 2, separable=True)
+        if qb._ok(fill, TT, max(A, ar)):
+            return True
+    return False
+
+
+def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, rest_rate, rest_top, A=0.0):
     devs = group + [d]
     rate = float(sum(qb.inst.rate[x] for x in devs))
     u = qb.back * qb.m * (qb.fp[r] - qb.fp[p]) / rate
@@ -48,9 +89,19 @@ def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, rest_rate, rest_to
     rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
     o_occ, o_lat = qb.out[d] if not group else (0.0, 0.0)
     end = r >= qb.B
-    fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0)
-    TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0)])
-    ok = qb._ok(fill, TT)
+    x_occ, x_lat = np.zeros_like(u), np.zeros_like(u)
+    if not group:       # the exit of a single-device stage: through d's send interface, after one of its links
+        net = qb.cost.net
+        lat = min((ln.latency_ms / 1e3 for ln in qb.cost.cluster.links if d in (qb.cost.cluster.index[ln.a],
+                                                                                qb.cost.cluster.index[ln.b])))
+        for i, x in enumerate(r):
+            if x < qb.B and qb.cost.bnd[x] > 0:
+                x_occ[i] = qb.dirs * qb.m * qb.cost.bnd[x] / net.cap[net.iface0 + 2 * d]
+                x_lat[i] = qb.dirs * lat
+    fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
+    TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0), x_occ])
+    ar = np.array([_reference_ring(qb, devs, devs, qb.pp[x] - qb.pp[p], len(devs)) if group else 0.0 for x in r])
+    ok = qb._ok(fill, TT, np.maximum(A, ar))
     if qb.min_h is not None:
         for x in (devs if group else []):
             ok = ok & _reference_battery_ok(qb, x, 0.0)
@@ -102,8 +153,14 @@ class _ReferenceStageEnv(StageEnv):
         for d in np.flatnonzero(rmin <= rmax):
             r = np.arange(rmin[d], rmax[d] + 1)
             q[d, r - 1] = _reference_close_ok(qb, self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r,
-                                              R_T[d], R_m[d])
+                                              R_T[d], R_m[d], self._qA)
         return q
+
+    def _qoe_adds(self, adds, pool):
+        qb, qa = self._bound(), np.zeros_like(adds)
+        for a in np.flatnonzero(adds[:self.inst.n]):
+            qa[a] = _reference_add_ok(qb, self._qF, self._qT, self._qA, self.group, pool, self.p, int(a))
+        return qa
 
     def _qoe_mask(self, cm, adds, rmin, rmax):
         super()._qoe_mask(cm, adds, rmin, rmax)
@@ -141,7 +198,7 @@ def test_vectorised_masks_equal_the_reference(n, B, k):
                 assert np.array_equal(new._mask, ref._mask)
                 assert np.array_equal(new._rmin, ref._rmin) and np.array_equal(new._rmax, ref._rmax)
                 if not ref.done:
-                    assert np.array_equal(new._mask[D * Bm:], ref.ref_adds)   # the adds, before any QoE narrowing
+                    assert np.array_equal(new._adds_mem, ref.ref_adds)   # the adds, before any QoE narrowing
                 for key in o_ref:
                     assert np.array_equal(o_new[key], o_ref[key]), key
                 if ref.done:

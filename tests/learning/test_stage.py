@@ -351,3 +351,18 @@ def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
     assert "action_masks" in card
     res = json.loads((folder / "results.json").read_text())
     assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}
+
+
+@pytest.mark.skipif(_shipped_stage() is None, reason="the shipped generalist is not a stage agent")
+def test_polish_falls_back_to_the_fastest_device_when_the_networks_plan_misses_qoe():
+    """edge_cluster: the network + polish misses QoE (a local optimum of the polish); the
+    planner's default then also polishes from the fastest device and keeps the compliant plan."""
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.scenario import load_scenario
+
+    agent = load_agent(_shipped_stage())
+    sc = load_scenario("edge_cluster")
+    (_, alone, _), = agent.rollouts(sc, search="polish")
+    plan, m = agent.plan(sc, search="polish")
+    assert not alone.qoe_ok and m.qoe_ok
+    assert [(s.start, s.end, s.devices) for s in plan.stages] == [(0, 7, ("agx1",)), (7, 14, ("agx2",))]

@@ -203,6 +203,12 @@ def plan_flows(cost: CostModel, plan) -> list[tuple[str, str, float]]:
     return out
 
 
+def plan_crosses(mon: Monitor, cost: CostModel, plan, medium: str) -> bool:
+    """Whether any of `plan`'s boundary transfers (`plan_flows`) is routed across `medium`
+    (the live loop and its twin probe only while such a plan has nothing in flight)."""
+    return any(medium in mon.route_media(a, b)[0] for a, b, _ in plan_flows(cost, plan))
+
+
 # ------------------------------------------------------------------ the loop
 def simulate(scenario: Scenario, adapter: Adapter | str, trace=None, duration_s: float = 300.0,
              interval_s: float = 1.0, *, mean_frac: float | None = None, seed: int = 0,

@@ -45,7 +45,7 @@ import numpy as np
 
 from dora_rl.adapter import Decision, Monitor, State, get_adapter
 from dora_rl.adapter.compose import battery_budgets, conditions, make_mix, score
-from dora_rl.adapter.simulate import Log, battery_violations, make_trace, plan_flows, probe_peer
+from dora_rl.adapter.simulate import Log, battery_violations, make_trace, plan_crosses, probe_peer
 from dora_rl.adapter.timeline import plot_timeline
 from dora_rl.adapter.view import LiveView
 from dora_rl.cost import CostModel
@@ -307,8 +307,7 @@ class LiveRun:
             return False
         key = self.rt.plan.key()
         if key not in self.crosses:
-            flows = plan_flows(CostModel(self.sc), self.rt.plan)
-            self.crosses[key] = any(self.medium in self.monitor.route_media(a, b)[0] for a, b, _ in flows)
+            self.crosses[key] = plan_crosses(self.monitor, CostModel(self.sc), self.rt.plan, self.medium)
         return self.crosses[key]
 
     def drain(self, bw_true: float, dt: float, levels: dict[str, float]) -> tuple[dict[str, float], float]:

@@ -19,6 +19,7 @@ violate it."""
 from __future__ import annotations
 
 import bisect
+import math
 
 import numpy as np
 
@@ -142,12 +143,10 @@ def replayed_spans(rows: list[dict], issues: list[float], interval: float, scena
     by_id = {p["id"]: Plan.from_dict({k: v for k, v in p.items() if k != "id"}) for p in plans}
 
     def plan_of(r: dict):
-        if _finite(r.get("latency_ms")) is None or not r.get("pids"):
+        lat = r.get("latency_ms")
+        if not (isinstance(lat, (int, float)) and math.isfinite(lat)) or not r.get("pids"):
             return None
         return by_id[max(zip(r["fractions"], r["pids"]))[1]]
 
     return RequestReplay(scenario, medium, issues, interval).spans([(plan_of(r), r["bw_true_mbps"]) for r in rows])
 
-
-def _finite(v, scale: float = 1.0) -> float | None:
-    return v * scale if isinstance(v, (int, float)) and v == v and abs(v) != float("inf") else None

@@ -23,7 +23,7 @@ live one's (a few transfers per dilated request, each slowed by what shares the 
 from __future__ import annotations
 
 from dora_rl.adapter.compose import conditions
-from dora_rl.adapter.simulate import plan_flows, probe, probe_peer
+from dora_rl.adapter.simulate import plan_crosses, probe, probe_peer
 from dora_rl.cost import CostModel
 from dora_rl.sim.program import capacities
 from dora_rl.sim.simulate import replay_run
@@ -99,8 +99,7 @@ class RequestReplay:
             if any(ts[0] + max(run.mb_done[r * M:(r + 1) * M]) > t for r in range(len(ts))):
                 key = plan.key()
                 if key not in self._crosses:
-                    flows = plan_flows(self.cost(rows[0][1]), plan)
-                    self._crosses[key] = any(self.medium in monitor.route_media(x, y)[0] for x, y, _ in flows)
+                    self._crosses[key] = plan_crosses(monitor, self.cost(rows[0][1]), plan, self.medium)
                 if self._crosses[key]:
                     return True
         return False

@@ -1,11 +1,12 @@
 """Time each block of a zoo model on this machine -> a `DeviceProfile` (what
 `dora profile MODEL --measure` and `dora calibrate` run).
 
-Per block and batch size: the block's real input (the previous blocks' output on a
-seeded random input), `warmup` untimed calls, then the median of `repeats` timed calls
-of (a) the inference forward under `torch.no_grad()`, and with `training` (b) the
-forward with autograd on and (c) the backward of that forward (gradient of a random
-output cotangent; parameters and, except for block 0, the input get gradients). Blocks
+Per batch size: `warmup` untimed rounds, then `repeats` timed rounds; a round runs
+the chain once on a seeded random input, each block on the previous block's output,
+and times per block (a) the inference forward under `torch.no_grad()`, and with
+`training` (b) the forward with autograd on and (c) the backward of that forward
+(gradient of a seeded random output cotangent; parameters and, except for block 0, the
+input get gradients). A block's figure is its median over the timed rounds. Blocks
 run in eval mode, as the runtime's workers run them. The process runs with `threads`
 torch threads, pinned to `cpus` if given (os.sched_setaffinity)."""
 
@@ -52,21 +53,12 @@ def host_facts() -> dict:
             "platform": platform.platform(), "torch": torch.__version__}
 
 
-def _median_time(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def measure_profile(model: str, *, batch_sizes=(1,), training: bool = False, threads: int = 1,
                     cpus: list[int] | None = None, warmup: int = 3, repeats: int = 7,
-                    seed: int = 0) -> DeviceProfile:
-    """Time every block of zoo model `model` at each batch size (see the module doc)."""
+                    seed: int = 0, ready=None) -> DeviceProfile:
+    """Time every block of zoo model `model` at each batch size (see the module doc).
+    `ready`, if given, is called once the model and inputs are built, just before the
+    timing starts (`dora calibrate` passes a barrier so workers time together)."""
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ProfileError(f"batch sizes must be whole numbers >= 1, got {list(batch_sizes)}")
@@ -77,47 +69,81 @@ def measure_profile(model: str, *, batch_sizes=(1,), training: bool = False, thr
     before = (torch.get_num_threads(), os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None)
     pinned = pin(cpus, threads)
     try:
-        return _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed)
+        return _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed, ready)
     finally:   # a library call must not leave its caller pinned to one core and one thread
         torch.set_num_threads(before[0])
         if before[1] is not None and pinned is not None:
             os.sched_setaffinity(0, before[1])
 
 
-def _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed) -> DeviceProfile:
-    """The timing loop of `measure_profile`, in the thread count and cores already set."""
+def _time_blocks(model, sizes, training, threads, pinned, warmup, repeats, seed, ready) -> DeviceProfile:
+    """The timing loop of `measure_profile`, in the thread count and cores already set.
+
+    Rounds, not one loop per block: a round runs the whole chain once (block b on block
+    b-1's output, as a worker runs it) and times every block; a block's figure is its
+    median over the rounds. A slow spell of the host (other tenants, clock changes)
+    then lands on one round of every block, not on all the repeats of a few blocks."""
     net, ex = build_model(model, seed=seed)
     net.eval()
-    names = [n for n, _ in net.named_children()]
-    fwd = [[0.0] * len(sizes) for _ in names]
-    tfwd = [[0.0] * len(sizes) for _ in names] if training else None
-    bwd = [[0.0] * len(sizes) for _ in names] if training else None
+    blocks = list(net)
     g = torch.Generator().manual_seed(seed)
-    for i, n in enumerate(sizes):
-        if ex.dtype.is_floating_point:
-            x = torch.randn((n,) + tuple(ex.shape[1:]), generator=g)
-        else:
-            x = torch.randint(0, 1000, (n,) + tuple(ex.shape[1:]), generator=g)
-        for b, block in enumerate(net):
-            with torch.no_grad():
-                fwd[b][i] = _median_time(lambda block=block, x=x: block(x), warmup, repeats)
-                y = block(x)
-            if training:
-                xin = x.detach().clone().requires_grad_(b > 0 and x.is_floating_point())
-                tfwd[b][i] = _median_time(lambda block=block, xin=xin: block(xin), warmup, repeats)
-                cot = torch.randn(y.shape, generator=g) if y.is_floating_point() else None
-
-                def back(block=block, xin=xin, cot=cot):
-                    out = block(xin)
-                    t = time.perf_counter()
-                    out.backward(cot)
-                    return time.perf_counter() - t
-                for _ in range(warmup):
-                    back()
-                bwd[b][i] = statistics.median(back() for _ in range(repeats))
-                net.zero_grad(set_to_none=True)
-            x = y
-        log.info("timed %s at batch %d", model, n)
-    return DeviceProfile(model, names, sizes, fwd, tfwd, bwd, int(threads), pinned, host_facts(),
-                         {"warmup": warmup, "repeats": repeats, "statistic": "median", "mode": "eval",
+    shape = tuple(ex.shape[1:])
+    inputs = [torch.randn((n,) + shape, generator=g) if ex.dtype.is_floating_point
+              else torch.randint(0, 1000, (n,) + shape, generator=g) for n in sizes]
+    cots = [_cotangents(blocks, x, g) for x in inputs] if training else None
+    if ready is not None:
+        ready()
+    fwd, tfwd, bwd = ([[0.0] * len(sizes) for _ in blocks] for _ in range(3))
+    for i, x0 in enumerate(inputs):
+        rounds = []
+        for _ in range(warmup + repeats):
+            rounds.append(_round(blocks, x0, cots[i] if training else None))
+            net.zero_grad(set_to_none=True)
+        for phase, rows in enumerate((fwd, tfwd, bwd)[:3 if training else 1]):
+            for b in range(len(blocks)):
+                rows[b][i] = statistics.median(r[phase][b] for r in rounds[warmup:])
+        log.info("timed %s at batch %d", model, sizes[i])
+    names = [n for n, _ in net.named_children()]
+    return DeviceProfile(model, names, sizes, fwd, tfwd if training else None, bwd if training else None,
+                         int(threads), pinned, host_facts(),
+                         {"warmup": warmup, "repeats": repeats, "statistic": "median over rounds", "mode": "eval",
                           "dtype": str(ex.dtype).replace("torch.", "")})
+
+
+def _cotangents(blocks, x, g) -> list:
+    """A seeded random output gradient per block (None where the output is not float)."""
+    out = []
+    with torch.no_grad():
+        for block in blocks:
+            x = block(x)
+            out.append(torch.randn(x.shape, generator=g) if x.is_floating_point() else None)
+    return out
+
+
+def _round(blocks, x0, cots) -> tuple[list[float], ...]:
+    """One pass over the chain: seconds per block of the inference forward and, with
+    `cots`, of the forward with autograd on and of its backward (each block's input is
+    a leaf that, past block 0, wants its gradient, as a pipeline stage sends it back)."""
+    clock = time.perf_counter
+    fw, x = [], x0
+    with torch.no_grad():
+        for block in blocks:
+            t = clock()
+            x = block(x)
+            fw.append(clock() - t)
+    if cots is None:
+        return (fw,)
+    tf, outs, x = [], [], x0
+    for b, block in enumerate(blocks):
+        xin = x.detach().requires_grad_(b > 0 and x.is_floating_point())
+        t = clock()
+        x = block(xin)
+        tf.append(clock() - t)
+        outs.append(x)
+    bw = [0.0] * len(blocks)
+    for b in reversed(range(len(blocks))):
+        if cots[b] is not None and outs[b].requires_grad:
+            t = clock()
+            outs[b].backward(cots[b])
+            bw[b] = clock() - t
+    return fw, tf, bw

@@ -3,7 +3,12 @@ each with measured block times, so predictions can be checked on real execution
 (`dora calibrate`, then `dora run DIR/scenario.yaml --no-emulate`).
 
 Worker i is pinned to core i (os.sched_setaffinity) and runs one torch thread; its block
-times are measured the same way, pinned to the same core, in this process. Links form a
+times are measured the same way, pinned to the same core, and all workers are timed at
+once (one process each, started together by a barrier): workers of a plan compute at
+the same time, and what they share (the last-level cache, memory bandwidth, the host
+under a virtual machine's cores) slows each of them by 5-15 % on a 2-core VM, which
+timing one core at a time leaves out of the prediction. Unpinned (more workers than
+cores), each is timed alone, in this process, with a warning. Links form a
 full mesh of dedicated links at `mbps` that the runtime's pacing enforces. Devices have
 kind `generic`; `gflops` is the measured effective rate (FLOPs / measured seconds, what
 planners' heuristics read); power figures are the generic placeholders (this host's power
@@ -12,13 +17,17 @@ is not measured)."""
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
 
-from dora_rl.errors import ProfileError
+from dora_rl.errors import DoraError, ProfileError
 from dora_rl.profile import get_profile
+from dora_rl.profile.measured import DeviceProfile
 from dora_rl.profile.timing import measure_profile
 
 log = logging.getLogger(__name__)
@@ -64,19 +73,22 @@ def calibrate(model: str, workers: int, out_dir: str | Path, *, training: bool =
     for w in warnings:
         log.warning(w)
     pinned = workers <= len(cores)
-    devices, profiles = [], []
-    for i in range(workers):
-        cpus = [cores[i]] if pinned else None
-        dp = measure_profile(model, batch_sizes=sizes, training=training, threads=1, cpus=cpus,
-                             warmup=warmup, repeats=repeats)
-        path = out / f"w{i}.json"
-        dp.save(path)
-        profiles.append(str(path))
+    profiles = [str(out / f"w{i}.json") for i in range(workers)]
+    jobs = [(model, sizes, training, [cores[i]] if pinned else None, warmup, repeats, path)
+            for i, path in enumerate(profiles)]
+    if pinned and workers > 1:
+        _time_together(jobs)
+    else:
+        for job in jobs:
+            _time_one(*job)
+    devices = []
+    for i, path in enumerate(profiles):
+        dp = DeviceProfile.load(path)
         fixed, per = dp.fit()
         secs = sum(fixed) + m * sum(per)
         gflops = m * prof.total_flops / secs / 1e9 if secs > 0 else 1.0
         devices.append({"name": f"w{i}", "kind": "generic", "gflops": round(gflops, 3),
-                        "memory_gb": round(_host_memory_gb() / workers, 2), "profile": path.name})
+                        "memory_gb": round(_host_memory_gb() / workers, 2), "profile": Path(path).name})
     names = [d["name"] for d in devices]
     links = [{"a": a, "b": b, "mbps": float(mbps), "latency_ms": LINK_LATENCY_MS}
              for k, a in enumerate(names) for b in names[k + 1:]]
@@ -92,6 +104,45 @@ def calibrate(model: str, workers: int, out_dir: str | Path, *, training: bool =
     path.write_text(yaml.safe_dump(scen, sort_keys=False))
     return {"scenario": str(path), "profiles": profiles, "cores": cores, "pinned": pinned,
             "batch_sizes": sizes, "warnings": warnings}
+
+
+def _time_one(model, sizes, training, cpus, warmup, repeats, path, ready=None) -> None:
+    measure_profile(model, batch_sizes=sizes, training=training, threads=1, cpus=cpus, warmup=warmup,
+                    repeats=repeats, ready=ready).save(path)
+
+
+_BARRIER = None
+
+
+def _join_barrier(barrier) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _time_in_child(job) -> None:
+    try:
+        _time_one(*job, ready=_BARRIER.wait)
+    except BaseException:
+        _BARRIER.abort()   # the other workers stop waiting for this one
+        raise
+
+
+def _time_together(jobs) -> None:
+    """Time every worker's profile at once: one spawned process per job, each pinned to
+    its core, released by one barrier when all have built the model. A job that fails
+    breaks the barrier; its own error is the one raised."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(len(jobs), timeout=600)
+    with ProcessPoolExecutor(len(jobs), mp_context=ctx, initializer=_join_barrier, initargs=(barrier,)) as pool:
+        futures = [pool.submit(_time_in_child, job) for job in jobs]
+        failed = [(job, f.exception()) for job, f in zip(jobs, futures) if f.exception() is not None]
+    first = [x for x in failed if not isinstance(x[1], threading.BrokenBarrierError)] or failed
+    if first:
+        job, e = first[0]
+        if isinstance(e, DoraError):
+            raise e
+        raise ProfileError(f"timing {job[0]} on core {job[3]} failed: {e}; run `dora calibrate` again, or with "
+                           "--workers 1 to time one core alone") from e
 
 
 def _host_memory_gb() -> float:

@@ -75,3 +75,27 @@ def test_run_no_emulate_on_a_calibrated_host(tmp_path):
     assert out["predicted"]["latency_ms"] == pytest.approx(CostModel(sc).evaluate(plan).latency_ms)
     assert set(out["measured"]["latency_ms"]) >= {"mean", "p50", "p95"}
     assert out["measured"]["saturated"] == {}      # nothing is stretched at real speed
+
+
+def test_timing_workers_together_reports_the_failing_job_and_does_not_hang(tmp_path):
+    # the second job names a model that does not exist: its ProfileError is raised (not the
+    # first job's broken barrier), and the first job, waiting at the barrier, is released
+    from dora_rl.errors import ProfileError
+
+    jobs = [("tiny_cnn", [1], False, None, 0, 1, str(tmp_path / "w0.json")),
+            ("no_such_model", [1], False, None, 0, 1, str(tmp_path / "w1.json"))]
+    with pytest.raises(ProfileError, match="no_such_model"):
+        cal._time_together(jobs)
+    assert not (tmp_path / "w0.json").exists()
+
+
+def test_pinned_workers_are_timed_together_each_on_its_own_core(tmp_path, monkeypatch):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to pin 2 workers")
+    seen = []
+    monkeypatch.setattr(cal, "_time_together", lambda jobs: seen.append(jobs) or [cal._time_one(*j) for j in jobs])
+    monkeypatch.setattr(cal, "host_cores", lambda: [0, 1])
+    res = cal.calibrate("tiny_cnn", 2, tmp_path, repeats=1, warmup=0)
+    assert len(seen) == 1 and [j[3] for j in seen[0]] == [[0], [1]]
+    sc = load_scenario(res["scenario"])
+    assert [sc.measured[w].cpus for w in ("w0", "w1")] == [[0], [1]]

@@ -41,6 +41,7 @@ class RequestReplay:
         self.issues = sorted(issues)
         self._cms: dict = {}
         self._crosses: dict = {}
+        self._runs: dict = {}
 
     def cost(self, bw: float) -> CostModel:
         key = round(float(bw), 9)
@@ -65,12 +66,28 @@ class RequestReplay:
                 groups.append(([ti], plan))
         out = []
         for ts, plan in groups:
-            if plan is None:
-                continue
-            t0, k0 = ts[0], self._k(ts[0], n)
-            changes = [(k * self.interval - t0, capacities(self.cost(rows[k][1]))) for k in range(k0 + 1, n)]
-            out.append((ts, plan, replay_run(self.cost(rows[k0][1]), plan, [t - t0 for t in ts], changes)))
+            if plan is not None:
+                out.append((ts, plan, self._run(rows, ts, plan)))
         return out
+
+    def _run(self, rows: list[tuple], ts: list[float], plan):
+        """The replay of requests `ts` on `plan`, from the rows' bandwidths. Cached: a run
+        that ended within the rows it was replayed on depends on those rows only, so a
+        run is replayed again only when its requests or those rows changed (a live
+        twin asks every interval with one more row: without the cache, every earlier
+        run would be replayed again, quadratic in the run's length)."""
+        n, t0 = len(rows), ts[0]
+        k0 = self._k(t0, n)
+        key = (tuple(ts), plan.key(), k0)
+        hit = self._runs.get(key)
+        if hit is not None and hit[0] == [bw for _, bw in rows[k0:k0 + len(hit[0])]]:
+            return hit[1]
+        changes = [(k * self.interval - t0, capacities(self.cost(rows[k][1]))) for k in range(k0 + 1, n)]
+        run = replay_run(self.cost(rows[k0][1]), plan, [t - t0 for t in ts], changes)
+        k_end = int((t0 + max(run.mb_done, default=0.0)) // self.interval)
+        if k_end < n:      # ended within the rows: later rows cannot change it
+            self._runs[key] = ([bw for _, bw in rows[k0:k_end + 1]], run)
+        return run
 
     def spans(self, rows: list[tuple]) -> list[tuple[float, float]]:
         """(issue, answer) of every request served (run seconds)."""

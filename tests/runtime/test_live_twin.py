@@ -43,3 +43,21 @@ def test_the_twin_monitor_hears_the_transfers_and_probes_only_when_the_live_loop
     for t in (0.0, 1.0, 2.0):
         feed(mon, lambda tau: 0.08, 80.0, t, 1.0, LAPTOP, 0.08)
     assert mon.last_seen["wifi"] == 0.0 and feed.probe_t == -float("inf")
+
+
+def test_a_twin_asked_every_interval_answers_as_a_fresh_replay():
+    # the replay caches runs that ended within the rows they saw; asked with one more row
+    # each interval (as the live twin is), every answer must equal a fresh replay's
+    import random
+
+    rnd = random.Random(3)
+    sc = scenario(HOME)
+    other = Plan.make([(0, 2, ["phone"]), (2, 4, ["laptop"])], 1)
+    issues = sorted(rnd.uniform(0, 12) for _ in range(40))
+    rows, rp = [], RequestReplay(sc, "wifi", issues, 1.0)
+    for k in range(14):
+        rows.append((rnd.choice([LAPTOP, other]), rnd.choice([0.5, 8.0, 80.0])))
+        fresh = RequestReplay(sc, "wifi", issues, 1.0)
+        assert rp.spans(rows) == fresh.spans(rows)
+        assert rp.transfers(rows, k, k + 1) == fresh.transfers(rows, k, k + 1)
+    assert rp._runs     # the cache was used

@@ -22,8 +22,11 @@ and v's receive interface. Intermediate devices of a path are its relays."""
 
 from __future__ import annotations
 
+import functools
 import heapq
 from typing import NamedTuple
+
+import numpy as np
 
 EXACT_DEVICES = 8     # up to this many devices: every simple path of <= MAX_HOPS hops is a candidate
 MAX_HOPS = 2          # one relay at most in the exhaustive candidate set
@@ -175,6 +178,21 @@ class Network:
         kappa = max(c / self.cap[x] for x, c in uses.items())
         return Route(lat, kappa, tuple(sorted(uses.items())), tuple(sorted(media.items())),
                      tuple(zip(path, path[1:])), tuple(path[1:-1]))
+
+    @functools.cached_property
+    def least(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lat, kappa), each (n, n): per pair s -> t the least latency and the least
+        seconds per byte of any candidate route, each on its own (so together a lower
+        bound of any flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal
+        and where no route exists. What the learned planner's QoE masks bound with."""
+        n = len(self.routes)
+        L, K = np.full((n, n), np.inf), np.zeros((n, n))
+        for s, row in enumerate(self.routes):
+            for t, rs in enumerate(row):
+                if rs and s != t:
+                    L[s, t] = min(r.lat for r in rs)
+                    K[s, t] = min(r.kappa for r in rs)
+        return L, K
 
     def route(self, i: int, j: int, nbytes: float) -> Route:
         """The candidate path i -> j a flow of nbytes takes: least lat + nbytes · kappa."""

@@ -51,14 +51,12 @@ idle + (active - idle) busy / that period. Scenarios with measured block times
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
 from dora_rl.cost.qoe import required_rate
 
 SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
-_RING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()    # routes.Network -> QoEBound.ring_tables
 
 
 class QoEBound:
@@ -107,7 +105,6 @@ class QoEBound:
             for d in (idx[ln.a], idx[ln.b]):
                 self.exit_lat[d] = min(self.exit_lat[d], ln.latency_ms / 1e3)
         self.bnd = np.asarray(cost.bnd, dtype=float)
-        self._ring = None            # (lat, kappa) per device pair, built on first use (training)
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
         """(occupancy, latency) of boundary k from group a to group b: exact for single
@@ -147,29 +144,10 @@ class QoEBound:
         return (fill + (self.M - 1) * T + A <= self.lat_cap) & (T <= self.T_cap)
 
     # --- the data-parallel all-reduce (training) ---------------------------------
-    def ring_tables(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lat, kappa): per device pair x -> e the least latency and the least seconds per
-        byte of any candidate route (lat inf and kappa 0 on the diagonal and where no route
-        exists: such a partner is never the best)."""
-        if self._ring is None:
-            net = self.cost.net          # routes depend on the cluster only: so do these (built once)
-            self._ring = _RING.get(net)
-            if self._ring is None:
-                n = self.inst.n
-                L, K = np.full((n, n), np.inf), np.zeros((n, n))
-                for x in range(n):
-                    for e in range(n):
-                        rs = net.routes[x][e] if x != e else ()
-                        if rs:
-                            L[x, e] = min(r.lat for r in rs)
-                            K[x, e] = min(r.kappa for r in rs)
-                self._ring = _RING[net] = (L, K)
-        return self._ring
-
     def _member_steps(self, xs, partners, chunk: np.ndarray) -> np.ndarray:
         """Per member x of `xs` and chunk size: the least lone time of a flow from x to one of
         `partners` (x itself excluded), (len(xs), len(chunk))."""
-        L, K = self.ring_tables()
+        L, K = self.cost.net.least
         xs, ps = np.asarray(xs, dtype=np.int64), np.asarray(partners, dtype=np.int64)
         if not len(ps):
             return np.full((len(xs), len(chunk)), np.inf)
@@ -188,7 +166,7 @@ class QoEBound:
         g = len(group) + 1
         P = self.pp[r] - self.pp[p]
         c = P / g
-        L, K = self.ring_tables()
+        L, K = self.cost.net.least
         G = np.asarray(group, dtype=np.int64)
         ds = np.asarray(ds, dtype=np.int64)
         # a group member x: its best partner among the other members, or the new device d
@@ -225,7 +203,7 @@ class QoEBound:
             P = self.pp[r] - self.pp[p]
             # each member's least latency plus chunk x its least s/B to any partner (min of sums >=
             # sum of mins: looser than the close's bound, and O(members x partners + members x R))
-            L, K = self.ring_tables()
+            L, K = self.cost.net.least
             ps = np.asarray(list(group) + list(pool), dtype=np.int64)
             c = P / g
 

@@ -16,10 +16,10 @@ Pruning never changes the answer:
 - branch and bound on the objective: the prefix's partial latency (sum of stage and
   transfer times so far + (M-1) x partial bottleneck + partial all-reduce) and partial
   energy (participants so far, with the period lower bound) only grow as stages are
-  added; a prefix no better than the incumbent is cut. A transfer is charged, figure by
-  figure, the least over its routings (time, occupancy, bytes per medium and per
-  device): the cost model picks one routing per complete plan, so a prefix cannot know
-  which.
+  added; a prefix no better than the incumbent is cut. A transfer, and a stage's ring
+  all-reduce, is charged, figure by figure, the least over its routings (time,
+  occupancy, bytes per medium and per device): the cost model picks the routings of a
+  complete plan, so a prefix cannot know which.
 
 Instances beyond `MAX_DEVICES` devices or `MAX_BLOCKS` blocks are refused
 (`PlannerError`): the space grows like (ordered set partitions) x C(B-1, S-1)."""
@@ -117,18 +117,18 @@ class _Oracle:
                 Q["load"][mu] = Q["load"].get(mu, 0.0) + dirs * b
         for d, b in _least_bytes(opts).items():
             Q["bytes"][d] = Q["bytes"].get(d, 0.0) + dirs * b * M
-        if self.tr:
-            t, _, per_dev = cost.allreduce(list(devs), cost.pp[r] - cost.pp[l])    # least time: the fastest
-            Q["A"] = max(Q["A"], t)
+        if self.tr and len(devs) > 1:
+            # the rings are routed jointly too (`CostModel._allreduces`): the least over the
+            # ring's routings, figure by figure (step time, bytes per medium and per device)
             ar = cost.allreduce_options(list(devs), cost.pp[r] - cost.pp[l])
             steps = 2 * (len(devs) - 1)
+            Q["A"] = max(Q["A"], steps * ar[0].x)              # the options are sorted by x
             for mu in range(self.nmed):
                 b = min(o.media[mu] for o in ar) * steps
                 if b > 0:
                     Q["arload"][mu] = Q["arload"].get(mu, 0.0) + b
-            if len(devs) > 1:
-                for d in devs:
-                    Q["bytes"][d] = Q["bytes"].get(d, 0.0) + 2 * per_dev
+            for d, b in _least_bytes(ar).items():              # members: sent + received; relays: forwarded
+                Q["bytes"][d] = Q["bytes"].get(d, 0.0) + steps * b
         return Q
 
     def _stage(self, l, r, gi, inflight):

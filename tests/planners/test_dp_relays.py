@@ -17,6 +17,8 @@ import yaml
 from dora_rl.cost import CostModel
 from dora_rl.planners import run_planner
 from dora_rl.planners.dp import search
+from dora_rl.planners.dp.engine import DPEngine
+from dora_rl.planners.dp.space import choose_spaces
 from dora_rl.planners.oracle import oracle_search
 from dora_rl.scenario import Scenario
 from dora_rl.synthetic import random_scenario, sparse_scenario
@@ -82,6 +84,32 @@ def test_best_plan_avoids_an_idle_relay():
     # the DP's own arithmetic (before re-scoring) charges the relay too
     for c in search(sc, cost, constrained=False).candidates:
         assert c.energy_j == pytest.approx(c.metrics.energy_j, rel=1e-9)
+
+
+def test_a_routing_the_plan_does_not_take_keeps_no_plan_off_the_front():
+    """Energy objective, the gateway cluster plus a direct cam - server link of 800 Mbps =
+    1e8 B/s and 30 ms. The cost model routes the server plan through gw (least latency,
+    M = 1: input 0.004 + 200 kB / 1e7 = 0.024 s vs 0.030 + 200 kB / 1e8 = 0.032 s direct,
+    output 0.004 + 8 kB / 1e7 = 0.0048 s vs 0.030 + 8 kB / 1e8 = 0.03008 s; 68.8 ms in
+    all): 3.40784 J (test above), so board alone (124.8 ms, 2.82704 J) is the best. The
+    direct routings are options too (less occupancy: 0.002 s vs 0.02 s), so the DP also
+    holds the server plan on them, which the cost model does not take: 0.032 + 0.04 +
+    0.03008 = 102.08 ms and 0.8704 + 1.01664 = 1.88704 J without gw, below board on both;
+    ranked on those figures, board left the front (dora then returned the server plan at
+    3.40784 J)."""
+    d = _gateway("energy")
+    d["links"].append({"a": "cam", "b": "server", "mbps": 800, "latency_ms": 30})
+    sc = scenario(d)
+    dora, cost = _agree(sc)
+    assert dora.metrics.energy_j == pytest.approx(2.82704, rel=1e-9)
+    assert [s.devices for s in dora.plan.stages] == [("board",)]
+    server = cost.evaluate_stages([(0, 4, [cost.cluster.index["server"]], [1.0])], 1)
+    assert server.energy_j == pytest.approx(3.40784, rel=1e-9)
+    assert server.latency_ms == pytest.approx(68.8, rel=1e-9)
+    found, _ = DPEngine(cost, choose_spaces(cost, None, True)[0], constrained=False).run()
+    srv = [[cost.cluster.index["server"]]]
+    figs = sorted((c.energy_j, c.latency_s) for c in found if [d for _, _, d, _ in c.stages] == srv)
+    assert figs[0] == pytest.approx((1.88704, 0.10208), rel=1e-9)   # the DP's figures on the direct routings
 
 
 def test_best_plan_uses_the_relay_when_it_pays():

@@ -10,9 +10,14 @@ period, throughput, battery) is non-decreasing in every component, so a dominate
 can never complete into a better plan: the search is exact on its `Space`. Medium
 contention is carried exactly (loads per medium in the vector). Relays are participants
 (`pieces.py`): a label carries its participant set, adds a device's idle power the first
-time it takes part, and carries the energy of battery devices that can relay to the end."""
+time it takes part, and carries the energy of battery devices that can relay to the end.
+Routings: the cost model routes a complete plan (`routing.choose`), so a step is taken on
+every routing of its boundary transfer and of its stage's ring all-reduce
+(`Pieces.boundaries`, `Pieces.rings`), one label each; the plan's routing is among them."""
 
 from __future__ import annotations
+
+from itertools import product
 
 from dora_rl.cost import CostModel
 from dora_rl.planners.dp.labels import (
@@ -79,21 +84,22 @@ class DPEngine:
                 st = self.stage(l, B, gi, 1)
                 if st is None:
                     continue
-                v = [0.0] * lay.dim
-                v[FILL] = st.busy
-                v[STEADY] = st.busy
-                v[ALLREDUCE] = st.allreduce_s
-                if tr:
-                    for mu in range(lay.nmed):
-                        v[lay.ar_loads + mu] = st.ar_loads[mu]
-                part0 = (self.gmask[gi] & nosrc) | st.relays
-                energy0 = dict(zip(devs, st.energy))
-                for d, e in st.relay_j.items():
-                    energy0[d] = energy0.get(d, 0.0) + e
                 # inference: the answer's return to the source, on each of its routings
                 bds = (None,) if tr else self.boundaries(list(devs), list(st.shares), [src], [1.0], B, 1.0)
-                for bd in bds:
-                    self._seed_one(labels, l, gi, devs, st, list(v), dict(energy0), part0, bd)
+                for rg in st.rings:       # training: the stage's ring on each of its routings
+                    v = [0.0] * lay.dim
+                    v[FILL] = st.busy
+                    v[STEADY] = st.busy
+                    v[ALLREDUCE] = rg.time
+                    if tr:
+                        for mu in range(lay.nmed):
+                            v[lay.ar_loads + mu] = rg.loads[mu]
+                    part0 = (self.gmask[gi] & nosrc) | rg.relays
+                    energy0 = dict(zip(devs, st.energy))
+                    for d, e in rg.relay_j.items():
+                        energy0[d] = energy0.get(d, 0.0) + e
+                    for bd in bds:
+                        self._seed_one(labels, l, gi, devs, st, list(v), dict(energy0), part0, bd)
 
     def _seed_one(self, labels, l, gi, devs, st, v, energy, part, bd) -> None:
         """The seed label of stage [l, B) on group gi with the return transfer `bd` (None:
@@ -170,17 +176,18 @@ class DPEngine:
                     if bds is None:
                         bds = bcache[bkey] = self.boundaries(list(devs0), list(st.shares), list(devs), list(sh), l,
                                                              2.0 if tr else 1.0)
-                    for bd in bds:        # the transfer at l on each of its routings
-                        rad, lv, t_ar0, arv0 = bd.radio, bd.loads, st.allreduce_s, st.ar_loads
+                    # the transfer at l on each of its routings, the stage's ring on each of its own
+                    for bd, rg in product(bds, st.rings):
+                        rad, lv, t_ar0, arv0 = bd.radio, bd.loads, rg.time, rg.loads
                         add_fill = st.busy + bd.fill
                         # this step's energy per device: the new stage, the transfer at l, the ring's relays
                         energy = dict(zip(devs0, st.energy))
-                        for src_d in (rad, st.relay_j):
+                        for src_d in (rad, rg.relay_j):
                             for d, e in src_d.items():
                                 energy[d] = energy.get(d, 0.0) + e
                         add_E = sum(energy.values())
                         es_add, cols, pend, touched = accounts(energy)
-                        newp = (m0 & nosrc) | bd.hops | st.relays        # who takes part from this step on
+                        newp = (m0 & nosrc) | bd.hops | rg.relays        # who takes part from this step on
                         m0n = m0 & nosrc
                         idle0 = idle_of(m0n)
                         p0 = tuple(pend.get(d, 0.0) for d in devs0)       # the new first stage: incoming unknown

@@ -82,17 +82,25 @@ class Label(NamedTuple):
     stages: Node
 
 
+class Ring(NamedTuple):
+    """One routing of a stage's ring all-reduce (`Pieces.stage`); a stage without a ring
+    (inference, or one device) has one, all zero."""
+
+    time: float                  # AR_s: 2(g-1) steps of the routing's step time
+    loads: list[float]           # all-reduce bytes per medium
+    relays: int                  # mask of the routing's relays (not the source)
+    relay_j: dict[int, float]    # radio J per relay
+
+
 class StageCost(NamedTuple):
     """A stage [l, r) on a group with a given in-flight count (`DPEngine.stage`)."""
 
     shares: tuple[float, ...]
     shid: int                    # id of (group, shares)
     busy: float                  # u: time per micro-batch (x3 for training)
-    energy: list[float]          # per member: (active - idle) J over the M micro-batches (+ all-reduce radio)
-    allreduce_s: float
-    ar_loads: list[float]        # all-reduce bytes per medium
-    relays: int                  # mask of the all-reduce ring's relays (not the source)
-    relay_j: dict[int, float]    # radio J per relay of the all-reduce ring
+    energy: list[float]          # per member: (active - idle) J over the M micro-batches (+ all-reduce radio,
+                                 # the same bytes on every routing of the ring)
+    rings: tuple[Ring, ...]      # the ring all-reduce on each routing the plan's joint choice may take
 
 
 class Boundary(NamedTuple):

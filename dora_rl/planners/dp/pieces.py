@@ -4,17 +4,18 @@ Why a module of its own: the engine (`engine.py`) only combines these pieces int
 the pieces must say exactly what the cost model (docs/cost-model.md) charges, relays
 included. A route's intermediate devices are participants: they pay radio energy on
 every byte they forward, idle power over the window (once per device, not at all when
-they also serve a stage) and their battery is checked. So a stage reports its ring
-all-reduce's relays and a boundary reports every device on its flows' routes
-(`Boundary.hops`); `Pieces.accounts` splits a step's energy between the source's
-battery account, the columns of battery devices that can relay, and the pending energy
-of battery members (`limits.Limits`)."""
+they also serve a stage) and their battery is checked. So a stage reports, for each
+routing of its ring all-reduce (`Pieces.rings`), the ring's relays, and a boundary
+reports every device on its flows' routes (`Boundary.hops`), on each of its routings;
+`Pieces.accounts` splits a step's energy between the source's battery account, the
+columns of battery devices that can relay, and the pending energy of battery members
+(`limits.Limits`)."""
 
 from __future__ import annotations
 
 from dora_rl.cost import CostModel
 from dora_rl.planners.base import proportional_shares
-from dora_rl.planners.dp.labels import Boundary, StageCost
+from dora_rl.planners.dp.labels import Boundary, Ring, StageCost
 from dora_rl.planners.dp.limits import Limits
 
 
@@ -33,6 +34,7 @@ class Pieces:
         self._stage: dict = {}
         self._shid: dict = {}
         self._idle: dict = {0: 0.0}
+        self._no_ring = (Ring(0.0, [0.0] * limits.nmed, 0, {}),)
 
     def idle_of(self, mask: int) -> float:
         """Idle watts of the devices in `mask` (cached)."""
@@ -79,21 +81,42 @@ class Pieces:
             per = cost.stage_busy(l, r, devs, sh, m, per)
             u = max(per)
         edev = [(cost.active_w[d] - cost.idle_w[d]) * t * self.M for d, t in zip(devs, per)]
-        t_ar, ar_load, relays, relay_j = 0.0, {}, 0, {}
+        rings = self._no_ring
         if self.training and len(devs) > 1:
-            t_ar, ar_load, per_dev = cost.allreduce(list(devs), params)
+            per_dev = 2 * (len(devs) - 1) * params / len(devs)      # sent by each member, on every routing
             edev = [e + cost.radio[d] * 2 * per_dev for e, d in zip(edev, devs)]
-            routes = cost.net.routes
-            g = len(devs)
-            if any(r.relays for t in range(g) for r in routes[devs[t]][devs[(t + 1) % g]]):
-                for d, b in cost.ring_relays(list(devs), params).items():
+            rings = self.rings(list(devs), params)
+        shid = self._shid.setdefault((gi, tuple(sh)), len(self._shid))
+        return StageCost(tuple(sh), shid, u, edev, rings)
+
+    def rings(self, devs: list[int], params: float) -> tuple[Ring, ...]:
+        """The ring all-reduce of `params` bytes over `devs` on each routing the cost model
+        may give it. `CostModel._allreduces` routes a plan's rings jointly, for the least
+        A = max(max_s AR_s, max_mu sum_s bytes_s,mu / C_mu) (`routing.choose`), so a ring
+        sharing a medium with another may take a slower routing that stays off it; the
+        engine extends a label by each. Only the routings Pareto-minimal over (step time,
+        bytes per medium) are kept (the first of equal ones, as `choose` keeps): the choice
+        never takes another (its occupancy does not enter A), so without a medium the
+        fastest is the only one."""
+        cost = self.cost
+        opts = cost.allreduce_options(devs, params)
+        keep = [c for c, o in enumerate(opts)
+                if not any(p.x <= o.x and all(a <= b for a, b in zip(p.media, o.media))
+                           and (k < c or p.x < o.x or p.media != o.media)
+                           for k, p in enumerate(opts) if k != c)]
+        out = []
+        for c in keep:
+            t, load, _ = cost.allreduce(devs, params, c)
+            arv = [0.0] * self.limits.nmed
+            for mu, b in load.items():
+                arv[mu] += b
+            relays, relay_j = 0, {}
+            if any(r.relays for r in opts[c].routes):
+                for d, b in cost.ring_relays(devs, params, c).items():
                     relay_j[d] = cost.radio[d] * b
                     relays |= 1 << d
-        shid = self._shid.setdefault((gi, tuple(sh)), len(self._shid))
-        arv = [0.0] * self.limits.nmed
-        for mu, b in ar_load.items():
-            arv[mu] += b
-        return StageCost(tuple(sh), shid, u, edev, t_ar, arv, relays & self.nosrc, relay_j)
+            out.append(Ring(t, arv, relays & self.nosrc, relay_j))
+        return tuple(out)
 
     def boundaries(self, adevs, ash, bdevs, bsh, k: int, dirs: float) -> tuple[Boundary, ...]:
         """The transfer at block boundary k from group adevs (shares ash) to bdevs (bsh),

@@ -118,8 +118,10 @@ def _same_state(a, b):
 @pytest.mark.parametrize("n,B,k", [(2, 12, 4), (3, 20, 3), (16, 60, 3), (24, 100, 2)])
 def test_planning_env_and_its_forks_equal_a_reset_env(n, B, k):
     adds = steps = 0
-    for j, sc in enumerate(_scenarios(n, B, k, 61)):
-        fast = StageEnv.planning(Instance(sc, n))
+    for j, (sc, ep) in enumerate((sc, ep) for sc in _scenarios(n, B, k, 61) for ep in range(3)):
+        if ep == 0:       # three episodes on one Instance: what it caches must not leak between them
+            inst = Instance(sc, n)
+        fast = StageEnv.planning(inst)
         ref = StageEnv(max_devices=n, max_blocks=B, pool_size=1)
         ref.reset(seed=0, options={"scenario": Instance(sc, n)})        # a fresh Instance: cold caches
         rng = np.random.default_rng(j)

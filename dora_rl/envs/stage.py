@@ -265,15 +265,16 @@ class StageEnv(BuildEnv):
 
     def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
         """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
-        qb, p, B = self._bound(), self.p, self.inst.B
+        qb, p = self._bound(), self.p
         q = np.zeros_like(cm)
         f_in, t_in = self._qin
         ds = np.flatnonzero(rmin <= rmax)
-        if len(ds):
-            r = np.arange(p + 1, B + 1)
+        if len(ds):       # the ends any device may take (close_ok is elementwise in r)
+            lo, hi = int(rmin[ds].min()), int(rmax[ds].max())
+            r = np.arange(lo, hi + 1)
             inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
-            q[ds, p:B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                              R_T[ds], R_m[ds], A=self._qA)
+            q[ds, lo - 1:hi] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
+                                                    R_T[ds], R_m[ds], A=self._qA)
         return q
 
     # --- transition --------------------------------------------------------------

@@ -137,8 +137,9 @@ def lone(net, i: int, j: int, nbytes: float) -> tuple[float, float]:
     if net.exact:
         o = options(net, [(i, j, nbytes)])[0]
         return o.occ, o.lat
-    _, lat, _, ld = _time(net, [(i, j, nbytes)], [net.route(i, j, nbytes)])
-    return _vector(net, lat, ld)[1], lat
+    # `_time` + `_vector` of one flow (a route's resources are distinct: its loads are nbytes x uses)
+    r, cap = net.route(i, j, nbytes), net.cap
+    return (max(nbytes * c / cap[x] for x, c in r.res) if r.res else 0.0), r.lat
 
 
 def _vector(net, lat: float, ld: dict) -> tuple[float, float, tuple[float, ...]]:

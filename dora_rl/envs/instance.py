@@ -138,11 +138,13 @@ class Instance:
         def fits(W, sel):          # blocks r > l that every member of the rows `sel` holds with shares W
             return np.all(base[None, None, :] + W[:, :, None] * act[None, None, :] <= mem[sel], axis=1).sum(axis=1)
 
-        # the realized shares W = max(w, whole samples / m) lie in [w, 1] (m >= k: every member gets
-        # a sample) and the memory test is monotone in W (act >= 0; rounding is monotone): where a
-        # group fits as far with W = 1 as with W = w, that is its reach, without the sample split
+        # the realized shares W = max(w, n / m) lie in [w, max(w, (floor(w m) + 1) / m)]: with m >= k
+        # every member gets n >= 1 samples, and `plan.sample_counts` gives a member a sample beyond
+        # max(1, floor(w m)) only while it has fewer than w m. The memory test is monotone in W
+        # (act >= 0; rounding is monotone): where a group fits as far with the upper end as with
+        # W = w, that is its reach, without the sample split
         every = slice(None)
-        lo = fits(np.ones_like(w), every)
+        lo = fits(np.maximum(w, np.minimum(1.0, np.maximum(1.0, np.floor(w * self.m_int) + 1.0) / self.m_int)), every)
         todo = np.flatnonzero(lo != fits(w, every)) if (act >= 0).all() else np.arange(len(rows))
         out[:] = l + lo
         if len(todo):

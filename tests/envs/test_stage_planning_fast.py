@@ -174,7 +174,7 @@ def test_ring_tables_are_the_least_route_latency_and_seconds_per_byte():
 
 def test_group_reach_splits_samples_only_where_it_can_matter():
     calls = rows = 0
-    for sc in _scenarios(8, 40, 6, 5):
+    for sc in _scenarios(8, 40, 16, 5, kind="training") + _scenarios(8, 40, 4, 5, kind="inference"):
         inst = Instance(sc, 8)
         realized = inst.cost.realized
 
@@ -185,11 +185,11 @@ def test_group_reach_splits_samples_only_where_it_can_matter():
 
         inst.cost.realized = counted
         rng = np.random.default_rng(1)
-        for k in (2, 3):
+        for k in (2, 3, 4):
             if inst.m_int < k:
                 continue
             groups = [[int(x) for x in rng.choice(8, size=k, replace=False)] for _ in range(12)]
-            for l in (0, inst.B // 3, inst.B - 1):
+            for l in range(0, inst.B, 5):
                 got = inst.group_reach_rows(groups, l)
                 rows += len(groups)
                 for g, r in zip(groups, got):      # the reference: always the realized shares
@@ -199,5 +199,6 @@ def test_group_reach_splits_samples_only_where_it_can_matter():
                     ok = np.all(inst.base[l, l + 1:][None, :] + W[:, None] * inst.act[l, l + 1:][None, :]
                                 <= inst.mem[g][:, None], axis=0)
                     assert r == l + int(ok.sum())
-    # both paths ran: groups whose reach needed the sample split, and groups whose did not
+    # both paths ran: groups whose reach needed the sample split (rare: the memory edge must fall
+    # between the shares' lower and upper ends), and groups whose did not
     assert 0 < calls < rows

@@ -308,8 +308,7 @@ class QoEBound:
         f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
         fill = F + f_in[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
         t0 = np.maximum(T, t_in)[:, None]
-        TT = np.maximum.reduce([np.broadcast_to(t0, u.shape), u, np.broadcast_to(rest, u.shape),
-                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape), np.broadcast_to(x_occ, u.shape)])
+        TT = np.maximum(np.maximum(np.maximum(t0, u), rest), np.maximum(np.where(end, o_occ, 0.0), x_occ))
         ok = self._ok(fill, TT, np.maximum(A, self.close_allreduce(group, ds, p, r)))
         if self.min_h is not None:
             if group:          # members' shares are not known yet: each at least idles

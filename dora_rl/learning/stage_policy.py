@@ -238,8 +238,9 @@ class StageNumpyActor:
 
     @staticmethod
     def _ln(x, p):
-        xc = x - x.mean(-1, keepdims=True)
-        return xc / np.sqrt((xc * xc).mean(-1, keepdims=True) + 1e-5) * p[0] + p[1]
+        H = x.shape[-1]         # (np.add.reduce / H is what ndarray.mean computes, without its wrapper)
+        xc = x - np.add.reduce(x, -1, keepdims=True) / H
+        return xc / np.sqrt(np.add.reduce(xc * xc, -1, keepdims=True) / H + 1e-5) * p[0] + p[1]
 
     def _attn(self, x, mask, a):
         *lead, D, H = x.shape

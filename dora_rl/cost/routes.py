@@ -185,13 +185,11 @@ class Network:
         seconds per byte of any candidate route, each on its own (so together a lower
         bound of any flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal
         and where no route exists. What the learned planner's QoE masks bound with."""
-        n = len(self.routes)
-        L, K = np.full((n, n), np.inf), np.zeros((n, n))
-        for s, row in enumerate(self.routes):
-            for t, rs in enumerate(row):
-                if rs and s != t:
-                    L[s, t] = min(r.lat for r in rs)
-                    K[s, t] = min(r.kappa for r in rs)
+        # a pair's routes are sorted by latency first: the least is the first's
+        L = np.array([[rs[0].lat if rs else np.inf for rs in row] for row in self.routes], dtype=float)
+        K = np.array([[min([r.kappa for r in rs]) if rs else 0.0 for rs in row] for row in self.routes], dtype=float)
+        np.fill_diagonal(L, np.inf)
+        np.fill_diagonal(K, 0.0)
         return L, K
 
     def route(self, i: int, j: int, nbytes: float) -> Route:

@@ -129,6 +129,19 @@ def options(net, pairs) -> tuple[Option, ...]:
     return _summarise(net, labels, pairs)
 
 
+def lone(net, i: int, j: int, nbytes: float) -> tuple[float, float]:
+    """(occupancy, latency) of `options(net, [(i, j, nbytes)])[0]`, one flow's own fastest
+    routing (i != j, nbytes > 0), without building the Options when the candidates are
+    heuristic: a lone flow then takes `net.route` (StageEnv's QoE masks ask for one per
+    device per decision)."""
+    if net.exact:
+        o = options(net, [(i, j, nbytes)])[0]
+        return o.occ, o.lat
+    # `_time` + `_vector` of one flow (a route's resources are distinct: its loads are nbytes x uses)
+    r, cap = net.route(i, j, nbytes), net.cap
+    return (max(nbytes * c / cap[x] for x, c in r.res) if r.res else 0.0), r.lat
+
+
 def _vector(net, lat: float, ld: dict) -> tuple[float, float, tuple[float, ...]]:
     """(x, o, bytes per medium) of an assignment with latency `lat` and loads `ld`."""
     cap = net.cap

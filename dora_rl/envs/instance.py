@@ -132,15 +132,24 @@ class Instance:
         idx = np.array(rows)
         rates = self.rate[idx]
         w = rates / rates.sum(axis=1, keepdims=True)
-        wr = np.array([self.cost.realized(self.m_int, wi, list(g)) for g, wi in zip(rows, w.tolist())])
-        keep = np.flatnonzero(~(wr <= 0).any(axis=1))
-        if not len(keep):
-            return out
-        W = np.maximum(w[keep], wr[keep])
         base, act = self.base[l, l + 1:], self.act[l, l + 1:]      # ends r > l only
-        ok = np.all(base[None, None, :] + W[:, :, None] * act[None, None, :] <= self.mem[idx[keep]][:, :, None],
-                    axis=1)
-        out[keep] = l + ok.sum(axis=1)
+        mem = self.mem[idx][:, :, None]
+
+        def fits(W, sel):          # blocks r > l that every member of the rows `sel` holds with shares W
+            return np.all(base[None, None, :] + W[:, :, None] * act[None, None, :] <= mem[sel], axis=1).sum(axis=1)
+
+        # the realized shares W = max(w, n / m) lie in [w, max(w, (floor(w m) + 1) / m)]: with m >= k
+        # every member gets n >= 1 samples, and `plan.sample_counts` gives a member a sample beyond
+        # max(1, floor(w m)) only while it has fewer than w m. The memory test is monotone in W
+        # (act >= 0; rounding is monotone): where a group fits as far with the upper end as with
+        # W = w, that is its reach, without the sample split
+        every = slice(None)
+        lo = fits(np.maximum(w, np.minimum(1.0, np.maximum(1.0, np.floor(w * self.m_int) + 1.0) / self.m_int)), every)
+        todo = np.flatnonzero(lo != fits(w, every)) if (act >= 0).all() else np.arange(len(rows))
+        out[:] = l + lo
+        if len(todo):
+            wr = np.array([self.cost.realized(self.m_int, w[i].tolist(), list(rows[i])) for i in todo])
+            out[todo] = l + fits(np.maximum(w[todo], wr), todo)
         return out
 
     def greedy(self, R: int, used) -> int:

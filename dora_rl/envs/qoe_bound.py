@@ -54,6 +54,7 @@ import math
 
 import numpy as np
 
+from dora_rl.cost import routing
 from dora_rl.cost.qoe import required_rate
 
 SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
@@ -101,17 +102,21 @@ class QoEBound:
         net, idx = cost.net, cost.cluster.index
         self.send_cap = np.array([net.cap[net.iface0 + 2 * d] for d in range(inst.n)], dtype=float)
         self.exit_lat = np.full(inst.n, np.inf)
-        for ln in cost.cluster.links:
-            for d in (idx[ln.a], idx[ln.b]):
-                self.exit_lat[d] = min(self.exit_lat[d], ln.latency_ms / 1e3)
+        links = cost.cluster.links
+        if links:
+            lat = np.array([ln.latency_ms for ln in links], dtype=float) / 1e3
+            np.minimum.at(self.exit_lat, [idx[ln.a] for ln in links], lat)
+            np.minimum.at(self.exit_lat, [idx[ln.b] for ln in links], lat)
         self.bnd = np.asarray(cost.bnd, dtype=float)
+        self._rest: dict = {}        # rest_rates per pool (a decision asks for the same pool several times)
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
         """(occupancy, latency) of boundary k from group a to group b: exact for single
         devices (the cost model's own transfer), 0 otherwise (a lower bound)."""
-        if len(a) != 1 or len(b) != 1:
+        nbytes = self.m * self.cost.bnd[k]
+        if len(a) != 1 or len(b) != 1 or a[0] == b[0] or nbytes <= 0:     # (no flow: 0, as cost.transfer)
             return 0.0, 0.0
-        occ, lat, _, _ = self.cost.transfer(a, [1.0], b, [1.0], self.m * self.cost.bnd[k])
+        occ, lat = routing.lone(self.cost.net, a[0], b[0], nbytes)      # = cost.transfer's, without its cache
         return float(occ), float(lat)
 
     def _in(self, prev: list, devs: list, p: int) -> tuple[float, float]:
@@ -223,14 +228,21 @@ class QoEBound:
     def rest_rates(self, pool: list) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Rates left for the rest once device d takes a stage, per device d (array over all
         devices; d outside `pool` leaves the whole pool): (total rate, rate of the m fastest),
-        then the same two for the whole pool."""
+        then the same two for the whole pool. Memoised per pool: read, do not modify."""
+        key = tuple(pool)
+        hit = self._rest.get(key)
+        if hit is not None:
+            return hit
+        if len(self._rest) > 64:
+            self._rest.clear()
         rate = self.inst.rate
         tot = float(sum(rate[d] for d in pool))
         R_T = np.full(self.inst.n, tot)
         for d in pool:
             R_T[d] = tot - rate[d]
         R_m, top = self._fastest(pool, max(1, self.m))
-        return R_T, R_m, tot, top
+        hit = self._rest[key] = (R_T, R_m, tot, top)
+        return hit
 
     def _fastest(self, pool: list, k: int) -> tuple[np.ndarray, float]:
         """Per device d (array over all devices): the total rate of the k fastest devices of
@@ -276,8 +288,7 @@ class QoEBound:
         f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
         fill = F + f_in[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
         t0 = np.maximum(T, t_in)[:, None]
-        TT = np.maximum.reduce([np.broadcast_to(t0, u.shape), u, np.broadcast_to(rest, u.shape),
-                                np.broadcast_to(np.where(end, o_occ, 0.0), u.shape), np.broadcast_to(x_occ, u.shape)])
+        TT = np.maximum(np.maximum(np.maximum(t0, u), rest), np.maximum(np.where(end, o_occ, 0.0), x_occ))
         ok = self._ok(fill, TT, np.maximum(A, self.close_allreduce(group, ds, p, r)))
         if self.min_h is not None:
             if group:          # members' shares are not known yet: each at least idles

@@ -39,46 +39,40 @@ per close itself (dora_rl/learning/stage_policy.py:lookahead).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 from gymnasium import spaces
 
 from dora_rl.cost.qoe import utility
 from dora_rl.envs.build import BuildEnv
-from dora_rl.envs.instance import NG, Instance, InstanceSource
+from dora_rl.envs.instance import Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
+from dora_rl.envs.stage_obs import (
+    BLK_LOG_WORK,
+    BLK_LOOKAHEAD,
+    BLOCK_FEATURES,
+    DEV_LOG_RATE_JOIN,
+    DEV_LOOKAHEAD,
+    DEVICE_FEATURES,
+    NFB,
+    NFD,
+    SNG,
+    STAGE_GLOBAL_EXTRA,
+    STAGE_OBS_VERSION,
+    observation,
+)
 from dora_rl.errors import DoraError, NoFeasiblePlan
-from dora_rl.features import CLIP, clip_log
+from dora_rl.features import CLIP
 from dora_rl.plan import Plan
 from dora_rl.scenario import Scenario
 
-STAGE_OBS_VERSION = 3
+# the observation's layout lives in stage_obs.py; its names are StageEnv's API, as before
+__all__ = ["ADD_CANDIDATES", "BLK_LOG_WORK", "BLK_LOOKAHEAD", "BLOCK_FEATURES", "DEV_LOG_RATE_JOIN", "DEV_LOOKAHEAD",
+           "DEVICE_FEATURES", "HARD_MAX_DEVICES", "NFB", "NFD", "SNG", "STAGE_GLOBAL_EXTRA", "STAGE_OBS_VERSION",
+           "StageEnv", "stage_actions_for_plan"]
 HARD_MAX_DEVICES = 256          # the documented hard limit of the set policy (>= 128)
 ADD_CANDIDATES = 16             # data-parallel members are drawn from the 16 fastest free devices
-DEVICE_FEATURES = (
-    "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
-    "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
-    "used", "in_group", "log_t_cut_from_prev", "log_rate_join", "reach_frac", "can_close", "can_add",
-    "log_t_rest_join", "min_end_frac", "log_in_fill", "log_in_period", "log_out_fill", "log_rate_rest",
-    "log_dyn_w", "log_idle_w_new", "log_rate_rest_fill",
-)
-BLOCK_FEATURES = (
-    "valid", "candidate", "log_flops", "log_params", "log_act_out", "log_work", "frac_after", "log_t_cut",
-    "is_end", "len_frac", "pos_frac", "log_stage_params", "log_peak_act", "log_work_after",
-)
-# StageEnv's global vector: PartitionEnv's GLOBAL_FEATURES (instance.py), then the QoE bound's
-# state (dora_rl/envs/qoe_bound.py; times per micro-batch over T*) and the micro-batch count
-STAGE_GLOBAL_EXTRA = ("log_fill_closed", "log_period_closed", "log_microbatches", "microbatches_m1_64",
-                      "log_latency_cap", "log_period_cap", "log_request_period", "training", "log_rest_dyn",
-                      "log_idle_w_used")
-SNG = NG + len(STAGE_GLOBAL_EXTRA)
-NFD, NFB = len(DEVICE_FEATURES), len(BLOCK_FEATURES)
-DEV_LOG_RATE_JOIN = DEVICE_FEATURES.index("log_rate_join")
-BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
-# the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_policy.py:lookahead)
-DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_rate_rest", "log_in_fill",
-                                                         "log_in_period", "log_out_fill", "log_dyn_w",
-                                                         "log_idle_w_new", "log_rate_rest_fill"))
-BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
 
 
 class StageEnv(BuildEnv):
@@ -131,6 +125,22 @@ class StageEnv(BuildEnv):
             inst = Instance(sc, self.max_devices) if isinstance(sc, Scenario) else sc
         else:
             inst = self.source.draw(self.np_random)
+        self._start(inst)
+        return self._obs(), {}
+
+    @classmethod
+    def planning(cls, inst: Instance, qoe_masks: bool = True) -> StageEnv:
+        """An env sized to `inst` at its first decision, for planning (the learned planner's
+        `env_for`): the state `reset` gives, without seeding a generator or building the
+        first observation (the decoder asks for it), on a copy of a template env of this
+        shape (its gym spaces are built once and shared: a planning env is never sampled)."""
+        env = _blank(inst.n, inst.B)
+        env.qoe_masks = bool(qoe_masks)
+        env._start(inst)
+        return env
+
+    def _start(self, inst: Instance) -> None:
+        """The episode's first state on `inst` (reset without the gym parts)."""
         self.inst = self._check(inst)
         self._dmask = np.zeros(self.max_devices, np.float32)
         self._dmask[:inst.n] = 1.0
@@ -148,13 +158,11 @@ class StageEnv(BuildEnv):
         self._compute_mask()
         if not self._mask.any():
             raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
-        return self._obs(), {}
 
     def fork(self, into: StageEnv | None = None) -> StageEnv:
         """A copy of the episode so far sharing the read-only Instance (search tries an
         action on the copy). `into` re-uses an env of the same shape."""
-        dst = into if into is not None else StageEnv(scenario=None, max_devices=self.max_devices,
-                                                     max_blocks=self.max_blocks, pool_size=1)
+        dst = into if into is not None else _blank(self.max_devices, self.max_blocks)
         if (dst.max_devices, dst.max_blocks) != (self.max_devices, self.max_blocks):
             raise DoraError("fork: environments of different shapes")
         dst.qoe_masks = self.qoe_masks
@@ -257,15 +265,16 @@ class StageEnv(BuildEnv):
 
     def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
         """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
-        qb, p, B = self._bound(), self.p, self.inst.B
+        qb, p = self._bound(), self.p
         q = np.zeros_like(cm)
         f_in, t_in = self._qin
         ds = np.flatnonzero(rmin <= rmax)
-        if len(ds):
-            r = np.arange(p + 1, B + 1)
+        if len(ds):       # the ends any device may take (close_ok is elementwise in r)
+            lo, hi = int(rmin[ds].min()), int(rmax[ds].max())
+            r = np.arange(lo, hi + 1)
             inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
-            q[ds, p:B] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                              R_T[ds], R_m[ds], A=self._qA)
+            q[ds, lo - 1:hi] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
+                                                    R_T[ds], R_m[ds], A=self._qA)
         return q
 
     # --- transition --------------------------------------------------------------
@@ -308,83 +317,7 @@ class StageEnv(BuildEnv):
 
     # --- observation -------------------------------------------------------------
     def _obs(self) -> dict:
-        inst, D, Bm, n, B = self.inst, self.max_devices, self.max_blocks, self.inst.n, self.inst.B
-        p = min(self.p, B)
-        ts, t3 = inst.tstar, 3.0
-        dev = np.zeros((D, NFD))
-        dev[:n, :11] = inst.static[:, :11]
-        for d in self.used:
-            dev[d, 11] = 1.0
-        for d in self.group:
-            dev[d, 12] = 1.0
-        bwp = inst.bw[self.prev].min(axis=0)
-        dev[:n, 13] = np.clip(np.log(np.maximum(inst.batch * inst.bnd_l[p] / bwp / ts, 1e-30)), -CLIP, CLIP) / t3
-        grate = sum(inst.rate[x] for x in self.group)
-        rj = inst.rate + grate
-        mean_rate = inst.total_rate / n
-        dev[:n, 14] = np.log(rj / mean_rate)
-        free_rate = float(sum(inst.rate[d] for d in range(n) if d not in self.used))
-        span = max(B - p, 1)
-        rmin, rmax = self._rmin, self._rmax
-        okc = rmin <= rmax
-        dev[:n, 15] = np.where(okc, np.clip((rmax - p) / span, 0.0, 1.0), 0.0)     # (terminal obs: p = B)
-        dev[:n, 16] = okc
-        dev[:n, 17] = self._mask[D * Bm:D * Bm + n]
-        rest = inst.back * inst.batch * (inst.fp[-1] - inst.fp[p])
-        dev[:n, 18] = np.clip(np.log(np.maximum(rest / rj / ts, 1e-30)), -CLIP, CLIP) / t3
-        dev[:n, 19] = np.where(okc, np.clip((rmin - p) / span, 0.0, 1.0), 1.0)
-        qb = self._bound()
-        f_in, t_in = self._qin
-        lg = np.log(np.maximum(np.stack([f_in, t_in, [o[0] + o[1] for o in qb.out]], 1) / ts, 1e-30))
-        dev[:n, 20:23] = np.clip(lg, -CLIP, CLIP)
-        R_T, R_m, _, _ = qb.rest_rates([d for d in range(n) if d not in self.used and d not in self.group])
-        dev[:n, 23] = np.clip(np.log(np.maximum(R_T / mean_rate, 1e-30)), -CLIP, CLIP)
-        dev[:n, 26] = np.clip(np.log(np.maximum(R_m / mean_rate, 1e-30)), -CLIP, CLIP)
-        pstar = max(float(inst.act_w.mean()), 1e-9)           # energies over P* T* (P* = mean active power)
-        dev[:n, 24] = np.clip(np.log(np.maximum(qb.dyn_w / pstar, 1e-30)), -CLIP, CLIP)
-        part = self.used | {inst.src}
-        new = np.array([d not in part for d in range(n)])
-        dev[:n, 25] = np.where(new, np.clip(np.log(np.maximum(qb.idle / pstar, 1e-30)), -CLIP, CLIP), -CLIP)
-        blk = np.zeros((Bm, NFB))
-        blk[:B] = inst.block_static(NFB)
-        r = np.arange(1, B + 1)
-        cand = r > p
-        blk[:B, 1] = cand
-        fp = np.asarray(inst.fp)
-        work = np.maximum(fp[1:] - fp[p], 0.0) / max(fp[-1], 1e-30)
-        blk[:B, 5] = np.where(cand, np.log(np.maximum(work * n, 1e-30)), -CLIP).clip(-CLIP, CLIP)
-        blk[:B, 9] = np.where(cand, (r - p) / B, 0.0)
-        pp = np.asarray(inst.cost.pp)
-        log_params = np.log(np.maximum((pp[1:] - pp[p]) / inst.mem_med, 1e-30)).clip(-CLIP, CLIP)
-        blk[:B, 11] = np.where(cand, log_params / t3, -CLIP / t3)
-        bmask = np.zeros(Bm, np.float32)
-        bmask[:B] = cand
-        g = np.zeros(SNG)
-        g[:NG] = inst.gstatic
-        g[0] = p / B
-        g[1] = len(self.stages) / 8.0
-        g[2] = len(self.group) / 4.0
-        g[3] = n / 64.0
-        g[4] = (fp[-1] - fp[p]) / max(fp[-1], 1e-30)
-        g[5] = clip_log(self.t_max_stage / ts) / t3 if self.stages else -CLIP / t3
-        g[6] = clip_log(self.t_transfers / ts) / t3 if self.t_transfers > 0 else -CLIP / t3
-        g[7] = clip_log(grate / mean_rate) if self.group else -CLIP
-        g[8] = np.log(B) / np.log(300.0)
-        g[9] = clip_log(inst.bnd_l[p] / max(inst.bnd_l[0], 1.0)) / t3
-        g[19] = (n - len(self.used)) / n
-        g[20] = free_rate / inst.total_rate
-        g[21] = clip_log(rest / free_rate / ts) / t3 if free_rate > 0 else CLIP / t3
-        g[23] = np.log(n) / np.log(64.0)
-        M = qb.M
-        free = [d for d in range(n) if d not in self.used]
-        rest_dyn = min((qb.dyn_w[d] / pstar * mean_rate / inst.rate[d] for d in free), default=0.0)
-        wl = inst.cost.workload
-        g[NG:] = (clip_log(self._qF / ts), clip_log(self._qT / ts), np.log(M), (M - 1) / 64.0,
-                  clip_log(qb.lat_cap / ts), clip_log(qb.T_cap / ts),
-                  clip_log(1.0 / wl.request_rate / ts) if (wl.request_rate and not inst.training) else -CLIP,
-                  float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
-        return {"devices": dev.astype(np.float32), "device_mask": self._dmask.copy(),
-                "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
+        return observation(self)
 
     def render(self):
         if self.render_mode != "ansi":
@@ -394,6 +327,18 @@ class StageEnv(BuildEnv):
         if self.group:
             parts.append(f"pending group {'+'.join(names[d] for d in self.group)}")
         return " | ".join(parts) or "(empty)"
+
+
+_TEMPLATES: dict[tuple[int, int], StageEnv] = {}
+
+
+def _blank(D: int, Bm: int) -> StageEnv:
+    """A fresh env of shape (D, Bm) without an episode: a shallow copy of the shape's
+    template (built once; ~100x cheaper than building the gym spaces per env)."""
+    t = _TEMPLATES.get((D, Bm))
+    if t is None:
+        t = _TEMPLATES[(D, Bm)] = StageEnv(scenario=None, max_devices=D, max_blocks=Bm, pool_size=1)
+    return copy.copy(t)
 
 
 def stage_actions_for_plan(plan: Plan, scenario: Scenario, max_devices: int, max_blocks: int) -> list[int]:

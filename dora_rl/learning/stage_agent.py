@@ -56,9 +56,7 @@ class StageAgent:
     def env_for(self, inst):
         from dora_rl.envs.stage import StageEnv
 
-        env = StageEnv(scenario=None, max_devices=inst.n, max_blocks=inst.B, pool_size=1)
-        env.reset(seed=0, options={"scenario": inst})
-        return env
+        return StageEnv.planning(inst)
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
                  search: str = "greedy", top_k: int | None = None, budget_ms: float | None = None):

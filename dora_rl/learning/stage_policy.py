@@ -238,17 +238,20 @@ class StageNumpyActor:
 
     @staticmethod
     def _ln(x, p):
-        mu = x.mean(-1, keepdims=True)
-        var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        return (x - mu) / np.sqrt(var + 1e-5) * p[0] + p[1]
+        H = x.shape[-1]         # (np.add.reduce / H is what ndarray.mean computes, without its wrapper)
+        xc = x - np.add.reduce(x, -1, keepdims=True) / H
+        return xc / np.sqrt(np.add.reduce(xc * xc, -1, keepdims=True) / H + 1e-5) * p[0] + p[1]
 
     def _attn(self, x, mask, a):
         *lead, D, H = x.shape
         h = self.heads
         qkv = (self._ln(x, a["ln1"]) @ a["qkv"][0] + a["qkv"][1]).reshape(*lead, D, 3, h, H // h)
-        q, k, v = (np.ascontiguousarray(np.moveaxis(qkv[..., i, :, :], -2, -3)) for i in range(3))
-        s = q @ np.ascontiguousarray(np.swapaxes(k, -1, -2)) / math.sqrt(H // h) \
-            + ((1.0 - mask)[..., None, None, :] * NEG)
+        # (..., 3, h, D, H/h) in one copy (one observation: q, k, v are contiguous views of it)
+        t = np.ascontiguousarray(np.moveaxis(qkv, -4, -2))
+        q, k, v = (np.ascontiguousarray(t[..., i, :, :, :]) for i in range(3))
+        s = q @ np.ascontiguousarray(np.swapaxes(k, -1, -2)) / math.sqrt(H // h)
+        if not mask.all():        # padding (all ones: adding 0 changes nothing)
+            s = s + ((1.0 - mask)[..., None, None, :] * NEG)
         s = np.exp(s - s.max(-1, keepdims=True))
         s /= s.sum(-1, keepdims=True)
         o = np.ascontiguousarray(np.moveaxis(s @ v, -3, -2)).reshape(*lead, D, H)
@@ -273,7 +276,7 @@ class StageNumpyActor:
         b = mlp(xb, self.benc)
         dmu, bmu = dm[..., None], bm[..., None]
         mean = (e * dmu).sum(-2) / np.maximum(dmu.sum(-2), 1.0)
-        mx = (e + (dmu - 1.0) * -NEG).max(-2)
+        mx = (e if dm.all() else e + (dmu - 1.0) * -NEG).max(-2)
         bmean = (b * bmu).sum(-2) / np.maximum(bmu.sum(-2), 1.0)
         g = np.tanh(obs["global"].astype("float64") @ self.genc[0] + self.genc[1])
         c = np.tanh(np.concatenate([g, mean, mx, bmean], -1) @ self.ctx[0] + self.ctx[1])

@@ -1,0 +1,204 @@
+"""The planner's fast paths through StageEnv equal the straightforward code they replaced:
+the planning env (`StageEnv.planning`, forks copied from a template) against an env built
+and reset the gym way on a fresh Instance; the observation (per-instance constants cached,
+per-step parts vectorised, `rest_rates` memoised) against the former per-device code
+(`_reference_obs`, on a fresh QoEBound); a lone flow's routing (`routing.lone`) against
+`CostModel.transfer`; the all-reduce's route tables and the group memory reach (which skips
+the sample split when it cannot matter) against plain loops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dora_rl.cost import routing
+from dora_rl.envs.instance import NG, Instance
+from dora_rl.envs.qoe_bound import QoEBound
+from dora_rl.envs.stage import NFB, NFD, SNG, StageEnv
+from dora_rl.features import CLIP, clip_log
+from dora_rl.synthetic import random_scenario
+
+
+def _scenarios(n, B, k, seed, **kw):
+    out, i = [], 0
+    while len(out) < k:
+        sc = random_scenario(np.random.default_rng([seed, n, B, i]), max_devices=n, min_devices=n, n_blocks=B, **kw)
+        i += 1
+        if Instance(sc, n).completable:
+            out.append(sc)
+    return out
+
+
+def _reference_obs(env) -> dict:
+    """The observation as StageEnv built it before (one device at a time; a fresh QoEBound)."""
+    inst, D, Bm, n, B = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B
+    p = min(env.p, B)
+    ts, t3 = inst.tstar, 3.0
+    dev = np.zeros((D, NFD))
+    dev[:n, :11] = inst.static[:, :11]
+    for d in env.used:
+        dev[d, 11] = 1.0
+    for d in env.group:
+        dev[d, 12] = 1.0
+    bwp = inst.bw[env.prev].min(axis=0)
+    dev[:n, 13] = np.clip(np.log(np.maximum(inst.batch * inst.bnd_l[p] / bwp / ts, 1e-30)), -CLIP, CLIP) / t3
+    grate = sum(inst.rate[x] for x in env.group)
+    rj = inst.rate + grate
+    mean_rate = inst.total_rate / n
+    dev[:n, 14] = np.log(rj / mean_rate)
+    free_rate = float(sum(inst.rate[d] for d in range(n) if d not in env.used))
+    span = max(B - p, 1)
+    okc = env._rmin <= env._rmax
+    dev[:n, 15] = np.where(okc, np.clip((env._rmax - p) / span, 0.0, 1.0), 0.0)
+    dev[:n, 16] = okc
+    dev[:n, 17] = env._mask[D * Bm:D * Bm + n]
+    rest = inst.back * inst.batch * (inst.fp[-1] - inst.fp[p])
+    dev[:n, 18] = np.clip(np.log(np.maximum(rest / rj / ts, 1e-30)), -CLIP, CLIP) / t3
+    dev[:n, 19] = np.where(okc, np.clip((env._rmin - p) / span, 0.0, 1.0), 1.0)
+    qb = QoEBound(inst)
+    f_in, t_in = qb.inputs(env.prev, env.group, p, [d for d in range(n) if d not in env.used | set(env.group)])
+    lg = np.log(np.maximum(np.stack([f_in, t_in, [o[0] + o[1] for o in qb.out]], 1) / ts, 1e-30))
+    dev[:n, 20:23] = np.clip(lg, -CLIP, CLIP)
+    R_T, R_m, _, _ = qb.rest_rates([d for d in range(n) if d not in env.used and d not in env.group])
+    dev[:n, 23] = np.clip(np.log(np.maximum(R_T / mean_rate, 1e-30)), -CLIP, CLIP)
+    dev[:n, 26] = np.clip(np.log(np.maximum(R_m / mean_rate, 1e-30)), -CLIP, CLIP)
+    pstar = max(float(inst.act_w.mean()), 1e-9)
+    dev[:n, 24] = np.clip(np.log(np.maximum(qb.dyn_w / pstar, 1e-30)), -CLIP, CLIP)
+    part = env.used | {inst.src}
+    new = np.array([d not in part for d in range(n)])
+    dev[:n, 25] = np.where(new, np.clip(np.log(np.maximum(qb.idle / pstar, 1e-30)), -CLIP, CLIP), -CLIP)
+    blk = np.zeros((Bm, NFB))
+    blk[:B] = inst.block_table(NFB)
+    r = np.arange(1, B + 1)
+    cand = r > p
+    blk[:B, 1] = cand
+    fp = np.asarray(inst.fp)
+    work = np.maximum(fp[1:] - fp[p], 0.0) / max(fp[-1], 1e-30)
+    blk[:B, 5] = np.where(cand, np.log(np.maximum(work * n, 1e-30)), -CLIP).clip(-CLIP, CLIP)
+    blk[:B, 9] = np.where(cand, (r - p) / B, 0.0)
+    pp = np.asarray(inst.cost.pp)
+    log_params = np.log(np.maximum((pp[1:] - pp[p]) / inst.mem_med, 1e-30)).clip(-CLIP, CLIP)
+    blk[:B, 11] = np.where(cand, log_params / t3, -CLIP / t3)
+    bmask = np.zeros(Bm, np.float32)
+    bmask[:B] = cand
+    g = np.zeros(SNG)
+    g[:NG] = inst.gstatic
+    g[0], g[1], g[2], g[3] = p / B, len(env.stages) / 8.0, len(env.group) / 4.0, n / 64.0
+    g[4] = (fp[-1] - fp[p]) / max(fp[-1], 1e-30)
+    g[5] = clip_log(env.t_max_stage / ts) / t3 if env.stages else -CLIP / t3
+    g[6] = clip_log(env.t_transfers / ts) / t3 if env.t_transfers > 0 else -CLIP / t3
+    g[7] = clip_log(grate / mean_rate) if env.group else -CLIP
+    g[8] = np.log(B) / np.log(300.0)
+    g[9] = clip_log(inst.bnd_l[p] / max(inst.bnd_l[0], 1.0)) / t3
+    g[19] = (n - len(env.used)) / n
+    g[20] = free_rate / inst.total_rate
+    g[21] = clip_log(rest / free_rate / ts) / t3 if free_rate > 0 else CLIP / t3
+    g[23] = np.log(n) / np.log(64.0)
+    free = [d for d in range(n) if d not in env.used]
+    rest_dyn = min((qb.dyn_w[d] / pstar * mean_rate / inst.rate[d] for d in free), default=0.0)
+    wl = inst.cost.workload
+    g[NG:] = (clip_log(env._qF / ts), clip_log(env._qT / ts), np.log(qb.M), (qb.M - 1) / 64.0,
+              clip_log(qb.lat_cap / ts), clip_log(qb.T_cap / ts),
+              clip_log(1.0 / wl.request_rate / ts) if (wl.request_rate and not inst.training) else -CLIP,
+              float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
+    return {"devices": dev.astype(np.float32), "device_mask": env._dmask.copy(),
+            "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
+
+
+def _same_state(a, b):
+    assert np.array_equal(a._mask, b._mask)
+    assert np.array_equal(a._rmin, b._rmin) and np.array_equal(a._rmax, b._rmax)
+    oa, ob = a.observe(), b.observe()
+    for k in ob:
+        assert np.array_equal(oa[k], ob[k]), k
+
+
+@pytest.mark.parametrize("n,B,k", [(2, 12, 4), (3, 20, 3), (16, 60, 3), (24, 100, 2)])
+def test_planning_env_and_its_forks_equal_a_reset_env(n, B, k):
+    adds = steps = 0
+    for j, (sc, ep) in enumerate((sc, ep) for sc in _scenarios(n, B, k, 61) for ep in range(3)):
+        if ep == 0:       # three episodes on one Instance: what it caches must not leak between them
+            inst = Instance(sc, n)
+        fast = StageEnv.planning(inst)
+        ref = StageEnv(max_devices=n, max_blocks=B, pool_size=1)
+        ref.reset(seed=0, options={"scenario": Instance(sc, n)})        # a fresh Instance: cold caches
+        rng = np.random.default_rng(j)
+        while not ref.done:
+            _same_state(fast, ref)
+            o = fast.observe()
+            for key, v in _reference_obs(ref).items():
+                assert np.array_equal(o[key], v), key
+            _same_state(fast.fork(), ref)
+            allowed = np.flatnonzero(ref._mask)
+            add = allowed[allowed >= n * B]
+            a = int(rng.choice(add if len(add) and rng.random() < 0.5 else allowed))
+            adds += a >= n * B
+            steps += 1
+            fast.advance(a)
+            ref.step(a)
+        assert fast.done
+        assert json.dumps(fast.result[0].to_dict()) == json.dumps(ref.result[0].to_dict())
+        assert fast.result[2] == ref.result[2]
+    assert steps > k and (n < 16 or adds > 0)
+
+
+@pytest.mark.parametrize("n", [4, 24])       # exact candidates (<= 8 devices) and heuristic ones
+def test_a_lone_flow_routes_as_cost_transfer(n):
+    sc = _scenarios(n, 10, 1, 7)[0]
+    cost = Instance(sc, n).cost
+    rng = np.random.default_rng(n)
+    assert cost.net.exact == (n <= 8)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            b = float(rng.choice([1.0, 3e3, 2e5, 7e7]))
+            occ, lat = routing.lone(cost.net, i, j, b)
+            t = cost.transfer([i], [1.0], [j], [1.0], b)
+            assert (occ, lat) == (t[0], t[1])
+
+
+def test_network_least_is_the_least_route_latency_and_seconds_per_byte():
+    sc = _scenarios(12, 20, 1, 9, kind="training")[0]
+    inst = Instance(sc, 12)
+    net = inst.cost.net
+    L, K = net.least
+    for x in range(12):
+        for e in range(12):
+            rs = net.routes[x][e] if x != e else ()
+            assert L[x, e] == (min(r.lat for r in rs) if rs else np.inf)
+            assert K[x, e] == (min(r.kappa for r in rs) if rs else 0.0)
+
+
+def test_group_reach_splits_samples_only_where_it_can_matter():
+    calls = rows = 0
+    for sc in _scenarios(8, 40, 16, 5, kind="training") + _scenarios(8, 40, 4, 5, kind="inference"):
+        inst = Instance(sc, 8)
+        realized = inst.cost.realized
+
+        def counted(*a, _r=realized):
+            nonlocal calls
+            calls += 1
+            return _r(*a)
+
+        inst.cost.realized = counted
+        rng = np.random.default_rng(1)
+        for k in (2, 3, 4):
+            if inst.m_int < k:
+                continue
+            groups = [[int(x) for x in rng.choice(8, size=k, replace=False)] for _ in range(12)]
+            for l in range(0, inst.B, 5):
+                got = inst.group_reach_rows(groups, l)
+                rows += len(groups)
+                for g, r in zip(groups, got):      # the reference: always the realized shares
+                    rates = inst.rate[g]
+                    w = rates / rates.sum()
+                    W = np.maximum(w, np.array(realized(inst.m_int, w.tolist(), g)))
+                    ok = np.all(inst.base[l, l + 1:][None, :] + W[:, None] * inst.act[l, l + 1:][None, :]
+                                <= inst.mem[g][:, None], axis=0)
+                    assert r == l + int(ok.sum())
+    # both paths ran: groups whose reach needed the sample split (rare: the memory edge must fall
+    # between the shares' lower and upper ends), and groups whose did not
+    assert 0 < calls < rows

@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dora_rl.errors import RuntimeFault
+from dora_rl.profile.timing import tune_malloc
 from dora_rl.runtime.comm import (
     TAG_ACK,
     TAG_CTRL,
@@ -267,27 +268,6 @@ def _watch_parent(pid: int) -> None:
     threading.Thread(target=loop, daemon=True).start()
 
 
-def _tune_malloc() -> None:
-    """Keep freed activation buffers in the heap instead of returning them to the OS.
-
-    With glibc's defaults every large activation (tens of MB for early CNN layers) is
-    mmap'ed, zero-filled page by page and munmap'ed again (or the heap is trimmed), so
-    a stage spends a sizeable share of its time in page faults (~15-20% system time
-    for resnet18's first blocks). A worker runs the same shapes over and over, so a
-    fixed mmap threshold (32 MiB, glibc's maximum; also stops the dynamic one) and no
-    trimming below 1 GiB let it reuse the same pages. DORA_MALLOC_TUNE=0 disables."""
-    if os.environ.get("DORA_MALLOC_TUNE", "1") == "0" or not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)
-        libc.mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024)
-    except (OSError, AttributeError):   # not glibc: keep the allocator's defaults
-        pass
-
-
 def _threads_and_cores(threads: int, cpus) -> None:
     """Run torch with the thread count the device's profile was measured with, pinned to
     the cores it was measured on (where the OS allows it)."""
@@ -321,7 +301,7 @@ def run_worker(device: str, timeout: float = 60.0, scenario=None) -> int:
         from dora_rl.runtime.heartbeat import WorkerFaults
         fx = WorkerFaults(device)
     torch.set_num_threads(1)
-    _tune_malloc()
+    tune_malloc()
     addr = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
     try:
         # a spawned worker (its coordinator watched) may sit idle for a whole dilated run:

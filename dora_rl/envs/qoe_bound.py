@@ -112,12 +112,25 @@ class QoEBound:
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
         """(occupancy, latency) of boundary k from group a to group b: exact for single
-        devices (the cost model's own transfer), 0 otherwise (a lower bound)."""
+        devices (the cost model's own transfer); from one device to a group it does not
+        belong to (or from a group to one device outside it), every byte leaves through
+        the one's send interface (arrives through its receive interface, of the same
+        capacity) and some flow takes at least the least latency of any pair; 0
+        otherwise (lower bounds)."""
         nbytes = self.m * self.cost.bnd[k]
-        if len(a) != 1 or len(b) != 1 or a[0] == b[0] or nbytes <= 0:     # (no flow: 0, as cost.transfer)
+        if nbytes <= 0 or (len(a) != 1 and len(b) != 1):     # (no flow: 0, as cost.transfer)
             return 0.0, 0.0
-        occ, lat = routing.lone(self.cost.net, a[0], b[0], nbytes)      # = cost.transfer's, without its cache
-        return float(occ), float(lat)
+        if len(a) == 1 and len(b) == 1:
+            if a[0] == b[0]:
+                return 0.0, 0.0
+            occ, lat = routing.lone(self.cost.net, a[0], b[0], nbytes)      # = cost.transfer's, without its cache
+            return float(occ), float(lat)
+        one, many = (a[0], b) if len(a) == 1 else (b[0], a)
+        if one in many:
+            return 0.0, 0.0
+        L = self.cost.net.least[0]
+        lat = min(float(L[one, j] if len(a) == 1 else L[j, one]) for j in many)   # (a member may get no sample)
+        return float(nbytes / self.send_cap[one]), (lat if math.isfinite(lat) else 0.0)
 
     def _in(self, prev: list, devs: list, p: int) -> tuple[float, float]:
         """(fill, T) lower bounds of the boundary into a stage starting at block p."""
@@ -127,11 +140,11 @@ class QoEBound:
 
     def inputs(self, prev: list, group: list, p: int, devices) -> tuple[np.ndarray, np.ndarray]:
         """Per device d (others 0): (fill, T) lower bounds of the boundary into the stage
-        [p, .) on group + [d] (non-zero only from a single device to a single device)."""
+        [p, .) on group + [d] (non-zero only from a single device, `_xfer`)."""
         f, t = np.zeros(self.inst.n), np.zeros(self.inst.n)
-        if not group and len(prev) == 1:
+        if len(prev) == 1:
             for d in devices:
-                f[d], t[d] = self._in(prev, [int(d)], p)
+                f[d], t[d] = self._in(prev, list(group) + [int(d)], p)
         return f, t
 
     def _battery_ok(self, ds: np.ndarray, busy) -> np.ndarray:

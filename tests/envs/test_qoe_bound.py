@@ -86,3 +86,25 @@ def test_qoe_masks_always_leave_an_action_and_plans_fit():
             assert m.any()
             _, _, done, _, info = env.step(int(rng.choice(np.flatnonzero(m))))
         assert info["feasible"]
+
+
+def test_the_entry_into_a_group_is_bounded_by_the_senders_interface():
+    # worked example 4's hub: cam sends a micro-batch of 2 samples of the toy input (100 kB
+    # each) to the group {boardA, boardB}; every byte leaves through cam's interface, as fast
+    # as its fastest link (100 Mbps = 12.5e6 B/s): occupancy >= 2e5 / 12.5e6 = 0.016 s, and
+    # some flow takes at least the least latency of cam's pairs to the boards (1 ms)
+    from dora_rl.envs.qoe_bound import QoEBound
+    from tests.toy import HUB, scenario
+
+    sc = scenario(HUB)
+    inst = Instance(sc, sc.cluster.n)
+    cam, a, b = (sc.cluster.index[x] for x in ("cam", "boardA", "boardB"))
+    qb = QoEBound(inst)
+    assert qb._xfer([cam], [a, b], 0) == pytest.approx((0.016, 0.001))
+    # a lower bound of the cost model's own transfer (here it is tight: the interface is the bottleneck)
+    occ, lat = inst.cost.transfer([cam], [1.0], [a, b], [0.5, 0.5], 2e5)[:2]
+    assert occ >= 0.016 - 1e-12 and lat >= 0.001 - 1e-12
+    # the way back (a group to one device outside it) through cam's receive interface; a
+    # sender inside the group keeps its own share: no bound
+    assert qb._xfer([a, b], [cam], 0) == pytest.approx((0.016, 0.001))
+    assert qb._xfer([a], [a, b], 0) == (0.0, 0.0)

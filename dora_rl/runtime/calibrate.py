@@ -6,8 +6,8 @@ Worker i is pinned to core i (os.sched_setaffinity) and runs one torch thread; i
 times are measured the same way, pinned to the same core, and all workers are timed at
 once (one process each, started together by a barrier): workers of a plan compute at
 the same time, and what they share (the last-level cache, memory bandwidth, the host
-under a virtual machine's cores) slows each of them by 5-15 % on a 2-core VM, which
-timing one core at a time leaves out of the prediction. Unpinned (more workers than
+under a virtual machine's cores) slows each of them (resnet18 on this 2-core VM: 98 ms
+alone, 106 ms with the other core busy), which timing one core at a time leaves out. Unpinned (more workers than
 cores), each is timed alone, in this process, with a warning. Links form a
 full mesh of dedicated links at `mbps` that the runtime's pacing enforces. Devices have
 kind `generic`; `gflops` is the measured effective rate (FLOPs / measured seconds, what

@@ -93,9 +93,6 @@ class QoEBound:
         self.on = cost.timed is None and (math.isfinite(self.lat_cap) or math.isfinite(self.T_cap) or has_batt)
         self.fp = np.asarray(cost.fp, dtype=float)
         self.src, self.B = inst.src, inst.B
-        # last stage -> source (inference only): exact for a single device
-        self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
-                                                                for d in range(inst.n)]
         self.pp = np.asarray(cost.pp, dtype=float)
         # the exit of a single-device stage: every byte leaves through its send interface, every
         # route starts with one of its links
@@ -108,6 +105,9 @@ class QoEBound:
             np.minimum.at(self.exit_lat, [idx[ln.a] for ln in links], lat)
             np.minimum.at(self.exit_lat, [idx[ln.b] for ln in links], lat)
         self.bnd = np.asarray(cost.bnd, dtype=float)
+        # last stage -> source (inference only): exact for a single device (`_xfer` reads the above)
+        self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
+                                                                for d in range(inst.n)]
         self._rest: dict = {}        # rest_rates per pool (a decision asks for the same pool several times)
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:

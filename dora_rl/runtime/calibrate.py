@@ -135,7 +135,7 @@ def _time_together(jobs) -> None:
     barrier = ctx.Barrier(len(jobs), timeout=600)
     with ProcessPoolExecutor(len(jobs), mp_context=ctx, initializer=_join_barrier, initargs=(barrier,)) as pool:
         futures = [pool.submit(_time_in_child, job) for job in jobs]
-        failed = [(job, f.exception()) for job, f in zip(jobs, futures) if f.exception() is not None]
+        failed = [(job, e) for job, f in zip(jobs, futures) if (e := f.exception()) is not None]
     first = [x for x in failed if not isinstance(x[1], threading.BrokenBarrierError)] or failed
     if first:
         job, e = first[0]

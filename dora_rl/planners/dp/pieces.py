@@ -83,7 +83,7 @@ class Pieces:
         edev = [(cost.active_w[d] - cost.idle_w[d]) * t * self.M for d, t in zip(devs, per)]
         rings = self._no_ring
         if self.training and len(devs) > 1:
-            per_dev = 2 * (len(devs) - 1) * params / len(devs)      # sent by each member, on every routing
+            per_dev = cost.allreduce(list(devs), params)[2]      # sent by each member, on every routing
             edev = [e + cost.radio[d] * 2 * per_dev for e, d in zip(edev, devs)]
             rings = self.rings(list(devs), params)
         shid = self._shid.setdefault((gi, tuple(sh)), len(self._shid))

@@ -59,12 +59,15 @@ class StageAgent:
         return StageEnv.planning(inst)
 
     def rollouts(self, scenario: Scenario, samples: int = 1, seed: int = 0, instance=None, cost=None,
-                 search: str = "greedy", top_k: int | None = None, budget_ms: float | None = None):
-        """[(plan, metrics, utility)]: the `search` result first, then `samples - 1` sampled plans."""
+                 search: str = "greedy", top_k: int | None = None, budget_ms: float | None = None,
+                 checked: bool = False):
+        """[(plan, metrics, utility)]: the `search` result first, then `samples - 1` sampled plans.
+        `checked`: the caller ran `check_scenario` already (its range warning once)."""
         from dora_rl.envs.instance import Instance
         from dora_rl.learning.stage_search import _sample, decode
 
-        self.check_scenario(scenario)
+        if not checked:
+            self.check_scenario(scenario)
         inst = instance or Instance(scenario, max(scenario.cluster.n, 1), cost)
         if not inst.completable:
             raise NoFeasiblePlan(f"ppo: no plan fits in memory on {scenario.name!r}", constraint="memory")
@@ -84,14 +87,16 @@ class StageAgent:
         into a local optimum that misses QoE where the control's start does not (edge_cluster,
         docs/learning.md "Session 8")."""
         from dora_rl.cost.qoe import preference
+        from dora_rl.envs.instance import Instance
 
-        res = self.rollouts(scenario, samples, seed, cost=cost, search=search, top_k=top_k, budget_ms=budget_ms)
+        self.check_scenario(scenario)        # before the instance tables (a typed error on bad input)
+        inst = Instance(scenario, max(scenario.cluster.n, 1), cost)
+        res = self.rollouts(scenario, samples, seed, instance=inst, search=search, top_k=top_k, budget_ms=budget_ms,
+                            checked=True)
         if search == "polish" and not any(r[1].qoe_ok for r in res):
-            from dora_rl.envs.instance import Instance
             from dora_rl.learning.stage_search import decode
             from dora_rl.learning.stage_training import fastest_plan
 
-            inst = Instance(scenario, max(scenario.cluster.n, 1), cost)
             start = fastest_plan(inst)
             if start is not None:
                 res.append(decode(self.actor(), self.env_for(inst), "polish", budget_ms=budget_ms, start=start))

@@ -5,48 +5,48 @@ the latency SLO, the required throughput or the battery target (typically: the w
 model on the fastest device when only a pipeline meets the SLO). Such a step can never
 be part of a compliant plan, so masking it is free for the planner and removes the most
 common miss of greedy decoding. The test is a lower bound, never an estimate: a step it
-masks has no compliant completion (tested against the oracle's plans), a step it keeps
-may still have none.
+masks has no compliant completion (tested against the oracle's plans and by enumerating
+every plan of small instances), a step it keeps may still have none.
 
 The bound (docs/learning.md, "QoE-aware masks"), with M micro-batches of m samples,
 `back` = 3 for training (forward + backward) and 1 for inference. The cost model's
 latency is `total = fill + (M - 1) T + A` (dora_rl/cost/model.py), fill = the stages'
-times u_s plus the boundaries' `dirs (occupancy + latency)`, T >= every u_s and every
-`dirs occupancy`, A >= 0. Lower bounds:
+times u_s plus the boundaries' `dirs (occupancy + latency)`, T >= every u_s, every
+`dirs occupancy` and every shared medium's bytes / capacity, A >= 0. Lower bounds:
 
-- a stage [l, r) on a group of total rate R: u >= back m (F_r - F_l) / R (exact on one
-  device, whose realized share is 1; on a group, the slowest member's share time is at
-  least the even split over the group's rate);
-- a boundary between two single devices: exactly `cost.transfer` (others: >= 0);
-- the rest [r, B) on the free devices (total rate R_free): every device serves at most
-  one stage, so T is at least back m (F_B - F_r) / R_free; and a stage's group computes
-  with at most m members (each member of a group needs a whole sample of the
-  micro-batch to contribute), so the rest adds at least back m (F_B - F_r) / R_m to fill,
-  R_m = the total rate of the m fastest free devices (for m = 1: the fastest one alone -
-  the stages run one after the other).
+- a stage [l, r) on a group computes on whole samples: u >= back (F_r - F_l) t, t the
+  least over the splits of its m samples of the slowest member's samples / rate
+  (dora_rl/envs/qoe_samples.py; exact on one device: m / g);
+- a boundary between two single devices: exactly `cost.transfer`; from one device into a
+  group (or a group into one device): its interface's occupancy and, every member having a
+  sample, the slowest member's least latency (qoe_rest.py);
+- the rest [r, B) on the devices that can serve it (memory for the lightest block left, a
+  battery that lasts at one sample of the lightest block; `serve`): T >= its work over
+  their total rate, fill >= its work per sample x their least whole-sample split (every
+  device serves one stage, a stage's members need a sample each), plus the least return
+  of its last stage to the source (qoe_rest.py);
+- shared media: a device all of whose links are on one medium puts every byte it sends
+  or receives on it; the committed boundaries' bytes, the new stage's entry and exit and
+  the return to the source are summed per medium (the cost model's medium term of T).
 
 Training adds the data-parallel all-reduce: the cost model's `A` is the largest ring
 all-reduce over the stages (`CostModel._allreduces`), 2 (g - 1) steps of chunk = P / g
-bytes (P = the stage's parameter bytes, g its members; nothing when P = 0); a step sends a
-chunk from every member to its ring successor and lasts at least the slowest flow alone on
-its fastest route. So a ring step is at least, for every member x, the least
-`lat(x, e) + chunk kappa(x, e)` over the other members e (`lat`, `kappa` = the least
-latency and the least seconds per byte of any candidate route x -> e, `routes.Network`):
-`A_lb = 2 (g - 1) max_x min_e (lat + chunk kappa)`. A closed stage commits the cost model's
-own time on its fastest routing (`CostModel.allreduce`, choice 0; the plan's routing is
-never faster), and every later bound adds `max(committed, the new stage's A_lb)`. An add
-is tested with a lookahead over every end r: the stage computes at most at the rate of
-its members plus the fastest devices that may still join (at most m members), the rest
-as above, and its all-reduce has at least g = members + 1 (the bound grows with g) over
-partners among all free devices. An add none of whose ends passes is masked.
+bytes (P = the stage's parameter bytes, g its members; nothing when P = 0); a step lasts
+at least, for every member x, the least `lat(x, e) + chunk kappa(x, e)` over the other
+members e (`routes.Network.least`): `A_lb = 2 (g - 1) max_x min_e (lat + chunk kappa)`. A
+closed stage commits the cost model's own time on its fastest routing
+(`CostModel.allreduce`, choice 0); every later bound adds `max(committed, the new stage's
+A_lb)`. An add is tested with a lookahead over every end r and every member that may
+close the stage (qoe_add.py). An add none of whose ends passes is masked.
 
 A step is masked when `fill + (M - 1) T (+ A)` exceeds the latency cap (the SLO; for training
 also batch / min_throughput), or T exceeds 1 / (M x required rate) for inference, or a
 battery device of the new stage cannot last the target hours: a compliant plan's period
 is at most 1 / request_rate (inference with a request stream), 1 / required rate
 (inference), or the latency cap (training), so the device's power is at least
-idle + (active - idle) busy / that period. Scenarios with measured block times
-(`cost.timed`) get no QoE masks (their stage times follow no rate formula)."""
+idle + (active - idle) busy / that period (a member of a group: busy >= one sample).
+Scenarios with measured block times (`cost.timed`) get no QoE masks (their stage times
+follow no rate formula)."""
 
 from __future__ import annotations
 
@@ -56,11 +56,14 @@ import numpy as np
 
 from dora_rl.cost import routing
 from dora_rl.cost.qoe import required_rate
+from dora_rl.envs.qoe_add import AddLookahead
+from dora_rl.envs.qoe_rest import RestTerms
+from dora_rl.envs.qoe_samples import least_split_rows
 
 SLACK = 1e-6          # relative: a step is masked only when its bound misses by more than this
 
 
-class QoEBound:
+class QoEBound(RestTerms, AddLookahead):
     """Per-Instance constants of the bound; `close_ok` tests candidate closes, `after_close`
     updates the (fill, T) lower bounds of the closed stages."""
 
@@ -105,10 +108,44 @@ class QoEBound:
             np.minimum.at(self.exit_lat, [idx[ln.a] for ln in links], lat)
             np.minimum.at(self.exit_lat, [idx[ln.b] for ln in links], lat)
         self.bnd = np.asarray(cost.bnd, dtype=float)
+        # media: forced[d, mu] = 1 when every link of d is on the shared medium mu (every flow
+        # from or to d then crosses mu: its first or last hop)
+        self.mcap = np.asarray(net.cap[:net.n_media], dtype=float)
+        self.forced = np.zeros((inst.n, net.n_media))
+        if net.n_media and links:
+            midx = {mname: i for i, mname in enumerate(cost.cluster.media_names)}
+            ends = np.array([(idx[ln.a], idx[ln.b]) for ln in links], dtype=np.int64).T.ravel()
+            mus = np.tile([net.n_media if ln.medium is None else midx[ln.medium] for ln in links], 2)
+            cnt = np.zeros((inst.n, net.n_media + 1))          # links per device and medium (last: none)
+            np.add.at(cnt, (ends, mus), 1.0)
+            deg = cnt.sum(axis=1, keepdims=True)
+            self.forced = ((cnt[:, :-1] == deg) & (deg > 0)).astype(float)
         # last stage -> source (inference only): exact for a single device (`_xfer` reads the above)
         self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
                                                                 for d in range(inst.n)]
         self._rest: dict = {}        # rest_rates per pool (a decision asks for the same pool several times)
+        self._restb: dict = {}       # rest_bound per pool of serving devices
+        self.mi = max(1, int(inst.m_int))
+        self.serve = self._serving()
+
+    def _serving(self) -> np.ndarray:
+        """serve[d, r]: may device d compute some stage inside [r, B)? (column B: False). A
+        stage holds at least one block's parameters (x the optimizer's copies; replicated on
+        every member of a group) and computes at least one sample of it, so d needs the
+        memory for the lightest block from r on, and a battery that lasts the target at the
+        power of that least busy time (`M back f_min / g_d` per period, f_min the least
+        FLOPs of one block from r on): a device that cannot serve the least piece serves none."""
+        inst, B = self.inst, self.B
+        fb = np.diff(self.fp)
+        pb = np.diagonal(inst.base, offset=1).astype(float)          # one block's parameters (x copies)
+        fmin = np.minimum.accumulate(fb[::-1])[::-1]
+        pmin = np.minimum.accumulate(pb[::-1])[::-1]
+        out = np.zeros((inst.n, B + 1), dtype=bool)
+        out[:, :B] = np.asarray(inst.mem, dtype=float)[:, None] >= pmin[None, :]
+        if self.min_h is not None:
+            busy = self.M * self.back * fmin[None, :] / np.maximum(inst.rate, 1e-30)[:, None]
+            out[:, :B] &= self._battery_ok(np.arange(inst.n), busy)
+        return out
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:
         """(occupancy, latency) of boundary k from group a to group b: exact for single
@@ -194,118 +231,81 @@ class QoEBound:
         step = np.maximum(step, self._member_steps(ds, G, c))    # d: its best partner among the members
         return self._ar(g, P[None, :], step)
 
-    def add_ok(self, F: float, T: float, A: float, group: list, pool: list, p: int, cands) -> np.ndarray:
-        """Per candidate add `a` of `cands`: may some stage [p, r) on group + [a] + the devices
-        that may still join, then the rest, still comply? (a lookahead over every end r; the
-        stage's rate at most group + a + the fastest of the pool, the rest on pool - a, the
-        all-reduce over g = len(group) + 2 members at least, partners among group + pool)."""
-        cands = np.asarray(cands, dtype=np.int64)
-        if not len(cands) or p >= self.B:
-            return np.zeros(len(cands), dtype=bool)
+    def _group_t(self, group: list, ds) -> np.ndarray:
+        """Per device d of `ds`: the least per-sample-FLOP time of the group + [d] on whole
+        samples (`qoe_samples`): at least the even split m / R, every member's one sample
+        (1 / g), and the least split of the m samples over the members."""
         rate = self.inst.rate
-        r = np.arange(p + 1, self.B + 1)
-        k = len(group)
-        # members beyond group + a: at most m - k - 1 (a group computes with at most m members)
-        extra, _ = self._fastest(pool, max(1, self.inst.m_int - k - 1))
-        R = float(sum(rate[x] for x in group)) + rate[cands] + extra[cands]
-        u = self.back * self.m * (self.fp[r] - self.fp[p])[None, :] / R[:, None]
-        R_T, R_m, _, _ = self.rest_rates(pool)
-        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)[None, :]
-        rest = work / np.maximum(R_T[cands], 1e-30)[:, None]
-        rest_f = work / np.maximum(R_m[cands], 1e-30)[:, None]
-        fill = F + u + rest_f
-        TT = np.maximum(np.maximum(T, u), rest)
-        AA = np.full_like(u, A)
-        if self.training:
-            g = k + 2
-            P = self.pp[r] - self.pp[p]
-            # each member's least latency plus chunk x its least s/B to any partner (min of sums >=
-            # sum of mins: looser than the close's bound, and O(members x partners + members x R))
-            L, K = self.cost.net.least
-            ps = np.asarray(list(group) + list(pool), dtype=np.int64)
-            c = P / g
+        ds = np.asarray(ds, dtype=np.int64)
+        g = rate[ds]
+        if not group:
+            return self.m / np.maximum(g, 1e-30)
+        G = rate[np.asarray(group, dtype=np.int64)]
+        t = np.maximum(self.m / (G.sum() + g), np.maximum(1.0 / G.min(), 1.0 / np.maximum(g, 1e-30)))
+        return np.maximum(t, least_split_rows(G, g, self.mi))
 
-            def steps(xs):
-                xs = np.asarray(xs, dtype=np.int64)
-                lp = L[xs][:, ps]                           # inf on x itself and where no route exists
-                kp = np.where(np.isfinite(lp), K[xs][:, ps], np.inf).min(axis=1)
-                kp = np.where(np.isfinite(kp), kp, 0.0)
-                return lp.min(axis=1)[:, None] + kp[:, None] * c[None, :]
+    def _busy_ok(self, devs, dF: np.ndarray) -> np.ndarray:
+        """Per device of `devs` (rows) and stage FLOPs dF (columns): does its battery last with
+        one sample of the stage per micro-batch (the least a member computes)?"""
+        devs = np.asarray(devs, dtype=np.int64)
+        busy = self.M * self.back * dF[None, :] / np.maximum(self.inst.rate[devs], 1e-30)[:, None]
+        return self._battery_ok(devs, busy)
 
-            step = steps(cands)                                                          # (rows, R)
-            if group:
-                step = np.maximum(step, steps(group).max(axis=0)[None, :])
-            AA = np.maximum(AA, self._ar(g, P[None, :], step))
-        return self._ok(fill, TT, AA).any(axis=1)
-
-    def rest_rates(self, pool: list) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """Rates left for the rest once device d takes a stage, per device d (array over all
-        devices; d outside `pool` leaves the whole pool): (total rate, rate of the m fastest),
-        then the same two for the whole pool. Memoised per pool: read, do not modify."""
-        key = tuple(pool)
-        hit = self._rest.get(key)
-        if hit is not None:
-            return hit
-        if len(self._rest) > 64:
-            self._rest.clear()
-        rate = self.inst.rate
-        tot = float(sum(rate[d] for d in pool))
-        R_T = np.full(self.inst.n, tot)
-        for d in pool:
-            R_T[d] = tot - rate[d]
-        R_m, top = self._fastest(pool, max(1, self.m))
-        hit = self._rest[key] = (R_T, R_m, tot, top)
-        return hit
-
-    def _fastest(self, pool: list, k: int) -> tuple[np.ndarray, float]:
-        """Per device d (array over all devices): the total rate of the k fastest devices of
-        `pool` other than d; then that of the pool's k fastest."""
-        rate = self.inst.rate
-        order = sorted(pool, key=lambda d: -rate[d])
-        top = float(sum(rate[d] for d in order[:k]))
-        nxt = float(rate[order[k]]) if len(order) > k else 0.0
-        out = np.full(self.inst.n, top)
-        for d in order[:k]:
-            out[d] = top - rate[d] + nxt
-        return out, top
-
-    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_top: float, A: float = 0.0) -> bool:
-        """Some completion from block p on a pool of devices (total rate `pool_rate`, its m
-        fastest `pool_top`) may comply (A: the all-reduce committed so far)."""
+    def global_ok(self, F: float, T: float, p: int, pool_rate: float, pool_t: float, A: float = 0.0,
+                  Mq: np.ndarray | None = None) -> bool:
+        """Some completion from block p on serving devices of total rate `pool_rate` and least
+        whole-sample split `pool_t` (`rest_bound`) may comply (A: the all-reduce committed,
+        Mq: the media bytes committed)."""
+        if Mq is not None and len(Mq):
+            T = max(T, float((Mq / self.mcap).max()))
         if p >= self.B:
             return bool(self._ok(F, T, A))
-        work = self.back * self.m * (self.fp[-1] - self.fp[p])
-        return bool(self._ok(F + work / max(pool_top, 1e-30), max(T, work / max(pool_rate, 1e-30)), A))
+        dF = self.fp[-1] - self.fp[p]
+        t = pool_t if math.isfinite(pool_t) else 1e30
+        return bool(self._ok(F + self.back * dF * t, max(T, self.back * self.m * dF / max(pool_rate, 1e-30)), A))
 
     def close_ok(self, F: float, T: float, f_in: np.ndarray, t_in: np.ndarray, group: list, ds: np.ndarray,
-                 p: int, r: np.ndarray, rest_rate: np.ndarray, rest_top: np.ndarray, A: float = 0.0) -> np.ndarray:
+                 p: int, r: np.ndarray, rest_rate: np.ndarray, rest_t: np.ndarray, rest_ret: np.ndarray,
+                 A: float = 0.0, prev: list = (), Mq: np.ndarray | None = None) -> np.ndarray:
         """For devices ds (rows) and ends r (columns, p < r <= B): may the stage [p, r) on
-        group + [d] (entered at fill / T cost f_in[i] / t_in[i], `inputs`), then the rest on
-        devices of total rate `rest_rate[i]` (the m fastest: `rest_top[i]`), still comply?
-        (fill F, period T and all-reduce A so far; f_in, t_in, rest_rate, rest_top: one entry
-        per row of ds)."""
+        group + [d] (entered at fill / T cost f_in[i] / t_in[i], `inputs`; on whole samples,
+        `_group_t`), then the rest on serving devices of total rate `rest_rate[i]`, least
+        split `rest_t[i]` and return `rest_ret[i]` (`rest_bound`), still comply? (fill F,
+        period T and all-reduce A so far; one entry per row of ds)."""
         ds = np.asarray(ds, dtype=np.int64)
-        grate = sum(self.inst.rate[x] for x in group)
-        rate = (grate + self.inst.rate[ds])[:, None]
-        u = self.back * self.m * (self.fp[r] - self.fp[p])[None, :] / rate
-        work = np.where(r < self.B, self.back * self.m * (self.fp[-1] - self.fp[r]), 0.0)[None, :]
-        rest = work / np.maximum(np.asarray(rest_rate, dtype=float), 1e-30)[:, None]
-        rest_f = work / np.maximum(np.asarray(rest_top, dtype=float), 1e-30)[:, None]
-        if group:
-            o_occ = o_lat = np.zeros((len(ds), 1))
+        dF = self.fp[r] - self.fp[p]
+        u = self.back * dF[None, :] * self._group_t(group, ds)[:, None]
+        rest, rest_f = self._rest_terms(r, rest_rate, rest_t, rest_ret)
+        f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
+        if group:          # into and out of a group: every member's flow (`_flows_in`, `_flows_out`)
+            o_occ = np.array([0.0 if self.training else self._xfer(list(group) + [int(d)], [self.src], self.B)[0]
+                              for d in ds]).reshape(len(ds), 1)
+            o_fill = self._flows_out(group, ds, False)[:, None]
+            f_in = np.maximum(f_in, self._flows_in(list(prev), group, ds, p))
         else:
             o = np.array([self.out[d] for d in ds], dtype=float).reshape(len(ds), 2)
-            o_occ, o_lat = o[:, :1], o[:, 1:]
+            o_occ, o_fill = o[:, :1], o[:, :1] + o[:, 1:]
         end = (r >= self.B)[None, :]
         x_occ, x_lat = self._exit(group, ds, r)
-        f_in, t_in = np.asarray(f_in, dtype=float), np.asarray(t_in, dtype=float)
-        fill = F + f_in[:, None] + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
+        fill = F + f_in[:, None] + u + rest_f + np.where(end, o_fill, 0.0) + x_occ + x_lat
         t0 = np.maximum(T, t_in)[:, None]
         TT = np.maximum(np.maximum(np.maximum(t0, u), rest), np.maximum(np.where(end, o_occ, 0.0), x_occ))
+        if Mq is not None and len(Mq):
+            # media: the entry, the exit of a single-device stage (its bytes leave through its
+            # links), the return to the source (arriving through the source's links)
+            xb = np.where(r < self.B, self.dirs * self.m * self.bnd[r], 0.0)
+            cols = (0.0 if group else xb[None, :, None] * self.forced[ds][:, None, :])
+            if not self.training:
+                away = (ds != self.src)[:, None] & (self.src not in group)       # the source not in the stage
+                f_ret = away * (self.forced[self.src][None, :] if group else
+                                np.maximum(self.forced[self.src][None, :], self.forced[ds]))
+                cols = cols + np.where(end[..., None], self.m * self.bnd[self.B] * f_ret[:, None, :], 0.0)
+            TT = np.maximum(TT, self._media_T(Mq, self.media_in(list(prev), group, ds, p),
+                                              np.broadcast_to(cols, (len(ds), len(r), len(Mq)))))
         ok = self._ok(fill, TT, np.maximum(A, self.close_allreduce(group, ds, p, r)))
         if self.min_h is not None:
-            if group:          # members' shares are not known yet: each at least idles
-                ok = ok & self._battery_ok(ds, 0.0) & bool(self._battery_ok(np.array(group), 0.0).all())
+            if group:          # members' shares are not known yet: each computes at least one sample
+                ok = ok & self._busy_ok(ds, dF) & self._busy_ok(group, dF).all(axis=0)[None, :]
             else:
                 ok = ok & self._battery_ok(ds, u * self.M)
         return ok
@@ -325,11 +325,16 @@ class QoEBound:
         return self.dirs * xb / self.send_cap[ds][:, None], np.where(xb > 0, self.dirs * self._lat(ds)[:, None], 0.0)
 
     def after_close(self, F: float, T: float, prev: list, devs: list, p: int, r: int) -> tuple[float, float]:
-        """(fill, T) lower bounds once the stage [p, r) on `devs` is closed."""
-        rate = float(sum(self.inst.rate[x] for x in devs))
-        u = self.back * self.m * (self.fp[r] - self.fp[p]) / rate
+        """(fill, T) lower bounds once the stage [p, r) on `devs` is closed (on whole samples)."""
+        t = float(self._group_t(list(devs[:-1]), [devs[-1]])[0])
+        u = self.back * (self.fp[r] - self.fp[p]) * t
         f_in, t_in = self._in(prev, list(devs), p)
         return F + f_in + u, max(T, t_in, u)
+
+    def after_close_media(self, Mq: np.ndarray, prev: list, devs: list, p: int) -> np.ndarray:
+        """The media bytes committed once the stage on `devs` starting at p is closed (its
+        entry boundary, `media_in`; a new array)."""
+        return Mq + self.media_in(prev, list(devs[:-1]), [devs[-1]], p)[0]
 
     def after_close_allreduce(self, A: float, devs: list, p: int, r: int) -> float:
         """The all-reduce committed once the stage [p, r) on `devs` (in ring order) is closed:

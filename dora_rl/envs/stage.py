@@ -153,6 +153,7 @@ class StageEnv(BuildEnv):
         self.t_transfers = 0.0
         self._qF = self._qT = 0.0           # QoE bound: fill and period lower bounds of the closed stages
         self._qA = 0.0                      # ... and the all-reduce they commit (training)
+        self._qM = np.zeros(self._bound().forced.shape[1])     # ... and their bytes on each shared medium
         self.done = False
         self.result = None
         self._compute_mask()
@@ -172,6 +173,7 @@ class StageEnv(BuildEnv):
         dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
         dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
         dst._qF, dst._qT, dst._qA, dst.qoe_masked = self._qF, self._qT, self._qA, self.qoe_masked
+        dst._qM = self._qM                  # (replaced, never modified in place)
         dst._adds_mem = self._adds_mem
         return dst
 
@@ -240,12 +242,13 @@ class StageEnv(BuildEnv):
         the first/last allowed end per device (the observation's reach features)."""
         qb, inst, p = self._bound(), self.inst, self.p
         pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
-        q = self._qoe_closes(cm, rmin, rmax, *qb.rest_rates(pool)[:2])
+        q = self._qoe_closes(cm, rmin, rmax, *qb.rest_bound(pool, p + 1)[:3])
         qa = self._qoe_adds(adds, pool)
         if q.any():
             cm[:] = q
             adds[:] = qa
-        elif qa.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_rates(pool + self.group)[2:], A=self._qA):
+        elif qa.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_bound(pool + self.group, p)[3:], A=self._qA,
+                                             Mq=self._qM):
             cm[:] = False
             adds[:] = qa
         else:
@@ -260,10 +263,11 @@ class StageEnv(BuildEnv):
         """The adds (adds' shape) that pass `QoEBound.add_ok` (a lookahead over the stage's ends)."""
         cand = np.flatnonzero(adds[:self.inst.n])
         qa = np.zeros_like(adds)
-        qa[cand] = self._bound().add_ok(self._qF, self._qT, self._qA, self.group, pool, self.p, cand)
+        qa[cand] = self._bound().add_ok(self._qF, self._qT, self._qA, self.group, pool, self.p, cand, self.prev,
+                                                        self._qM)
         return qa
 
-    def _qoe_closes(self, cm, rmin, rmax, R_T, R_m) -> np.ndarray:
+    def _qoe_closes(self, cm, rmin, rmax, R_T, t_m, ret) -> np.ndarray:
         """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
         qb, p = self._bound(), self.p
         q = np.zeros_like(cm)
@@ -274,7 +278,8 @@ class StageEnv(BuildEnv):
             r = np.arange(lo, hi + 1)
             inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
             q[ds, lo - 1:hi] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                                    R_T[ds], R_m[ds], A=self._qA)
+                                                    R_T[ds], t_m[ds], ret[ds], A=self._qA, prev=self.prev,
+                                                    Mq=self._qM)
         return q
 
     # --- transition --------------------------------------------------------------
@@ -294,6 +299,7 @@ class StageEnv(BuildEnv):
                 self.t_transfers += inst.batch * inst.bnd_l[self.p] / min(inst.bw[g, d] for g in self.prev)
             self._qF, self._qT = self._bound().after_close(self._qF, self._qT, self.prev, devs, self.p, r)
             self._qA = self._bound().after_close_allreduce(self._qA, devs, self.p, r)
+            self._qM = self._bound().after_close_media(self._qM, self.prev, devs, self.p)
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
             self.prev, self.group, self.p = devs, [], r

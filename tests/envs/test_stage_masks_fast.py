@@ -62,52 +62,154 @@ def _reference_ring(qb, members, partners, P, g, separable=False):
     return 2.0 * (g - 1) * step if math.isfinite(step) else 0.0
 
 
-def _reference_add_ok(qb, F, T, A, group, pool, p, a):
+def _ref_split(rates, m):
+    """The least split of m whole samples: the m-th smallest k / g (qoe_samples.least_split)."""
+    vals = sorted(k / g for g in rates for k in range(1, m + 1))
+    return vals[m - 1] if len(vals) >= m else math.inf
+
+
+def _ref_group_t(qb, devs):
+    rate = qb.inst.rate
+    if len(devs) == 1:
+        return qb.m / rate[devs[0]]
+    return max(qb.m / sum(rate[x] for x in devs), max(1.0 / rate[x] for x in devs),
+               _ref_split([rate[x] for x in devs], qb.mi))
+
+
+def _ref_rest(qb, pool, r0, out):
+    """(total rate, least split, return to the source) of the serving devices of pool but `out`."""
+    srv = [e for e in pool if qb.serve[e, min(r0, qb.B)] and e not in out]
+    rate, src = qb.inst.rate, qb.src
+    costs = []
+    for e in srv:
+        if qb.training or e == src:
+            costs.append(0.0)
+            continue
+        nb = qb.m * qb.bnd[qb.B]
+        lat = qb.cost.net.least[0][e, src]
+        grp = nb / qb.send_cap[src] + (lat if math.isfinite(lat) else 0.0) if nb > 0 else 0.0
+        costs.append(min(qb.out[e][0] + qb.out[e][1], grp))
+    return sum(rate[e] for e in srv), _ref_split([rate[e] for e in srv], qb.mi), min(costs, default=0.0)
+
+
+def _ref_flows_in(qb, prev, members, e, p):
+    nb = qb.m * qb.bnd[p]
+    if len(prev) != 1 or nb <= 0 or prev[0] in members or e == prev[0]:
+        return 0.0
+    L, s = qb.cost.net.least[0], prev[0]
+    lat = max([L[s, e]] + [L[s, j] for j in members])
+    return (qb.dirs if p > 0 else 1.0) * (nb / qb.send_cap[s] + (lat if math.isfinite(lat) else 0.0))
+
+
+def _ref_flows_out(qb, members, e, may_join):
+    nb, src, L = qb.bnd[qb.B], qb.src, qb.cost.net.least[0]
+    others = [j for j in members if j != src]
+    if qb.training or nb <= 0 or (not others and e == src):
+        return 0.0
+    lat = max([0.0 if e == src else L[e, src]] + [L[j, src] for j in others])
+    k = 1.0 if (e == src or may_join or src in members) else qb.m
+    return k * nb / qb.send_cap[src] + (lat if math.isfinite(lat) else 0.0)
+
+
+def _ref_rest_terms(qb, r, R_T, t_m, ret):
+    if r >= qb.B:
+        return 0.0, 0.0
+    dF = qb.fp[-1] - qb.fp[r]
+    return qb.back * qb.m * dF / max(R_T, 1e-30), qb.back * dF * (t_m if math.isfinite(t_m) else 1e30) + ret
+
+
+def _ref_battery(qb, x, dF):
+    return _reference_battery_ok(qb, x, qb.M * qb.back * dF / qb.inst.rate[x])
+
+
+def _reference_add_ok(qb, F, T, A, group, pool, p, a, prev, Mq):
     rate, B = qb.inst.rate, qb.B
     k = len(group)
-    j = max(1, qb.inst.m_int - k - 1)
+    if len(Mq) and len(prev) == 1 and prev[0] not in group:
+        nb = qb.m * qb.bnd[p] * (qb.dirs if p > 0 else 1.0)
+        T = max(T, max((Mq[mu] + nb * qb.forced[prev[0], mu]) / qb.mcap[mu] for mu in range(len(Mq))))
     others = sorted((rate[x] for x in pool if x != a), reverse=True)
-    R = sum(rate[x] for x in group) + rate[a] + sum(others[:j])
-    rest_T = sum(rate[x] for x in pool if x != a)
-    rest_m = sum(others[:max(1, qb.m)])
+    R = sum(rate[x] for x in group) + rate[a] + sum(others[:max(1, qb.inst.m_int - k - 1)])
+    tf = max([1.0 / rate[a]] + [1.0 / rate[x] for x in group] + [_ref_split([rate[x] for x in group + pool], qb.mi)])
+    rest = _ref_rest(qb, pool, p + 1, [a])
+    j_src = qb.src in pool
     for r in range(p + 1, B + 1):
-        u = qb.back * qb.m * (qb.fp[r] - qb.fp[p]) / R
-        work = qb.back * qb.m * (qb.fp[-1] - qb.fp[r]) if r < B else 0.0
-        fill = F + u + work / max(rest_m, 1e-30)
-        TT = max(T, u, work / max(rest_T, 1e-30))
-        ar = _reference_ring(qb, group + [a], group + pool, qb.pp[r] - qb.pp[p], k + 2, separable=True)
-        if qb._ok(fill, TT, max(A, ar)):
-            return True
+        dF = qb.fp[r] - qb.fp[p]
+        u = qb.back * dF * max(qb.m / R, tf)
+        rT, rF = _ref_rest_terms(qb, r, *rest)
+        fill = F + u + rF + _ref_flows_in(qb, prev, group, a, p)
+        fill += _ref_flows_out(qb, group, a, j_src) if r == B else 0.0
+        ar = max(A, _reference_ring(qb, group + [a], group + pool, qb.pp[r] - qb.pp[p], k + 2, separable=True))
+        if not qb._ok(fill, max(T, u, rT), ar):
+            continue
+        if qb.min_h is not None and not all(_ref_battery(qb, x, dF) for x in group + [a]):
+            continue
+        for d in pool:          # the pair lookahead: d closes the stage
+            if d == a or not qb.serve[d, p]:
+                continue
+            j = qb.inst.m_int - k - 2
+            more = sorted((rate[x] for x in pool if x not in (a, d)), reverse=True)[:max(j, 0)]
+            R2 = sum(rate[x] for x in group) + rate[a] + rate[d] + sum(more)
+            u2 = qb.back * dF * max(qb.m / R2, tf, 1.0 / rate[d])
+            rT2, rF2 = _ref_rest_terms(qb, r, *_ref_rest(qb, pool, p + 1, [a, d]))
+            fill2 = F + u2 + rF2 + max(_ref_flows_in(qb, prev, group, a, p), _ref_flows_in(qb, prev, group, d, p))
+            if r == B:
+                fill2 += max(_ref_flows_out(qb, group, a, j_src), _ref_flows_out(qb, group, d, j_src))
+            if qb._ok(fill2, max(T, u2, rT2), ar) and (qb.min_h is None or _ref_battery(qb, d, dF)):
+                return True
     return False
 
 
-def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, rest_rate, rest_top, A=0.0):
+def _ref_media_in(qb, prev, group, d, p):
+    nb = qb.m * qb.bnd[p] * (qb.dirs if p > 0 else 1.0)
+    f = np.zeros(qb.forced.shape[1])
+    if nb <= 0:
+        return f
+    if len(prev) == 1 and prev[0] not in group and d != prev[0]:
+        f = qb.forced[prev[0]].copy()
+    if not group and d not in prev:
+        f = np.maximum(f, qb.forced[d])
+    return nb * f
+
+
+def _reference_close_ok(qb, F, T, f_in, t_in, group, d, p, r, pool, prev, Mq, A=0.0):
     devs = group + [d]
-    rate = float(sum(qb.inst.rate[x] for x in devs))
-    u = qb.back * qb.m * (qb.fp[r] - qb.fp[p]) / rate
-    work = np.where(r < qb.B, qb.back * qb.m * (qb.fp[-1] - qb.fp[r]), 0.0)
-    rest, rest_f = work / max(rest_rate, 1e-30), work / max(rest_top, 1e-30)
-    o_occ, o_lat = qb.out[d] if not group else (0.0, 0.0)
-    end = r >= qb.B
-    x_occ, x_lat = np.zeros_like(u), np.zeros_like(u)
-    if not group:       # the exit of a single-device stage: through d's send interface, after one of its links
-        net = qb.cost.net
-        lat = min((ln.latency_ms / 1e3 for ln in qb.cost.cluster.links if d in (qb.cost.cluster.index[ln.a],
-                                                                                qb.cost.cluster.index[ln.b])))
-        for i, x in enumerate(r):
-            if x < qb.B and qb.cost.bnd[x] > 0:
-                x_occ[i] = qb.dirs * qb.m * qb.cost.bnd[x] / net.cap[net.iface0 + 2 * d]
-                x_lat[i] = qb.dirs * lat
-    fill = F + f_in + u + rest_f + np.where(end, o_occ + o_lat, 0.0) + x_occ + x_lat
-    TT = np.maximum.reduce([np.full_like(u, max(T, t_in)), u, rest, np.where(end, o_occ, 0.0), x_occ])
-    ar = np.array([_reference_ring(qb, devs, devs, qb.pp[x] - qb.pp[p], len(devs)) if group else 0.0 for x in r])
-    ok = qb._ok(fill, TT, np.maximum(A, ar))
-    if qb.min_h is not None:
-        for x in (devs if group else []):
-            ok = ok & _reference_battery_ok(qb, x, 0.0)
-        if not group:
-            ok = ok & _reference_battery_ok(qb, d, u * qb.M)
-    return ok
+    src, B = qb.src, qb.B
+    rest = _ref_rest(qb, pool, p + 1, [d])
+    if group:
+        f_in = max(f_in, _ref_flows_in(qb, prev, group, d, p))
+        e_occ = 0.0 if qb.training or src in devs else qb.m * qb.bnd[B] / qb.send_cap[src]
+        e_fill = _ref_flows_out(qb, group, d, False)
+    else:
+        e_occ, e_fill = qb.out[d][0], qb.out[d][0] + qb.out[d][1]
+    out = []
+    for x in r:
+        dF = qb.fp[x] - qb.fp[p]
+        u = qb.back * dF * _ref_group_t(qb, devs)
+        rT, rF = _ref_rest_terms(qb, x, *rest)
+        x_occ = x_lat = 0.0
+        if not group and x < B and qb.bnd[x] > 0:       # the exit: d's send interface, one of its links
+            lat = min((ln.latency_ms / 1e3 for ln in qb.cost.cluster.links
+                       if d in (qb.cost.cluster.index[ln.a], qb.cost.cluster.index[ln.b])))
+            x_occ, x_lat = qb.dirs * qb.m * qb.bnd[x] / qb.send_cap[d], qb.dirs * lat
+        fill = F + f_in + u + rF + (e_fill if x >= B else 0.0) + x_occ + x_lat
+        TT = max(T, t_in, u, rT, e_occ if x >= B else 0.0, x_occ)
+        if len(Mq):
+            tot = Mq + _ref_media_in(qb, prev, group, d, p)
+            if not group and x < B:
+                tot = tot + qb.dirs * qb.m * qb.bnd[x] * qb.forced[d]
+            if not qb.training and x >= B and d != src and src not in group:
+                tot = tot + qb.m * qb.bnd[B] * (qb.forced[src] if group else np.maximum(qb.forced[src], qb.forced[d]))
+            TT = max(TT, float(max(tot / qb.mcap)))
+        ar = _reference_ring(qb, devs, devs, qb.pp[x] - qb.pp[p], len(devs)) if group else 0.0
+        ok = bool(qb._ok(fill, TT, max(A, ar)))
+        if qb.min_h is not None:
+            if group:
+                ok = ok and all(_ref_battery(qb, y, dF) for y in devs)
+            else:
+                ok = ok and bool(_reference_battery_ok(qb, d, u * qb.M))
+        out.append(ok)
+    return np.array(out)
 
 
 class _ReferenceStageEnv(StageEnv):
@@ -146,20 +248,22 @@ class _ReferenceStageEnv(StageEnv):
                         break
         self.ref_adds = adds
 
-    def _qoe_closes(self, cm, rmin, rmax, R_T, R_m):
+    def _qoe_closes(self, cm, rmin, rmax, R_T, t_m, ret):
         qb, p = self._bound(), self.p
         q = np.zeros_like(cm)
         f_in, t_in = self._qin
+        pool = [d for d in range(self.inst.n) if d not in self.used and d not in self.group]
         for d in np.flatnonzero(rmin <= rmax):
             r = np.arange(rmin[d], rmax[d] + 1)
             q[d, r - 1] = _reference_close_ok(qb, self._qF, self._qT, f_in[d], t_in[d], self.group, int(d), p, r,
-                                              R_T[d], R_m[d], self._qA)
+                                              pool, self.prev, self._qM, self._qA)
         return q
 
     def _qoe_adds(self, adds, pool):
         qb, qa = self._bound(), np.zeros_like(adds)
         for a in np.flatnonzero(adds[:self.inst.n]):
-            qa[a] = _reference_add_ok(qb, self._qF, self._qT, self._qA, self.group, pool, self.p, int(a))
+            qa[a] = _reference_add_ok(qb, self._qF, self._qT, self._qA, self.group, pool, self.p, int(a),
+                                      self.prev, self._qM)
         return qa
 
     def _qoe_mask(self, cm, adds, rmin, rmax):

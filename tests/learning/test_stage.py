@@ -354,15 +354,19 @@ def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
 
 
 @pytest.mark.skipif(_shipped_stage() is None, reason="the shipped generalist is not a stage agent")
-def test_polish_falls_back_to_the_fastest_device_when_the_networks_plan_misses_qoe():
-    """edge_cluster: the network + polish misses QoE (a local optimum of the polish); the
-    planner's default then also polishes from the fastest device and keeps the compliant plan."""
+def test_polish_falls_back_to_the_fastest_device_when_the_networks_plan_misses_qoe(monkeypatch):
+    """edge_cluster: when the network + polish misses QoE (a local optimum of the polish; with
+    the session-8 masks it did here, with the session-10 masks the network's plan polishes to
+    a compliant 687 ms, so the miss is stood in by the network's greedy plan), the planner's
+    default also polishes from the fastest device and keeps the compliant plan."""
     from dora_rl.learning.agents import load_agent
     from dora_rl.scenario import load_scenario
 
     agent = load_agent(_shipped_stage())
     sc = load_scenario("edge_cluster")
-    (_, alone, _), = agent.rollouts(sc, search="polish")
+    greedy = agent.rollouts(sc, search="greedy")
+    assert not greedy[0][1].qoe_ok
+    monkeypatch.setattr(type(agent), "rollouts", lambda self, *a, **k: list(greedy))
     plan, m = agent.plan(sc, search="polish")
-    assert not alone.qoe_ok and m.qoe_ok
+    assert m.qoe_ok
     assert [(s.start, s.end, s.devices) for s in plan.stages] == [(0, 7, ("agx1",)), (7, 14, ("agx2",))]

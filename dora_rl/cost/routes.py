@@ -22,7 +22,6 @@ and v's receive interface. Intermediate devices of a path are its relays."""
 
 from __future__ import annotations
 
-import functools
 import heapq
 from typing import NamedTuple
 
@@ -81,6 +80,7 @@ class Network:
         # drop a path only if another is no slower and uses a subset of its resources
         # (never better, under any contention); least latency first
         self.routes: list[list[tuple[Route, ...]]] = [[() for _ in range(n)] for _ in range(n)]
+        lat, kap = np.full((n, n), np.inf), np.zeros((n, n))
         for s in range(n):
             for t in range(n):
                 rs = sorted(cands[s][t].values(), key=lambda r: (r.lat, r.kappa, len(r.hops)))
@@ -90,6 +90,14 @@ class Network:
                     if not any(k.lat <= r.lat and all(mine.get(x, 0) >= c for x, c in k.res) for k in keep):
                         keep.append(r)
                 self.routes[s][t] = tuple(keep)
+                if keep and s != t:     # least latency first: the first route's is the least
+                    lat[s, t], kap[s, t] = keep[0].lat, min(r.kappa for r in keep)
+        self.least: tuple[np.ndarray, np.ndarray] = (lat, kap)
+        """(lat, kappa), each (n, n): per pair s -> t the least latency and the least seconds
+        per byte of any candidate route, each on its own (so together a lower bound of any
+        flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal and where no route
+        exists. What the learned planner's QoE masks bound with; filled as the routes are
+        (every plan of the cluster shares them)."""
 
     def _simple_paths(self, adj, s: int) -> dict:
         """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
@@ -178,19 +186,6 @@ class Network:
         kappa = max(c / self.cap[x] for x, c in uses.items())
         return Route(lat, kappa, tuple(sorted(uses.items())), tuple(sorted(media.items())),
                      tuple(zip(path, path[1:])), tuple(path[1:-1]))
-
-    @functools.cached_property
-    def least(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lat, kappa), each (n, n): per pair s -> t the least latency and the least
-        seconds per byte of any candidate route, each on its own (so together a lower
-        bound of any flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal
-        and where no route exists. What the learned planner's QoE masks bound with."""
-        # a pair's routes are sorted by latency first: the least is the first's
-        L = np.array([[rs[0].lat if rs else np.inf for rs in row] for row in self.routes], dtype=float)
-        K = np.array([[min([r.kappa for r in rs]) if rs else 0.0 for rs in row] for row in self.routes], dtype=float)
-        np.fill_diagonal(L, np.inf)
-        np.fill_diagonal(K, 0.0)
-        return L, K
 
     def route(self, i: int, j: int, nbytes: float) -> Route:
         """The candidate path i -> j a flow of nbytes takes: least lat + nbytes · kappa."""

@@ -42,21 +42,31 @@ def _res(plan_metrics_u, objective, seconds):
 
 
 def learned_rows(agent, scenario, budget_ms: float) -> dict:
-    """Network alone, network + searches, uniform policy + searches, fastest device + polish."""
+    """Network alone, network + searches, uniform policy + searches, fastest device + polish.
+
+    Each timed method plans on a fresh Instance (its own CostModel, whose transfer caches
+    start cold; the cluster's routes are shared, built once and charged to no method), so a
+    method is not sped up by the caches the methods run before it filled: until session 10
+    the network alone ran first on one shared Instance and the polish from the fastest
+    device last, on caches every earlier search had warmed."""
     from dora_rl.envs.instance import Instance
     from dora_rl.learning.stage_search import UniformActor, decode
     from dora_rl.learning.stage_training import fastest_plan
 
+    def fresh():
+        return Instance(scenario, scenario.cluster.n)
+
     obj = scenario.qoe.objective
     out = {}
-    inst = Instance(scenario, scenario.cluster.n)
     actors = {"net": agent.actor(), "uniform": UniformActor()}
     for who, actor in actors.items():
         for mode in ("greedy", "polish", "rollout") + (("sample", "beam") if who == "net" else ()):
+            inst = fresh()
             t0 = time.perf_counter()
             env = agent.env_for(inst)
             r = decode(actor, env, mode, budget_ms=budget_ms if mode in ("sample", "beam") else None)
             out[f"{who}_{mode}"] = _res(r, obj, time.perf_counter() - t0)
+    inst = fresh()
     env = agent.env_for(inst)
     t0 = time.perf_counter()
     f = fastest_plan(inst)
@@ -72,6 +82,7 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
     for who, start in (("net", None), ("fastest", f)):
         if who == "fastest" and f is None:
             continue
+        inst = fresh()
         t0 = time.perf_counter()
         env = agent.env_for(inst)
         r = decode(actors["net"], env, "polish", budget_ms=budget_ms, start=start)

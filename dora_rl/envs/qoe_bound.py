@@ -143,8 +143,7 @@ class QoEBound(RestTerms, AddLookahead):
         out = np.zeros((inst.n, B + 1), dtype=bool)
         out[:, :B] = np.asarray(inst.mem, dtype=float)[:, None] >= pmin[None, :]
         if self.min_h is not None:
-            busy = self.M * self.back * fmin[None, :] / np.maximum(inst.rate, 1e-30)[:, None]
-            out[:, :B] &= self._battery_ok(np.arange(inst.n), busy)
+            out[:, :B] &= self._busy_ok(np.arange(inst.n), fmin)
         return out
 
     def _xfer(self, a: list, b: list, k: int) -> tuple[float, float]:

@@ -7,7 +7,9 @@ held-out instances (seeds training never used), plus larger clusters (16/32/64 d
 compliant plan, geo-mean objective / oracle (held-out) or / best found (large), over the
 instances where both plans are compliant, median decision time. Then searches at equal
 time budgets: wins / losses / ties of network-guided search against polish from the
-fastest device and against `dora`.
+fastest device and against `dora`. The network-guided search the target is checked on is
+`restart` (GUIDED: polish from the greedy plan, then from plans sampled from the policy,
+until the budget); `uniform_restart`, the same search from a uniform policy, is its control.
 
     PYTHONPATH=. python bench/bench_ablation.py --agent runs/dora_rl__PartitionStage-v0 --n 200 --per-size 6"""
 
@@ -30,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 BASELINES = ("local", "offload", "neurosurgeon", "even", "proportional", "pipeedge", "data_parallel", "random")
 SIZES = ((16, 50), (16, 100), (16, 200), (32, 50), (32, 100), (32, 200), (64, 50), (64, 100), (64, 200))
+BUDGETED = ("sample", "beam", "restart")      # the searches given the bench's budget
+# the network-guided search the equal-budget target is checked on (chosen before measuring it)
+GUIDED = "net_restart"
 LARGE_SEED = 777_001        # never a training seed (training uses generator seed 0)
 TARGETS = {"heldout_compliance_min": 0.97, "heldout_geo_oracle_max": 1.02, "large_compliance_min": 0.90,
            "large_geo_best_max": 1.05, "time_vs_polish_fastest_max": 1 / 3, "time_vs_dora_max": 0.1,
@@ -60,11 +65,11 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
     out = {}
     actors = {"net": agent.actor(), "uniform": UniformActor()}
     for who, actor in actors.items():
-        for mode in ("greedy", "polish", "rollout") + (("sample", "beam") if who == "net" else ()):
+        for mode in ("greedy", "polish", "rollout") + (("sample", "beam") if who == "net" else ()) + ("restart",):
             inst = fresh()
             t0 = time.perf_counter()
             env = agent.env_for(inst)
-            r = decode(actor, env, mode, budget_ms=budget_ms if mode in ("sample", "beam") else None)
+            r = decode(actor, env, mode, budget_ms=budget_ms if mode in BUDGETED else None)
             out[f"{who}_{mode}"] = _res(r, obj, time.perf_counter() - t0)
     inst = fresh()
     env = agent.env_for(inst)
@@ -217,6 +222,9 @@ def run(agent_path, n: int = 200, per_size: int = 6, timeout: float = 60.0, budg
            "heldout": {"n": len(hrows), "summary": summarize(hrows, "oracle"),
                        "duels": {"net_polish_at_budget vs fastest_polish_at_budget":
                                  duels(hrows, "net_polish_at_budget", "fastest_polish_at_budget"),
+                                 f"{GUIDED} vs fastest_polish_at_budget":
+                                 duels(hrows, GUIDED, "fastest_polish_at_budget"),
+                                 f"{GUIDED} vs uniform_restart": duels(hrows, GUIDED, "uniform_restart"),
                                  "net_greedy vs v1_greedy": duels(hrows, "net_greedy", "v1_greedy")},
                        "rows": hrows}}
     large = {}
@@ -231,6 +239,9 @@ def run(agent_path, n: int = 200, per_size: int = 6, timeout: float = 60.0, budg
                                                                      "fastest_polish_at_budget"),
             "net_polish_at_budget vs dora": duels(rows, "net_polish_at_budget", "dora"),
             "net_sample vs fastest_polish_at_budget": duels(rows, "net_sample", "fastest_polish_at_budget"),
+            f"{GUIDED} vs fastest_polish_at_budget": duels(rows, GUIDED, "fastest_polish_at_budget"),
+            f"{GUIDED} vs dora": duels(rows, GUIDED, "dora"),
+            f"{GUIDED} vs uniform_restart": duels(rows, GUIDED, "uniform_restart"),
             "net_greedy vs v1_greedy": duels(rows, "net_greedy", "v1_greedy")}}
     out["large"] = large
     out["seconds"] = round(time.time() - t0, 1)
@@ -246,6 +257,9 @@ def checks(out: dict) -> dict:
     for k, v in out["large"].items():
         ss = v["summary"]
         net, pf, dora = ss.get("net_greedy", {}), ss.get("fastest_polish", {}), ss.get("dora", {})
+        du = v["duels"]
+        wl = {b: (du[f"{GUIDED} vs {b}"]["wins"], du[f"{GUIDED} vs {b}"]["losses"])
+              for b in ("fastest_polish_at_budget", "dora")}
         c["large"][k] = {
             "compliance": net.get("compliance"), "geo_best": net.get("geo_ratio"), "net_ms": net.get("median_ms"),
             "polish_fastest_ms": pf.get("median_ms"), "dora_ms": dora.get("median_ms"),
@@ -253,7 +267,9 @@ def checks(out: dict) -> dict:
             "geo_met": (net.get("geo_ratio") or 9) <= TARGETS["large_geo_best_max"],
             "time_vs_polish_met": bool(pf.get("median_ms")) and net["median_ms"] <= pf["median_ms"] / 3,
             "time_vs_dora_met": (bool(dora.get("median_ms")) and net["median_ms"] <= dora["median_ms"] / 10)
-            if dora.get("median_ms") else "dora gave no plan"}
+            if dora.get("median_ms") else "dora gave no plan",
+            "guided_vs_polish_met": wl["fastest_polish_at_budget"][0] > wl["fastest_polish_at_budget"][1],
+            "guided_vs_dora_met": wl["dora"][0] > wl["dora"][1]}
     return c
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dora_rl.errors import AgentError, DoraError
+from dora_rl.learning import SEARCHES
 
 
 def add_commands(sub) -> None:
@@ -43,9 +44,9 @@ def add_commands(sub) -> None:
                         "(default: the presets and the held-out set)")
     e.add_argument("--n", type=int, default=20, help="number of held-out synthetic instances (default 20)")
     e.add_argument("--samples", type=int, default=1, help="agent plans per scenario, best kept (default 1: greedy)")
-    e.add_argument("--search", choices=("greedy", "polish", "rollout", "sample", "beam"), default="polish",
-                   help="how the agent decodes a plan: polish (default, as the ppo planner), greedy or rollout "
-                        "(dora_rl/learning/search.py)")
+    e.add_argument("--search", choices=SEARCHES, default="polish",
+                   help="how the agent decodes a plan: polish (default, as the ppo planner), greedy, rollout; "
+                        "stage agents also sample, beam, restart (dora_rl/learning/stage_search.py)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--planners", default=None, help="comma-separated reference planners (default: all)")
     e.add_argument("--timeout", type=float, default=120.0, help="seconds per reference planner and scenario")

@@ -7,6 +7,7 @@ import math
 from dora_rl.commands.basic import print_metrics, print_plan, schedule_text
 from dora_rl.commands.common import console, print_json, table, write_output
 from dora_rl.errors import AgentError, NoFeasiblePlan, PlannerError
+from dora_rl.learning import SEARCHES
 from dora_rl.schedule import Schedule
 
 
@@ -21,10 +22,10 @@ def add_commands(sub) -> None:
                    help="ppo: agent folder or env id under trained_agents/ (default: the shipped generalist)")
     p.add_argument("--samples", type=int, default=None,
                    help="ppo: sample K plans and keep the best under the cost model")
-    p.add_argument("--search", choices=("greedy", "polish", "rollout", "sample", "beam"), default=None,
+    p.add_argument("--search", choices=SEARCHES, default=None,
                    help="ppo: polish (default: the greedy plan + local polish on the cost model), greedy (the "
-                        "network alone), rollout (rollout search + polish), sample or beam (guided by the policy's "
-                        "probabilities; stage agents)")
+                        "network alone), rollout (rollout search + polish), sample, beam or restart (guided by the "
+                        "policy's probabilities; restart polishes sampled plans until the budget; stage agents)")
     p.add_argument("--budget-ms", type=float, default=None, dest="budget_ms",
                    help="ppo: the search's time budget in ms (> 0; the best plan found by then is kept)")
     p.set_defaults(func=cmd_plan)

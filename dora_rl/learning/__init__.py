@@ -16,6 +16,10 @@ Light on import: torch and SB3 load only when an attribute below is used.
 
 from __future__ import annotations
 
+# how a learned planner decodes a plan (dora_rl/learning/stage_search.py); the last three:
+# stage agents only. Here, light, so the CLI's choices and the agents share one list.
+SEARCHES = ("greedy", "polish", "rollout", "sample", "beam", "restart")
+
 _LAZY = {
     "DeviceSetExtractor": "dora_rl.learning.extractor",
     "SetPointerPolicy": "dora_rl.learning.extractor",
@@ -43,4 +47,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(_LAZY) + ["SEARCHES"]

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from dora_rl.errors import AgentError, DoraError, NoFeasiblePlan
+from dora_rl.learning import SEARCHES
 from dora_rl.learning.agent_files import load_model, read_config
 from dora_rl.learning.hyperparams import load_hyperparams
 from dora_rl.plan import Plan
@@ -53,7 +54,6 @@ def resolve_agent_path(agent: str | Path | None) -> Path:
                      f"(shipped: {', '.join(shipped) or 'none'}); train one with `dora train ENV --out DIR`")
 
 
-SEARCHES = ("greedy", "polish", "rollout", "sample", "beam")   # sample/beam: stage agents only
 
 
 class PartitionAgent:

@@ -94,7 +94,7 @@ class PPOPlanner(Planner):
                 raise PlannerError(f"planner 'ppo': option budget_ms={budget!r} must be a number of ms") from None
             if not budget > 0:
                 raise PlannerError(f"planner 'ppo': option budget_ms={budget:g} must be > 0")
-        from dora_rl.learning.agents import SEARCHES
+        from dora_rl.learning import SEARCHES
 
         if search not in SEARCHES:
             raise PlannerError(f"planner 'ppo': option search={search!r} must be one of {', '.join(SEARCHES)}")

@@ -20,6 +20,7 @@ from dora_rl.learning.agents import sanitize, save_agent
 log = logging.getLogger(__name__)
 STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 SHARES = {"teacher": 0.30, "imitate": 0.15, "dagger": 0.40, "ppo": 0.15}
+RECIPE = {"shares": SHARES, "dagger_rounds": 4, "dagger_top_k": 4}
 
 
 def _families(scenario, env_kwargs: dict) -> dict:
@@ -39,7 +40,11 @@ def _families(scenario, env_kwargs: dict) -> dict:
 
 
 def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int = 0, progress: bool = True,
-                scenario=None, env_kwargs: dict | None = None, env_id: str = STAGE_ENV_ID) -> Path:
+                scenario=None, env_kwargs: dict | None = None, env_id: str = STAGE_ENV_ID,
+                recipe: dict | None = None) -> Path:
+    """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
+    overrides RECIPE's keys (the phases' shares of the budget, DAgger's rounds and the
+    number of the policy's actions each DAgger label compares)."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO
@@ -52,6 +57,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     torch.set_num_threads(1)
     t_start = time.time()
     budget = 60.0 * float(max_minutes)
+    recipe = {**RECIPE, **(recipe or {})}
+    shares = recipe["shares"]
     env_kwargs = dict(env_kwargs or {})
     fams = _families(scenario, env_kwargs)
     first = next(iter(fams.values()))
@@ -71,7 +78,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     def phase(name, fn):
         if info["interrupted"] or left() < 3:
             return None
-        secs = max(2.0, min(left() - 2, SHARES[name] * budget))
+        secs = max(2.0, min(left() - 2, shares[name] * budget))
         t0 = time.time()
         try:
             res = fn(secs)
@@ -98,7 +105,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
         phase("teacher", lambda s: st.teacher_phase(fams, datas, s, seed, progress, start))
     phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress))
     if scenario is None:
-        phase("dagger", lambda s: st.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress))
+        phase("dagger", lambda s: st.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress,
+                                                  rounds=recipe["dagger_rounds"], top_k=recipe["dagger_top_k"]))
     evals = {}
 
     def quick():
@@ -166,7 +174,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
         "max_devices": int(first["max_devices"]), "max_blocks": int(first["max_blocks"]),
         "trained_range": {"devices": rng_dev, "blocks": rng_blk},
         "scenario": getattr(scenario, "name", None), "seed": seed, "train_seconds": round(seconds, 1),
-        "max_minutes": max_minutes, "interrupted": info["interrupted"],
+        "max_minutes": max_minutes, "recipe": recipe, "interrupted": info["interrupted"],
         "timesteps": int(model.num_timesteps), "phases": info["phases"], "quick_eval": evals,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,

@@ -12,7 +12,11 @@ mode is worse than the network alone).
 - `sample`: greedy, then plans sampled from the policy's probabilities (temperature 1)
   until the budget, the best kept;
 - `beam`: beam search over decisions by summed log-probability (width `top_k`, default 4),
-  the finished beams scored by the cost model.
+  the finished beams scored by the cost model;
+- `restart`: greedy + polish, then until the budget plans sampled from the policy, each
+  polished from its own start (a start already polished is not polished again), the best
+  kept: a polish converges to a local optimum in a few ms and then idles, so the budget
+  goes to other starts, drawn where the network puts its probability.
 
 `UniformActor` (every allowed action equally likely; greedy = the first allowed) and
 `fastest_start` (the whole model on the fastest device) are the controls the bench runs
@@ -25,10 +29,11 @@ import time
 import numpy as np
 
 from dora_rl.errors import AgentError
+from dora_rl.learning import SEARCHES as MODES
 from dora_rl.learning.search import greedy_complete, polish, rollout_search, search_key
 
-MODES = ("greedy", "polish", "rollout", "sample", "beam")
-DEFAULT_BUDGET_MS = {"greedy": None, "polish": None, "rollout": None, "sample": 100.0, "beam": 100.0}
+DEFAULT_BUDGET_MS = {"greedy": None, "polish": None, "rollout": None, "sample": 100.0, "beam": 100.0,
+                     "restart": 100.0}
 
 
 class UniformActor:
@@ -83,6 +88,25 @@ def _beam(actor, env, width: int, deadline: float | None):
     return done
 
 
+def _stages_key(result) -> tuple:
+    return tuple((s.start, s.end, tuple(s.devices)) for s in result[0].stages)
+
+
+def _restarts(actor, env, first, deadline: float, seed: int):
+    """Polish from the greedy plan, then from plans sampled from the policy until `deadline`."""
+    rng = np.random.default_rng(seed)
+    inst, obj = env.inst, env.inst.objective
+    best, seen = polish(inst, first, deadline=deadline), {_stages_key(first)}
+    while time.perf_counter() < deadline:
+        s = _sample(actor, env.fork(), rng)
+        k = _stages_key(s)
+        if k in seen:
+            continue
+        seen.add(k)
+        best = _best([best, polish(inst, s, deadline=deadline)], obj)
+    return best
+
+
 def decode(actor, env, mode: str = "greedy", budget_ms: float | None = None, top_k: int | None = None,
            seed: int = 0, start=None):
     """Plan env's episode (already reset on an instance) with `mode`; returns the best
@@ -111,4 +135,6 @@ def decode(actor, env, mode: str = "greedy", budget_ms: float | None = None, top
         while time.perf_counter() < deadline:
             out.append(_sample(actor, env.fork(), rng))
         return _best(out, obj)
+    if mode == "restart":
+        return _restarts(actor, env, first, deadline, seed)
     return _best([first] + _beam(actor, env, top_k or 4, deadline), obj)

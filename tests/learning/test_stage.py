@@ -221,6 +221,24 @@ def test_stage_agent_plans_any_size_with_every_search(trained):
         agent.plan(sc, search="sample", budget_ms=0)
 
 
+def test_restart_search_is_never_worse_than_its_first_polish(trained):
+    """`restart` polishes the greedy plan first (converged well within the budget on 3-5
+    devices), then only replaces it by a better polished sample."""
+    from dora_rl.envs.instance import Instance
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.search import search_key
+    from dora_rl.learning.stage_search import decode
+
+    agent = load_agent(trained)
+    for seed in (5, 6, 7):
+        sc = random_scenario(np.random.default_rng(seed), max_devices=5, min_devices=3)
+        inst = Instance(sc, sc.cluster.n)
+        pol = decode(agent.actor(), agent.env_for(inst), "polish")
+        res = decode(agent.actor(), agent.env_for(inst), "restart", budget_ms=300)
+        assert res[1].feasible
+        assert search_key(res, inst.objective) <= search_key(pol, inst.objective)
+
+
 def test_stage_agent_errors_say_which(trained, tmp_path):
     import shutil
 

@@ -22,9 +22,11 @@ ROWS = (("net_greedy", "**network alone** (greedy, `search=greedy`)", "the netwo
         ("net_rollout", "network + rollout", "network-guided search"),
         ("net_sample", "network + sample (budget)", "network-guided search"),
         ("net_beam", "network + beam (budget)", "network-guided search"),
+        ("net_restart", "network + restart (budget)", "network-guided search"),
         ("uniform_greedy", "uniform policy alone", "control (masks only)"),
         ("uniform_polish", "uniform policy + polish", "search (control)"),
         ("uniform_rollout", "uniform policy + rollout", "search (control)"),
+        ("uniform_restart", "uniform policy + restart (budget)", "search (control)"),
         ("fastest", "fastest single device", "control"),
         ("fastest_polish", "fastest device + polish", "search (control)"),
         ("dora", "`dora` (exact DP)", "exact planner"), ("best_baseline", "best of the 8 baselines", "baselines"),
@@ -89,18 +91,18 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
             "    obs, reward, done, _, info = env.step(action)",
             "print(info[\"plan\"], info[\"qoe_ok\"], reward)", "```",
             "", "or `dora plan SCENARIO --planner ppo --search greedy` (the network alone; `--search polish|rollout|"
-            "sample|beam --budget-ms MS` adds search), any cluster size.", ""]
+            "sample|beam|restart --budget-ms MS` adds search), any cluster size.", ""]
     if ab:
         h = ab["heldout"]
         body += ["## Headline: the network alone", "",
                  f"Held-out: {h['n']} synthetic instances, 2-6 devices, generator seed 20251123 (training used "
                  "seed 0). Compliance counts the instances where some method found a QoE-compliant plan; the "
                  "geo-mean objective ratio is over the instances where both the method's plan and the oracle's "
-                 f"are compliant. Search budgets: {ab['budget_ms']:g} ms for sample/beam. Only the first row is "
-                 "the network alone (plus the environment's masks: memory and the sound QoE bound, which plain "
-                 "SB3 gets through `action_masks()`); every `+ polish`/`+ rollout`/`+ sample`/`+ beam` row owes "
-                 "its figure to search on the cost model as much as to the network - compare it with the same "
-                 "search from the uniform policy and from the fastest device.", ""]
+                 f"are compliant. Search budgets: {ab['budget_ms']:g} ms for sample/beam/restart. Only the first "
+                 "row is the network alone (plus the environment's masks: memory and the sound QoE bound, which plain "
+                 "SB3 gets through `action_masks()`); every row with a search (`+ polish`, `+ rollout`, `+ sample`, "
+                 "`+ beam`, `+ restart`) owes its figure to search on the cost model as much as to the network - "
+                 "compare it with the same search from the uniform policy and from the fastest device.", ""]
         body += _table(h["summary"], "oracle") + [""]
         if note:
             body += ["### Provenance", "", note.strip(), ""]
@@ -124,7 +126,10 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
                         f"({_f(v['geo_best'])}); time <= 1/3 polish-from-fastest "
                         f"{'met' if v['time_vs_polish_met'] else 'NOT met'} ({_f(v['net_ms'], 1)} vs "
                         f"{_f(v['polish_fastest_ms'], 1)} ms); <= 1/10 dora: {v['time_vs_dora_met']} "
-                        f"(dora {_f(v['dora_ms'], 1)} ms)")
+                        f"(dora {_f(v['dora_ms'], 1)} ms)"
+                        + (f"; network + restart at equal budget, more wins than losses vs polish-from-fastest "
+                           f"{'met' if v['guided_vs_polish_met'] else 'NOT met'}, vs dora "
+                           f"{'met' if v['guided_vs_dora_met'] else 'NOT met'}" if "guided_vs_dora_met" in v else ""))
         body.append("")
     ph = config.get("phases") or {}
     body += ["## Training", "", f"`dora train dora_rl/PartitionStage-v0 --max-minutes {config.get('max_minutes')}`: "

@@ -284,10 +284,31 @@ def test_ablation_rows_are_in_the_bench_output(trained):
 
     out = run(trained, n=2, per_size=0, timeout=20, budget_ms=20, progress=False)
     rows = out["heldout"]["summary"]
-    for k in ("net_greedy", "net_polish", "net_rollout", "net_sample", "net_beam", "uniform_greedy",
-              "uniform_polish", "uniform_rollout", "fastest", "fastest_polish", "dora", "best_baseline", "oracle"):
+    for k in ("net_greedy", "net_polish", "net_rollout", "net_sample", "net_beam", "net_restart", "uniform_greedy",
+              "uniform_polish", "uniform_rollout", "uniform_restart", "fastest", "fastest_polish", "dora",
+              "best_baseline", "oracle"):
         assert k in rows, k
-    assert "net_polish_at_budget vs fastest_polish_at_budget" in out["heldout"]["duels"]
+    for k in ("net_polish_at_budget vs fastest_polish_at_budget", "net_restart vs fastest_polish_at_budget",
+              "net_restart vs uniform_restart"):
+        assert k in out["heldout"]["duels"], k
+
+
+def test_bench_checks_the_equal_budget_duels_of_the_guided_search():
+    from bench.bench_ablation import checks
+
+    def row(ms, comp=1.0, geo=1.0):
+        return {"compliance": comp, "geo_ratio": geo, "median_ms": ms}
+
+    def duel(w, l_):
+        return {"wins": w, "losses": l_, "ties": 5 - w - l_}
+
+    out = {"heldout": {"summary": {"net_greedy": row(2.0)}},
+           "large": {"16x50": {"summary": {"net_greedy": row(3.0), "fastest_polish": row(8.0), "dora": row(100.0)},
+                               "duels": {"net_restart vs fastest_polish_at_budget": duel(2, 1),
+                                         "net_restart vs dora": duel(1, 1)}}}}
+    c = checks(out)["large"]["16x50"]
+    assert c["guided_vs_polish_met"] is True and c["guided_vs_dora_met"] is False       # a tie is not a win
+    assert c["time_vs_polish_met"] is False and c["time_vs_dora_met"] is True          # 3 > 8 / 3; 3 <= 100 / 10
 
 
 def test_instance_completion_table_matches_the_greedy():

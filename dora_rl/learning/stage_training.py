@@ -14,7 +14,9 @@ batch, not per agent); the same weights serve every size.
 Teacher (`best_known`): the best, QoE-compliant first then by objective, of the `dora`
 plan (where it runs), its local polish, and the polish of the fastest single-device plan
 (dora_rl/learning/search.py:polish). DAgger labels a state by rollout: each of the
-policy's `top_k` most likely actions is completed greedily and polished, the best wins.
+policy's `top_k` most likely actions is completed greedily and polished, the best wins. The
+phases that collect data on training instances (in worker processes) are in
+stage_collect.py.
 
 Seeds: training instances use generator seed `seed` (default 0); the held-out sets
 (dora_rl/learning/evaluation.py) use other seeds."""
@@ -102,6 +104,14 @@ class Data:
     def __len__(self):
         return len(self.acts)
 
+    def extend(self, other: Data) -> None:
+        for k in OBS:
+            self.obs[k] += other.obs[k]
+        self.masks += other.masks
+        self.acts += other.acts
+        self.rets += other.rets
+        self.equiv += other.equiv
+
     def tensors(self):
         import torch
 
@@ -135,37 +145,6 @@ def _bar(total, desc, progress):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="s", leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
                 "{n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
-
-
-def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progress: bool, start: dict) -> dict:
-    """Best known plans replayed on training instances, families in turn, until `seconds`."""
-    envs = {k: make_env(f, seed) for k, f in families.items()}
-    stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
-    t0, bar, names = time.time(), _bar(seconds, "teacher", progress), list(families)
-    k = 0
-    while time.time() - t0 < seconds:
-        name = names[0] if len(names) == 1 or k % 3 else names[1]     # 2 of 3 episodes from the first family
-        k += 1
-        env = envs[name]
-        i = start[name]
-        start[name] += 1
-        inst = env.source.instance(i)
-        env.source.cache.clear()
-        best = best_known(inst, use_dora=inst.n <= 32)
-        if best is None:
-            continue
-        ok = replay_plan(env, inst, best[0], datas[name], best[2])
-        st = stats[name]
-        st["episodes"] += ok
-        st["unreachable"] += not ok
-        st["compliant"] += bool(ok and best[1].qoe_ok)
-        if bar is not None:
-            bar.n = min(seconds, time.time() - t0)
-            bar.set_postfix_str(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
-            bar.refresh()
-    if bar is not None:
-        bar.close()
-    return stats
 
 
 def _batches(t, batch: int, rng) -> list:
@@ -298,60 +277,6 @@ def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
     eq = [acts[j] for j in range(len(cands))
           if keys[j][0] == keys[i][0] and keys[j][1] <= keys[i][1] + tol * abs(keys[i][1])]
     return acts[i], res[i], eq
-
-
-def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
-                 top_k: int = 4, progress: bool = False) -> list:
-    """Rounds of: the policy plans fresh instances greedily, every state it visits is
-    labelled by rollout (`label_by_rollout`) and added; then the network is fit again."""
-    from dora_rl.learning.stage_policy import StageNumpyActor
-
-    envs = {k: make_env(f, seed) for k, f in families.items()}
-    t_end, hist = time.time() + seconds, []
-    for r in range(rounds):
-        left = t_end - time.time()
-        if left < 10:
-            break
-        collect = left / (rounds - r) * 0.6
-        actor = StageNumpyActor(policy)
-        t0, n_dec, agree, k = time.time(), 0, 0, 0
-        names = list(families)
-        bar = _bar(collect, f"dagger {r + 1}/{rounds}", progress)
-        while time.time() - t0 < collect:
-            name = names[k % len(names)]
-            k += 1
-            env = envs[name]
-            inst = env.source.instance(start[name])
-            start[name] += 1
-            env.source.cache.clear()
-            obs, _ = env.reset(seed=0, options={"scenario": inst})
-            # the deadline is checked per state, not per episode: one 64-device episode,
-            # each state labelled by 4 rollouts + polish, once ran 24 minutes past it
-            while not env.done and time.time() - t0 < collect:
-                mask = env._mask
-                allowed = np.flatnonzero(mask)
-                if len(allowed) == 1:
-                    env.advance(int(allowed[0]))
-                    continue
-                a_pol = int(np.argmax(actor.logits(obs, mask)))
-                a_lab, res, eq = label_by_rollout(actor, env, top_k)
-                datas[name].add(obs, mask.copy(), a_lab, res[2], eq)
-                n_dec += 1
-                agree += a_pol in eq
-                env.advance(a_pol)            # DAgger: follow the learner, label with the teacher
-                obs = env.observe()
-            if bar is not None:
-                bar.n = min(collect, time.time() - t0)
-                bar.set_postfix_str(f"{n_dec} states, agree {agree / max(n_dec, 1):.2f}")
-                bar.refresh()
-        if bar is not None:
-            bar.close()
-        f = fit(policy, datas, max(5.0, (t_end - time.time()) / (rounds - r)), epochs=8, lr=5e-4, seed=seed + r + 1,
-                progress=progress, desc=f"dagger fit {r + 1}")
-        hist.append({"round": r + 1, "states": n_dec, "agreement": round(agree / max(n_dec, 1), 4),
-                     "collect_seconds": round(time.time() - t0, 1), "fit": f})
-        log.info("dagger round %d: %s", r + 1, hist[-1])
-    return hist
 
 
 def greedy_eval(policy, family: dict, n: int = 60, seed: int = 1) -> dict:

@@ -158,6 +158,35 @@ def test_fit_crops_each_batch_without_changing_the_logits(small_policy):
         assert np.allclose(np.sort(crop[i][m[i]].numpy()), np.sort(full[i][t[1][i]].numpy()), atol=1e-4)
 
 
+def test_two_workers_collect_the_same_data_as_one(small_policy):
+    """A task is one training instance named by (family, seed, index): the teacher's and
+    DAgger's data do not depend on the process that ran it."""
+    import time
+
+    from dora_rl.learning import stage_collect as sc
+    from dora_rl.learning import stage_training as st
+    from dora_rl.learning.stage_policy import StageNumpyActor
+
+    fam = st.FAMILIES["small"]
+    actor = StageNumpyActor(small_policy.policy)
+    far = time.time() + 600
+    for fn, tasks in ((sc.teach_one, [("small", fam, 0, i) for i in range(4)]),
+                      (sc.dagger_one, [(actor, "small", fam, 0, i, 2, far) for i in range(3)])):
+        runs = []
+        for workers in (1, 2):
+            got = []
+            sc.run_tasks(fn, iter(tasks), far, workers, got.append)
+            runs.append({r[1]: r for r in got if r is not None})
+        assert sorted(runs[0]) == sorted(runs[1]) and len(runs[0]) >= 2
+        n_states = 0
+        for i, r in runs[0].items():
+            a, b = r[2], runs[1][i][2]
+            assert a.acts == b.acts and a.equiv == b.equiv and r[3:] == runs[1][i][3:]
+            assert all(np.array_equal(x, y) for k in st.OBS for x, y in zip(a.obs[k], b.obs[k]))
+            n_states += len(a)
+        assert n_states > 0
+
+
 def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
     from dora_rl.learning import stage_training as st
     from dora_rl.learning.search import greedy_complete
@@ -363,14 +392,14 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
 
 
 def test_ctrl_c_still_saves_a_loadable_agent(tmp_path, monkeypatch):
-    from dora_rl.learning import stage_training as st
+    from dora_rl.learning import stage_collect as sc
     from dora_rl.learning.agents import load_agent
     from dora_rl.learning.stage_run import train_stage
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(st, "teacher_phase", interrupted)
+    monkeypatch.setattr(sc, "teacher_phase", interrupted)
     folder = train_stage(tmp_path, max_minutes=0.5, progress=False, env_kwargs={"families": ["small"]})
     agent = load_agent(folder)
     assert agent.config["interrupted"] is True and "imitate" not in agent.config["phases"]

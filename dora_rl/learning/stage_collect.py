@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from dora_rl.learning.stage_training import Data, _bar, best_known, fit, label_by_rollout, make_env, replay_plan
+from dora_rl.learning.stage_training import Data, best_known, fit, label_by_rollout, make_env, replay_plan, time_bar
 
 log = logging.getLogger(__name__)
 _ENVS: dict = {}            # per process: (family name, seed, family) -> StageEnv
@@ -123,7 +123,7 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
                   workers: int = 1) -> dict:
     """Best known plans replayed on training instances (2 of 3 from the first family) until `seconds`."""
     stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
-    t0, bar = time.time(), _bar(seconds, "teacher", progress)
+    t0, bar = time.time(), time_bar(seconds, "teacher", progress)
 
     def got(r):
         if r is None:
@@ -152,7 +152,7 @@ def _dagger_round(actor, families: dict, datas: dict, seconds: float, seed: int,
                   workers: int, desc: str, progress: bool) -> dict:
     """One DAgger round's data: fresh instances planned by `actor`, their states labelled, for `seconds`."""
     t0, tot = time.time(), {"states": 0, "agree": 0}
-    bar = _bar(seconds, desc, progress)
+    bar = time_bar(seconds, desc, progress)
 
     def got(res):
         name, _, data, n, agree = res

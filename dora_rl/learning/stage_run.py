@@ -141,7 +141,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
             def __init__(self, secs):
                 super().__init__()
                 self.secs, self.t0 = secs, time.time()
-                self.bar = st._bar(secs, "ppo", progress)
+                self.bar = st.time_bar(secs, "ppo", progress)
 
             def _on_step(self) -> bool:
                 el = time.time() - self.t0

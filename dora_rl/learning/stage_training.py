@@ -139,7 +139,8 @@ def replay_plan(env, inst, plan, data: Data, ret: float) -> bool:
     return False
 
 
-def _bar(total, desc, progress):
+def time_bar(total, desc, progress):
+    """A tqdm bar over `total` seconds with an ETA (None when `progress` is off)."""
     if not progress:
         return None
     from tqdm import tqdm
@@ -196,7 +197,7 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     policy.set_training_mode(True)
-    t0, bar, hist = time.time(), _bar(seconds, desc, progress), []
+    t0, bar, hist = time.time(), time_bar(seconds, desc, progress), []
     for ep in range(epochs):
         order = [(k, idx) for k, t in tens.items() for idx in _batches(t, batch, rng)]
         rng.shuffle(order)

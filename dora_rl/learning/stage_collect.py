@@ -3,7 +3,8 @@
 Why a module of its own: a teacher plan (`dora` + polish) and a DAgger label (the policy's
 top-k actions completed and polished) cost 0.1-1 s each and are independent per training
 instance, while fitting the network is one process's work. With `workers` > 1 the
-instances are handed to that many worker processes (spawned once per phase), so on 2 cores
+instances are handed to that many worker processes (a pool spawned for the teacher phase
+and for each DAgger round, whose actor is new; ~3 s to start each here), so on 2 cores
 a budget buys twice the data. A task is one instance, named by (family, generator seed,
 index): its data do not depend on which worker ran it; the main process only gathers them
 and stops handing out instances at the deadline (a teacher instance in flight finishes; a

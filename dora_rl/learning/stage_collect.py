@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from dora_rl.learning.stage_training import Data, best_known, fit, label_by_rollout, make_env, replay_plan, time_bar
+from dora_rl.learning.stage_training import Data, TimeBar, best_known, fit, label_by_rollout, make_env, replay_plan
 
 log = logging.getLogger(__name__)
 _ENVS: dict = {}            # per process: (family name, seed, family) -> StageEnv
@@ -124,7 +124,7 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
                   workers: int = 1) -> dict:
     """Best known plans replayed on training instances (2 of 3 from the first family) until `seconds`."""
     stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
-    t0, bar = time.time(), time_bar(seconds, "teacher", progress)
+    t0, bar = time.time(), TimeBar(seconds, "teacher", progress)
 
     def got(r):
         if r is None:
@@ -137,15 +137,11 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
         st["compliant"] += compliant
 
     def tick():
-        if bar is not None:
-            bar.n = min(seconds, time.time() - t0)
-            bar.set_postfix_str(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
-            bar.refresh()
+        bar.tick(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
 
     weights = [2, 1] if len(families) == 2 else None
     run_tasks(teach_one, _round_robin(families, seed, start, weights), t0 + seconds, workers, got, tick)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return stats
 
 
@@ -153,7 +149,7 @@ def _dagger_round(actor, families: dict, datas: dict, seconds: float, seed: int,
                   workers: int, desc: str, progress: bool) -> dict:
     """One DAgger round's data: fresh instances planned by `actor`, their states labelled, for `seconds`."""
     t0, tot = time.time(), {"states": 0, "agree": 0}
-    bar = time_bar(seconds, desc, progress)
+    bar = TimeBar(seconds, desc, progress)
 
     def got(res):
         name, _, data, n, agree = res
@@ -162,22 +158,19 @@ def _dagger_round(actor, families: dict, datas: dict, seconds: float, seed: int,
         tot["agree"] += agree
 
     def tick():
-        if bar is not None:
-            bar.n = min(seconds, time.time() - t0)
-            bar.set_postfix_str(f"{tot['states']} states, agree {tot['agree'] / max(tot['states'], 1):.2f}")
-            bar.refresh()
+        bar.tick(f"{tot['states']} states, agree {tot['agree'] / max(tot['states'], 1):.2f}")
 
     tasks = ((actor, name, fam, s, i, top_k, t0 + seconds) for name, fam, s, i in _round_robin(families, seed, start))
     run_tasks(dagger_one, tasks, t0 + seconds, workers, got, tick)
-    if bar is not None:
-        bar.close()
+    bar.close()
     return tot
 
 
 def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
-                 top_k: int = 4, progress: bool = False, workers: int = 1) -> list:
+                 top_k: int = 4, progress: bool = False, workers: int = 1, fit_threads: int = 1) -> list:
     """Rounds of: the policy plans fresh instances greedily, every state it visits is
-    labelled by rollout (`label_by_rollout`) and added; then the network is fit again."""
+    labelled by rollout (`label_by_rollout`) and added; then the network is fit again (on
+    `fit_threads` torch threads: the workers are idle then)."""
     from dora_rl.learning.stage_policy import StageNumpyActor
 
     t_end, hist = time.time() + seconds, []
@@ -190,7 +183,7 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
                             workers, f"dagger {r + 1}/{rounds}", progress)
         n_dec = tot["states"]
         f = fit(policy, datas, max(5.0, (t_end - time.time()) / (rounds - r)), epochs=8, lr=5e-4, seed=seed + r + 1,
-                progress=progress, desc=f"dagger fit {r + 1}")
+                progress=progress, desc=f"dagger fit {r + 1}", threads=fit_threads)
         hist.append({"round": r + 1, "states": n_dec, "agreement": round(tot["agree"] / max(n_dec, 1), 4),
                      "collect_seconds": round(time.time() - t0, 1), "fit": f})
         log.info("dagger round %d: %s", r + 1, hist[-1])

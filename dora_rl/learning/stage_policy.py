@@ -31,11 +31,18 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from dora_rl.envs.instance import NG
-from dora_rl.envs.stage import BLK_LOOKAHEAD, DEV_LOOKAHEAD
+from dora_rl.envs.stage import BLK_LOOKAHEAD, DEV_LOOKAHEAD, DEVICE_FEATURES
 from dora_rl.features import CLIP
 
 NEG = -1e4
 NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), 10    # lookahead columns: device, block, global
+# the head's columns: the lookahead's, then a device's "free" flag (valid, unused, not in the
+# pending group), a block's "candidate end" flag and the log rate of the pending group
+NDX, NBX, NGX = NDL + 1, NBL + 1, NGL + 1
+_USED, _IN_GROUP = DEVICE_FEATURES.index("used"), DEVICE_FEATURES.index("in_group")
+_PAIRED = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_dyn_w", "log_idle_w_new")]
+_REST = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_rate_rest", "log_rate_rest_fill")]
+_G_GROUP_RATE = 7               # StageEnv global: log(group rate / mean rate), -CLIP without a group
 PAIR_BUMPS = (8, 4, 4, 4, 4)    # tanh bumps per lookahead feature (log stage time, log bound, vs caps, energy)
 
 
@@ -70,6 +77,63 @@ def lookahead(xd, xb, xg, lib=np):
     return lib.stack([x1, lb, lb - g[4], lt - g[5], lib.log(e)], -1)
 
 
+def head_columns(obs: dict, lib=np):
+    """The columns the head reads from an observation (numpy or torch): (devices: the
+    `DEV_LOOKAHEAD` columns + free flag, blocks: `BLK_LOOKAHEAD` + candidate flag, global:
+    StageEnv's extras + log group rate)."""
+    xd, dm, xb, bm, g = obs["devices"], obs["device_mask"], obs["blocks"], obs["block_mask"], obs["global"]
+    free = dm * (1.0 - xd[..., _USED]) * (1.0 - xd[..., _IN_GROUP])
+    cat = np.concatenate if lib is np else torch.cat
+    return (cat([xd[..., list(DEV_LOOKAHEAD)], free[..., None]], -1),
+            cat([xb[..., list(BLK_LOOKAHEAD)], bm[..., None]], -1),
+            cat([g[..., NG:NG + NGL], g[..., _G_GROUP_RATE:_G_GROUP_RATE + 1]], -1))
+
+
+def add_lookahead(xd, xb, xg, lib=np):
+    """The one-step lookahead of every add d, (..., D, 5): the best over candidate ends j of
+    `lookahead` for closing (partner, j) on the pending group + d + partner, the partner
+    being the fastest other free device (its columns, with the joint rate: group + d +
+    partner; symmetric in d and the partner: the transfers in and out the slower of the
+    two, the rest's rates the lower, the dynamic and new idle power the two together, as a
+    group's energy is its work over the joint rate times the members' summed power under
+    proportional shares; the pending group's own members' power is left out, as in a
+    close's lookahead). Why: an add's value shows only after the close that follows it, so without
+    this the add logit had no computed term, and the network kept whole-model plans where
+    data parallelism on two devices halved the latency (held-out, session 11)."""
+    D = xd.shape[-2]
+    lrj, free = xd[..., 0], xd[..., NDL] > 0.5
+    if lib is np:
+        score = np.where(free, lrj, -1e30)
+        top = np.argsort(-score, -1, kind="stable")[..., :2]
+    else:
+        score = lrj.masked_fill(~free, -1e30)
+        top = score.topk(min(2, D), -1).indices
+    if D < 2:
+        return lib.zeros(xd.shape[:-1] + (5,)) if lib is np else xd.new_zeros(xd.shape[:-1] + (5,))
+    i1, i2 = top[..., :1], top[..., 1:2]
+    ar = np.arange(D) if lib is np else torch.arange(D)
+    part = lib.where(ar == i1, i2, i1)                                          # (..., D)
+    if lib is np:
+        xp = np.take_along_axis(xd, part[..., None], -2)
+        joint = np.exp(lrj) + np.exp(xp[..., 0]) - np.exp(xg[..., NGL])[..., None]
+        cols = np.maximum(xd[..., :NDL], xp[..., :NDL])
+        cols[..., 0] = np.log(np.maximum(joint, 1e-30))
+        cols[..., _REST] = np.minimum(xd[..., _REST], xp[..., _REST])
+        cols[..., _PAIRED] = np.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
+        L = lookahead(cols, xb, xg, np)
+        L = np.where((xb[..., NBL] > 0.5)[..., None, :, None], L, 1e30).min(-2)
+        return np.clip(L, -6 * CLIP, 6 * CLIP)
+    xp = torch.gather(xd, -2, part[..., None].expand(*part.shape, xd.shape[-1]))
+    joint = lrj.exp() + xp[..., 0].exp() - xg[..., NGL].exp()[..., None]
+    cols = torch.maximum(xd[..., :NDL], xp[..., :NDL])
+    cols[..., 0] = joint.clamp(min=1e-30).log()
+    cols[..., _REST] = torch.minimum(xd[..., _REST], xp[..., _REST])
+    cols[..., _PAIRED] = torch.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
+    L = lookahead(cols, xb, xg, torch)
+    L = L.masked_fill(~(xb[..., NBL] > 0.5)[..., None, :, None], 1e30).amin(-2)
+    return L.clamp(-6 * CLIP, 6 * CLIP)
+
+
 class AttnBlock(nn.Module):
     """Pre-norm multi-head self-attention + feed-forward over a padded set."""
 
@@ -101,7 +165,7 @@ class StageExtractor(BaseFeaturesExtractor):
         D, FD = observation_space["devices"].shape
         Bm, FB = observation_space["blocks"].shape
         G = observation_space["global"].shape[0]
-        super().__init__(observation_space, features_dim=hidden + (D + Bm) * embed + D * NDL + Bm * NBL + NGL)
+        super().__init__(observation_space, features_dim=hidden + (D + Bm) * embed + D * NDX + Bm * NBX + NGX)
         self.D, self.Bm, self.hidden, self.embed = D, Bm, hidden, embed
         self.denc, self.benc = _mlp(FD, hidden), _mlp(FB, hidden)
         self.attn = nn.ModuleList([AttnBlock(hidden, heads) for _ in range(layers)])
@@ -131,14 +195,13 @@ class StageExtractor(BaseFeaturesExtractor):
         c = self.ctx(torch.cat([self.genc(obs["global"]), mean, mx, bmean], -1))
         hd = self.dout(torch.cat([e, c.unsqueeze(1).expand(-1, e.shape[1], -1)], -1))
         gb = self.bout(torch.cat([b, c.unsqueeze(1).expand(-1, b.shape[1], -1)], -1))
-        dl, bl = list(DEV_LOOKAHEAD), list(BLK_LOOKAHEAD)
-        return c, hd, gb, xd[..., dl], xb[..., bl], obs["global"][..., NG:NG + NGL]
+        return (c, hd, gb, *head_columns(obs, torch))
 
 
 class StagePointerHead(nn.Module):
     """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
 
-    def __init__(self, hidden: int, embed: int, D: int, Bm: int):
+    def __init__(self, hidden: int, embed: int, D: int, Bm: int, add_lookahead: bool = False):
         super().__init__()
         self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
         K = sum(PAIR_BUMPS)
@@ -149,6 +212,13 @@ class StagePointerHead(nn.Module):
         self.scale = nn.Parameter(torch.cat([torch.linspace(0.5, 2.0, k) for k in PAIR_BUMPS]))
         self.shift = nn.Parameter(torch.cat([torch.linspace(-3.0, 3.0, k) for k in PAIR_BUMPS]))
         self.add = nn.Linear(embed, 1)
+        # the add's lookahead term (`add_lookahead`), the same bumps as a close's; off in agents
+        # trained before it (their policy_kwargs do not name it)
+        self.add_look = add_lookahead
+        if add_lookahead:
+            self.amp_add = nn.Linear(embed, K)
+            self.scale_add = nn.Parameter(self.scale.detach().clone())
+            self.shift_add = nn.Parameter(self.shift.detach().clone())
 
     def split(self, z: torch.Tensor):
         H, E, D, Bm = self.hidden, self.embed, self.D, self.Bm
@@ -157,11 +227,11 @@ class StagePointerHead(nn.Module):
         o += D * E
         gb = z[:, o:o + Bm * E].reshape(-1, Bm, E)
         o += Bm * E
-        xd = z[:, o:o + D * NDL].reshape(-1, D, NDL)
-        o += D * NDL
-        xb = z[:, o:o + Bm * NBL].reshape(-1, Bm, NBL)
-        o += Bm * NBL
-        return hd, gb, xd, xb, z[:, o:o + NGL]
+        xd = z[:, o:o + D * NDX].reshape(-1, D, NDX)
+        o += D * NDX
+        xb = z[:, o:o + Bm * NBX].reshape(-1, Bm, NBX)
+        o += Bm * NBX
+        return hd, gb, xd, xb, z[:, o:o + NGX]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
@@ -174,7 +244,11 @@ class StagePointerHead(nn.Module):
         bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)         # (N, D, Bm, K)
         pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
         close = bil + pair + self.kb(gb).transpose(1, 2)
-        return torch.cat([close.flatten(1), self.add(hd)[..., 0]], -1)
+        add = self.add(hd)[..., 0]
+        if self.add_look:
+            xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
+            add = add + (torch.tanh(xa[..., self.fidx] * self.scale_add + self.shift_add) * self.amp_add(hd)).sum(-1)
+        return torch.cat([close.flatten(1), add], -1)
 
 
 class ValueHead(nn.Module):
@@ -190,15 +264,19 @@ class ValueHead(nn.Module):
 class StagePolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy with the stage extractor, pointer head and context value head."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, add_lookahead: bool = False, **kwargs):
         kwargs.setdefault("features_extractor_class", StageExtractor)
         kwargs["net_arch"] = dict(pi=[], vf=[])
+        self.add_lookahead = add_lookahead
         super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict:
+        return {**super()._get_constructor_parameters(), "add_lookahead": self.add_lookahead}
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
         fe = self.features_extractor
-        self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm)
+        self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm, self.add_lookahead)
         for m in self.action_net.modules():
             if isinstance(m, nn.Linear):
                 nn.init.orthogonal_(m.weight, gain=0.1)
@@ -235,6 +313,11 @@ class StageNumpyActor:
         self.shift = hd.shift.detach().numpy().astype("float64")
         self.fidx = hd.fidx.detach().numpy()
         self.embed = fe.embed
+        self.add_look = hd.add_look
+        if hd.add_look:
+            self.amp_add = _np(hd.amp_add)
+            self.scale_add = hd.scale_add.detach().numpy().astype("float64")
+            self.shift_add = hd.shift_add.detach().numpy().astype("float64")
 
     @staticmethod
     def _ln(x, p):
@@ -288,15 +371,20 @@ class StageNumpyActor:
         # the lookahead term only where a close is allowed (the rest is masked anyway): at 64
         # devices x 200 blocks the full (D, Bm, 24) table was most of a decision's time
         D, Bm = bil.shape[-2:]
-        at = np.nonzero(np.asarray(mask)[..., :D * Bm].reshape(bil.shape))
+        mask = np.asarray(mask)
+        at = np.nonzero(mask[..., :D * Bm].reshape(bil.shape))
         lead, di, ji = at[:-2], at[-2], at[-1]
-        xdl = xd[..., list(DEV_LOOKAHEAD)][lead + (di,)][:, None]
-        xbl = xb[..., list(BLK_LOOKAHEAD)][lead + (ji,)][:, None]
-        x = lookahead(xdl, xbl, obs["global"].astype("float64")[..., NG:NG + NGL][lead], np)[:, 0, 0]
+        cd, cb, cg = head_columns({"devices": xd, "device_mask": dm, "blocks": xb, "block_mask": bm,
+                                   "global": obs["global"].astype("float64")})
+        x = lookahead(cd[lead + (di,)][:, None], cb[lead + (ji,)][:, None], cg[lead], np)[:, 0, 0]
         amp = (hd @ self.amp[0] + self.amp[1])[lead + (di,)]
         close = bil.copy()
         close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
+        if self.add_look and mask[..., D * Bm:].any():
+            xa = add_lookahead(cd, cb, cg, np)
+            amp_a = hd @ self.amp_add[0] + self.amp_add[1]
+            add = add + (np.tanh(xa[..., self.fidx] * self.scale_add + self.shift_add) * amp_a).sum(-1)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         return np.where(mask, out, -np.inf)

@@ -26,9 +26,13 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # (teacher 30 %, imitation 15 %, DAgger 40 % in 4 rounds of top-4 labels, PPO 15 %, one
 # process) and over this one in one process; the shipped agent is this recipe's 42-minute
 # run (docs/learning.md "Session 11"). `workers`: the processes that collect the teacher's
-# and DAgger's data (stage_collect.py)
+# and DAgger's data (stage_collect.py). Session 12 (docs/learning.md "Session 12"): the add
+# decision's lookahead (`policy_kwargs`, stage_policy.py:add_lookahead) and fitting on the
+# workers' threads (`fit_threads`) each trained a network no better on the validation
+# instances, so both stay off by default and this recipe still reproduces the shipped run
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
-RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2}
+RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2, "fit_threads": 1,
+          "policy_kwargs": {"add_lookahead": False}}
 
 
 def _families(scenario, env_kwargs: dict) -> dict:
@@ -53,7 +57,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
     overrides RECIPE's keys (the phases' shares of the budget, DAgger's rounds and the
     number of the policy's actions each DAgger label compares, the data-collecting worker
-    processes, at most the machine's cores)."""
+    processes and the fit's torch threads, each at most the machine's cores, the policy's
+    kwargs)."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO
@@ -78,7 +83,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
     else:
         ppo_env = st.make_env(first, seed + 7)
     model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", n_steps=128, batch_size=128, n_epochs=4,
-                        learning_rate=1e-4, clip_range=0.1, ent_coef=0.001, gamma=1.0, verbose=0)
+                        learning_rate=1e-4, clip_range=0.1, ent_coef=0.001, gamma=1.0, verbose=0,
+                        policy_kwargs=dict(recipe["policy_kwargs"]))
     datas = {k: st.Data() for k in fams}
     start = {k: 0 for k in fams}
     info: dict = {"phases": {}, "interrupted": False}
@@ -114,11 +120,13 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
         phase("teacher", teach)
     else:
         phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers))
-    phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress))
+    threads = max(1, min(int(recipe["fit_threads"]), os.cpu_count() or 1))
+    phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress,
+                                          threads=threads))
     if scenario is None:
         phase("dagger", lambda s: sc.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress,
                                                   rounds=recipe["dagger_rounds"], top_k=recipe["dagger_top_k"],
-                                                  workers=workers))
+                                                  workers=workers, fit_threads=threads))
     evals = {}
 
     def quick():
@@ -141,15 +149,13 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
             def __init__(self, secs):
                 super().__init__()
                 self.secs, self.t0 = secs, time.time()
-                self.bar = st.time_bar(secs, "ppo", progress)
+                self.bar = st.TimeBar(secs, "ppo", progress)
 
             def _on_step(self) -> bool:
                 el = time.time() - self.t0
-                if self.bar is not None and self.n_calls % 64 == 0:
-                    self.bar.n = min(self.secs, el)
-                    self.bar.set_postfix_str(f"{self.num_timesteps} steps")
-                    self.bar.refresh()
-                if el >= self.secs and self.bar is not None:
+                if self.n_calls % 64 == 0:
+                    self.bar.tick(f"{self.num_timesteps} steps")
+                if el >= self.secs:
                     self.bar.close()
                 return el < self.secs
 
@@ -181,7 +187,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = 40.0, seed: int =
         rng_dev = [scenario.cluster.n, scenario.cluster.n]
         rng_blk = [scenario.profile.n_blocks, scenario.profile.n_blocks]
     config = {
-        "env_id": env_id, "algo": "MaskablePPO", "policy": "StagePolicy", "action_space": "stage",
+        "env_id": env_id, "algo": "MaskablePPO", "policy": "StagePolicy", "policy_kwargs": recipe["policy_kwargs"],
+        "action_space": "stage",
         "obs_version": STAGE_OBS_VERSION, "device_features": NFD, "block_features": NFB, "global_features": SNG,
         "max_devices": int(first["max_devices"]), "max_blocks": int(first["max_blocks"]),
         "trained_range": {"devices": rng_dev, "blocks": rng_blk},

@@ -139,13 +139,27 @@ def replay_plan(env, inst, plan, data: Data, ret: float) -> bool:
     return False
 
 
-def time_bar(total, desc, progress):
-    """A tqdm bar over `total` seconds with an ETA (None when `progress` is off)."""
-    if not progress:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="s", leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                "{n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
+class TimeBar:
+    """A tqdm bar over `total` seconds from now, with an ETA; `tick(postfix)` moves it to
+    the time elapsed. Nothing is drawn when `progress` is off."""
+
+    def __init__(self, total: float, desc: str, progress: bool):
+        self.total, self.t0, self.bar = total, time.time(), None
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="s", leave=False, bar_format="{desc}: {percentage:3.0f}%|"
+                            "{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]{postfix}")
+
+    def tick(self, postfix: str = "") -> None:
+        if self.bar is not None:
+            self.bar.n = min(self.total, time.time() - self.t0)
+            self.bar.set_postfix_str(postfix)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _batches(t, batch: int, rng) -> list:
@@ -180,10 +194,23 @@ def _crop(t, idx):
 
 
 def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3, batch: int = 128,
-        seed: int = 0, progress: bool = False, desc: str = "imitate") -> dict:
+        seed: int = 0, progress: bool = False, desc: str = "imitate", threads: int = 1) -> dict:
     """Masked cross-entropy of each label's equivalence class (+ value regression) on every
     family's decisions, one family per mini-batch (each cropped to its largest instance),
-    cosine learning rate, until `epochs` or `seconds`."""
+    cosine learning rate, until `epochs` or `seconds`, on `threads` torch threads (the
+    collecting workers are idle while the network fits: 2 threads fit 1.7x faster here,
+    the same weights)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        return _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc)
+    finally:
+        torch.set_num_threads(prev)
+
+
+def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dict:
     import torch
 
     from dora_rl.learning.imitation import optimizer_step
@@ -197,7 +224,7 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
     policy.set_training_mode(True)
-    t0, bar, hist = time.time(), time_bar(seconds, desc, progress), []
+    t0, bar, hist = time.time(), TimeBar(seconds, desc, progress), []
     for ep in range(epochs):
         order = [(k, idx) for k, t in tens.items() for idx in _batches(t, batch, rng)]
         rng.shuffle(order)
@@ -213,14 +240,10 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
             acc += float(eq.gather(1, logits.argmax(-1, keepdim=True)).float().sum())
             cnt += len(idx)
         hist.append({"epoch": ep + 1, "ce": round(tot / cnt, 4), "acc": round(acc / cnt, 4)})
-        if bar is not None:
-            bar.n = min(seconds, time.time() - t0)
-            bar.set_postfix_str(f"epoch {ep + 1} ce {tot / cnt:.3f} acc {acc / cnt:.3f}")
-            bar.refresh()
+        bar.tick(f"epoch {ep + 1} ce {tot / cnt:.3f} acc {acc / cnt:.3f}")
         if time.time() - t0 > seconds:
             break
-    if bar is not None:
-        bar.close()
+    bar.close()
     policy.set_training_mode(False)
     return {"epochs": len(hist), "samples": {k: len(d) for k, d in datas.items()},
             "seconds": round(time.time() - t0, 1), "final": hist[-1] if hist else None}

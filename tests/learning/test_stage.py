@@ -217,7 +217,9 @@ def trained(tmp_path_factory):
     from dora_rl.learning.stage_run import train_stage
 
     out = tmp_path_factory.mktemp("stage")
-    return train_stage(out, max_minutes=0.25, progress=False, env_kwargs={"families": ["small"]})
+    # the optional add lookahead on (the shipped agent has it off): every test below then runs it too
+    return train_stage(out, max_minutes=0.25, progress=False, env_kwargs={"families": ["small"]},
+                       recipe={"policy_kwargs": {"add_lookahead": True}, "fit_threads": 2})
 
 
 def test_budget_bound_training_saves_a_loadable_agent(trained):
@@ -230,7 +232,21 @@ def test_budget_bound_training_saves_a_loadable_agent(trained):
     agent = load_agent(trained)
     assert isinstance(agent, StageAgent)
     assert agent.config["trained_range"]["devices"] == [2, 8]
-    MaskablePPO.load(str(trained / "model.zip"), device="cpu")        # plain SB3, no custom objects
+    assert agent.config["policy_kwargs"] == {"add_lookahead": True}
+    plain = MaskablePPO.load(str(trained / "model.zip"), device="cpu")        # plain SB3, no custom objects
+    assert plain.policy.action_net.add_look and agent.model.policy.action_net.add_look
+
+
+def test_fit_runs_on_the_threads_asked_and_restores_the_setting(small_policy, monkeypatch):
+    import torch
+
+    from dora_rl.learning import stage_training as st
+
+    seen = []
+    monkeypatch.setattr(st, "_fit", lambda *a: seen.append(torch.get_num_threads()) or {})
+    before = torch.get_num_threads()
+    st.fit(small_policy.policy, {}, 1.0, threads=before + 1)
+    assert seen == [before + 1] and torch.get_num_threads() == before
 
 
 def test_stage_agent_plans_any_size_with_every_search(trained):

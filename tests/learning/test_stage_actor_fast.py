@@ -15,8 +15,8 @@ from dora_rl.envs.stage import StageEnv
 from dora_rl.synthetic import random_scenario
 
 
-@pytest.fixture(scope="module")
-def policy():
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "add_lookahead"])
+def policy(request):
     import torch
     from sb3_contrib import MaskablePPO
 
@@ -24,7 +24,7 @@ def policy():
 
     torch.manual_seed(1)
     model = MaskablePPO(StagePolicy, StageEnv(max_devices=8, max_blocks=32), n_steps=32, batch_size=32, seed=1,
-                        device="cpu")
+                        device="cpu", policy_kwargs={"add_lookahead": request.param})
     with torch.no_grad():          # weights away from the near-zero init, so the logits differ per action
         for p in model.policy.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -57,6 +57,62 @@ def test_numpy_actor_equals_torch_with_and_without_padding(policy, n, D, B):
     assert np.isneginf(lg[~mask]).all()
     assert np.allclose(lt[0].numpy()[mask], lg[mask], rtol=0, atol=1e-4)
     assert np.ptp(lg[mask]) > 1e-3 or mask.sum() == 1
+
+
+def test_numpy_actor_equals_torch_where_adds_are_allowed(policy):
+    """The add logits (with the add lookahead, when the policy has it) in both actors, on
+    states where data-parallel adds are allowed, in groups of 0, 1 and 2 members."""
+    import torch
+
+    from dora_rl.learning.stage_policy import StageNumpyActor
+
+    actor, seen = StageNumpyActor(policy), set()
+    for seed in range(40):
+        env = StageEnv(scenario=_scenario(6, 16, seed), max_devices=8, max_blocks=16)
+        obs, _ = env.reset(seed=0)
+        while not env.done:
+            mask = env.action_masks()
+            adds = np.flatnonzero(mask[8 * 16:])
+            if len(adds):
+                seen.add(len(env.group))
+                with torch.no_grad():
+                    lt, _ = policy.any_size({k: torch.as_tensor(v)[None] for k, v in obs.items()})
+                assert np.abs(lt[0].numpy()[mask] - actor.logits(obs, mask)[mask]).max() < 1e-3
+            a = 8 * 16 + adds[0] if len(adds) else int(np.flatnonzero(mask)[0])
+            obs, *_ = env.step(a)
+    assert {0, 1, 2} <= seen
+
+
+def test_add_lookahead_pairs_each_device_with_the_fastest_other_free_device():
+    """By hand: devices 0-2 free with log joined rates (lrj) 0.5, 0.2, -1, device 3 in use
+    and faster; no pending group. The add of d is closed by the fastest other free device,
+    so the joint rate is e^lrj_d + e^lrj_partner (0 and 1 pair with each other, 2 with 0),
+    and the log stage time over T* (column 0) is min over candidate ends of log work - log
+    joint rate; the ends that are not candidates are ignored. The lookahead is symmetric in
+    d and its partner."""
+    import torch
+
+    from dora_rl.features import CLIP
+    from dora_rl.learning.stage_policy import NBL, NDL, NGL, add_lookahead
+
+    rng = np.random.default_rng(0)
+    xd = rng.normal(size=(4, NDL + 1)) * 0.3
+    xd[:, 0] = [0.5, 0.2, -1.0, 2.0]
+    xd[:, NDL] = [1, 1, 1, 0]
+    xb = rng.normal(size=(5, NBL + 1)) * 0.3
+    xb[:, 0] = [-3.0, 0.1, 0.4, 0.9, 1.3]             # log work to each end
+    xb[:, NBL] = [0, 1, 1, 1, 1]                       # end 0 is not a candidate
+    xg = rng.normal(size=NGL + 1) * 0.3
+    xg[3] = 0.0                                         # one micro-batch
+    xg[NGL] = -CLIP                                     # no pending group (its rate e^-CLIP)
+    joint = np.array([np.exp(0.5) + np.exp(0.2), np.exp(0.2) + np.exp(0.5), np.exp(-1.0) + np.exp(0.5)])
+    got = add_lookahead(xd, xb, xg, np)
+    assert got.shape == (4, 5) and np.isfinite(got).all()
+    assert np.allclose(got[:3, 0], 0.1 - np.log(joint - np.exp(-CLIP)), atol=1e-9)
+    assert np.allclose(got[0], got[1])                  # mutual partners: the same stage, the same lookahead
+    assert not np.allclose(got[2], got[0])
+    tg = add_lookahead(*(torch.as_tensor(x, dtype=torch.float64)[None] for x in (xd, xb, xg)), torch)
+    assert np.allclose(tg[0].numpy(), got, atol=1e-9)
 
 
 @pytest.mark.parametrize("n,B", [(2, 10), (5, 30), (16, 60), (24, 80)])

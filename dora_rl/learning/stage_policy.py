@@ -12,7 +12,9 @@ Its flat output is `[ctx | h_1..h_D | g_1..g_B | lrj_1..lrj_D | work_1..work_B]`
 `StagePointerHead`: the close logit of (device d, end j) is a bilinear score of h_d and
 g_j plus a learned function of the exact log stage time `work_j - lrj_d` (K tanh bumps
 whose weights come from h_d): the one interaction the cost is most sensitive to is computed,
-not guessed from pooled features. The add logit of d is linear in h_d. No weight belongs
+not guessed from pooled features. The add logit of d is linear in h_d, plus, with
+`add_lookahead=True` (a policy kwarg, off in agents trained before session 12 and in the
+shipped one), bumps over `add_lookahead`: the lookahead of the close that would follow. No weight belongs
 to a device slot or a block position: the same weights run on any (D, B); padding is
 masked. The value head reads the context only.
 
@@ -101,15 +103,13 @@ def add_lookahead(xd, xb, xg, lib=np):
     this the add logit had no computed term, and the network kept whole-model plans where
     data parallelism on two devices halved the latency (held-out, session 11)."""
     D = xd.shape[-2]
+    if D < 2:                   # no partner: no add is allowed anyway
+        return np.zeros(xd.shape[:-1] + (5,)) if lib is np else xd.new_zeros(xd.shape[:-1] + (5,))
     lrj, free = xd[..., 0], xd[..., NDL] > 0.5
     if lib is np:
-        score = np.where(free, lrj, -1e30)
-        top = np.argsort(-score, -1, kind="stable")[..., :2]
+        top = np.argsort(-np.where(free, lrj, -1e30), -1, kind="stable")[..., :2]
     else:
-        score = lrj.masked_fill(~free, -1e30)
-        top = score.topk(min(2, D), -1).indices
-    if D < 2:
-        return lib.zeros(xd.shape[:-1] + (5,)) if lib is np else xd.new_zeros(xd.shape[:-1] + (5,))
+        top = lrj.masked_fill(~free, -1e30).topk(2, -1).indices
     i1, i2 = top[..., :1], top[..., 1:2]
     ar = np.arange(D) if lib is np else torch.arange(D)
     part = lib.where(ar == i1, i2, i1)                                          # (..., D)

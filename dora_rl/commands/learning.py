@@ -23,8 +23,8 @@ def add_commands(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-time budget of the whole run, every phase included (stage policy default: 40); "
-                        "at its end, or on Ctrl-C, a loadable agent is saved")
+                   help="wall-time budget of the whole run, every phase included (stage policy default: 42, "
+                        "the shipped agent's); at its end, or on Ctrl-C, a loadable agent is saved")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--bc-episodes", type=int, default=None, metavar="N",
                    help="imitation warm-start: replay the `dora` planner's plans on N training instances and "
@@ -83,14 +83,14 @@ def _train_stage(args, env_kwargs: dict) -> int:
     import json
 
     from dora_rl.commands.common import console, print_json
-    from dora_rl.learning.stage_run import STAGE_ENV_ID, train_stage
+    from dora_rl.learning.stage_run import MINUTES, STAGE_ENV_ID, train_stage
 
     scenario = None
     if args.env != STAGE_ENV_ID:
         from dora_rl.scenario import load_scenario
         scenario = load_scenario(args.env)
     env_id = STAGE_ENV_ID if scenario is None else f"dora_rl/PartitionStage-{scenario.name}-v0"
-    folder = train_stage(args.out, max_minutes=args.max_minutes or 40.0, seed=args.seed,
+    folder = train_stage(args.out, max_minutes=args.max_minutes or MINUTES, seed=args.seed,
                          progress=not args.no_progress and not args.json, scenario=scenario, env_kwargs=env_kwargs,
                          env_id=env_id)
     res = json.loads((folder / "results.json").read_text())

@@ -106,32 +106,21 @@ def add_lookahead(xd, xb, xg, lib=np):
     if D < 2:                   # no partner: no add is allowed anyway
         return np.zeros(xd.shape[:-1] + (5,)) if lib is np else xd.new_zeros(xd.shape[:-1] + (5,))
     lrj, free = xd[..., 0], xd[..., NDL] > 0.5
-    if lib is np:
-        top = np.argsort(-np.where(free, lrj, -1e30), -1, kind="stable")[..., :2]
-    else:
-        top = lrj.masked_fill(~free, -1e30).topk(2, -1).indices
-    i1, i2 = top[..., :1], top[..., 1:2]
-    ar = np.arange(D) if lib is np else torch.arange(D)
-    part = lib.where(ar == i1, i2, i1)                                          # (..., D)
-    if lib is np:
+    if lib is np:       # the partner's row: the only step numpy and torch spell differently
+        i12 = np.argsort(-np.where(free, lrj, -1e30), -1, kind="stable")[..., :2]
+        part = np.where(np.arange(D) == i12[..., :1], i12[..., 1:2], i12[..., :1])          # (..., D)
         xp = np.take_along_axis(xd, part[..., None], -2)
-        joint = np.exp(lrj) + np.exp(xp[..., 0]) - np.exp(xg[..., NGL])[..., None]
-        cols = np.maximum(xd[..., :NDL], xp[..., :NDL])
-        cols[..., 0] = np.log(np.maximum(joint, 1e-30))
-        cols[..., _REST] = np.minimum(xd[..., _REST], xp[..., _REST])
-        cols[..., _PAIRED] = np.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
-        L = lookahead(cols, xb, xg, np)
-        L = np.where((xb[..., NBL] > 0.5)[..., None, :, None], L, 1e30).min(-2)
-        return np.clip(L, -6 * CLIP, 6 * CLIP)
-    xp = torch.gather(xd, -2, part[..., None].expand(*part.shape, xd.shape[-1]))
-    joint = lrj.exp() + xp[..., 0].exp() - xg[..., NGL].exp()[..., None]
-    cols = torch.maximum(xd[..., :NDL], xp[..., :NDL])
-    cols[..., 0] = joint.clamp(min=1e-30).log()
-    cols[..., _REST] = torch.minimum(xd[..., _REST], xp[..., _REST])
-    cols[..., _PAIRED] = torch.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
-    L = lookahead(cols, xb, xg, torch)
-    L = L.masked_fill(~(xb[..., NBL] > 0.5)[..., None, :, None], 1e30).amin(-2)
-    return L.clamp(-6 * CLIP, 6 * CLIP)
+    else:
+        i12 = lrj.masked_fill(~free, -1e30).topk(2, -1).indices
+        part = torch.where(torch.arange(D) == i12[..., :1], i12[..., 1:2], i12[..., :1])
+        xp = torch.gather(xd, -2, part[..., None].expand(*part.shape, xd.shape[-1]))
+    joint = lib.exp(lrj) + lib.exp(xp[..., 0]) - lib.exp(xg[..., NGL])[..., None]
+    cols = lib.maximum(xd[..., :NDL], xp[..., :NDL])
+    cols[..., 0] = lib.log(joint.clip(min=1e-30))
+    cols[..., _REST] = lib.minimum(xd[..., _REST], xp[..., _REST])
+    cols[..., _PAIRED] = lib.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
+    L = lib.where((xb[..., NBL] > 0.5)[..., None, :, None], lookahead(cols, xb, xg, lib), 1e30)
+    return lib.amin(L, -2).clip(-6 * CLIP, 6 * CLIP)
 
 
 class AttnBlock(nn.Module):

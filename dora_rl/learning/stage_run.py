@@ -75,7 +75,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     budget = 60.0 * float(max_minutes)
     recipe = {**RECIPE, **(recipe or {})}
     shares = recipe["shares"]
-    workers = max(1, min(int(recipe["workers"]), os.cpu_count() or 1))
+    workers, threads = (max(1, min(int(recipe[k]), os.cpu_count() or 1)) for k in ("workers", "fit_threads"))
     env_kwargs = dict(env_kwargs or {})
     fams = _families(scenario, env_kwargs)
     first = next(iter(fams.values()))
@@ -121,7 +121,6 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         phase("teacher", teach)
     else:
         phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers))
-    threads = max(1, min(int(recipe["fit_threads"]), os.cpu_count() or 1))
     phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress,
                                           threads=threads))
     if scenario is None:

@@ -169,7 +169,7 @@ def run(results: dict, n: int = 200, timeout: float = 60.0, agent_path=None, per
 
     out: dict = {"agent": str(agent.path), "env_steps_per_s": env_speed(), "plan": stage_plan_speed(agent),
                  "train": {k: agent.config.get(k) for k in ("train_seconds", "seed", "timesteps", "trained_range",
-                                                             "phases", "quick_eval")}}
+                                                             "phases", "selection", "quick_eval")}}
     out["ablation"] = bench_ablation.run(agent.path, n=n, per_size=per_size, timeout=timeout,
                                          old_agent_path=old_agent_path)
     results["learning"] = out

@@ -167,10 +167,12 @@ def _dagger_round(actor, families: dict, datas: dict, seconds: float, seed: int,
 
 
 def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
-                 top_k: int = 4, progress: bool = False, workers: int = 1, fit_threads: int = 1) -> list:
+                 top_k: int = 4, progress: bool = False, workers: int = 1, fit_threads: int = 1,
+                 on_round=None) -> list:
     """Rounds of: the policy plans fresh instances greedily, every state it visits is
     labelled by rollout (`label_by_rollout`) and added; then the network is fit again (on
-    `fit_threads` torch threads: the workers are idle then)."""
+    `fit_threads` torch threads: the workers are idle then); `on_round(name)` after each
+    round's fit (the run's checkpoint selection), its result kept in the round's record."""
     from dora_rl.learning.stage_policy import StageNumpyActor
 
     t_end, hist = time.time() + seconds, []
@@ -186,5 +188,7 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
                 progress=progress, desc=f"dagger fit {r + 1}", threads=fit_threads)
         hist.append({"round": r + 1, "states": n_dec, "agreement": round(tot["agree"] / max(n_dec, 1), 4),
                      "collect_seconds": round(time.time() - t0, 1), "fit": f})
+        if on_round is not None:
+            hist[-1]["selection"] = on_round(f"dagger {r + 1}")
         log.info("dagger round %d: %s", r + 1, hist[-1])
     return hist

@@ -4,10 +4,12 @@ Phases and their share of `max_minutes` (dora_rl/learning/stage_training.py; `RE
 teacher data 25 %, imitation 15 %, DAgger 55 % (6 rounds, each state labelled by the
 rollouts of the policy's 6 most likely actions), PPO fine-tune 5 % (less when the budget is
 short); the teacher's and DAgger's data are collected by 2 worker processes
-(stage_collect.py). Each phase stops at its deadline; Ctrl-C stops the current phase and the run
-goes straight to saving, so an interrupted or budget-bound run still leaves
-`OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain `MaskablePPO.load`
-read. A scenario (preset name or YAML path) specialises the run on that deployment."""
+(stage_collect.py). The weights saved are the best checkpoint (after imitation, each DAgger
+round and PPO) on selection instances planned greedily (`_Selection`). Each phase stops at
+its deadline; Ctrl-C stops the current phase and the run goes straight to saving, so an
+interrupted or budget-bound run still leaves `OUT/<env-id>/model.zip` + `config.yml` that
+`load_agent` and plain `MaskablePPO.load` read. A scenario (preset name or YAML path)
+specialises the run on that deployment."""
 
 from __future__ import annotations
 
@@ -50,6 +52,62 @@ def _families(scenario, env_kwargs: dict) -> dict:
     if env_kwargs.get("families"):
         fams = {k: v for k, v in fams.items() if k in env_kwargs["families"]}
     return fams
+
+
+SELECT_N = {"small": 100, "large": 10, "scenario": 1}     # selection instances per family (full budget)
+SELECT_SEED = 500_009       # their generator seed is the run's seed + this: not a training, validation or held-out seed
+
+
+class _Selection:
+    """The weights the run keeps: after imitation, after each DAgger round and after PPO
+    the network plans the selection instances greedily (`SELECT_N` per family, fewer on a
+    short budget), and the best checkpoint, QoE compliance first and then mean utility,
+    is the one saved. Why: the network's quality on its own moves between rounds (the
+    labels change as DAgger adds the policy's states; PPO may undo imitation), and the
+    last checkpoint is not always the best; the PPO keep-or-undo check is the same rule."""
+
+    def __init__(self, policy, fams: dict, scenario, first: dict, seed: int, max_minutes: float):
+        self.policy, self.fams, self.scenario, self.first = policy, fams, scenario, first
+        self.seed = seed + SELECT_SEED
+        self.scale = min(1.0, max(0.1, max_minutes / 20.0))
+        self.envs: dict = {}
+        self.best, self.history = None, []
+
+    def _evaluate(self) -> dict:
+        from dora_rl.learning import stage_training as st
+
+        if self.scenario is not None:
+            from dora_rl.envs.stage import StageEnv
+            from dora_rl.learning.search import greedy_complete
+            from dora_rl.learning.stage_policy import StageNumpyActor
+
+            env = StageEnv(scenario=self.scenario, max_devices=self.first["max_devices"],
+                           max_blocks=self.first["max_blocks"])
+            env.reset(seed=0)
+            _, m, u = greedy_complete(StageNumpyActor(self.policy), [env])[0]
+            return {"scenario": {"mean_utility": u, "qoe_ok": float(m.qoe_ok), "n": 1}}
+        out = {}
+        for k, f in self.fams.items():
+            if k not in self.envs:
+                self.envs[k] = st.make_env(f, self.seed)
+            n = max(1, round(SELECT_N.get(k, 20) * self.scale))
+            out[k] = st.greedy_eval(self.policy, f, n=n, seed=self.seed, env=self.envs[k])
+        return out
+
+    def __call__(self, at: str) -> dict:
+        ev = self._evaluate()
+        key = (sum(e["qoe_ok"] for e in ev.values()) / len(ev), sum(e["mean_utility"] for e in ev.values()) / len(ev))
+        self.history.append({"at": at, **ev})
+        if self.best is None or key > self.best[0]:
+            self.best = (key, at, copy.deepcopy(self.policy.state_dict()))
+        return ev
+
+    def restore(self) -> dict:
+        """Load the best checkpoint's weights; returns the record for config.yml."""
+        if self.best is None:
+            return {"kept": "the last weights (no checkpoint was evaluated)"}
+        self.policy.load_state_dict(self.best[2])
+        return {"kept": self.best[1], "history": self.history}
 
 
 def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: int = 0, progress: bool = True,
@@ -107,6 +165,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         log.info("phase %s: %s", name, info["phases"][name])
         return res
 
+    sel = _Selection(model.policy, fams, scenario, first, seed, max_minutes)
     if scenario is not None:
         from dora_rl.envs.instance import Instance
 
@@ -121,28 +180,16 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         phase("teacher", teach)
     else:
         phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers))
-    phase("imitate", lambda s: st.fit(model.policy, datas, s, epochs=40, seed=seed, progress=progress,
-                                          threads=threads))
+
+    def imitate(secs):
+        res = st.fit(model.policy, datas, secs, epochs=40, seed=seed, progress=progress, threads=threads)
+        return {**res, "selection": sel("imitation")}
+    phase("imitate", imitate)
     if scenario is None:
         phase("dagger", lambda s: sc.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress,
                                                   rounds=recipe["dagger_rounds"], top_k=recipe["dagger_top_k"],
-                                                  workers=workers, fit_threads=threads))
-    evals = {}
-
-    def quick():
-        if scenario is not None:
-            env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
-            from dora_rl.learning.search import greedy_complete
-            from dora_rl.learning.stage_policy import StageNumpyActor
-            env.reset(seed=0)
-            _, m, u = greedy_complete(StageNumpyActor(model.policy), [env])[0]
-            return {"mean_utility": u, "qoe_ok": float(m.qoe_ok)}
-        return st.greedy_eval(model.policy, first, n=40, seed=1)
-
+                                                  workers=workers, fit_threads=threads, on_round=sel))
     if not info["interrupted"] and left() > 20:
-        evals["before_ppo"] = quick()
-        saved = copy.deepcopy(model.policy.state_dict())
-
         class Deadline(BaseCallback):
             """Stops PPO at the phase's deadline; a time-based progress bar with an ETA."""
 
@@ -161,16 +208,9 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
 
         def ppo(secs):
             model.learn(total_timesteps=10**7, callback=Deadline(secs), progress_bar=False)
-            return {"timesteps": int(model.num_timesteps)}
+            return {"timesteps": int(model.num_timesteps), "selection": sel("ppo")}
         phase("ppo", ppo)
-        evals["after_ppo"] = quick()
-        def key(e):
-            return e["qoe_ok"], e["mean_utility"]
-        if key(evals["after_ppo"]) < key(evals["before_ppo"]):
-            model.policy.load_state_dict(saved)
-            evals["kept"] = "imitation + DAgger (PPO did not improve the quick check)"
-        else:
-            evals["kept"] = "after PPO"
+    evals = sel.restore()
     seconds = time.time() - t_start
     folder = Path(out) / sanitize(env_id)
     import gymnasium
@@ -194,12 +234,12 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         "trained_range": {"devices": rng_dev, "blocks": rng_blk},
         "scenario": getattr(scenario, "name", None), "seed": seed, "train_seconds": round(seconds, 1),
         "max_minutes": max_minutes, "recipe": recipe, "interrupted": info["interrupted"],
-        "timesteps": int(model.num_timesteps), "phases": info["phases"], "quick_eval": evals,
+        "timesteps": int(model.num_timesteps), "phases": info["phases"], "selection": evals,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "stable_baselines3": stable_baselines3.__version__, "sb3_contrib": sb3_contrib.__version__,
                      "gymnasium": gymnasium.__version__, "numpy": np.__version__},
     }
-    save_agent(model, folder, config, {"env_id": env_id, "train_seconds": round(seconds, 1), "quick_eval": evals},
+    save_agent(model, folder, config, {"env_id": env_id, "train_seconds": round(seconds, 1), "selection": evals},
                card=f"# {env_id}\n\nTrained with `dora train` in {seconds / 60:.1f} min (stage policy: imitation of "
                     "the best known plan, DAgger, PPO). "
                     "Run `bench/bench_learning.py --agent` for the ablation table.\n")

@@ -303,13 +303,15 @@ def label_by_rollout(actor, env, top_k: int, tol: float = 1e-3):
     return acts[i], res[i], eq
 
 
-def greedy_eval(policy, family: dict, n: int = 60, seed: int = 1) -> dict:
+def greedy_eval(policy, family: dict, n: int = 60, seed: int = 1, env=None) -> dict:
     """Greedy (network alone) on n instances of `family` with generator seed `seed`:
-    mean utility and QoE compliance (a quick check for choosing checkpoints, not the bench)."""
+    mean utility and QoE compliance (a quick check for choosing checkpoints, not the bench).
+    `env`: a StageEnv of that family and seed to reuse (its instances are cached: a
+    64-device instance takes ~1.5 s to build)."""
     from dora_rl.learning.search import greedy_complete
     from dora_rl.learning.stage_policy import StageNumpyActor
 
-    actor, env = StageNumpyActor(policy), make_env(family, seed)
+    actor, env = StageNumpyActor(policy), env if env is not None else make_env(family, seed)
     us, ok = [], 0
     for i in range(n):
         env.reset(seed=0, options={"scenario": env.source.instance(i)})

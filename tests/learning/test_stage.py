@@ -235,6 +235,38 @@ def test_budget_bound_training_saves_a_loadable_agent(trained):
     assert agent.config["policy_kwargs"] == {"add_lookahead": True}
     plain = MaskablePPO.load(str(trained / "model.zip"), device="cpu")        # plain SB3, no custom objects
     assert plain.policy.action_net.add_look and agent.model.policy.action_net.add_look
+    sel = agent.config["selection"]
+    assert sel["kept"] in [h["at"] for h in sel["history"]] and sel["history"][0]["at"] == "imitation"
+
+
+def test_training_keeps_the_best_checkpoint_on_the_selection_instances(small_policy, monkeypatch):
+    import copy
+
+    import torch
+
+    from dora_rl.learning.stage_run import _Selection
+
+    pol = small_policy.policy
+    before = copy.deepcopy(pol.state_dict())
+    sel = _Selection(pol, {"small": {}}, None, {}, seed=0, max_minutes=42)
+    # (compliance, mean utility) per checkpoint: compliance first, then utility -> "c"
+    scores = iter([(0.5, -1.0), (0.6, -2.0), (0.6, -1.5), (0.4, 0.0)])
+    monkeypatch.setattr(sel, "_evaluate", lambda: {"small": dict(zip(("qoe_ok", "mean_utility"), next(scores)))})
+    snaps = []
+    try:
+        for at in "abcd":
+            with torch.no_grad():
+                for p in pol.parameters():
+                    p.add_(0.01)
+            snaps.append(copy.deepcopy(pol.state_dict()))
+            sel(at)
+        rec = sel.restore()
+        assert rec["kept"] == "c" and [h["at"] for h in rec["history"]] == list("abcd")
+        now = pol.state_dict()
+        assert all(torch.equal(now[k], snaps[2][k]) for k in now)
+        assert not all(torch.equal(now[k], snaps[3][k]) for k in now)
+    finally:
+        pol.load_state_dict(before)
 
 
 def test_fit_runs_on_the_threads_asked_and_restores_the_setting(small_policy, monkeypatch):

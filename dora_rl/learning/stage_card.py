@@ -136,15 +136,22 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
              f"{_f((config.get('train_seconds') or 0) / 60, 1)} min on a shared 2-core CPU, seed {config.get('seed')}. "
              "Phases (seconds): " + ", ".join(f"{k} {v.get('seconds')}" for k, v in ph.items())
              + ". Teacher: the best of `dora`, its polish and polish from the fastest device per instance; DAgger "
-             "labels the policy's own states by rollout; PPO fine-tune; the weights kept are the best checkpoint "
-             "(after imitation, each DAgger round or PPO) on selection instances, greedy "
-             f"(kept: {(config.get('selection') or config.get('quick_eval') or {}).get('kept', '-')}). "
-             "Details: `config.yml`.", "",
+             "labels the policy's own states by rollout; PPO fine-tune; " + _kept(config)
+             + " Details: `config.yml`.", "",
              "## Limits", "", "- Data-parallel group members are drawn from the 16 fastest free devices.",
              "- Training masks assume M micro-batches in flight per stage (conservative for memory).",
              "- The QoE masks are a sound lower bound: a masked step has no QoE-compliant completion, a kept one "
              "may still have none; scenarios with measured block times get memory masks only.", ""]
     return "\n".join(head + body)
+
+
+def _kept(config: dict) -> str:
+    """Which weights the run saved: since session 13 the best checkpoint on selection
+    instances; before, PPO was undone if a quick check fell."""
+    if config.get("selection"):
+        return ("the weights kept are the best checkpoint (after imitation, each DAgger round or PPO) on "
+                f"selection instances planned greedily (kept: {config['selection'].get('kept', '-')}).")
+    return f"PPO kept only if a quick check improves ({(config.get('quick_eval') or {}).get('kept', '-')})."
 
 
 def main(argv=None) -> int:

@@ -465,6 +465,9 @@ def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
     card = (folder / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: stable-baselines3") and "MaskablePPO.load" in card
     assert "action_masks" in card
+    kept = json.loads((folder / "results.json").read_text())["selection"]["kept"]
+    assert f"best checkpoint (after imitation, each DAgger round or PPO) on selection instances planned greedily " \
+           f"(kept: {kept})" in card
     res = json.loads((folder / "results.json").read_text())
     assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}
 

@@ -22,7 +22,12 @@ few rounds in which the policy plans fresh training instances with rollout searc
 (dora_rl/learning/search.py), and the network is cloned again on the aggregated
 decisions - it learns to recover from its own mistakes on the states it visits.
 config.yml records what was done (`bc`: episodes, decisions, epochs, seconds; PPO
-steps and seconds)."""
+steps and seconds).
+
+`max_minutes` bounds every phase (session 13; before, only PPO, and `dora train
+dora_rl/Partition-v0 --max-minutes 2` ran 10 minutes in its warm start): teacher data
+until 35 % of it, the fit until 50 %, expert iteration until 80 %, PPO the rest. Ctrl-C in
+any phase skips to saving, so the folder always holds a loadable agent."""
 
 from __future__ import annotations
 
@@ -111,56 +116,34 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
         def _on_step(self) -> bool:
             return time.time() - self.t0 < self.seconds
 
-    bc_info = None
-    if do_bc:
-        from sb3_contrib.common.maskable.evaluation import evaluate_policy
+    budget = 60.0 * max_minutes if max_minutes else None
 
-        from dora_rl.learning.imitation import behaviour_clone, teacher_dataset
+    def until(own_minutes, end_share: float) -> float | None:
+        """Seconds a warm-start phase may take: its own `max_minutes` from the hyperparameters
+        and, under `--max-minutes`, the time left until `end_share` of the budget."""
+        caps = [60.0 * float(own_minutes)] if own_minutes else []
+        if budget:
+            caps.append(max(1.0, end_share * budget - (time.time() - t_start)))
+        return min(caps) if caps else None
 
-        D = int(env_kwargs.get("max_devices", 8))
-        if fixed_scenario:
-            presets, episodes = (fixed_scenario,), 0
-            rep = bc_n      # one scenario: its teacher episode, repeated
-        else:
-            presets, episodes = tuple(bc_hp.get("presets") or ()), bc_n
-            rep = int(bc_hp.get("preset_repeat", 20))
-        tmax = float(bc_hp["max_minutes"]) * 60 if bc_hp.get("max_minutes") else None
-        data = teacher_dataset(episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, presets=presets,
-                               preset_repeat=rep, env_kwargs=env_kwargs, progress=progress, max_seconds=tmax)
-        np.savez_compressed(folder / "teacher.npz", actions=data["actions"], returns=data["returns"],
-                            **{f"obs_{k}": v for k, v in data["obs"].items()})   # for re-use / inspection
-        fit = behaviour_clone(model.policy, data, epochs=int(bc_hp.get("epochs", 10)),
-                              batch_size=int(bc_hp.get("batch_size", 256)), lr=float(bc_hp.get("lr", 1e-3)),
-                              seed=seed, progress=verbose > 0)
-        ex_hp = dict(hp.get("expert_iteration") or {})
-        exit_info = None
-        if int(ex_hp.get("rounds", 0) or 0) > 0 and not fixed_scenario:
-            from dora_rl.learning.imitation import expert_iteration
-
-            exit_info = expert_iteration(
-                model.policy, data, rounds=int(ex_hp["rounds"]), episodes=int(ex_hp.get("episodes", 500)),
-                start=episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, env_kwargs=env_kwargs,
-                epochs=int(ex_hp.get("epochs", 4)), lr=float(ex_hp.get("lr", 5e-4)),
-                batch_size=int(bc_hp.get("batch_size", 256)), top_k=ex_hp.get("top_k", 2),
-                max_seconds=float(ex_hp["max_minutes"]) * 60 if ex_hp.get("max_minutes") else None,
-                progress=verbose > 0)
-        mean_r, _ = evaluate_policy(model, eval_env, n_eval_episodes=int(hp.get("n_eval_episodes", 50)),
-                                    deterministic=True, use_masking=True, warn=False)
-        cbs[0].best_mean_reward = float(mean_r)
-        (folder / "best").mkdir(parents=True, exist_ok=True)
-        model.save(str(folder / "best" / "best_model"))
-        bc_info = {"teacher": "dora", "requested_episodes": bc_n, **data["stats"],
-                   "teacher_seconds": data["stats"]["seconds"], "epochs": fit["epochs"], "lr": fit["lr"],
-                   "batch_size": fit["batch_size"], "bc_seconds": fit["seconds"],
-                   "final": fit["history"][-1] if fit["history"] else None, "eval_mean_reward": round(float(mean_r), 4),
-                   "expert_iteration": exit_info}
-        bc_info.pop("seconds", None)
+    bc_info, interrupted = None, False
+    try:
+        if do_bc:
+            bc_info = _warm_start(model, hp, bc_hp, bc_n, env_kwargs, fixed_scenario, eval_env, folder, seed,
+                                  progress, verbose, until)
+            cbs[0].best_mean_reward = bc_info["eval_mean_reward"]
+    except KeyboardInterrupt:       # Ctrl-C: no PPO, straight to saving what there is
+        interrupted = True
     pre_seconds = time.time() - t_start
-    if max_minutes:
-        cbs.append(_Deadline(max(1.0, 60.0 * max_minutes - pre_seconds)))
+    if budget:
+        cbs.append(_Deadline(max(1.0, budget - pre_seconds)))
     t0 = time.time()
-    model.learn(total_timesteps=n_timesteps, callback=CallbackList(cbs), progress_bar=progress,
-                tb_log_name=sanitize(env_id))
+    try:
+        if not interrupted:
+            model.learn(total_timesteps=n_timesteps, callback=CallbackList(cbs), progress_bar=progress,
+                        tb_log_name=sanitize(env_id))
+    except KeyboardInterrupt:
+        interrupted = True
     ppo_seconds = time.time() - t0
     seconds = time.time() - t_start
     steps_done = int(model.num_timesteps)
@@ -186,7 +169,8 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
                   "env_kwargs": {k: v for k, v in env_kwargs.items()}}
     config = {
         "env_id": env_id, "algo": "MaskablePPO", "policy": hp.get("policy", "SetPointerPolicy"), **layout,
-        "seed": seed, "timesteps": steps_done, "train_seconds": round(seconds, 1),
+        "seed": seed, "timesteps": steps_done, "train_seconds": round(seconds, 1), "interrupted": interrupted,
+        "max_minutes": max_minutes,
         "ppo_timesteps": steps_done, "ppo_seconds": round(ppo_seconds, 1),
         "bc": bc_info, "shipped_checkpoint": "behaviour cloning (no PPO checkpoint beat it)" if best_is_bc
         else ("best periodic PPO evaluation" if best.is_file() else "final"),
@@ -213,3 +197,49 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     (folder / "train_log.json").write_text(json.dumps({"seconds": seconds, "timesteps": steps_done,
                                                         "bc": bc_info}, default=str) + "\n")
     return folder
+
+
+def _warm_start(model, hp, bc_hp, bc_n, env_kwargs, fixed_scenario, eval_env, folder, seed, progress, verbose,
+                until) -> dict:
+    """Behaviour cloning from `dora` (+ expert iteration): teacher data until 35 % of the
+    budget, the fit until 50 %, expert iteration until 80 % (`until`); the cloned policy is
+    saved as the first best checkpoint. Returns the run's `bc` record."""
+    from sb3_contrib.common.maskable.evaluation import evaluate_policy
+
+    from dora_rl.learning.imitation import behaviour_clone, expert_iteration, teacher_dataset
+
+    D = int(env_kwargs.get("max_devices", 8))
+    if fixed_scenario:
+        presets, episodes = (fixed_scenario,), 0
+        rep = bc_n      # one scenario: its teacher episode, repeated
+    else:
+        presets, episodes = tuple(bc_hp.get("presets") or ()), bc_n
+        rep = int(bc_hp.get("preset_repeat", 20))
+    data = teacher_dataset(episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, presets=presets,
+                           preset_repeat=rep, env_kwargs=env_kwargs, progress=progress,
+                           max_seconds=until(bc_hp.get("max_minutes"), 0.35))
+    np.savez_compressed(folder / "teacher.npz", actions=data["actions"], returns=data["returns"],
+                        **{f"obs_{k}": v for k, v in data["obs"].items()})   # for re-use / inspection
+    fit = behaviour_clone(model.policy, data, epochs=int(bc_hp.get("epochs", 10)),
+                          batch_size=int(bc_hp.get("batch_size", 256)), lr=float(bc_hp.get("lr", 1e-3)),
+                          seed=seed, progress=verbose > 0, max_seconds=until(None, 0.5))
+    ex_hp = dict(hp.get("expert_iteration") or {})
+    exit_info = None
+    if int(ex_hp.get("rounds", 0) or 0) > 0 and not fixed_scenario:
+        exit_info = expert_iteration(
+            model.policy, data, rounds=int(ex_hp["rounds"]), episodes=int(ex_hp.get("episodes", 500)),
+            start=episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, env_kwargs=env_kwargs,
+            epochs=int(ex_hp.get("epochs", 4)), lr=float(ex_hp.get("lr", 5e-4)),
+            batch_size=int(bc_hp.get("batch_size", 256)), top_k=ex_hp.get("top_k", 2),
+            max_seconds=until(ex_hp.get("max_minutes"), 0.8), progress=verbose > 0)
+    mean_r, _ = evaluate_policy(model, eval_env, n_eval_episodes=int(hp.get("n_eval_episodes", 50)),
+                                deterministic=True, use_masking=True, warn=False)
+    (folder / "best").mkdir(parents=True, exist_ok=True)
+    model.save(str(folder / "best" / "best_model"))
+    info = {"teacher": "dora", "requested_episodes": bc_n, **data["stats"],
+            "teacher_seconds": data["stats"]["seconds"], "epochs": fit["epochs"], "lr": fit["lr"],
+            "batch_size": fit["batch_size"], "bc_seconds": fit["seconds"],
+            "final": fit["history"][-1] if fit["history"] else None, "eval_mean_reward": round(float(mean_r), 4),
+            "expert_iteration": exit_info}
+    info.pop("seconds", None)
+    return info

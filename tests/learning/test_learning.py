@@ -314,3 +314,39 @@ def test_checkpoint_selection_ranks_by_the_issue_targets():
     assert c["gain"] == pytest.approx(0.075, abs=1e-4) and c["violations_le"] == pytest.approx(0.667, abs=1e-3)
     assert c["met"] == 3
     assert selection_key(c) > selection_key(g)
+
+
+@pytest.mark.parametrize("where", ["teacher_dataset", "behaviour_clone"])
+def test_ctrl_c_in_the_warm_start_still_saves_a_loadable_agent(tmp_path, monkeypatch, where):
+    from dora_rl.learning import imitation
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.training import train
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imitation, where, interrupted)
+    folder = train(ENV, timesteps=4096, seed=0, out=tmp_path, progress=False, hyperparams=FAST, eval_freq=10**9)
+    agent = load_agent(folder)
+    assert agent.config["interrupted"] is True and agent.config["timesteps"] == 0
+
+
+def test_max_minutes_bounds_the_warm_start(tmp_path, monkeypatch):
+    # each warm-start phase gets the time left until its share of --max-minutes
+    from dora_rl.learning import imitation
+    from dora_rl.learning.training import train
+
+    seen = {}
+    real = {k: getattr(imitation, k) for k in ("teacher_dataset", "behaviour_clone")}
+
+    def spy(name):
+        def f(*a, **k):
+            seen[name] = k.get("max_seconds")
+            return real[name](*a, **k)
+        return f
+
+    for k in real:
+        monkeypatch.setattr(imitation, k, spy(k))
+    hp = {**FAST, "bc": {**FAST["bc"], "max_minutes": 100}}
+    train(ENV, timesteps=256, seed=0, out=tmp_path, progress=False, hyperparams=hp, eval_freq=10**9, max_minutes=1.0)
+    assert 0 < seen["teacher_dataset"] <= 0.35 * 60 and 0 < seen["behaviour_clone"] <= 0.5 * 60

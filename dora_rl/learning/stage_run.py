@@ -31,7 +31,10 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # and DAgger's data (stage_collect.py). Session 12 (docs/learning.md "Session 12"): the add
 # decision's lookahead (`policy_kwargs`, stage_policy.py:add_lookahead) and fitting on the
 # workers' threads (`fit_threads`) each trained a network no better on the validation
-# instances, so both stay off by default and this recipe still reproduces the shipped run
+# instances, so both stay off by default. Session 13: the best checkpoint is kept
+# (`_Selection`) and a group's members may join in any order (stage_training.group_adds);
+# with them this recipe trained two networks no better on the validation instances than the
+# shipped one (docs/learning.md "Session 13"), which the code of session 11 trained
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
 RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2, "fit_threads": 1,

@@ -57,7 +57,7 @@ def _families(scenario, env_kwargs: dict) -> dict:
     return fams
 
 
-SELECT_N = {"small": 100, "large": 10, "scenario": 1}     # selection instances per family (full budget)
+SELECT_N = {"small": 100, "large": 10}      # selection instances per family at the full budget (a scenario: itself)
 SELECT_SEED = 500_009       # their generator seed is the run's seed + this: not a training, validation or held-out seed
 
 

@@ -203,7 +203,9 @@ def _warm_start(model, hp, bc_hp, bc_n, env_kwargs, fixed_scenario, eval_env, fo
                 until) -> dict:
     """Behaviour cloning from `dora` (+ expert iteration): teacher data until 35 % of the
     budget, the fit until 50 %, expert iteration until 80 % (`until`); the cloned policy is
-    saved as the first best checkpoint. Returns the run's `bc` record."""
+    saved as the first best checkpoint. With `progress`, the teacher shows a bar and each
+    fit epoch and expert-iteration round a log line (`dora train` shows them on stderr).
+    Returns the run's `bc` record."""
     from sb3_contrib.common.maskable.evaluation import evaluate_policy
 
     from dora_rl.learning.imitation import behaviour_clone, expert_iteration, teacher_dataset
@@ -222,7 +224,7 @@ def _warm_start(model, hp, bc_hp, bc_n, env_kwargs, fixed_scenario, eval_env, fo
                         **{f"obs_{k}": v for k, v in data["obs"].items()})   # for re-use / inspection
     fit = behaviour_clone(model.policy, data, epochs=int(bc_hp.get("epochs", 10)),
                           batch_size=int(bc_hp.get("batch_size", 256)), lr=float(bc_hp.get("lr", 1e-3)),
-                          seed=seed, progress=verbose > 0, max_seconds=until(None, 0.5))
+                          seed=seed, progress=progress, max_seconds=until(None, 0.5))
     ex_hp = dict(hp.get("expert_iteration") or {})
     exit_info = None
     if int(ex_hp.get("rounds", 0) or 0) > 0 and not fixed_scenario:
@@ -231,7 +233,7 @@ def _warm_start(model, hp, bc_hp, bc_n, env_kwargs, fixed_scenario, eval_env, fo
             start=episodes, seed=int(env_kwargs.get("seed", 0)), max_devices=D, env_kwargs=env_kwargs,
             epochs=int(ex_hp.get("epochs", 4)), lr=float(ex_hp.get("lr", 5e-4)),
             batch_size=int(bc_hp.get("batch_size", 256)), top_k=ex_hp.get("top_k", 2),
-            max_seconds=until(ex_hp.get("max_minutes"), 0.8), progress=verbose > 0)
+            max_seconds=until(ex_hp.get("max_minutes"), 0.8), progress=progress)
     mean_r, _ = evaluate_policy(model, eval_env, n_eval_episodes=int(hp.get("n_eval_episodes", 50)),
                                 deterministic=True, use_masking=True, warn=False)
     (folder / "best").mkdir(parents=True, exist_ok=True)

@@ -350,3 +350,13 @@ def test_max_minutes_bounds_the_warm_start(tmp_path, monkeypatch):
     hp = {**FAST, "bc": {**FAST["bc"], "max_minutes": 100}}
     train(ENV, timesteps=256, seed=0, out=tmp_path, progress=False, hyperparams=hp, eval_freq=10**9, max_minutes=1.0)
     assert 0 < seen["teacher_dataset"] <= 0.35 * 60 and 0 < seen["behaviour_clone"] <= 0.5 * 60
+
+
+def test_warm_start_reports_each_fit_epoch_when_progress_is_on(tmp_path, caplog):
+    import logging
+
+    from dora_rl.learning.training import train
+
+    with caplog.at_level(logging.INFO, logger="dora_rl.learning"):
+        train(ENV, timesteps=256, seed=0, out=tmp_path, progress=True, hyperparams=FAST, eval_freq=10**9)
+    assert "bc epoch 1/3" in caplog.text and "bc epoch 3/3" in caplog.text

@@ -98,7 +98,7 @@ def _train_stage(args, env_kwargs: dict) -> int:
         print_json({"agent": str(folder), **res})
     else:
         console.print(f"trained {env_id} in {res['train_seconds']:.0f} s; agent in {folder} "
-                      f"(kept: {(res.get('selection') or res.get('quick_eval') or {}).get('kept')})")
+                      f"(kept: {res['selection']['kept']})")
     return 0
 
 

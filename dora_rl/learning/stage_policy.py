@@ -32,15 +32,18 @@ from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
-from dora_rl.envs.instance import NG
-from dora_rl.envs.stage import BLK_LOOKAHEAD, DEV_LOOKAHEAD, DEVICE_FEATURES
+from dora_rl.envs.instance import GLOBAL_FEATURES, NG
+from dora_rl.envs.stage import BLK_LOOKAHEAD, BLOCK_FEATURES, DEV_LOOKAHEAD, DEVICE_FEATURES
 from dora_rl.features import CLIP
 
 NEG = -1e4
 NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), 10    # lookahead columns: device, block, global
 # the head's columns: the lookahead's, then a device's "free" flag (valid, unused, not in the
-# pending group), a block's "candidate end" flag and the log rate of the pending group
-NDX, NBX, NGX = NDL + 1, NBL + 1, NGL + 1
+# pending group), a block's "candidate end" flag, the log rate of the pending group and the
+# objective's flag (1 = energy)
+NDX, NBX, NGX = NDL + 1, NBL + 1, NGL + 2
+_G_OBJ_ENERGY = GLOBAL_FEATURES.index("obj_energy")
+_IS_END = BLK_LOOKAHEAD.index(BLOCK_FEATURES.index("is_end"))
 _USED, _IN_GROUP = DEVICE_FEATURES.index("used"), DEVICE_FEATURES.index("in_group")
 _PAIRED = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_dyn_w", "log_idle_w_new")]
 _REST = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_rate_rest", "log_rate_rest_fill")]
@@ -82,13 +85,34 @@ def lookahead(xd, xb, xg, lib=np):
 def head_columns(obs: dict, lib=np):
     """The columns the head reads from an observation (numpy or torch): (devices: the
     `DEV_LOOKAHEAD` columns + free flag, blocks: `BLK_LOOKAHEAD` + candidate flag, global:
-    StageEnv's extras + log group rate)."""
+    StageEnv's extras + log group rate + objective flag)."""
     xd, dm, xb, bm, g = obs["devices"], obs["device_mask"], obs["blocks"], obs["block_mask"], obs["global"]
     free = dm * (1.0 - xd[..., _USED]) * (1.0 - xd[..., _IN_GROUP])
     cat = np.concatenate if lib is np else torch.cat
     return (cat([xd[..., list(DEV_LOOKAHEAD)], free[..., None]], -1),
             cat([xb[..., list(BLK_LOOKAHEAD)], bm[..., None]], -1),
-            cat([g[..., NG:NG + NGL], g[..., _G_GROUP_RATE:_G_GROUP_RATE + 1]], -1))
+            cat([g[..., NG:NG + NGL], g[..., _G_GROUP_RATE:_G_GROUP_RATE + 1],
+                 g[..., _G_OBJ_ENERGY:_G_OBJ_ENERGY + 1]], -1))
+
+
+def end_objective(xd, xb, xg, lib=np):
+    """Per device d, (..., D): the lookahead's own objective column (log latency bound, or
+    log energy when the objective is energy) of the close that ends the plan on d, minus the
+    least of it over the free devices; 0 where no such close exists. A close that ends the
+    plan leaves no rest to bound, so there the latency column is the plan's latency (the
+    difference of two whole-model closes is the log of their latency ratio to 1e-4 on
+    random instances, tested); the energy column is an estimate (that difference within
+    0.03 of the true log ratio at the median, 0.5 at the 90th percentile).
+    (xd, xb, xg: `head_columns`.)"""
+    end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
+    xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
+    x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
+    e = xg[..., NGL + 1][..., None]
+    col = (1.0 - e) * x[..., 1] + e * x[..., 4]
+    ok = (xd[..., NDL] > 0.5) & (end.sum(-1) > 0.5)[..., None]
+    v = lib.where(ok, col, 1e30)
+    least = lib.amin(v, -1)[..., None]
+    return lib.where(ok, v - lib.where(ok, least, 0.0), 0.0)
 
 
 def add_lookahead(xd, xb, xg, lib=np):
@@ -190,7 +214,8 @@ class StageExtractor(BaseFeaturesExtractor):
 class StagePointerHead(nn.Module):
     """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
 
-    def __init__(self, hidden: int, embed: int, D: int, Bm: int, add_lookahead: bool = False):
+    def __init__(self, hidden: int, embed: int, D: int, Bm: int, add_lookahead: bool = False,
+                 objective_term: bool = False):
         super().__init__()
         self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
         K = sum(PAIR_BUMPS)
@@ -208,6 +233,11 @@ class StagePointerHead(nn.Module):
             self.amp_add = nn.Linear(embed, K)
             self.scale_add = nn.Parameter(self.scale.detach().clone())
             self.shift_add = nn.Parameter(self.shift.detach().clone())
+        # the objective term (`objective_term`, session 14): the close that ends the plan on d
+        # gets -w * end_objective(d), w per objective (latency, energy), learned from 0
+        self.obj_term = objective_term
+        if objective_term:
+            self.obj_w = nn.Parameter(torch.zeros(2))
 
     def split(self, z: torch.Tensor):
         H, E, D, Bm = self.hidden, self.embed, self.D, self.Bm
@@ -225,6 +255,10 @@ class StagePointerHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
+    def _obj_w(self, xg):
+        e = xg[..., NGL + 1]
+        return (1.0 - e) * self.obj_w[0] + e * self.obj_w[1]
+
     def logits(self, hd, gb, xd, xb, xg) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras)."""
@@ -233,6 +267,9 @@ class StagePointerHead(nn.Module):
         bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)         # (N, D, Bm, K)
         pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
         close = bil + pair + self.kb(gb).transpose(1, 2)
+        if self.obj_term:
+            close = close - self._obj_w(xg)[:, None, None] * end_objective(xd, xb, xg, torch)[:, :, None] * (
+                xb[..., _IS_END] > 0.5)[:, None, :]
         add = self.add(hd)[..., 0]
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
@@ -253,19 +290,22 @@ class ValueHead(nn.Module):
 class StagePolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy with the stage extractor, pointer head and context value head."""
 
-    def __init__(self, *args, add_lookahead: bool = False, **kwargs):
+    def __init__(self, *args, add_lookahead: bool = False, objective_term: bool = False, **kwargs):
         kwargs.setdefault("features_extractor_class", StageExtractor)
         kwargs["net_arch"] = dict(pi=[], vf=[])
         self.add_lookahead = add_lookahead
+        self.objective_term = objective_term
         super().__init__(*args, **kwargs)
 
     def _get_constructor_parameters(self) -> dict:
-        return {**super()._get_constructor_parameters(), "add_lookahead": self.add_lookahead}
+        return {**super()._get_constructor_parameters(), "add_lookahead": self.add_lookahead,
+                "objective_term": self.objective_term}
 
     def _build(self, lr_schedule) -> None:
         super()._build(lr_schedule)
         fe = self.features_extractor
-        self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm, self.add_lookahead)
+        self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm, self.add_lookahead,
+                                           self.objective_term)
         for m in self.action_net.modules():
             if isinstance(m, nn.Linear):
                 nn.init.orthogonal_(m.weight, gain=0.1)
@@ -303,6 +343,7 @@ class StageNumpyActor:
         self.fidx = hd.fidx.detach().numpy()
         self.embed = fe.embed
         self.add_look = hd.add_look
+        self.obj_w = hd.obj_w.detach().numpy().astype("float64") if hd.obj_term else None
         if hd.add_look:
             self.amp_add = _np(hd.amp_add)
             self.scale_add = hd.scale_add.detach().numpy().astype("float64")
@@ -370,6 +411,11 @@ class StageNumpyActor:
         close = bil.copy()
         close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
+        if self.obj_w is not None:
+            e = cg[..., NGL + 1]
+            w = (1.0 - e) * self.obj_w[0] + e * self.obj_w[1]
+            close -= (w[..., None, None] * end_objective(cd, cb, cg, np)[..., :, None]
+                      * (cb[..., _IS_END] > 0.5)[..., None, :])
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)

@@ -213,7 +213,8 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
         seed: int = 0, progress: bool = False, desc: str = "imitate", threads: int = 1) -> dict:
     """Masked cross-entropy of each label's equivalence class (+ value regression) on every
     family's decisions, one family per mini-batch (each cropped to its largest instance),
-    cosine learning rate, until `epochs` or `seconds`, on `threads` torch threads (the
+    cosine learning rate annealed to 0 by `epochs` or by `seconds`, whichever comes first
+    (imitation.BudgetCosine; the fit stops there), on `threads` torch threads (the
     collecting workers are idle while the network fits: 2 threads fit 1.7x faster here,
     the same weights)."""
     import torch
@@ -229,7 +230,7 @@ def fit(policy, datas: dict, seconds: float, epochs: int = 30, lr: float = 1e-3,
 def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dict:
     import torch
 
-    from dora_rl.learning.imitation import optimizer_step
+    from dora_rl.learning.imitation import BudgetCosine, optimizer_step
 
     rng = np.random.default_rng(seed)
     tens = {k: d.tensors() for k, d in datas.items() if len(d)}
@@ -237,8 +238,7 @@ def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dic
         raise DoraError("imitation: no decisions to learn from")
     steps_per_epoch = sum(math.ceil(len(t[2]) / batch) for t in tens.values())
     opt = torch.optim.Adam(policy.parameters(), lr=lr)
-    total = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / total))))
+    sched = BudgetCosine(opt, epochs * steps_per_epoch, seconds)
     policy.set_training_mode(True)
     t0, bar, hist = time.time(), TimeBar(seconds, desc, progress), []
     for ep in range(epochs):
@@ -246,6 +246,8 @@ def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dic
         rng.shuffle(order)
         tot = acc = cnt = 0.0
         for k, idx in order:
+            if ep and sched.progress() >= 1.0:      # the budget's end (after one epoch at least): the rate is 0
+                break
             obs, masks, acts, rets, eq = _crop(tens[k], idx)
             logits, v = policy.any_size(obs)
             logits = logits.masked_fill(~masks, -1e9)
@@ -255,9 +257,10 @@ def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dic
             tot += float(ce.detach()) * len(idx)
             acc += float(eq.gather(1, logits.argmax(-1, keepdim=True)).float().sum())
             cnt += len(idx)
-        hist.append({"epoch": ep + 1, "ce": round(tot / cnt, 4), "acc": round(acc / cnt, 4)})
-        bar.tick(f"epoch {ep + 1} ce {tot / cnt:.3f} acc {acc / cnt:.3f}")
-        if time.time() - t0 > seconds:
+        if cnt:
+            hist.append({"epoch": ep + 1, "ce": round(tot / cnt, 4), "acc": round(acc / cnt, 4)})
+            bar.tick(f"epoch {ep + 1} ce {tot / cnt:.3f} acc {acc / cnt:.3f}")
+        if sched.progress() >= 1.0:
             break
     bar.close()
     policy.set_training_mode(False)

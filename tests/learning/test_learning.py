@@ -360,3 +360,28 @@ def test_warm_start_reports_each_fit_epoch_when_progress_is_on(tmp_path, caplog)
     with caplog.at_level(logging.INFO, logger="dora_rl.learning"):
         train(ENV, timesteps=256, seed=0, out=tmp_path, progress=True, hyperparams=FAST, eval_freq=10**9)
     assert "bc epoch 1/3" in caplog.text and "bc epoch 3/3" in caplog.text
+
+
+def test_budget_cosine_anneals_by_steps_or_by_the_clock(monkeypatch):
+    """The rate follows b (1 + cos(pi f)) / 2 with f the larger of steps / total and
+    elapsed / seconds: by steps alone, 5 of 10 steps give b / 2 and 10 give 0; with the
+    clock at 3/4 of the budget after one step, b (1 + cos(3 pi / 4)) / 2 = 0.1464 b."""
+    import torch
+
+    from dora_rl.learning import imitation
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    s = imitation.BudgetCosine(opt, total=10)
+    for _ in range(5):
+        s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    for _ in range(5):
+        s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12) and s.progress() == 1.0
+    clock = [100.0]
+    monkeypatch.setattr(imitation.time, "time", lambda: clock[0])
+    opt.param_groups[0]["lr"] = 0.2
+    s = imitation.BudgetCosine(opt, total=1000, seconds=8.0)
+    clock[0] = 106.0
+    s.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 0.1464466, rel=1e-5)

@@ -6,6 +6,7 @@ decoding from `StageEnv.planning` against decoding from `StageEnv.reset` on a fr
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from dora_rl.envs.stage import StageEnv
 from dora_rl.synthetic import random_scenario
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "add_lookahead"])
+@pytest.fixture(scope="module", params=[{}, {"add_lookahead": True}, {"objective_term": True}],
+                ids=["plain", "add_lookahead", "objective_term"])
 def policy(request):
     import torch
     from sb3_contrib import MaskablePPO
@@ -24,7 +26,7 @@ def policy(request):
 
     torch.manual_seed(1)
     model = MaskablePPO(StagePolicy, StageEnv(max_devices=8, max_blocks=32), n_steps=32, batch_size=32, seed=1,
-                        device="cpu", policy_kwargs={"add_lookahead": request.param})
+                        device="cpu", policy_kwargs=request.param)
     with torch.no_grad():          # weights away from the near-zero init, so the logits differ per action
         for p in model.policy.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -130,3 +132,28 @@ def test_greedy_plans_from_the_planning_env_equal_a_reset_envs(policy, n, B):
         ref = greedy_complete(actor, [env])[0]
         assert json.dumps(fast[0].to_dict()) == json.dumps(ref[0].to_dict())
         assert fast[2] == ref[2]
+
+
+def test_end_objective_ranks_whole_model_closes_by_their_latency():
+    """The objective term's input: for a latency objective, the difference of two devices'
+    `end_objective` at the first state is the log of the ratio of their whole-model plans'
+    latencies (cost model), and the best such device gets 0."""
+    from dora_rl.learning.stage_policy import end_objective, head_columns
+
+    pairs = 0
+    for i in range(20):
+        sc = random_scenario(np.random.default_rng([11, i]), max_devices=5, n_blocks=10, objective="latency")
+        inst = Instance(sc, sc.cluster.n)
+        if not inst.completable:
+            continue
+        env = StageEnv(max_devices=inst.n, max_blocks=inst.B, pool_size=1, qoe_masks=False)
+        obs, _ = env.reset(options={"scenario": inst})
+        eo = end_objective(*head_columns({k: v.astype("float64") for k, v in obs.items()}))
+        ds = [d for d in range(inst.n) if env.action_masks()[d * inst.B + inst.B - 1]]
+        lat = {d: math.log(inst.finish([(0, inst.B, (d,))])[2].latency_ms) for d in ds}
+        assert eo.min() == 0.0
+        for a in ds:
+            for b in ds:
+                pairs += a < b
+                assert eo[a] - eo[b] == pytest.approx(lat[a] - lat[b], abs=1e-3)
+    assert pairs >= 20

@@ -34,7 +34,7 @@ NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate
 raw logs whose difference is the log of the stage's compute time over T* on the group
 plus that device; with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global
 extras (`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead
-per close itself (dora_rl/learning/stage_policy.py:lookahead).
+per close itself (dora_rl/learning/stage_lookahead.py:lookahead).
 """
 
 from __future__ import annotations

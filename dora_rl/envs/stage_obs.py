@@ -34,7 +34,7 @@ SNG = NG + len(STAGE_GLOBAL_EXTRA)
 NFD, NFB = len(DEVICE_FEATURES), len(BLOCK_FEATURES)
 DEV_LOG_RATE_JOIN = DEVICE_FEATURES.index("log_rate_join")
 BLK_LOG_WORK = BLOCK_FEATURES.index("log_work")
-# the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_policy.py:lookahead)
+# the columns the policy combines into its one-step lookahead (dora_rl/learning/stage_lookahead.py:lookahead)
 DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_rate_rest", "log_in_fill",
                                                          "log_in_period", "log_out_fill", "log_dyn_w",
                                                          "log_idle_w_new", "log_rate_rest_fill"))

@@ -29,7 +29,7 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # process) and over this one in one process; the shipped agent is this recipe's 42-minute
 # run (docs/learning.md "Session 11"). `workers`: the processes that collect the teacher's
 # and DAgger's data (stage_collect.py). Session 12 (docs/learning.md "Session 12"): the add
-# decision's lookahead (`policy_kwargs`, stage_policy.py:add_lookahead) and fitting on the
+# decision's lookahead (`policy_kwargs`, stage_lookahead.py:add_lookahead) and fitting on the
 # workers' threads (`fit_threads`) each trained a network no better on the validation
 # instances, so both stay off by default. Session 13: the best checkpoint is kept
 # (`_Selection`) and a group's members may join in any order (stage_training.group_adds);

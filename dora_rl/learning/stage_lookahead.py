@@ -1,0 +1,125 @@
+"""The stage policy's computed terms: the one-step lookahead of every close and add, the
+head's columns of an observation, and the objective of the closes that end the plan.
+
+Why a module of its own: these are exact formulas over the observation's lookahead columns
+(dora_rl/envs/stage_obs.py), written once for numpy (`StageNumpyActor`, planning) and torch
+(`StagePointerHead`, training) through `lib`, and tested against each other and against the
+cost model; the learned parts that weigh them live in stage_policy.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dora_rl.envs.instance import GLOBAL_FEATURES, NG
+from dora_rl.envs.stage import BLK_LOOKAHEAD, BLOCK_FEATURES, DEV_LOOKAHEAD, DEVICE_FEATURES
+from dora_rl.features import CLIP
+
+NDL, NBL, NGL = len(DEV_LOOKAHEAD), len(BLK_LOOKAHEAD), 10    # lookahead columns: device, block, global
+# the head's columns: the lookahead's, then a device's "free" flag (valid, unused, not in the
+# pending group), a block's "candidate end" flag, the log rate of the pending group and the
+# objective's flag (1 = energy)
+NDX, NBX, NGX = NDL + 1, NBL + 1, NGL + 2
+_G_OBJ_ENERGY = GLOBAL_FEATURES.index("obj_energy")
+_IS_END = BLK_LOOKAHEAD.index(BLOCK_FEATURES.index("is_end"))
+_USED, _IN_GROUP = DEVICE_FEATURES.index("used"), DEVICE_FEATURES.index("in_group")
+_PAIRED = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_dyn_w", "log_idle_w_new")]
+_REST = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_rate_rest", "log_rate_rest_fill")]
+_G_GROUP_RATE = 7               # StageEnv global: log(group rate / mean rate), -CLIP without a group
+PAIR_BUMPS = (8, 4, 4, 4, 4)    # tanh bumps per lookahead feature (log stage time, log bound, vs caps, energy)
+
+
+def lookahead(xd, xb, xg, lib=np):
+    """The one-step lookahead of every close (d, j), (..., D, Bm, 5), from the observation's
+    lookahead columns (xd: `DEV_LOOKAHEAD` columns, xb: `BLK_LOOKAHEAD`, xg: StageEnv's global extras;
+    dora_rl/envs/qoe_bound.py): log stage time / T*, log of the latency lower bound
+    `fill + (M - 1) T` after the close (the rest spread over the remaining devices) / T*,
+    that bound over the latency cap, the period bound over the period cap, and the log of an
+    energy estimate (stage + rest at the most efficient free device + idle power over the
+    period) over P* T* (P* = the mean active power). `lib` is
+    numpy or torch (same formula for the actor in numpy and the policy in torch)."""
+    def ex(x):
+        return lib.exp(lib.clip(x, -3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
+
+    lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm = (xd[..., i][..., :, None] for i in range(NDL))
+    lw, lwa, is_end = (xb[..., i][..., None, :] for i in range(NBL))
+    g = [xg[..., i][..., None, None] for i in range(NGL)]
+    x1 = lw - lrj
+    u, rest = ex(x1 - g[2]), ex(lwa - lrr - g[2]) * (1.0 - is_end)
+    out = ex(lout) * is_end
+    fill = ex(g[0]) + ex(lfin) + u + ex(lwa - lrm - g[2]) * (1.0 - is_end) + out
+    mx = lib.maximum
+    T = mx(mx(mx(ex(g[1]), ex(ltin)), mx(u, rest)), out)
+    lb = lib.log(fill + 64.0 * g[3] * T)
+    lt = lib.log(T)
+    # energy over P* T*: the stage's dynamic energy, the rest's at the most efficient free
+    # device, and idle power of the participants over the period (inference: the request
+    # period or M T; training: the latency bound)
+    period = g[7] * (fill + 64.0 * g[3] * T) + (1.0 - g[7]) * mx(ex(g[6]), ex(g[2]) * T)
+    e = ex(x1 + ldyn) + ex(lwa + g[8]) * (1.0 - is_end) + (ex(g[9]) + ex(lidle)) * period
+    return lib.stack([x1, lb, lb - g[4], lt - g[5], lib.log(e)], -1)
+
+
+def head_columns(obs: dict, lib=np):
+    """The columns the head reads from an observation (numpy or torch): (devices: the
+    `DEV_LOOKAHEAD` columns + free flag, blocks: `BLK_LOOKAHEAD` + candidate flag, global:
+    StageEnv's extras + log group rate + objective flag)."""
+    xd, dm, xb, bm, g = obs["devices"], obs["device_mask"], obs["blocks"], obs["block_mask"], obs["global"]
+    free = dm * (1.0 - xd[..., _USED]) * (1.0 - xd[..., _IN_GROUP])
+    cat = np.concatenate if lib is np else torch.cat
+    return (cat([xd[..., list(DEV_LOOKAHEAD)], free[..., None]], -1),
+            cat([xb[..., list(BLK_LOOKAHEAD)], bm[..., None]], -1),
+            cat([g[..., NG:NG + NGL], g[..., _G_GROUP_RATE:_G_GROUP_RATE + 1],
+                 g[..., _G_OBJ_ENERGY:_G_OBJ_ENERGY + 1]], -1))
+
+
+def end_objective(xd, xb, xg, lib=np):
+    """Per device d, (..., D): the lookahead's own objective column (log latency bound, or
+    log energy when the objective is energy) of the close that ends the plan on d, minus the
+    least of it over the free devices; 0 where no such close exists. A close that ends the
+    plan leaves no rest to bound, so there the latency column is the plan's latency (the
+    difference of two whole-model closes is the log of their latency ratio to 1e-4 on
+    random instances, tested); the energy column is an estimate (that difference within
+    0.03 of the true log ratio at the median, 0.5 at the 90th percentile).
+    (xd, xb, xg: `head_columns`.)"""
+    end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
+    xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
+    x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
+    e = xg[..., NGL + 1][..., None]
+    col = (1.0 - e) * x[..., 1] + e * x[..., 4]
+    ok = (xd[..., NDL] > 0.5) & (end.sum(-1) > 0.5)[..., None]
+    v = lib.where(ok, col, 1e30)
+    least = lib.amin(v, -1)[..., None]
+    return lib.where(ok, v - lib.where(ok, least, 0.0), 0.0)
+
+
+def add_lookahead(xd, xb, xg, lib=np):
+    """The one-step lookahead of every add d, (..., D, 5): the best over candidate ends j of
+    `lookahead` for closing (partner, j) on the pending group + d + partner, the partner
+    being the fastest other free device (its columns, with the joint rate: group + d +
+    partner; symmetric in d and the partner: the transfers in and out the slower of the
+    two, the rest's rates the lower, the dynamic and new idle power the two together, as a
+    group's energy is its work over the joint rate times the members' summed power under
+    proportional shares; the pending group's own members' power is left out, as in a
+    close's lookahead). Why: an add's value shows only after the close that follows it, so without
+    this the add logit had no computed term, and the network kept whole-model plans where
+    data parallelism on two devices halved the latency (held-out, session 11)."""
+    D = xd.shape[-2]
+    if D < 2:                   # no partner: no add is allowed anyway
+        return np.zeros(xd.shape[:-1] + (5,)) if lib is np else xd.new_zeros(xd.shape[:-1] + (5,))
+    lrj, free = xd[..., 0], xd[..., NDL] > 0.5
+    if lib is np:       # the partner's row: the only step numpy and torch spell differently
+        i12 = np.argsort(-np.where(free, lrj, -1e30), -1, kind="stable")[..., :2]
+        part = np.where(np.arange(D) == i12[..., :1], i12[..., 1:2], i12[..., :1])          # (..., D)
+        xp = np.take_along_axis(xd, part[..., None], -2)
+    else:
+        i12 = lrj.masked_fill(~free, -1e30).topk(2, -1).indices
+        part = torch.where(torch.arange(D) == i12[..., :1], i12[..., 1:2], i12[..., :1])
+        xp = torch.gather(xd, -2, part[..., None].expand(*part.shape, xd.shape[-1]))
+    joint = lib.exp(lrj) + lib.exp(xp[..., 0]) - lib.exp(xg[..., NGL])[..., None]
+    cols = lib.maximum(xd[..., :NDL], xp[..., :NDL])
+    cols[..., 0] = lib.log(joint.clip(min=1e-30))
+    cols[..., _REST] = lib.minimum(xd[..., _REST], xp[..., _REST])
+    cols[..., _PAIRED] = lib.logaddexp(xd[..., _PAIRED], xp[..., _PAIRED])
+    L = lib.where((xb[..., NBL] > 0.5)[..., None, :, None], lookahead(cols, xb, xg, lib), 1e30)
+    return lib.amin(L, -2).clip(-6 * CLIP, 6 * CLIP)

@@ -34,7 +34,10 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # instances, so both stay off by default. Session 13: the best checkpoint is kept
 # (`_Selection`) and a group's members may join in any order (stage_training.group_adds);
 # with them this recipe trained two networks no better on the validation instances than the
-# shipped one (docs/learning.md "Session 13"), which the code of session 11 trained
+# shipped one (docs/learning.md "Session 13"), which the code of session 11 trained.
+# Session 14: two 45-minute runs of a teacher-heavy recipe with the objective term (seeds 0
+# and 2) differed from each other as much as any two recipes have, and neither beat C on the
+# validation instances against the oracle (docs/learning.md "Session 14")
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
 RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2, "fit_threads": 1,

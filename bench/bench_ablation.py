@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -141,7 +140,7 @@ def summarize(rows: list[dict], yard: str) -> dict:
             ms.append(v["ms"])
             n_ok += v["ok"]
         out[k] = {"compliance": round(sum(comp) / len(comp), 4) if comp else None, "n_compliant_exists": len(comp),
-                  "geo_ratio": round(math.exp(sum(math.log(x) for x in ratios) / len(ratios)), 4) if ratios else None,
+                  "geo_ratio": round(statistics.geometric_mean(ratios), 4) if ratios else None,
                   "n_ratio": len(ratios), "median_ms": round(statistics.median(ms), 2) if ms else None}
     return out
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def score(agent_path: str, env, oracle: dict) -> dict:
         if m.qoe_ok:
             ratios.append(m.objective(env.inst.objective) / o["objective"])
     return {"agent": agent_path, "n": len(ok), "compliance": round(sum(ok) / len(ok), 4) if ok else None,
-            "geo_ratio": round(math.exp(sum(map(math.log, ratios)) / len(ratios)), 4) if ratios else None,
+            "geo_ratio": round(statistics.geometric_mean(ratios), 4) if ratios else None,
             "n_ratio": len(ratios)}
 
 

@@ -93,6 +93,16 @@ def end_objective(xd, xb, xg, lib=np):
     return lib.where(ok, v - lib.where(ok, least, 0.0), 0.0)
 
 
+
+def objective_term(xd, xb, xg, w, lib=np):
+    """The objective term's share of the close logits, (..., D, Bm): `-w_obj *
+    end_objective(d)` on the close that ends the plan on d, 0 elsewhere; `w` = (latency
+    weight, energy weight), the one the objective's flag names applies."""
+    e = xg[..., NGL + 1]
+    w_obj = (1.0 - e) * w[0] + e * w[1]
+    return -(w_obj[..., None, None] * end_objective(xd, xb, xg, lib)[..., :, None]
+             * (xb[..., _IS_END] > 0.5)[..., None, :])
+
 def add_lookahead(xd, xb, xg, lib=np):
     """The one-step lookahead of every add d, (..., D, 5): the best over candidate ends j of
     `lookahead` for closing (partner, j) on the pending group + d + partner, the partner

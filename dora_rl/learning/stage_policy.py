@@ -35,7 +35,6 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the policy's terms)
-    _IS_END,
     NBL,
     NBX,
     NDL,
@@ -47,6 +46,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     end_objective,
     head_columns,
     lookahead,
+    objective_term,
 )
 
 NEG = -1e4
@@ -159,10 +159,6 @@ class StagePointerHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
-    def _obj_w(self, xg):
-        e = xg[..., NGL + 1]
-        return (1.0 - e) * self.obj_w[0] + e * self.obj_w[1]
-
     def logits(self, hd, gb, xd, xb, xg) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras)."""
@@ -172,8 +168,7 @@ class StagePointerHead(nn.Module):
         pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
         close = bil + pair + self.kb(gb).transpose(1, 2)
         if self.obj_term:
-            close = close - self._obj_w(xg)[:, None, None] * end_objective(xd, xb, xg, torch)[:, :, None] * (
-                xb[..., _IS_END] > 0.5)[:, None, :]
+            close = close + objective_term(xd, xb, xg, self.obj_w, torch)
         add = self.add(hd)[..., 0]
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
@@ -316,10 +311,7 @@ class StageNumpyActor:
         close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         if self.obj_w is not None:
-            e = cg[..., NGL + 1]
-            w = (1.0 - e) * self.obj_w[0] + e * self.obj_w[1]
-            close -= (w[..., None, None] * end_objective(cd, cb, cg, np)[..., :, None]
-                      * (cb[..., _IS_END] > 0.5)[..., None, :])
+            close += objective_term(cd, cb, cg, self.obj_w, np)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)

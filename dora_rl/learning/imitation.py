@@ -313,6 +313,8 @@ def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, 
         order = torch.from_numpy(rng.permutation(tr))
         tot, cnt = 0.0, 0
         for s in range(0, len(order), batch_size):
+            if ep and sched.progress() >= 1.0:      # the budget's end (after one epoch at least): the rate is 0
+                break
             idx = order[s:s + batch_size]
             ce, vl, _ = batch_loss(idx)
             optimizer_step(policy, opt, sched, ce + vf_coef * vl)
@@ -330,7 +332,7 @@ def behaviour_clone(policy, data: dict, epochs: int = 8, batch_size: int = 256, 
         hist.append(rec)
         if progress:
             log.info("bc epoch %d/%d: %s", ep + 1, epochs, rec)
-        if max_seconds and time.time() - t0 > max_seconds:
+        if sched.progress() >= 1.0:
             break
     policy.set_training_mode(False)
     return {"epochs": done_epochs, "batch_size": batch_size, "lr": lr, "samples": int(n), "val_samples": int(n_val),

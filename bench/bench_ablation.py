@@ -1,7 +1,8 @@
 """Ablations of the learned planner: the network alone, searches on top, and their controls.
 
 Every learned figure sits beside the same search started from a uniform policy and from
-the fastest single device, `dora`, the best baseline and the oracle (where it runs), on
+the fastest single device, `dora`, the best baseline and the oracle (where it runs), and
+the network alone beside its own lookahead terms ranked without it (`lookahead_greedy`), on
 held-out instances (seeds training never used), plus larger clusters (16/32/64 devices x
 50/100/200 blocks). Rows per method: QoE-compliant share where any method finds a
 compliant plan, geo-mean objective / oracle (held-out) or / best found (large), over the
@@ -46,7 +47,8 @@ def _res(plan_metrics_u, objective, seconds):
 
 
 def learned_rows(agent, scenario, budget_ms: float) -> dict:
-    """Network alone, network + searches, uniform policy + searches, fastest device + polish.
+    """Network alone, network + searches, uniform policy + searches, the network's lookahead
+    terms alone (greedy), fastest device + polish.
 
     Each timed method plans on a fresh Instance (its own CostModel, whose transfer caches
     start cold; the cluster's routes are shared, built once and charged to no method), so a
@@ -54,7 +56,7 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
     the network alone ran first on one shared Instance and the polish from the fastest
     device last, on caches every earlier search had warmed."""
     from dora_rl.envs.instance import Instance
-    from dora_rl.learning.stage_search import UniformActor, decode
+    from dora_rl.learning.stage_search import LookaheadActor, UniformActor, decode
     from dora_rl.learning.stage_training import fastest_plan
 
     def fresh():
@@ -62,9 +64,11 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
 
     obj = scenario.qoe.objective
     out = {}
-    actors = {"net": agent.actor(), "uniform": UniformActor()}
+    actors = {"net": agent.actor(), "uniform": UniformActor(), "lookahead": LookaheadActor()}
+    modes = {"net": ("greedy", "polish", "rollout", "sample", "beam", "restart"),
+             "uniform": ("greedy", "polish", "rollout", "restart"), "lookahead": ("greedy",)}
     for who, actor in actors.items():
-        for mode in ("greedy", "polish", "rollout") + (("sample", "beam") if who == "net" else ()) + ("restart",):
+        for mode in modes[who]:
             inst = fresh()
             t0 = time.perf_counter()
             env = agent.env_for(inst)

@@ -23,6 +23,7 @@ ROWS = (("net_greedy", "**network alone** (greedy, `search=greedy`)", "the netwo
         ("net_sample", "network + sample (budget)", "network-guided search"),
         ("net_beam", "network + beam (budget)", "network-guided search"),
         ("net_restart", "network + restart (budget)", "network-guided search"),
+        ("lookahead_greedy", "lookahead terms alone (greedy, no network)", "control (the formulas the network weighs)"),
         ("uniform_greedy", "uniform policy alone", "control (masks only)"),
         ("uniform_polish", "uniform policy + polish", "search (control)"),
         ("uniform_rollout", "uniform policy + rollout", "search (control)"),

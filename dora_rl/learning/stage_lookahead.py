@@ -73,6 +73,15 @@ def head_columns(obs: dict, lib=np):
                  g[..., _G_OBJ_ENERGY:_G_OBJ_ENERGY + 1]], -1))
 
 
+def objective_column(x, xg):
+    """The lookahead's column of the instance's objective, (...): the log latency bound
+    (`x[..., 1]`) or, when the objective's flag in `xg` is set, the log energy estimate
+    (`x[..., 4]`); `x` is a `lookahead` / `add_lookahead` table (..., *, 5) whose leading
+    dimensions are xg's."""
+    e = xg[..., NGL + 1].reshape(xg.shape[:-1] + (1,) * (x.ndim - xg.ndim))
+    return (1.0 - e) * x[..., 1] + e * x[..., 4]
+
+
 def end_objective(xd, xb, xg, lib=np):
     """Per device d, (..., D): the lookahead's own objective column (log latency bound, or
     log energy when the objective is energy) of the close that ends the plan on d, minus the
@@ -85,8 +94,7 @@ def end_objective(xd, xb, xg, lib=np):
     end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
     xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
     x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
-    e = xg[..., NGL + 1][..., None]
-    col = (1.0 - e) * x[..., 1] + e * x[..., 4]
+    col = objective_column(x, xg)
     ok = (xd[..., NDL] > 0.5) & (end.sum(-1) > 0.5)[..., None]
     v = lib.where(ok, col, 1e30)
     least = lib.amin(v, -1)[..., None]

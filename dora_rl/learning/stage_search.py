@@ -20,7 +20,8 @@ mode is worse than the network alone).
 
 `UniformActor` (every allowed action equally likely; greedy = the first allowed) and
 `fastest_start` (the whole model on the fastest device) are the controls the bench runs
-the same searches from."""
+the same searches from; `LookaheadActor` (the network's computed lookahead terms ranked
+without the network) is the control of the network alone."""
 
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ class UniformActor:
 
     def logits(self, obs: dict, mask) -> np.ndarray:
         return np.where(mask, 0.0, -np.inf)
+
+
+class LookaheadActor:
+    """The network's computed terms without the network (the rule it weighs): every allowed
+    close scored by its one-step lookahead's objective column and every add by its
+    `add_lookahead`'s (dora_rl/learning/stage_lookahead.py: the latency lower bound, or the
+    energy estimate), the least best. The control that shows what the learned weights add
+    over the formulas they are given."""
+
+    def logits(self, obs: dict, mask) -> np.ndarray:
+        from dora_rl.learning.stage_lookahead import add_lookahead, head_columns, lookahead, objective_column
+
+        xd, xb, xg = head_columns({k: np.asarray(v, dtype="float64") for k, v in obs.items()})
+        close = -objective_column(lookahead(xd, xb, xg), xg)
+        add = -objective_column(add_lookahead(xd, xb, xg), xg)
+        out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
+        return np.where(mask, out, -np.inf)
 
 
 def _best(results, objective):

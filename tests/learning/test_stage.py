@@ -361,9 +361,9 @@ def test_ablation_rows_are_in_the_bench_output(trained):
 
     out = run(trained, n=2, per_size=0, timeout=20, budget_ms=20, progress=False)
     rows = out["heldout"]["summary"]
-    for k in ("net_greedy", "net_polish", "net_rollout", "net_sample", "net_beam", "net_restart", "uniform_greedy",
-              "uniform_polish", "uniform_rollout", "uniform_restart", "fastest", "fastest_polish", "dora",
-              "best_baseline", "oracle"):
+    for k in ("net_greedy", "net_polish", "net_rollout", "net_sample", "net_beam", "net_restart", "lookahead_greedy",
+              "uniform_greedy", "uniform_polish", "uniform_rollout", "uniform_restart", "fastest", "fastest_polish",
+              "dora", "best_baseline", "oracle"):
         assert k in rows, k
     for k in ("net_polish_at_budget vs fastest_polish_at_budget", "net_restart vs fastest_polish_at_budget",
               "net_restart vs uniform_restart"):

@@ -134,6 +134,16 @@ def test_greedy_plans_from_the_planning_env_equal_a_reset_envs(policy, n, B):
         assert fast[2] == ref[2]
 
 
+def _first_states(tag: int, n: int = 20):
+    """(Instance, StageEnv, first observation) of up to n random completable latency instances."""
+    for i in range(n):
+        sc = random_scenario(np.random.default_rng([tag, i]), max_devices=5, n_blocks=10, objective="latency")
+        inst = Instance(sc, sc.cluster.n)
+        if inst.completable:
+            env = StageEnv(max_devices=inst.n, max_blocks=inst.B, pool_size=1, qoe_masks=False)
+            yield inst, env, env.reset(options={"scenario": inst})[0]
+
+
 def test_end_objective_ranks_whole_model_closes_by_their_latency():
     """The objective term's input: for a latency objective, the difference of two devices'
     `end_objective` at the first state is the log of the ratio of their whole-model plans'
@@ -141,13 +151,7 @@ def test_end_objective_ranks_whole_model_closes_by_their_latency():
     from dora_rl.learning.stage_policy import end_objective, head_columns
 
     pairs = 0
-    for i in range(20):
-        sc = random_scenario(np.random.default_rng([11, i]), max_devices=5, n_blocks=10, objective="latency")
-        inst = Instance(sc, sc.cluster.n)
-        if not inst.completable:
-            continue
-        env = StageEnv(max_devices=inst.n, max_blocks=inst.B, pool_size=1, qoe_masks=False)
-        obs, _ = env.reset(options={"scenario": inst})
+    for inst, env, obs in _first_states(11):
         eo = end_objective(*head_columns({k: v.astype("float64") for k, v in obs.items()}))
         ds = [d for d in range(inst.n) if env.action_masks()[d * inst.B + inst.B - 1]]
         lat = {d: math.log(inst.finish([(0, inst.B, (d,))])[2].latency_ms) for d in ds}
@@ -157,3 +161,34 @@ def test_end_objective_ranks_whole_model_closes_by_their_latency():
                 pairs += a < b
                 assert eo[a] - eo[b] == pytest.approx(lat[a] - lat[b], abs=1e-3)
     assert pairs >= 20
+
+
+def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_latency():
+    """The control of the network alone (`LookaheadActor`): its score of every allowed action
+    is minus the lookahead's objective column (the latency bound, or the energy estimate
+    when the objective's flag is set), masked actions are -inf, and among whole-model closes
+    at the first state it prefers a device whose single-device plan the cost model finds fastest."""
+    from dora_rl.learning.stage_lookahead import _G_OBJ_ENERGY, add_lookahead, head_columns, lookahead
+    from dora_rl.learning.stage_search import LookaheadActor
+
+    checked = 0
+    for inst, env, obs in _first_states(12):
+        mask = env.action_masks()
+        D, B = inst.n, inst.B
+        for energy, col in ((0.0, 1), (1.0, 4)):
+            o = {k: v.astype("float64") for k, v in obs.items()}
+            o["global"][_G_OBJ_ENERGY] = energy
+            xd, xb, xg = head_columns(o)
+            want = np.concatenate([-lookahead(xd, xb, xg)[..., col].reshape(-1), -add_lookahead(xd, xb, xg)[..., col]])
+            got = LookaheadActor().logits(o, mask)
+            assert np.all(np.isneginf(got[~mask]))
+            np.testing.assert_allclose(got[mask], want[mask], rtol=1e-12)
+        ds = [d for d in range(D) if mask[d * B + B - 1]]
+        if len(ds) < 2:
+            continue
+        got = LookaheadActor().logits({k: v.astype("float64") for k, v in obs.items()}, mask)
+        lat = [inst.finish([(0, B, (d,))])[2].latency_ms for d in ds]
+        pick = int(np.argmax([got[d * B + B - 1] for d in ds]))
+        assert lat[pick] == pytest.approx(min(lat), rel=1e-6)
+        checked += 1
+    assert checked >= 5

@@ -168,10 +168,11 @@ def _dagger_round(actor, families: dict, datas: dict, seconds: float, seed: int,
 
 def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int, start: dict, rounds: int = 4,
                  top_k: int = 4, progress: bool = False, workers: int = 1, fit_threads: int = 1,
-                 on_round=None) -> list:
+                 on_round=None, epochs: int = 8) -> list:
     """Rounds of: the policy plans fresh instances greedily, every state it visits is
-    labelled by rollout (`label_by_rollout`) and added; then the network is fit again (on
-    `fit_threads` torch threads: the workers are idle then); `on_round(name)` after each
+    labelled by rollout (`label_by_rollout`) and added; then the network is fit again (at
+    most `epochs`, on `fit_threads` torch threads: the workers are idle then; time the fit
+    leaves goes to the next round's collection); `on_round(name)` after each
     round's fit (the run's checkpoint selection), its result kept in the round's record."""
     from dora_rl.learning.stage_policy import StageNumpyActor
 
@@ -184,8 +185,8 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
         tot = _dagger_round(StageNumpyActor(policy), families, datas, left / (rounds - r) * 0.6, seed, start, top_k,
                             workers, f"dagger {r + 1}/{rounds}", progress)
         n_dec = tot["states"]
-        f = fit(policy, datas, max(5.0, (t_end - time.time()) / (rounds - r)), epochs=8, lr=5e-4, seed=seed + r + 1,
-                progress=progress, desc=f"dagger fit {r + 1}", threads=fit_threads)
+        f = fit(policy, datas, max(5.0, (t_end - time.time()) / (rounds - r)), epochs=epochs, lr=5e-4,
+                seed=seed + r + 1, progress=progress, desc=f"dagger fit {r + 1}", threads=fit_threads)
         hist.append({"round": r + 1, "states": n_dec, "agreement": round(tot["agree"] / max(n_dec, 1), 4),
                      "collect_seconds": round(time.time() - t0, 1), "fit": f})
         if on_round is not None:

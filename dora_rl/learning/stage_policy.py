@@ -159,13 +159,25 @@ class StagePointerHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
-    def logits(self, hd, gb, xd, xb, xg) -> torch.Tensor:
+    def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
-        0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras)."""
+        0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
+        With the action `mask` (N, D * Bm + D) the lookahead term is computed at the allowed
+        closes only and is 0 at the others, as in the numpy actor: a fit masks those logits
+        anyway, and at 64 devices x 200 blocks about 5 % of the closes are allowed, so the full
+        (N, D, Bm, K) table was most of a large batch's time."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
-        x = lookahead(xd, xb, xg, torch)                                 # (N, D, Bm, 5)
-        bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)         # (N, D, Bm, K)
-        pair = (bump * self.amp(hd)[:, :, None, :]).sum(-1)
+        amp = self.amp(hd)                                                      # (N, D, K)
+        if mask is None:
+            x = lookahead(xd, xb, xg, torch)                                    # (N, D, Bm, 5)
+            bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)      # (N, D, Bm, K)
+            pair = (bump * amp[:, :, None, :]).sum(-1)
+        else:
+            N, D, Bm = bil.shape
+            n, d, j = mask[:, :D * Bm].reshape(N, D, Bm).nonzero(as_tuple=True)
+            x = lookahead(xd[n, d][:, None], xb[n, j][:, None], xg[n], torch)[:, 0, 0]      # (P, 5)
+            val = (torch.tanh(x[:, self.fidx] * self.scale + self.shift) * amp[n, d]).sum(-1)
+            pair = bil.new_zeros(N, D, Bm).index_put((n, d, j), val)
         close = bil + pair + self.kb(gb).transpose(1, 2)
         if self.obj_term:
             close = close + objective_term(xd, xb, xg, self.obj_w, torch)
@@ -212,10 +224,12 @@ class StagePolicy(MaskableActorCriticPolicy):
         self.value_net = ValueHead(fe.hidden)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    def any_size(self, obs: dict[str, torch.Tensor]):
-        """(logits, values) for a batch of any (D, B): imitation trains on several sizes."""
+    def any_size(self, obs: dict[str, torch.Tensor], mask: torch.Tensor | None = None):
+        """(logits, values) for a batch of any (D, B): imitation trains on several sizes. With
+        the action `mask`, the logits of masked closes lack their lookahead term (see
+        `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
-        return self.action_net.logits(hd, gb, xd, xb, xg), self.value_net.net(c).flatten()
+        return self.action_net.logits(hd, gb, xd, xb, xg, mask), self.value_net.net(c).flatten()
 
 
 def _np(m: nn.Linear):

@@ -41,7 +41,7 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
 RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2, "fit_threads": 1,
-          "policy_kwargs": {"add_lookahead": False}}
+          "imitate_epochs": 40, "dagger_epochs": 8, "policy_kwargs": {"add_lookahead": False}}
 
 
 def _families(scenario, env_kwargs: dict) -> dict:
@@ -122,8 +122,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
     overrides RECIPE's keys (the phases' shares of the budget, DAgger's rounds and the
     number of the policy's actions each DAgger label compares, the data-collecting worker
-    processes and the fit's torch threads, each at most the machine's cores, the policy's
-    kwargs)."""
+    processes and the fit's torch threads, each at most the machine's cores, the most
+    epochs of the imitation fit and of each DAgger round's fit, the policy's kwargs)."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO
@@ -188,12 +188,14 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers))
 
     def imitate(secs):
-        res = st.fit(model.policy, datas, secs, epochs=40, seed=seed, progress=progress, threads=threads)
+        res = st.fit(model.policy, datas, secs, epochs=int(recipe["imitate_epochs"]), seed=seed, progress=progress,
+                     threads=threads)
         return {**res, "selection": sel("imitation")}
     phase("imitate", imitate)
     if scenario is None:
         phase("dagger", lambda s: sc.dagger_phase(model.policy, fams, datas, s, seed, start, progress=progress,
                                                   rounds=recipe["dagger_rounds"], top_k=recipe["dagger_top_k"],
+                                                  epochs=int(recipe["dagger_epochs"]),
                                                   workers=workers, fit_threads=threads, on_round=sel))
     if not info["interrupted"] and left() > 20:
         class Deadline(BaseCallback):

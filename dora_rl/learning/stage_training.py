@@ -249,7 +249,7 @@ def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dic
             if ep and sched.progress() >= 1.0:      # the budget's end (after one epoch at least): the rate is 0
                 break
             obs, masks, acts, rets, eq = _crop(tens[k], idx)
-            logits, v = policy.any_size(obs)
+            logits, v = policy.any_size(obs, masks)
             logits = logits.masked_fill(~masks, -1e9)
             # cross-entropy of the label's equivalence class (one action unless equivalents were found)
             ce = (torch.logsumexp(logits, -1) - torch.logsumexp(logits.masked_fill(~eq, -1e9), -1)).mean()

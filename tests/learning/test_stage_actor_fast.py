@@ -61,6 +61,38 @@ def test_numpy_actor_equals_torch_with_and_without_padding(policy, n, D, B):
     assert np.ptp(lg[mask]) > 1e-3 or mask.sum() == 1
 
 
+def test_masked_fit_logits_and_gradients_equal_the_full_tables(policy):
+    """The fit's sparse lookahead term (`any_size(obs, mask)`: computed at the allowed closes
+    only) gives the same logits at every allowed action and the same gradients of a masked
+    cross-entropy as the full (N, D, Bm, K) table, on a batch of states of two instances."""
+    import torch
+
+    obs, masks = [], []
+    for seed, n in ((3, 5), (4, 7)):
+        env = StageEnv(scenario=_scenario(n, 20, seed), max_devices=8, max_blocks=20)
+        o, _ = env.reset(seed=0)
+        while not env.done:
+            m = env.action_masks()
+            obs.append(o)
+            masks.append(m)
+            o, *_ = env.step(int(np.flatnonzero(m)[-1]))
+    batch = {k: torch.as_tensor(np.stack([o[k] for o in obs])) for k in obs[0]}
+    mask = torch.as_tensor(np.stack(masks))
+    assert (~mask[:, :8 * 20]).any() and mask[:, :8 * 20].any()
+    out = []
+    for m in (None, mask):
+        policy.zero_grad()
+        lg, v = policy.any_size(batch, m)
+        lg = lg.masked_fill(~mask, -1e9)
+        (lg.logsumexp(-1) - lg.max(-1).values + v).mean().backward()
+        out.append((lg.detach(), {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}))
+    (full, gf), (sparse, gs) = out
+    assert torch.allclose(full[mask], sparse[mask], atol=1e-5)
+    assert gf.keys() == gs.keys() and any(g.abs().max() > 0 for g in gf.values())
+    for k in gf:
+        assert torch.allclose(gf[k], gs[k], atol=1e-5), k
+
+
 def test_numpy_actor_equals_torch_where_adds_are_allowed(policy):
     """The add logits (with the add lookahead, when the policy has it) in both actors, on
     states where data-parallel adds are allowed, in groups of 0, 1 and 2 members."""

@@ -103,17 +103,20 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
                  "row is the network alone (plus the environment's masks: memory and the sound QoE bound, which plain "
                  "SB3 gets through `action_masks()`); every row with a search (`+ polish`, `+ rollout`, `+ sample`, "
                  "`+ beam`, `+ restart`) owes its figure to search on the cost model as much as to the network - "
-                 "compare it with the same search from the uniform policy and from the fastest device.", ""]
+                 "compare it with the same search from the uniform policy and from the fastest device. The network "
+                 "alone's own control is the 'lookahead terms alone' row: the one-step lookahead formulas the network "
+                 "is given (dora_rl/learning/stage_lookahead.py), ranked by the objective's column with no learned "
+                 "weight; the gap between the two rows is what the learned weights add.", ""]
         body += _table(h["summary"], "oracle") + [""]
         if note:
             body += ["### Provenance", "", note.strip(), ""]
         body += ["Equal budgets (wins/losses/ties, QoE first then objective): " + "; ".join(
-            f"{k}: {v['wins']}/{v['losses']}/{v['ties']}" for k, v in h["duels"].items()), ""]
+            f"{k}: {v['wins']}/{v['losses']}/{v['ties']}" for k, v in _held(h["duels"])), ""]
         for k, v in ab.get("large", {}).items():
             body += [f"### {k} (devices x blocks), {v['n']} instances (seeded, unseen)", ""]
             body += _table(v["summary"], "best found") + [""]
             body += ["Equal budgets: " + "; ".join(f"{a}: {d['wins']}/{d['losses']}/{d['ties']}"
-                                                   for a, d in v["duels"].items()), ""]
+                                                   for a, d in _held(v["duels"])), ""]
         c = ab.get("checks") or {}
         body += ["## Targets (issue 12), as measured", "",
                  "- held-out, network alone compliant >= 97 %: "
@@ -144,6 +147,12 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
              "- The QoE masks are a sound lower bound: a masked step has no QoE-compliant completion, a kept one "
              "may still have none; scenarios with measured block times get memory masks only.", ""]
     return "\n".join(head + body)
+
+
+def _held(duels: dict) -> list:
+    """The duels that compared at least one instance (without `--old-agent` the bench's
+    duel against the previous network has none)."""
+    return [(k, d) for k, d in duels.items() if d["wins"] + d["losses"] + d["ties"]]
 
 
 def _kept(config: dict) -> str:

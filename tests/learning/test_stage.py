@@ -472,6 +472,17 @@ def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
     assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}
 
 
+def test_stage_card_leaves_out_duels_that_compared_nothing():
+    """Without `--old-agent` the bench's duel against the previous network compares no
+    instance (0/0/0); the card lists only the duels that compared some."""
+    from dora_rl.learning.stage_card import _held
+
+    duels = {"net_greedy vs v1_greedy": {"wins": 0, "losses": 0, "ties": 0},
+             "net_restart vs dora": {"wins": 0, "losses": 0, "ties": 5},
+             "net_restart vs uniform_restart": {"wins": 1, "losses": 2, "ties": 0}}
+    assert [k for k, _ in _held(duels)] == ["net_restart vs dora", "net_restart vs uniform_restart"]
+
+
 @pytest.mark.skipif(_shipped_stage() is None, reason="the shipped generalist is not a stage agent")
 def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     """edge_cluster: the planner's default (search=polish) also polishes from the fastest

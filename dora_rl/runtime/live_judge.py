@@ -76,7 +76,8 @@ def served(answers: list[float], t: float, interval: float, need: float, offered
     """The served-rate part of the throughput target at the end `t` of an interval, from
     the answer instants `answers` (run seconds): (throughput, judged, violations). The
     rate is counted over a window of at least `WINDOW_ANSWERS` (10) answers expected at
-    the rate offered (min(need, offered_rate)): win = min(max(interval, 10 / offered), t);
+    the rate offered (min(need, offered_rate)): win = min(max(interval, 10 / offered), t)
+    (without a throughput target, `need` 0: the interval, as before, and never judged);
     judged once a full window can hold answers (t >= win + SLO); violated when fewer than
     0.8 x the rate offered in the window were served (less the window's share of admission
     `pauses` - a switch's drain admits nothing). `answers` are those received by `t`.
@@ -88,7 +89,7 @@ def served(answers: list[float], t: float, interval: float, need: float, offered
     stream keeping pace failed whenever the phase left it 2 of 3 (`dora demo`: 22 of 116
     intervals, requests answered every 2.05 s as they came; 0 with ten)."""
     offered = min(need, offered_rate) if need else offered_rate
-    win = min(max(interval, WINDOW_ANSWERS / offered if offered > 0 else interval), max(t, 1e-6))
+    win = min(max(interval, WINDOW_ANSWERS / offered if need and offered > 0 else interval), max(t, 1e-6))
     thr = sum(1 for ta in answers if ta >= t - win) / win          # `answers`: those received by t
     judged = bool(need) and t >= win + (slo_ms or 0.0) / 1e3
     offered *= max(0.0, win - overlap(pauses, t - win, t)) / win

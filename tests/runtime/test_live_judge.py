@@ -105,6 +105,8 @@ def test_served_rate_is_counted_over_ten_expected_answers():
     thr, judged, viol = served(eight[1:], 12.0, 1.0, 1.0, 1.0, 1000.0)                      # 7 / 10
     assert judged and abs(thr - 0.7) < 1e-12 and viol and viol[0].startswith("throughput: served")
     assert served(eight[1:], 10.0, 1.0, 1.0, 1.0, 1000.0)[1:] == (False, [])               # not judged before 11 s
+    # without a throughput target (need 0) the rate is the interval's, [11, 12]: 1 answer, never judged
+    assert served([10.5, 11.5], 12.0, 1.0, 0.0, 1.0, 1000.0) == (1.0, False, [])
     # the window follows the rate offered when it is below the need: offered 0.5 -> 20 s
     assert not served(eight, 12.0, 1.0, 1.0, 0.5, 1000.0)[1]                                # judged from 21 s
     # a drain [2, 5) admitted nothing: offered 1 x 7 / 10 = 0.7, bound 0.56: 5 answers (0.5) violate;

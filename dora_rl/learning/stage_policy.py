@@ -46,6 +46,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     end_objective,
     head_columns,
     lookahead,
+    lookahead_at,
     objective_term,
 )
 
@@ -175,7 +176,7 @@ class StagePointerHead(nn.Module):
         else:
             N, D, Bm = bil.shape
             n, d, j = mask[:, :D * Bm].reshape(N, D, Bm).nonzero(as_tuple=True)
-            x = lookahead(xd[n, d][:, None], xb[n, j][:, None], xg[n], torch)[:, 0, 0]      # (P, 5)
+            x = lookahead_at(xd, xb, xg, (n, d, j), torch)                                  # (P, 5)
             val = (torch.tanh(x[:, self.fidx] * self.scale + self.shift) * amp[n, d]).sum(-1)
             pair = bil.new_zeros(N, D, Bm).index_put((n, d, j), val)
         close = bil + pair + self.kb(gb).transpose(1, 2)
@@ -311,16 +312,15 @@ class StageNumpyActor:
         hd = np.tanh(np.concatenate([e, cd], -1) @ self.dout[0] + self.dout[1])
         gb = np.tanh(np.concatenate([b, cb], -1) @ self.bout[0] + self.bout[1])
         bil = (hd @ self.q[0] + self.q[1]) @ np.swapaxes(gb, -1, -2) / math.sqrt(self.embed)
-        # the lookahead term only where a close is allowed (the rest is masked anyway): at 64
-        # devices x 200 blocks the full (D, Bm, 24) table was most of a decision's time
+        # the lookahead term only where a close is allowed (`lookahead_at`: at 64 devices x 200
+        # blocks the full (D, Bm, 24) table was most of a decision's time)
         D, Bm = bil.shape[-2:]
         mask = np.asarray(mask)
         at = np.nonzero(mask[..., :D * Bm].reshape(bil.shape))
-        lead, di, ji = at[:-2], at[-2], at[-1]
         cd, cb, cg = head_columns({"devices": xd, "device_mask": dm, "blocks": xb, "block_mask": bm,
                                    "global": obs["global"].astype("float64")})
-        x = lookahead(cd[lead + (di,)][:, None], cb[lead + (ji,)][:, None], cg[lead], np)[:, 0, 0]
-        amp = (hd @ self.amp[0] + self.amp[1])[lead + (di,)]
+        x = lookahead_at(cd, cb, cg, at, np)
+        amp = (hd @ self.amp[0] + self.amp[1])[at[:-1]]             # each close's device row
         close = bil.copy()
         close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)

@@ -13,6 +13,10 @@ the run's seed, the held-out set 20251123), those with at most `--max-devices` d
 (the oracle's reach). The oracle's plans are cached per (seed, n, max devices) in
 bench/results/.
 
+`--heldout N` scores the card's held-out set instead (`held_out_scenarios(N)`, the
+network-alone row of bench_ablation.py, without its other rows): for the record after a
+choice is made on validation, never to make it.
+
     PYTHONPATH=. python bench/validate_agents.py trained_agents/dora_rl__Partition-v0 runs/dora_rl__PartitionStage-v0
 """
 
@@ -32,38 +36,56 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def oracle_rows(env, n: int, max_devices: int, path: Path) -> dict:
-    """{instance index: oracle result} for the family env's instances [0, n) with at most
-    `max_devices` devices (cached in `path`)."""
+def oracle_rows(scenarios, path: Path, timeout: float = 60) -> dict:
+    """{index: oracle result} for the (index, scenario) pairs `scenarios` (cached in `path`)."""
     from dora_rl.learning.evaluation import reference_results
 
     if path.exists():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     out = {}
-    for i in range(n):
-        inst = env.source.instance(i)
-        if inst.n <= max_devices:
-            out[i] = reference_results(inst.scenario, ("oracle",), timeout=60)["oracle"]
+    for i, sc in scenarios:
+        out[i] = reference_results(sc, ("oracle",), timeout=timeout)["oracle"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out) + "\n")
     return out
 
 
-def score(agent_path: str, env, oracle: dict) -> dict:
-    """The network alone (greedy) on every instance where the oracle's plan complies."""
-    from dora_rl.learning.agents import load_agent
+def greedy_on_env(env):
+    """plan(agent, i) -> (qoe_ok, objective): the network alone on the env's instance i."""
     from dora_rl.learning.search import greedy_complete
 
-    actor = load_agent(agent_path).actor()
+    def plan(agent, i):
+        env.reset(seed=0, options={"scenario": env.source.instance(i)})
+        _, m, _ = greedy_complete(agent.actor(), [env])[0]
+        return bool(m.qoe_ok), m.objective(env.inst.objective)
+    return plan
+
+
+def greedy_on_scenarios(scenarios):
+    """plan(agent, i) -> (qoe_ok, objective): the network alone on scenarios[i], as the
+    ablation bench's network-alone row plans it."""
+    from dora_rl.cost.model import CostModel
+    from dora_rl.learning.evaluation import _agent_result
+
+    def plan(agent, i):
+        r = _agent_result(agent, scenarios[i], CostModel(scenarios[i]), 1, 0, "greedy")
+        return bool(r["qoe_ok"]), r["objective"]
+    return plan
+
+
+def score(agent_path: str, plan, oracle: dict) -> dict:
+    """The network alone (greedy, `plan`) on every instance where the oracle's plan complies."""
+    from dora_rl.learning.agents import load_agent
+
+    agent = load_agent(agent_path)
     ok, ratios = [], []
     for i, o in sorted(oracle.items()):
         if "error" in o or not o["qoe_ok"]:
             continue
-        env.reset(seed=0, options={"scenario": env.source.instance(i)})
-        _, m, _ = greedy_complete(actor, [env])[0]
-        ok.append(bool(m.qoe_ok))
-        if m.qoe_ok:
-            ratios.append(m.objective(env.inst.objective) / o["objective"])
+        qoe_ok, objective = plan(agent, i)
+        ok.append(qoe_ok)
+        if qoe_ok:
+            ratios.append(objective / o["objective"])
     return {"agent": agent_path, "n": len(ok), "compliance": round(sum(ok) / len(ok), 4) if ok else None,
             "geo_ratio": round(statistics.geometric_mean(ratios), 4) if ratios else None,
             "n_ratio": len(ratios)}
@@ -79,19 +101,32 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--max-devices", type=int, default=6)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "validation.json"))
+    ap.add_argument("--heldout", type=int, metavar="N", help="score the card's held-out set of N instances instead")
+    ap.add_argument("--out", default=None, help="JSON file (default bench/results/validation.json or heldout.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    env = st.make_env(st.FAMILIES["small"], a.seed)
-    cache = ROOT / "bench" / "results" / f"validation_oracle_s{a.seed}_n{a.n}_d{a.max_devices}.json"
-    oracle = oracle_rows(env, a.n, a.max_devices, cache)
-    rows = [score(p, env, oracle) for p in a.agents]
+    results = ROOT / "bench" / "results"
+    if a.heldout:
+        from dora_rl.learning.evaluation import held_out_scenarios
+
+        scenarios = held_out_scenarios(a.heldout, max_devices=a.max_devices)
+        oracle = oracle_rows(enumerate(scenarios), results / f"heldout_oracle_n{a.heldout}_d{a.max_devices}.json",
+                             timeout=120)
+        plan = greedy_on_scenarios(scenarios)
+    else:
+        env = st.make_env(st.FAMILIES["small"], a.seed)
+        pairs = ((i, env.source.instance(i)) for i in range(a.n))
+        oracle = oracle_rows(((i, inst.scenario) for i, inst in pairs if inst.n <= a.max_devices),
+                             results / f"validation_oracle_s{a.seed}_n{a.n}_d{a.max_devices}.json")
+        plan = greedy_on_env(env)
+    rows = [score(p, plan, oracle) for p in a.agents]
     for r in rows:
         print(f"{r['agent']}: compliant {r['compliance']} (n={r['n']}), geo-mean / oracle {r['geo_ratio']} "
               f"(n={r['n_ratio']})")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"seed": a.seed, "n": a.n, "max_devices": a.max_devices, "rows": rows},
-                                      indent=1) + "\n")
+    out = Path(a.out or results / ("heldout.json" if a.heldout else "validation.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"seed": None if a.heldout else a.seed, "n": a.heldout or a.n,
+                               "max_devices": a.max_devices, "rows": rows}, indent=1) + "\n")
     return 0
 
 

@@ -71,7 +71,7 @@ def best_known(inst, use_dora: bool = True, polish_rounds: int = 40):
     cands = []
     if use_dora:
         try:
-            r = run_planner("dora", inst.scenario, inst.cost)
+            r = run_planner("dora", inst.scenario, inst.cost, explain=False)
             cands.append((r.plan, r.metrics, utility(inst.cost, r.metrics, inst.ref_obj)))
         except (DoraError, OverflowError, MemoryError):      # no compliant plan, or dora's own limits
             pass

@@ -149,6 +149,14 @@ def test_no_feasible_plan_latency_below_lower_bound():
         assert "SLO" in str(err)
 
 
+def test_no_feasible_plan_undiagnosed():
+    """explain=False: the same verdict, no diagnosis (the teacher's call)."""
+    d = {**HOME, "devices": [{**dev, "memory_gb": 0.001} for dev in HOME["devices"]]}
+    with pytest.raises(NoFeasiblePlan) as e:
+        get_planner("dora", explain=False).plan(scenario(d))
+    assert e.value.constraint == "" and "not diagnosed" in str(e.value)
+
+
 def test_no_feasible_plan_throughput():
     sc = scenario(HOME)
     q = sc.qoe

@@ -58,7 +58,7 @@ class Dora(Planner):
                 best = (ls[0], ls[1])
             closest = ls
         if best is None:
-            if self.options.get("explain", True) is False:
+            if not self.options.get("explain", True):
                 raise NoFeasiblePlan(f"{self.name}: no QoE-compliant plan (not diagnosed: explain=False)")
             raise explain_infeasible(self.name, scenario, cost, closest=closest, scored=scored, **opts)
         if not self.options.get("schedule"):

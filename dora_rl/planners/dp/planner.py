@@ -35,7 +35,7 @@ class Dora(Planner):
     """Exact Pareto DP over block prefixes x device groups (options: max_group, exact, budget,
     schedule; explain=False skips the diagnosis of an infeasible scenario - the NoFeasiblePlan
     then names no target - for callers that only need to know, e.g. the learned planner's
-    teacher, where it took 13 % of a small instance's time)."""
+    teacher, where it took about 40 % of the small family's time)."""
 
     name = "dora"
     description = "heterogeneity-aware partitioner: exact DP keeping the Pareto set of QoE-compliant plans"

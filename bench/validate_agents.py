@@ -65,10 +65,10 @@ def greedy_on_scenarios(scenarios):
     """plan(agent, i) -> (qoe_ok, objective): the network alone on scenarios[i], as the
     ablation bench's network-alone row plans it."""
     from dora_rl.cost.model import CostModel
-    from dora_rl.learning.evaluation import _agent_result
+    from dora_rl.learning.evaluation import agent_result
 
     def plan(agent, i):
-        r = _agent_result(agent, scenarios[i], CostModel(scenarios[i]), 1, 0, "greedy")
+        r = agent_result(agent, scenarios[i], CostModel(scenarios[i]), 1, 0, "greedy")
         return bool(r["qoe_ok"]), r["objective"]
     return plan
 

@@ -115,7 +115,7 @@ def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: i
     obj = scenario.qoe.objective
     row = {"scenario": scenario.name, "devices": scenario.cluster.n, "blocks": scenario.profile.n_blocks,
            "kind": scenario.workload.kind, "objective_kind": obj}
-    row["agent"] = _agent_result(agent, scenario, cost, samples, seed, search)
+    row["agent"] = agent_result(agent, scenario, cost, samples, seed, search)
     if refs is None:
         refs = reference_results(scenario, planners, timeout, oracle_max_devices, cost)
     row["planners"] = refs
@@ -123,7 +123,7 @@ def evaluate_scenario(agent, scenario: Scenario, planners=REFERENCES, samples: i
     return row
 
 
-def _agent_result(agent, scenario: Scenario, cost, samples: int, seed: int, search: str = "greedy") -> dict:
+def agent_result(agent, scenario: Scenario, cost, samples: int, seed: int, search: str = "greedy") -> dict:
     """The agent's best of `samples` rollouts (QoE first, then fit, then objective), timed."""
     from dora_rl.cost.qoe import preference, utility
     from dora_rl.envs.instance import Instance
@@ -164,7 +164,7 @@ def reuse_references(agent, scenarios: list[Scenario], rows: list[dict], samples
     out = []
     for sc, old in zip(scenarios, rows):
         row = copy.deepcopy(old)
-        row["agent"] = _agent_result(agent, sc, CostModel(sc), samples, seed, search)
+        row["agent"] = agent_result(agent, sc, CostModel(sc), samples, seed, search)
         _compare(row)
         out.append(row)
     return {"rows": out, "summary": summarize(out, tuple(rows[0]["planners"]) if rows else ())}

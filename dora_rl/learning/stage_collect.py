@@ -121,8 +121,10 @@ def _round_robin(families: dict, seed: int, start: dict, weights=None):
 
 
 def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progress: bool, start: dict,
-                  workers: int = 1) -> dict:
-    """Best known plans replayed on training instances (2 of 3 from the first family) until `seconds`."""
+                  workers: int = 1, weights: dict | None = None) -> dict:
+    """Best known plans replayed on training instances until `seconds`, `weights[name]` of
+    each family per cycle (default 1 each). Why a weight: a 64-device teacher instance costs
+    ~30x a small one, so at 1:1 the large family takes nearly all the phase's time."""
     stats = {k: {"episodes": 0, "compliant": 0, "unreachable": 0} for k in families}
     t0, bar = time.time(), TimeBar(seconds, "teacher", progress)
 
@@ -139,8 +141,8 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
     def tick():
         bar.tick(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
 
-    weights = [2, 1] if len(families) == 2 else None
-    run_tasks(teach_one, _round_robin(families, seed, start, weights), t0 + seconds, workers, got, tick)
+    w = [int((weights or {}).get(n, 1)) for n in families]
+    run_tasks(teach_one, _round_robin(families, seed, start, w), t0 + seconds, workers, got, tick)
     bar.close()
     return stats
 

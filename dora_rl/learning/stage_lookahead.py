@@ -70,6 +70,13 @@ def lookahead_at(xd, xb, xg, at, lib=np):
     return lookahead(xd[lead + (di,)][:, None], xb[lead + (ji,)][:, None], xg[lead], lib)[:, 0, 0]
 
 
+def bump_sum(x, fidx, scale, shift, amp, lib=np):
+    """sum_k amp_k * tanh(x[..., fidx_k] * scale_k + shift_k): the learned function of the
+    lookahead features (K tanh bumps, each on one feature) that the policy adds to a close's
+    and to an add's logit; one spelling for the torch fit and the numpy actor."""
+    return (lib.tanh(x[..., fidx] * scale + shift) * amp).sum(-1)
+
+
 def head_columns(obs: dict, lib=np):
     """The columns the head reads from an observation (numpy or torch): (devices: the
     `DEV_LOOKAHEAD` columns + free flag, blocks: `BLK_LOOKAHEAD` + candidate flag, global:

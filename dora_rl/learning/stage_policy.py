@@ -43,6 +43,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     NGX,
     PAIR_BUMPS,
     add_lookahead,
+    bump_sum,
     end_objective,
     head_columns,
     lookahead,
@@ -171,13 +172,12 @@ class StagePointerHead(nn.Module):
         amp = self.amp(hd)                                                      # (N, D, K)
         if mask is None:
             x = lookahead(xd, xb, xg, torch)                                    # (N, D, Bm, 5)
-            bump = torch.tanh(x[..., self.fidx] * self.scale + self.shift)      # (N, D, Bm, K)
-            pair = (bump * amp[:, :, None, :]).sum(-1)
+            pair = bump_sum(x, self.fidx, self.scale, self.shift, amp[:, :, None, :], torch)
         else:
             N, D, Bm = bil.shape
             n, d, j = mask[:, :D * Bm].reshape(N, D, Bm).nonzero(as_tuple=True)
             x = lookahead_at(xd, xb, xg, (n, d, j), torch)                                  # (P, 5)
-            val = (torch.tanh(x[:, self.fidx] * self.scale + self.shift) * amp[n, d]).sum(-1)
+            val = bump_sum(x, self.fidx, self.scale, self.shift, amp[n, d], torch)
             pair = bil.new_zeros(N, D, Bm).index_put((n, d, j), val)
         close = bil + pair + self.kb(gb).transpose(1, 2)
         if self.obj_term:
@@ -185,7 +185,7 @@ class StagePointerHead(nn.Module):
         add = self.add(hd)[..., 0]
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
-            add = add + (torch.tanh(xa[..., self.fidx] * self.scale_add + self.shift_add) * self.amp_add(hd)).sum(-1)
+            add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, self.amp_add(hd), torch)
         return torch.cat([close.flatten(1), add], -1)
 
 
@@ -322,7 +322,7 @@ class StageNumpyActor:
         x = lookahead_at(cd, cb, cg, at, np)
         amp = (hd @ self.amp[0] + self.amp[1])[at[:-1]]             # each close's device row
         close = bil.copy()
-        close[at] += np.einsum("pk,pk->p", np.tanh(x[..., self.fidx] * self.scale + self.shift), amp)
+        close[at] += bump_sum(x, self.fidx, self.scale, self.shift, amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         if self.obj_w is not None:
             close += objective_term(cd, cb, cg, self.obj_w, np)
@@ -330,6 +330,6 @@ class StageNumpyActor:
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)
             amp_a = hd @ self.amp_add[0] + self.amp_add[1]
-            add = add + (np.tanh(xa[..., self.fidx] * self.scale_add + self.shift_add) * amp_a).sum(-1)
+            add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, amp_a)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         return np.where(mask, out, -np.inf)

@@ -40,8 +40,9 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # validation instances against the oracle (docs/learning.md "Session 14")
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
-RECIPE = {"shares": SHARES, "dagger_rounds": 6, "dagger_top_k": 6, "workers": 2, "fit_threads": 1,
-          "imitate_epochs": 40, "dagger_epochs": 8, "policy_kwargs": {"add_lookahead": False}}
+RECIPE = {"shares": SHARES, "teacher_weights": {"small": 2, "large": 1}, "dagger_rounds": 6, "dagger_top_k": 6,
+          "workers": 2, "fit_threads": 1, "imitate_epochs": 40, "dagger_epochs": 8,
+          "policy_kwargs": {"add_lookahead": False}}
 
 
 def _families(scenario, env_kwargs: dict) -> dict:
@@ -185,7 +186,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
             return {"teacher_qoe_ok": bool(best[1].qoe_ok), "decisions": len(datas["scenario"])}
         phase("teacher", teach)
     else:
-        phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers))
+        phase("teacher", lambda s: sc.teacher_phase(fams, datas, s, seed, progress, start, workers=workers,
+                                                    weights=recipe["teacher_weights"]))
 
     def imitate(secs):
         res = st.fit(model.policy, datas, secs, epochs=int(recipe["imitate_epochs"]), seed=seed, progress=progress,

@@ -439,6 +439,26 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
         assert info["qoe_ok"] == c["qoe_ok"]
 
 
+def test_teacher_phase_draws_the_families_by_their_weights(monkeypatch):
+    from itertools import islice
+
+    from dora_rl.learning import stage_collect as sc
+    from dora_rl.learning.stage_training import Data
+
+    def first_twelve(fn, tasks, deadline, workers, on_result, tick=None):
+        for name, _, _, i in islice(tasks, 12):
+            on_result((name, i, Data(), True, False))
+
+    monkeypatch.setattr(sc, "run_tasks", first_twelve)
+    fams = {"small": {}, "large": {}}
+    start = {"small": 0, "large": 100}
+    stats = sc.teacher_phase(fams, {"small": Data(), "large": Data()}, 1.0, 0, False, start,
+                             weights={"small": 5})
+    # cycles of 5 small + 1 large (a family the weights leave out counts 1)
+    assert stats["small"]["episodes"] == 10 and stats["large"]["episodes"] == 2
+    assert start == {"small": 10, "large": 102}
+
+
 def test_ctrl_c_still_saves_a_loadable_agent(tmp_path, monkeypatch):
     from dora_rl.learning import stage_collect as sc
     from dora_rl.learning.agents import load_agent

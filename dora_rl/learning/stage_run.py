@@ -1,9 +1,9 @@
 """`train_stage`: one bounded run of the stage policy's recipe, always ending in a loadable agent.
 
 Phases and their share of `max_minutes` (dora_rl/learning/stage_training.py; `RECIPE`):
-teacher data 25 %, imitation 15 %, DAgger 55 % (6 rounds, each state labelled by the
-rollouts of the policy's 6 most likely actions), PPO fine-tune 5 % (less when the budget is
-short); the teacher's and DAgger's data are collected by 2 worker processes
+teacher data 25 % (8 small-family instances per large one), imitation 15 %, DAgger 55 %
+(6 rounds, each state labelled by the rollouts of the policy's 6 most likely actions), PPO
+fine-tune 5 % (less when the budget is short); the teacher's and DAgger's data are collected by 2 worker processes
 (stage_collect.py). The weights saved are the best checkpoint (after imitation, each DAgger
 round and PPO) on selection instances planned greedily (`_Selection`). Each phase stops at
 its deadline; Ctrl-C stops the current phase and the run goes straight to saving, so an
@@ -125,8 +125,9 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                 scenario=None, env_kwargs: dict | None = None, env_id: str = STAGE_ENV_ID,
                 recipe: dict | None = None) -> Path:
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
-    overrides RECIPE's keys (the phases' shares of the budget, DAgger's rounds and the
-    number of the policy's actions each DAgger label compares, the data-collecting worker
+    overrides RECIPE's keys (the phases' shares of the budget, the teacher's instances per
+    cycle of each family, DAgger's rounds and the number of the policy's actions each DAgger
+    label compares, the data-collecting worker
     processes and the fit's torch threads, each at most the machine's cores, the most
     epochs of the imitation fit and of each DAgger round's fit, the policy's kwargs)."""
     import numpy as np

@@ -13,6 +13,7 @@ main process."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import time
@@ -106,15 +107,11 @@ def run_tasks(fn, tasks, deadline: float, workers: int, on_result, tick=None) ->
                 tick()
 
 
-def _round_robin(families: dict, seed: int, start: dict, weights=None):
+def _round_robin(families: dict, seed: int, start: dict, weights: dict | None = None):
     """(name, family, seed, index) of the next training instances, families in turn
-    (`weights`: how many of each per cycle), each family's index counting up from `start`."""
-    names = list(families)
-    cycle = [n for n, w in zip(names, weights or [1] * len(names)) for _ in range(w)]
-    k = 0
-    while True:
-        name = cycle[k % len(cycle)]
-        k += 1
+    (`weights[name]`: how many of that family per cycle, default 1), each family's index
+    counting up from `start`."""
+    for name in itertools.cycle([n for n in families for _ in range(int((weights or {}).get(n, 1)))]):
         i = start[name]
         start[name] += 1
         yield name, families[name], seed, i
@@ -142,8 +139,7 @@ def teacher_phase(families: dict, datas: dict, seconds: float, seed: int, progre
     def tick():
         bar.tick(", ".join(f"{n} {s['episodes']}" for n, s in stats.items()))
 
-    w = [int((weights or {}).get(n, 1)) for n in families]
-    run_tasks(teach_one, _round_robin(families, seed, start, w), t0 + seconds, workers, got, tick)
+    run_tasks(teach_one, _round_robin(families, seed, start, weights), t0 + seconds, workers, got, tick)
     bar.close()
     return stats
 

@@ -1,15 +1,17 @@
 """`train_stage`: one bounded run of the stage policy's recipe, always ending in a loadable agent.
 
-Phases and their share of `max_minutes` (dora_rl/learning/stage_training.py; `RECIPE`):
+Phases and their shares of the budget (dora_rl/learning/stage_training.py; `RECIPE`):
 teacher data 25 % (8 small-family instances per large one), imitation 15 %, DAgger 55 %
 (6 rounds, each state labelled by the rollouts of the policy's 6 most likely actions), PPO
-fine-tune 5 % (less when the budget is short); the teacher's and DAgger's data are collected by 2 worker processes
-(stage_collect.py). The weights saved are the best checkpoint (after imitation, each DAgger
-round and PPO) on selection instances planned greedily (`_Selection`). Each phase stops at
-its deadline; Ctrl-C stops the current phase and the run goes straight to saving, so an
-interrupted or budget-bound run still leaves `OUT/<env-id>/model.zip` + `config.yml` that
-`load_agent` and plain `MaskablePPO.load` read. A scenario (preset name or YAML path)
-specialises the run on that deployment."""
+fine-tune 5 % (skipped with under 20 s left). Each phase gets its share of the time left
+(`allotment`), so what one leaves unused passes on to the phases after it. The teacher's
+and DAgger's data are collected by 2 worker processes (stage_collect.py). The weights
+saved are the best checkpoint (after imitation, each DAgger round and PPO) on selection
+instances planned greedily (`_Selection`). Each phase stops at its deadline; Ctrl-C stops
+the current phase and the run goes straight to saving, so an interrupted or budget-bound
+run still leaves `OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain
+`MaskablePPO.load` read. A scenario (preset name or YAML path) specialises the run on that
+deployment."""
 
 from __future__ import annotations
 
@@ -47,6 +49,18 @@ SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
 RECIPE = {"shares": SHARES, "teacher_weights": {"small": 8, "large": 1}, "dagger_rounds": 6, "dagger_top_k": 6,
           "workers": 2, "fit_threads": 1, "imitate_epochs": 40, "dagger_epochs": 8,
           "policy_kwargs": {"add_lookahead": False}}
+
+
+PHASES = ("teacher", "imitate", "dagger", "ppo")
+
+
+def allotment(left: float, shares: dict, order: tuple, name: str) -> float:
+    """Seconds for phase `name` out of the `left` seconds of the budget: its share of what
+    the phases from it on share, so the time a phase leaves unused (imitation stopping at
+    its epoch cap, a scenario run without DAgger) passes on to the phases after it, in
+    their proportions, and the last phase gets all that is left."""
+    rest = sum(shares[k] for k in order[order.index(name):])
+    return left * shares[name] / rest if rest > 0 else left
 
 
 def _families(scenario, env_kwargs: dict) -> dict:
@@ -163,10 +177,12 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     def left() -> float:
         return budget - (time.time() - t_start)
 
+    order = PHASES if scenario is None else tuple(k for k in PHASES if k != "dagger")
+
     def phase(name, fn):
         if info["interrupted"] or left() < 3:
             return None
-        secs = max(2.0, min(left() - 2, shares[name] * budget))
+        secs = max(2.0, min(left() - 2, allotment(left(), shares, order, name)))
         t0 = time.time()
         try:
             res = fn(secs)

@@ -212,6 +212,19 @@ def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
     assert np.mean(u_net) > np.mean(u_uni) + 0.1
 
 
+def test_a_phase_gets_its_share_of_the_time_left_so_unused_time_passes_on():
+    from dora_rl.learning.stage_run import PHASES, RECIPE, allotment
+
+    shares = RECIPE["shares"]                  # teacher .25, imitation .15, DAgger .55, PPO .05
+    assert allotment(2520, shares, PHASES, "teacher") == pytest.approx(630)      # 2520 * .25 / 1
+    assert allotment(1890, shares, PHASES, "imitate") == pytest.approx(378)      # 1890 * .15 / .75
+    # imitation stopped after 226 of its 378 s: DAgger gets .55 / .60 of the 1664 s left, not 1386
+    assert allotment(1664, shares, PHASES, "dagger") == pytest.approx(1664 * 0.55 / 0.60)
+    assert allotment(100, shares, PHASES, "ppo") == pytest.approx(100)           # the last phase: all that is left
+    no_dagger = ("teacher", "imitate", "ppo")                                    # a scenario run
+    assert allotment(200, shares, no_dagger, "imitate") == pytest.approx(200 * 0.15 / 0.20)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from dora_rl.learning.stage_run import train_stage

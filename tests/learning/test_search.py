@@ -13,7 +13,7 @@ import pytest
 from dora_rl.cli import main as cli_main
 from dora_rl.envs.instance import Instance
 from dora_rl.envs.partition import PartitionEnv
-from dora_rl.errors import PlannerError
+from dora_rl.errors import NoFeasiblePlan, PlannerError
 from dora_rl.scenario import load_scenario
 from dora_rl.synthetic import random_scenario
 
@@ -200,3 +200,62 @@ def test_polish_builds_a_data_parallel_group():
     obj = sc.qoe.objective
     assert m2.qoe_ok and m2.objective(obj) == pytest.approx(ref.metrics.objective(obj), rel=1e-9)
     assert sorted(plan.stages[0].devices) == sorted(ref.plan.stages[0].devices)
+
+
+def test_unused_candidates_are_the_fastest_and_the_most_efficient():
+    from dora_rl.planners.local import unused_candidates
+
+    orders = ([5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5])         # by speed, by efficiency
+    assert unused_candidates(orders, {5, 0}, k=2) == [4, 3, 1, 2]
+    assert unused_candidates(orders, {5, 0}, k=3) == [4, 3, 2, 1]         # 2 once, though in both lists
+    assert sorted(unused_candidates(orders, {0}, k=6)) == [1, 2, 3, 4, 5]   # k covers every unused device
+
+
+def test_neighbours_bring_in_only_the_free_devices_given():
+    """`free` limits the devices a move brings in; without it every unused device is tried."""
+    from dora_rl.learning.search import _neighbours
+    from dora_rl.planners.local import unused_candidates
+
+    speed, eff = list(range(20)), list(range(19, -1, -1))     # device 0 fastest, device 19 most efficient
+    plan = [(0, 5, (7,)), (5, 10, (8,))]
+    allowed = unused_candidates((speed, eff), {7, 8})
+    assert set(allowed) == {0, 1, 2, 3, 4, 5, 19, 18, 17, 16, 15, 14}
+    brought = {d for c in _neighbours(plan, 20, 10, free=allowed) for _, _, g in c for d in g} - {7, 8}
+    assert brought == set(allowed)
+    every = {d for c in _neighbours(plan, 20, 10) for _, _, g in c for d in g} - {7, 8}
+    assert every == set(range(20)) - {7, 8}
+
+
+def test_polish_with_candidates_ends_at_an_optimum_of_every_device():
+    """On a 20-device cluster, polish with its wide final scan ends where no move over any
+    unused device improves; without it (wide=False), where none over the candidates does."""
+    from dora_rl.cost.qoe import utility
+    from dora_rl.learning.search import _keeps, _neighbours, polish, search_key
+    from dora_rl.learning.stage_training import fastest_plan
+    from dora_rl.planners.local import device_orders, unused_candidates
+    from dora_rl.synthetic import random_scenario
+
+    checked = 0
+    for i in range(6):
+        sc = random_scenario(np.random.default_rng([20, i]), max_devices=20, min_devices=20, n_blocks=12)
+        inst = Instance(sc, 20)
+        f = fastest_plan(inst)
+        if f is None:
+            continue
+        for wide in (True, False):
+            plan, m, u = polish(inst, f, wide=wide)
+            key = search_key((plan, m, u), inst.objective)
+            idx = {n: j for j, n in enumerate(inst.cost.names)}
+            st = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in plan.stages]
+            used = {d for _, _, g in st for d in g}
+            free = None if wide else unused_candidates(device_orders(inst.cost), used)
+            for cand in _neighbours(st, inst.n, inst.B, free=free):
+                if not _keeps(cand, ((), ())):
+                    continue
+                try:
+                    _, _, m2 = inst.finish(cand)
+                except NoFeasiblePlan:
+                    continue
+                assert search_key((None, m2, utility(inst.cost, m2, inst.ref_obj)), inst.objective) >= key
+            checked += 1
+    assert checked >= 6

@@ -43,7 +43,9 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # teacher plans 8 small instances per large one (was 2): 2.4x the small teacher data for
 # 40 % less large; on two seeds, against C on validation instances: small level within 1-3
 # instances with a lower geo-mean / oracle, large as or more compliant (docs/learning.md
-# "Session 19"); the shipped agent is seed 5's run
+# "Session 19"); the shipped agent is seed 5's run. Session 20: each phase gets its share of
+# the time left (`allotment`); two 42-minute runs with it (seeds 5 and 6) were no better on
+# the validation instances than the shipped run (docs/learning.md "Session 20")
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}
 RECIPE = {"shares": SHARES, "teacher_weights": {"small": 8, "large": 1}, "dagger_rounds": 6, "dagger_top_k": 6,

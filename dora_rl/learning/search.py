@@ -114,6 +114,13 @@ def rollout_search(actor, env: PartitionEnv, top_k: int | None = None, record: l
     return best[1]
 
 
+def index_stages(inst, plan) -> list[tuple]:
+    """`plan`'s stages as (start, end, device indices) in `inst`'s device order: the form
+    `_neighbours` moves and `Instance.finish` scores."""
+    idx = inst.scenario.cluster.index
+    return [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in plan.stages]
+
+
 def _keeps(stages: list[tuple], fixed: tuple) -> bool:
     """Do `stages` start with the stages `fixed[0]`, and the next one's devices with `fixed[1]`?"""
     pre, group = fixed
@@ -178,9 +185,7 @@ def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: fl
     better plan, so the result is a local optimum of the full neighbourhood, as before
     the candidates; `wide=False` stops at the candidates' optimum (restart search's starts)."""
     import time
-    idx = {name: i for i, name in enumerate(inst.cost.names)}
-    plan = result[0]
-    stages = [(st.start, st.end, tuple(idx[d] for d in st.devices)) for st in plan.stages]
+    stages = index_stages(inst, result[0])
     best_key, best = search_key(result, inst.objective), result
     orders, widen = device_orders(inst.cost), False
     for _ in range(max_rounds):
@@ -205,7 +210,7 @@ def polish(inst, result, max_rounds: int = 200, first: bool = True, deadline: fl
                 if first:
                     break
         if found is None:
-            if narrow and wide and not widen and (deadline is None or time.perf_counter() < deadline):
+            if narrow and wide and not widen:       # past the deadline, the wide scan stops at once
                 widen = True
                 continue
             break

@@ -271,8 +271,9 @@ def _fit(policy, datas, seconds, epochs, lr, batch, seed, progress, desc) -> dic
 def next_action(env, plan) -> int | None:
     """The StageEnv action at env's state that continues `plan` (None if the plan does not
     start with the episode's stages and pending group)."""
-    idx = env.inst.scenario.cluster.index
-    stages = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in plan.stages]
+    from dora_rl.learning.search import index_stages
+
+    stages = index_stages(env.inst, plan)
     k, g = len(env.stages), list(env.group)
     if len(stages) <= k or stages[:k] != [tuple(x) for x in env.stages] or list(stages[k][2][:len(g)]) != g:
         return None

@@ -161,14 +161,13 @@ def test_polish_repairs_a_shifted_cut():
     """dora's smart_home plan with its cut moved 3 blocks is worse; polishing it on the
     cost model finds dora's objective again (a cut shift is one move)."""
     from dora_rl.cost.qoe import utility
-    from dora_rl.learning.search import polish, search_key
+    from dora_rl.learning.search import index_stages, polish, search_key
     from dora_rl.planners import run_planner
 
     sc = load_scenario("smart_home")
     inst = Instance(sc, 8)
     ref = run_planner("dora", sc)
-    idx = {n: i for i, n in enumerate(inst.cost.names)}
-    st = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in ref.plan.stages]
+    st = index_stages(inst, ref.plan)
     assert len(st) == 2
     (l0, r0, g0), (_, r1, g1) = st
     bad = [(l0, r0 - 3, g0), (r0 - 3, r1, g1)]
@@ -248,8 +247,7 @@ def test_polish_with_candidates_ends_at_an_optimum_of_every_device(monkeypatch):
         for wide in (True, False):
             plan, m, u = search.polish(inst, f, wide=wide)
             keys[wide] = key = search.search_key((plan, m, u), inst.objective)
-            idx = {n: j for j, n in enumerate(inst.cost.names)}
-            st = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in plan.stages]
+            st = search.index_stages(inst, plan)
             free = None if wide else one(search.device_orders(inst.cost), {d for _, _, g in st for d in g})
             for cand in search._neighbours(st, inst.n, inst.B, free=free):
                 try:

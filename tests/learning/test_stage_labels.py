@@ -22,7 +22,7 @@ def policy():
 
 
 def test_polish_keeps_a_fixed_prefix():
-    from dora_rl.learning.search import polish, search_key
+    from dora_rl.learning.search import index_stages, polish, search_key
     from dora_rl.learning.stage_training import FAMILIES, fastest_plan, make_env
 
     env = make_env(FAMILIES["small"], seed=4)
@@ -35,8 +35,7 @@ def test_polish_keeps_a_fixed_prefix():
         free = polish(inst, f)
         if len(free[0].stages) < 2:
             continue
-        idx = inst.scenario.cluster.index
-        st = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in free[0].stages]
+        st = index_stages(inst, free[0])
         try:            # a worse start whose first stage the polish must keep: the two stages swapped
             M, stg, m = inst.finish([(st[0][0], st[0][1], st[1][2]), (st[1][0], st[-1][1], st[0][2])])
         except NoFeasiblePlan:
@@ -45,7 +44,7 @@ def test_polish_keeps_a_fixed_prefix():
         start = (inst.to_plan(stg, M), m, utility(inst.cost, m, inst.ref_obj))
         kept = [(st[0][0], st[0][1], st[1][2])]
         out = polish(inst, start, fixed=(kept, ()))
-        got = [(s.start, s.end, tuple(idx[d] for d in s.devices)) for s in out[0].stages]
+        got = index_stages(inst, out[0])
         assert got[:1] == kept
         assert search_key(out, inst.objective) <= search_key(start, inst.objective)
         checked += 1

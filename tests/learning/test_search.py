@@ -225,36 +225,88 @@ def test_neighbours_bring_in_only_the_free_devices_given():
     assert every == set(range(20)) - {7, 8}
 
 
+def test_a_split_tries_the_seam_of_each_run_of_cuts_and_a_cut_moves_to_the_seams():
+    """Hand-computed: blocks [0, 9) have cuts 1..8; in 4 runs ([1, 2], [3, 4], [5, 6], [7, 8])
+    the fewest bytes cross cuts 2, 4, 5 (a tie at 8 bytes: the first) and 7; without the
+    bytes each run's first cut. A split of the one stage tries exactly those; the cut at 4
+    between two stages shifts by 1 (to 3 and 5) and moves to the seams more than one block
+    away (2 and 7)."""
+    from dora_rl.learning.search import _neighbours, _seams
+
+    bnd = [0, 9, 5, 7, 1, 8, 8, 3, 6, 0]
+    assert _seams(bnd, 0, 9, 4) == [2, 4, 5, 7]
+    assert _seams(None, 0, 9, 4) == [1, 3, 5, 7]
+    assert _seams(bnd, 0, 9, 8) == list(range(1, 9))          # at most k cuts: every one
+
+    def cuts(stages, **kw):
+        return {c[0][1] for c in _neighbours(stages, 2, 9, split_points=4, **kw) if len(c) == len(stages) + 1}
+
+    assert cuts([(0, 9, (0,))], bnd=bnd) == {2, 4, 5, 7}
+    assert cuts([(0, 9, (0,))]) == {1, 3, 5, 7}
+    two = [(0, 4, (0,)), (4, 9, (1,))]
+    shifted = {c[0][1] for c in _neighbours(two, 2, 9, max_shift=1, split_points=4, bnd=bnd)
+               if len(c) == 2 and c[0][2] == (0,) and c[1][2] == (1,)}
+    assert shifted == {2, 3, 5, 7}
+
+
+def _fastest_starts(seed: int, count: int, devices: int, blocks: int):
+    """(Instance, the whole model on its fastest device) for random scenarios `[seed, i]`,
+    i < count, where some single device holds the model."""
+    from dora_rl.learning.stage_training import fastest_plan
+
+    for i in range(count):
+        sc = random_scenario(np.random.default_rng([seed, i]), max_devices=devices, min_devices=devices,
+                             n_blocks=blocks)
+        inst = Instance(sc, devices)
+        f = fastest_plan(inst)
+        if f is not None:
+            yield inst, f
+
+
+def _assert_no_move_improves(inst, plan, key, free=None):
+    """No plan one `_neighbours` move (seams included) from `plan` ranks before `key`."""
+    from dora_rl.cost.qoe import utility
+    from dora_rl.learning import search
+
+    for cand in search._neighbours(search.index_stages(inst, plan), inst.n, inst.B, free=free, bnd=inst.cost.bnd):
+        try:
+            _, _, m2 = inst.finish(cand)
+        except NoFeasiblePlan:
+            continue
+        assert search.search_key((None, m2, utility(inst.cost, m2, inst.ref_obj)), inst.objective) >= key
+
+
+def test_polish_ends_where_no_seam_move_improves():
+    """On 60-block models (more cuts than split points), polish's result is a local optimum
+    of the moves that split at or move a cut to the seams (`_neighbours(..., bnd=...)`)."""
+    from dora_rl.learning import search
+
+    checked = 0
+    for inst, f in _fastest_starts(21, 8, devices=5, blocks=60):
+        plan, m, u = search.polish(inst, f)
+        _assert_no_move_improves(inst, plan, search.search_key((plan, m, u), inst.objective))
+        checked += 1
+    assert checked >= 6
+
+
 def test_polish_with_candidates_ends_at_an_optimum_of_every_device(monkeypatch):
     """With one candidate (the fastest unused device, so the candidates' optimum is often not
     the full neighbourhood's), polish's wide final scan ends where no move over any unused
     device improves, and beats the candidates' optimum (wide=False) somewhere; without it,
     it ends where no move over the candidates improves."""
-    from dora_rl.cost.qoe import utility
     from dora_rl.learning import search
-    from dora_rl.learning.stage_training import fastest_plan
 
     one = lambda orders, used: [d for d in orders[0] if d not in used][:1]      # noqa: E731
     monkeypatch.setattr(search, "unused_candidates", one)
     checked = better = 0
-    for i in range(6):
-        sc = random_scenario(np.random.default_rng([20, i]), max_devices=20, min_devices=20, n_blocks=12)
-        inst = Instance(sc, 20)
-        f = fastest_plan(inst)
-        if f is None:
-            continue
+    for inst, f in _fastest_starts(20, 6, devices=20, blocks=12):
         keys = {}
         for wide in (True, False):
             plan, m, u = search.polish(inst, f, wide=wide)
             keys[wide] = key = search.search_key((plan, m, u), inst.objective)
-            st = search.index_stages(inst, plan)
-            free = None if wide else one(search.device_orders(inst.cost), {d for _, _, g in st for d in g})
-            for cand in search._neighbours(st, inst.n, inst.B, free=free):
-                try:
-                    _, _, m2 = inst.finish(cand)
-                except NoFeasiblePlan:
-                    continue
-                assert search.search_key((None, m2, utility(inst.cost, m2, inst.ref_obj)), inst.objective) >= key
+            used = {d for _, _, g in search.index_stages(inst, plan) for d in g}
+            free = None if wide else one(search.device_orders(inst.cost), used)
+            _assert_no_move_improves(inst, plan, key, free=free)
             checked += 1
         better += keys[True] < keys[False]
     assert checked >= 6 and better >= 1

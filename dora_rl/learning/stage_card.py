@@ -64,7 +64,23 @@ def _table(summary: dict, yard: str) -> list[str]:
     return lines
 
 
-def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) -> str:
+PLAN_MS_64x200_MAX = 50.0      # issue 12: the network alone plans 64 devices x 200 blocks in <= 50 ms on one core
+
+
+def plan_time_line(plan: dict | None) -> list[str]:
+    """The card's line for the 64 x 200 decision-time target, from `stage_plan_speed`'s
+    entries (bench/bench_learning.py: `agent.plan` end to end, one thread, median CPU ms);
+    none when the bench did not time that size."""
+    p = (plan or {}).get("64x200")
+    if not p:
+        return []
+    ok = p["median_cpu_ms"] <= PLAN_MS_64x200_MAX
+    return [f"- 64x200, network alone (`agent.plan` end to end, one thread) <= {PLAN_MS_64x200_MAX:g} ms: "
+            f"**{'met' if ok else 'NOT met'}** (median {_f(p['median_cpu_ms'], 1)} ms CPU, "
+            f"{_f(p['median_ms'], 1)} ms wall, on the machine of this run)"]
+
+
+def card(config: dict, ab: dict | None, env_id: str, note: str | None = None, plan: dict | None = None) -> str:
     tr = config.get("trained_range") or {}
     head = ["---", "library_name: stable-baselines3", "tags:", "- reinforcement-learning", "- stable-baselines3",
             "- sb3-contrib", "- MaskablePPO", "- dnn-partitioning", "- edge-ai", "- dora_rl", "model-index:",
@@ -134,7 +150,7 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None) ->
                         + (f"; network + restart at equal budget, more wins than losses vs polish-from-fastest "
                            f"{'met' if v['guided_vs_polish_met'] else 'NOT met'}, vs dora "
                            f"{'met' if v['guided_vs_dora_met'] else 'NOT met'}" if "guided_vs_dora_met" in v else ""))
-        body.append("")
+        body += plan_time_line(plan) + [""]
     ph = config.get("phases") or {}
     body += ["## Training", "", f"`dora train dora_rl/PartitionStage-v0 --max-minutes {config.get('max_minutes')}`: "
              f"{_f((config.get('train_seconds') or 0) / 60, 1)} min on a shared 2-core CPU, seed {config.get('seed')}. "
@@ -183,7 +199,7 @@ def main(argv=None) -> int:
     update_results(folder, entries)
     note = Path(argv[2]).read_text() if len(argv) > 2 else None
     (folder / "README.md").write_text(card(agent.config, ab, agent.config.get("env_id", "dora_rl/PartitionStage-v0"),
-                                           note))
+                                           note, (bench or {}).get("plan")))
     return 0
 
 

@@ -505,6 +505,19 @@ def test_stage_card_has_metadata_usage_and_checks(trained, tmp_path):
     assert {c["scenario"] for c in res["check"]} >= {"smart_home", "traffic_analytics", "edge_cluster"}
 
 
+def test_stage_card_quotes_the_64x200_time_target():
+    """The 64 x 200 decision-time target (<= 50 ms CPU) is read off the bench's `plan`
+    entry: 49.9 is met, 50.1 is not, and no line without that size."""
+    from dora_rl.learning.stage_card import plan_time_line
+
+    def entry(ms):
+        return {"64x200": {"median_cpu_ms": ms, "median_ms": ms + 1.0}}
+
+    assert "**met** (median 49.9 ms CPU, 50.9 ms wall" in plan_time_line(entry(49.9))[0]
+    assert "**NOT met** (median 50.1 ms CPU" in plan_time_line(entry(50.1))[0]
+    assert plan_time_line({"8x50": {"median_cpu_ms": 1.0, "median_ms": 1.0}}) == [] == plan_time_line(None)
+
+
 def test_stage_card_leaves_out_duels_that_compared_nothing():
     """Without `--old-agent` the bench's duel against the previous network compares no
     instance (0/0/0); the card lists only the duels that compared some."""

@@ -50,6 +50,30 @@ def microbatch_options(batch: int) -> list[int]:
     return [k for k in range(1, batch + 1) if batch % k == 0]
 
 
+def single_reach(mem: np.ndarray, base: np.ndarray, act: np.ndarray) -> np.ndarray:
+    """reach[d, l]: the largest r such that device d alone holds blocks [l, r), i.e. the last
+    r > l with mem[d] - base[l, r] >= act[l, r] (l when not even block l fits).
+
+    Why a binary search: for a fixed l, base[l, r] (parameter bytes) and act[l, r]
+    (activation bytes: a prefix difference, or a running maximum) never decrease in r, and
+    floating-point subtraction and comparison keep that order, so the blocks that fit are
+    a prefix of r = l+1 .. B. Bisecting every (d, l) at once makes the same comparisons at
+    about log2(B) points instead of all B: 2.0 ms instead of 8.2 (one start block at a
+    time) at 64 devices x 200 blocks on session 21's machine, identical tables."""
+    n, B = len(mem), base.shape[0] - 1
+    L = np.broadcast_to(np.arange(B + 1), (n, B + 1))
+    lo, hi = np.zeros((n, B + 1), dtype=int), B - L       # the count of blocks that fit lies in [lo, hi]
+    while True:
+        active = lo < hi
+        if not active.any():
+            return L + lo
+        mid = (lo + hi + 1) // 2
+        r = np.where(active, L + mid, L)                  # settled entries look at a valid index, ignored
+        ok = mem[:, None] - base[L, r] >= act[L, r]
+        lo = np.where(active & ok, mid, lo)
+        hi = np.where(active & ~ok, mid - 1, hi)
+
+
 class Instance:
     """Per-scenario tables, computed once and shared by every episode on the scenario."""
 
@@ -87,12 +111,7 @@ class Instance:
         self.mem = mem
         self.mem_med = max(float(np.median(mem)), 1.0)
         # reach[d, l]: largest r such that device d alone holds [l, r) (l if not even one block)
-        # (one start block at a time: the same comparisons as an (n, B+1, B+1) table, without
-        # building it - 2x faster at 64 devices x 200 blocks)
-        self.reach = np.empty((n, B + 1), dtype=int)
-        for l in range(B + 1):
-            fits = mem[:, None] - base[l, l + 1:][None, :] >= self.act[l, l + 1:][None, :]
-            self.reach[:, l] = l + np.count_nonzero(fits, axis=1)
+        self.reach = single_reach(mem, base, self.act)
         self.reach_l = self.reach.tolist()
         self.mem_order = sorted(range(n), key=lambda d: -cost.mem[d])
         rate = np.array(cost.rate)

@@ -68,7 +68,7 @@ def single_reach(mem: np.ndarray, base: np.ndarray, act: np.ndarray) -> np.ndarr
         if not active.any():
             return L + lo
         mid = (lo + hi + 1) // 2
-        r = np.where(active, L + mid, L)                  # settled entries look at a valid index, ignored
+        r = L + mid             # <= B: mid <= hi (a settled entry's mid is its lo; its answer is ignored)
         ok = mem[:, None] - base[L, r] >= act[L, r]
         lo = np.where(active & ok, mid, lo)
         hi = np.where(active & ~ok, mid - 1, hi)

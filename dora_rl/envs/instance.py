@@ -302,11 +302,24 @@ class Instance:
         return best[1], best[2], best[3]
 
     def _reference(self) -> float:
-        """Objective of the best single-device plan (the normaliser of `utility`)."""
+        """Objective of the best single-device plan (the normaliser of `utility`). For latency
+        the devices are tried in order of their compute time for the whole model (a lower
+        bound of that plan's latency: the pass adds transfers to it), stopping at the first
+        whose bound is no better than the best found: the same minimum, from a few
+        evaluations instead of one per device (at 64 devices the loop was ~20 % of planning)."""
+        cost, B, m = self.cost, self.B, self.cost.workload.batch
+        order, bound = range(self.n), None
+        if self.objective == "latency":
+            bound = []
+            for d in range(self.n):
+                c, per = cost.stage_compute(0, B, [d], [1.0], m)
+                bound.append(1e3 * (max(cost.stage_busy(0, B, [d], [1.0], m, per)) if cost.training else c))
+            order = sorted(order, key=bound.__getitem__)
         best = math.inf
-        for d in range(self.n):
-            m = self.cost.evaluate_stages([(0, self.B, [d], [1.0])], 1)
-            best = min(best, m.objective(self.objective))
+        for d in order:
+            if bound is not None and bound[d] >= best:
+                break
+            best = min(best, cost.evaluate_stages([(0, B, [d], [1.0])], 1).objective(self.objective))
         return best if best > 0 and math.isfinite(best) else 1.0
 
     def to_plan(self, stages, M: int) -> Plan:

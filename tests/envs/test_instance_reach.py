@@ -29,3 +29,22 @@ def test_single_reach_counts_every_block_that_fits():
         want = np.stack([l + np.count_nonzero(inst.mem[:, None] - inst.base[l, l + 1:] >= inst.act[l, l + 1:],
                                               axis=1) for l in range(B + 1)], axis=1)
         assert (inst.reach == want).all(), i
+
+
+def _every_device(inst):
+    return min(inst.cost.evaluate_stages([(0, inst.B, [d], [1.0])], 1).objective(inst.objective)
+               for d in range(inst.n))
+
+
+def test_reference_is_the_best_single_device_plan():
+    """`ref_obj` (which stops at the first device whose compute-time bound is no better than
+    the best found) equals the least objective over every single-device plan, on generated
+    instances of both workloads and objectives (measured block times:
+    tests/profile/test_profile_measured.py)."""
+    seen = set()
+    for i in range(24):
+        sc = random_scenario(np.random.default_rng([37, i]), max_devices=24, min_devices=2 + i % 20, n_blocks=6 + 5 * i)
+        inst = Instance(sc, 32)
+        seen.add((sc.workload.training, inst.objective))
+        assert inst.ref_obj == _every_device(inst), i
+    assert len(seen) == 4

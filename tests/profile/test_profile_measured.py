@@ -125,3 +125,29 @@ def test_slowed_scales_measured_times_and_round_trips(tmp_path):
     assert CostModel(sc.slowed(10)).evaluate(plan).stage_compute_s[0] == pytest.approx(10 * c)
     again = Scenario.from_dict(sc.to_dict(), profile=toy_profile())     # absolute path kept
     assert CostModel(again).evaluate(plan).stage_compute_s[0] == pytest.approx(c)
+
+
+@pytest.mark.parametrize("kind", ["inference", "training"])
+def test_reference_reads_measured_times(tmp_path, kind):
+    """The instance's reference (the best single-device latency, found by bounding each
+    device by its compute time) equals the least over every device when a device's times
+    are measured: the phone measured at 1 ms a block, the best device, where its FLOPs
+    alone would bound it above the laptop's latency (inference); jetA's measured forward +
+    backward (training)."""
+    from dora_rl.envs.instance import Instance
+
+    if kind == "inference":
+        write(tmp_path, forward_s=[[0.001, 0.001]] * 4)
+        sc = Scenario.from_dict(with_profile(HOME, "phone", tmp_path / "phone.json"), base_dir=tmp_path,
+                                profile=toy_profile())
+    else:
+        write(tmp_path, "jetA.json", batch_sizes=[2], forward_s=[[0.01], [0.02], [0.01], [0.01]],
+              train_forward_s=[[0.002], [0.003], [0.001], [0.001]], backward_s=[[0.003], [0.005], [0.001], [0.001]])
+        sc = Scenario.from_dict(with_profile(LAB, "jetA", tmp_path / "jetA.json"), base_dir=tmp_path,
+                                profile=toy_profile())
+    inst = Instance(sc, sc.cluster.n)
+    assert inst.cost.timed is not None and inst.objective == "latency"
+    every = [inst.cost.evaluate_stages([(0, inst.B, [d], [1.0])], 1).latency_ms for d in range(inst.n)]
+    assert inst.ref_obj == min(every)
+    if kind == "inference":
+        assert min(every) == every[0]

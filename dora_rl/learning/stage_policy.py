@@ -233,35 +233,37 @@ class StagePolicy(MaskableActorCriticPolicy):
         return self.action_net.logits(hd, gb, xd, xb, xg, mask), self.value_net.net(c).flatten()
 
 
-def _np(m: nn.Linear):
-    return m.weight.detach().cpu().numpy().astype("float64").T, m.bias.detach().cpu().numpy().astype("float64")
-
-
 class StageNumpyActor:
-    """The actor of a StagePolicy in numpy: logits for any (D, B), masked by `mask`."""
+    """The actor of a StagePolicy in numpy: logits for any (D, B), masked by `mask`.
+    `dtype`: float32 (the default) is the precision the network was trained in (torch) and
+    halves a 64-device x 200-block decision's time against float64 (wider tanh and matmul
+    lanes); float64 is kept for checking the two against each other (docs/learning.md)."""
 
-    def __init__(self, policy: StagePolicy):
+    def __init__(self, policy: StagePolicy, dtype: str = "float32"):
         fe, hd = policy.features_extractor, policy.action_net
-        self.heads = fe.attn[0].heads if len(fe.attn) else 1
-        self.denc = [_np(fe.denc[0]), _np(fe.denc[2])]
-        self.benc = [_np(fe.benc[0]), _np(fe.benc[2])]
-        def f64(t):
-            return t.detach().numpy().astype("float64")
+        self.dtype = dtype
 
-        self.attn = [dict(ln1=(f64(b.ln1.weight), f64(b.ln1.bias)), ln2=(f64(b.ln2.weight), f64(b.ln2.bias)),
-                          qkv=_np(b.qkv), out=_np(b.out), ff1=_np(b.ff1), ff2=_np(b.ff2)) for b in fe.attn]
-        self.genc, self.ctx, self.dout, self.bout = _np(fe.genc[0]), _np(fe.ctx[0]), _np(fe.dout[0]), _np(fe.bout[0])
-        self.q, self.kb, self.amp, self.add = _np(hd.q), _np(hd.kb), _np(hd.amp), _np(hd.add)
-        self.scale = hd.scale.detach().numpy().astype("float64")
-        self.shift = hd.shift.detach().numpy().astype("float64")
+        def arr(t):
+            return t.detach().cpu().numpy().astype(dtype)
+
+        def lin(m: nn.Linear):
+            return arr(m.weight).T.copy(), arr(m.bias)
+
+        self.heads = fe.attn[0].heads if len(fe.attn) else 1
+        self.denc = [lin(fe.denc[0]), lin(fe.denc[2])]
+        self.benc = [lin(fe.benc[0]), lin(fe.benc[2])]
+        self.attn = [dict(ln1=(arr(b.ln1.weight), arr(b.ln1.bias)), ln2=(arr(b.ln2.weight), arr(b.ln2.bias)),
+                          qkv=lin(b.qkv), out=lin(b.out), ff1=lin(b.ff1), ff2=lin(b.ff2)) for b in fe.attn]
+        self.genc, self.ctx, self.dout, self.bout = lin(fe.genc[0]), lin(fe.ctx[0]), lin(fe.dout[0]), lin(fe.bout[0])
+        self.q, self.kb, self.amp, self.add = lin(hd.q), lin(hd.kb), lin(hd.amp), lin(hd.add)
+        self.scale, self.shift = arr(hd.scale), arr(hd.shift)
         self.fidx = hd.fidx.detach().numpy()
         self.embed = fe.embed
         self.add_look = hd.add_look
-        self.obj_w = hd.obj_w.detach().numpy().astype("float64") if hd.obj_term else None
+        self.obj_w = arr(hd.obj_w) if hd.obj_term else None
         if hd.add_look:
-            self.amp_add = _np(hd.amp_add)
-            self.scale_add = hd.scale_add.detach().numpy().astype("float64")
-            self.shift_add = hd.shift_add.detach().numpy().astype("float64")
+            self.amp_add = lin(hd.amp_add)
+            self.scale_add, self.shift_add = arr(hd.scale_add), arr(hd.shift_add)
 
     @staticmethod
     def _ln(x, p):
@@ -287,10 +289,9 @@ class StageNumpyActor:
         return x + f @ a["ff2"][0] + a["ff2"][1]
 
     def logits(self, obs: dict, mask) -> np.ndarray:
-        xd = obs["devices"].astype("float64")
-        dm = obs["device_mask"].astype("float64")
-        xb = obs["blocks"].astype("float64")
-        bm = obs["block_mask"].astype("float64")
+        dt = self.dtype
+        xd, dm = obs["devices"].astype(dt), obs["device_mask"].astype(dt)
+        xb, bm, xg = obs["blocks"].astype(dt), obs["block_mask"].astype(dt), obs["global"].astype(dt)
 
         def mlp(x, ls):
             for w, b in ls:
@@ -305,7 +306,7 @@ class StageNumpyActor:
         mean = (e * dmu).sum(-2) / np.maximum(dmu.sum(-2), 1.0)
         mx = (e if dm.all() else e + (dmu - 1.0) * -NEG).max(-2)
         bmean = (b * bmu).sum(-2) / np.maximum(bmu.sum(-2), 1.0)
-        g = np.tanh(obs["global"].astype("float64") @ self.genc[0] + self.genc[1])
+        g = np.tanh(xg @ self.genc[0] + self.genc[1])
         c = np.tanh(np.concatenate([g, mean, mx, bmean], -1) @ self.ctx[0] + self.ctx[1])
         cd = np.broadcast_to(c[..., None, :], e.shape[:-1] + c.shape[-1:])
         cb = np.broadcast_to(c[..., None, :], b.shape[:-1] + c.shape[-1:])
@@ -318,7 +319,7 @@ class StageNumpyActor:
         mask = np.asarray(mask)
         at = np.nonzero(mask[..., :D * Bm].reshape(bil.shape))
         cd, cb, cg = head_columns({"devices": xd, "device_mask": dm, "blocks": xb, "block_mask": bm,
-                                   "global": obs["global"].astype("float64")})
+                                   "global": xg})
         x = lookahead_at(cd, cb, cg, at, np)
         amp = (hd @ self.amp[0] + self.amp[1])[at[:-1]]             # each close's device row
         close = bil.copy()
@@ -332,4 +333,4 @@ class StageNumpyActor:
             amp_a = hd @ self.amp_add[0] + self.amp_add[1]
             add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, amp_a)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
-        return np.where(mask, out, -np.inf)
+        return np.where(mask, out.astype(np.float64), -np.inf)      # float64 for the searches' softmax sums

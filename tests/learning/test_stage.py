@@ -109,10 +109,11 @@ def test_same_network_runs_on_2_and_64_devices(small_policy):
 
 def test_numpy_actor_scores_a_batch_as_each_state_alone(small_policy):
     # the numpy actor computes the lookahead term only at allowed closes: a batch of states
-    # (different masks) must give each state's own logits, -inf exactly where masked
+    # (different masks) must give each state's own logits, -inf exactly where masked (in
+    # float64, where the batch's other matmul paths round alike to 1e-9)
     from dora_rl.learning.stage_policy import StageNumpyActor
 
-    actor = StageNumpyActor(small_policy.policy)
+    actor = StageNumpyActor(small_policy.policy, "float64")
     env = StageEnv(scenario=_big(16, 60), max_devices=16, max_blocks=60)
     obs0, _ = env.reset(seed=0)
     m0 = env.action_masks()
@@ -550,3 +551,31 @@ def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     monkeypatch.undo()
     plan2, m2 = agent.plan(sc, search="polish")      # the network's own polish is a candidate beside it
     assert m2.qoe_ok and m2.latency_ms <= m.latency_ms + 1e-9
+
+
+@pytest.mark.skipif(_shipped_stage() is None, reason="the shipped generalist is not a stage agent")
+def test_float32_actor_decodes_the_float64_plans():
+    """The planning actor runs in float32 (the precision the network was trained in; half a
+    64 x 200 decision's time): its logits equal float64's to 1e-3 at every allowed action and
+    greedy decoding picks the same plan, on 12 held-out instances of 2-6 devices and 3 of 16-24
+    devices (the bench's 290 card and validation instances: docs/learning.md)."""
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.evaluation import held_out_scenarios
+    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_search import decode
+
+    agent = load_agent(_shipped_stage())
+    a32, a64 = StageNumpyActor(agent.policy), StageNumpyActor(agent.policy, "float64")
+    assert a32.dtype == "float32"
+    scs = held_out_scenarios(12) + [_big(n, B) for n, B in ((16, 60), (20, 80), (24, 40))]
+    for sc in scs:
+        inst = Instance(sc, sc.cluster.n)
+        if not inst.completable:
+            continue
+        env = agent.env_for(inst)
+        mask = env._mask
+        l32, l64 = a32.logits(env.observe(), mask), a64.logits(env.observe(), mask)
+        assert l32.dtype == np.float64 and np.isneginf(l32[~mask]).all()
+        assert np.abs(l32[mask] - l64[mask]).max() < 1e-3, sc.name
+        p32, p64 = (decode(a, agent.env_for(inst), "greedy")[0].to_dict() for a in (a32, a64))
+        assert p32 == p64, sc.name

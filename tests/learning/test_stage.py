@@ -188,6 +188,24 @@ def test_two_workers_collect_the_same_data_as_one(small_policy):
         assert n_states > 0
 
 
+def _blas_threads(i):
+    from threadpoolctl import threadpool_info
+
+    return i, {d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"}
+
+
+def test_workers_run_blas_on_one_thread():
+    """The teacher's and DAgger's worker processes start with numpy's BLAS on one thread
+    (each would otherwise start one thread per core beside the other workers)."""
+    import time
+
+    from dora_rl.learning import stage_collect as sc
+
+    got = []
+    sc.run_tasks(_blas_threads, iter([(0,), (1,)]), time.time() + 600, 2, got.append)
+    assert sorted(i for i, _ in got) == [0, 1] and all(t == {1} for _, t in got)
+
+
 def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
     from dora_rl.learning import stage_training as st
     from dora_rl.learning.search import greedy_complete

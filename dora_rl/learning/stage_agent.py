@@ -18,23 +18,6 @@ from dora_rl.scenario import Scenario
 log = logging.getLogger(__name__)
 
 
-_BLAS = None
-
-
-def one_blas_thread():
-    """A context running numpy's BLAS on one thread (threadpoolctl). The network's matmuls
-    are small (devices or blocks x 64 features), so a pool of BLAS threads only spins beside
-    the planner: measured at 64 devices x 200 blocks on 2 cores, 58-63 ms CPU with the default
-    pool against 46-47 on one thread (wall time equal), and with the other core busy, 40-53 ms
-    wall against 36-38. The controller scans the loaded libraries once (~2 ms); entering the
-    limit then costs ~30 us. So `agent.plan` runs on one core as its card measures it."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 class OutOfRangeWarning(UserWarning):
     """The scenario is outside the range of sizes the agent was trained on."""
 
@@ -89,6 +72,9 @@ class StageAgent:
         if not inst.completable:
             raise NoFeasiblePlan(f"ppo: no plan fits in memory on {scenario.name!r}", constraint="memory")
         import numpy as np
+
+        from dora_rl.learning.stage_policy import one_blas_thread
+
         rng = np.random.default_rng(seed)
         with one_blas_thread():
             env = self.env_for(inst)
@@ -108,6 +94,7 @@ class StageAgent:
         row is the network's start alone (`decode`), not this planner."""
         from dora_rl.cost.qoe import preference
         from dora_rl.envs.instance import Instance
+        from dora_rl.learning.stage_policy import one_blas_thread
 
         self.check_scenario(scenario)        # before the instance tables (a typed error on bad input)
         with one_blas_thread():

@@ -72,17 +72,6 @@ def dagger_one(actor, name: str, family: dict, seed: int, i: int, top_k: int, de
     return name, i, data, n, agree
 
 
-def _one_blas_thread() -> None:
-    """Pool initializer: numpy's BLAS on one thread in a worker. Each spawned worker would
-    start a BLAS pool of one thread per core, so 2 workers on 2 cores ran 4 spinning threads
-    beside each other; the actor's matmuls are small. Measured (session 22, 2 workers, 20
-    tasks of 6 greedy decodes at 32-48 devices x 150 blocks): the workers' decoding CPU 5.0-5.1
-    -> 1.5-1.7 s, the tasks' wall time 14.3-14.7 -> 12.1-12.9 s."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
-
-
 def run_tasks(fn, tasks, deadline: float, workers: int, on_result, tick=None) -> None:
     """fn(*task) for the tasks (an iterator) until `deadline` (time.time()), `workers` at a
     time; on_result(result) in the main process as each ends, tick() while waiting."""
@@ -94,8 +83,10 @@ def run_tasks(fn, tasks, deadline: float, workers: int, on_result, tick=None) ->
             if tick is not None:
                 tick()
         return
+    from dora_rl.learning.stage_policy import one_blas_thread
+
     tasks = iter(tasks)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=_one_blas_thread) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=one_blas_thread) as pool:
         pending: list = []
         more = True
         while True:

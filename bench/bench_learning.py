@@ -118,7 +118,7 @@ def target_checks(ev_h: dict, ev_p: dict) -> dict:
     }
 
 
-def stage_plan_speed(agent, sizes=((8, 50), (64, 200)), reps: int = 5) -> dict:
+def stage_plan_speed(agent, sizes=((8, 50), (64, 200)), reps: int = 9) -> dict:
     """The network alone (greedy) on one instance per size, one thread: `agent.plan` end to
     end (wall and this process's CPU ms: on a loaded machine the wall time includes waiting
     for a core), and its parts: the instance's tables (cost model, memory reach, reference

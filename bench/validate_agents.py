@@ -17,7 +17,14 @@ bench/results/.
 network-alone row of bench_ablation.py, without its other rows): for the record after a
 choice is made on validation, never to make it.
 
+`--relative` needs no oracle, so it reaches the large family and the small family's 7-8
+device instances: the agents on `--n` instances of `--family` at `--seed`, each agent's
+compliant count over the instances where any of them complies, and the geo-mean of its
+objective over the first agent's where both comply (the sessions' validation sets: small
+seed 2 n 400, large seeds 1 n 60 and 2 n 150).
+
     PYTHONPATH=. python bench/validate_agents.py trained_agents/dora_rl__Partition-v0 runs/dora_rl__PartitionStage-v0
+    PYTHONPATH=. python bench/validate_agents.py --relative --family large --seed 2 --n 150 A B
 """
 
 from __future__ import annotations
@@ -36,15 +43,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def oracle_rows(scenarios, path: Path, timeout: float = 60) -> dict:
-    """{index: oracle result} for the (index, scenario) pairs `scenarios` (cached in `path`)."""
+def _oracle(i: int, scenario, timeout: float) -> tuple:
     from dora_rl.learning.evaluation import reference_results
+
+    return i, reference_results(scenario, ("oracle",), timeout=timeout)["oracle"]
+
+
+def oracle_rows(scenarios, path: Path, timeout: float = 60, jobs: int = 1) -> dict:
+    """{index: oracle result} for the (index, scenario) pairs `scenarios` (cached in `path`),
+    `jobs` processes at a time (each oracle keeps its own time limit)."""
+    from dora_rl.learning.stage_collect import run_tasks
 
     if path.exists():
         return {int(k): v for k, v in json.loads(path.read_text()).items()}
     out = {}
-    for i, sc in scenarios:
-        out[i] = reference_results(sc, ("oracle",), timeout=timeout)["oracle"]
+    run_tasks(_oracle, ((i, sc, timeout) for i, sc in scenarios), float("inf"), jobs,
+              lambda r: out.__setitem__(*r))
+    out = dict(sorted(out.items()))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out) + "\n")
     return out
@@ -91,6 +106,22 @@ def score(agent_path: str, plan, oracle: dict) -> dict:
             "n_ratio": len(ratios)}
 
 
+def relative(agent_paths: list, plan, n: int) -> list:
+    """Each agent's network alone on instances 0..n-1 against the others: its compliant count
+    where any agent complies, and its geo-mean objective / the first agent's where both comply."""
+    from dora_rl.learning.agents import load_agent
+
+    plans = [[plan(load_agent(p), i) for i in range(n)] for p in agent_paths]
+    any_ok = [i for i in range(n) if any(r[i][0] for r in plans)]
+    rows = []
+    for p, r in zip(agent_paths, plans):
+        ratios = [r[i][1] / plans[0][i][1] for i in any_ok if r[i][0] and plans[0][i][0]]
+        rows.append({"agent": p, "n": len(any_ok), "compliant": sum(r[i][0] for i in any_ok),
+                     "geo_vs_first": round(statistics.geometric_mean(ratios), 4) if ratios else None,
+                     "n_ratio": len(ratios)})
+    return rows
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -102,22 +133,35 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--max-devices", type=int, default=6)
     ap.add_argument("--heldout", type=int, metavar="N", help="score the card's held-out set of N instances instead")
+    ap.add_argument("--relative", action="store_true", help="no oracle: the agents against one another")
+    ap.add_argument("--family", choices=("small", "large"), default="small", help="with --relative")
+    ap.add_argument("--jobs", type=int, default=1, help="processes building an oracle cache")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/validation.json or heldout.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = ROOT / "bench" / "results"
+    if a.relative:
+        env = st.make_env(st.FAMILIES[a.family], a.seed)
+        rows = relative(a.agents, greedy_on_env(env), a.n)
+        for r in rows:
+            print(f"{r['agent']}: compliant {r['compliant']} of {r['n']}, geo-mean / first {r['geo_vs_first']} "
+                  f"(n={r['n_ratio']})")
+        out = Path(a.out or results / f"relative_{a.family}_s{a.seed}_n{a.n}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"family": a.family, "seed": a.seed, "n": a.n, "rows": rows}, indent=1) + "\n")
+        return 0
     if a.heldout:
         from dora_rl.learning.evaluation import held_out_scenarios
 
         scenarios = held_out_scenarios(a.heldout, max_devices=a.max_devices)
         oracle = oracle_rows(enumerate(scenarios), results / f"heldout_oracle_n{a.heldout}_d{a.max_devices}.json",
-                             timeout=120)
+                             timeout=120, jobs=a.jobs)
         plan = greedy_on_scenarios(scenarios)
     else:
         env = st.make_env(st.FAMILIES["small"], a.seed)
         pairs = ((i, env.source.instance(i)) for i in range(a.n))
         oracle = oracle_rows(((i, inst.scenario) for i, inst in pairs if inst.n <= a.max_devices),
-                             results / f"validation_oracle_s{a.seed}_n{a.n}_d{a.max_devices}.json")
+                             results / f"validation_oracle_s{a.seed}_n{a.n}_d{a.max_devices}.json", jobs=a.jobs)
         plan = greedy_on_env(env)
     rows = [score(p, plan, oracle) for p in a.agents]
     for r in rows:

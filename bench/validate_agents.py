@@ -111,7 +111,8 @@ def relative(agent_paths: list, plan, n: int) -> list:
     where any agent complies, and its geo-mean objective / the first agent's where both comply."""
     from dora_rl.learning.agents import load_agent
 
-    plans = [[plan(load_agent(p), i) for i in range(n)] for p in agent_paths]
+    agents = [load_agent(p) for p in agent_paths]
+    plans = [[plan(agent, i) for i in range(n)] for agent in agents]
     any_ok = [i for i in range(n) if any(r[i][0] for r in plans)]
     rows = []
     for p, r in zip(agent_paths, plans):

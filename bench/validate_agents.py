@@ -106,13 +106,11 @@ def score(agent_path: str, plan, oracle: dict) -> dict:
             "n_ratio": len(ratios)}
 
 
-def relative(agent_paths: list, plan, n: int) -> list:
-    """Each agent's network alone on instances 0..n-1 against the others: its compliant count
-    where any agent complies, and its geo-mean objective / the first agent's where both comply."""
-    from dora_rl.learning.agents import load_agent
-
-    agents = [load_agent(p) for p in agent_paths]
-    plans = [[plan(agent, i) for i in range(n)] for agent in agents]
+def relative(agent_paths: list, plans: list) -> list:
+    """Agents against one another: `plans[a][i]` = agent a's (qoe_ok, objective) on instance
+    i; per agent its compliant count where any agent complies, and its geo-mean objective /
+    the first agent's where both comply."""
+    n = len(plans[0])
     any_ok = [i for i in range(n) if any(r[i][0] for r in plans)]
     rows = []
     for p, r in zip(agent_paths, plans):
@@ -142,8 +140,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     results = ROOT / "bench" / "results"
     if a.relative:
-        env = st.make_env(st.FAMILIES[a.family], a.seed)
-        rows = relative(a.agents, greedy_on_env(env), a.n)
+        from dora_rl.learning.agents import load_agent
+
+        plan = greedy_on_env(st.make_env(st.FAMILIES[a.family], a.seed))
+        rows = relative(a.agents, [[plan(agent, i) for i in range(a.n)] for agent in map(load_agent, a.agents)])
         for r in rows:
             print(f"{r['agent']}: compliant {r['compliant']} of {r['n']}, geo-mean / first {r['geo_vs_first']} "
                   f"(n={r['n_ratio']})")

@@ -402,6 +402,19 @@ def test_ablation_rows_are_in_the_bench_output(trained):
         assert k in out["heldout"]["duels"], k
 
 
+def test_validation_relative_counts_where_any_agent_complies():
+    """bench/validate_agents.py --relative: the denominator is the instances where any agent
+    complies (not every instance), and the geo-mean is over the first agent's objective
+    where both comply (hand-computed: B 12 / A 10 on instance 0 only)."""
+    from bench.validate_agents import relative
+
+    a = [(True, 10.0), (False, 5.0), (False, 1.0), (True, 4.0)]
+    b = [(True, 12.0), (True, 6.0), (False, 1.0), (False, 3.0)]
+    ra, rb = relative(["A", "B"], [a, b])
+    assert (ra["n"], ra["compliant"], ra["geo_vs_first"], ra["n_ratio"]) == (3, 2, 1.0, 2)
+    assert (rb["n"], rb["compliant"], rb["geo_vs_first"], rb["n_ratio"]) == (3, 2, 1.2, 1)
+
+
 def test_bench_checks_the_equal_budget_duels_of_the_guided_search():
     from bench.bench_ablation import checks
 

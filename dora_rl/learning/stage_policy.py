@@ -16,7 +16,9 @@ not guessed from pooled features. The add logit of d is linear in h_d, plus, wit
 `add_lookahead=True` (a policy kwarg, off in agents trained before session 12 and in the
 shipped one), bumps over `add_lookahead`: the lookahead of the close that would follow. With
 `objective_term=True` (session 14) a close that ends the plan also gets a learned weight
-times `end_objective`, its objective relative to the best such close. The computed terms
+times `end_objective`, its objective relative to the best such close; with a pair of numbers
+(latency, energy) the weights are fixed, not learned (session 24: W5's learned weights
+override that column on energy instances, docs/learning.md). The computed terms
 are in stage_lookahead.py. No weight belongs to a device slot or a block position: the
 same weights run on any (D, B); padding is masked. The value head reads the context only.
 
@@ -121,7 +123,7 @@ class StagePointerHead(nn.Module):
     """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
 
     def __init__(self, hidden: int, embed: int, D: int, Bm: int, add_lookahead: bool = False,
-                 objective_term: bool = False):
+                 objective_term: bool | tuple = False):
         super().__init__()
         self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
         K = sum(PAIR_BUMPS)
@@ -140,9 +142,14 @@ class StagePointerHead(nn.Module):
             self.scale_add = nn.Parameter(self.scale.detach().clone())
             self.shift_add = nn.Parameter(self.shift.detach().clone())
         # the objective term (`objective_term`, session 14): the close that ends the plan on d
-        # gets -w * end_objective(d), w per objective (latency, energy), learned from 0
-        self.obj_term = objective_term
-        if objective_term:
+        # gets -w * end_objective(d), w per objective (latency, energy), learned from 0, or
+        # fixed at the given pair (a buffer: saved with the model, never trained)
+        self.obj_term = bool(objective_term)
+        if isinstance(objective_term, (list, tuple)):
+            if len(objective_term) != 2:
+                raise ValueError(f"objective_term: a (latency, energy) pair of weights, got {objective_term!r}")
+            self.register_buffer("obj_w", torch.tensor([float(w) for w in objective_term]))
+        elif objective_term:
             self.obj_w = nn.Parameter(torch.zeros(2))
 
     def split(self, z: torch.Tensor):
@@ -202,7 +209,7 @@ class ValueHead(nn.Module):
 class StagePolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy with the stage extractor, pointer head and context value head."""
 
-    def __init__(self, *args, add_lookahead: bool = False, objective_term: bool = False, **kwargs):
+    def __init__(self, *args, add_lookahead: bool = False, objective_term: bool | tuple = False, **kwargs):
         kwargs.setdefault("features_extractor_class", StageExtractor)
         kwargs["net_arch"] = dict(pi=[], vf=[])
         self.add_lookahead = add_lookahead

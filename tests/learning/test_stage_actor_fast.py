@@ -16,8 +16,9 @@ from dora_rl.envs.stage import StageEnv
 from dora_rl.synthetic import random_scenario
 
 
-@pytest.fixture(scope="module", params=[{}, {"add_lookahead": True}, {"objective_term": True}],
-                ids=["plain", "add_lookahead", "objective_term"])
+@pytest.fixture(scope="module", params=[{}, {"add_lookahead": True}, {"objective_term": True},
+                                        {"objective_term": [0.0, 3.0]}],
+                ids=["plain", "add_lookahead", "objective_term", "objective_term_fixed"])
 def policy(request):
     import torch
     from sb3_contrib import MaskablePPO
@@ -224,3 +225,48 @@ def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_
         assert lat[pick] == pytest.approx(min(lat), rel=1e-6)
         checked += 1
     assert checked >= 5
+
+
+def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
+    """`objective_term=(w_latency, w_energy)`: the weights are a buffer (no optimiser sees
+    them), they come back from `MaskablePPO.load`, and on an energy state the end closes'
+    logits differ from the same network's without the term by exactly -w_energy x
+    `end_objective` (the other logits not at all)."""
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_lookahead import end_objective, head_columns
+    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+
+    env = StageEnv(max_devices=8, max_blocks=32)
+    model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=1, device="cpu",
+                        policy_kwargs={"objective_term": [0.0, 3.0]})
+    head = model.policy.action_net
+    assert not any(p is head.obj_w for p in model.policy.parameters())
+    assert head.obj_w.tolist() == [0.0, 3.0]
+    model.save(tmp_path / "m.zip")
+    back = MaskablePPO.load(tmp_path / "m.zip", device="cpu")
+    assert back.policy.action_net.obj_w.tolist() == [0.0, 3.0]
+    with pytest.raises(ValueError, match="pair"):
+        MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, device="cpu",
+                    policy_kwargs={"objective_term": [1.0]})
+
+    i = 0
+    while True:                      # an energy instance whose first state can end the plan on 2+ devices
+        env_e = StageEnv(scenario=_scenario(4, 6, 100 + i), max_devices=8, max_blocks=32)
+        obs, _ = env_e.reset(seed=0)
+        xd, xb, xg = head_columns({k: v[None] for k, v in obs.items()})
+        eo = end_objective(xd, xb, xg)[0]
+        if env_e.inst.objective == "energy" and (eo > 1e-3).any():
+            break
+        i += 1
+    mask = env_e.action_masks()
+    with_term = StageNumpyActor(back.policy).logits(obs, mask)
+    actor = StageNumpyActor(back.policy)
+    actor.obj_w = None
+    without = actor.logits(obs, mask)
+    D, Bm, B = 8, 32, env_e.inst.B
+    expect = np.zeros(D * Bm + D)
+    for d in range(D):
+        expect[d * Bm + B - 1] = -3.0 * eo[d]
+    assert (expect[mask] != 0).any()                 # an allowed end close the term moves
+    assert np.allclose(with_term[mask] - without[mask], expect[mask], atol=1e-4)

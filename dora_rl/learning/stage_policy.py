@@ -123,7 +123,7 @@ class StagePointerHead(nn.Module):
     """flat features -> logits [close (d, j) row-major over (D, Bm) | add d]."""
 
     def __init__(self, hidden: int, embed: int, D: int, Bm: int, add_lookahead: bool = False,
-                 objective_term: bool | tuple = False):
+                 objective_term: bool | tuple | list = False):
         super().__init__()
         self.hidden, self.embed, self.D, self.Bm = hidden, embed, D, Bm
         K = sum(PAIR_BUMPS)
@@ -209,7 +209,7 @@ class ValueHead(nn.Module):
 class StagePolicy(MaskableActorCriticPolicy):
     """MaskableActorCriticPolicy with the stage extractor, pointer head and context value head."""
 
-    def __init__(self, *args, add_lookahead: bool = False, objective_term: bool | tuple = False, **kwargs):
+    def __init__(self, *args, add_lookahead: bool = False, objective_term: bool | tuple | list = False, **kwargs):
         kwargs.setdefault("features_extractor_class", StageExtractor)
         kwargs["net_arch"] = dict(pi=[], vf=[])
         self.add_lookahead = add_lookahead

@@ -260,9 +260,9 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
             break
         i += 1
     mask = env_e.action_masks()
-    with_term = StageNumpyActor(back.policy).logits(obs, mask)
     actor = StageNumpyActor(back.policy)
-    actor.obj_w = None
+    with_term = actor.logits(obs, mask)
+    actor.obj_w = None                               # the same weights without the term
     without = actor.logits(obs, mask)
     D, Bm, B = 8, 32, env_e.inst.B
     expect = np.zeros(D * Bm + D)

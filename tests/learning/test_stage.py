@@ -271,6 +271,22 @@ def test_budget_bound_training_saves_a_loadable_agent(trained):
     assert sel["kept"] in [h["at"] for h in sel["history"]] and sel["history"][0]["at"] == "imitation"
 
 
+def test_ppo_checkpoints_are_offered_to_the_selection_during_the_phase(tmp_path):
+    """recipe ppo_checkpoints=3: the selection sees PPO's weights after its first and second
+    thirds of the phase (at a rollout's end) and at its end, after imitation's."""
+    import yaml
+
+    from dora_rl.learning.stage_run import train_stage
+
+    folder = train_stage(tmp_path, max_minutes=0.5, progress=False, env_kwargs={"families": ["small"]},
+                         recipe={"shares": {"teacher": 0.1, "imitate": 0.1, "dagger": 0.0, "ppo": 0.8},
+                                 "dagger_rounds": 0, "ppo_checkpoints": 3})
+    ats = [h["at"] for h in yaml.safe_load((folder / "config.yml").read_text())["selection"]["history"]]
+    assert ats[0] == "imitation" and ats[-1] == "ppo"
+    assert 1 <= len(ats) - 2 <= 2 and all(a in ("ppo 1/3", "ppo 2/3") for a in ats[1:-1])
+    assert ats[1:-1] == sorted(ats[1:-1])
+
+
 def test_training_keeps_the_best_checkpoint_on_the_selection_instances(small_policy, monkeypatch):
     import copy
 

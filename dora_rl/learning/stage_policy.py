@@ -252,13 +252,16 @@ def one_blas_thread():
     blocks 58-63 ms CPU with the default pool against 46-47 (wall time equal), and with the
     other core busy 40-53 ms wall against 36-38; 2 training workers decoding 20 tasks at
     32-48 devices x 150 blocks 5.0-5.1 s CPU against 1.5-1.7, wall 14.3-14.7 s against
-    12.1-12.9. The controller scans the loaded libraries once (~2 ms); each limit then
-    costs ~30 us."""
+    12.1-12.9. The controller scans the loaded libraries (~2 ms) again only when modules were
+    imported since its last scan (an import may load another BLAS, as scipy.linalg loads its
+    own OpenBLAS beside numpy's); each limit then costs ~30 us."""
+    import sys
+
     global _BLAS
-    if _BLAS is None:
+    if _BLAS is None or _BLAS[0] != len(sys.modules):
         from threadpoolctl import ThreadpoolController
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
+        _BLAS = (len(sys.modules), ThreadpoolController())
+    return _BLAS[1].limit(limits=1, user_api="blas")
 
 
 class StageNumpyActor:

@@ -650,3 +650,21 @@ def test_plan_runs_blas_on_one_thread(monkeypatch):
         after = _blas_threads(None)[1]
     assert len(seen) == 2 and all(s == {1} for s in seen)
     assert after == {2}
+
+
+def test_one_blas_thread_reaches_a_blas_loaded_after_its_first_use():
+    """scipy.linalg loads its own OpenBLAS beside numpy's: a limit taken after that import
+    holds both (in a fresh process, so that the import comes after the first limit)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from dora_rl.learning.stage_policy import one_blas_thread\n"
+            "with one_blas_thread():\n    pass\n"
+            "import scipy.linalg\n"
+            "with one_blas_thread():\n"
+            "    print(sorted({d['num_threads'] for d in threadpool_info() if d['user_api'] == 'blas'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
+    assert out.stdout.strip() == "[1]"

@@ -35,6 +35,7 @@ import copy
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +141,10 @@ def train(env_id: str, timesteps: int | None = None, seed: int = 0, out: str | P
     t0 = time.time()
     try:
         if not interrupted:
-            model.learn(total_timesteps=n_timesteps, callback=CallbackList(cbs), progress_bar=progress,
-                        tb_log_name=sanitize(env_id))
+            with warnings.catch_warnings():      # SB3's bar is tqdm.rich, which warns it is "experimental"
+                warnings.filterwarnings("ignore", message="rich is experimental")
+                model.learn(total_timesteps=n_timesteps, callback=CallbackList(cbs), progress_bar=progress,
+                            tb_log_name=sanitize(env_id))
     except KeyboardInterrupt:
         interrupted = True
     ppo_seconds = time.time() - t0

@@ -352,6 +352,7 @@ def test_max_minutes_bounds_the_warm_start(tmp_path, monkeypatch):
     assert 0 < seen["teacher_dataset"] <= 0.35 * 60 and 0 < seen["behaviour_clone"] <= 0.5 * 60
 
 
+@pytest.mark.filterwarnings("error:rich is experimental")       # the PPO bar shows no tqdm warning
 def test_warm_start_reports_each_fit_epoch_when_progress_is_on(tmp_path, caplog):
     import logging
 

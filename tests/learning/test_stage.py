@@ -232,9 +232,9 @@ def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
 
 
 def test_a_phase_gets_its_share_of_the_time_left_so_unused_time_passes_on():
-    from dora_rl.learning.stage_run import PHASES, RECIPE, allotment
+    from dora_rl.learning.stage_run import PHASES, allotment
 
-    shares = RECIPE["shares"]                  # teacher .25, imitation .15, DAgger .55, PPO .05
+    shares = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.55, "ppo": 0.05}     # the recipe of sessions 11-25
     assert allotment(2520, shares, PHASES, "teacher") == pytest.approx(630)      # 2520 * .25 / 1
     assert allotment(1890, shares, PHASES, "imitate") == pytest.approx(378)      # 1890 * .15 / .75
     # imitation stopped after 226 of its 378 s: DAgger gets .55 / .60 of the 1664 s left, not 1386

@@ -28,6 +28,7 @@ observation or a batch)."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -255,8 +256,6 @@ def one_blas_thread():
     12.1-12.9. The controller scans the loaded libraries (~2 ms) again only when modules were
     imported since its last scan (an import may load another BLAS, as scipy.linalg loads its
     own OpenBLAS beside numpy's); each limit then costs ~30 us."""
-    import sys
-
     global _BLAS
     if _BLAS is None or _BLAS[0] != len(sys.modules):
         from threadpoolctl import ThreadpoolController

@@ -153,9 +153,10 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
     overrides RECIPE's keys (the phases' shares of the budget, the teacher's instances per
     cycle of each family, DAgger's rounds and the number of the policy's actions each DAgger
-    label compares, the checkpoints the selection sees within PPO's phase, the data-collecting worker
-    processes and the fit's torch threads, each at most the machine's cores, the most
-    epochs of the imitation fit and of each DAgger round's fit, the policy's kwargs)."""
+    label compares, the checkpoints the selection sees within PPO's phase, the
+    data-collecting worker processes and the fit's torch threads, each at most the machine's
+    cores, the most epochs of the imitation fit and of each DAgger round's fit, the policy's
+    kwargs)."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import math
 import sys
+from functools import partial
 
 import numpy as np
 import torch
 from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableCategoricalDistribution
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.preprocessing import preprocess_obs
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
@@ -222,8 +225,13 @@ class StagePolicy(MaskableActorCriticPolicy):
                 "objective_term": self.objective_term}
 
     def _build(self, lr_schedule) -> None:
-        super()._build(lr_schedule)
+        """SB3's build without its flat action net (features x actions: at 64 x 200 a 9k x 13k
+        matrix whose orthogonal init took ~35 s and ~0.5 GB, only to be replaced): the
+        extractor gets SB3's orthogonal init, the pointer head a small one."""
+        self._build_mlp_extractor()
         fe = self.features_extractor
+        if self.ortho_init:
+            fe.apply(partial(self.init_weights, gain=np.sqrt(2)))
         self.action_net = StagePointerHead(fe.hidden, fe.embed, fe.D, fe.Bm, self.add_lookahead,
                                            self.objective_term)
         for m in self.action_net.modules():
@@ -239,6 +247,37 @@ class StagePolicy(MaskableActorCriticPolicy):
         `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
         return self.action_net.logits(hd, gb, xd, xb, xg, mask), self.value_net.net(c).flatten()
+
+    # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the
+    # action masks: any (D, B) per call - one policy object serves the PPO models of every
+    # size family - and the lookahead only at the allowed closes (at 64 x 200 the full table
+    # was most of an update's time); the logits at allowed actions are the flat path's.
+    def _masked_dist(self, obs, action_masks):
+        obs = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        mask = None
+        if action_masks is not None:
+            mask = torch.as_tensor(action_masks, device=self.device).reshape(obs["devices"].shape[0], -1).bool()
+        logits, values = self.any_size(obs, mask)
+        dist = MaskableCategoricalDistribution(logits.shape[-1]).proba_distribution(action_logits=logits)
+        if mask is not None:
+            dist.apply_masking(mask)
+        return dist, values.unsqueeze(-1)
+
+    def forward(self, obs, deterministic: bool = False, action_masks=None):
+        dist, values = self._masked_dist(obs, action_masks)
+        actions = dist.get_actions(deterministic=deterministic)
+        return actions, values, dist.log_prob(actions)
+
+    def evaluate_actions(self, obs, actions, action_masks=None):
+        dist, values = self._masked_dist(obs, action_masks)
+        return values, dist.log_prob(actions), dist.entropy()
+
+    def get_distribution(self, obs, action_masks=None):
+        return self._masked_dist(obs, action_masks)[0]
+
+    def predict_values(self, obs):
+        obs = preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images)
+        return self.value_net.net(self.features_extractor.parts(obs)[0])
 
 
 _BLAS = None

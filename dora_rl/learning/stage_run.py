@@ -60,8 +60,11 @@ MINUTES = 42.0              # the default budget: the shipped run's (docs/learni
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.10, "ppo": 0.50}
 RECIPE = {"shares": SHARES, "teacher_weights": {"small": 8, "large": 1}, "dagger_rounds": 1, "dagger_top_k": 6,
           "workers": 2, "fit_threads": 1, "imitate_epochs": 40, "dagger_epochs": 8,
-          "policy_kwargs": {"add_lookahead": False, "objective_term": [0.0, 4.0]}, "ppo_checkpoints": 5}
+          "policy_kwargs": {"add_lookahead": False, "objective_term": [0.0, 4.0]}, "ppo_checkpoints": 5,
+          "ppo_families": {"small": 1}, "ppo_turn": 60.0, "ppo_pool": 64}
 
+PPO_KWARGS = dict(n_steps=128, batch_size=128, n_epochs=4, learning_rate=1e-4, clip_range=0.1, ent_coef=0.001,
+                  gamma=1.0, verbose=0)
 
 PHASES = ("teacher", "imitate", "dagger", "ppo")
 
@@ -91,7 +94,7 @@ def _families(scenario, env_kwargs: dict) -> dict:
     return fams
 
 
-SELECT_N = {"small": 100, "large": 10}      # selection instances per family at the full budget (a scenario: itself)
+SELECT_N = {"small": 100, "large": 30}      # selection instances per family at the full budget (a scenario: itself)
 SELECT_SEED = 500_009       # their generator seed is the run's seed + this: not a training, validation or held-out seed
 
 
@@ -180,8 +183,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         ppo_env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
     else:
         ppo_env = st.make_env(first, seed + 7)
-    model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", n_steps=128, batch_size=128, n_epochs=4,
-                        learning_rate=1e-4, clip_range=0.1, ent_coef=0.001, gamma=1.0, verbose=0,
+    model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", **PPO_KWARGS,
                         policy_kwargs=dict(recipe["policy_kwargs"]))
     datas = {k: st.Data() for k in fams}
     start = {k: 0 for k in fams}
@@ -235,33 +237,67 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                                                   workers=workers, fit_threads=threads, on_round=sel))
     if not info["interrupted"] and left() > 20:
         n_ck = max(1, int(recipe["ppo_checkpoints"]))
+        # PPO per family (`ppo_families`: weights of PPO's time; a scenario: itself): one
+        # MaskablePPO per family's env shape, all sharing `model.policy` (size-free), in
+        # turns of `ppo_turn` seconds split by the weights. A non-first family's env cycles
+        # a pool of `ppo_pool` instances (a 64-device instance's routes take ~1 s to build).
+        weights = {k: float(w) for k, w in (recipe.get("ppo_families") or {}).items() if k in fams and w > 0}
+        weights = weights if scenario is None and weights else {next(iter(fams)): 1.0}
+        models = {}
+        for k in weights:
+            if k == next(iter(fams)):
+                models[k] = model
+                continue
+            m = MaskablePPO(StagePolicy, st.make_env(fams[k], seed + 7, pool_size=int(recipe["ppo_pool"])),
+                            seed=seed, device="cpu", **PPO_KWARGS, policy_kwargs=dict(recipe["policy_kwargs"]))
+            m.policy = model.policy
+            models[k] = m
 
-        class Deadline(BaseCallback):
-            """Stops PPO at the phase's deadline; a time-based progress bar with an ETA; the
-            selection sees a checkpoint after each of the phase's first `n_ck` - 1 equal
-            shares of time (at a rollout's end), and one at the phase's end."""
+        class Clock:
+            """The PPO phase's deadline and checkpoints over every family's turns; a
+            time-based progress bar with an ETA. The selection sees a checkpoint after each of
+            the phase's first `n_ck` - 1 equal shares of time (at a rollout's end), and one at
+            the phase's end."""
 
             def __init__(self, secs):
-                super().__init__()
-                self.secs, self.t0, self.seen = secs, time.time(), 1
+                self.secs, self.t0, self.seen, self.steps = secs, time.time(), 1, 0
                 self.bar = st.TimeBar(secs, "ppo", progress)
 
+            def left(self) -> float:
+                return self.secs - (time.time() - self.t0)
+
+        class Turn(BaseCallback):
+            """Stops PPO at the phase's deadline; ticks the bar; the checkpoints."""
+
+            def __init__(self, clock):
+                super().__init__()
+                self.clock = clock
+
             def _on_step(self) -> bool:
-                el = time.time() - self.t0
-                if self.n_calls % 64 == 0:
-                    self.bar.tick(f"{self.num_timesteps} steps")
-                if el >= self.secs:
-                    self.bar.close()
-                return el < self.secs
+                self.clock.steps += 1
+                if self.clock.steps % 64 == 0:
+                    self.clock.bar.tick(f"{self.clock.steps} steps")
+                return self.clock.left() > 0
 
             def _on_rollout_end(self) -> None:
-                if self.seen < n_ck and time.time() - self.t0 >= self.secs * self.seen / n_ck:
-                    sel(f"ppo {self.seen}/{n_ck}")
-                    self.seen += 1
+                c = self.clock
+                if c.seen < n_ck and time.time() - c.t0 >= c.secs * c.seen / n_ck:
+                    sel(f"ppo {c.seen}/{n_ck}")
+                    c.seen += 1
 
         def ppo(secs):
-            model.learn(total_timesteps=10**7, callback=Deadline(secs), progress_bar=False)
-            return {"timesteps": int(model.num_timesteps), "selection": sel("ppo")}
+            """Each `learn` call is one rollout and one update, so a family's turn ends
+            between rollouts (its env and last observation stay in step for its next turn)."""
+            clock, total = Clock(secs), sum(weights.values())
+            while clock.left() > 0:
+                for k, m in models.items():
+                    turn = clock.left() if len(models) == 1 else float(recipe["ppo_turn"]) * weights[k] / total
+                    until = time.time() + turn
+                    while clock.left() > 0 and time.time() < until:
+                        m.learn(total_timesteps=m.n_steps, callback=Turn(clock), progress_bar=False,
+                                reset_num_timesteps=False)
+            clock.bar.close()
+            return {"timesteps": {k: int(m.num_timesteps) for k, m in models.items()}, "selection": sel("ppo")}
         phase("ppo", ppo)
     evals = sel.restore()
     seconds = time.time() - t_start

@@ -94,6 +94,44 @@ def test_masked_fit_logits_and_gradients_equal_the_full_tables(policy):
         assert torch.allclose(gf[k], gs[k], atol=1e-5), k
 
 
+def test_sb3_entry_points_equal_the_flat_path_and_take_any_size(policy):
+    """PPO's rollout (`forward`), update (`evaluate_actions`) and `predict_values` go through
+    the masked any-size path: the same log-probabilities, entropies and values as SB3's flat
+    path on the policy's own padding (8 x 32), and the same policy object evaluates states
+    of a 24-device, 60-block instance (another family's PPO model shares it)."""
+    import torch
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy as Base
+
+    def states(n, B, D, Bm):
+        env = StageEnv(scenario=_scenario(n, B, 3), max_devices=D, max_blocks=Bm)
+        o, _ = env.reset(seed=0)
+        obs, masks, acts = [], [], []
+        while not env.done:
+            m = env.action_masks()
+            a = int(np.flatnonzero(m)[len(acts) % int(m.sum())])
+            obs.append(o)
+            masks.append(m)
+            acts.append(a)
+            o, *_ = env.step(a)
+        return ({k: torch.as_tensor(np.stack([x[k] for x in obs])) for k in obs[0]}, np.stack(masks),
+                torch.as_tensor(acts))
+
+    obs, masks, acts = states(6, 20, 8, 32)
+    with torch.no_grad():
+        v, lp, ent = policy.evaluate_actions(obs, acts, masks)
+        vb, lpb, entb = Base.evaluate_actions(policy, obs, acts, masks)
+        assert torch.allclose(lp, lpb, atol=1e-5) and torch.allclose(ent, entb, atol=1e-5)
+        assert torch.allclose(v, vb, atol=1e-6) and torch.allclose(policy.predict_values(obs), vb, atol=1e-6)
+        a, v2, lp2 = policy(obs, deterministic=True, action_masks=masks)
+        assert torch.equal(a, Base.forward(policy, obs, True, masks)[0]) and torch.allclose(v2, v)
+        assert masks[np.arange(len(a)), a.numpy()].all()
+        big, bmasks, bacts = states(24, 60, 24, 60)
+        v, lp, ent = policy.evaluate_actions(big, bacts, bmasks)
+        assert v.shape == (len(bacts), 1) and torch.isfinite(lp).all() and (lp <= 0).all()
+        a, _, _ = policy(big, action_masks=bmasks)
+        assert bmasks[np.arange(len(a)), a.numpy()].all()
+
+
 def test_numpy_actor_equals_torch_where_adds_are_allowed(policy):
     """The add logits (with the add lookahead, when the policy has it) in both actors, on
     states where data-parallel adds are allowed, in groups of 0, 1 and 2 members."""

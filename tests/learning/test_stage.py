@@ -287,6 +287,43 @@ def test_ppo_checkpoints_are_offered_to_the_selection_during_the_phase(tmp_path)
     assert ats[1:-1] == sorted(ats[1:-1])
 
 
+def test_ppo_takes_turns_on_each_family_with_one_policy(tmp_path, monkeypatch):
+    """recipe ppo_families: PPO runs on both families' envs (each a MaskablePPO of its own
+    padding, 8 x 32 and 12 x 40), every model's rollouts and updates on the one policy that
+    is saved; the saved agent loads."""
+    import yaml
+
+    from dora_rl.learning import stage_run
+    from dora_rl.learning import stage_training as st
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.synthetic import random_scenario
+
+    mid = {"max_devices": 12, "max_blocks": 40, "min_devices": 9, "gen_max_devices": 12,
+           "gen_kwargs": {"min_blocks": 25, "max_blocks": 40}}
+    monkeypatch.setattr(st, "FAMILIES", {"small": st.FAMILIES["small"], "mid": mid})
+    seen = []
+    from sb3_contrib import MaskablePPO
+
+    orig = MaskablePPO.learn
+
+    def learn(self, *a, **k):
+        seen.append((self.observation_space["devices"].shape[0], id(self.policy)))
+        return orig(self, *a, **k)
+    monkeypatch.setattr(MaskablePPO, "learn", learn)
+    folder = stage_run.train_stage(tmp_path, max_minutes=0.75, progress=False, seed=3,
+                                   recipe={"shares": {"teacher": 0.15, "imitate": 0.1, "dagger": 0.0, "ppo": 0.75},
+                                           "dagger_rounds": 0, "ppo_families": {"small": 1, "mid": 1},
+                                           "ppo_turn": 8.0, "ppo_pool": 4})
+    steps = yaml.safe_load((folder / "config.yml").read_text())["phases"]["ppo"]["result"]["timesteps"]
+    assert steps["small"] >= 128 and steps["mid"] >= 128
+    assert {d for d, _ in seen} == {8, 12} and len({p for _, p in seen}) == 1
+    order = [d for d, _ in seen]
+    assert any(a != b for a, b in zip(order, order[1:]))       # turns alternate
+    agent = load_agent(folder)
+    assert agent.config["trained_range"]["devices"] == [2, 12]
+    assert agent.plan(random_scenario(np.random.default_rng(4), max_devices=5, min_devices=5))[1].feasible
+
+
 def test_training_keeps_the_best_checkpoint_on_the_selection_instances(small_policy, monkeypatch):
     import copy
 

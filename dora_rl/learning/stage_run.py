@@ -3,17 +3,18 @@
 Phases and their shares of the budget (dora_rl/learning/stage_training.py; `RECIPE`):
 teacher data 25 % (8 small-family instances per large one), imitation 15 %, DAgger 10 %
 (one round, each state labelled by the rollouts of the policy's 6 most likely actions),
-PPO fine-tune 50 % (skipped with under 20 s left; the selection sees its weights after
-each fifth of it); the policy scores energy with a fixed objective term (session 26). Each
-phase gets its share of the time left (`allotment`), so what one leaves unused passes on
-to the phases after it. The teacher's and DAgger's data are collected by 2 worker
-processes (stage_collect.py). The weights saved are the best checkpoint (after imitation,
-each DAgger round, within PPO's phase at each of its `ppo_checkpoints` equal shares of
-time) on selection instances planned greedily (`_Selection`). Each phase stops at its
-deadline; Ctrl-C stops the current phase and the run goes straight to saving, so an
-interrupted or budget-bound run still leaves `OUT/<env-id>/model.zip` + `config.yml` that
-`load_agent` and plain `MaskablePPO.load` read. A scenario (preset name or YAML path)
-specialises the run on that deployment."""
+PPO fine-tune 50 % on the small family (`ppo_families` adds others, in turns; skipped with
+under 20 s left; the selection sees its weights after each fifth of it); the policy scores
+energy with a fixed objective term (session 26). Each phase gets its share of the time
+left (`allotment`), so what one leaves unused passes on to the phases after it. The
+teacher's and DAgger's data are collected by 2 worker processes (stage_collect.py). The
+weights saved are the best checkpoint (after imitation, each DAgger round, within PPO's
+phase at each of its `ppo_checkpoints` equal shares of time) on selection instances
+planned greedily (`_Selection`). Each phase stops at its deadline; Ctrl-C stops the
+current phase and the run goes straight to saving, so an interrupted or budget-bound run
+still leaves `OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain
+`MaskablePPO.load` read. A scenario (preset name or YAML path) specialises the run on that
+deployment."""
 
 from __future__ import annotations
 
@@ -156,10 +157,10 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
     overrides RECIPE's keys (the phases' shares of the budget, the teacher's instances per
     cycle of each family, DAgger's rounds and the number of the policy's actions each DAgger
-    label compares, the checkpoints the selection sees within PPO's phase, the
-    data-collecting worker processes and the fit's torch threads, each at most the machine's
-    cores, the most epochs of the imitation fit and of each DAgger round's fit, the policy's
-    kwargs)."""
+    label compares, the checkpoints the selection sees within PPO's phase, the families
+    PPO runs on with their weights, turn and pool, the data-collecting worker processes and
+    the fit's torch threads, each at most the machine's cores, the most epochs of the
+    imitation fit and of each DAgger round's fit, the policy's kwargs)."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO

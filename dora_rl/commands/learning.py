@@ -19,6 +19,10 @@ def add_commands(sub) -> None:
     p.add_argument("--env-kwargs", default=None, metavar="JSON|k=v,...",
                    help="environment keyword arguments, as JSON ('{\"max_devices\": 16}') or k=v pairs "
                         "('max_devices=16,max_blocks=64')")
+    p.add_argument("--recipe", default=None, metavar="JSON|k=v,...",
+                   help="stage policy only: overrides of the training recipe's keys (dora_rl/learning/"
+                        "stage_run.py RECIPE), e.g. '{\"ppo_families\": {\"small\": 2, \"large\": 1}}' or "
+                        "'dagger_rounds=0,ppo_checkpoints=3'")
     p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: from policies/ppo.yml)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
@@ -55,8 +59,9 @@ def add_commands(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
 
-def parse_env_kwargs(text: str | None) -> dict:
-    """`--env-kwargs`: JSON object or comma-separated k=v pairs (values read as YAML scalars)."""
+def parse_env_kwargs(text: str | None, flag: str = "--env-kwargs") -> dict:
+    """`--env-kwargs` (or `flag`, e.g. `--recipe`): JSON object or comma-separated k=v pairs
+    (values read as YAML scalars)."""
     import json
 
     import yaml
@@ -64,22 +69,24 @@ def parse_env_kwargs(text: str | None) -> dict:
     if not text:
         return {}
     t = text.strip()
-    if t.startswith("{"):
+    if t.startswith(("{", "[")):
         try:
             out = json.loads(t)
         except json.JSONDecodeError as e:
-            raise AgentError(f"--env-kwargs: not valid JSON ({e.msg} at column {e.colno})") from None
-        return dict(out)
+            raise AgentError(f"{flag}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(out, dict):
+            raise AgentError(f"{flag}: a JSON object is needed, got {type(out).__name__}")
+        return out
     out = {}
     for part in filter(None, (x.strip() for x in t.replace(";", ",").split(","))):
         if "=" not in part:
-            raise AgentError(f"--env-kwargs: {part!r} is not k=v (use JSON or k=v,k2=v2)")
+            raise AgentError(f"{flag}: {part!r} is not k=v (use JSON or k=v,k2=v2)")
         k, v = part.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
 
 
-def _train_stage(args, env_kwargs: dict) -> int:
+def _train_stage(args, env_kwargs: dict, recipe: dict) -> int:
     import json
 
     from dora_rl.commands.common import console, print_json
@@ -92,7 +99,7 @@ def _train_stage(args, env_kwargs: dict) -> int:
     env_id = STAGE_ENV_ID if scenario is None else f"dora_rl/PartitionStage-{scenario.name}-v0"
     folder = train_stage(args.out, max_minutes=args.max_minutes or MINUTES, seed=args.seed,
                          progress=not args.no_progress and not args.json, scenario=scenario, env_kwargs=env_kwargs,
-                         env_id=env_id)
+                         env_id=env_id, recipe=recipe)
     res = json.loads((folder / "results.json").read_text())
     if args.json:
         print_json({"agent": str(folder), **res})
@@ -125,6 +132,7 @@ def cmd_train(args) -> int:
         raise AgentError(f"--max-minutes must be > 0, got {args.max_minutes:g}")
     _show_progress_logs()
     env_kwargs = parse_env_kwargs(args.env_kwargs)
+    recipe = parse_env_kwargs(args.recipe, "--recipe")
     from dora_rl.envs import register_all
 
     register_all()
@@ -132,7 +140,10 @@ def cmd_train(args) -> int:
         known = sorted(k for k in gym.registry if k.startswith("dora_rl/"))
         raise AgentError(f"unknown environment {args.env!r}; registered: {', '.join(known)}")
     if args.env == "dora_rl/PartitionStage-v0" or args.env not in gym.registry:
-        return _train_stage(args, env_kwargs)
+        return _train_stage(args, env_kwargs, recipe)
+    if recipe:
+        raise AgentError(f"--recipe applies to the stage policy (dora_rl/PartitionStage-v0 or a scenario), not "
+                         f"{args.env}; its hyperparameters are in policies/ppo.yml and policies/dora_train.yml")
     if args.timesteps is not None and args.timesteps <= 0:
         raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
     if args.bc_episodes is not None and args.bc_episodes < 0:

@@ -25,6 +25,7 @@ import platform
 import time
 from pathlib import Path
 
+from dora_rl.errors import AgentError
 from dora_rl.learning.agents import sanitize, save_agent
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,17 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     torch.set_num_threads(1)
     t_start = time.time()
     budget = 60.0 * float(max_minutes)
+    unknown = sorted(set(recipe or {}) - set(RECIPE))
+    if unknown:
+        raise AgentError(f"recipe: unknown key(s) {', '.join(unknown)}; known: {', '.join(RECIPE)}")
     recipe = {**RECIPE, **(recipe or {})}
     shares = recipe["shares"]
     workers, threads = (max(1, min(int(recipe[k]), os.cpu_count() or 1)) for k in ("workers", "fit_threads"))
     env_kwargs = dict(env_kwargs or {})
     fams = _families(scenario, env_kwargs)
+    bad = sorted(set(recipe.get("ppo_families") or {}) - set(st.FAMILIES))
+    if bad:
+        raise AgentError(f"recipe ppo_families: unknown family {', '.join(bad)}; known: {', '.join(st.FAMILIES)}")
     first = next(iter(fams.values()))
     if scenario is not None:
         ppo_env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])

@@ -441,6 +441,45 @@ def test_env_kwargs_parse_json_and_pairs():
         parse_env_kwargs("max_devices")
 
 
+@pytest.mark.parametrize("env,recipe,says", [
+    ("dora_rl/PartitionStage-v0", "bogus=1,dagger_rounds=0", "unknown key(s) bogus"),
+    ("dora_rl/PartitionStage-v0", '{"ppo_families": {"huge": 1}}', "unknown family huge"),
+    ("dora_rl/PartitionStage-v0", "[1, 2]", "a JSON object is needed"),
+    ("dora_rl/Partition-v0", "dagger_rounds=0", "--recipe applies to the stage policy"),
+])
+def test_cli_recipe_errors_are_one_line(tmp_path, env, recipe, says):
+    """`dora train --recipe`: an unknown key, an unknown PPO family, JSON that is not an
+    object, or a recipe for an env that has none: one line on stderr, exit code 2, before
+    any training (nothing written)."""
+    r = subprocess.run([sys.executable, "-m", "dora_rl.cli", "train", env, "--recipe", recipe, "--out",
+                        str(tmp_path / "out"), "--max-minutes", "0.1", "--no-progress"],
+                       check=False, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_recipe_reaches_the_training_run(tmp_path, monkeypatch):
+    """`--recipe` in both forms reaches `train_stage` as the overrides, values parsed."""
+    import json
+
+    from dora_rl import cli
+    from dora_rl.learning import stage_run
+
+    got = []
+
+    def fake(out, **kw):
+        got.append(kw["recipe"])
+        folder = tmp_path / "agent"
+        folder.mkdir(exist_ok=True)
+        (folder / "results.json").write_text(json.dumps({"train_seconds": 1.0, "selection": {"kept": "ppo"}}))
+        return folder
+    monkeypatch.setattr(stage_run, "train_stage", fake)
+    for text in ('{"ppo_families": {"small": 2, "large": 1}, "ppo_turn": 30}', "ppo_turn=30,dagger_rounds=0"):
+        assert cli.main(["train", "dora_rl/PartitionStage-v0", "--recipe", text, "--no-progress"]) == 0
+    assert got == [{"ppo_families": {"small": 2, "large": 1}, "ppo_turn": 30}, {"ppo_turn": 30, "dagger_rounds": 0}]
+
+
 def test_ablation_rows_are_in_the_bench_output(trained):
     from bench.bench_ablation import run
 

@@ -183,7 +183,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     workers, threads = (max(1, min(int(recipe[k]), os.cpu_count() or 1)) for k in ("workers", "fit_threads"))
     env_kwargs = dict(env_kwargs or {})
     fams = _families(scenario, env_kwargs)
-    bad = sorted(set(recipe.get("ppo_families") or {}) - set(st.FAMILIES))
+    bad = sorted(set(recipe["ppo_families"] or {}) - set(st.FAMILIES))
     if bad:
         raise AgentError(f"recipe ppo_families: unknown family {', '.join(bad)}; known: {', '.join(st.FAMILIES)}")
     first = next(iter(fams.values()))
@@ -245,21 +245,6 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                                                   workers=workers, fit_threads=threads, on_round=sel))
     if not info["interrupted"] and left() > 20:
         n_ck = max(1, int(recipe["ppo_checkpoints"]))
-        # PPO per family (`ppo_families`: weights of PPO's time; a scenario: itself): one
-        # MaskablePPO per family's env shape, all sharing `model.policy` (size-free), in
-        # turns of `ppo_turn` seconds split by the weights. A non-first family's env cycles
-        # a pool of `ppo_pool` instances (a 64-device instance's routes take ~1 s to build).
-        weights = {k: float(w) for k, w in (recipe.get("ppo_families") or {}).items() if k in fams and w > 0}
-        weights = weights if scenario is None and weights else {next(iter(fams)): 1.0}
-        models = {}
-        for k in weights:
-            if k == next(iter(fams)):
-                models[k] = model
-                continue
-            m = MaskablePPO(StagePolicy, st.make_env(fams[k], seed + 7, pool_size=int(recipe["ppo_pool"])),
-                            seed=seed, device="cpu", **PPO_KWARGS, policy_kwargs=dict(recipe["policy_kwargs"]))
-            m.policy = model.policy
-            models[k] = m
 
         class Clock:
             """The PPO phase's deadline and checkpoints over every family's turns; a
@@ -294,8 +279,24 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                     c.seen += 1
 
         def ppo(secs):
-            """Each `learn` call is one rollout and one update, so a family's turn ends
-            between rollouts (its env and last observation stay in step for its next turn)."""
+            """PPO per family (`ppo_families`: weights of PPO's time; a scenario: itself): one
+            MaskablePPO per family's env shape, all sharing `model.policy` (size-free), built
+            here so that their set-up counts in the phase and Ctrl-C during it still saves, in
+            turns of `ppo_turn` seconds split by the weights. A non-first family's env cycles a
+            pool of `ppo_pool` instances (a 64-device instance's routes take ~1 s to build).
+            Each `learn` call is one rollout and one update, so a family's turn ends between
+            rollouts (its env and last observation stay in step for its next turn)."""
+            weights = {k: float(w) for k, w in (recipe["ppo_families"] or {}).items() if k in fams and w > 0}
+            weights = weights if scenario is None and weights else {next(iter(fams)): 1.0}
+            models = {}
+            for k in weights:
+                if k == next(iter(fams)):
+                    models[k] = model
+                    continue
+                m = MaskablePPO(StagePolicy, st.make_env(fams[k], seed + 7, pool_size=int(recipe["ppo_pool"])),
+                                seed=seed, device="cpu", **PPO_KWARGS, policy_kwargs=dict(recipe["policy_kwargs"]))
+                m.policy = model.policy
+                models[k] = m
             clock, total = Clock(secs), sum(weights.values())
             while clock.left() > 0:
                 for k, m in models.items():

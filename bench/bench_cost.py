@@ -1,7 +1,9 @@
 """Cost-model speed and physics: plans of 8 stages over a 50-block profile on 8 devices
 scored per second on one core (target >= 20,000), the time to profile resnet50 (< 5 s),
 and the physics laws (docs/cost-model.md "Laws") checked on 3000 fuzzed scenario/plan
-pairs each (target: 0 violations)."""
+pairs each (target: 0 violations), and the time to build a cluster's candidate routes at
+8-128 devices with each search's trees built for every source at once and by one heap
+search per source (the same routes; `VECTOR_DEVICES` is where the first gets faster)."""
 
 from __future__ import annotations
 
@@ -66,8 +68,38 @@ def _laws(results: dict, cases: int = 3000) -> None:
     results["law_violations_total"] = total
 
 
+def _routes(results: dict) -> None:
+    from dora_rl.cost import routes
+    from dora_rl.synthetic import random_scenario
+
+    keep = routes.VECTOR_DEVICES
+    out = {}
+    try:
+        for n in (8, 12, 16, 24, 32, 64, 128):
+            cluster = random_scenario(np.random.default_rng([2028, n]), max_devices=n, min_devices=n,
+                                      n_blocks=10).cluster
+            row, nets = {}, {}
+            for how, at in (("vectorised", 0), ("per_source", 10**9)):
+                routes.VECTOR_DEVICES = at
+                times = []
+                for _ in range(1 if n >= 128 else 5):
+                    t0 = time.perf_counter()
+                    nets[how] = routes.Network(cluster)
+                    times.append(time.perf_counter() - t0)
+                row[f"{how}_ms"] = round(statistics.median(times) * 1e3, 2)
+            row["same_routes"] = nets["vectorised"].routes == nets["per_source"].routes
+            row["ratio"] = round(row["per_source_ms"] / row["vectorised_ms"], 2)
+            out[str(n)] = row
+            print(f"  routes {n:3d} devices: per source {row['per_source_ms']:9.1f} ms, vectorised "
+                  f"{row['vectorised_ms']:9.1f} ms ({row['ratio']}x), same routes {row['same_routes']}")
+    finally:
+        routes.VECTOR_DEVICES = keep
+    results["route_build"] = {"vector_devices": keep, "by_devices": out}
+
+
 def run(results: dict) -> None:
     _laws(results)
+    _routes(results)
     cm, plans, hybrid = _instance()
     for p in plans[:3]:
         cm.evaluate(p)  # warm
@@ -103,6 +135,8 @@ def run(results: dict) -> None:
     results["profile_resnet50_warm_s"] = warm
     results["target_profile_s"] = 5.0
     for k, v in results.items():
+        if k == "route_build":
+            continue
         print(f"  {k:42s} {v:,.4g}" if isinstance(v, float) else f"  {k:42s} {v}")
 
 

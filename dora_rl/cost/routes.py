@@ -31,6 +31,99 @@ EXACT_DEVICES = 8     # up to this many devices: every simple path of <= MAX_HOP
 MAX_HOPS = 2          # one relay at most in the exhaustive candidate set
 MAX_THRESHOLDS = 32   # heuristic searches: one per link-rate threshold (at most this many)
 LAMBDAS = (1e4, 1e5, 1e6, 1e7)  # bytes: flow sizes the serialisation-weighted searches aim at
+VECTOR_DEVICES = 24   # from this many devices the searches' trees are built for every source at once
+
+
+def shortest_trees(n: int, eu, ev, w, sources, by_hops: bool) -> np.ndarray:
+    """Shortest-path trees from every source at once, the same trees a
+    label-setting (heap) search builds one source at a time: prev (len(sources), n) int array, -1 where none.
+
+    Why it gives the same trees: a label-setting search on (key1, key2) keys pops nodes in
+    (key, index) order, and each node keeps the first-popped neighbour that reaches its
+    final key; so a node's key is the lexicographic least over its in-edges (key1 computed
+    in the same float additions, by scipy's Dijkstra or by hop levels), and its predecessor
+    is the in-neighbour with that exact key step least by (key1, key2, index). Weights >= 0
+    (a 0 ms link is an explicit 0 in the sparse graph, which scipy reads as an edge).
+    Until session 28 one heap search ran per source (`dijkstra_trees`, still used below
+    VECTOR_DEVICES devices): see docs/cost-model.md for the times."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import dijkstra
+
+    S = len(sources)
+    prev = np.full((S, n), -1, dtype=np.int64)
+    if not len(w):
+        return prev
+    src = np.asarray(sources)
+    by_tail = np.argsort(eu, kind="stable")        # the sparse graph's rows (edges already come so)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(eu, minlength=n))])
+    g = csr_matrix((w[by_tail], ev[by_tail], indptr), shape=(n, n))
+    k1 = dijkstra(g, directed=True, indices=src, unweighted=by_hops)
+    k2 = np.full((S, n), np.inf)
+    k2[np.arange(S), src] = 0.0
+    ku = k1[:, eu]
+    # the edges that step from a node's key1 to its head's: few per source, kept flat (source, edge)
+    si, ej = np.nonzero(np.isfinite(ku) & ((ku + 1.0 if by_hops else ku + w) == k1[:, ev]))
+    fu, fv, fw = eu[ej], ev[ej], w[ej]
+    if by_hops:     # key2 = the least weight over the least-hop paths, a hop level at a time
+        lvl = k1[si, fu]
+        for level in range(int(lvl.max()) + 1 if len(lvl) else 0):
+            at = lvl == level
+            np.minimum.at(k2, (si[at], fv[at]), k2[si[at], fu[at]] + fw[at])
+        tight = k2[si, fu] + fw == k2[si, fv]
+    else:           # key2 = the fewest hops over the least-weight paths (breadth-first over those edges)
+        level = 0.0
+        while True:
+            at = k2[si, fu] == level
+            head = (si[at], fv[at])
+            new = ~np.isfinite(k2[head])
+            if not new.any():
+                break
+            level += 1.0
+            k2[head[0][new], head[1][new]] = level
+        tight = k2[si, fu] + 1.0 == k2[si, fv]
+    # per (source, head) the tight edge whose tail is least by (key1, key2, index)
+    ts, tv, tu = si[tight], fv[tight], fu[tight]
+    o = np.lexsort((tu, k2[ts, tu], k1[ts, tu], tv, ts))
+    ts, tv, tu = ts[o], tv[o], tu[o]
+    first = np.ones(len(o), dtype=bool)
+    first[1:] = (ts[1:] != ts[:-1]) | (tv[1:] != tv[:-1])
+    prev[ts[first], tv[first]] = tu[first]
+    return prev
+
+
+def _dijkstra(sub, s: int, n: int, by_hops: bool):
+    """Shortest paths from s over the search's graph `sub` ([(v, weight)] per
+    device): by (weight, hops), or by (hops, weight)."""
+    best: list = [None] * n
+    best[s] = (0.0, 0.0)
+    prev: list = [None] * n
+    heap = [(0.0, 0.0, s)]
+    while heap:
+        d1, d2, u = heapq.heappop(heap)
+        if (d1, d2) > best[u]:
+            continue
+        for v, w in sub[u]:
+            cand = (d1 + 1.0, d2 + w) if by_hops else (d1 + w, d2 + 1.0)
+            if best[v] is None or cand < best[v]:
+                best[v] = cand
+                prev[v] = (u,)
+                heapq.heappush(heap, (cand[0], cand[1], v))
+    return prev
+
+
+def dijkstra_trees(n: int, eu, ev, w, sources, by_hops: bool) -> np.ndarray:
+    """`shortest_trees` one source at a time (a heap search each): on small clusters the
+    faster of the two (numpy's per-call cost outweighs the few sources), and the reference
+    the vectorised trees are tested against."""
+    sub: list = [[] for _ in range(n)]
+    for u, v, x in zip(np.asarray(eu).tolist(), np.asarray(ev).tolist(), np.asarray(w).tolist()):
+        sub[u].append((v, x))
+    out = np.full((len(sources), n), -1, dtype=np.int64)
+    for i, s in enumerate(sources):
+        for t, p in enumerate(_dijkstra(sub, s, n, by_hops)):
+            if p is not None:
+                out[i, t] = p[0]
+    return out
 
 
 class Route(NamedTuple):
@@ -67,6 +160,8 @@ class Network:
         mcap = cluster.medium_bps.tolist()
         adj = [[(v, res, r, lt, mu, 1.0 / (r if mu < 0 else min(r, mcap[mu]))) for v, res, r, lt, mu in row]
                for row in adj]
+        # per directed hop u -> v its link's (resource, latency, medium); a pair has at most one link
+        self._hop = {(u, v): (res, lt, mu) for u, row in enumerate(adj) for v, res, _r, lt, mu, _inv in row}
         cands: list[list[dict]] = [[{} for _ in range(n)] for _ in range(n)]
         self.exact = n <= EXACT_DEVICES     # candidates complete up to MAX_HOPS (see routing.options)
         if self.exact:
@@ -112,7 +207,7 @@ class Network:
                 for e in adj[u]:
                     if e[0] not in path:
                         stack.append(path + [e[0]])
-        return {t: {p: self._route(list(p), adj) for p in paths} for t, paths in out.items()}
+        return {t: {p: self._route(p) for p in paths} for t, paths in out.items()}
 
     def _searches(self, cluster, links, adj, far, cands) -> None:
         """Heuristic candidates of the pairs `far`: per link-rate threshold, the least-latency
@@ -128,55 +223,47 @@ class Network:
         if self.n_media:    # paths that avoid every shared medium
             searches += [(beta, False, 0.0, True) for beta in rates]
         sources = sorted({s for s, _ in far})
+        targets = {s: [t for t in range(n) if (s, t) in far] for s in sources}
+        # every directed link once: from, to, rate, latency, medium, 1 / rate (as adj)
+        e = np.array([(u, v, r, lt, mu, inv) for u, row in enumerate(adj) for v, _res, r, lt, mu, inv in row],
+                     dtype=float).reshape(-1, 6)
+        eu, ev, mu = e[:, 0].astype(np.int64), e[:, 1].astype(np.int64), e[:, 4]
         seen: set = set()
+        trees: dict = {s: set() for s in sources}      # per source, the trees already read
         for beta, by_hops, lam, wired in searches:
-            # the search's graph, once for every source: usable links (in adj's order, so
-            # ties resolve as before) with the edge weight (latency + lam x serialisation)
-            sub = tuple(tuple((v, lt + lam * inv) for v, _res, r, lt, mu, inv in row
-                              if r >= beta and not (wired and mu >= 0)) for row in adj)
-            if (sub, by_hops) in seen:     # the same graph searched the same way: the same paths
+            use = (e[:, 2] >= beta) & ~((mu >= 0) & wired)
+            w = e[use, 3] + lam * e[use, 5]     # the edge weight: latency + lam x serialisation
+            key = (use.tobytes(), w.tobytes(), by_hops)
+            if key in seen:                     # the same graph searched the same way: the same paths
                 continue
-            seen.add((sub, by_hops))
-            for s in sources:
-                prev = self._dijkstra(sub, s, n, by_hops)
-                for t in range(n):
-                    if (s, t) not in far or prev[t] is None:
+            seen.add(key)
+            trees_of = shortest_trees if n >= VECTOR_DEVICES else dijkstra_trees
+            prev = trees_of(n, eu[use], ev[use], w, sources, by_hops)
+            for i, s in enumerate(sources):
+                row = prev[i]
+                if row.tobytes() in trees[s]:   # the same tree from s: its paths are in already
+                    continue
+                trees[s].add(row.tobytes())
+                paths = {s: (s,)}              # the tree's path to each device, each built once
+                for t in targets[s]:
+                    if row[t] < 0:
                         continue
-                    path = [t]
-                    while path[-1] != s:
-                        path.append(prev[path[-1]][0])
-                    path.reverse()
-                    key = tuple(path)
-                    if key not in cands[s][t]:
-                        cands[s][t][key] = self._route(path, adj)
+                    up, x = [], t
+                    while x not in paths:
+                        up.append(x)
+                        x = int(row[x])
+                    for y in reversed(up):
+                        paths[y] = paths[x] + (y,)
+                        x = y
+                    if paths[t] not in cands[s][t]:
+                        cands[s][t][paths[t]] = self._route(paths[t])
 
-    @staticmethod
-    def _dijkstra(sub, s: int, n: int, by_hops: bool):
-        """Shortest paths from s over the search's graph `sub` ([(v, weight)] per
-        device): by (weight, hops), or by (hops, weight)."""
-        best: list = [None] * n
-        best[s] = (0.0, 0.0)
-        prev: list = [None] * n
-        heap = [(0.0, 0.0, s)]
-        while heap:
-            d1, d2, u = heapq.heappop(heap)
-            if (d1, d2) > best[u]:
-                continue
-            for v, w in sub[u]:
-                cand = (d1 + 1.0, d2 + w) if by_hops else (d1 + w, d2 + 1.0)
-                if best[v] is None or cand < best[v]:
-                    best[v] = cand
-                    prev[v] = (u,)
-                    heapq.heappush(heap, (cand[0], cand[1], v))
-        return prev
-
-    def _route(self, path: list[int], adj) -> Route:
+    def _route(self, path) -> Route:
         lat = 0.0
         uses: dict[int, int] = {}
         media: dict[int, int] = {}
         for u, v in zip(path, path[1:]):
-            # the fastest (then lowest-latency) link u -> v (a pair has at most one link)
-            _, res, r, lt, mu, _ = next(e for e in adj[u] if e[0] == v)
+            res, lt, mu = self._hop[u, v]
             lat += lt
             for x in (res, self.iface0 + 2 * u, self.iface0 + 2 * v + 1):
                 uses[x] = uses.get(x, 0) + 1

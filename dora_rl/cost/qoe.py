@@ -7,6 +7,8 @@ learning, the runtime adapter and the benches all apply one definition."""
 
 from __future__ import annotations
 
+import math
+
 from dora_rl.scenario import QoE, Workload
 
 TOL = 1e-9
@@ -45,12 +47,33 @@ def violation_penalty(cost, m) -> float:
     return pen
 
 
+def _ratio(cost, m, ref_obj: float) -> float:
+    """ref / objective, capped at 4 (a zero objective counts as 4)."""
+    obj = m.objective(cost.qoe.objective)
+    return min(4.0, ref_obj / obj) if obj > 0 else 4.0
+
+
 def utility(cost, m, ref_obj: float) -> float:
     """The reward and the evaluation's score: ref / objective (capped at 4) minus
     penalties for violated constraints (see `violation_penalty`)."""
-    obj = m.objective(cost.qoe.objective)
-    ratio = min(4.0, ref_obj / obj) if obj > 0 else 4.0
-    return float(ratio - violation_penalty(cost, m))
+    return float(_ratio(cost, m, ref_obj) - violation_penalty(cost, m))
+
+
+LOG_RATIO_FLOOR = -3.0      # log(ref / objective) below this counts as this (a plan 20x the reference's)
+
+
+def log_utility(cost, m, ref_obj: float) -> float:
+    """`utility` with the ratio's log: log(ref / objective), capped at log 4 and floored
+    at LOG_RATIO_FLOOR, minus the same penalties. Why (a training reward, not a score):
+    the mean of log ratios is the log of the geo-mean the learned planner's targets are
+    stated in, so every instance's relative gap weighs the same; the ratio's gradient
+    weighs an instance by ref / objective, least where the plan is furthest behind."""
+    ratio = _ratio(cost, m, ref_obj)
+    return float(max(LOG_RATIO_FLOOR, math.log(ratio) if ratio > 0 else LOG_RATIO_FLOOR)
+                 - violation_penalty(cost, m))
+
+
+REWARDS = {"utility": utility, "log_utility": log_utility}
 
 
 def preference(m, objective: str) -> tuple:

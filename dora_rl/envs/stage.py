@@ -26,7 +26,8 @@ Masks: a close (d, r) is allowed when the group holds [p, r) in memory and the r
 stage with the enlarged group. QoE masks (`qoe_masks=True`, dora_rl/envs/qoe_bound.py)
 then keep only the closes after which a QoE-compliant completion may still exist by a
 sound lower bound, falling back to the memory masks when none does. Reward: `utility` on
-the last step (as PartitionEnv).
+the last step (as PartitionEnv), or with `reward="log_utility"` its log-ratio form
+(dora_rl/cost/qoe.py:log_utility; info["utility"] is `utility` either way).
 
 Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
@@ -44,7 +45,7 @@ import copy
 import numpy as np
 from gymnasium import spaces
 
-from dora_rl.cost.qoe import utility
+from dora_rl.cost.qoe import REWARDS, utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
@@ -83,8 +84,12 @@ class StageEnv(BuildEnv):
 
     def __init__(self, scenario=None, max_devices: int = 8, max_blocks: int = 32, seed: int = 0,
                  pool_size: int = 100_000, min_devices: int = 2, gen_max_devices: int | None = None,
-                 render_mode: str | None = None, gen_kwargs: dict | None = None, qoe_masks: bool = True):
+                 render_mode: str | None = None, gen_kwargs: dict | None = None, qoe_masks: bool = True,
+                 reward: str = "utility"):
         super().__init__()
+        if reward not in REWARDS:
+            raise DoraError(f"StageEnv: reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+        self.reward = reward
         self.qoe_masks = bool(qoe_masks)
         self.qoe_masked = False
         self.max_devices = D = int(max_devices)
@@ -313,13 +318,14 @@ class StageEnv(BuildEnv):
         inst = self.inst
         M, st, m = inst.finish(self.stages)
         u = utility(inst.cost, m, inst.ref_obj)
+        r = u if self.reward == "utility" else REWARDS[self.reward](inst.cost, m, inst.ref_obj)
         plan = inst.to_plan(st, M)
         self.result = (plan, m, u)
         self._mask = np.zeros(self.n_actions, dtype=bool)
         self._mask[np.flatnonzero(self._mask == 0)[0]] = True    # keeps samplers happy; step() refuses anyway
         info = {"plan": plan.to_dict(), "objective": m.objective(inst.objective), "qoe_ok": m.qoe_ok,
                 "feasible": m.feasible, "utility": u, "microbatches": M, "masked_action": substituted}
-        return u, True, info
+        return r, True, info
 
     # --- observation -------------------------------------------------------------
     def _obs(self) -> dict:

@@ -63,7 +63,7 @@ SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.10, "ppo": 0.50}
 RECIPE = {"shares": SHARES, "teacher_weights": {"small": 8, "large": 1}, "dagger_rounds": 1, "dagger_top_k": 6,
           "workers": 2, "fit_threads": 1, "imitate_epochs": 40, "dagger_epochs": 8,
           "policy_kwargs": {"add_lookahead": False, "objective_term": [0.0, 4.0]}, "ppo_checkpoints": 5,
-          "ppo_families": {"small": 1}, "ppo_turn": 60.0, "ppo_pool": 64}
+          "ppo_families": {"small": 1}, "ppo_turn": 60.0, "ppo_pool": 64, "ppo_reward": "utility"}
 
 PPO_KWARGS = dict(n_steps=128, batch_size=128, n_epochs=4, learning_rate=1e-4, clip_range=0.1, ent_coef=0.001,
                   gamma=1.0, verbose=0)
@@ -167,6 +167,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from dora_rl.cost.qoe import REWARDS
     from dora_rl.envs.stage import STAGE_OBS_VERSION, StageEnv
     from dora_rl.learning import stage_collect as sc
     from dora_rl.learning import stage_training as st
@@ -186,11 +187,14 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     bad = sorted(set(recipe["ppo_families"] or {}) - set(st.FAMILIES))
     if bad:
         raise AgentError(f"recipe ppo_families: unknown family {', '.join(bad)}; known: {', '.join(st.FAMILIES)}")
+    if recipe["ppo_reward"] not in REWARDS:
+        raise AgentError(f"recipe ppo_reward: unknown reward {recipe['ppo_reward']!r}; known: {', '.join(REWARDS)}")
     first = next(iter(fams.values()))
     if scenario is not None:
-        ppo_env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"])
+        ppo_env = StageEnv(scenario=scenario, max_devices=first["max_devices"], max_blocks=first["max_blocks"],
+                           reward=recipe["ppo_reward"])
     else:
-        ppo_env = st.make_env(first, seed + 7)
+        ppo_env = st.make_env(first, seed + 7, reward=recipe["ppo_reward"])
     model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", **PPO_KWARGS,
                         policy_kwargs=dict(recipe["policy_kwargs"]))
     datas = {k: st.Data() for k in fams}
@@ -293,7 +297,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                 if k == next(iter(fams)):
                     models[k] = model
                     continue
-                m = MaskablePPO(StagePolicy, st.make_env(fams[k], seed + 7, pool_size=int(recipe["ppo_pool"])),
+                m = MaskablePPO(StagePolicy, st.make_env(fams[k], seed + 7, pool_size=int(recipe["ppo_pool"]),
+                                                         reward=recipe["ppo_reward"]),
                                 seed=seed, device="cpu", **PPO_KWARGS, policy_kwargs=dict(recipe["policy_kwargs"]))
                 m.policy = model.policy
                 models[k] = m

@@ -40,12 +40,12 @@ FAMILIES = {
 }
 
 
-def make_env(family: dict, seed: int = 0, pool_size: int = 10**9):
+def make_env(family: dict, seed: int = 0, pool_size: int = 10**9, reward: str = "utility"):
     from dora_rl.envs.stage import StageEnv
 
     return StageEnv(scenario=None, max_devices=family["max_devices"], max_blocks=family["max_blocks"], seed=seed,
                     pool_size=pool_size, min_devices=family["min_devices"],
-                    gen_max_devices=family["gen_max_devices"], gen_kwargs=dict(family["gen_kwargs"]))
+                    gen_max_devices=family["gen_max_devices"], gen_kwargs=dict(family["gen_kwargs"]), reward=reward)
 
 
 def fastest_plan(inst):

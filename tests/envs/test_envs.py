@@ -348,3 +348,53 @@ def test_miss_weight_shapes_the_reward_but_not_the_reported_utility():
     assert misses > 0            # the weight was exercised
     with pytest.raises(AgentError, match="miss_weight"):
         AdaptEnv(miss_weight=0.5)
+
+
+def test_log_utility_by_hand():
+    """log_utility = clip(log(min(4, ref / objective)), -3) - the penalties (hand values)."""
+    from types import SimpleNamespace as NS
+
+    from dora_rl.cost.qoe import log_utility
+
+    cost = NS(qoe=NS(objective="latency", latency_slo_ms=100.0, min_throughput=None, min_battery_hours=None),
+              workload=NS(training=False, request_rate=None))
+
+    def m(latency_ms):
+        return NS(feasible=True, latency_ms=latency_ms, throughput=1.0, battery_hours={},
+                  objective=lambda k: latency_ms)
+
+    assert log_utility(cost, m(50.0), 100.0) == pytest.approx(0.693147, abs=1e-6)        # log 2
+    assert log_utility(cost, m(1.0), 1000.0) == pytest.approx(1.386294, abs=1e-6)        # capped: log 4
+    # 150 ms misses the 100 ms SLO: log(100 / 150) - (2 + 0.5)
+    assert log_utility(cost, m(150.0), 100.0) == pytest.approx(-0.405465 - 2.5, abs=1e-6)
+    # 1000x the reference: the floor -3, and the miss capped at 1: -3 - 3
+    assert log_utility(cost, m(1000.0), 1.0) == pytest.approx(-6.0, abs=1e-9)
+
+
+def test_stage_env_log_reward_changes_the_reward_not_the_episode():
+    """StageEnv(reward="log_utility"): the same actions give the same plan and info["utility"];
+    the reward is log_utility of that plan (on a compliant plan: the log of the utility)."""
+    from dora_rl.cost.qoe import log_utility
+    from dora_rl.envs.stage import StageEnv
+
+    seen_ok = 0
+    for seed in range(6):
+        a_env, b_env = StageEnv(seed=seed), StageEnv(seed=seed, reward="log_utility")
+        a_env.reset(seed=seed)
+        b_env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        done = False
+        while not done:
+            act = int(rng.choice(np.flatnonzero(a_env.action_masks())))
+            _, ra, done, _, ia = a_env.step(act)
+            _, rb, done_b, _, ib = b_env.step(act)
+            assert done == done_b
+        assert ia["plan"] == ib["plan"] and ia["utility"] == ib["utility"] == ra
+        inst = b_env.inst
+        assert rb == pytest.approx(log_utility(inst.cost, b_env.result[1], inst.ref_obj), abs=1e-12)
+        if ia["qoe_ok"] and ra > np.exp(-3):
+            seen_ok += 1
+            assert rb == pytest.approx(np.log(min(4.0, ra)), abs=1e-9)
+    assert seen_ok > 0
+    with pytest.raises(Exception, match="reward must be one of utility, log_utility"):
+        StageEnv(reward="ratio")

@@ -444,6 +444,7 @@ def test_env_kwargs_parse_json_and_pairs():
 @pytest.mark.parametrize("env,recipe,says", [
     ("dora_rl/PartitionStage-v0", "bogus=1,dagger_rounds=0", "unknown key(s) bogus"),
     ("dora_rl/PartitionStage-v0", '{"ppo_families": {"huge": 1}}', "unknown family huge"),
+    ("dora_rl/PartitionStage-v0", "ppo_reward=ratio", "unknown reward 'ratio'"),
     ("dora_rl/PartitionStage-v0", "[1, 2]", "a JSON object is needed"),
     ("dora_rl/Partition-v0", "dagger_rounds=0", "--recipe applies to the stage policy"),
 ])

@@ -35,8 +35,9 @@ VECTOR_DEVICES = 24   # from this many devices the searches' trees are built for
 
 
 def shortest_trees(n: int, eu, ev, w, sources, by_hops: bool) -> np.ndarray:
-    """Shortest-path trees from every source at once, the same trees a
-    label-setting (heap) search builds one source at a time: prev (len(sources), n) int array, -1 where none.
+    """Shortest-path trees from every source at once, the same trees a label-setting (heap)
+    search builds one source at a time: prev (len(sources), n), each device's predecessor
+    on its path from the source, -1 where none (the source itself, unreachable devices).
 
     Why it gives the same trees: a label-setting search on (key1, key2) keys pops nodes in
     (key, index) order, and each node keeps the first-popped neighbour that reaches its

@@ -58,6 +58,8 @@ STAGE_ENV_ID = "dora_rl/PartitionStage-v0"
 # instances compliant, against 477 for the shares before (teacher 25, imitation 15, DAgger
 # 55 in 6 rounds, PPO 5, one run with the same term) and 460-466 for two more runs since W5;
 # DAgger's round planned no set better than imitation (docs/learning.md "Session 26")
+# Session 28: `ppo_reward` "log_utility" (PPO on the log of the ratio) trained no checkpoint
+# as compliant as the shipped run on one seed (472-478 against 481; docs/learning.md "Session 28").
 MINUTES = 42.0              # the default budget: the shipped run's (docs/learning.md "Session 11")
 SHARES = {"teacher": 0.25, "imitate": 0.15, "dagger": 0.10, "ppo": 0.50}
 RECIPE = {"shares": SHARES, "teacher_weights": {"small": 8, "large": 1}, "dagger_rounds": 1, "dagger_top_k": 6,

@@ -109,10 +109,12 @@ def reference_rows(scenario, names, timeout: float) -> dict:
 
 
 def _better(a, b) -> int:
-    """+1 if a is better than b (QoE-compliant first, then objective, 0.1 % tolerance), -1 worse, 0 tie."""
-    ka, kb = (not a["ok"], a["obj"]), (not b["ok"], b["obj"])
-    if ka[0] != kb[0]:
-        return 1 if ka[0] < kb[0] else -1
+    """+1 if a is better than b, -1 worse, 0 tie, in the order every planner prefers plans
+    (dora_rl/cost/qoe.py:preference): QoE-compliant first, then feasible (fits in memory),
+    then the objective within 0.1 %."""
+    ka, kb = (not a["ok"], not a.get("feasible", True)), (not b["ok"], not b.get("feasible", True))
+    if ka != kb:
+        return 1 if ka < kb else -1
     if a["obj"] < b["obj"] * 0.999:
         return 1
     return -1 if b["obj"] < a["obj"] * 0.999 else 0

@@ -508,6 +508,18 @@ def test_validation_relative_counts_where_any_agent_complies():
     assert (rb["n"], rb["compliant"], rb["geo_vs_first"], rb["n_ratio"]) == (3, 2, 1.2, 1)
 
 
+def test_bench_duel_orders_plans_as_the_planners_prefer_them():
+    """bench_ablation._better: QoE first, then feasibility (an infeasible plan's lower
+    objective does not win), then the objective beyond a 0.1 % tolerance."""
+    from bench.bench_ablation import _better
+
+    ok, miss = {"ok": True, "feasible": True, "obj": 10.0}, {"ok": False, "feasible": True, "obj": 1.0}
+    unfit = {"ok": False, "feasible": False, "obj": 0.5}
+    assert _better(ok, miss) == 1 and _better(miss, ok) == -1
+    assert _better(miss, unfit) == 1 and _better(unfit, miss) == -1
+    assert _better(ok, {**ok, "obj": 10.005}) == 0 and _better(ok, {**ok, "obj": 10.02}) == 1
+
+
 def test_bench_checks_the_equal_budget_duels_of_the_guided_search():
     from bench.bench_ablation import checks
 

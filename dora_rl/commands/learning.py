@@ -23,6 +23,10 @@ def add_commands(sub) -> None:
                    help="stage policy only: overrides of the training recipe's keys (dora_rl/learning/"
                         "stage_run.py RECIPE), e.g. '{\"ppo_families\": {\"small\": 2, \"large\": 1}}' or "
                         "'dagger_rounds=0,ppo_checkpoints=3'")
+    p.add_argument("--init", default=None, metavar="AGENT",
+                   help="stage policy only: start from this trained stage agent's network (folder, model.zip or "
+                        "shipped name, e.g. dora_rl__Partition-v0) and fine-tune it with PPO (the recipe's shares "
+                        "default to PPO only), e.g. the generalist on one scenario")
     p.add_argument("--timesteps", type=int, default=None, help="environment steps (default: from policies/ppo.yml)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="output folder (agent in OUT/<env-id>/, logs in OUT/tb/)")
@@ -99,7 +103,7 @@ def _train_stage(args, env_kwargs: dict, recipe: dict) -> int:
     env_id = STAGE_ENV_ID if scenario is None else f"dora_rl/PartitionStage-{scenario.name}-v0"
     folder = train_stage(args.out, max_minutes=args.max_minutes or MINUTES, seed=args.seed,
                          progress=not args.no_progress and not args.json, scenario=scenario, env_kwargs=env_kwargs,
-                         env_id=env_id, recipe=recipe)
+                         env_id=env_id, recipe=recipe, init=args.init)
     res = json.loads((folder / "results.json").read_text())
     if args.json:
         print_json({"agent": str(folder), **res})
@@ -141,9 +145,10 @@ def cmd_train(args) -> int:
         raise AgentError(f"unknown environment {args.env!r}; registered: {', '.join(known)}")
     if args.env == "dora_rl/PartitionStage-v0" or args.env not in gym.registry:
         return _train_stage(args, env_kwargs, recipe)
-    if recipe:
-        raise AgentError(f"--recipe applies to the stage policy (dora_rl/PartitionStage-v0 or a scenario), not "
-                         f"{args.env}; its hyperparameters are in policies/ppo.yml and policies/dora_train.yml")
+    for flag, given in (("--recipe", recipe), ("--init", args.init)):
+        if given:
+            raise AgentError(f"{flag} applies to the stage policy (dora_rl/PartitionStage-v0 or a scenario), not "
+                             f"{args.env}; its hyperparameters are in policies/ppo.yml and policies/dora_train.yml")
     if args.timesteps is not None and args.timesteps <= 0:
         raise AgentError(f"--timesteps must be a positive number of steps, got {args.timesteps}")
     if args.bc_episodes is not None and args.bc_episodes < 0:

@@ -14,7 +14,8 @@ planned greedily (`_Selection`). Each phase stops at its deadline; Ctrl-C stops 
 current phase and the run goes straight to saving, so an interrupted or budget-bound run
 still leaves `OUT/<env-id>/model.zip` + `config.yml` that `load_agent` and plain
 `MaskablePPO.load` read. A scenario (preset name or YAML path) specialises the run on that
-deployment."""
+deployment; `init` starts from a trained stage agent's network (PPO only by default: a
+fine-tune, e.g. of the shipped generalist on one deployment)."""
 
 from __future__ import annotations
 
@@ -154,16 +155,48 @@ class _Selection:
         return {"kept": self.best[1], "history": self.history}
 
 
+FINE_TUNE = {"shares": {"teacher": 0.0, "imitate": 0.0, "dagger": 0.0, "ppo": 1.0}}   # a warm start's default
+
+
+def warm_start(init, recipe: dict | None) -> tuple[dict, dict, dict]:
+    """(policy weights, policy kwargs, config) of the stage agent `init` a run starts from
+    (a folder, model.zip or shipped name, as `load_agent`); AgentError if it is not a stage
+    agent or `recipe` asks for another network (`policy_kwargs`)."""
+    from dora_rl.learning.agents import load_agent
+
+    agent = load_agent(init)
+    if agent.config.get("action_space") != "stage":
+        raise AgentError(f"--init {str(init)!r}: not a stage-policy agent (its env is {agent.config.get('env_id')}); "
+                         "a warm start needs one trained on dora_rl/PartitionStage-v0 or a scenario")
+    kwargs = dict(agent.config.get("policy_kwargs") or {})
+    if recipe and "policy_kwargs" in recipe and dict(recipe["policy_kwargs"]) != kwargs:
+        raise AgentError(f"recipe policy_kwargs {recipe['policy_kwargs']} differ from the --init agent's {kwargs}; "
+                         "a warm start keeps the agent's network (drop policy_kwargs from --recipe)")
+    return agent.policy.state_dict(), kwargs, agent.config
+
+
+def _union(a, b) -> list[int]:
+    return [min(a[0], b[0]), max(a[1], b[1])]
+
+
 def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: int = 0, progress: bool = True,
                 scenario=None, env_kwargs: dict | None = None, env_id: str = STAGE_ENV_ID,
-                recipe: dict | None = None) -> Path:
+                recipe: dict | None = None, init=None) -> Path:
     """Train the stage policy within `max_minutes` and save it under `out`; `recipe`
     overrides RECIPE's keys (the phases' shares of the budget, the teacher's instances per
     cycle of each family, DAgger's rounds and the number of the policy's actions each DAgger
     label compares, the checkpoints the selection sees within PPO's phase, the families
     PPO runs on with their weights, turn and pool, the data-collecting worker processes and
     the fit's torch threads, each at most the machine's cores, the most epochs of the
-    imitation fit and of each DAgger round's fit, the policy's kwargs)."""
+    imitation fit and of each DAgger round's fit, the policy's kwargs). A phase whose share
+    is 0 does not run.
+
+    `init` (a stage agent: folder, model.zip or shipped name): a warm start from its
+    network (its policy kwargs; its weights are the selection's first checkpoint, so the
+    run keeps them unless a later one plans the selection instances better); the shares
+    default to `FINE_TUNE` (PPO only), e.g. to specialise the shipped generalist on one
+    deployment in minutes. The saved config records the agent started from and the
+    training time of the two runs together."""
     import numpy as np
     import torch
     from sb3_contrib import MaskablePPO
@@ -181,7 +214,10 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     unknown = sorted(set(recipe or {}) - set(RECIPE))
     if unknown:
         raise AgentError(f"recipe: unknown key(s) {', '.join(unknown)}; known: {', '.join(RECIPE)}")
-    recipe = {**RECIPE, **(recipe or {})}
+    start_from = warm_start(init, recipe) if init is not None else None
+    recipe = {**RECIPE, **(FINE_TUNE if init is not None else {}), **(recipe or {})}
+    if start_from is not None:
+        recipe["policy_kwargs"] = start_from[1]
     shares = recipe["shares"]
     workers, threads = (max(1, min(int(recipe[k]), os.cpu_count() or 1)) for k in ("workers", "fit_threads"))
     env_kwargs = dict(env_kwargs or {})
@@ -199,6 +235,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         ppo_env = st.make_env(first, seed + 7, reward=recipe["ppo_reward"])
     model = MaskablePPO(StagePolicy, ppo_env, seed=seed, device="cpu", **PPO_KWARGS,
                         policy_kwargs=dict(recipe["policy_kwargs"]))
+    if start_from is not None:
+        model.policy.load_state_dict(start_from[0])
     datas = {k: st.Data() for k in fams}
     start = {k: 0 for k in fams}
     info: dict = {"phases": {}, "interrupted": False}
@@ -209,7 +247,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     order = PHASES if scenario is None else tuple(k for k in PHASES if k != "dagger")
 
     def phase(name, fn):
-        if info["interrupted"] or left() < 3:
+        if info["interrupted"] or left() < 3 or shares.get(name, 0) <= 0:
             return None
         secs = max(2.0, min(left() - 2, allotment(left(), shares, order, name)))
         t0 = time.time()
@@ -223,6 +261,8 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         return res
 
     sel = _Selection(model.policy, fams, scenario, first, seed, max_minutes)
+    if start_from is not None:
+        sel("init")
     if scenario is not None:
         from dora_rl.envs.instance import Instance
 
@@ -249,7 +289,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
                                                   rounds=recipe["dagger_rounds"], top_k=recipe["dagger_top_k"],
                                                   epochs=int(recipe["dagger_epochs"]),
                                                   workers=workers, fit_threads=threads, on_round=sel))
-    if not info["interrupted"] and left() > 20:
+    if not info["interrupted"] and left() > 20 and shares.get("ppo", 0) > 0:
         n_ck = max(1, int(recipe["ppo_checkpoints"]))
 
         class Clock:
@@ -331,6 +371,13 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     if scenario is not None:
         rng_dev = [scenario.cluster.n, scenario.cluster.n]
         rng_blk = [scenario.profile.n_blocks, scenario.profile.n_blocks]
+    total = seconds
+    if start_from is not None:      # the network has also seen what the agent it started from saw
+        c0 = start_from[2]
+        tr = c0.get("trained_range") or {}
+        rng_dev = _union(rng_dev, tr.get("devices") or rng_dev)
+        rng_blk = _union(rng_blk, tr.get("blocks") or rng_blk)
+        total += float(c0.get("total_train_seconds", c0.get("train_seconds", 0.0)))
     config = {
         "env_id": env_id, "algo": "MaskablePPO", "policy": "StagePolicy", "policy_kwargs": recipe["policy_kwargs"],
         "action_space": "stage",
@@ -338,6 +385,10 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
         "max_devices": int(first["max_devices"]), "max_blocks": int(first["max_blocks"]),
         "trained_range": {"devices": rng_dev, "blocks": rng_blk},
         "scenario": getattr(scenario, "name", None), "seed": seed, "train_seconds": round(seconds, 1),
+        "total_train_seconds": round(total, 1),
+        "init": None if start_from is None else {"agent": str(init), "env_id": start_from[2].get("env_id"),
+                                                 "seed": start_from[2].get("seed"),
+                                                 "train_seconds": start_from[2].get("train_seconds")},
         "max_minutes": max_minutes, "recipe": recipe, "interrupted": info["interrupted"],
         "timesteps": int(model.num_timesteps), "phases": info["phases"], "selection": evals,
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
@@ -346,6 +397,7 @@ def train_stage(out: str | Path = "runs", max_minutes: float = MINUTES, seed: in
     }
     save_agent(model, folder, config, {"env_id": env_id, "train_seconds": round(seconds, 1), "selection": evals},
                card=f"# {env_id}\n\nTrained with `dora train` in {seconds / 60:.1f} min (stage policy: imitation of "
-                    "the best known plan, DAgger, PPO). "
+                    "the best known plan, DAgger, PPO"
+                    + ("" if start_from is None else f"; a warm start from {init}, {total / 60:.1f} min in all") + "). "
                     "Run `bench/bench_learning.py --agent` for the ablation table.\n")
     return folder

@@ -271,6 +271,54 @@ def test_budget_bound_training_saves_a_loadable_agent(trained):
     assert sel["kept"] in [h["at"] for h in sel["history"]] and sel["history"][0]["at"] == "imitation"
 
 
+def _weights_equal(a, b) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_warm_start_fine_tunes_the_init_agents_network(trained, tmp_path):
+    """train_stage(init=AGENT): PPO only (FINE_TUNE), the agent's policy kwargs, its weights
+    the selection's first checkpoint (kept exactly when nothing beats them), the agent started
+    from and both runs' time in the config; with too little budget for PPO the saved network
+    is the init agent's, weight for weight."""
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_run import train_stage
+
+    base = load_agent(trained)
+    folder = train_stage(tmp_path / "ft", max_minutes=0.45, progress=False, seed=4, init=trained,
+                         env_kwargs={"families": ["small"]})
+    agent = load_agent(folder)
+    c = agent.config
+    assert set(c["phases"]) == {"ppo"} and c["phases"]["ppo"]["result"]["timesteps"]["small"] >= 128
+    assert c["policy_kwargs"] == {"add_lookahead": True} and c["init"]["agent"] == str(trained)
+    assert c["total_train_seconds"] == pytest.approx(c["train_seconds"] + base.config["train_seconds"], abs=0.2)
+    hist = c["selection"]["history"]
+    assert hist[0]["at"] == "init" and hist[-1]["at"] == "ppo"
+    same = _weights_equal(agent.policy.state_dict(), base.policy.state_dict())
+    assert same == (c["selection"]["kept"] == "init")
+    short = load_agent(train_stage(tmp_path / "short", max_minutes=0.2, progress=False, init=trained,
+                                   env_kwargs={"families": ["small"]}))
+    assert short.config["phases"] == {} and short.config["selection"]["kept"] == "init"
+    assert _weights_equal(short.policy.state_dict(), base.policy.state_dict())
+
+
+def test_warm_start_errors_are_one_line(trained, tmp_path):
+    """`dora train --init`: a missing agent, a recipe asking for another network, or a
+    non-stage environment: one line on stderr, exit code 2, nothing written."""
+    for env, extra, says in (
+            ("dora_rl/PartitionStage-v0", ["--init", str(tmp_path / "nowhere")], "not found"),
+            ("dora_rl/PartitionStage-v0", ["--init", str(trained), "--recipe", '{"policy_kwargs": {}}'],
+             "keeps the agent's network"),
+            ("dora_rl/Partition-v0", ["--init", str(trained)], "--init applies to the stage policy")):
+        r = subprocess.run([sys.executable, "-m", "dora_rl.cli", "train", env, *extra, "--out",
+                            str(tmp_path / "out"), "--max-minutes", "0.1", "--no-progress"],
+                           check=False, capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_ppo_checkpoints_are_offered_to_the_selection_during_the_phase(tmp_path):
     """recipe ppo_checkpoints=3: the selection sees PPO's weights after its first and second
     thirds of the phase (at a rollout's end) and at its end, after imitation's."""

@@ -12,7 +12,7 @@ fastest device and against `dora`. The network-guided search the target is check
 `restart` (GUIDED: polish from the greedy plan, then from plans sampled from the policy,
 until the budget); `uniform_restart`, the same search from a uniform policy, is its control.
 
-    PYTHONPATH=. python bench/bench_ablation.py --agent runs/dora_rl__PartitionStage-v0 --n 200 --per-size 6"""
+    PYTHONPATH=. python bench/bench_ablation.py --agent runs/dora_rl__PartitionStage-v0 --n 200 --per-size 10"""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def large_scenarios(n: int, B: int, k: int):
     return out
 
 
-def run(agent_path, n: int = 200, per_size: int = 6, timeout: float = 60.0, budget_ms: float = 100.0,
+def run(agent_path, n: int = 200, per_size: int = 10, timeout: float = 60.0, budget_ms: float = 100.0,
         old_agent_path=None, progress: bool = True) -> dict:
     import torch
 
@@ -285,7 +285,7 @@ if __name__ == "__main__":
     ap.add_argument("--agent", required=True)
     ap.add_argument("--old-agent", default=None)
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--per-size", type=int, default=6)
+    ap.add_argument("--per-size", type=int, default=10)
     ap.add_argument("--budget-ms", type=float, default=100.0)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ablation.json"))

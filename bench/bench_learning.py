@@ -152,7 +152,7 @@ def stage_plan_speed(agent, sizes=((8, 50), (64, 200)), reps: int = 9) -> dict:
     return out
 
 
-def run(results: dict, n: int = 200, timeout: float = 60.0, agent_path=None, per_size: int = 6,
+def run(results: dict, n: int = 200, timeout: float = 60.0, agent_path=None, per_size: int = 10,
         old_agent_path=None) -> dict:
     """The shipped agent's bench: a stage agent gets the ablation table (bench/bench_ablation.py);
     an agent of the per-block PartitionEnv gets the earlier evaluation (`run_v1`)."""
@@ -244,7 +244,7 @@ if __name__ == "__main__":
     args = sys.argv[2:]
     agent_path = args[args.index("--agent") + 1] if "--agent" in args else None
     old = args[args.index("--old-agent") + 1] if "--old-agent" in args else None
-    per = int(args[args.index("--per-size") + 1]) if "--per-size" in args else 6
+    per = int(args[args.index("--per-size") + 1]) if "--per-size" in args else 10
     timeout = float(args[args.index("--timeout") + 1]) if "--timeout" in args else 60.0   # per reference planner
     res: dict = {}
     out = run(res, n=n, timeout=timeout, agent_path=agent_path, per_size=per, old_agent_path=old)

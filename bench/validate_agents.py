@@ -25,6 +25,9 @@ seed 2 n 400, large seeds 1 n 60 and 2 n 150).
 
     PYTHONPATH=. python bench/validate_agents.py trained_agents/dora_rl__Partition-v0 runs/dora_rl__PartitionStage-v0
     PYTHONPATH=. python bench/validate_agents.py --relative --family large --seed 2 --n 150 A B
+
+`--objective-term LW,EW` scores the agents with their objective term fixed at those
+weights (`stage_agent.fix_objective_term`): how the shipped agent's were chosen (session 31).
 """
 
 from __future__ import annotations
@@ -88,11 +91,22 @@ def greedy_on_scenarios(scenarios):
     return plan
 
 
-def score(agent_path: str, plan, oracle: dict) -> dict:
-    """The network alone (greedy, `plan`) on every instance where the oracle's plan complies."""
+def load(agent_path: str, objective_term=None):
+    """The agent at `agent_path`, with its objective term fixed at `objective_term` (a
+    (latency, energy) pair, `fix_objective_term`) when given: to choose those weights here."""
     from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.stage_agent import fix_objective_term
 
     agent = load_agent(agent_path)
+    if objective_term:
+        fix_objective_term(agent.model, objective_term)
+        agent._actor = None
+    return agent
+
+
+def score(agent_path: str, plan, oracle: dict, objective_term=None) -> dict:
+    """The network alone (greedy, `plan`) on every instance where the oracle's plan complies."""
+    agent = load(agent_path, objective_term)
     ok, ratios = [], []
     for i, o in sorted(oracle.items()):
         if "error" in o or not o["qoe_ok"]:
@@ -135,15 +149,16 @@ def main(argv=None) -> int:
     ap.add_argument("--relative", action="store_true", help="no oracle: the agents against one another")
     ap.add_argument("--family", choices=("small", "large"), default="small", help="with --relative")
     ap.add_argument("--jobs", type=int, default=1, help="processes building an oracle cache")
+    ap.add_argument("--objective-term", metavar="LW,EW", type=lambda v: [float(x) for x in v.split(",")],
+                    help="score the agents with their objective term fixed at these (latency, energy) weights")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/validation.json or heldout.json)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     results = ROOT / "bench" / "results"
     if a.relative:
-        from dora_rl.learning.agents import load_agent
-
         plan = greedy_on_env(st.make_env(st.FAMILIES[a.family], a.seed))
-        rows = relative(a.agents, [[plan(agent, i) for i in range(a.n)] for agent in map(load_agent, a.agents)])
+        agents = [load(p, a.objective_term) for p in a.agents]
+        rows = relative(a.agents, [[plan(agent, i) for i in range(a.n)] for agent in agents])
         for r in rows:
             print(f"{r['agent']}: compliant {r['compliant']} of {r['n']}, geo-mean / first {r['geo_vs_first']} "
                   f"(n={r['n_ratio']})")
@@ -164,7 +179,7 @@ def main(argv=None) -> int:
         oracle = oracle_rows(((i, inst.scenario) for i, inst in pairs if inst.n <= a.max_devices),
                              results / f"validation_oracle_s{a.seed}_n{a.n}_d{a.max_devices}.json", jobs=a.jobs)
         plan = greedy_on_env(env)
-    rows = [score(p, plan, oracle) for p in a.agents]
+    rows = [score(p, plan, oracle, a.objective_term) for p in a.agents]
     for r in rows:
         print(f"{r['agent']}: compliant {r['compliance']} (n={r['n']}), geo-mean / oracle {r['geo_ratio']} "
               f"(n={r['n_ratio']})")

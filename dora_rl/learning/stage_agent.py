@@ -122,3 +122,27 @@ def load_stage_model(folder: Path):
         raise AgentError(f"agent {str(folder)!r}: model.zip was not trained on a StageEnv (its observation space "
                          "has no 'blocks'), but config.yml says action_space: stage")
     return model
+
+
+def fix_objective_term(model, weights) -> None:
+    """Give `model`'s stage policy the fixed objective term at `weights` (latency, energy),
+    in place: the head's buffer and the policy kwargs `model.save` records, so that
+    `MaskablePPO.load` rebuilds the same network. Why after training: the term is a computed
+    formula (`stage_lookahead.objective_term`) with no learned weight, so its weights can be
+    chosen on validation for a trained network; the shipped agent's (16, 32) were
+    (docs/learning.md, session 31)."""
+    import torch
+
+    w = [float(x) for x in weights]
+    if len(w) != 2:
+        raise ValueError(f"objective term: a (latency, energy) pair of weights, got {weights!r}")
+    head = model.policy.action_net
+    if isinstance(getattr(head, "obj_w", None), torch.nn.Parameter):
+        raise ValueError("this policy learns its objective weights; fix them only on a policy without the term")
+    head.obj_term = True
+    if "obj_w" in head._buffers:
+        head.obj_w.copy_(torch.tensor(w))
+    else:
+        head.register_buffer("obj_w", torch.tensor(w))
+    model.policy.objective_term = w
+    model.policy_kwargs = {**(model.policy_kwargs or {}), "objective_term": w}

@@ -23,6 +23,8 @@ NDX, NBX, NGX = NDL + 1, NBL + 1, NGL + 2
 _G_OBJ_ENERGY = GLOBAL_FEATURES.index("obj_energy")
 _IS_END = BLK_LOOKAHEAD.index(BLOCK_FEATURES.index("is_end"))
 _USED, _IN_GROUP = DEVICE_FEATURES.index("used"), DEVICE_FEATURES.index("in_group")
+_ON_BATT, _BATT_H = DEVICE_FEATURES.index("on_battery"), DEVICE_FEATURES.index("log_battery_h")
+_G_HAS_BATT, _G_BATT_H = GLOBAL_FEATURES.index("has_battery"), GLOBAL_FEATURES.index("log_battery_h")
 _PAIRED = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_dyn_w", "log_idle_w_new")]
 _REST = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_rate_rest", "log_rate_rest_fill")]
 _G_GROUP_RATE = 7               # StageEnv global: log(group rate / mean rate), -CLIP without a group
@@ -90,6 +92,18 @@ def head_columns(obs: dict, lib=np):
                  g[..., _G_OBJ_ENERGY:_G_OBJ_ENERGY + 1]], -1))
 
 
+def battery_risk(obs: dict):
+    """Per device, (..., D) bool: on battery, under a battery target, and lasting less than the
+    target at its active power (the observation's `log_battery_h` against the target's; numpy
+    or torch). Such a device may still comply at a lower duty, but its whole-model close is
+    where the objective term most often chose a plan that missed the target (energy: the
+    efficient device is the battery one; session 31), so `end_objective` never ranks it
+    above the others."""
+    xd, g = obs["devices"], obs["global"]
+    return ((xd[..., _ON_BATT] > 0.5) & (g[..., _G_HAS_BATT] > 0.5)[..., None]
+            & (xd[..., _BATT_H] < g[..., _G_BATT_H][..., None]))
+
+
 def objective_column(x, xg):
     """The lookahead's column of the instance's objective, (...): the log latency bound
     (`x[..., 1]`) or, when the objective's flag in `xg` is set, the log energy estimate
@@ -99,10 +113,17 @@ def objective_column(x, xg):
     return (1.0 - e) * x[..., 1] + e * x[..., 4]
 
 
-def end_objective(xd, xb, xg, lib=np):
+def end_objective(xd, xb, xg, lib=np, allowed=None, risky=None):
     """Per device d, (..., D): the lookahead's own objective column (log latency bound, or
     log energy when the objective is energy) of the close that ends the plan on d, minus the
-    least of it over the free devices; 0 where no such close exists. A close that ends the
+    least of it over the free devices whose ending close `allowed` (the closes' mask, (...,
+    D, Bm)) and that are not `risky` (`battery_risk`, (..., D)); over every free device
+    without them or when none is left; 0 where no such close exists, and at least 0 on a
+    risky device. Why: a masked close cannot be chosen, and a risky one may miss the
+    battery target, so neither may set the bar the others are measured against (nor a
+    risky one earn a bonus): with them as the bar, fixed weights above (0, 4) lost
+    compliance on validation, without them (16, 32) lose none (docs/learning.md, session 31).
+    A close that ends the
     plan leaves no rest to bound, so there the latency column is the plan's latency (the
     difference of two whole-model closes is the log of their latency ratio to 1e-4 on
     random instances, tested); the energy column is an estimate (that difference within
@@ -113,19 +134,28 @@ def end_objective(xd, xb, xg, lib=np):
     x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
     col = objective_column(x, xg)
     ok = (xd[..., NDL] > 0.5) & (end.sum(-1) > 0.5)[..., None]
-    v = lib.where(ok, col, 1e30)
-    least = lib.amin(v, -1)[..., None]
-    return lib.where(ok, v - lib.where(ok, least, 0.0), 0.0)
+    base = ok
+    if allowed is not None:
+        D, Bm = xd.shape[-2], xb.shape[-2]
+        closes = allowed[..., :D * Bm].reshape(allowed.shape[:-1] + (D, Bm)) > 0
+        base = base & ((closes & (end > 0.5)[..., None, :]).sum(-1) > 0)
+    if risky is not None:
+        base = base & ~risky
+    base = lib.where((base.sum(-1) > 0)[..., None], base, ok)
+    least = lib.amin(lib.where(base, col, 1e30), -1)[..., None]
+    out = lib.where(ok, col - lib.where(ok, least, 0.0), 0.0)
+    return out if risky is None else lib.where(risky, out.clip(min=0.0), out)
 
 
 
-def objective_term(xd, xb, xg, w, lib=np):
+def objective_term(xd, xb, xg, w, lib=np, allowed=None, risky=None):
     """The objective term's share of the close logits, (..., D, Bm): `-w_obj *
     end_objective(d)` on the close that ends the plan on d, 0 elsewhere; `w` = (latency
-    weight, energy weight), the one the objective's flag names applies."""
+    weight, energy weight), the one the objective's flag names applies; `allowed` (the
+    closes' mask) and `risky`: `end_objective`'s."""
     e = xg[..., NGL + 1]
     w_obj = (1.0 - e) * w[0] + e * w[1]
-    return -(w_obj[..., None, None] * end_objective(xd, xb, xg, lib)[..., :, None]
+    return -(w_obj[..., None, None] * end_objective(xd, xb, xg, lib, allowed, risky)[..., :, None]
              * (xb[..., _IS_END] > 0.5)[..., None, :])
 
 def add_lookahead(xd, xb, xg, lib=np):

@@ -17,8 +17,8 @@ not guessed from pooled features. The add logit of d is linear in h_d, plus, wit
 shipped one), bumps over `add_lookahead`: the lookahead of the close that would follow. With
 `objective_term=True` (session 14) a close that ends the plan also gets a learned weight
 times `end_objective`, its objective relative to the best such close; with a pair of numbers
-(latency, energy) the weights are fixed, not learned (session 24: W5's learned weights
-override that column on energy instances, docs/learning.md). The computed terms
+(latency, energy) the weights are fixed, not learned (session 24; the shipped W5 got
+(32, 32) after training, session 31: `stage_agent.fix_objective_term`). The computed terms
 are in stage_lookahead.py. No weight belongs to a device slot or a block position: the
 same weights run on any (D, B); padding is masked. The value head reads the context only.
 
@@ -49,6 +49,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     NGX,
     PAIR_BUMPS,
     add_lookahead,
+    battery_risk,
     bump_sum,
     end_objective,
     head_columns,
@@ -172,16 +173,19 @@ class StagePointerHead(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(*self.split(z))
 
-    def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None, sparse: bool = True,
+               risky: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
         With the action `mask` (N, D * Bm + D) the lookahead term is computed at the allowed
-        closes only and is 0 at the others, as in the numpy actor: a fit masks those logits
-        anyway, and at 64 devices x 200 blocks about 5 % of the closes are allowed, so the full
-        (N, D, Bm, K) table was most of a large batch's time."""
+        closes only and is 0 at the others (unless `sparse` is False), as in the numpy actor:
+        a fit masks those logits anyway, and at 64 devices x 200 blocks about 5 % of the
+        closes are allowed, so the full (N, D, Bm, K) table was most of a large batch's time;
+        the objective term measures the ending closes against the best allowed one that is
+        not `risky` (`battery_risk`)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
         amp = self.amp(hd)                                                      # (N, D, K)
-        if mask is None:
+        if mask is None or not sparse:
             x = lookahead(xd, xb, xg, torch)                                    # (N, D, Bm, 5)
             pair = bump_sum(x, self.fidx, self.scale, self.shift, amp[:, :, None, :], torch)
         else:
@@ -192,7 +196,7 @@ class StagePointerHead(nn.Module):
             pair = bil.new_zeros(N, D, Bm).index_put((n, d, j), val)
         close = bil + pair + self.kb(gb).transpose(1, 2)
         if self.obj_term:
-            close = close + objective_term(xd, xb, xg, self.obj_w, torch)
+            close = close + objective_term(xd, xb, xg, self.obj_w, torch, mask, risky)
         add = self.add(hd)[..., 0]
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
@@ -241,12 +245,13 @@ class StagePolicy(MaskableActorCriticPolicy):
         self.value_net = ValueHead(fe.hidden)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
-    def any_size(self, obs: dict[str, torch.Tensor], mask: torch.Tensor | None = None):
+    def any_size(self, obs: dict[str, torch.Tensor], mask: torch.Tensor | None = None, sparse: bool = True):
         """(logits, values) for a batch of any (D, B): imitation trains on several sizes. With
         the action `mask`, the logits of masked closes lack their lookahead term (see
         `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
-        return self.action_net.logits(hd, gb, xd, xb, xg, mask), self.value_net.net(c).flatten()
+        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, battery_risk(obs)),
+                self.value_net.net(c).flatten())
 
     # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the
     # action masks: any (D, B) per call - one policy object serves the PPO models of every
@@ -395,7 +400,7 @@ class StageNumpyActor:
         close[at] += bump_sum(x, self.fidx, self.scale, self.shift, amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         if self.obj_w is not None:
-            close += objective_term(cd, cb, cg, self.obj_w, np)
+            close += objective_term(cd, cb, cg, self.obj_w, np, mask, battery_risk(obs))
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)

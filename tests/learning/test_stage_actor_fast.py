@@ -64,7 +64,7 @@ def test_numpy_actor_equals_torch_with_and_without_padding(policy, n, D, B):
 
 def test_masked_fit_logits_and_gradients_equal_the_full_tables(policy):
     """The fit's sparse lookahead term (`any_size(obs, mask)`: computed at the allowed closes
-    only) gives the same logits at every allowed action and the same gradients of a masked
+    only) gives the same logits (`sparse=False`) at every allowed action and the same gradients of a masked
     cross-entropy as the full (N, D, Bm, K) table, on a batch of states of two instances."""
     import torch
 
@@ -81,9 +81,9 @@ def test_masked_fit_logits_and_gradients_equal_the_full_tables(policy):
     mask = torch.as_tensor(np.stack(masks))
     assert (~mask[:, :8 * 20]).any() and mask[:, :8 * 20].any()
     out = []
-    for m in (None, mask):
+    for sparse in (False, True):
         policy.zero_grad()
-        lg, v = policy.any_size(batch, m)
+        lg, v = policy.any_size(batch, mask, sparse)
         lg = lg.masked_fill(~mask, -1e9)
         (lg.logsumexp(-1) - lg.max(-1).values + v).mean().backward()
         out.append((lg.detach(), {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}))
@@ -120,10 +120,16 @@ def test_sb3_entry_points_equal_the_flat_path_and_take_any_size(policy):
     with torch.no_grad():
         v, lp, ent = policy.evaluate_actions(obs, acts, masks)
         vb, lpb, entb = Base.evaluate_actions(policy, obs, acts, masks)
+        if policy.action_net.obj_term:   # the flat path has no mask to set the ending closes' bar: the full table's
+            lg = policy.any_size(obs, torch.as_tensor(masks), sparse=False)[0].masked_fill(~torch.as_tensor(masks),
+                                                                                           -torch.inf)
+            lpb = lg.log_softmax(-1).gather(1, acts[:, None])[:, 0]
+            entb = -(lg.softmax(-1) * lg.log_softmax(-1)).nan_to_num().sum(-1)
         assert torch.allclose(lp, lpb, atol=1e-5) and torch.allclose(ent, entb, atol=1e-5)
         assert torch.allclose(v, vb, atol=1e-6) and torch.allclose(policy.predict_values(obs), vb, atol=1e-6)
         a, v2, lp2 = policy(obs, deterministic=True, action_masks=masks)
-        assert torch.equal(a, Base.forward(policy, obs, True, masks)[0]) and torch.allclose(v2, v)
+        flat = lg.argmax(-1) if policy.action_net.obj_term else Base.forward(policy, obs, True, masks)[0]
+        assert torch.equal(a, flat) and torch.allclose(v2, v)
         assert masks[np.arange(len(a)), a.numpy()].all()
         big, bmasks, bacts = states(24, 60, 24, 60)
         v, lp, ent = policy.evaluate_actions(big, bacts, bmasks)
@@ -149,7 +155,8 @@ def test_numpy_actor_equals_torch_where_adds_are_allowed(policy):
             if len(adds):
                 seen.add(len(env.group))
                 with torch.no_grad():
-                    lt, _ = policy.any_size({k: torch.as_tensor(v)[None] for k, v in obs.items()})
+                    lt, _ = policy.any_size({k: torch.as_tensor(v)[None] for k, v in obs.items()},
+                                            torch.as_tensor(mask)[None])
                 assert np.abs(lt[0].numpy()[mask] - actor.logits(obs, mask)[mask]).max() < 1e-3
             a = 8 * 16 + adds[0] if len(adds) else int(np.flatnonzero(mask)[0])
             obs, *_ = env.step(a)
@@ -234,6 +241,62 @@ def test_end_objective_ranks_whole_model_closes_by_their_latency():
     assert pairs >= 20
 
 
+def test_end_objective_is_measured_against_the_best_allowed_end():
+    """With the closes' mask, `end_objective` is the unmasked one shifted so that the best
+    device whose ending close is allowed gets 0 (differences between devices unchanged):
+    a masked close, which cannot be chosen, no longer sets the bar. With no ending close
+    allowed it is the unmasked one."""
+    from dora_rl.envs.stage import StageEnv as Env
+    from dora_rl.learning.stage_policy import end_objective, head_columns
+
+    shifted = none_allowed = 0
+    for i in range(200):
+        sc = random_scenario(np.random.default_rng([13, i]), max_devices=5, n_blocks=10, objective="latency")
+        inst = Instance(sc, sc.cluster.n)
+        if not inst.completable:
+            continue
+        env = Env(max_devices=inst.n, max_blocks=inst.B, pool_size=1)
+        obs = env.reset(options={"scenario": inst})[0]
+        mask = env.action_masks()
+        cols = head_columns({k: v.astype("float64") for k, v in obs.items()})
+        plain, gated = end_objective(*cols), end_objective(*cols, np, mask)
+        ends = [d for d in range(inst.n) if mask[d * inst.B + inst.B - 1]]
+        if not ends:
+            np.testing.assert_array_equal(gated, plain)
+            none_allowed += 1
+            continue
+        best = min(ends, key=lambda d: plain[d])
+        np.testing.assert_allclose(gated, plain - plain[best], atol=1e-12)
+        assert gated[best] == pytest.approx(0.0, abs=1e-12) and min(gated[d] for d in ends) >= -1e-12
+        shifted += plain[best] > 1e-6       # the unmasked bar was a masked close
+        risky = np.zeros(inst.n, bool)
+        risky[best] = True                  # the best allowed end at risk: the next one sets the bar
+        rest = [d for d in ends if d != best]
+        got = end_objective(*cols, np, mask, risky)
+        bar = plain[min(rest, key=lambda d: plain[d])] if rest else 0.0   # none left: every free device
+        np.testing.assert_allclose(got[~risky], (plain - bar)[~risky], atol=1e-12)
+        assert got[best] == pytest.approx(max(plain[best] - bar, 0.0), abs=1e-12)
+    assert shifted >= 3 and none_allowed >= 1
+
+
+def test_battery_risk_flags_battery_devices_that_would_not_last_the_target_at_full_power():
+    """By hand: a target of e^3 h (log_battery_h = 3 / 3 = 1.0 in the observation's scale);
+    device 0 off battery, 1 on battery lasting e^1.5 h at active power (0.5), 2 on battery
+    lasting e^4.5 h (1.5): only 1 is at risk; without a target none is."""
+    from dora_rl.envs.instance import GLOBAL_FEATURES
+    from dora_rl.envs.stage import DEVICE_FEATURES
+    from dora_rl.learning.stage_lookahead import battery_risk
+
+    xd = np.zeros((3, len(DEVICE_FEATURES)))
+    xd[1:, DEVICE_FEATURES.index("on_battery")] = 1.0
+    xd[:, DEVICE_FEATURES.index("log_battery_h")] = [0.0, 0.5, 1.5]
+    g = np.zeros(len(GLOBAL_FEATURES))
+    g[GLOBAL_FEATURES.index("has_battery")], g[GLOBAL_FEATURES.index("log_battery_h")] = 1.0, 1.0
+    assert battery_risk({"devices": xd, "global": g}).tolist() == [False, True, False]
+    g[GLOBAL_FEATURES.index("has_battery")] = 0.0
+    assert not battery_risk({"devices": xd, "global": g}).any()
+
+
 def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_latency():
     """The control of the network alone (`LookaheadActor`): its score of every allowed action
     is minus the lookahead's objective column (the latency bound, or the energy estimate
@@ -298,6 +361,7 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
             break
         i += 1
     mask = env_e.action_masks()
+    eo = end_objective(xd, xb, xg, np, mask[None])[0]      # the actor's: least over the allowed ends
     actor = StageNumpyActor(back.policy)
     with_term = actor.logits(obs, mask)
     actor.obj_w = None                               # the same weights without the term
@@ -308,3 +372,45 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
         expect[d * Bm + B - 1] = -3.0 * eo[d]
     assert (expect[mask] != 0).any()                 # an allowed end close the term moves
     assert np.allclose(with_term[mask] - without[mask], expect[mask], atol=1e-4)
+
+
+def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
+    """`fix_objective_term` on a network trained without the term: `MaskablePPO.load` gives
+    back the pair as a buffer (no optimiser sees it) and the same kwargs; its actor's end
+    closes move by exactly -w_energy x the masked `end_objective` on an energy state; a
+    policy that learns its weights is refused."""
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_agent import fix_objective_term
+    from dora_rl.learning.stage_lookahead import end_objective, head_columns
+    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+
+    env = StageEnv(max_devices=8, max_blocks=32)
+    model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=2, device="cpu")
+    before = StageNumpyActor(model.policy)
+    fix_objective_term(model, (16, 32))
+    model.save(tmp_path / "m.zip")
+    back = MaskablePPO.load(tmp_path / "m.zip", device="cpu")
+    assert back.policy.action_net.obj_w.tolist() == [16.0, 32.0]
+    assert back.policy_kwargs["objective_term"] == [16.0, 32.0]
+    assert not any(p is back.policy.action_net.obj_w for p in back.policy.parameters())
+    i = 0
+    while True:
+        env_e = StageEnv(scenario=_scenario(4, 6, 300 + i), max_devices=8, max_blocks=32)
+        obs, _ = env_e.reset(seed=0)
+        mask = env_e.action_masks()
+        eo = end_objective(*head_columns({k: v[None] for k, v in obs.items()}), np, mask[None])[0]
+        B = env_e.inst.B
+        if env_e.inst.objective == "energy" and any(mask[d * 32 + B - 1] and eo[d] > 1e-3 for d in range(8)):
+            break
+        i += 1
+    expect = np.zeros(8 * 32 + 8)
+    for d in range(8):
+        expect[d * 32 + B - 1] = -32.0 * eo[d]
+    moved = StageNumpyActor(back.policy).logits(obs, mask)[mask] - before.logits(obs, mask)[mask]
+    assert (expect[mask] != 0).any()
+    assert np.allclose(moved, expect[mask], atol=1e-4)
+    learned = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, device="cpu",
+                          policy_kwargs={"objective_term": True})
+    with pytest.raises(ValueError, match="learns"):
+        fix_objective_term(learned, (1, 1))

@@ -117,31 +117,34 @@ def end_objective(xd, xb, xg, lib=np, allowed=None, risky=None):
     """Per device d, (..., D): the lookahead's own objective column (log latency bound, or
     log energy when the objective is energy) of the close that ends the plan on d, minus the
     least of it over the free devices whose ending close `allowed` (the closes' mask, (...,
-    D, Bm)) and that are not `risky` (`battery_risk`, (..., D)); over every free device
-    without them or when none is left; 0 where no such close exists, and at least 0 on a
-    risky device. Why: a masked close cannot be chosen, and a risky one may miss the
-    battery target, so neither may set the bar the others are measured against (nor a
-    risky one earn a bonus): with them as the bar, fixed weights above (0, 4) lost
-    compliance on validation, without them (16, 32) lose none (docs/learning.md, session 31).
-    A close that ends the
-    plan leaves no rest to bound, so there the latency column is the plan's latency (the
-    difference of two whole-model closes is the log of their latency ratio to 1e-4 on
-    random instances, tested); the energy column is an estimate (that difference within
-    0.03 of the true log ratio at the median, 0.5 at the 90th percentile).
+    D, Bm)) and that are not `risky` (`battery_risk`, (..., D)); when no such device is
+    left, over the allowed ones, and when no ending close is allowed, over every free
+    device; 0 where no such close exists, and at least 0 on a risky device. Why: a masked
+    close cannot be chosen, and a risky one may miss the battery target, so neither may set
+    the bar the others are measured against (nor a risky one earn a bonus): with them as
+    the bar, fixed weights above (0, 4) lost compliance on validation; without them (32, 32)
+    lost 1 of 485 validation instances (a relay's battery) and planned every set cheaper
+    (docs/learning.md, "Sessions 30-31"). A close that ends the plan leaves no rest to
+    bound, so there the latency column is the plan's latency (the difference of two
+    whole-model closes is the log of their latency ratio to 1e-4 on random instances,
+    tested); the energy column is an estimate (that difference within 0.03 of the true log
+    ratio at the median, 0.5 at the 90th percentile).
     (xd, xb, xg: `head_columns`.)"""
     end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
     xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
     x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
     col = objective_column(x, xg)
     ok = (xd[..., NDL] > 0.5) & (end.sum(-1) > 0.5)[..., None]
+    def some(pick, other):      # pick where it names a device, else other
+        return lib.where((pick.sum(-1) > 0)[..., None], pick, other)
+
     base = ok
     if allowed is not None:
         D, Bm = xd.shape[-2], xb.shape[-2]
         closes = allowed[..., :D * Bm].reshape(allowed.shape[:-1] + (D, Bm)) > 0
-        base = base & ((closes & (end > 0.5)[..., None, :]).sum(-1) > 0)
+        base = some(ok & ((closes & (end > 0.5)[..., None, :]).sum(-1) > 0), ok)
     if risky is not None:
-        base = base & ~risky
-    base = lib.where((base.sum(-1) > 0)[..., None], base, ok)
+        base = some(base & ~risky, base)
     least = lib.amin(lib.where(base, col, 1e30), -1)[..., None]
     out = lib.where(ok, col - lib.where(ok, least, 0.0), 0.0)
     return out if risky is None else lib.where(risky, out.clip(min=0.0), out)

@@ -273,7 +273,7 @@ def test_end_objective_is_measured_against_the_best_allowed_end():
         risky[best] = True                  # the best allowed end at risk: the next one sets the bar
         rest = [d for d in ends if d != best]
         got = end_objective(*cols, np, mask, risky)
-        bar = plain[min(rest, key=lambda d: plain[d])] if rest else 0.0   # none left: every free device
+        bar = plain[min(rest, key=lambda d: plain[d])] if rest else plain[best]   # none left: the allowed
         np.testing.assert_allclose(got[~risky], (plain - bar)[~risky], atol=1e-12)
         assert got[best] == pytest.approx(max(plain[best] - bar, 0.0), abs=1e-12)
     assert shifted >= 3 and none_allowed >= 1

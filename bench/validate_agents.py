@@ -98,9 +98,8 @@ def load(agent_path: str, objective_term=None):
     from dora_rl.learning.stage_agent import fix_objective_term
 
     agent = load_agent(agent_path)
-    if objective_term:
+    if objective_term:      # before the agent's actor is first built (it copies the weights)
         fix_objective_term(agent.model, objective_term)
-        agent._actor = None
     return agent
 
 

@@ -140,9 +140,6 @@ def fix_objective_term(model, weights) -> None:
     if isinstance(getattr(head, "obj_w", None), torch.nn.Parameter):
         raise ValueError("this policy learns its objective weights; fix them only on a policy without the term")
     head.obj_term = True
-    if "obj_w" in head._buffers:
-        head.obj_w.copy_(torch.tensor(w))
-    else:
-        head.register_buffer("obj_w", torch.tensor(w))
+    head.register_buffer("obj_w", torch.tensor(w, device=head.add.weight.device))   # new or replaced
     model.policy.objective_term = w
     model.policy_kwargs = {**(model.policy_kwargs or {}), "objective_term": w}

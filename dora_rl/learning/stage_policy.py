@@ -250,7 +250,8 @@ class StagePolicy(MaskableActorCriticPolicy):
         the action `mask`, the logits of masked closes lack their lookahead term (see
         `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
-        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, battery_risk(obs)),
+        risky = battery_risk(obs) if self.action_net.obj_term else None    # only the objective term reads it
+        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky),
                 self.value_net.net(c).flatten())
 
     # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the

@@ -31,11 +31,13 @@ the last step (as PartitionEnv), or with `reward="log_utility"` its log-ratio fo
 
 Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
-`global (SNG,)`. Column `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are
-raw logs whose difference is the log of the stage's compute time over T* on the group
-plus that device; with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global
-extras (`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead
-per close itself (dora_rl/learning/stage_lookahead.py:lookahead).
+`global (SNG,)`, `relay_w (D,)` (v4: the relays' idle power a close on each device
+brings in, `stage_obs.relay_power`; read by the lookahead only). Column
+`DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
+difference is the log of the stage's compute time over T* on the group plus that device;
+with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras
+(`STAGE_GLOBAL_EXTRA`: the QoE bound's state) the policy forms a one-step lookahead per
+close itself (dora_rl/learning/stage_lookahead.py:lookahead).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from dora_rl.envs.stage_obs import (
     STAGE_GLOBAL_EXTRA,
     STAGE_OBS_VERSION,
     observation,
+    route_relays,
 )
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP
@@ -108,6 +111,7 @@ class StageEnv(BuildEnv):
             "blocks": spaces.Box(-CLIP, CLIP, (Bm, NFB), np.float32),
             "block_mask": spaces.Box(0.0, 1.0, (Bm,), np.float32),
             "global": spaces.Box(-CLIP, CLIP, (SNG,), np.float32),
+            "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
         })
         self.inst: Instance | None = None
         self.result = None
@@ -154,6 +158,7 @@ class StageEnv(BuildEnv):
         self.used: set[int] = set()
         self.stages: list[tuple[int, int, tuple[int, ...]]] = []
         self.prev: list[int] = [inst.src]
+        self.relays: frozenset[int] = frozenset()     # devices the closed stages' entries relay through
         self.t_max_stage = 0.0
         self.t_transfers = 0.0
         self._qF = self._qT = 0.0           # QoE bound: fill and period lower bounds of the closed stages
@@ -176,6 +181,7 @@ class StageEnv(BuildEnv):
         dst._rmin, dst._rmax, dst._qin = self._rmin, self._rmax, self._qin
         dst.p, dst.done, dst.result = self.p, self.done, self.result
         dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
+        dst.relays = self.relays            # (a frozenset, replaced at each close)
         dst.t_max_stage, dst.t_transfers = self.t_max_stage, self.t_transfers
         dst._qF, dst._qT, dst._qA, dst.qoe_masked = self._qF, self._qT, self._qA, self.qoe_masked
         dst._qM = self._qM                  # (replaced, never modified in place)
@@ -305,6 +311,8 @@ class StageEnv(BuildEnv):
             self._qF, self._qT = self._bound().after_close(self._qF, self._qT, self.prev, devs, self.p, r)
             self._qA = self._bound().after_close_allreduce(self._qA, devs, self.p, r)
             self._qM = self._bound().after_close_media(self._qM, self.prev, devs, self.p)
+            nb = inst.batch * inst.bnd_l[self.p]
+            self.relays = self.relays.union(*(route_relays(inst, g, x, nb) for g in self.prev for x in devs))
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
             self.prev, self.group, self.p = devs, [], r

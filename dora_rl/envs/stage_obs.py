@@ -13,7 +13,7 @@ import numpy as np
 from dora_rl.envs.instance import NG
 from dora_rl.features import CLIP, clip_log
 
-STAGE_OBS_VERSION = 3
+STAGE_OBS_VERSION = 4      # 4 (session 32): the "relay_w" key
 DEVICE_FEATURES = (
     "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
     "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
@@ -39,6 +39,39 @@ DEV_LOOKAHEAD = tuple(DEVICE_FEATURES.index(k) for k in ("log_rate_join", "log_r
                                                          "log_in_period", "log_out_fill", "log_dyn_w",
                                                          "log_idle_w_new", "log_rate_rest_fill"))
 BLK_LOOKAHEAD = tuple(BLOCK_FEATURES.index(k) for k in ("log_work", "log_work_after", "is_end"))
+
+
+def route_relays(inst, a: int, b: int, nbytes: float) -> tuple[int, ...]:
+    """The devices the route a -> b of a flow of `nbytes` relays through (`routes.Network.route`:
+    a lone flow's route; the plan's routing may pick another under contention)."""
+    return inst.cost.net.route(a, b, nbytes).relays if a != b else ()
+
+
+def relay_power(env, part: set, pstar: float, idle) -> np.ndarray:
+    """The "relay_w" key, (D,): per free device d, the log over P* of the idle power of the
+    devices that relay but compute nothing - those the committed stages' transfers relay
+    through (`env.relays`) and those the entry of a stage on d (from the previous stage's
+    devices, at the current cut) would add - -CLIP where there are none. Why: a relay is a
+    participant (the cost model charges its idle power over the period), and the lookahead's
+    energy estimate counted only the stage devices' idle power: validation small seed 1's
+    instance 64 put blocks 0-21 on a Jetson Orin Nano reached through a Jetson Nano, 2.0x
+    the whole model on the source phone, with 0.17 J of the 0.33 J gap the relay's idle
+    (docs/learning.md, "Session 32"). Only the lookahead reads it (`head_columns`), not the
+    encoder, so a network trained without it runs unchanged but for that term."""
+    inst = env.inst
+    out = np.full(env.max_devices, -CLIP)
+    nb = inst.batch * inst.bnd_l[min(env.p, inst.B)]
+    done = env.relays - part
+    base = sum(idle[x] for x in done)
+    taken = part | done | set(env.group)
+    for d in range(inst.n):
+        if d in taken:
+            continue
+        new = {x for g in env.prev for x in route_relays(inst, g, d, nb)} - taken - {d}
+        w = base + sum(idle[x] for x in new)
+        if w > 0:
+            out[d] = np.clip(np.log(w / pstar), -CLIP, CLIP)
+    return out
 
 
 def _consts(inst, qb) -> dict:
@@ -136,4 +169,5 @@ def observation(env) -> dict:
               clip_log(1.0 / wl.request_rate / ts) if (wl.request_rate and not inst.training) else -CLIP,
               float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
     return {"devices": dev.astype(np.float32), "device_mask": env._dmask.copy(),
-            "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
+            "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32),
+            "relay_w": relay_power(env, part, pstar, qb.idle).astype(np.float32)}

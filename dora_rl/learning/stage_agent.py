@@ -124,6 +124,26 @@ def load_stage_model(folder: Path):
     return model
 
 
+def add_relay_space(model) -> None:
+    """Give a stage model saved with observation layout v3 the v4 space, in place: v4 adds
+    only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the lookahead
+    reads and the encoder does not, so a v3 network is the same network under v4 (its
+    energy estimate then counts relays). Saved after this, the model loads in plain SB3
+    against v4 environments (the shipped agent's was, session 32)."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from dora_rl.features import CLIP
+
+    old = model.observation_space
+    if "relay_w" in old.spaces:
+        return
+    D = old["devices"].shape[0]
+    new = spaces.Dict({**old.spaces, "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32)})
+    model.observation_space = model.policy.observation_space = new
+    model.policy.features_extractor._observation_space = new
+
+
 def fix_objective_term(model, weights) -> None:
     """Give `model`'s stage policy the fixed objective term at `weights` (latency, energy),
     in place: the head's buffer and the policy kwargs `model.save` records, so that

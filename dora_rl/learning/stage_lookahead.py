@@ -25,6 +25,7 @@ _IS_END = BLK_LOOKAHEAD.index(BLOCK_FEATURES.index("is_end"))
 _USED, _IN_GROUP = DEVICE_FEATURES.index("used"), DEVICE_FEATURES.index("in_group")
 _ON_BATT, _BATT_H = DEVICE_FEATURES.index("on_battery"), DEVICE_FEATURES.index("log_battery_h")
 _G_HAS_BATT, _G_BATT_H = GLOBAL_FEATURES.index("has_battery"), GLOBAL_FEATURES.index("log_battery_h")
+_IDLE = DEV_LOOKAHEAD.index(DEVICE_FEATURES.index("log_idle_w_new"))
 _PAIRED = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_dyn_w", "log_idle_w_new")]
 _REST = [DEV_LOOKAHEAD.index(DEVICE_FEATURES.index(k)) for k in ("log_rate_rest", "log_rate_rest_fill")]
 _G_GROUP_RATE = 7               # StageEnv global: log(group rate / mean rate), -CLIP without a group
@@ -82,11 +83,18 @@ def bump_sum(x, fidx, scale, shift, amp, lib=np):
 def head_columns(obs: dict, lib=np):
     """The columns the head reads from an observation (numpy or torch): (devices: the
     `DEV_LOOKAHEAD` columns + free flag, blocks: `BLK_LOOKAHEAD` + candidate flag, global:
-    StageEnv's extras + log group rate + objective flag)."""
+    StageEnv's extras + log group rate + objective flag). The observation's `relay_w` (v4),
+    when present, joins a device's new idle power: the energy estimate then counts the
+    relays a close brings in (dora_rl/envs/stage_obs.py:relay_power)."""
     xd, dm, xb, bm, g = obs["devices"], obs["device_mask"], obs["blocks"], obs["block_mask"], obs["global"]
     free = dm * (1.0 - xd[..., _USED]) * (1.0 - xd[..., _IN_GROUP])
     cat = np.concatenate if lib is np else torch.cat
-    return (cat([xd[..., list(DEV_LOOKAHEAD)], free[..., None]], -1),
+    cols = xd[..., list(DEV_LOOKAHEAD)]
+    rw = obs.get("relay_w")
+    if rw is not None:          # -CLIP: no relay (left exactly as it was)
+        idle = lib.where(rw > -CLIP + 1e-3, lib.logaddexp(cols[..., _IDLE], rw), cols[..., _IDLE])
+        cols = cat([cols[..., :_IDLE], idle[..., None], cols[..., _IDLE + 1:]], -1)
+    return (cat([cols, free[..., None]], -1),
             cat([xb[..., list(BLK_LOOKAHEAD)], bm[..., None]], -1),
             cat([g[..., NG:NG + NGL], g[..., _G_GROUP_RATE:_G_GROUP_RATE + 1],
                  g[..., _G_OBJ_ENERGY:_G_OBJ_ENERGY + 1]], -1))
@@ -130,6 +138,11 @@ def end_objective(xd, xb, xg, lib=np, allowed=None, risky=None):
     tested); the energy column is an estimate (that difference within 0.03 of the true log
     ratio at the median, 0.5 at the 90th percentile).
     (xd, xb, xg: `head_columns`.)"""
+    return _ending(xd, xb, xg, lib, allowed, risky)[0]
+
+
+def _ending(xd, xb, xg, lib, allowed, risky):
+    """(`end_objective`, the bar it measures against, (..., 1): 1e30 where there is none)."""
     end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
     xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
     x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
@@ -140,26 +153,42 @@ def end_objective(xd, xb, xg, lib=np, allowed=None, risky=None):
 
     base = ok
     if allowed is not None:
-        D, Bm = xd.shape[-2], xb.shape[-2]
-        closes = allowed[..., :D * Bm].reshape(allowed.shape[:-1] + (D, Bm)) > 0
-        base = some(ok & ((closes & (end > 0.5)[..., None, :]).sum(-1) > 0), ok)
+        base = some(ok & ((_closes(allowed, xd, xb) & (end > 0.5)[..., None, :]).sum(-1) > 0), ok)
     if risky is not None:
         base = some(base & ~risky, base)
     least = lib.amin(lib.where(base, col, 1e30), -1)[..., None]
     out = lib.where(ok, col - lib.where(ok, least, 0.0), 0.0)
-    return out if risky is None else lib.where(risky, out.clip(min=0.0), out)
+    return (out if risky is None else lib.where(risky, out.clip(min=0.0), out)), least
 
 
+def _closes(allowed, xd, xb):
+    """The closes' part of an action mask, (..., D, Bm) bool."""
+    D, Bm = xd.shape[-2], xb.shape[-2]
+    return allowed[..., :D * Bm].reshape(allowed.shape[:-1] + (D, Bm)) > 0
 
-def objective_term(xd, xb, xg, w, lib=np, allowed=None, risky=None):
+
+def objective_term(xd, xb, xg, w, lib=np, allowed=None, risky=None, col=None):
     """The objective term's share of the close logits, (..., D, Bm): `-w_obj *
-    end_objective(d)` on the close that ends the plan on d, 0 elsewhere; `w` = (latency
-    weight, energy weight), the one the objective's flag names applies; `allowed` (the
-    closes' mask) and `risky`: `end_objective`'s."""
+    end_objective(d)` on the close that ends the plan on d; `w` = (latency weight, energy
+    weight), the one the objective's flag names applies; `allowed` (the closes' mask) and
+    `risky`: `end_objective`'s. With `col` (..., D, Bm), the objective column of the closes'
+    lookahead (`objective_column`; only the allowed closes' are read), a close that does not
+    end the plan gets `-w_obj * max(0, col - bar)`, the bar being `end_objective`'s (a
+    penalty only: there the lookahead is optimistic - the rest at its lower bound or at the
+    most efficient free device - so a close whose lookahead is already worse than the best
+    plan that can end now is unlikely to lead to a better one; session 32: 1.1-1.3 % cheaper
+    plans on the large validation sets, none lost, and with `relay_w` validation small
+    seed 1 1.018 -> 1.012 of the oracle)."""
     e = xg[..., NGL + 1]
-    w_obj = (1.0 - e) * w[0] + e * w[1]
-    return -(w_obj[..., None, None] * end_objective(xd, xb, xg, lib, allowed, risky)[..., :, None]
-             * (xb[..., _IS_END] > 0.5)[..., None, :])
+    w_obj = ((1.0 - e) * w[0] + e * w[1])[..., None, None]
+    rel, bar = _ending(xd, xb, xg, lib, allowed, risky)
+    is_end = (xb[..., _IS_END] > 0.5)[..., None, :] * 1.0
+    term = rel[..., :, None] * is_end
+    if col is not None:
+        over = (col - bar[..., None]).clip(min=0.0) * (1.0 - is_end)
+        term = term + (over if allowed is None else over * _closes(allowed, xd, xb))
+    return -(w_obj * term)
+
 
 def add_lookahead(xd, xb, xg, lib=np):
     """The one-step lookahead of every add d, (..., D, 5): the best over candidate ends j of

@@ -55,6 +55,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     head_columns,
     lookahead,
     lookahead_at,
+    objective_column,
     objective_term,
 )
 
@@ -188,15 +189,17 @@ class StagePointerHead(nn.Module):
         if mask is None or not sparse:
             x = lookahead(xd, xb, xg, torch)                                    # (N, D, Bm, 5)
             pair = bump_sum(x, self.fidx, self.scale, self.shift, amp[:, :, None, :], torch)
+            col = objective_column(x, xg) if self.obj_term else None
         else:
             N, D, Bm = bil.shape
             n, d, j = mask[:, :D * Bm].reshape(N, D, Bm).nonzero(as_tuple=True)
             x = lookahead_at(xd, xb, xg, (n, d, j), torch)                                  # (P, 5)
             val = bump_sum(x, self.fidx, self.scale, self.shift, amp[n, d], torch)
             pair = bil.new_zeros(N, D, Bm).index_put((n, d, j), val)
+            col = bil.new_zeros(N, D, Bm).index_put((n, d, j), objective_column(x, xg[n])) if self.obj_term else None
         close = bil + pair + self.kb(gb).transpose(1, 2)
         if self.obj_term:
-            close = close + objective_term(xd, xb, xg, self.obj_w, torch, mask, risky)
+            close = close + objective_term(xd, xb, xg, self.obj_w, torch, mask, risky, col)
         add = self.add(hd)[..., 0]
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
@@ -393,15 +396,19 @@ class StageNumpyActor:
         D, Bm = bil.shape[-2:]
         mask = np.asarray(mask)
         at = np.nonzero(mask[..., :D * Bm].reshape(bil.shape))
-        cd, cb, cg = head_columns({"devices": xd, "device_mask": dm, "blocks": xb, "block_mask": bm,
-                                   "global": xg})
+        cols = {"devices": xd, "device_mask": dm, "blocks": xb, "block_mask": bm, "global": xg}
+        if "relay_w" in obs:
+            cols["relay_w"] = obs["relay_w"].astype(dt)
+        cd, cb, cg = head_columns(cols)
         x = lookahead_at(cd, cb, cg, at, np)
         amp = (hd @ self.amp[0] + self.amp[1])[at[:-1]]             # each close's device row
         close = bil.copy()
         close[at] += bump_sum(x, self.fidx, self.scale, self.shift, amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
         if self.obj_w is not None:
-            close += objective_term(cd, cb, cg, self.obj_w, np, mask, battery_risk(obs))
+            col = np.zeros_like(close)
+            col[at] = objective_column(x, cg[at[:-2]])
+            close += objective_term(cd, cb, cg, self.obj_w, np, mask, battery_risk(obs), col)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)

@@ -32,7 +32,7 @@ import numpy as np
 from dora_rl.errors import DoraError
 
 log = logging.getLogger(__name__)
-OBS = ("devices", "device_mask", "blocks", "block_mask", "global")
+OBS = ("devices", "device_mask", "blocks", "block_mask", "global", "relay_w")
 FAMILIES = {
     "small": {"max_devices": 8, "max_blocks": 32, "min_devices": 2, "gen_max_devices": 8, "gen_kwargs": {}},
     "large": {"max_devices": 64, "max_blocks": 200, "min_devices": 12, "gen_max_devices": 64,
@@ -199,7 +199,8 @@ def _crop(t, idx):
     dc = max(1, int(obs["device_mask"][ii].sum(1).max()))
     bc = max(1, int(obs["blocks"][ii][..., 0].sum(1).max()))
     o = {"devices": obs["devices"][ii, :dc], "device_mask": obs["device_mask"][ii, :dc],
-         "blocks": obs["blocks"][ii, :bc], "block_mask": obs["block_mask"][ii, :bc], "global": obs["global"][ii]}
+         "blocks": obs["blocks"][ii, :bc], "block_mask": obs["block_mask"][ii, :bc], "global": obs["global"][ii],
+         "relay_w": obs["relay_w"][ii, :dc]}
     def cut(m):
         return torch.cat([m[:, :D * Bm].reshape(-1, D, Bm)[:, :dc, :bc].flatten(1), m[:, D * Bm:D * Bm + dc]], 1)
 

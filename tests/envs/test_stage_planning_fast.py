@@ -103,8 +103,24 @@ def _reference_obs(env) -> dict:
               clip_log(qb.lat_cap / ts), clip_log(qb.T_cap / ts),
               clip_log(1.0 / wl.request_rate / ts) if (wl.request_rate and not inst.training) else -CLIP,
               float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
+    # relays: those of the closed stages' entries (from the stages, not env.relays), then each device's entry
+    net, committed, prev = inst.cost.net, set(), [inst.src]
+    for l, _r, devs in env.stages:
+        nb = inst.batch * inst.bnd_l[l]
+        committed |= {x for a in prev for b in devs if a != b for x in net.route(a, b, nb).relays}
+        prev = list(devs)
+    committed -= part
+    relay = np.full(D, -CLIP)
+    for d in range(n):
+        if d in part or d in committed or d in env.group:
+            continue
+        new_r = {x for a in env.prev if a != d for x in net.route(a, d, inst.batch * inst.bnd_l[p]).relays}
+        w = sum(qb.idle[x] for x in committed | (new_r - part - set(env.group) - {d}))
+        if w > 0:
+            relay[d] = np.clip(np.log(w / pstar), -CLIP, CLIP)
     return {"devices": dev.astype(np.float32), "device_mask": env._dmask.copy(),
-            "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32)}
+            "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32),
+            "relay_w": relay.astype(np.float32)}
 
 
 def _same_state(a, b):
@@ -202,3 +218,34 @@ def test_group_reach_splits_samples_only_where_it_can_matter():
     # both paths ran: groups whose reach needed the sample split (rare: the memory edge must fall
     # between the shares' lower and upper ends), and groups whose did not
     assert 0 < calls < rows
+
+
+def test_relay_w_is_the_idle_power_of_the_relays_a_close_brings_in():
+    """docs/cost-model.md's worked example 5 (cam - phone - server in a chain, cam the
+    source) plus HOME's tv behind the server: P* = mean active power = (5 + 5 + 30 + 10) / 4
+    = 12.5 W. First state: the server is reached through the phone (0.5 W idle): log(0.5 /
+    12.5); the tv through the phone and the server: log(5.5 / 12.5); the phone directly and
+    the cam is the source: none. After a stage on the server, the phone relays already: a
+    close on the tv (direct from the server) brings in no new relay but the plan carries the
+    phone's 0.5 W, and the lookahead's idle column of the tv is log((2 + 0.5) / 12.5)."""
+    from dora_rl.learning.stage_lookahead import _IDLE, head_columns
+    from tests.toy import HOME, RELAY, scenario
+
+    d = {**RELAY, "devices": [*RELAY["devices"], HOME["devices"][2]],
+         "links": [*RELAY["links"], {"a": "server", "b": "tv", "mbps": 80, "latency_ms": 2}]}
+    env = StageEnv(scenario=scenario(d), max_devices=4, max_blocks=4, qoe_masks=False)
+    obs, _ = env.reset(seed=0)
+    none = np.float32(-CLIP)
+    assert obs["relay_w"][[0, 1]].tolist() == [none, none]
+    assert obs["relay_w"][2] == pytest.approx(np.log(0.5 / 12.5), abs=1e-6)
+    assert obs["relay_w"][3] == pytest.approx(np.log(5.5 / 12.5), abs=1e-6)
+    a = 2 * 4 + 1                   # blocks [0, 2) on the server
+    assert env.action_masks()[a]
+    obs, *_ = env.step(a)
+    assert env.relays == {1}
+    assert obs["relay_w"][[0, 1, 2]].tolist() == [none] * 3     # the source, a relay already, used
+    assert obs["relay_w"][3] == pytest.approx(np.log(0.5 / 12.5), abs=1e-6)
+    xd = head_columns({k: v.astype("float64") for k, v in obs.items()})[0]
+    assert xd[3, _IDLE] == pytest.approx(np.log(2.5 / 12.5), abs=1e-6)
+    without = head_columns({k: v.astype("float64") for k, v in obs.items() if k != "relay_w"})[0]
+    assert without[3, _IDLE] == pytest.approx(np.log(2.0 / 12.5), abs=1e-6)

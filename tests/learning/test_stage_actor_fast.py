@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dora_rl.envs.instance import Instance
-from dora_rl.envs.stage import StageEnv
+from dora_rl.envs.stage import BLOCK_FEATURES, DEVICE_FEATURES, StageEnv
 from dora_rl.synthetic import random_scenario
 
 
@@ -328,6 +328,40 @@ def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_
     assert checked >= 5
 
 
+def _term_by_hand(obs: dict, mask, w: float) -> np.ndarray:
+    """The objective term of every allowed close, from its documented definition, in loops:
+    the bar is the least objective column of the allowed ending closes (none allowed: of
+    every free device's) on devices not at battery risk (none: of them all); an ending
+    close gets -w (col - bar) (at most 0 on a risky device), another allowed close -w
+    max(0, col - bar)."""
+    from dora_rl.learning.stage_lookahead import battery_risk, head_columns, lookahead, objective_column
+
+    o = {k: np.asarray(v, dtype="float64")[None] for k, v in obs.items()}
+    xd, xb, xg = head_columns(o)
+    col = objective_column(lookahead(xd, xb, xg), xg)[0]
+    risky = battery_risk(o)[0]
+    D, Bm = col.shape
+    is_end = o["blocks"][0][:, BLOCK_FEATURES.index("is_end")] > 0.5
+    j_end = int(np.flatnonzero(is_end & (o["block_mask"][0] > 0.5))[0])
+    ends = [d for d in range(D) if mask[d * Bm + j_end]]
+    dev = o["devices"][0]
+    free = [d for d in range(D) if o["device_mask"][0][d] > 0.5 and dev[d, DEVICE_FEATURES.index("used")] < 0.5
+            and dev[d, DEVICE_FEATURES.index("in_group")] < 0.5]
+    pool = ends or free
+    safe = [d for d in pool if not risky[d]] or pool
+    bar = min(col[d, j_end] for d in safe)
+    out = np.zeros(D * Bm + D)
+    for d in range(D):
+        for j in range(Bm):
+            if mask[d * Bm + j]:
+                rel = col[d, j] - bar
+                if j == j_end:
+                    out[d * Bm + j] = -w * (max(rel, 0.0) if risky[d] else rel)
+                else:
+                    out[d * Bm + j] = -w * max(rel, 0.0)
+    return out
+
+
 def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
     """`objective_term=(w_latency, w_energy)`: the weights are a buffer (no optimiser sees
     them), they come back from `MaskablePPO.load`, and on an energy state the end closes'
@@ -361,17 +395,49 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
             break
         i += 1
     mask = env_e.action_masks()
-    eo = end_objective(xd, xb, xg, np, mask[None])[0]      # the actor's: least over the allowed ends
     actor = StageNumpyActor(back.policy)
     with_term = actor.logits(obs, mask)
     actor.obj_w = None                               # the same weights without the term
     without = actor.logits(obs, mask)
-    D, Bm, B = 8, 32, env_e.inst.B
-    expect = np.zeros(D * Bm + D)
-    for d in range(D):
-        expect[d * Bm + B - 1] = -3.0 * eo[d]
-    assert (expect[mask] != 0).any()                 # an allowed end close the term moves
+    expect = _term_by_hand(obs, mask, 3.0)
+    B = env_e.inst.B
+    assert any(expect[d * 32 + B - 1] != 0 for d in range(8))   # an allowed end close the term moves
     assert np.allclose(with_term[mask] - without[mask], expect[mask], atol=1e-4)
+
+
+def test_the_objective_term_penalises_the_closes_worse_than_the_best_ending_one():
+    """Along random rollouts (latency and energy, 2-6 devices), the numpy actor's term is
+    the documented one at every allowed close (`_term_by_hand`), and closes that do not end
+    the plan are moved too: by -w max(0, col - bar), never up."""
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+
+    env = StageEnv(max_devices=8, max_blocks=32)
+    model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=3, device="cpu",
+                        policy_kwargs={"objective_term": [2.0, 3.0]})
+    actor = StageNumpyActor(model.policy)
+    rng = np.random.default_rng(0)
+    pushed_down = 0
+    for i in range(12):
+        e = StageEnv(scenario=_scenario(2 + i % 5, 8, 500 + i), max_devices=8, max_blocks=32)
+        obs, _ = e.reset(seed=0)
+        w = 3.0 if e.inst.objective == "energy" else 2.0
+        while not e.done:
+            mask = e.action_masks()
+            actor.obj_w = np.array([2.0, 3.0], dtype="float32")
+            with_term = actor.logits(obs, mask)
+            actor.obj_w = None
+            moved = with_term[mask] - actor.logits(obs, mask)[mask]
+            expect = _term_by_hand(obs, mask, w)
+            assert np.allclose(moved, expect[mask], atol=1e-3)
+            B = e.inst.B
+            ending = np.zeros_like(mask)
+            ending[[d * 32 + B - 1 for d in range(8)]] = True
+            assert (expect[mask & ~ending] <= 0).all()
+            pushed_down += int((expect[mask & ~ending] < -1e-6).sum())
+            obs, *_ = e.step(int(rng.choice(np.flatnonzero(mask))))
+    assert pushed_down > 0
 
 
 def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
@@ -404,11 +470,9 @@ def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
         if env_e.inst.objective == "energy" and any(mask[d * 32 + B - 1] and eo[d] > 1e-3 for d in range(8)):
             break
         i += 1
-    expect = np.zeros(8 * 32 + 8)
-    for d in range(8):
-        expect[d * 32 + B - 1] = -32.0 * eo[d]
+    expect = _term_by_hand(obs, mask, 32.0)
     moved = StageNumpyActor(back.policy).logits(obs, mask)[mask] - before.logits(obs, mask)[mask]
-    assert (expect[mask] != 0).any()
+    assert any(expect[d * 32 + B - 1] != 0 for d in range(8))
     assert np.allclose(moved, expect[mask], atol=1e-4)
     learned = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, device="cpu",
                           policy_kwargs={"objective_term": True})

@@ -37,7 +37,7 @@ class StageAgent:
 
     def actor(self):
         if self._actor is None:
-            from dora_rl.learning.stage_policy import StageNumpyActor
+            from dora_rl.learning.stage_actor import StageNumpyActor
             self._actor = StageNumpyActor(self.policy)
         return self._actor
 
@@ -73,7 +73,7 @@ class StageAgent:
             raise NoFeasiblePlan(f"ppo: no plan fits in memory on {scenario.name!r}", constraint="memory")
         import numpy as np
 
-        from dora_rl.learning.stage_policy import one_blas_thread
+        from dora_rl.learning.stage_actor import one_blas_thread
 
         rng = np.random.default_rng(seed)
         with one_blas_thread():
@@ -94,7 +94,7 @@ class StageAgent:
         row is the network's start alone (`decode`), not this planner."""
         from dora_rl.cost.qoe import preference
         from dora_rl.envs.instance import Instance
-        from dora_rl.learning.stage_policy import one_blas_thread
+        from dora_rl.learning.stage_actor import one_blas_thread
 
         self.check_scenario(scenario)        # before the instance tables (a typed error on bad input)
         with one_blas_thread():

@@ -83,7 +83,7 @@ def run_tasks(fn, tasks, deadline: float, workers: int, on_result, tick=None) ->
             if tick is not None:
                 tick()
         return
-    from dora_rl.learning.stage_policy import one_blas_thread
+    from dora_rl.learning.stage_actor import one_blas_thread
 
     tasks = iter(tasks)
     with multiprocessing.get_context("spawn").Pool(workers, initializer=one_blas_thread) as pool:
@@ -175,7 +175,7 @@ def dagger_phase(policy, families: dict, datas: dict, seconds: float, seed: int,
     most `epochs`, on `fit_threads` torch threads: the workers are idle then; time the fit
     leaves goes to the next round's collection); `on_round(name)` after each
     round's fit (the run's checkpoint selection), its result kept in the round's record."""
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     t_end, hist = time.time() + seconds, []
     for r in range(rounds):

@@ -124,7 +124,7 @@ class _Selection:
         if self.scenario is not None:
             from dora_rl.envs.stage import StageEnv
             from dora_rl.learning.search import greedy_complete
-            from dora_rl.learning.stage_policy import StageNumpyActor
+            from dora_rl.learning.stage_actor import StageNumpyActor
 
             env = StageEnv(scenario=self.scenario, max_devices=self.first["max_devices"],
                            max_blocks=self.first["max_blocks"])

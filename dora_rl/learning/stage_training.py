@@ -336,7 +336,7 @@ def greedy_eval(policy, family: dict, n: int = 60, seed: int = 1, env=None) -> d
     `env`: a StageEnv of that family and seed to reuse (its instances are cached: a
     64-device instance takes ~1.5 s to build)."""
     from dora_rl.learning.search import greedy_complete
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     actor, env = StageNumpyActor(policy), env if env is not None else make_env(family, seed)
     us, ok = [], 0

@@ -89,7 +89,8 @@ def test_same_network_runs_on_2_and_64_devices(small_policy):
     import torch
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+    from dora_rl.learning.stage_actor import StageNumpyActor
+    from dora_rl.learning.stage_policy import StagePolicy
 
     actor = StageNumpyActor(small_policy.policy)
     for sc in (random_scenario(np.random.default_rng(1), max_devices=2, min_devices=2), _big(64, 120)):
@@ -111,7 +112,7 @@ def test_numpy_actor_scores_a_batch_as_each_state_alone(small_policy):
     # the numpy actor computes the lookahead term only at allowed closes: a batch of states
     # (different masks) must give each state's own logits, -inf exactly where masked (in
     # float64, where the batch's other matmul paths round alike to 1e-9)
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     actor = StageNumpyActor(small_policy.policy, "float64")
     env = StageEnv(scenario=_big(16, 60), max_devices=16, max_blocks=60)
@@ -166,7 +167,7 @@ def test_two_workers_collect_the_same_data_as_one(small_policy):
 
     from dora_rl.learning import stage_collect as sc
     from dora_rl.learning import stage_training as st
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     fam = st.FAMILIES["small"]
     actor = StageNumpyActor(small_policy.policy)
@@ -209,7 +210,7 @@ def test_workers_run_blas_on_one_thread():
 def test_a_seconds_long_imitation_beats_the_uniform_policy(small_policy):
     from dora_rl.learning import stage_training as st
     from dora_rl.learning.search import greedy_complete
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_search import UniformActor
 
     fam = {"small": st.FAMILIES["small"]}
@@ -745,7 +746,7 @@ def test_float32_actor_decodes_the_float64_plans():
     devices (the bench's 290 card and validation instances: docs/learning.md)."""
     from dora_rl.learning.agents import load_agent
     from dora_rl.learning.evaluation import held_out_scenarios
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_search import decode
 
     agent = load_agent(_shipped_stage())
@@ -797,7 +798,7 @@ def test_one_blas_thread_reaches_a_blas_loaded_after_its_first_use():
     import sys
 
     code = ("from threadpoolctl import threadpool_info\n"
-            "from dora_rl.learning.stage_policy import one_blas_thread\n"
+            "from dora_rl.learning.stage_actor import one_blas_thread\n"
             "with one_blas_thread():\n    pass\n"
             "import scipy.linalg\n"
             "with one_blas_thread():\n"

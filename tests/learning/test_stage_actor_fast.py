@@ -47,7 +47,7 @@ def _scenario(n, B, seed):
 def test_numpy_actor_equals_torch_with_and_without_padding(policy, n, D, B):
     import torch
 
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     actor = StageNumpyActor(policy)
     env = StageEnv(scenario=_scenario(n, B, 5), max_devices=D, max_blocks=B)
@@ -143,7 +143,7 @@ def test_numpy_actor_equals_torch_where_adds_are_allowed(policy):
     states where data-parallel adds are allowed, in groups of 0, 1 and 2 members."""
     import torch
 
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
 
     actor, seen = StageNumpyActor(policy), set()
     for seed in range(40):
@@ -198,7 +198,7 @@ def test_add_lookahead_pairs_each_device_with_the_fastest_other_free_device():
 @pytest.mark.parametrize("n,B", [(2, 10), (5, 30), (16, 60), (24, 80)])
 def test_greedy_plans_from_the_planning_env_equal_a_reset_envs(policy, n, B):
     from dora_rl.learning.search import greedy_complete
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_search import decode
 
     actor = StageNumpyActor(policy)
@@ -328,12 +328,14 @@ def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_
     assert checked >= 5
 
 
-def _term_by_hand(obs: dict, mask, w: float) -> np.ndarray:
-    """The objective term of every allowed close, from its documented definition, in loops:
-    the bar is the least objective column of the allowed ending closes (none allowed: of
-    every free device's) on devices not at battery risk (none: of them all); an ending
-    close gets -w (col - bar) (at most 0 on a risky device), another allowed close -w
-    max(0, col - bar)."""
+def _with_term_by_hand(obs: dict, mask, w: float, without: np.ndarray) -> tuple[np.ndarray, list]:
+    """(The logits `without` the objective term given it, from its documented definition, in
+    loops; the allowed closes the bar dominates). The bar is the least objective column
+    of the allowed ending closes (none allowed: of every free device's) on devices not at
+    battery risk (none: of them all); an ending close gets -w (col - bar) (at most 0 on a
+    risky device); then, if an ending close is allowed and an allowed close that does not end
+    the plan and whose column is above the bar has a logit at least the bar's ending close's,
+    that close's logit becomes the highest such logit + 1e-3."""
     from dora_rl.learning.stage_lookahead import battery_risk, head_columns, lookahead, objective_column
 
     o = {k: np.asarray(v, dtype="float64")[None] for k, v in obs.items()}
@@ -350,16 +352,17 @@ def _term_by_hand(obs: dict, mask, w: float) -> np.ndarray:
     pool = ends or free
     safe = [d for d in pool if not risky[d]] or pool
     bar = min(col[d, j_end] for d in safe)
-    out = np.zeros(D * Bm + D)
+    out = np.array(without, dtype="float64")
     for d in range(D):
-        for j in range(Bm):
-            if mask[d * Bm + j]:
-                rel = col[d, j] - bar
-                if j == j_end:
-                    out[d * Bm + j] = -w * (max(rel, 0.0) if risky[d] else rel)
-                else:
-                    out[d * Bm + j] = -w * max(rel, 0.0)
-    return out
+        if mask[d * Bm + j_end]:
+            rel = col[d, j_end] - bar
+            out[d * Bm + j_end] -= w * (max(rel, 0.0) if risky[d] else rel)
+    b = min(safe, key=lambda d: col[d, j_end]) * Bm + j_end
+    worse = [d * Bm + j for d in range(D) for j in range(Bm)
+             if ends and mask[d * Bm + j] and j != j_end and col[d, j] > bar + 1e-6]
+    if worse and max(out[worse]) >= out[b]:
+        out[b] = max(out[worse]) + 1e-3
+    return out, worse
 
 
 def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
@@ -369,8 +372,9 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
     `end_objective` (the other logits not at all)."""
     from sb3_contrib import MaskablePPO
 
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_lookahead import end_objective, head_columns
-    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+    from dora_rl.learning.stage_policy import StagePolicy
 
     env = StageEnv(max_devices=8, max_blocks=32)
     model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=1, device="cpu",
@@ -399,26 +403,29 @@ def test_a_fixed_objective_term_is_not_trained_and_is_saved(tmp_path):
     with_term = actor.logits(obs, mask)
     actor.obj_w = None                               # the same weights without the term
     without = actor.logits(obs, mask)
-    expect = _term_by_hand(obs, mask, 3.0)
+    expect, _ = _with_term_by_hand(obs, mask, 3.0, without)
     B = env_e.inst.B
-    assert any(expect[d * 32 + B - 1] != 0 for d in range(8))   # an allowed end close the term moves
-    assert np.allclose(with_term[mask] - without[mask], expect[mask], atol=1e-4)
+    assert any(expect[d * 32 + B - 1] != without[d * 32 + B - 1] for d in range(8))   # an end close moved
+    assert np.allclose(with_term[mask], expect[mask], atol=1e-4)
 
 
-def test_the_objective_term_penalises_the_closes_worse_than_the_best_ending_one():
-    """Along random rollouts (latency and energy, 2-6 devices), the numpy actor's term is
-    the documented one at every allowed close (`_term_by_hand`), and closes that do not end
-    the plan are moved too: by -w max(0, col - bar), never up."""
+def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
+    """Along random rollouts (latency and energy, 2-6 devices), the numpy actor's logits with
+    the term are the documented ones at every allowed close (`_with_term_by_hand`: the ending
+    closes moved, and the bar's raised above any close whose lookahead is already worse than
+    it), the greedy choice is never such a dominated close, and at some states it would have
+    been without the term."""
     from sb3_contrib import MaskablePPO
 
-    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+    from dora_rl.learning.stage_actor import StageNumpyActor
+    from dora_rl.learning.stage_policy import StagePolicy
 
     env = StageEnv(max_devices=8, max_blocks=32)
     model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=3, device="cpu",
                         policy_kwargs={"objective_term": [2.0, 3.0]})
     actor = StageNumpyActor(model.policy)
     rng = np.random.default_rng(0)
-    pushed_down = 0
+    raised_at = 0
     for i in range(12):
         e = StageEnv(scenario=_scenario(2 + i % 5, 8, 500 + i), max_devices=8, max_blocks=32)
         obs, _ = e.reset(seed=0)
@@ -428,16 +435,13 @@ def test_the_objective_term_penalises_the_closes_worse_than_the_best_ending_one(
             actor.obj_w = np.array([2.0, 3.0], dtype="float32")
             with_term = actor.logits(obs, mask)
             actor.obj_w = None
-            moved = with_term[mask] - actor.logits(obs, mask)[mask]
-            expect = _term_by_hand(obs, mask, w)
-            assert np.allclose(moved, expect[mask], atol=1e-3)
-            B = e.inst.B
-            ending = np.zeros_like(mask)
-            ending[[d * 32 + B - 1 for d in range(8)]] = True
-            assert (expect[mask & ~ending] <= 0).all()
-            pushed_down += int((expect[mask & ~ending] < -1e-6).sum())
+            without = actor.logits(obs, mask)
+            expect, dominated = _with_term_by_hand(obs, mask, w, without)
+            assert np.allclose(with_term[mask], expect[mask], atol=1e-3)
+            assert int(np.argmax(with_term)) not in dominated
+            raised_at += bool(dominated) and int(np.argmax(without)) in dominated
             obs, *_ = e.step(int(rng.choice(np.flatnonzero(mask))))
-    assert pushed_down > 0
+    assert raised_at > 0
 
 
 def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
@@ -447,9 +451,10 @@ def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
     policy that learns its weights is refused."""
     from sb3_contrib import MaskablePPO
 
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_agent import fix_objective_term
     from dora_rl.learning.stage_lookahead import end_objective, head_columns
-    from dora_rl.learning.stage_policy import StageNumpyActor, StagePolicy
+    from dora_rl.learning.stage_policy import StagePolicy
 
     env = StageEnv(max_devices=8, max_blocks=32)
     model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=2, device="cpu")
@@ -470,10 +475,10 @@ def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
         if env_e.inst.objective == "energy" and any(mask[d * 32 + B - 1] and eo[d] > 1e-3 for d in range(8)):
             break
         i += 1
-    expect = _term_by_hand(obs, mask, 32.0)
-    moved = StageNumpyActor(back.policy).logits(obs, mask)[mask] - before.logits(obs, mask)[mask]
-    assert any(expect[d * 32 + B - 1] != 0 for d in range(8))
-    assert np.allclose(moved, expect[mask], atol=1e-4)
+    without = before.logits(obs, mask)
+    expect, _ = _with_term_by_hand(obs, mask, 32.0, without)
+    assert any(expect[d * 32 + B - 1] != without[d * 32 + B - 1] for d in range(8))
+    assert np.allclose(StageNumpyActor(back.policy).logits(obs, mask)[mask], expect[mask], atol=1e-4)
     learned = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, device="cpu",
                           policy_kwargs={"objective_term": True})
     with pytest.raises(ValueError, match="learns"):

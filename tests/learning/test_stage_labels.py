@@ -55,7 +55,7 @@ def test_dagger_label_continues_the_plan_it_is_credited_with(policy):
     # each label comes with the plan that justifies it; that plan must start with the
     # episode's partial plan and continue with the label (a free polish used to credit an
     # action with a plan whose earlier stages it had rewritten)
-    from dora_rl.learning.stage_policy import StageNumpyActor
+    from dora_rl.learning.stage_actor import StageNumpyActor
     from dora_rl.learning.stage_training import FAMILIES, label_by_rollout, make_env, next_action
 
     actor = StageNumpyActor(policy)

@@ -638,6 +638,40 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
         assert info["qoe_ok"] == c["qoe_ok"]
 
 
+
+def test_a_v3_stage_agent_loads_with_the_relay_key_added_and_plans_as_v4(tmp_path):
+    """Observation v4 only adds "relay_w", which the encoder does not read: the shipped
+    network saved with v3's space and config loads (`add_relay_space`), its space gets the
+    key, and it plans the presets as the v4 agent does; a v2 config is still refused."""
+    import shutil
+
+    import yaml
+    from gymnasium import spaces
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.scenario import load_scenario
+
+    folder = _shipped_stage()
+    old = tmp_path / "v3"
+    shutil.copytree(folder, old)
+    model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")
+    v3 = spaces.Dict({k: v for k, v in model.observation_space.spaces.items() if k != "relay_w"})
+    model.observation_space = model.policy.observation_space = v3
+    model.save(str(old / "model.zip"))
+    cfg = yaml.safe_load((old / "config.yml").read_text())
+    (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": 3}, sort_keys=False))
+    assert "relay_w" not in MaskablePPO.load(str(old / "model.zip"), device="cpu").observation_space.spaces
+    a3, a4 = load_agent(old), load_agent(folder)
+    assert "relay_w" in a3.model.observation_space.spaces
+    for name in ("smart_home", "traffic_analytics"):
+        sc = load_scenario(name)
+        (p3, m3), (p4, m4) = a3.plan(sc), a4.plan(sc)
+        assert p3.to_dict() == p4.to_dict() and m3.objective(sc.qoe.objective) == m4.objective(sc.qoe.objective)
+    (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": 2}, sort_keys=False))
+    with pytest.raises(AgentError, match="layout v2"):
+        load_agent(old)
+
 def test_teacher_phase_draws_the_families_by_their_weights(monkeypatch):
     from itertools import islice
 

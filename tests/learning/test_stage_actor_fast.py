@@ -334,8 +334,9 @@ def _with_term_by_hand(obs: dict, mask, w: float, without: np.ndarray) -> tuple[
     of the allowed ending closes (none allowed: of every free device's) on devices not at
     battery risk (none: of them all); an ending close gets -w (col - bar) (at most 0 on a
     risky device); then, if an ending close is allowed and an allowed close that does not end
-    the plan and whose column is above the bar has a logit at least the bar's ending close's,
-    that close's logit becomes the highest such logit + 1e-3."""
+    the plan and whose column is above the bar (or, when the bar is not at risk, an allowed
+    ending close on a risky device) has a logit at least the bar's ending close's, that
+    close's logit becomes the highest such logit + 1e-3."""
     from dora_rl.learning.stage_lookahead import battery_risk, head_columns, lookahead, objective_column
 
     o = {k: np.asarray(v, dtype="float64")[None] for k, v in obs.items()}
@@ -357,9 +358,11 @@ def _with_term_by_hand(obs: dict, mask, w: float, without: np.ndarray) -> tuple[
         if mask[d * Bm + j_end]:
             rel = col[d, j_end] - bar
             out[d * Bm + j_end] -= w * (max(rel, 0.0) if risky[d] else rel)
-    b = min(safe, key=lambda d: col[d, j_end]) * Bm + j_end
+    d_bar = min(safe, key=lambda d: col[d, j_end])
+    b = d_bar * Bm + j_end
     worse = [d * Bm + j for d in range(D) for j in range(Bm)
              if ends and mask[d * Bm + j] and j != j_end and col[d, j] > bar + 1e-6]
+    worse += [d * Bm + j_end for d in ends if risky[d] and not risky[d_bar]]
     if worse and max(out[worse]) >= out[b]:
         out[b] = max(out[worse]) + 1e-3
     return out, worse
@@ -413,8 +416,9 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
     """Along random rollouts (latency and energy, 2-6 devices), the numpy actor's logits with
     the term are the documented ones at every allowed close (`_with_term_by_hand`: the ending
     closes moved, and the bar's raised above any close whose lookahead is already worse than
-    it), the greedy choice is never such a dominated close, and at some states it would have
-    been without the term."""
+    it, and, when the bar is battery-safe, above the ending closes at battery risk), the
+    greedy choice is never such a dominated close, at some states it would have been without
+    the term, and at some an ending close at risk is among them."""
     from sb3_contrib import MaskablePPO
 
     from dora_rl.learning.stage_actor import StageNumpyActor
@@ -425,8 +429,10 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
                         policy_kwargs={"objective_term": [2.0, 3.0]})
     actor = StageNumpyActor(model.policy)
     rng = np.random.default_rng(0)
-    raised_at = 0
-    for i in range(12):
+    raised_at = at_risk = 0
+    for i in range(120):            # until both kinds were seen (12 instances at least)
+        if i >= 12 and raised_at and at_risk:
+            break
         e = StageEnv(scenario=_scenario(2 + i % 5, 8, 500 + i), max_devices=8, max_blocks=32)
         obs, _ = e.reset(seed=0)
         w = 3.0 if e.inst.objective == "energy" else 2.0
@@ -440,8 +446,9 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
             assert np.allclose(with_term[mask], expect[mask], atol=1e-3)
             assert int(np.argmax(with_term)) not in dominated
             raised_at += bool(dominated) and int(np.argmax(without)) in dominated
+            at_risk += any(a % 32 == e.inst.B - 1 for a in dominated)
             obs, *_ = e.step(int(rng.choice(np.flatnonzero(mask))))
-    assert raised_at > 0
+    assert raised_at > 0 and at_risk > 0
 
 
 def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):

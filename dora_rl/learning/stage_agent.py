@@ -148,7 +148,7 @@ def fix_objective_term(model, weights) -> None:
     """Give `model`'s stage policy the fixed objective term at `weights` (latency, energy),
     in place: the head's buffer and the policy kwargs `model.save` records, so that
     `MaskablePPO.load` rebuilds the same network. Why after training: the term is a computed
-    formula (`stage_lookahead.objective_term`) with no learned weight, so its weights can be
+    formula (`stage_lookahead.with_objective_term`) with no learned weight, so its weights can be
     chosen on validation for a trained network; the shipped agent's (32, 32) were
     (docs/learning.md, "Sessions 30-31")."""
     import torch

@@ -141,10 +141,15 @@ def end_objective(xd, xb, xg, lib=np, allowed=None, risky=None):
     return _ending(xd, xb, xg, lib, allowed, risky)[0]
 
 
+def _end_row(xb):
+    """(..., Bm) float: 1 at the candidate block whose close ends the plan (at most one)."""
+    return ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0
+
+
 def _ending(xd, xb, xg, lib, allowed, risky):
     """(`end_objective`, the bar it measures against, (..., 1): 1e30 where there is none, and
     the device whose ending close sets it, (...))."""
-    end = ((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0              # (..., Bm): at most one
+    end = _end_row(xb)                                                          # (..., Bm)
     xe = (xb * end[..., None]).sum(-2)[..., None, :]                            # (..., 1, NBX): its row
     x = lookahead(xd, xe, xg, lib)[..., 0, :]                                   # (..., D, 5)
     col = objective_column(x, xg)
@@ -204,7 +209,7 @@ def with_objective_term(close, xd, xb, xg, w, lib=np, allowed=None, risky=None, 
     shape, Bm = close.shape, close.shape[-1]
     flat = close.reshape(shape[:-2] + (-1,))
     top = lib.amax(lib.where(dominated.reshape(flat.shape), flat, -1e30), -1)
-    k = (dbar * Bm + lib.argmax(((xb[..., _IS_END] > 0.5) & (xb[..., NBL] > 0.5)) * 1.0, -1))[..., None]
+    k = (dbar * Bm + lib.argmax(_end_row(xb), -1))[..., None]
     cur = (np.take_along_axis(flat, k, -1) if lib is np else flat.gather(-1, k))[..., 0]
     on = (bar[..., 0] < 1e29) & (w_obj > 0) & (top >= cur)
     if allowed is not None:     # only a bar that can be chosen (an allowed ending close)

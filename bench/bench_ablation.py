@@ -11,6 +11,12 @@ time budgets: wins / losses / ties of network-guided search against polish from 
 fastest device and against `dora`. The network-guided search the target is checked on is
 `restart` (GUIDED: polish from the greedy plan, then from plans sampled from the policy,
 until the budget); `uniform_restart`, the same search from a uniform policy, is its control.
+`dora` takes no budget (an exact DP runs to its end), so on the large sets the guided search
+is also run with `dora`'s own measured time on that instance as its budget
+(`net_restart_at_dora_time`; the bench's budget where `dora` gave no plan): the duel the
+target "at an equal time budget ... against `dora`" is checked on. The duel at the bench's
+fixed budget stays beside it (until session 33 the check used it: `dora` then had up to
+16 x the guided search's time).
 
     PYTHONPATH=. python bench/bench_ablation.py --agent runs/dora_rl__PartitionStage-v0 --n 200 --per-size 10"""
 
@@ -37,6 +43,7 @@ SIZES = ((16, 50), (16, 100), (16, 200), (32, 50), (32, 100), (32, 200), (64, 50
 BUDGETED = ("sample", "beam", "restart")      # the searches given the bench's budget
 # the network-guided search the equal-budget target is checked on (chosen before measuring it)
 GUIDED = "net_restart"
+AT_DORA = f"{GUIDED}_at_dora_time"      # the guided search given dora's own time on the instance
 LARGE_SEED = 777_001        # never a training seed (training uses generator seed 0)
 TARGETS = {"heldout_compliance_min": 0.97, "heldout_geo_oracle_max": 1.02, "large_compliance_min": 0.90,
            "large_geo_best_max": 1.05, "time_vs_polish_fastest_max": 1 / 3, "time_vs_dora_max": 0.1,
@@ -98,6 +105,17 @@ def learned_rows(agent, scenario, budget_ms: float) -> dict:
         r = decode(actors["net"], env, "polish", budget_ms=budget_ms, start=start)
         out[f"{who}_polish_at_budget"] = _res(r, obj, time.perf_counter() - t0)
     return out
+
+
+def guided_at(agent, scenario, budget_ms: float) -> dict:
+    """The guided search (GUIDED) on a fresh Instance with `budget_ms`, timed as the other rows."""
+    from dora_rl.envs.instance import Instance
+    from dora_rl.learning.stage_search import decode
+
+    t0 = time.perf_counter()
+    env = agent.env_for(Instance(scenario, scenario.cluster.n))
+    r = decode(agent.actor(), env, GUIDED.split("_", 1)[1], budget_ms=budget_ms)
+    return _res(r, scenario.qoe.objective, time.perf_counter() - t0)
 
 
 def reference_rows(scenario, names, timeout: float) -> dict:
@@ -173,13 +191,18 @@ def duels(rows: list[dict], a: str, b: str) -> dict:
     return {"wins": w, "losses": l_, "ties": t}
 
 
-def run_set(agent, scenarios, names, timeout, budget_ms, label, old_agent=None, progress=True) -> list[dict]:
+def run_set(agent, scenarios, names, timeout, budget_ms, label, old_agent=None, progress=True,
+            at_dora_time: bool = False) -> list[dict]:
+    """Every method's row per scenario; `at_dora_time`: also the guided search given `dora`'s
+    own time on the instance (`guided_at`)."""
     from dora_rl.errors import DoraError
 
     rows = []
     for i, sc in enumerate(scenarios):
         m = learned_rows(agent, sc, budget_ms)
         m.update(reference_rows(sc, names, timeout))
+        if at_dora_time:
+            m[AT_DORA] = guided_at(agent, sc, (m.get("dora") or {}).get("ms", budget_ms))
         if old_agent is not None:
             t0 = time.perf_counter()
             try:
@@ -239,7 +262,8 @@ def run(agent_path, n: int = 200, per_size: int = 10, timeout: float = 60.0, bud
         if per_size <= 0:
             break
         scs = large_scenarios(nd, B, per_size)
-        rows = run_set(agent, scs, ("dora",) + BASELINES, timeout, budget_ms, f"{nd}x{B}", old, progress)
+        rows = run_set(agent, scs, ("dora",) + BASELINES, timeout, budget_ms, f"{nd}x{B}", old, progress,
+                       at_dora_time=True)
         s = summarize(rows, "best")
         large[f"{nd}x{B}"] = {"n": len(rows), "summary": s, "rows": rows, "duels": {
             "net_polish_at_budget vs fastest_polish_at_budget": duels(rows, "net_polish_at_budget",
@@ -248,6 +272,7 @@ def run(agent_path, n: int = 200, per_size: int = 10, timeout: float = 60.0, bud
             "net_sample vs fastest_polish_at_budget": duels(rows, "net_sample", "fastest_polish_at_budget"),
             f"{GUIDED} vs fastest_polish_at_budget": duels(rows, GUIDED, "fastest_polish_at_budget"),
             f"{GUIDED} vs dora": duels(rows, GUIDED, "dora"),
+            f"{AT_DORA} vs dora": duels(rows, AT_DORA, "dora"),
             f"{GUIDED} vs uniform_restart": duels(rows, GUIDED, "uniform_restart"),
             "net_greedy vs v1_greedy": duels(rows, "net_greedy", "v1_greedy")}}
     out["large"] = large
@@ -265,8 +290,11 @@ def checks(out: dict) -> dict:
         ss = v["summary"]
         net, pf, dora = ss.get("net_greedy", {}), ss.get("fastest_polish", {}), ss.get("dora", {})
         du = v["duels"]
-        wl = {b: (du[f"{GUIDED} vs {b}"]["wins"], du[f"{GUIDED} vs {b}"]["losses"])
-              for b in ("fastest_polish_at_budget", "dora")}
+        # equal budgets: the fixed one against polish from the fastest device, dora's own time
+        # against dora (the fixed one for results measured before session 33)
+        eq = {"fastest_polish_at_budget": f"{GUIDED} vs fastest_polish_at_budget",
+              "dora": f"{AT_DORA} vs dora" if f"{AT_DORA} vs dora" in du else f"{GUIDED} vs dora"}
+        wl = {b: (du[k]["wins"], du[k]["losses"]) for b, k in eq.items()}
         c["large"][k] = {
             "compliance": net.get("compliance"), "geo_best": net.get("geo_ratio"), "net_ms": net.get("median_ms"),
             "polish_fastest_ms": pf.get("median_ms"), "dora_ms": dora.get("median_ms"),

@@ -32,7 +32,9 @@ the last step (as PartitionEnv), or with `reward="log_utility"` its log-ratio fo
 Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `blocks (Bm,
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
 `global (SNG,)`, `relay_w (D,)` (v4: the relays' idle power a close on each device
-brings in, `stage_obs.relay_power`; read by the lookahead only). Column
+brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, Bm)` (v5: per
+close, the log latency / T* of the plan that ends on one more device after it, latency
+objective only, `stage_obs.two_stage`; read by the policy's rule only). Column
 `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
 difference is the log of the stage's compute time over T* on the group plus that device;
 with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras
@@ -112,6 +114,7 @@ class StageEnv(BuildEnv):
             "block_mask": spaces.Box(0.0, 1.0, (Bm,), np.float32),
             "global": spaces.Box(-CLIP, CLIP, (SNG,), np.float32),
             "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
+            "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32),
         })
         self.inst: Instance | None = None
         self.result = None

@@ -13,7 +13,8 @@ import numpy as np
 from dora_rl.envs.instance import NG
 from dora_rl.features import CLIP, clip_log
 
-STAGE_OBS_VERSION = 4      # 4 (session 32): the "relay_w" key
+STAGE_OBS_VERSION = 5      # 4 (session 32): the "relay_w" key; 5 (session 33): "two_stage"
+TWO_STAGE_PARTNERS = 16    # the second stage's device is one of the 16 fastest free devices
 DEVICE_FEATURES = (
     "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
     "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
@@ -71,6 +72,75 @@ def relay_power(env, part: set, pstar: float, idle) -> np.ndarray:
         w = base + sum(idle[x] for x in new)
         if w > 0:
             out[d] = np.clip(np.log(w / pstar), -CLIP, CLIP)
+    return out
+
+
+def two_stage(env, qb) -> np.ndarray:
+    """The "two_stage" key, (D, Bm): for a latency objective, no pending group and some close
+    that ends the plan allowed (else CLIP everywhere: no estimate), per close (d, j) the log
+    over T* of the latency of the plan that closes [p, j + 1) on d and then ends on one other
+    free device e with the rest [j + 1, B) - the least over the e that hold the rest in
+    memory (`Instance.reach`) and are not at battery risk (on battery under a target,
+    lasting less than it at active power), among the TWO_STAGE_PARTNERS fastest free - and
+    at the close that ends the plan (j = B - 1) that plan's own latency; CLIP where there is
+    none. The formula is the QoE bound's (dora_rl/envs/qoe_bound.py) with the rest on e:
+    fill = F + f_in(d) + u_d + dirs (occ + lat)(d -> e) + u_e + out_fill(e), T = max(T
+    closed, t_in(d), u_d, dirs occ, u_e, out_occ(e)), latency = fill + (M - 1) T (F, T: the
+    closed stages'; d -> e a lone flow on the least route, `routes.Network.least`, a lower
+    bound; the return to the source exact). Why: the lookahead bounds a close's rest by
+    spreading it over every free device, a bound too loose to act on (a bonus for closes
+    whose bound beat the best ending close lost compliance on validation), so the network's
+    greedy choice ended plans where a second stage would pipeline them: held-out instance
+    123 put the whole model on its source camera, 1.49 x the oracle's two-camera pipeline
+    (docs/learning.md, "Session 33"). A two-stage completion is a plan, not a bound: the
+    policy's rule (`stage_lookahead.with_two_stage`) takes it when it is faster than every
+    allowed ending close."""
+    inst, D, Bm, n, B, p = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
+    out = np.full((D, Bm), CLIP)
+    cm = env._mask[:D * Bm].reshape(D, Bm)
+    if inst.objective != "latency" or env.group or p >= B or not cm[:n, B - 1].any():
+        return out
+    free = np.array([d for d in range(n) if d not in env.used], dtype=np.int64)
+    rate = np.asarray(inst.rate, dtype=float)
+    fp = np.asarray(inst.fp, dtype=float)
+    r = np.arange(p + 1, B + 1)                                              # the stage's end (exclusive)
+    M1 = qb.M - 1
+    oo = np.array([o[0] for o in qb.out])
+    of = np.array([o[0] + o[1] for o in qb.out])
+    f_in, t_in = env._qin
+    ud = qb.back * qb.m * (fp[r] - fp[p])[None, :] / rate[free, None]        # (F, R)
+    fd, td = (env._qF + f_in[free])[:, None], np.maximum(env._qT, t_in[free])[:, None]
+    end = fd[:, 0] + ud[:, -1] + of[free] + M1 * np.maximum.reduce([td[:, 0], ud[:, -1], oo[free]])
+    out[free, B - 1] = np.clip(np.log(np.maximum(end / inst.tstar, 1e-30)), -CLIP, CLIP)
+    bj = np.asarray(qb.bj, dtype=float)
+    risky = np.zeros(n, dtype=bool)
+    if qb.min_h is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            risky = np.isfinite(bj) & (bj / np.asarray(inst.act_w, dtype=float) / 3600.0 < qb.min_h)
+    part = np.array(sorted((e for e in free if not risky[e]), key=lambda e: -rate[e])[:TWO_STAGE_PARTNERS],
+                    dtype=np.int64)
+    if len(part) == 0 or len(r) < 2:
+        return out
+    r2 = r[:-1]                                                              # the ends that leave a rest
+    ue = qb.back * qb.m * (fp[B] - fp[r2])[None, :] / rate[part, None]      # (E, R - 1)
+    fits = np.asarray(inst.reach)[part][:, r2] >= B                          # e holds [r, B)
+    L, K = inst.cost.net.least
+    nb = qb.m * np.asarray(qb.bnd, dtype=float)[r2]                          # (R - 1,)
+    Lde, Kde = L[np.ix_(free, part)], K[np.ix_(free, part)]                 # (F, E)
+    with np.errstate(invalid="ignore"):
+        occ = qb.dirs * Kde[:, :, None] * nb[None, None, :]
+        lat = qb.dirs * np.where(nb[None, None, :] > 0, Lde[:, :, None], 0.0)
+    u1 = ud[:, None, :-1]
+    fill = fd[:, :, None] + u1 + occ + lat + ue[None] + of[part][None, :, None]
+    T = np.maximum(np.maximum(np.maximum(td[:, :, None], u1), occ), np.maximum(ue[None], oo[part][None, :, None]))
+    tot = fill + M1 * T
+    ok = fits[None] & (free[:, None] != part[None, :])[:, :, None] & np.isfinite(tot)
+    best = np.where(ok, tot, np.inf).min(axis=1)                             # (F, R - 1)
+    got = np.isfinite(best)
+    vals = np.log(np.maximum(np.where(got, best, 1.0) / inst.tstar, 1e-30))
+    rows = out[free]
+    rows[:, p:B - 1] = np.where(got, np.clip(vals, -CLIP, CLIP), CLIP)
+    out[free] = rows
     return out
 
 
@@ -170,4 +240,5 @@ def observation(env) -> dict:
               float(inst.training), clip_log(rest_dyn), clip_log(sum(qb.idle[d] for d in part) / pstar))
     return {"devices": dev.astype(np.float32), "device_mask": env._dmask.copy(),
             "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32),
-            "relay_w": relay_power(env, part, pstar, qb.idle).astype(np.float32)}
+            "relay_w": relay_power(env, part, pstar, qb.idle).astype(np.float32),
+            "two_stage": two_stage(env, qb).astype(np.float32)}

@@ -178,17 +178,17 @@ def load_agent(agent: str | Path | None = None) -> PartitionAgent:
 def _load_stage(folder: Path, config: dict):
     """A stage-policy agent (dora_rl/learning/stage_agent.py), its layout checked first."""
     from dora_rl.envs.stage import NFB, NFD, SNG, STAGE_OBS_VERSION
-    from dora_rl.learning.stage_agent import StageAgent, add_relay_space, load_stage_model
+    from dora_rl.learning.stage_agent import StageAgent, add_new_keys, load_stage_model
 
     want = (STAGE_OBS_VERSION, NFD, NFB, SNG)
     got = (config.get("obs_version"), config.get("device_features"), config.get("block_features"),
            config.get("global_features"))
-    if got != want and not (got[0] == 3 and got[1:] == want[1:]):    # v3 -> v4: `add_relay_space`
+    if got != want and not (got[0] in (3, 4) and got[1:] == want[1:]):    # v3, v4 -> v5: `add_new_keys`
         raise AgentError(f"agent {str(folder)!r} uses stage observation layout v{got[0]} with {got[1]}/{got[2]}/"
                          f"{got[3]} device/block/global features, but this dora_rl uses v{want[0]} with "
                          f"{want[1]}/{want[2]}/{want[3]}; retrain it with `dora train`")
     model = load_stage_model(folder)
-    add_relay_space(model)          # (nothing to do on a v4 model)
+    add_new_keys(model)          # (nothing to do on a v5 model)
     return StageAgent(model, config, folder)
 
 

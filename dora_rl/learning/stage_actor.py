@@ -23,6 +23,7 @@ from dora_rl.learning.stage_lookahead import (
     lookahead_at,
     objective_column,
     with_objective_term,
+    with_two_stage,
 )
 from dora_rl.learning.stage_policy import NEG, StagePolicy
 
@@ -142,14 +143,17 @@ class StageNumpyActor:
         close = bil.copy()
         close[at] += bump_sum(x, self.fidx, self.scale, self.shift, amp)
         close += np.swapaxes(gb @ self.kb[0] + self.kb[1], -1, -2)
+        risky = battery_risk(obs) if self.obj_w is not None else None
         if self.obj_w is not None:
             col = np.zeros_like(close)
             col[at] = objective_column(x, cg[at[:-2]])
-            close = with_objective_term(close, cd, cb, cg, self.obj_w, np, mask, battery_risk(obs), col)
+            close = with_objective_term(close, cd, cb, cg, self.obj_w, np, mask, risky, col)
         add = (hd @ self.add[0] + self.add[1])[..., 0]
         if self.add_look and mask[..., D * Bm:].any():
             xa = add_lookahead(cd, cb, cg, np)
             amp_a = hd @ self.amp_add[0] + self.amp_add[1]
             add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, amp_a)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
+        if self.obj_w is not None and "two_stage" in obs:
+            out = with_two_stage(out, obs["two_stage"].astype(dt), cb, cg, self.obj_w, np, mask, risky)
         return np.where(mask, out.astype(np.float64), -np.inf)      # float64 for the searches' softmax sums

@@ -124,22 +124,26 @@ def load_stage_model(folder: Path):
     return model
 
 
-def add_relay_space(model) -> None:
-    """Give a stage model saved with observation layout v3 the v4 space, in place: v4 adds
-    only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the lookahead
-    reads and the encoder does not, so a v3 network is the same network under v4 (its
-    energy estimate then counts relays). Saved after this, the model loads in plain SB3
-    against v4 environments (the shipped agent's was, session 32)."""
+def add_new_keys(model) -> None:
+    """Give a stage model saved with observation layout v3 or v4 the v5 space, in place: v4
+    added only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the
+    lookahead reads, v5 only "two_stage" (`stage_obs.two_stage`), which the two-stage rule
+    reads; the encoder reads neither, so an older network is the same network under v5
+    (its energy estimate then counts relays, its rule sees two-stage plans). Saved after
+    this, the model loads in plain SB3 against v5 environments (the shipped agent's was,
+    sessions 32 and 33)."""
     import numpy as np
     from gymnasium import spaces
 
     from dora_rl.features import CLIP
 
     old = model.observation_space
-    if "relay_w" in old.spaces:
+    D, Bm = old["devices"].shape[0], old["blocks"].shape[0]
+    add = {"relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
+           "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32)}
+    if all(k in old.spaces for k in add):
         return
-    D = old["devices"].shape[0]
-    new = spaces.Dict({**old.spaces, "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32)})
+    new = spaces.Dict({**old.spaces, **{k: v for k, v in add.items() if k not in old.spaces}})
     model.observation_space = model.policy.observation_space = new
     model.policy.features_extractor._observation_space = new
 

@@ -23,7 +23,9 @@ ROWS = (("net_greedy", "**network alone** (greedy, `search=greedy`)", "the netwo
         ("net_sample", "network + sample (budget)", "network-guided search"),
         ("net_beam", "network + beam (budget)", "network-guided search"),
         ("net_restart", "network + restart (budget)", "network-guided search"),
-        ("lookahead_greedy", "lookahead terms alone (greedy, no network)", "control (the formulas the network weighs)"),
+        ("net_restart_at_dora_time", "network + restart (dora's own time as budget)", "network-guided search"),
+        ("lookahead_greedy", "lookahead terms + two-stage rule alone (greedy, no network)",
+         "control (the formulas and rule the network is given)"),
         ("uniform_greedy", "uniform policy alone", "control (masks only)"),
         ("uniform_polish", "uniform policy + polish", "search (control)"),
         ("uniform_rollout", "uniform policy + rollout", "search (control)"),
@@ -122,7 +124,11 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None, pl
                  "compare it with the same search from the uniform policy and from the fastest device. The network "
                  "alone's own control is the 'lookahead terms alone' row: the one-step lookahead formulas the network "
                  "is given (dora_rl/learning/stage_lookahead.py), ranked by the objective's column with no learned "
-                 "weight; the gap between the two rows is what the learned weights add.", ""]
+                 "weight, then the two-stage rule; the gap between the two rows is what the learned weights add. "
+                 "The network alone's own row carries computed terms too, not learned: the objective term, its "
+                 "dominance and battery rules, and (latency objective) the two-stage rule, which takes a close "
+                 "whose plan with one more device is faster than every allowed ending close (observation key "
+                 "`two_stage`); part of its figure is theirs (docs/learning.md, \"Sessions 30-33\").", ""]
         body += _table(h["summary"], "oracle") + [""]
         if note:
             body += ["### Provenance", "", note.strip(), ""]
@@ -147,7 +153,8 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None, pl
                         f"{'met' if v['time_vs_polish_met'] else 'NOT met'} ({_f(v['net_ms'], 1)} vs "
                         f"{_f(v['polish_fastest_ms'], 1)} ms); <= 1/10 dora: {v['time_vs_dora_met']} "
                         f"(dora {_f(v['dora_ms'], 1)} ms)"
-                        + (f"; network + restart at equal budget, more wins than losses vs polish-from-fastest "
+                        + (f"; network + restart at equal budget (the bench's vs polish-from-fastest, dora's own time "
+                           f"vs dora), more wins than losses vs polish-from-fastest "
                            f"{'met' if v['guided_vs_polish_met'] else 'NOT met'}, vs dora "
                            f"{'met' if v['guided_vs_dora_met'] else 'NOT met'}" if "guided_vs_dora_met" in v else ""))
         body += plan_time_line(plan) + [""]

@@ -56,6 +56,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     lookahead_at,
     objective_column,
     with_objective_term,
+    with_two_stage,
 )
 
 NEG = -1e4
@@ -174,7 +175,7 @@ class StagePointerHead(nn.Module):
         return self.logits(*self.split(z))
 
     def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None, sparse: bool = True,
-               risky: torch.Tensor | None = None) -> torch.Tensor:
+               risky: torch.Tensor | None = None, two: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
         With the action `mask` (N, D * Bm + D) the lookahead term is computed at the allowed
@@ -182,7 +183,8 @@ class StagePointerHead(nn.Module):
         a fit masks those logits anyway, and at 64 devices x 200 blocks about 5 % of the
         closes are allowed, so the full (N, D, Bm, K) table was most of a large batch's time;
         the objective term measures the ending closes against the best allowed one that is
-        not `risky` (`battery_risk`)."""
+        not `risky` (`battery_risk`); with the observation's "two_stage" key (`two`), the
+        two-stage rule follows it (`with_two_stage`)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
         amp = self.amp(hd)                                                      # (N, D, K)
         if mask is None or not sparse:
@@ -203,7 +205,10 @@ class StagePointerHead(nn.Module):
         if self.add_look:
             xa = add_lookahead(xd, xb, xg, torch)                                 # (N, D, 5)
             add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, self.amp_add(hd), torch)
-        return torch.cat([close.flatten(1), add], -1)
+        out = torch.cat([close.flatten(1), add], -1)
+        if self.obj_term and two is not None:
+            out = with_two_stage(out, two, xb, xg, self.obj_w, torch, mask, risky)
+        return out
 
 
 class ValueHead(nn.Module):
@@ -253,7 +258,7 @@ class StagePolicy(MaskableActorCriticPolicy):
         `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
         risky = battery_risk(obs) if self.action_net.obj_term else None    # only the objective term reads it
-        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky),
+        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky, obs.get("two_stage")),
                 self.value_net.net(c).flatten())
 
     # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the

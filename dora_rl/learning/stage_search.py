@@ -51,16 +51,27 @@ class LookaheadActor:
     """The network's computed terms without the network (the rule it weighs): every allowed
     close scored by its one-step lookahead's objective column and every add by its
     `add_lookahead`'s (dora_rl/learning/stage_lookahead.py: the latency lower bound, or the
-    energy estimate), the least best. The control that shows what the learned weights add
-    over the formulas they are given."""
+    energy estimate), the least best, then the two-stage rule as the shipped policy applies
+    it (`with_two_stage`). The control that shows what the learned weights add over the
+    formulas and rules they are given."""
 
     def logits(self, obs: dict, mask) -> np.ndarray:
-        from dora_rl.learning.stage_lookahead import add_lookahead, head_columns, lookahead, objective_column
+        from dora_rl.learning.stage_lookahead import (
+            add_lookahead,
+            battery_risk,
+            head_columns,
+            lookahead,
+            objective_column,
+            with_two_stage,
+        )
 
-        xd, xb, xg = head_columns({k: np.asarray(v, dtype="float64") for k, v in obs.items()})
+        obs = {k: np.asarray(v, dtype="float64") for k, v in obs.items()}
+        xd, xb, xg = head_columns(obs)
         close = -objective_column(lookahead(xd, xb, xg), xg)
         add = -objective_column(add_lookahead(xd, xb, xg), xg)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
+        if "two_stage" in obs:
+            out = with_two_stage(out, obs["two_stage"], xb, xg, (1.0, 1.0), np, mask, battery_risk(obs))
         return np.where(mask, out, -np.inf)
 
 

@@ -249,3 +249,46 @@ def test_relay_w_is_the_idle_power_of_the_relays_a_close_brings_in():
     assert xd[3, _IDLE] == pytest.approx(np.log(2.5 / 12.5), abs=1e-6)
     without = head_columns({k: v.astype("float64") for k, v in obs.items() if k != "relay_w"})[0]
     assert without[3, _IDLE] == pytest.approx(np.log(2.0 / 12.5), abs=1e-6)
+
+
+def _relay_chain(objective="latency", **workload):
+    """docs/cost-model.md's worked example 5 (cam - phone - server, 1e7 B/s links of 2 ms,
+    cam the source) without its battery target."""
+    from tests.toy import RELAY, scenario
+
+    d = {**RELAY, "qoe": {"objective": objective}, "workload": {**RELAY["workload"], **workload}}
+    env = StageEnv(scenario=scenario(d), max_devices=3, max_blocks=4, qoe_masks=False)
+    obs, _ = env.reset(seed=0)
+    return env, obs
+
+
+def test_two_stage_is_the_latency_of_the_plan_that_ends_on_one_more_device():
+    """The "two_stage" key by hand (T* = 2 x 10 GFLOP / 625 GFLOP/s = 0.032 s; toy blocks of
+    2, 4, 3, 1 GFLOP and 200, 100, 50, 4 kB out per sample, 100 kB in; m = 2, M = 1, so the
+    latency is the fill). Ending on the server: in 0.004 + 0.02, compute 0.04, back to cam
+    0.004 + 0.0008: 0.0688 (the doc's 68.8 ms). Block 0 on the server, then the rest on
+    the phone: 0.024 + 0.008 + (0.002 + 0.04) + 0.16 + (0.002 + 0.0008) = 0.2368 (on the
+    camera: 0.024 + 0.008 + 0.044 + 0.64 = 0.716). Blocks 0-2 on the server, then the phone:
+    0.024 + 0.036 + 0.012 + 0.02 + 0.0028 = 0.0948. Block 0 on the camera, then the server:
+    0.16 + (0.004 + 0.04) + 0.032 + 0.0048 = 0.2408 (the phone: 0.3648)."""
+    env, obs = _relay_chain()
+    assert env.inst.tstar == pytest.approx(0.032)
+    two = obs["two_stage"].astype(float)
+    ts = 0.032
+    assert two[2, 3] == pytest.approx(np.log(0.0688 / ts), abs=1e-5)
+    assert two[2, 0] == pytest.approx(np.log(0.2368 / ts), abs=1e-5)
+    assert two[2, 2] == pytest.approx(np.log(0.0948 / ts), abs=1e-5)
+    assert two[0, 0] == pytest.approx(np.log(0.2408 / ts), abs=1e-5)
+    # two micro-batches of one sample: the period term, (M - 1) T. Ending on the server:
+    # fill 0.014 + 0.02 + 0.0044, T = max(0.01 in, 0.02) -> 0.0584; block 0 on the server
+    # then the phone: fill 0.014 + 0.004 + 0.022 + 0.08 + 0.0024, T = 0.08 (the phone) -> 0.2024
+    env, obs = _relay_chain(microbatches=2)
+    two = obs["two_stage"].astype(float)
+    assert two[2, 3] == pytest.approx(np.log(0.0584 / ts), abs=1e-5)
+    assert two[2, 0] == pytest.approx(np.log(0.2024 / ts), abs=1e-5)
+    # with a pending group, or under an energy objective: no estimate (CLIP everywhere)
+    env, _ = _relay_chain()
+    assert env.action_masks()[3 * 4 + 2]
+    obs, *_ = env.step(3 * 4 + 2)           # add the server
+    assert env.group == [2] and (obs["two_stage"] == np.float32(CLIP)).all()
+    assert (_relay_chain("energy")[1]["two_stage"] == np.float32(CLIP)).all()

@@ -544,6 +544,24 @@ def test_ablation_rows_are_in_the_bench_output(trained):
         assert k in out["heldout"]["duels"], k
 
 
+def test_large_sets_run_the_guided_search_with_doras_own_time(trained, monkeypatch):
+    """The equal-budget duel against `dora`: the guided search is given the time `dora` took
+    on that instance (the bench's budget where `dora` gave no plan)."""
+    import bench.bench_ablation as ba
+    from dora_rl.learning.agents import load_agent
+    from dora_rl.learning.evaluation import held_out_scenarios
+
+    given = []
+    monkeypatch.setattr(ba, "guided_at", lambda agent, sc, budget_ms: given.append(budget_ms) or {"ok": True})
+    sc = held_out_scenarios(1)[0]
+    rows = ba.run_set(load_agent(trained), [sc], ("dora",), 20, 20, "t", progress=False, at_dora_time=True)
+    dora = rows[0]["m"]["dora"]
+    assert given == [dora.get("ms", 20)] and rows[0]["m"][ba.AT_DORA] == {"ok": True}
+    given.clear()
+    ba.run_set(load_agent(trained), [sc], ("dora",), 20, 20, "t", progress=False)
+    assert given == []
+
+
 def test_validation_relative_counts_where_any_agent_complies():
     """bench/validate_agents.py --relative: the denominator is the instances where any agent
     complies (not every instance), and the geo-mean is over the first agent's objective
@@ -584,6 +602,12 @@ def test_bench_checks_the_equal_budget_duels_of_the_guided_search():
                                          "net_restart vs dora": duel(1, 1)}}}}
     c = checks(out)["large"]["16x50"]
     assert c["guided_vs_polish_met"] is True and c["guided_vs_dora_met"] is False       # a tie is not a win
+    # with the guided search given dora's own time, that duel decides (the fixed budget's is only shown)
+    out["large"]["16x50"]["duels"]["net_restart_at_dora_time vs dora"] = duel(2, 1)
+    assert checks(out)["large"]["16x50"]["guided_vs_dora_met"] is True
+    out["large"]["16x50"]["duels"]["net_restart vs dora"] = duel(3, 0)
+    out["large"]["16x50"]["duels"]["net_restart_at_dora_time vs dora"] = duel(1, 2)
+    assert checks(out)["large"]["16x50"]["guided_vs_dora_met"] is False
     assert c["time_vs_polish_met"] is False and c["time_vs_dora_met"] is True          # 3 > 8 / 3; 3 <= 100 / 10
 
 
@@ -639,10 +663,11 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
 
 
 
-def test_a_v3_stage_agent_loads_with_the_relay_key_added_and_plans_as_v4(tmp_path):
-    """Observation v4 only adds "relay_w", which the encoder does not read: the shipped
-    network saved with v3's space and config loads (`add_relay_space`), its space gets the
-    key, and it plans the presets as the v4 agent does; a v2 config is still refused."""
+def test_v3_and_v4_stage_agents_load_with_the_new_keys_added_and_plan_as_v5(tmp_path):
+    """Observation v4 only adds "relay_w" and v5 only "two_stage", which the encoder does
+    not read: the shipped network saved with v3's or v4's space and config loads
+    (`add_new_keys`), its space gets the keys, and it plans the presets as the v5 agent
+    does; a v2 config is still refused."""
     import shutil
 
     import yaml
@@ -653,21 +678,23 @@ def test_a_v3_stage_agent_loads_with_the_relay_key_added_and_plans_as_v4(tmp_pat
     from dora_rl.scenario import load_scenario
 
     folder = _shipped_stage()
-    old = tmp_path / "v3"
-    shutil.copytree(folder, old)
-    model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")
-    v3 = spaces.Dict({k: v for k, v in model.observation_space.spaces.items() if k != "relay_w"})
-    model.observation_space = model.policy.observation_space = v3
-    model.save(str(old / "model.zip"))
-    cfg = yaml.safe_load((old / "config.yml").read_text())
-    (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": 3}, sort_keys=False))
-    assert "relay_w" not in MaskablePPO.load(str(old / "model.zip"), device="cpu").observation_space.spaces
-    a3, a4 = load_agent(old), load_agent(folder)
-    assert "relay_w" in a3.model.observation_space.spaces
-    for name in ("smart_home", "traffic_analytics"):
-        sc = load_scenario(name)
-        (p3, m3), (p4, m4) = a3.plan(sc), a4.plan(sc)
-        assert p3.to_dict() == p4.to_dict() and m3.objective(sc.qoe.objective) == m4.objective(sc.qoe.objective)
+    a5 = load_agent(folder)
+    for version, gone in ((3, ("relay_w", "two_stage")), (4, ("two_stage",))):
+        old = tmp_path / f"v{version}"
+        shutil.copytree(folder, old)
+        model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")
+        space = spaces.Dict({k: v for k, v in model.observation_space.spaces.items() if k not in gone})
+        model.observation_space = model.policy.observation_space = space
+        model.save(str(old / "model.zip"))
+        cfg = yaml.safe_load((old / "config.yml").read_text())
+        (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": version}, sort_keys=False))
+        assert not set(gone) & set(MaskablePPO.load(str(old / "model.zip"), device="cpu").observation_space.spaces)
+        a = load_agent(old)
+        assert set(gone) <= set(a.model.observation_space.spaces)
+        for name in ("smart_home", "traffic_analytics"):
+            sc = load_scenario(name)
+            (p, m), (p5, m5) = a.plan(sc), a5.plan(sc)
+            assert p.to_dict() == p5.to_dict() and m.objective(sc.qoe.objective) == m5.objective(sc.qoe.objective)
     (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": 2}, sort_keys=False))
     with pytest.raises(AgentError, match="layout v2"):
         load_agent(old)
@@ -755,14 +782,18 @@ def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     device and keeps the better plan. With the session-8 masks the network + polish missed
     QoE there; with the session-10 masks it polishes to a compliant 687 ms plan, and the
     fastest device's polish to a compliant 602 ms one, which must be returned. Stood in for
-    the network's side: its greedy plan (which misses QoE)."""
+    the network's side: its greedy plan without the two-stage rule (which misses QoE; with
+    the rule, since session 33, the network alone complies there)."""
+    import dora_rl.learning.stage_actor as stage_actor
     from dora_rl.learning.agents import load_agent
     from dora_rl.scenario import load_scenario
 
     agent = load_agent(_shipped_stage())
     sc = load_scenario("edge_cluster")
-    greedy = agent.rollouts(sc, search="greedy")
-    assert not greedy[0][1].qoe_ok
+    with monkeypatch.context() as mp:
+        mp.setattr(stage_actor, "with_two_stage", lambda logits, *a, **k: logits)
+        greedy = agent.rollouts(sc, search="greedy")
+    assert not greedy[0][1].qoe_ok and agent.rollouts(sc, search="greedy")[0][1].qoe_ok
     monkeypatch.setattr(type(agent), "rollouts", lambda self, *a, **k: list(greedy))
     plan, m = agent.plan(sc, search="polish")
     assert m.qoe_ok
@@ -840,3 +871,47 @@ def test_one_blas_thread_reaches_a_blas_loaded_after_its_first_use():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
     assert out.stdout.strip() == "[1]"
+
+
+def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_close():
+    """`with_two_stage` by hand on 2 devices x 3 blocks (block 2 ends the plan): the ending
+    closes' two-stage entries 0.9 and 0.8 set the bar 0.8; the least non-ending entry, 0.5
+    at (device 0, block 1) = action 1, is below it, so action 1 is raised to the best allowed
+    logit + 1e-3. With device 0 at battery risk the bar is device 1's 0.8 and the choice
+    its 0.7 (action 4); a masked action is never chosen nor counted in the top; an energy
+    objective, a latency weight of 0 or no entry below the bar leave the logits alone. numpy
+    and torch agree."""
+    import torch
+
+    from dora_rl.learning.stage_lookahead import _IS_END, NBL, NBX, NGL, NGX, with_two_stage
+
+    xb = np.zeros((3, NBX))
+    xb[2, _IS_END], xb[:, NBL] = 1.0, 1.0
+    xg = np.zeros(NGX)
+    two = np.array([[1.0, 0.5, 0.9], [0.8, 0.7, 0.8]])
+    logits = np.array([0.0, -5.0, 3.0, 1.0, 2.0, 4.0, 6.0, -1.0])
+    allowed = np.ones(8, dtype=bool)
+    w = (32.0, 32.0)
+
+    def rule(two=two, xg=xg, allowed=allowed, risky=None, w=w):
+        got = with_two_stage(logits, two, xb, xg, w, np, allowed, risky)
+        t = with_two_stage(torch.tensor(logits)[None], torch.tensor(two)[None], torch.tensor(xb)[None],
+                           torch.tensor(xg)[None], w, torch, torch.tensor(allowed)[None],
+                           None if risky is None else torch.tensor(risky)[None])[0].numpy()
+        assert np.allclose(got, t)
+        return got
+
+    def raised(k, top):
+        out = logits.copy()
+        out[k] = top + 1e-3
+        return out
+
+    assert np.allclose(rule(), raised(1, 6.0))
+    assert np.allclose(rule(risky=np.array([True, False])), raised(4, 6.0))
+    no6 = allowed.copy()
+    no6[[1, 6]] = False
+    assert np.allclose(rule(allowed=no6), raised(4, 4.0))
+    energy = xg.copy()
+    energy[NGL + 1] = 1.0
+    assert np.allclose(rule(xg=energy), logits) and np.allclose(rule(w=(0.0, 32.0)), logits)
+    assert np.allclose(rule(two=np.array([[1.0, 0.85, 0.9], [0.8, 0.81, 0.8]])), logits)

@@ -418,10 +418,13 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
     closes moved, and the bar's raised above any close whose lookahead is already worse than
     it, and, when the bar is battery-safe, above the ending closes at battery risk), the
     greedy choice is never such a dominated close, at some states it would have been without
-    the term, and at some an ending close at risk is among them."""
+    the term, and at some an ending close at risk is among them. With the observation's
+    "two_stage" key, the actor then applies the two-stage rule to those logits
+    (`with_two_stage`), and along these rollouts it moves some."""
     from sb3_contrib import MaskablePPO
 
     from dora_rl.learning.stage_actor import StageNumpyActor
+    from dora_rl.learning.stage_lookahead import battery_risk, head_columns, with_two_stage
     from dora_rl.learning.stage_policy import StagePolicy
 
     env = StageEnv(max_devices=8, max_blocks=32)
@@ -429,26 +432,32 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
                         policy_kwargs={"objective_term": [2.0, 3.0]})
     actor = StageNumpyActor(model.policy)
     rng = np.random.default_rng(0)
-    raised_at = at_risk = 0
-    for i in range(120):            # until both kinds were seen (12 instances at least)
-        if i >= 12 and raised_at and at_risk:
+    raised_at = at_risk = two_moved = 0
+    for i in range(120):            # until every kind was seen (12 instances at least)
+        if i >= 12 and raised_at and at_risk and two_moved:
             break
         e = StageEnv(scenario=_scenario(2 + i % 5, 8, 500 + i), max_devices=8, max_blocks=32)
         obs, _ = e.reset(seed=0)
         w = 3.0 if e.inst.objective == "energy" else 2.0
         while not e.done:
             mask = e.action_masks()
+            plain = {k: v for k, v in obs.items() if k != "two_stage"}
             actor.obj_w = np.array([2.0, 3.0], dtype="float32")
-            with_term = actor.logits(obs, mask)
+            with_term, full = actor.logits(plain, mask), actor.logits(obs, mask)
             actor.obj_w = None
-            without = actor.logits(obs, mask)
+            without = actor.logits(plain, mask)
             expect, dominated = _with_term_by_hand(obs, mask, w, without)
             assert np.allclose(with_term[mask], expect[mask], atol=1e-3)
+            o = {k: np.asarray(v, dtype="float64") for k, v in obs.items()}
+            _, xb, xg = head_columns(o)
+            rule = with_two_stage(with_term, o["two_stage"], xb, xg, (2.0, 3.0), np, mask, battery_risk(o))
+            assert np.allclose(full[mask], rule[mask], atol=1e-6)
+            two_moved += not np.allclose(full[mask], with_term[mask])
             assert int(np.argmax(with_term)) not in dominated
             raised_at += bool(dominated) and int(np.argmax(without)) in dominated
             at_risk += any(a % 32 == e.inst.B - 1 for a in dominated)
             obs, *_ = e.step(int(rng.choice(np.flatnonzero(mask))))
-    assert raised_at > 0 and at_risk > 0
+    assert raised_at > 0 and at_risk > 0 and two_moved > 0
 
 
 def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):

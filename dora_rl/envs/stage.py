@@ -33,8 +33,8 @@ Observation (`STAGE_OBS_VERSION`): `devices (D, NFD)`, `device_mask (D,)`, `bloc
 NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate ends),
 `global (SNG,)`, `relay_w (D,)` (v4: the relays' idle power a close on each device
 brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, Bm)` (v5: per
-close, the log latency / T* of the plan that ends on one more device after it, latency
-objective only, `stage_obs.two_stage`; read by the policy's rule only). Column
+close, the log latency / T* or energy / P* T* of the plan that ends on one more device
+after it, `stage_obs.two_stage`; read by the policy's rule only). Column
 `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
 difference is the log of the stage's compute time over T* on the group plus that device;
 with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras

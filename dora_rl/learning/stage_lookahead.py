@@ -223,20 +223,22 @@ def with_objective_term(close, xd, xb, xg, w, lib=np, allowed=None, risky=None, 
 
 
 def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, risky=None):
-    """The logits (..., D * Bm + D) with the two-stage rule: under a latency objective (the
-    objective's flag in `xg`) and a latency weight w[0] > 0, when the least `two_stage` of
-    the allowed closes that do not end the plan, on devices not `risky` (`battery_risk`), is
-    below the least of the allowed ending closes (those not risky; all of them when every
-    one is), that close's logit is raised just above (+1e-3) every allowed action's. `two`
-    (..., D, Bm) is the observation's "two_stage" key (dora_rl/envs/stage_obs.py:two_stage):
-    a close's entry is the latency of a real plan (the close, then the rest on one more
-    device), the ending closes' the plan's own, so the rule never trades an ending close
-    for a bound. Why a rule: the trained network prefers ending closes (held-out instance
-    123: 8.9 against -3.9 for the two-camera pipeline the oracle finds at 0.67 x the
-    latency), and a bonus from the one-step lookahead's bound instead lost compliance on
-    validation (docs/learning.md, "Session 33")."""
-    if (w[0].item() if hasattr(w[0], "item") else float(w[0])) <= 0:     # (a learned weight: no grad)
-        return logits
+    """The logits (..., D * Bm + D) with the two-stage rule: where the objective's weight in
+    `w` (latency, energy; the objective's flag in `xg` names it) is > 0, when the least
+    `two_stage` of the allowed closes that do not end the plan, on devices not `risky`
+    (`battery_risk`), is below the least of the allowed ending closes (those not risky; all
+    of them when every one is), that close's logit is raised just above (+1e-3) every
+    allowed action's. `two` (..., D, Bm) is the observation's "two_stage" key
+    (dora_rl/envs/stage_obs.py:two_stage): a close's entry is the objective of a real plan
+    (the close, then the rest on one more device), the ending closes' the plan's own, so
+    the rule never trades an ending close for a bound. Why a rule: the trained network
+    prefers ending closes (held-out instance 123: 8.9 against -3.9 for the two-camera
+    pipeline the oracle finds at 0.67 x the latency), and a bonus from the one-step
+    lookahead's bound instead lost compliance on validation (docs/learning.md, "Session
+    33"). With the shipped weights (32, 32) it applies under both objectives; with the
+    training recipe's (0, 4) under energy only."""
+    e = xg[..., NGL + 1]
+    w_obj = (1.0 - e) * w[0] + e * w[1]
     D, Bm = two.shape[-2], two.shape[-1]
     lead, flat, inf = two.shape[:-2], two.shape[:-2] + (D * Bm,), 1e30
     cl = (two == two) if allowed is None else (allowed[..., :D * Bm] > 0).reshape(lead + (D, Bm))
@@ -248,7 +250,7 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, risky=None):
     bar = lib.amin(lib.where(bar_set, two, inf).reshape(flat), -1)
     cand = lib.where(cl & ~is_end & safe[..., :, None], two, inf).reshape(flat)
     best, k = lib.amin(cand, -1), lib.argmin(cand, -1)
-    on = (xg[..., NGL + 1] < 0.5) & (best < bar - 1e-6) & (bar < inf)
+    on = (w_obj > 0) & (best < bar - 1e-6) & (bar < inf)
     top = lib.amax(logits if allowed is None else lib.where(allowed > 0, logits, -inf), -1)
     k = k[..., None]
     cur = (np.take_along_axis(logits, k, -1) if lib is np else logits.gather(-1, k))[..., 0]

@@ -286,9 +286,24 @@ def test_two_stage_is_the_latency_of_the_plan_that_ends_on_one_more_device():
     two = obs["two_stage"].astype(float)
     assert two[2, 3] == pytest.approx(np.log(0.0584 / ts), abs=1e-5)
     assert two[2, 0] == pytest.approx(np.log(0.2024 / ts), abs=1e-5)
-    # with a pending group, or under an energy objective: no estimate (CLIP everywhere)
+    # with a pending group: no estimate (CLIP everywhere)
     env, _ = _relay_chain()
     assert env.action_masks()[3 * 4 + 2]
     obs, *_ = env.step(3 * 4 + 2)           # add the server
     assert env.group == [2] and (obs["two_stage"] == np.float32(CLIP)).all()
-    assert (_relay_chain("energy")[1]["two_stage"] == np.float32(CLIP)).all()
+
+
+def test_two_stage_under_an_energy_objective_is_the_window_energy_with_the_relays_idle():
+    """Energy entries by hand (over P* T*, P* = (5 + 5 + 30) / 3 W, T* = 0.032 s), the doc's
+    worked example 5 with the request period P = 0.5 s: ending on the server, the cam's 2 W
+    and the server's 5 W idle over P (3.5) + the server's 25 W over 0.04 s (1.0) + radio,
+    entry 200 kB x (0.08 + 0.05) J/MB (0.026) and return 8 kB x (0.05 + 0.08) (0.00104) + the
+    relaying phone's 0.5 W idle over P (0.25): 4.77704 J - the doc's 4.81864 J less the
+    phone's relayed radio (0.0416 J; relays' radio is left out). Block 0 on the server then
+    the rest on the phone (a participant, no relay): idle (2 + 5 + 0.5) x 0.5 (3.75) + 25 x
+    0.008 + 4.5 x 0.16 (0.92) + radio 0.026 + 400 kB x (0.05 + 0.1) (0.06) + 8 kB x (0.1 +
+    0.08) (0.00144): 4.75744 J (on the camera instead: 6.678 J, its period 0.64 s)."""
+    env, obs = _relay_chain("energy")
+    two, unit = obs["two_stage"].astype(float), 40.0 / 3.0 * 0.032
+    assert two[2, 3] == pytest.approx(np.log(4.77704 / unit), abs=1e-5)
+    assert two[2, 0] == pytest.approx(np.log(4.75744 / unit), abs=1e-5)

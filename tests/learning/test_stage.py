@@ -878,9 +878,9 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     closes' two-stage entries 0.9 and 0.8 set the bar 0.8; the least non-ending entry, 0.5
     at (device 0, block 1) = action 1, is below it, so action 1 is raised to the best allowed
     logit + 1e-3. With device 0 at battery risk the bar is device 1's 0.8 and the choice
-    its 0.7 (action 4); a masked action is never chosen nor counted in the top; an energy
-    objective, a latency weight of 0 or no entry below the bar leave the logits alone. numpy
-    and torch agree."""
+    its 0.7 (action 4); a masked action is never chosen nor counted in the top; a weight of 0
+    for the objective (latency, or energy by the objective's flag) or no entry below the bar
+    leave the logits alone. numpy and torch agree."""
     import torch
 
     from dora_rl.learning.stage_lookahead import _IS_END, NBL, NBX, NGL, NGX, with_two_stage
@@ -913,5 +913,6 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     assert np.allclose(rule(allowed=no6), raised(4, 4.0))
     energy = xg.copy()
     energy[NGL + 1] = 1.0
-    assert np.allclose(rule(xg=energy), logits) and np.allclose(rule(w=(0.0, 32.0)), logits)
+    assert np.allclose(rule(xg=energy, w=(32.0, 0.0)), logits) and np.allclose(rule(w=(0.0, 32.0)), logits)
+    assert np.allclose(rule(xg=energy, w=(0.0, 32.0)), raised(1, 6.0))
     assert np.allclose(rule(two=np.array([[1.0, 0.85, 0.9], [0.8, 0.81, 0.8]])), logits)

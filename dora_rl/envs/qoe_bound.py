@@ -186,13 +186,21 @@ class QoEBound(RestTerms, AddLookahead):
     def _battery_ok(self, ds: np.ndarray, busy) -> np.ndarray:
         """Per device of `ds` (rows): can it last min_h hours with `busy` compute-seconds per
         period (a scalar, or an array with one row per device)? Devices off battery: True."""
-        ds = np.asarray(ds)
-        bj = self.bj[ds][:, None]
         frac = busy / self.period_cap if math.isfinite(self.period_cap) else 0.0
-        power = self.idle[ds][:, None] + self.dyn_w[ds][:, None] * frac
+        return self.battery_ok_at(np.asarray(ds)[:, None], frac)
+
+    def battery_ok_at(self, ds, frac, extra_w=0.0, margin: float = 1.0) -> np.ndarray:
+        """Elementwise over the broadcast of `ds` (device indices), `frac` (each one's
+        compute-busy share of the period) and `extra_w` (other power, e.g. radio): does it
+        last margin x min_h hours at idle + dynamic power x frac + extra_w? Devices off
+        battery, or no battery target: True."""
+        bj = self.bj[ds]
+        if self.min_h is None:
+            return np.ones(np.broadcast(bj, frac, extra_w).shape, dtype=bool)
+        power = self.idle[ds] + self.dyn_w[ds] * frac + extra_w
         with np.errstate(invalid="ignore"):
             hours = bj / np.maximum(power, 1e-30) / 3600.0
-            return ~np.isfinite(bj) | (hours >= self.min_h * (1 - 1e-9) * (1 - SLACK))
+            return ~np.isfinite(bj) | (hours >= margin * self.min_h * (1 - 1e-9) * (1 - SLACK))
 
     def _ok(self, fill, T, A=0.0):
         return (fill + (self.M - 1) * T + A <= self.lat_cap) & (T <= self.T_cap)

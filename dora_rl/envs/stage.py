@@ -34,7 +34,9 @@ NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate
 `global (SNG,)`, `relay_w (D,)` (v4: the relays' idle power a close on each device
 brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, Bm)` (v5: per
 close, the log latency / T* or energy / P* T* of the plan that ends on one more device
-after it, `stage_obs.two_stage`; read by the policy's rule only). Column
+after it, `stage_two.two_stage`; read by the policy's rule only), `promise (D,)` (v6: 1 at
+the device the previous close's two-stage plan ends on, `stage_two.promised`; read by the
+rule only). Column
 `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
 difference is the log of the stage's compute time over T* on the group plus that device;
 with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras
@@ -66,8 +68,8 @@ from dora_rl.envs.stage_obs import (
     STAGE_GLOBAL_EXTRA,
     STAGE_OBS_VERSION,
     observation,
-    route_relays,
 )
+from dora_rl.envs.stage_two import promised, route_relays
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP
 from dora_rl.plan import Plan
@@ -115,6 +117,7 @@ class StageEnv(BuildEnv):
             "global": spaces.Box(-CLIP, CLIP, (SNG,), np.float32),
             "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
             "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32),
+            "promise": spaces.Box(0.0, 1.0, (D,), np.float32),
         })
         self.inst: Instance | None = None
         self.result = None
@@ -169,6 +172,8 @@ class StageEnv(BuildEnv):
         self._qM = np.zeros(self._bound().forced.shape[1])     # ... and their bytes on each shared medium
         self.done = False
         self.result = None
+        self._promise: int | None = None    # the device the plan should end on (stage_two.promised)
+        self._two = None                    # the current state's two_stage entries (stage_two.two_stage)
         self._compute_mask()
         if not self._mask.any():
             raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
@@ -189,6 +194,7 @@ class StageEnv(BuildEnv):
         dst._qF, dst._qT, dst._qA, dst.qoe_masked = self._qF, self._qT, self._qA, self.qoe_masked
         dst._qM = self._qM                  # (replaced, never modified in place)
         dst._adds_mem = self._adds_mem
+        dst._promise, dst._two = self._promise, self._two      # (replaced, never modified in place)
         return dst
 
     # --- masks -------------------------------------------------------------------
@@ -306,6 +312,7 @@ class StageEnv(BuildEnv):
         else:
             d, r = divmod(a, Bm)
             r += 1
+            promise = promised(self, d, r - 1) if not self.group else None
             devs = self.group + [d]
             rate = sum(inst.rate[x] for x in devs)
             self.t_max_stage = max(self.t_max_stage, inst.back * inst.batch * (inst.fp[r] - inst.fp[self.p]) / rate)
@@ -318,7 +325,7 @@ class StageEnv(BuildEnv):
             self.relays = self.relays.union(*(route_relays(inst, g, x, nb) for g in self.prev for x in devs))
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
-            self.prev, self.group, self.p = devs, [], r
+            self.prev, self.group, self.p, self._promise = devs, [], r, promise
             if r >= inst.B:
                 return self._end(substituted)
         self._compute_mask()

@@ -155,5 +155,5 @@ class StageNumpyActor:
             add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, amp_a)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         if self.obj_w is not None and "two_stage" in obs:
-            out = with_two_stage(out, obs["two_stage"].astype(dt), cb, cg, self.obj_w, np, mask, risky)
+            out = with_two_stage(out, obs["two_stage"].astype(dt), cb, cg, self.obj_w, np, mask, obs.get("promise"))
         return np.where(mask, out.astype(np.float64), -np.inf)      # float64 for the searches' softmax sums

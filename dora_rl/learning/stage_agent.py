@@ -125,13 +125,13 @@ def load_stage_model(folder: Path):
 
 
 def add_new_keys(model) -> None:
-    """Give a stage model saved with observation layout v3 or v4 the v5 space, in place: v4
-    added only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the
-    lookahead reads, v5 only "two_stage" (`stage_obs.two_stage`), which the two-stage rule
-    reads; the encoder reads neither, so an older network is the same network under v5
-    (its energy estimate then counts relays, its rule sees two-stage plans). Saved after
-    this, the model loads in plain SB3 against v5 environments (the shipped agent's was,
-    sessions 32 and 33)."""
+    """Give a stage model saved with observation layout v3, v4 or v5 the v6 space, in place:
+    v4 added only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the
+    lookahead reads, v5 only "two_stage" and v6 only "promise" (dora_rl/envs/stage_two.py),
+    which the two-stage rule reads; the encoder reads none of them, so an older network is
+    the same network under v6 (its energy estimate then counts relays, its rule sees
+    two-stage plans and promises). Saved after this, the model loads in plain SB3 against v6
+    environments (the shipped agent's was, sessions 32-34)."""
     import numpy as np
     from gymnasium import spaces
 
@@ -140,7 +140,8 @@ def add_new_keys(model) -> None:
     old = model.observation_space
     D, Bm = old["devices"].shape[0], old["blocks"].shape[0]
     add = {"relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
-           "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32)}
+           "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32),
+           "promise": spaces.Box(0.0, 1.0, (D,), np.float32)}
     if all(k in old.spaces for k in add):
         return
     new = spaces.Dict({**old.spaces, **{k: v for k, v in add.items() if k not in old.spaces}})

@@ -222,39 +222,52 @@ def with_objective_term(close, xd, xb, xg, w, lib=np, allowed=None, risky=None, 
     return flat.scatter(-1, k, new).reshape(shape)
 
 
-def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, risky=None):
-    """The logits (..., D * Bm + D) with the two-stage rule: where the objective's weight in
-    `w` (latency, energy; the objective's flag in `xg` names it) is > 0, when the least
-    `two_stage` of the allowed closes that do not end the plan, on devices not `risky`
-    (`battery_risk`), is below the least of the allowed ending closes (those not risky; all
-    of them when every one is), that close's logit is raised just above (+1e-3) every
-    allowed action's. `two` (..., D, Bm) is the observation's "two_stage" key
-    (dora_rl/envs/stage_obs.py:two_stage): a close's entry is the objective of a real plan
-    (the close, then the rest on one more device), the ending closes' the plan's own, so
-    the rule never trades an ending close for a bound. Why a rule: the trained network
-    prefers ending closes (held-out instance 123: 8.9 against -3.9 for the two-camera
-    pipeline the oracle finds at 0.67 x the latency), and a bonus from the one-step
+SWITCH_MARGIN = 0.05     # the two-stage rule's switch between ending closes: 5 % in log objective
+
+
+def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
+    """The logits (..., D * Bm + D) with the two-stage rule, where the objective's weight in
+    `w` (latency, energy; the objective's flag in `xg` names it) is > 0. `two` (..., D, Bm)
+    is the observation's "two_stage" key (dora_rl/envs/stage_two.py): a close's entry is the
+    objective of a real plan (the close, then the rest on one more device), an ending
+    close's the plan's own, with the battery targets checked at each device's duty. (1)
+    When the least entry of the allowed closes that do not end the plan is below the least
+    of the allowed ending closes, that close's logit is raised just above (+1e-3) every
+    allowed action's. Else the least allowed ending close is raised (2) when `promise`
+    (..., D), the observation's "promise" key, names a device whose ending close is allowed
+    (the previous close was a two-stage close: the plan ends as promised, or better) and the
+    network's choice is a close, not a group's add; or (3) when the network's choice is an
+    ending close whose entry is more than SWITCH_MARGIN (log) above it. Why a rule: the
+    trained network prefers ending closes (held-out instance 123: 8.9 against -3.9 for the
+    two-camera pipeline the oracle finds at 0.67 x the latency), a bonus from the one-step
     lookahead's bound instead lost compliance on validation (docs/learning.md, "Session
-    33"). With the shipped weights (32, 32) it applies under both objectives; with the
-    training recipe's (0, 4) under energy only."""
+    33"), after the rule's close the network did not always end the plan as promised, and
+    it ranks ending closes on battery devices by a battery risk at active power that the
+    entries check at the device's duty ("Session 34"). With the shipped weights (32, 32) it
+    applies under both objectives; with the training recipe's (0, 4) under energy only."""
     e = xg[..., NGL + 1]
-    w_obj = (1.0 - e) * w[0] + e * w[1]
+    live = (1.0 - e) * w[0] + e * w[1] > 0
     D, Bm = two.shape[-2], two.shape[-1]
     lead, flat, inf = two.shape[:-2], two.shape[:-2] + (D * Bm,), 1e30
     cl = (two == two) if allowed is None else (allowed[..., :D * Bm] > 0).reshape(lead + (D, Bm))
     is_end = (_end_row(xb) > 0.5)[..., None, :]                                  # (..., 1, Bm)
-    safe = (cl.sum(-1) >= 0) if risky is None else ~risky                         # (..., D)
-    ends = cl & is_end
-    bar_set = ends & safe[..., :, None]
-    bar_set = lib.where((bar_set.reshape(flat).sum(-1) > 0)[..., None, None], bar_set, ends)
-    bar = lib.amin(lib.where(bar_set, two, inf).reshape(flat), -1)
-    cand = lib.where(cl & ~is_end & safe[..., :, None], two, inf).reshape(flat)
+    ends = lib.where(cl & is_end, two, inf).reshape(flat)
+    bar, k_end = lib.amin(ends, -1), lib.argmin(ends, -1)
+    cand = lib.where(cl & ~is_end, two, inf).reshape(flat)
     best, k = lib.amin(cand, -1), lib.argmin(cand, -1)
-    on = (w_obj > 0) & (best < bar - 1e-6) & (bar < inf)
-    top = lib.amax(logits if allowed is None else lib.where(allowed > 0, logits, -inf), -1)
-    k = k[..., None]
+    on = live & (best < bar - 1e-6) & (bar < inf)                                # (1)
+    masked = logits if allowed is None else lib.where(allowed > 0, logits, -inf)
+    top, pick = lib.amax(masked, -1), lib.argmax(masked, -1)
+    closes = pick < D * Bm
+    pc = lib.where(closes, pick, 0)[..., None]
+    pe = lib.where(closes, (np.take_along_axis(ends, pc, -1) if lib is np else ends.gather(-1, pc))[..., 0], inf)
+    kept = live & ~on & (pe < inf) & (pe > bar + SWITCH_MARGIN)                   # (3)
+    if promise is not None:                                                       # (2)
+        due = (((promise > 0.5)[..., :, None] & cl & is_end).reshape(flat).sum(-1)) > 0
+        kept = kept | (live & ~on & (bar < inf) & due & closes)
+    k = lib.where(kept, k_end, k)[..., None]
     cur = (np.take_along_axis(logits, k, -1) if lib is np else logits.gather(-1, k))[..., 0]
-    new = lib.where(on, top + 1e-3, cur)[..., None]
+    new = lib.where(on | kept, top + 1e-3, cur)[..., None]
     if lib is np:
         out = logits.copy()
         np.put_along_axis(out, k, new, -1)

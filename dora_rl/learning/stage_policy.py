@@ -175,7 +175,8 @@ class StagePointerHead(nn.Module):
         return self.logits(*self.split(z))
 
     def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None, sparse: bool = True,
-               risky: torch.Tensor | None = None, two: torch.Tensor | None = None) -> torch.Tensor:
+               risky: torch.Tensor | None = None, two: torch.Tensor | None = None,
+               promise: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
         With the action `mask` (N, D * Bm + D) the lookahead term is computed at the allowed
@@ -183,8 +184,8 @@ class StagePointerHead(nn.Module):
         a fit masks those logits anyway, and at 64 devices x 200 blocks about 5 % of the
         closes are allowed, so the full (N, D, Bm, K) table was most of a large batch's time;
         the objective term measures the ending closes against the best allowed one that is
-        not `risky` (`battery_risk`); with the observation's "two_stage" key (`two`), the
-        two-stage rule follows it (`with_two_stage`)."""
+        not `risky` (`battery_risk`); with the observation's "two_stage" and "promise" keys
+        (`two`, `promise`), the two-stage rule follows it (`with_two_stage`)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
         amp = self.amp(hd)                                                      # (N, D, K)
         if mask is None or not sparse:
@@ -207,7 +208,7 @@ class StagePointerHead(nn.Module):
             add = add + bump_sum(xa, self.fidx, self.scale_add, self.shift_add, self.amp_add(hd), torch)
         out = torch.cat([close.flatten(1), add], -1)
         if self.obj_term and two is not None:
-            out = with_two_stage(out, two, xb, xg, self.obj_w, torch, mask, risky)
+            out = with_two_stage(out, two, xb, xg, self.obj_w, torch, mask, promise)
         return out
 
 
@@ -258,7 +259,8 @@ class StagePolicy(MaskableActorCriticPolicy):
         `StagePointerHead.logits`): for a loss that masks them."""
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
         risky = battery_risk(obs) if self.action_net.obj_term else None    # only the objective term reads it
-        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky, obs.get("two_stage")),
+        return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky, obs.get("two_stage"),
+                                       obs.get("promise")),
                 self.value_net.net(c).flatten())
 
     # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the

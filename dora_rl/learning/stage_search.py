@@ -58,7 +58,6 @@ class LookaheadActor:
     def logits(self, obs: dict, mask) -> np.ndarray:
         from dora_rl.learning.stage_lookahead import (
             add_lookahead,
-            battery_risk,
             head_columns,
             lookahead,
             objective_column,
@@ -71,7 +70,7 @@ class LookaheadActor:
         add = -objective_column(add_lookahead(xd, xb, xg), xg)
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         if "two_stage" in obs:
-            out = with_two_stage(out, obs["two_stage"], xb, xg, (1.0, 1.0), np, mask, battery_risk(obs))
+            out = with_two_stage(out, obs["two_stage"], xb, xg, (1.0, 1.0), np, mask, obs.get("promise"))
         return np.where(mask, out, -np.inf)
 
 

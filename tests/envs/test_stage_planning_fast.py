@@ -251,12 +251,14 @@ def test_relay_w_is_the_idle_power_of_the_relays_a_close_brings_in():
     assert without[3, _IDLE] == pytest.approx(np.log(2.0 / 12.5), abs=1e-6)
 
 
-def _relay_chain(objective="latency", **workload):
+def _relay_chain(objective="latency", min_battery_hours=None, **workload):
     """docs/cost-model.md's worked example 5 (cam - phone - server, 1e7 B/s links of 2 ms,
-    cam the source) without its battery target."""
+    cam the source) without its battery target unless given."""
     from tests.toy import RELAY, scenario
 
-    d = {**RELAY, "qoe": {"objective": objective}, "workload": {**RELAY["workload"], **workload}}
+    qoe = {"objective": objective, "min_battery_hours": min_battery_hours}
+    d = {**RELAY, "qoe": {k: v for k, v in qoe.items() if v is not None},
+         "workload": {**RELAY["workload"], **workload}}
     env = StageEnv(scenario=scenario(d), max_devices=3, max_blocks=4, qoe_masks=False)
     obs, _ = env.reset(seed=0)
     return env, obs
@@ -307,3 +309,31 @@ def test_two_stage_under_an_energy_objective_is_the_window_energy_with_the_relay
     two, unit = obs["two_stage"].astype(float), 40.0 / 3.0 * 0.032
     assert two[2, 3] == pytest.approx(np.log(4.77704 / unit), abs=1e-5)
     assert two[2, 0] == pytest.approx(np.log(4.75744 / unit), abs=1e-5)
+
+
+def test_two_stage_checks_the_battery_targets_at_each_devices_duty():
+    """Worked example 5 with a battery target (the phone: 43 200 J, 0.5 W idle, 4.5 W
+    dynamic; targets met by 20 %, TWO_STAGE_MARGIN). Block 0 on the server then the rest on
+    the phone: its duty 0.16 s of the 0.5 s period (0.32), its radio 400 kB + 8 kB x 0.1
+    J/MB over 0.5 s (0.0816 W): 0.5 + 4.5 x 0.32 + 0.0816 = 2.0216 W, 5.936 h - kept under a
+    4.9 h target (5.88 h with the margin); under 5 h (6 h) the entry is the plan with the
+    rest on the camera instead (0.716 s, the camera has no battery). Ending on the server, the
+    phone relays: its idle alone lasts 24 h - kept under a 19 h target (22.8), CLIP under
+    22 h (26.4)."""
+    from dora_rl.envs.qoe_bound import QoEBound as QB
+
+    ts = 0.032
+    for hours, want in ((4.9, 0.2368), (5.0, 0.716)):
+        _, obs = _relay_chain(min_battery_hours=hours)
+        assert float(obs["two_stage"][2, 0]) == pytest.approx(np.log(want / ts), abs=1e-5)
+    for hours, ok in ((19.0, True), (22.0, False)):
+        _, obs = _relay_chain(min_battery_hours=hours)
+        got = float(obs["two_stage"][2, 3])
+        assert (got == pytest.approx(np.log(0.0688 / ts), abs=1e-5)) if ok else got == np.float32(CLIP)
+
+    class Phone:            # QoEBound.battery_ok_at's fields only
+        bj, idle, dyn_w, min_h = np.array([43200.0]), np.array([0.5]), np.array([4.5]), 5.0
+    at = np.array([0])
+    assert QB.battery_ok_at(Phone, at, 0.32, 0.0816)[0]                       # 5.936 h >= 5 h
+    assert not QB.battery_ok_at(Phone, at, 0.32, 0.0816, 1.2)[0]              # < 6 h
+    assert not QB.battery_ok_at(Phone, at, 0.5, 0.0)[0]                       # 2.75 W: 4.36 h

@@ -663,11 +663,11 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
 
 
 
-def test_v3_and_v4_stage_agents_load_with_the_new_keys_added_and_plan_as_v5(tmp_path):
-    """Observation v4 only adds "relay_w" and v5 only "two_stage", which the encoder does
-    not read: the shipped network saved with v3's or v4's space and config loads
-    (`add_new_keys`), its space gets the keys, and it plans the presets as the v5 agent
-    does; a v2 config is still refused."""
+def test_v3_to_v5_stage_agents_load_with_the_new_keys_added_and_plan_as_v6(tmp_path):
+    """Observation v4 only adds "relay_w", v5 only "two_stage" and v6 only "promise", which
+    the encoder does not read: the shipped network saved with v3's, v4's or v5's space and
+    config loads (`add_new_keys`), its space gets the keys, and it plans the presets as the
+    v6 agent does; a v2 config is still refused."""
     import shutil
 
     import yaml
@@ -678,8 +678,9 @@ def test_v3_and_v4_stage_agents_load_with_the_new_keys_added_and_plan_as_v5(tmp_
     from dora_rl.scenario import load_scenario
 
     folder = _shipped_stage()
-    a5 = load_agent(folder)
-    for version, gone in ((3, ("relay_w", "two_stage")), (4, ("two_stage",))):
+    a6 = load_agent(folder)
+    for version, gone in ((3, ("relay_w", "two_stage", "promise")), (4, ("two_stage", "promise")),
+                          (5, ("promise",))):
         old = tmp_path / f"v{version}"
         shutil.copytree(folder, old)
         model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")
@@ -693,8 +694,8 @@ def test_v3_and_v4_stage_agents_load_with_the_new_keys_added_and_plan_as_v5(tmp_
         assert set(gone) <= set(a.model.observation_space.spaces)
         for name in ("smart_home", "traffic_analytics"):
             sc = load_scenario(name)
-            (p, m), (p5, m5) = a.plan(sc), a5.plan(sc)
-            assert p.to_dict() == p5.to_dict() and m.objective(sc.qoe.objective) == m5.objective(sc.qoe.objective)
+            (p, m), (p6, m6) = a.plan(sc), a6.plan(sc)
+            assert p.to_dict() == p6.to_dict() and m.objective(sc.qoe.objective) == m6.objective(sc.qoe.objective)
     (old / "config.yml").write_text(yaml.safe_dump({**cfg, "obs_version": 2}, sort_keys=False))
     with pytest.raises(AgentError, match="layout v2"):
         load_agent(old)
@@ -874,13 +875,17 @@ def test_one_blas_thread_reaches_a_blas_loaded_after_its_first_use():
 
 
 def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_close():
-    """`with_two_stage` by hand on 2 devices x 3 blocks (block 2 ends the plan): the ending
-    closes' two-stage entries 0.9 and 0.8 set the bar 0.8; the least non-ending entry, 0.5
-    at (device 0, block 1) = action 1, is below it, so action 1 is raised to the best allowed
-    logit + 1e-3. With device 0 at battery risk the bar is device 1's 0.8 and the choice
-    its 0.7 (action 4); a masked action is never chosen nor counted in the top; a weight of 0
-    for the objective (latency, or energy by the objective's flag) or no entry below the bar
-    leave the logits alone. numpy and torch agree."""
+    """`with_two_stage` by hand on 2 devices x 3 blocks (block 2 ends the plan; actions 0-5
+    the closes d * 3 + j, 6-7 the adds): the ending closes' entries 0.9 and 0.8 set the bar
+    0.8; the least non-ending entry, 0.5 at (device 0, block 1) = action 1, is below it, so
+    action 1 is raised to the best allowed logit + 1e-3; with actions 1 and 6 masked the
+    choice is 0.7 (action 4), a masked action never chosen nor counted in the top. With no
+    entry below the bar: the network's choice (the add, action 6) stands, also under a
+    promise; a promise with the network choosing a close raises the best ending close
+    (action 5); the network choosing an ending close more than 0.05 above the bar (action 2,
+    0.9) is switched to action 5, one within 0.05 (0.84) is not. A weight of 0 for the
+    objective (latency, or energy by the objective's flag) leaves the logits alone. numpy
+    and torch agree."""
     import torch
 
     from dora_rl.learning.stage_lookahead import _IS_END, NBL, NBX, NGL, NGX, with_two_stage
@@ -889,25 +894,25 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     xb[2, _IS_END], xb[:, NBL] = 1.0, 1.0
     xg = np.zeros(NGX)
     two = np.array([[1.0, 0.5, 0.9], [0.8, 0.7, 0.8]])
+    flat = np.array([[1.0, 0.85, 0.9], [0.8, 0.81, 0.8]])             # no entry below the bar
     logits = np.array([0.0, -5.0, 3.0, 1.0, 2.0, 4.0, 6.0, -1.0])
     allowed = np.ones(8, dtype=bool)
     w = (32.0, 32.0)
 
-    def rule(two=two, xg=xg, allowed=allowed, risky=None, w=w):
-        got = with_two_stage(logits, two, xb, xg, w, np, allowed, risky)
+    def rule(two=two, xg=xg, allowed=allowed, promise=None, w=w, logits=logits):
+        got = with_two_stage(logits, two, xb, xg, w, np, allowed, promise)
         t = with_two_stage(torch.tensor(logits)[None], torch.tensor(two)[None], torch.tensor(xb)[None],
                            torch.tensor(xg)[None], w, torch, torch.tensor(allowed)[None],
-                           None if risky is None else torch.tensor(risky)[None])[0].numpy()
+                           None if promise is None else torch.tensor(promise)[None])[0].numpy()
         assert np.allclose(got, t)
         return got
 
-    def raised(k, top):
+    def raised(k, top, logits=logits):
         out = logits.copy()
         out[k] = top + 1e-3
         return out
 
     assert np.allclose(rule(), raised(1, 6.0))
-    assert np.allclose(rule(risky=np.array([True, False])), raised(4, 6.0))
     no6 = allowed.copy()
     no6[[1, 6]] = False
     assert np.allclose(rule(allowed=no6), raised(4, 4.0))
@@ -915,4 +920,14 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     energy[NGL + 1] = 1.0
     assert np.allclose(rule(xg=energy, w=(32.0, 0.0)), logits) and np.allclose(rule(w=(0.0, 32.0)), logits)
     assert np.allclose(rule(xg=energy, w=(0.0, 32.0)), raised(1, 6.0))
-    assert np.allclose(rule(two=np.array([[1.0, 0.85, 0.9], [0.8, 0.81, 0.8]])), logits)
+    promise = np.array([0.0, 1.0])
+    assert np.allclose(rule(two=flat), logits) and np.allclose(rule(two=flat, promise=promise), logits)
+    close_first = logits.copy()
+    close_first[3] = 7.0                                                # the network picks a non-ending close
+    assert np.allclose(rule(two=flat, logits=close_first), close_first)
+    assert np.allclose(rule(two=flat, promise=promise, logits=close_first), raised(5, 7.0, close_first))
+    end_first = logits.copy()
+    end_first[2] = 7.0                                                  # the network picks device 0's ending
+    assert np.allclose(rule(two=flat, logits=end_first), raised(5, 7.0, end_first))
+    near = np.array([[1.0, 0.85, 0.84], [0.8, 0.81, 0.8]])
+    assert np.allclose(rule(two=near, logits=end_first), end_first)

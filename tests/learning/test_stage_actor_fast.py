@@ -419,12 +419,12 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
     it, and, when the bar is battery-safe, above the ending closes at battery risk), the
     greedy choice is never such a dominated close, at some states it would have been without
     the term, and at some an ending close at risk is among them. With the observation's
-    "two_stage" key, the actor then applies the two-stage rule to those logits
+    "two_stage" and "promise" keys, the actor then applies the two-stage rule to those logits
     (`with_two_stage`), and along these rollouts it moves some."""
     from sb3_contrib import MaskablePPO
 
     from dora_rl.learning.stage_actor import StageNumpyActor
-    from dora_rl.learning.stage_lookahead import battery_risk, head_columns, with_two_stage
+    from dora_rl.learning.stage_lookahead import head_columns, with_two_stage
     from dora_rl.learning.stage_policy import StagePolicy
 
     env = StageEnv(max_devices=8, max_blocks=32)
@@ -441,7 +441,7 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
         w = 3.0 if e.inst.objective == "energy" else 2.0
         while not e.done:
             mask = e.action_masks()
-            plain = {k: v for k, v in obs.items() if k != "two_stage"}
+            plain = {k: v for k, v in obs.items() if k not in ("two_stage", "promise")}
             actor.obj_w = np.array([2.0, 3.0], dtype="float32")
             with_term, full = actor.logits(plain, mask), actor.logits(obs, mask)
             actor.obj_w = None
@@ -450,7 +450,7 @@ def test_the_objective_term_ends_the_plan_rather_than_take_a_dominated_close():
             assert np.allclose(with_term[mask], expect[mask], atol=1e-3)
             o = {k: np.asarray(v, dtype="float64") for k, v in obs.items()}
             _, xb, xg = head_columns(o)
-            rule = with_two_stage(with_term, o["two_stage"], xb, xg, (2.0, 3.0), np, mask, battery_risk(o))
+            rule = with_two_stage(with_term, o["two_stage"], xb, xg, (2.0, 3.0), np, mask, o["promise"])
             assert np.allclose(full[mask], rule[mask], atol=1e-6)
             two_moved += not np.allclose(full[mask], with_term[mask])
             assert int(np.argmax(with_term)) not in dominated
@@ -499,3 +499,47 @@ def test_an_objective_term_fixed_after_training_is_saved_and_reloaded(tmp_path):
                           policy_kwargs={"objective_term": True})
     with pytest.raises(ValueError, match="learns"):
         fix_objective_term(learned, (1, 1))
+
+
+def test_a_close_whose_two_stage_plan_beats_every_ending_close_promises_its_partner():
+    """Along greedy rollouts of a random policy's numpy actor on random instances (2-6
+    devices): after a single-device close whose "two_stage" entry was below every allowed
+    ending close's, the "promise" key is 1 at the partner that entry was computed with
+    (`stage_two.promised`) and 0 elsewhere, and that device's ending close is the one the
+    policy then takes when the mask allows it and the network's choice is a close (the
+    two-stage rule's part 2, unless a further two-stage close is better still); after any
+    other close the key is all 0. Some rollout makes a promise."""
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.learning.stage_actor import StageNumpyActor
+    from dora_rl.learning.stage_policy import StagePolicy
+
+    env = StageEnv(max_devices=8, max_blocks=32)
+    model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=3, device="cpu",
+                        policy_kwargs={"objective_term": [2.0, 3.0]})
+    actor = StageNumpyActor(model.policy)
+    promises = 0
+    for i in range(60):
+        e = StageEnv(scenario=_scenario(2 + i % 5, 12, 700 + i), max_devices=8, max_blocks=32)
+        obs, _ = e.reset(seed=0)
+        while not e.done:
+            mask = e.action_masks()
+            a = int(np.argmax(actor.logits(obs, mask)))
+            two, D, Bm, B = obs["two_stage"].astype(float), e.max_devices, e.max_blocks, e.inst.B
+            ends = mask[:D * Bm].reshape(D, Bm)[:, B - 1]
+            d, j = divmod(a, Bm)
+            expect = None
+            if a < D * Bm and j < B - 1 and not e.group and ends.any() and two[d, j] < two[ends, B - 1].min() - 1e-4:
+                expect = int(e._two[2][d, j])
+            obs, *_ = e.step(a)
+            if e.done:
+                break
+            if expect is not None:
+                promises += 1
+                assert obs["promise"][expect] == 1.0 and obs["promise"].sum() == 1.0
+            elif a < D * Bm:
+                assert obs["promise"].sum() == 0.0
+        if promises >= 2:
+            break
+    assert promises >= 1
+

@@ -10,6 +10,8 @@ docs/learning.md, "Sessions 33-34"."""
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from dora_rl.features import CLIP
@@ -121,16 +123,17 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     end = fill_end + M1 * T_end
     E = _Energy(env, qb, free)
     P_end = _window(inst, end, T_end)
-    batt = (qb.battery_ok_at(free, M * ud[:, -1] / P_end, (E.rin_own + E.ret_own[free] + E.send_d) / P_end)
-            & ~(E.rel_end() & ~E.relay_ok).any(-1))
+    batt = E.battery_end(M * ud[:, -1], P_end)
     if energy:
         end = np.where(qb._ok(fill_end, T_end), E.of(end, T_end, E.dyn[free] * M * ud[:, -1]
                                                       + E.rin + E.ret[free]), np.inf)
     out[free, B - 1] = _logs(np.where(batt, end, np.inf), inst.tstar * (E.pstar if energy else 1.0))
     part = np.array(sorted(free, key=lambda e: -rate[e])[:TWO_STAGE_PARTNERS], dtype=np.int64)
-    if len(part) == 0 or len(r) < 2:
+    cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
+    if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
         return out, partner
-    r2 = r[:-1]                                                              # the ends that leave a rest
+    c0, c1 = int(cols[0]), int(cols[-1]) + 1
+    r2 = r[c0:c1]                                                            # their ends
     ue = qb.back * qb.m * (fp[B] - fp[r2])[None, :] / rate[part, None]      # (E, R - 1)
     fits = np.asarray(inst.reach)[part][:, r2] >= B                          # e holds [r, B)
     L, K = inst.cost.net.least
@@ -139,19 +142,13 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(invalid="ignore"):
         occ = qb.dirs * Kde[:, :, None] * nb[None, None, :]
         lat = qb.dirs * np.where(nb[None, None, :] > 0, Lde[:, :, None], 0.0)
-    u1 = ud[:, None, :-1]
+    u1 = ud[:, None, c0:c1]
     fill = fd[:, :, None] + u1 + occ + lat + ue[None] + of[part][None, :, None]
     T = np.maximum(np.maximum(np.maximum(td[:, :, None], u1), occ), np.maximum(ue[None], oo[part][None, :, None]))
     tot = fill + M1 * T
     P = _window(inst, tot, T)
-    rd = qb.dirs * M * nb[None, None, :]                                       # the boundary's bytes
-    mg = 1 + TWO_STAGE_MARGIN
     ok = (fits[None] & (free[:, None] != part[None, :])[:, :, None] & np.isfinite(tot)
-          & qb.battery_ok_at(free[:, None, None], M * u1 / P,
-                             ((E.rin_own + E.send_d)[:, None, None] + rd * E.radio[free][:, None, None]) / P, mg)
-          & qb.battery_ok_at(part[None, :, None], M * ue[None] / P,
-                             (rd * E.radio[part][None, :, None] + (E.ret_own + E.send_e)[part][None, :, None]) / P, mg)
-          & ~(E.rel_pairs(part) & ~E.relay_ok).any(-1)[:, :, None])
+          & E.battery_pairs(part, M * u1, M * ue[None], qb.dirs * M * nb[None, None, :], P))
     if energy:
         work = (E.dyn[free][:, None, None] * M * u1 + E.dyn[part][None, :, None] * M * ue[None] + E.rin[:, None, None]
                 + qb.dirs * M * (E.radio[free][:, None, None] + E.radio[part][None, :, None]) * nb[None, None, :]
@@ -161,10 +158,11 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     cand = np.where(ok, tot, np.inf)
     best, arg = cand.min(axis=1), cand.argmin(axis=1)                        # (F, R - 1)
     rows = out[free]
-    rows[:, p:B - 1] = _logs(best, inst.tstar * (E.pstar if energy else 1.0))
+    rows[:, p + c0:p + c1] = np.where(cm[free, p + c0:p + c1], _logs(best, inst.tstar * (E.pstar if energy else 1.0)),
+                                      CLIP)
     out[free] = rows
     prow = partner[free]
-    prow[:, p:B - 1] = np.where(np.isfinite(best), part[arg], -1)
+    prow[:, p + c0:p + c1] = np.where(np.isfinite(best) & cm[free, p + c0:p + c1], part[arg], -1)
     partner[free] = prow
     return out, partner
 
@@ -173,14 +171,18 @@ def _relays(inst, s, t, kind: str = "boundary", nb: float | None = None) -> np.n
     """(len(s), len(t), n) bool: x relays the route s -> t (`route_relays`, a lone flow's).
     `kind` "boundary": a flow of the model's median boundary bytes; "return": of its output;
     both filled pair by pair as asked for and kept on the Instance (its routes never
-    change). "entry": of `nb` bytes, not kept (the entry's bytes change with the cut)."""
+    change). "entry": of `nb` bytes (the entry's change with the cut), kept per bytes."""
     n = inst.n
     s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
     if kind == "entry":
+        memo = inst.__dict__.setdefault("_entry_relays", {})
         rel = np.zeros((len(s), len(t), n), dtype=bool)
         for a, x in enumerate(s):
             for b, y in enumerate(t):
-                rel[a, b, list(route_relays(inst, int(x), int(y), nb))] = True
+                k = (int(x), int(y), nb)
+                if k not in memo:
+                    memo[k] = list(route_relays(inst, int(x), int(y), nb))
+                rel[a, b, memo[k]] = True
         return rel
     cache = inst.__dict__.setdefault("_relay_masks", {})
     if kind not in cache:
@@ -240,11 +242,25 @@ class _Energy:
         # relays: the idle power of the devices the entry (prev -> d), the boundary (d -> e) and
         # the return (e -> source) relay through that are not participants already
         n = inst.n
+        self.qb, self.env = qb, env
+        self.targets = qb.min_h is not None and bool(np.isfinite(qb.bj).any())       # any battery target
         self.avail = np.where(np.isin(np.arange(n), list(self.part | set(env.relays))), 0.0, self.idle)
-        self.r_in = _relays(inst, list(env.prev), free, "entry", inst.batch * inst.bnd_l[p]).any(0)   # (F, n)
-        self.r_ret = (np.zeros((n, n), dtype=bool) if inst.training
-                      else _relays(inst, np.arange(n), [src], "return")[:, 0])           # (n, n)
         self.relay_ok = qb.battery_ok_at(np.arange(n), 0.0, 0.0, 1 + TWO_STAGE_MARGIN)  # a relay's idle alone
+        self._pairs = None
+
+    @cached_property
+    def r_in(self) -> np.ndarray:
+        """(F, n): the devices the entry (prev -> d, its bytes) relays through."""
+        env, inst = self.env, self.inst
+        return _relays(inst, list(env.prev), self.free, "entry", inst.batch * inst.bnd_l[env.p]).any(0)
+
+    @cached_property
+    def r_ret(self) -> np.ndarray:
+        """(n, n): the devices the return (e -> source) relays through (none in training)."""
+        n = self.inst.n
+        if self.inst.training:
+            return np.zeros((n, n), dtype=bool)
+        return _relays(self.inst, np.arange(n), [self.inst.src], "return")[:, 0]
 
     def new_idle(self, ds) -> np.ndarray:
         return np.where(np.isin(ds, list(self.part)), 0.0, self.idle[ds])
@@ -263,6 +279,33 @@ class _Energy:
             idle = (idle[:, None] + other + self.rel_pairs(part) @ self.avail)[:, :, None]
         return idle * P + work
 
+    def battery_end(self, busy, P):
+        """(F,) bool: d lasts its battery target with the plan ending on it (`two_stage`)."""
+        if not self.targets:
+            return True
+        ok = self.qb.battery_ok_at(self.free, busy / P, (self.rin_own + self.ret_own[self.free] + self.send_d) / P)
+        return ok if self.relay_ok.all() else ok & ~(self.rel_end() & ~self.relay_ok).any(-1)
+
+    def battery_pairs(self, part, busy_d, busy_e, nbd, P):
+        """(F, E, R) bool: d and e at their duty (busy / P) and radio (the entry, the boundary
+        of `nbd` bytes, the return, the source's input) and the new relays at their idle power
+        last their battery targets by TWO_STAGE_MARGIN."""
+        if not self.targets:
+            return True
+        mg, free, qb = 1 + TWO_STAGE_MARGIN, self.free, self.qb
+        ok = np.ones(P.shape, dtype=bool)
+        f = np.isfinite(qb.bj[free])                         # only devices on battery can miss
+        if f.any():
+            radio = (self.rin_own + self.send_d)[f][:, None, None] + nbd * self.radio[free[f]][:, None, None]
+            ok[f] &= qb.battery_ok_at(free[f][:, None, None], busy_d[f] / P[f], radio / P[f], mg)
+        e = np.isfinite(qb.bj[part])
+        if e.any():
+            radio = nbd * self.radio[part[e]][None, :, None] + (self.ret_own + self.send_e)[part[e]][None, :, None]
+            ok[:, e] &= qb.battery_ok_at(part[e][None, :, None], busy_e[:, e] / P[:, e], radio / P[:, e], mg)
+        if not self.relay_ok.all():                           # a relay whose idle power alone misses its target
+            ok &= ~(self.rel_pairs(part) & ~self.relay_ok).any(-1)[:, :, None]
+        return ok
+
     def rel_end(self) -> np.ndarray:
         """(F, n): the devices the entry to d and d's return relay through."""
         return self.r_in | self.r_ret[self.free]
@@ -270,10 +313,12 @@ class _Energy:
     def rel_pairs(self, part) -> np.ndarray:
         """(F, E, n): the devices the entry to d, the boundary d -> e and e's return relay
         through, d and e themselves aside (counted as stage devices)."""
-        free, F = self.free, len(self.free)
-        rel = self.r_in[:, None, :] | _relays(self.inst, free, part) | self.r_ret[part][None, :, :]
-        rel[np.arange(F), :, free] = False
-        rel[:, np.arange(len(part)), part] = False
-        return rel
+        if self._pairs is None:
+            free, F = self.free, len(self.free)
+            rel = self.r_in[:, None, :] | _relays(self.inst, free, part) | self.r_ret[part][None, :, :]
+            rel[np.arange(F), :, free] = False
+            rel[:, np.arange(len(part)), part] = False
+            self._pairs = rel
+        return self._pairs
 
 

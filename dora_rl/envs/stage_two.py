@@ -37,7 +37,8 @@ def two_stage(env, qb) -> np.ndarray:
     the plan that closes [p, j + 1) on d and then ends on one other free device e with the
     rest [j + 1, B) - the least over the e, among the TWO_STAGE_PARTNERS fastest free, that
     hold the rest in memory (`Instance.reach`) - and at the close that ends the plan (j = B -
-    1) that plan's own; CLIP where there is none (cached per state on the env). Latency
+    1) that plan's own; CLIP where there is none and at the closes the mask forbids (the
+    rule reads no other; cached per state on the env). Latency
     (over T*) by the QoE bound's formula (dora_rl/envs/qoe_bound.py) with the rest on e:
     fill = F + f_in(d) + u_d + dirs (occ + lat)(d -> e) + u_e + out_fill(e), T = max(T
     closed, t_in(d), u_d, dirs occ, u_e, out_occ(e)), latency = fill + (M - 1) T (F, T: the

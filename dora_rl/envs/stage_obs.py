@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dora_rl.envs.instance import NG
-from dora_rl.envs.stage_two import promise, pstar_of, route_relays, two_stage
+from dora_rl.envs.stage_two import entry_relays, promise, pstar_of, two_stage
 from dora_rl.features import CLIP, clip_log
 
 STAGE_OBS_VERSION = 6      # 4 (session 32): the "relay_w" key; 5 (session 33): "two_stage"; 6 (34): "promise"
@@ -59,10 +59,9 @@ def relay_power(env, part: set, pstar: float, idle) -> np.ndarray:
     done = env.relays - part
     base = sum(idle[x] for x in done)
     taken = part | done | set(env.group)
-    for d in range(inst.n):
-        if d in taken:
-            continue
-        new = {x for g in env.prev for x in route_relays(inst, g, d, nb)} - taken - {d}
+    ds = [d for d in range(inst.n) if d not in taken]
+    for d, rel in zip(ds, entry_relays(inst, env.prev, ds, nb)):
+        new = set(np.flatnonzero(rel).tolist()) - taken - {d}
         w = base + sum(idle[x] for x in new)
         if w > 0:
             out[d] = np.clip(np.log(w / pstar), -CLIP, CLIP)

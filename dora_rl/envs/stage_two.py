@@ -128,7 +128,8 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     if energy:
         end = np.where(qb._ok(fill_end, T_end), E.of(end, T_end, E.dyn[free] * M * ud[:, -1]
                                                       + E.rin + E.ret[free]), np.inf)
-    out[free, B - 1] = _logs(np.where(batt, end, np.inf), inst.tstar * (E.pstar if energy else 1.0))
+    unit = inst.tstar * (E.pstar if energy else 1.0)
+    out[free, B - 1] = _logs(np.where(batt, end, np.inf), unit)
     part = np.array(sorted(free, key=lambda e: -rate[e])[:TWO_STAGE_PARTNERS], dtype=np.int64)
     cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
     if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
@@ -158,33 +159,38 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
         ok &= qb._ok(fill * (1 + TWO_STAGE_MARGIN), T * (1 + TWO_STAGE_MARGIN))
     cand = np.where(ok, tot, np.inf)
     best, arg = cand.min(axis=1), cand.argmin(axis=1)                        # (F, R - 1)
+    allowed = cm[free, p + c0:p + c1]
     rows = out[free]
-    rows[:, p + c0:p + c1] = np.where(cm[free, p + c0:p + c1], _logs(best, inst.tstar * (E.pstar if energy else 1.0)),
-                                      CLIP)
+    rows[:, p + c0:p + c1] = np.where(allowed, _logs(best, unit), CLIP)
     out[free] = rows
     prow = partner[free]
-    prow[:, p + c0:p + c1] = np.where(np.isfinite(best) & cm[free, p + c0:p + c1], part[arg], -1)
+    prow[:, p + c0:p + c1] = np.where(np.isfinite(best) & allowed, part[arg], -1)
     partner[free] = prow
     return out, partner
 
 
-def _relays(inst, s, t, kind: str = "boundary", nb: float | None = None) -> np.ndarray:
+def entry_relays(inst, prev, ds, nb: float) -> np.ndarray:
+    """(len(ds), n) bool: x relays a route from one of `prev` (the previous stage's devices)
+    to d, a lone flow of `nb` bytes (the entry at the current cut; `route_relays`), kept on
+    the Instance per (a, d, bytes): the "relay_w" key and `two_stage` ask for the same."""
+    memo = inst.__dict__.setdefault("_entry_relays", {})
+    rel = np.zeros((len(ds), inst.n), dtype=bool)
+    for i, d in enumerate(ds):
+        for a in prev:
+            k = (int(a), int(d), nb)
+            if k not in memo:
+                memo[k] = list(route_relays(inst, int(a), int(d), nb))
+            rel[i, memo[k]] = True
+    return rel
+
+
+def _relays(inst, s, t, kind: str = "boundary") -> np.ndarray:
     """(len(s), len(t), n) bool: x relays the route s -> t (`route_relays`, a lone flow's).
     `kind` "boundary": a flow of the model's median boundary bytes; "return": of its output;
     both filled pair by pair as asked for and kept on the Instance (its routes never
-    change). "entry": of `nb` bytes (the entry's change with the cut), kept per bytes."""
+    change)."""
     n = inst.n
     s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
-    if kind == "entry":
-        memo = inst.__dict__.setdefault("_entry_relays", {})
-        rel = np.zeros((len(s), len(t), n), dtype=bool)
-        for a, x in enumerate(s):
-            for b, y in enumerate(t):
-                k = (int(x), int(y), nb)
-                if k not in memo:
-                    memo[k] = list(route_relays(inst, int(x), int(y), nb))
-                rel[a, b, memo[k]] = True
-        return rel
     cache = inst.__dict__.setdefault("_relay_masks", {})
     if kind not in cache:
         nb = inst.batch * float(np.median(inst.bnd_l[1:inst.B]) if kind == "boundary" else inst.bnd_l[inst.B])
@@ -214,9 +220,10 @@ def _logs(x: np.ndarray, unit: float) -> np.ndarray:
 
 
 class _Energy:
-    """`two_stage`'s energy terms for the free devices `free` (docs/cost-model.md, "Energy and
-    battery"): the participants' idle power over the window, the radio of the entry (both
-    ends) and of the return to the source (both ends; inference)."""
+    """`two_stage`'s energy and battery terms for the free devices `free` (docs/cost-model.md,
+    "Energy and battery"): the participants' idle power over the window, the radio of the
+    entry (both ends) and of the return to the source (both ends; inference), the idle power
+    of the new relays, and the battery checks at each device's duty."""
 
     def __init__(self, env, qb, free):
         inst, cost = env.inst, env.inst.cost
@@ -253,7 +260,7 @@ class _Energy:
     def r_in(self) -> np.ndarray:
         """(F, n): the devices the entry (prev -> d, its bytes) relays through."""
         env, inst = self.env, self.inst
-        return _relays(inst, list(env.prev), self.free, "entry", inst.batch * inst.bnd_l[env.p]).any(0)
+        return entry_relays(inst, env.prev, self.free, inst.batch * inst.bnd_l[env.p])
 
     @cached_property
     def r_ret(self) -> np.ndarray:

@@ -32,11 +32,12 @@ def route_relays(inst, a: int, b: int, nbytes: float) -> tuple[int, ...]:
 
 
 def two_stage(env, qb) -> np.ndarray:
-    """The "two_stage" key, (D, Bm): with no pending group and some close that ends the plan
-    allowed (else CLIP everywhere: no estimate), per close (d, j) the log of the objective of
+    """The "two_stage" key, (D, Bm): with no pending group (else CLIP everywhere: no
+    estimate), per close (d, j) the log of the objective of
     the plan that closes [p, j + 1) on d and then ends on one other free device e with the
-    rest [j + 1, B) - the least over the e, among the TWO_STAGE_PARTNERS fastest free, that
-    hold the rest in memory (`Instance.reach`) - and at the close that ends the plan (j = B -
+    rest [j + 1, B) - the least over the e, among the TWO_STAGE_PARTNERS fastest free and the
+    source (no return flow: session 35, large 32 x 50 instance 6 ends on its source phone),
+    that hold the rest in memory (`Instance.reach`) - and at the close that ends the plan (j = B -
     1) that plan's own; CLIP where there is none and at the closes the mask forbids (the
     rule reads no other; cached per state on the env). Latency
     (over T*) by the QoE bound's formula (dora_rl/envs/qoe_bound.py) with the rest on e:
@@ -73,7 +74,8 @@ def two_stage(env, qb) -> np.ndarray:
 def promised(env, d: int, j: int) -> int | None:
     """The device the plan should end on after the close (d, j) (a single device, not
     ending the plan) when that close's two-stage plan is better than every allowed ending
-    close - the two-stage rule's condition, whoever took the close - else None. StageEnv
+    close (or, with none allowed, is a plan at all) - the two-stage rule's condition,
+    whoever took the close - else None. StageEnv
     keeps it (`_promise`), the next observation's "promise" key names it, and the rule then
     ends the plan on the best allowed ending close (`with_two_stage`): the partner the entry
     was computed with, or better. Why: after the rule's close the network's next choice was
@@ -82,13 +84,14 @@ def promised(env, d: int, j: int) -> int | None:
     target; docs/learning.md, "Session 34")."""
     B, Bm, D = env.inst.B, env.max_blocks, env.max_devices
     ends = env._mask[:D * Bm].reshape(D, Bm)[:, B - 1] > 0
-    if j >= B - 1 or not ends.any():
+    if j >= B - 1:
         return None
     two = two_stage(env, env._bound())
     partner = env._two[2]
     if partner[d, j] < 0:
         return None
-    return int(partner[d, j]) if two[d, j] < two[ends, B - 1].min() - 1e-6 else None
+    bar = min(two[ends, B - 1].min() if ends.any() else CLIP, CLIP)
+    return int(partner[d, j]) if two[d, j] < bar - 1e-6 else None
 
 
 def promise(env) -> np.ndarray:
@@ -106,7 +109,7 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     out = np.full((D, Bm), CLIP)
     partner = np.full((D, Bm), -1, dtype=np.int64)
     cm = env._mask[:D * Bm].reshape(D, Bm)
-    if inst.objective not in ("latency", "energy") or env.group or p >= B or not cm[:n, B - 1].any():
+    if inst.objective not in ("latency", "energy") or env.group or p >= B:
         return out, partner
     energy = inst.objective == "energy"
     free = np.array([d for d in range(n) if d not in env.used], dtype=np.int64)
@@ -130,7 +133,10 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
                                                       + E.rin + E.ret[free]), np.inf)
     unit = inst.tstar * (E.pstar if energy else 1.0)
     out[free, B - 1] = _logs(np.where(batt, end, np.inf), unit)
-    part = np.array(sorted(free, key=lambda e: -rate[e])[:TWO_STAGE_PARTNERS], dtype=np.int64)
+    part = sorted(free, key=lambda e: -rate[e])[:TWO_STAGE_PARTNERS]
+    if inst.src in free and inst.src not in part:      # ending on the source: no return flow
+        part.append(inst.src)
+    part = np.array(part, dtype=np.int64)
     cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
     if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
         return out, partner

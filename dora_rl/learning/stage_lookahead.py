@@ -233,7 +233,11 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
     close's the plan's own, with the battery targets checked at each device's duty. (1)
     When the least entry of the allowed closes that do not end the plan is below the least
     of the allowed ending closes, that close's logit is raised just above (+1e-3) every
-    allowed action's. Else the least allowed ending close is raised (2) when `promise`
+    allowed action's; with no ending close allowed (no device holds the rest), when that
+    entry is a plan (below CLIP) and the network's choice is a close, not a group's add
+    (session 35: large 16 x 50 instance 0 took three stages from a 2-block close on its
+    source phone, 1.55 x the two-Orin plan; overriding adds lost the data-parallel plans of
+    validation large s2 39, 56, 58). Else the least allowed ending close is raised (2) when `promise`
     (..., D), the observation's "promise" key, names a device whose ending close is allowed
     (the previous close was a two-stage close: the plan ends as promised, or better) and the
     network's choice is a close, not a group's add; or (3) when the network's choice is an
@@ -255,11 +259,11 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
     bar, k_end = lib.amin(ends, -1), lib.argmin(ends, -1)
     cand = lib.where(cl & ~is_end, two, inf).reshape(flat)
     best, k = lib.amin(cand, -1), lib.argmin(cand, -1)
-    on = live & (best < bar - 1e-6) & (bar < inf)                                # (1)
     masked = logits if allowed is None else lib.where(allowed > 0, logits, -inf)
     top, pick = lib.amax(masked, -1), lib.argmax(masked, -1)
     closes = pick < D * Bm
     pc = lib.where(closes, pick, 0)[..., None]
+    on = live & (best < bar.clip(max=CLIP) - 1e-6) & ((bar < inf) | closes)        # (1)
     pe = lib.where(closes, (np.take_along_axis(ends, pc, -1) if lib is np else ends.gather(-1, pc))[..., 0], inf)
     kept = live & ~on & (pe < inf) & (pe > bar + SWITCH_MARGIN)                   # (3)
     if promise is not None:                                                       # (2)

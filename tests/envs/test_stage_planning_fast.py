@@ -17,6 +17,7 @@ from dora_rl.cost import routing
 from dora_rl.envs.instance import NG, Instance
 from dora_rl.envs.qoe_bound import QoEBound
 from dora_rl.envs.stage import NFB, NFD, SNG, StageEnv
+from dora_rl.envs.stage_two import two_stage
 from dora_rl.features import CLIP, clip_log
 from dora_rl.synthetic import random_scenario
 
@@ -288,11 +289,34 @@ def test_two_stage_is_the_latency_of_the_plan_that_ends_on_one_more_device():
     two = obs["two_stage"].astype(float)
     assert two[2, 3] == pytest.approx(np.log(0.0584 / ts), abs=1e-5)
     assert two[2, 0] == pytest.approx(np.log(0.2024 / ts), abs=1e-5)
+    # with no ending close allowed (a model no device holds: here the mask edited by hand)
+    # the entries stay: the rule then compares them with the network's close
+    env, obs = _relay_chain()
+    env._mask[np.arange(3) * 4 + 3], env._two = False, None
+    two = two_stage(env, env._bound())
+    assert two[2, 0] == pytest.approx(np.log(0.2368 / ts), abs=1e-5)
+    assert two[0, 0] == pytest.approx(np.log(0.2408 / ts), abs=1e-5)
     # with a pending group: no estimate (CLIP everywhere)
     env, _ = _relay_chain()
     assert env.action_masks()[3 * 4 + 2]
     obs, *_ = env.step(3 * 4 + 2)           # add the server
     assert env.group == [2] and (obs["two_stage"] == np.float32(CLIP)).all()
+
+
+def test_two_stage_partners_include_the_source(monkeypatch):
+    """The second stage's device is one of the TWO_STAGE_PARTNERS fastest free devices or
+    the source (ending there needs no return flow). With one partner (the server, the
+    fastest), block 0 on the server then the rest on the camera, the source: 0.024 + 0.008
+    + 0.044 + 0.64 = 0.716 s (test above), not the phone's 0.2368; block 0 on the camera
+    then the server: 0.2408 as before."""
+    from dora_rl.envs import stage_two
+
+    monkeypatch.setattr(stage_two, "TWO_STAGE_PARTNERS", 1)
+    env, obs = _relay_chain()
+    two = obs["two_stage"].astype(float)
+    assert two[2, 0] == pytest.approx(np.log(0.716 / 0.032), abs=1e-5)
+    assert two[0, 0] == pytest.approx(np.log(0.2408 / 0.032), abs=1e-5)
+    assert env._two[2][2, 0] == 0 and env._two[2][0, 0] == 2          # the camera; the server
 
 
 def test_two_stage_under_an_energy_objective_is_the_window_energy_with_the_relays_idle():

@@ -883,7 +883,8 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     entry below the bar: the network's choice (the add, action 6) stands, also under a
     promise; a promise with the network choosing a close raises the best ending close
     (action 5); the network choosing an ending close more than 0.05 above the bar (action 2,
-    0.9) is switched to action 5, one within 0.05 (0.84) is not. A weight of 0 for the
+    0.9) is switched to action 5, one within 0.05 (0.84) is not. With no ending close
+    allowed, the least entry is raised over the network's close, not over its add. A weight of 0 for the
     objective (latency, or energy by the objective's flag) leaves the logits alone. numpy
     and torch agree."""
     import torch
@@ -931,3 +932,9 @@ def test_the_two_stage_rule_takes_a_two_stage_plan_faster_than_every_ending_clos
     assert np.allclose(rule(two=flat, logits=end_first), raised(5, 7.0, end_first))
     near = np.array([[1.0, 0.85, 0.84], [0.8, 0.81, 0.8]])
     assert np.allclose(rule(two=near, logits=end_first), end_first)
+    # no ending close allowed (actions 2 and 5 masked: no bar): the least non-ending entry
+    # (action 1) is raised over the network's close, not over its add (action 6)
+    no_end = allowed.copy()
+    no_end[[2, 5]] = False
+    assert np.allclose(rule(allowed=no_end, logits=close_first), raised(1, 7.0, close_first))
+    assert np.allclose(rule(allowed=no_end), logits)

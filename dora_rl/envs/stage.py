@@ -36,7 +36,9 @@ brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, 
 close, the log latency / T* or energy / P* T* of the plan that ends on one more device
 after it, `stage_two.two_stage`; read by the policy's rule only), `promise (D,)` (v6: 1 at
 the device the previous close's two-stage plan ends on, `stage_two.promised`; read by the
-rule only). Column
+rule only), `group (D,)` (v7: the members still to add of a data-parallel group whose plan
+beats the two-stage rule's choices on the cost model, `stage_group.group_key`; read by the
+group rule only). Column
 `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
 difference is the log of the stage's compute time over T* on the group plus that device;
 with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras
@@ -55,6 +57,7 @@ from dora_rl.cost.qoe import REWARDS, utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
+from dora_rl.envs.stage_group import group_plan
 from dora_rl.envs.stage_obs import (
     BLK_LOG_WORK,
     BLK_LOOKAHEAD,
@@ -118,6 +121,7 @@ class StageEnv(BuildEnv):
             "relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
             "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32),
             "promise": spaces.Box(0.0, 1.0, (D,), np.float32),
+            "group": spaces.Box(0.0, 1.0, (D,), np.float32),
         })
         self.inst: Instance | None = None
         self.result = None
@@ -174,6 +178,8 @@ class StageEnv(BuildEnv):
         self.result = None
         self._promise: int | None = None    # the device the plan should end on (stage_two.promised)
         self._two = None                    # the current state's two_stage entries (stage_two.two_stage)
+        self._grp = None                    # the current state's group plan (stage_group.group_plan)
+        self._gplan: tuple[int, ...] | None = None      # the group being formed (stage_group.group_key)
         self._compute_mask()
         if not self._mask.any():
             raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
@@ -195,6 +201,7 @@ class StageEnv(BuildEnv):
         dst._qM = self._qM                  # (replaced, never modified in place)
         dst._adds_mem = self._adds_mem
         dst._promise, dst._two = self._promise, self._two      # (replaced, never modified in place)
+        dst._grp, dst._gplan = self._grp, self._gplan
         return dst
 
     # --- masks -------------------------------------------------------------------
@@ -308,7 +315,10 @@ class StageEnv(BuildEnv):
         a, substituted = self._allowed(action)
         inst, D, Bm = self.inst, self.max_devices, self.max_blocks
         if a >= D * Bm:
-            self.group.append(a - D * Bm)
+            d = a - D * Bm
+            plan = self._gplan if self.group else group_plan(self)
+            self._gplan = plan if plan and d in plan else None
+            self.group.append(d)
         else:
             d, r = divmod(a, Bm)
             r += 1
@@ -325,7 +335,7 @@ class StageEnv(BuildEnv):
             self.relays = self.relays.union(*(route_relays(inst, g, x, nb) for g in self.prev for x in devs))
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
-            self.prev, self.group, self.p, self._promise = devs, [], r, promise
+            self.prev, self.group, self.p, self._promise, self._gplan = devs, [], r, promise, None
             if r >= inst.B:
                 return self._end(substituted)
         self._compute_mask()

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from dora_rl.envs.instance import NG
+from dora_rl.envs.stage_group import group_key
 from dora_rl.envs.stage_two import entry_relays, promise, pstar_of, two_stage
 from dora_rl.features import CLIP, clip_log
 
-STAGE_OBS_VERSION = 6      # 4 (session 32): the "relay_w" key; 5 (session 33): "two_stage"; 6 (34): "promise"
+STAGE_OBS_VERSION = 7      # 4 (session 32): "relay_w"; 5 (33): "two_stage"; 6 (34): "promise"; 7 (35): "group"
 DEVICE_FEATURES = (
     "valid", "log_rate", "log_mem", "log_active_w", "idle_over_active", "on_battery", "log_battery_h",
     "is_source", "log_t_input_from_source", "log_t_output_to_source", "log_lat_source",
@@ -165,4 +166,4 @@ def observation(env) -> dict:
     return {"devices": dev.astype(np.float32), "device_mask": env._dmask.copy(),
             "blocks": blk.astype(np.float32), "block_mask": bmask, "global": g.astype(np.float32),
             "relay_w": relay_power(env, part, pstar, qb.idle).astype(np.float32),
-            "two_stage": two_stage(env, qb).astype(np.float32), "promise": promise(env)}
+            "two_stage": two_stage(env, qb).astype(np.float32), "promise": promise(env), "group": group_key(env)}

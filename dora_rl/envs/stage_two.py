@@ -137,6 +137,10 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     if inst.src in free and inst.src not in part:      # ending on the source: no return flow
         part.append(inst.src)
     part = np.array(part, dtype=np.int64)
+    live = cm[free, p:B - 1].any(axis=1)                      # the devices with a close that leaves a rest
+    if not live.all():
+        free, ud, fd, td = free[live], ud[live], fd[live], td[live]
+        E = _Energy(env, qb, free)
     cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
     if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
         return out, partner

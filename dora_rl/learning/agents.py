@@ -183,12 +183,12 @@ def _load_stage(folder: Path, config: dict):
     want = (STAGE_OBS_VERSION, NFD, NFB, SNG)
     got = (config.get("obs_version"), config.get("device_features"), config.get("block_features"),
            config.get("global_features"))
-    if got != want and not (got[0] in (3, 4, 5) and got[1:] == want[1:]):    # v3-v5 -> v6: `add_new_keys`
+    if got != want and not (got[0] in (3, 4, 5, 6) and got[1:] == want[1:]):    # v3-v6 -> v7: `add_new_keys`
         raise AgentError(f"agent {str(folder)!r} uses stage observation layout v{got[0]} with {got[1]}/{got[2]}/"
                          f"{got[3]} device/block/global features, but this dora_rl uses v{want[0]} with "
                          f"{want[1]}/{want[2]}/{want[3]}; retrain it with `dora train`")
     model = load_stage_model(folder)
-    add_new_keys(model)          # (nothing to do on a v6 model)
+    add_new_keys(model)          # (nothing to do on a v7 model)
     return StageAgent(model, config, folder)
 
 

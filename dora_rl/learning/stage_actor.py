@@ -22,6 +22,7 @@ from dora_rl.learning.stage_lookahead import (
     head_columns,
     lookahead_at,
     objective_column,
+    with_group,
     with_objective_term,
     with_two_stage,
 )
@@ -156,4 +157,6 @@ class StageNumpyActor:
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         if self.obj_w is not None and "two_stage" in obs:
             out = with_two_stage(out, obs["two_stage"].astype(dt), cb, cg, self.obj_w, np, mask, obs.get("promise"))
+            if "group" in obs:
+                out = with_group(out, obs["group"], cb, cg, self.obj_w, np, mask)
         return np.where(mask, out.astype(np.float64), -np.inf)      # float64 for the searches' softmax sums

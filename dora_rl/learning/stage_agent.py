@@ -125,13 +125,14 @@ def load_stage_model(folder: Path):
 
 
 def add_new_keys(model) -> None:
-    """Give a stage model saved with observation layout v3, v4 or v5 the v6 space, in place:
+    """Give a stage model saved with observation layout v3 to v6 the v7 space, in place:
     v4 added only the "relay_w" key (dora_rl/envs/stage_obs.py:relay_power), which the
     lookahead reads, v5 only "two_stage" and v6 only "promise" (dora_rl/envs/stage_two.py),
-    which the two-stage rule reads; the encoder reads none of them, so an older network is
-    the same network under v6 (its energy estimate then counts relays, its rule sees
-    two-stage plans and promises). Saved after this, the model loads in plain SB3 against v6
-    environments (the shipped agent's was, sessions 32-34)."""
+    which the two-stage rule reads, v7 only "group" (dora_rl/envs/stage_group.py), which
+    the group rule reads; the encoder reads none of them, so an older network is the same
+    network under v7 (its energy estimate then counts relays, its rules see two-stage
+    plans, promises and groups). Saved after this, the model loads in plain SB3 against v7
+    environments (the shipped agent's was, sessions 32-35)."""
     import numpy as np
     from gymnasium import spaces
 
@@ -141,7 +142,8 @@ def add_new_keys(model) -> None:
     D, Bm = old["devices"].shape[0], old["blocks"].shape[0]
     add = {"relay_w": spaces.Box(-CLIP, CLIP, (D,), np.float32),
            "two_stage": spaces.Box(-CLIP, CLIP, (D, Bm), np.float32),
-           "promise": spaces.Box(0.0, 1.0, (D,), np.float32)}
+           "promise": spaces.Box(0.0, 1.0, (D,), np.float32),
+           "group": spaces.Box(0.0, 1.0, (D,), np.float32)}
     if all(k in old.spaces for k in add):
         return
     new = spaces.Dict({**old.spaces, **{k: v for k, v in add.items() if k not in old.spaces}})

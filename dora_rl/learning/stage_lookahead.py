@@ -279,6 +279,39 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
     return logits.scatter(-1, k, new.to(logits.dtype))
 
 
+def with_group(logits, group, xb, xg, w, lib=np, allowed=None):
+    """The logits (..., D * Bm + D) with the group rule, where the objective's weight in `w`
+    is > 0 (as `with_two_stage`, after which it applies). `group` (..., D) is the
+    observation's "group" key (dora_rl/envs/stage_group.py): the members, still to add, of
+    a data-parallel group that ends the plan better, on the cost model, than both plans the
+    two-stage rule would take. With two or more marked, the allowed marked add the network
+    ranks highest is raised just above (+1e-3) every allowed action's; with one marked, its
+    close that ends the plan (the stage: the pending group and it). Nothing is raised where
+    that action is masked. Why: the trained network ends large plans on one device where a
+    group of the fastest devices is up to 2.2 x faster (docs/learning.md, "Session 35")."""
+    e = xg[..., NGL + 1]
+    live = (1.0 - e) * w[0] + e * w[1] > 0
+    D, inf = group.shape[-1], 1e30
+    Bm = (logits.shape[-1] - D) // D
+    masked = logits if allowed is None else lib.where(allowed > 0, logits, -inf)
+    top = lib.amax(masked, -1)
+    marked = group > 0.5
+    k = marked.sum(-1)
+    adds = lib.where(marked, masked[..., D * Bm:], -inf)
+    a_k, a_v = lib.argmax(adds, -1), lib.amax(adds, -1)
+    c_k = lib.argmax(marked * 1.0, -1) * Bm + lib.argmax(_end_row(xb), -1)
+    take = (lambda x, i: np.take_along_axis(x, i[..., None], -1)[..., 0]) if lib is np else \
+        (lambda x, i: x.gather(-1, i[..., None])[..., 0])
+    tgt = lib.where(k >= 2, D * Bm + a_k, c_k)
+    ok = live & (((k >= 2) & (a_v > -inf / 2)) | ((k == 1) & (take(masked, c_k) > -inf / 2)))
+    new = lib.where(ok, top + 1e-3, take(logits, tgt))[..., None]
+    if lib is np:
+        out = logits.copy()
+        np.put_along_axis(out, tgt[..., None], new, -1)
+        return out
+    return logits.scatter(-1, tgt[..., None], new.to(logits.dtype))
+
+
 def add_lookahead(xd, xb, xg, lib=np):
     """The one-step lookahead of every add d, (..., D, 5): the best over candidate ends j of
     `lookahead` for closing (partner, j) on the pending group + d + partner, the partner

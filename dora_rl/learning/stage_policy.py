@@ -55,6 +55,7 @@ from dora_rl.learning.stage_lookahead import (  # noqa: F401  (re-exported: the 
     lookahead,
     lookahead_at,
     objective_column,
+    with_group,
     with_objective_term,
     with_two_stage,
 )
@@ -176,7 +177,7 @@ class StagePointerHead(nn.Module):
 
     def logits(self, hd, gb, xd, xb, xg, mask: torch.Tensor | None = None, sparse: bool = True,
                risky: torch.Tensor | None = None, two: torch.Tensor | None = None,
-               promise: torch.Tensor | None = None) -> torch.Tensor:
+               promise: torch.Tensor | None = None, group: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the extractor's parts (any D and B): lookahead columns are re-indexed
         0.. (the extractor keeps only DEV_LOOKAHEAD / BLK_LOOKAHEAD / the global extras).
         With the action `mask` (N, D * Bm + D) the lookahead term is computed at the allowed
@@ -185,7 +186,8 @@ class StagePointerHead(nn.Module):
         closes are allowed, so the full (N, D, Bm, K) table was most of a large batch's time;
         the objective term measures the ending closes against the best allowed one that is
         not `risky` (`battery_risk`); with the observation's "two_stage" and "promise" keys
-        (`two`, `promise`), the two-stage rule follows it (`with_two_stage`)."""
+        (`two`, `promise`), the two-stage rule follows it (`with_two_stage`), and with
+        "group" (`group`) the group rule (`with_group`)."""
         bil = self.q(hd) @ gb.transpose(1, 2) / math.sqrt(self.embed)          # (N, D, Bm)
         amp = self.amp(hd)                                                      # (N, D, K)
         if mask is None or not sparse:
@@ -209,6 +211,8 @@ class StagePointerHead(nn.Module):
         out = torch.cat([close.flatten(1), add], -1)
         if self.obj_term and two is not None:
             out = with_two_stage(out, two, xb, xg, self.obj_w, torch, mask, promise)
+            if group is not None:
+                out = with_group(out, group, xb, xg, self.obj_w, torch, mask)
         return out
 
 
@@ -260,7 +264,7 @@ class StagePolicy(MaskableActorCriticPolicy):
         c, hd, gb, xd, xb, xg = self.features_extractor.parts(obs)
         risky = battery_risk(obs) if self.action_net.obj_term else None    # only the objective term reads it
         return (self.action_net.logits(hd, gb, xd, xb, xg, mask, sparse, risky, obs.get("two_stage"),
-                                       obs.get("promise")),
+                                       obs.get("promise"), obs.get("group")),
                 self.value_net.net(c).flatten())
 
     # SB3's entry points (rollouts, PPO's update, predict) go through `any_size` with the

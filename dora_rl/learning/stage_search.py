@@ -51,9 +51,9 @@ class LookaheadActor:
     """The network's computed terms without the network (the rule it weighs): every allowed
     close scored by its one-step lookahead's objective column and every add by its
     `add_lookahead`'s (dora_rl/learning/stage_lookahead.py: the latency lower bound, or the
-    energy estimate), the least best, then the two-stage rule as the shipped policy applies
-    it (`with_two_stage`). The control that shows what the learned weights add over the
-    formulas and rules they are given."""
+    energy estimate), the least best, then the two-stage and group rules as the shipped
+    policy applies them (`with_two_stage`, `with_group`). The control that shows what the
+    learned weights add over the formulas and rules they are given."""
 
     def logits(self, obs: dict, mask) -> np.ndarray:
         from dora_rl.learning.stage_lookahead import (
@@ -61,6 +61,7 @@ class LookaheadActor:
             head_columns,
             lookahead,
             objective_column,
+            with_group,
             with_two_stage,
         )
 
@@ -71,6 +72,8 @@ class LookaheadActor:
         out = np.concatenate([close.reshape(close.shape[:-2] + (-1,)), add], -1)
         if "two_stage" in obs:
             out = with_two_stage(out, obs["two_stage"], xb, xg, (1.0, 1.0), np, mask, obs.get("promise"))
+            if "group" in obs:
+                out = with_group(out, obs["group"], xb, xg, (1.0, 1.0), np, mask)
         return np.where(mask, out, -np.inf)
 
 

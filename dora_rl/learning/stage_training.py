@@ -32,7 +32,7 @@ import numpy as np
 from dora_rl.errors import DoraError
 
 log = logging.getLogger(__name__)
-OBS = ("devices", "device_mask", "blocks", "block_mask", "global", "relay_w", "two_stage", "promise")
+OBS = ("devices", "device_mask", "blocks", "block_mask", "global", "relay_w", "two_stage", "promise", "group")
 FAMILIES = {
     "small": {"max_devices": 8, "max_blocks": 32, "min_devices": 2, "gen_max_devices": 8, "gen_kwargs": {}},
     "large": {"max_devices": 64, "max_blocks": 200, "min_devices": 12, "gen_max_devices": 64,
@@ -201,7 +201,7 @@ def _crop(t, idx):
     o = {"devices": obs["devices"][ii, :dc], "device_mask": obs["device_mask"][ii, :dc],
          "blocks": obs["blocks"][ii, :bc], "block_mask": obs["block_mask"][ii, :bc], "global": obs["global"][ii],
          "relay_w": obs["relay_w"][ii, :dc], "two_stage": obs["two_stage"][ii, :dc, :bc],
-         "promise": obs["promise"][ii, :dc]}
+         "promise": obs["promise"][ii, :dc], "group": obs["group"][ii, :dc]}
     def cut(m):
         return torch.cat([m[:, :D * Bm].reshape(-1, D, Bm)[:, :dc, :bc].flatten(1), m[:, D * Bm:D * Bm + dc]], 1)
 

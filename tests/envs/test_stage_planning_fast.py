@@ -361,3 +361,28 @@ def test_two_stage_checks_the_battery_targets_at_each_devices_duty():
     assert QB.battery_ok_at(Phone, at, 0.32, 0.0816)[0]                       # 5.936 h >= 5 h
     assert not QB.battery_ok_at(Phone, at, 0.32, 0.0816, 1.2)[0]              # < 6 h
     assert not QB.battery_ok_at(Phone, at, 0.5, 0.0)[0]                       # 2.75 W: 4.36 h
+
+
+def test_group_key_marks_the_group_whose_plan_beats_the_two_stage_rules_choices():
+    """docs/cost-model.md's worked example 4 (cam feeding boardA and boardB, 200 GFLOP/s
+    each): the whole model on {boardA, boardB} takes 0.05 + 0.017 + 0.00164 = 68.64 ms, on
+    boardA alone 0.1 + 0.017 + 0.00164 = 118.64 ms (the best ending close; a two-stage plan
+    computes the 0.1 s in sequence too), so the "group" key marks both boards; after boardA's
+    add it marks boardB, the member still to add, and the stage closed on it is the plan
+    the key was computed for. An add outside the group drops it."""
+    from dora_rl.envs.stage_group import group_plan
+    from tests.toy import HUB, scenario
+
+    env = StageEnv(scenario=scenario(HUB), max_devices=3, max_blocks=4, qoe_masks=False)
+    obs, _ = env.reset(seed=0)
+    assert group_plan(env) == (1, 2) and obs["group"].tolist() == [0.0, 1.0, 1.0]
+    assert env.inst.finish([(0, 4, (1, 2))])[2].latency_ms == pytest.approx(68.64)
+    assert env.inst.finish([(0, 4, (1,))])[2].latency_ms == pytest.approx(118.64)
+    obs, *_ = env.step(3 * 4 + 1)                   # add boardA
+    assert env._gplan == (1, 2) and obs["group"].tolist() == [0.0, 0.0, 1.0]
+    _, _, done, _, info = env.step(2 * 4 + 3)       # close [0, 4) on the group + boardB
+    assert done and info["objective"] == pytest.approx(68.64)
+    env.reset(seed=0)
+    assert env.action_masks()[3 * 4 + 0]
+    obs, *_ = env.step(3 * 4 + 0)                   # add the camera: not a member
+    assert env._gplan is None and not obs["group"].any()

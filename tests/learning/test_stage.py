@@ -663,11 +663,63 @@ def test_shipped_agent_loads_in_plain_sb3_and_reproduces_results():
 
 
 
-def test_v3_to_v5_stage_agents_load_with_the_new_keys_added_and_plan_as_v6(tmp_path):
-    """Observation v4 only adds "relay_w", v5 only "two_stage" and v6 only "promise", which
-    the encoder does not read: the shipped network saved with v3's, v4's or v5's space and
-    config loads (`add_new_keys`), its space gets the keys, and it plans the presets as the
-    v6 agent does; a v2 config is still refused."""
+def test_the_group_rule_adds_the_marked_members_then_closes_on_the_last():
+    """`with_group` by hand on 3 devices x 2 blocks (block 1 ends the plan; actions 0-5 the
+    closes d * 2 + j, 6-8 the adds): with devices 1 and 2 marked, the marked add the network
+    ranks higher (device 2's, action 8, logit 1 against 0.5) is raised to the best allowed
+    logit (5, action 0) + 1e-3; with only device 2 marked, its ending close (action 5); with
+    that close masked, nothing; with no mark or a weight of 0, nothing. numpy and torch
+    agree. Then greedy on docs/cost-model.md's worked example 4 with a random policy (the
+    objective term on): the plan ends on the group the key marks, 68.64 ms."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    from dora_rl.envs.stage import StageEnv
+    from dora_rl.learning.search import greedy_complete
+    from dora_rl.learning.stage_actor import StageNumpyActor
+    from dora_rl.learning.stage_lookahead import _IS_END, NBL, NBX, NGX, with_group
+    from dora_rl.learning.stage_policy import StagePolicy
+    from tests.toy import HUB, scenario
+
+    xb = np.zeros((2, NBX))
+    xb[1, _IS_END], xb[:, NBL] = 1.0, 1.0
+    xg = np.zeros(NGX)
+    logits = np.array([5.0, 1.0, 2.0, 0.0, -1.0, -2.0, 3.0, 0.5, 1.0])
+    allowed = np.ones(9, dtype=bool)
+
+    def rule(group, allowed=allowed, w=(32.0, 32.0)):
+        got = with_group(logits, np.array(group), xb, xg, w, np, allowed)
+        t = with_group(torch.tensor(logits)[None], torch.tensor(group)[None], torch.tensor(xb)[None],
+                       torch.tensor(xg)[None], w, torch, torch.tensor(allowed)[None])[0].numpy()
+        assert np.allclose(got, t)
+        return got
+
+    def raised(k):
+        out = logits.copy()
+        out[k] = 5.0 + 1e-3
+        return out
+
+    assert np.allclose(rule([0.0, 1.0, 1.0]), raised(8))
+    assert np.allclose(rule([0.0, 0.0, 1.0]), raised(5))
+    no5 = allowed.copy()
+    no5[5] = False
+    assert np.allclose(rule([0.0, 0.0, 1.0], no5), logits)
+    assert np.allclose(rule([0.0, 0.0, 0.0]), logits)
+    assert np.allclose(rule([0.0, 1.0, 1.0], w=(0.0, 32.0)), logits)
+    env = StageEnv(max_devices=8, max_blocks=32)
+    model = MaskablePPO(StagePolicy, env, n_steps=32, batch_size=32, seed=3, device="cpu",
+                        policy_kwargs={"objective_term": [2.0, 3.0]})
+    hub = StageEnv(scenario=scenario(HUB), max_devices=8, max_blocks=32)
+    hub.reset(seed=0)
+    plan, m, _ = greedy_complete(StageNumpyActor(model.policy), [hub])[0]
+    assert [s.devices for s in plan.stages] == [("boardA", "boardB")] and m.latency_ms == pytest.approx(68.64)
+
+
+def test_v3_to_v6_stage_agents_load_with_the_new_keys_added_and_plan_as_v7(tmp_path):
+    """Observation v4 only adds "relay_w", v5 only "two_stage", v6 only "promise" and v7 only
+    "group", which the encoder does not read: the shipped network saved with v3's to v6's
+    space and config loads (`add_new_keys`), its space gets the keys, and it plans the
+    presets as the v7 agent does; a v2 config is still refused."""
     import shutil
 
     import yaml
@@ -679,8 +731,8 @@ def test_v3_to_v5_stage_agents_load_with_the_new_keys_added_and_plan_as_v6(tmp_p
 
     folder = _shipped_stage()
     a6 = load_agent(folder)
-    for version, gone in ((3, ("relay_w", "two_stage", "promise")), (4, ("two_stage", "promise")),
-                          (5, ("promise",))):
+    for version, gone in ((3, ("relay_w", "two_stage", "promise", "group")), (4, ("two_stage", "promise", "group")),
+                          (5, ("promise", "group")), (6, ("group",))):
         old = tmp_path / f"v{version}"
         shutil.copytree(folder, old)
         model = MaskablePPO.load(str(folder / "model.zip"), device="cpu")

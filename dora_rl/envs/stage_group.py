@@ -1,0 +1,112 @@
+"""StageEnv's "group" key (observation v7): a data-parallel group that ends the plan, scored
+on the cost model against the two-stage rule's own choices.
+
+Why: the one-step add lookahead (dora_rl/learning/stage_lookahead.py:add_lookahead) prices
+an add by a bound, and the two-stage key (dora_rl/envs/stage_two.py) compares only plans
+that end on single devices, so the greedy policy ended large plans on one device where a
+group of the fastest devices, data-parallel over the rest, was 1.3 to 2.2 x faster (card
+large 32 x 100 instance 5: the whole model on the edge server at 283 ms against 130 ms on
+the server, an AGX Orin and two laptops; 64 x 100 instance 0: one laptop against two;
+docs/learning.md, "Session 35"). A group's transfers (the scatter to every member, the
+gather back) and its shares are the cost model's, so here the candidates are real plans
+evaluated exactly (`Instance.finish`, a fraction of a millisecond each), not estimates.
+
+What the key says, and what the policy's rule does with it
+(dora_rl/learning/stage_lookahead.py:with_group): at a state with no pending group, the
+plan that puts the rest [p, B) on the k fastest free devices (k = 2 .. GROUP_MAX) is
+compared, by the planners' order (`cost.qoe.preference`: compliant first, then the
+objective), with the two plans the two-stage rule would take - the best allowed ending
+close and the best two-stage entry with its partner, both evaluated exactly - and when the
+best group beats both, its members are marked 1. StageEnv keeps the group once its first
+member is added (`_gplan`), and the key then marks the members still to add; the rule adds
+them and closes the stage on the last."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dora_rl.cost.qoe import preference
+from dora_rl.envs.stage_two import two_stage
+from dora_rl.errors import NoFeasiblePlan
+from dora_rl.features import CLIP
+
+GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
+
+
+def group_plan(env) -> tuple[int, ...] | None:
+    """The group of free devices the plan should end on from this state (no pending group),
+    or None: the best of the k fastest (k = 2 .. GROUP_MAX) when its plan is better than
+    both of the two-stage rule's choices (module docstring) and its fastest member's add is
+    allowed; cached per state on the env (`env._grp`)."""
+    key = (id(env.inst), env.p, len(env.stages))
+    if env._grp is None or env._grp[0] != key:
+        env._grp = (key, _group_plan(env))
+    return env._grp[1]
+
+
+def group_key(env) -> np.ndarray:
+    """The "group" key, (D,): 1 at the members of the group the plan should end on that are
+    not in the pending group yet (`group_plan`, or StageEnv's `_gplan` once a member is
+    added), else 0."""
+    out = np.zeros(env.max_devices, np.float32)
+    if env.done:
+        return out
+    plan = env._gplan if env.group else group_plan(env)
+    if plan:
+        out[[d for d in plan if d not in env.group]] = 1.0
+    return out
+
+
+def _preference(env, rest: list) -> tuple | None:
+    """The planners' sort key of the plan: the closed stages, then `rest`; None where no
+    micro-batch count fits it in memory."""
+    try:
+        _, _, m = env.inst.finish(list(env.stages) + rest)
+    except NoFeasiblePlan:
+        return None
+    return preference(m, env.inst.objective)
+
+
+def _group_plan(env) -> tuple[int, ...] | None:
+    inst, D, Bm, n, B, p = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
+    if env.group or p >= B or inst.objective not in ("latency", "energy") or not env._mask[D * Bm:].any():
+        return None
+    if env.qoe_masks and env._bound().on and not env.qoe_masked:
+        return None         # the QoE bound (sound) says no compliant plan exists from here: nor a group
+    two = two_stage(env, env._bound()).astype(float)
+    cm = env._mask[:D * Bm].reshape(D, Bm)[:n]
+    alts = []
+    ends = np.where(cm[:, B - 1], two[:n, B - 1], np.inf)
+    if np.isfinite(ends.min()):
+        alts.append([(p, B, (int(ends.argmin()),))])
+    rest = np.where(cm[:, :B - 1], two[:n, :B - 1], np.inf)
+    if rest.size and rest.min() < CLIP - 1e-6:
+        d, j = np.unravel_index(int(rest.argmin()), rest.shape)
+        e = int(env._two[2][d, j])
+        alts.append([(p, int(j) + 1, (int(d),)), (int(j) + 1, B, (e,))])
+    bar = [k for k in (_preference(env, a) for a in alts) if k is not None]
+    if not bar:
+        return None
+    free, qb = [d for d in range(n) if d not in env.used], env._bound()
+    orders = [sorted(free, key=lambda d: -inst.rate[d])[:GROUP_MAX]]
+    if inst.objective == "energy":      # the most efficient too: the least active power per FLOP/s
+        orders.append(sorted(free, key=lambda d: (qb.dyn_w[d] + qb.idle[d]) / inst.rate[d])[:GROUP_MAX])
+    # under latency a compliant bar the group cannot beat spares the evaluation: a batch
+    # passes the group's compute whatever the micro-batches (M u = the batch's work over the
+    # group's rate, ms), a lower bound of the latency
+    cap = min(bar)[2] if inst.objective == "latency" and not min(bar)[0] else np.inf
+    work = qb.back * inst.batch * (inst.fp[B] - inst.fp[p])
+    best = None
+    for order in orders:
+        if not env._mask[D * Bm + order[0]]:
+            continue
+        for k in range(2, len(order) + 1):
+            g = tuple(order[:k])
+            if 1e3 * work / sum(inst.rate[d] for d in g) >= cap:
+                continue
+            pk = _preference(env, [(p, B, g)])
+            if pk is not None and not pk[0] and (best is None or pk < best[0]):     # compliant groups only
+                best = (pk, g)
+    if best is None or not best[0] < min(bar) or not env._mask[D * Bm + best[1][0]]:
+        return None
+    return best[1]

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.cost.qoe import preference
-from dora_rl.envs.stage_two import two_stage
-from dora_rl.errors import NoFeasiblePlan
+from dora_rl.envs.stage_two import plan_preference, two_stage
 from dora_rl.features import CLIP
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
@@ -57,16 +55,6 @@ def group_key(env) -> np.ndarray:
     return out
 
 
-def _preference(env, rest: list) -> tuple | None:
-    """The planners' sort key of the plan: the closed stages, then `rest`; None where no
-    micro-batch count fits it in memory."""
-    try:
-        _, _, m = env.inst.finish(list(env.stages) + rest)
-    except NoFeasiblePlan:
-        return None
-    return preference(m, env.inst.objective)
-
-
 def _group_plan(env) -> tuple[int, ...] | None:
     inst, D, Bm, n, B, p = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
     if env.group or p >= B or inst.objective not in ("latency", "energy") or not env._mask[D * Bm:].any():
@@ -84,7 +72,7 @@ def _group_plan(env) -> tuple[int, ...] | None:
         d, j = np.unravel_index(int(rest.argmin()), rest.shape)
         e = int(env._two[2][d, j])
         alts.append([(p, int(j) + 1, (int(d),)), (int(j) + 1, B, (e,))])
-    bar = [k for k in (_preference(env, a) for a in alts) if k is not None]
+    bar = [k for k in (plan_preference(env, a) for a in alts) if k is not None]
     if not bar:
         return None
     free, qb = [d for d in range(n) if d not in env.used], env._bound()
@@ -104,7 +92,7 @@ def _group_plan(env) -> tuple[int, ...] | None:
             g = tuple(order[:k])
             if 1e3 * work / sum(inst.rate[d] for d in g) >= cap:
                 continue
-            pk = _preference(env, [(p, B, g)])
+            pk = plan_preference(env, [(p, B, g)])
             if pk is not None and not pk[0] and (best is None or pk < best[0]):     # compliant groups only
                 best = (pk, g)
     if best is None or not best[0] < min(bar) or not env._mask[D * Bm + best[1][0]]:

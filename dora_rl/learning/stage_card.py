@@ -24,8 +24,8 @@ ROWS = (("net_greedy", "**network alone** (greedy, `search=greedy`)", "the netwo
         ("net_beam", "network + beam (budget)", "network-guided search"),
         ("net_restart", "network + restart (budget)", "network-guided search"),
         ("net_restart_at_dora_time", "network + restart (dora's own time as budget)", "network-guided search"),
-        ("lookahead_greedy", "lookahead terms + two-stage rule alone (greedy, no network)",
-         "control (the formulas and rule the network is given)"),
+        ("lookahead_greedy", "lookahead terms + two-stage and group rules alone (greedy, no network)",
+         "control (the formulas and rules the network is given)"),
         ("uniform_greedy", "uniform policy alone", "control (masks only)"),
         ("uniform_polish", "uniform policy + polish", "search (control)"),
         ("uniform_rollout", "uniform policy + rollout", "search (control)"),
@@ -124,11 +124,13 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None, pl
                  "compare it with the same search from the uniform policy and from the fastest device. The network "
                  "alone's own control is the 'lookahead terms alone' row: the one-step lookahead formulas the network "
                  "is given (dora_rl/learning/stage_lookahead.py), ranked by the objective's column with no learned "
-                 "weight, then the two-stage rule; the gap between the two rows is what the learned weights add. "
-                 "The network alone's own row carries computed terms too, not learned: the objective term, its "
-                 "dominance and battery rules, and (latency objective) the two-stage rule, which takes a close "
-                 "whose plan with one more device is faster than every allowed ending close (observation key "
-                 "`two_stage`); part of its figure is theirs (docs/learning.md, \"Sessions 30-33\").", ""]
+                 "weight, then the two-stage and group rules; the gap between the two rows is what the learned "
+                 "weights add. The network alone's own row carries computed terms too, not learned: the objective "
+                 "term, its dominance and battery rules, the two-stage rule, which takes a close whose plan with "
+                 "one more device is better than every allowed ending close (observation keys `two_stage`, "
+                 "`promise`), and the group rule, which ends the plan on a data-parallel group of the fastest "
+                 "devices when its plan, evaluated on the cost model, is better still (observation key `group`); "
+                 "part of its figure is theirs (docs/learning.md, \"Sessions 30-35\").", ""]
         body += _table(h["summary"], "oracle") + [""]
         if note:
             body += ["### Provenance", "", note.strip(), ""]

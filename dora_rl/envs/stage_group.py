@@ -13,11 +13,14 @@ evaluated exactly (`Instance.finish`, a fraction of a millisecond each), not est
 
 What the key says, and what the policy's rule does with it
 (dora_rl/learning/stage_lookahead.py:with_group): at a state with no pending group, the
-plan that puts the rest [p, B) on the k fastest free devices (k = 2 .. GROUP_MAX) is
+plan that puts the rest [p, B) on the k fastest free devices (k = 2 .. GROUP_MAX; under an
+energy objective also the k with the least power per FLOP/s), compliant ones only, is
 compared, by the planners' order (`cost.qoe.preference`: compliant first, then the
 objective), with the two plans the two-stage rule would take - the best allowed ending
 close and the best two-stage entry with its partner, both evaluated exactly - and when the
-best group beats both, its members are marked 1. StageEnv keeps the group once its first
+best group beats both, its members are marked 1. No group is evaluated where the sound QoE
+bound says no compliant plan exists, nor, under latency, one whose batch compute alone
+exceeds a compliant alternative's latency. StageEnv keeps the group once its first
 member is added (`_gplan`), and the key then marks the members still to add; the rule adds
 them and closes the stage on the last."""
 

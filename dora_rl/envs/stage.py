@@ -57,7 +57,7 @@ from dora_rl.cost.qoe import REWARDS, utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
-from dora_rl.envs.stage_group import group_plan
+from dora_rl.envs.stage_group import current_group
 from dora_rl.envs.stage_obs import (
     BLK_LOG_WORK,
     BLK_LOOKAHEAD,
@@ -316,7 +316,7 @@ class StageEnv(BuildEnv):
         inst, D, Bm = self.inst, self.max_devices, self.max_blocks
         if a >= D * Bm:
             d = a - D * Bm
-            plan = self._gplan if self.group else group_plan(self)
+            plan = current_group(self)
             self._gplan = plan if plan and d in plan else None
             self.group.append(d)
         else:

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.stage_two import plan_preference, two_stage
-from dora_rl.features import CLIP
+from dora_rl.envs.stage_two import plan_preference, rule_choices, two_stage
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
 
@@ -45,14 +44,19 @@ def group_plan(env) -> tuple[int, ...] | None:
     return env._grp[1]
 
 
+def current_group(env) -> tuple[int, ...] | None:
+    """The group the plan should end on: `group_plan` at a state with no pending group, the
+    one being formed (StageEnv's `_gplan`) once a member is added."""
+    return env._gplan if env.group else group_plan(env)
+
+
 def group_key(env) -> np.ndarray:
-    """The "group" key, (D,): 1 at the members of the group the plan should end on that are
-    not in the pending group yet (`group_plan`, or StageEnv's `_gplan` once a member is
-    added), else 0."""
+    """The "group" key, (D,): 1 at the members of `current_group` that are not in the
+    pending group yet, else 0."""
     out = np.zeros(env.max_devices, np.float32)
     if env.done:
         return out
-    plan = env._gplan if env.group else group_plan(env)
+    plan = current_group(env)
     if plan:
         out[[d for d in plan if d not in env.group]] = 1.0
     return out
@@ -65,17 +69,8 @@ def _group_plan(env) -> tuple[int, ...] | None:
     if env.qoe_masks and env._bound().on and not env.qoe_masked:
         return None         # the QoE bound (sound) says no compliant plan exists from here: nor a group
     two = two_stage(env, env._bound()).astype(float)
-    cm = env._mask[:D * Bm].reshape(D, Bm)[:n]
-    alts = []
-    ends = np.where(cm[:, B - 1], two[:n, B - 1], np.inf)
-    if np.isfinite(ends.min()):
-        alts.append([(p, B, (int(ends.argmin()),))])
-    rest = np.where(cm[:, :B - 1], two[:n, :B - 1], np.inf)
-    if rest.size and rest.min() < CLIP - 1e-6:
-        d, j = np.unravel_index(int(rest.argmin()), rest.shape)
-        e = int(env._two[2][d, j])
-        alts.append([(p, int(j) + 1, (int(d),)), (int(j) + 1, B, (e,))])
-    bar = [k for k in (plan_preference(env, a) for a in alts) if k is not None]
+    alts = rule_choices(env, two, env._two[2])[:2]
+    bar = [k for k in (plan_preference(env, a) for a in alts if a is not None) if k is not None]
     if not bar:
         return None
     free, qb = [d for d in range(n) if d not in env.used], env._bound()

@@ -86,6 +86,24 @@ def plan_preference(env, rest: list) -> tuple | None:
     return preference(m, env.inst.objective)
 
 
+def rule_choices(env, out: np.ndarray, partner: np.ndarray):
+    """The two plans the two-stage rule chooses between, as the rest's stage tuples (None
+    where there is none): the best allowed ending close, and the best allowed close that
+    leaves a rest with its partner (where its entry is a plan, below CLIP); then their
+    entries (inf where none)."""
+    D, Bm, n, B, p = env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
+    cm = env._mask[:D * Bm].reshape(D, Bm)[:n]
+    ends = np.where(cm[:, B - 1], out[:n, B - 1], np.inf)
+    rest = np.where(cm[:, :B - 1], out[:n, :B - 1], np.inf)
+    e_min, r_min = float(ends.min()), float(rest.min()) if rest.size else np.inf
+    one = [(p, B, (int(ends.argmin()),))] if np.isfinite(e_min) else None
+    pair = None
+    if r_min < CLIP - 1e-6:
+        d, j = (int(x) for x in np.unravel_index(int(rest.argmin()), rest.shape))
+        pair = [(p, j + 1, (d,)), (j + 1, B, (int(partner[d, j]),))]
+    return one, pair, e_min, r_min
+
+
 def _verify(env, out: np.ndarray, partner: np.ndarray) -> None:
     """Where the least allowed two-stage entry is below the least allowed ending close's
     (the two-stage rule would take it), both plans evaluated exactly: unless the two-stage
@@ -94,17 +112,14 @@ def _verify(env, out: np.ndarray, partner: np.ndarray) -> None:
     contention), and the rule took closes whose plans it rated 0.2-0.5 % better than ending
     the plan, a last block split off to another device, that were 5-20 % worse (session
     35: card large 32 x 50 instance 1, 32 x 200 instance 2, 64 x 100 instance 8)."""
-    D, Bm, n, B, p = env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
-    cm = env._mask[:D * Bm].reshape(D, Bm)[:n]
-    ends = np.where(cm[:, B - 1], out[:n, B - 1], np.inf)
-    rest = np.where(cm[:, :B - 1], out[:n, :B - 1], np.inf)
-    if not np.isfinite(ends.min()) or not rest.size or not rest.min() < min(ends.min(), CLIP) - 1e-6:
+    one, pair, e_min, r_min = rule_choices(env, out, partner)
+    if one is None or pair is None or not r_min < e_min - 1e-6:
         return
-    d, j = (int(x) for x in np.unravel_index(int(rest.argmin()), rest.shape))
-    two = plan_preference(env, [(p, j + 1, (d,)), (j + 1, B, (int(partner[d, j]),))])
-    one = plan_preference(env, [(p, B, (int(ends.argmin()),))])
-    if two is None or (one is not None and not two < one):
-        out[:n, :B - 1] = np.where(cm[:, :B - 1], CLIP, out[:n, :B - 1])
+    two, end = plan_preference(env, pair), plan_preference(env, one)
+    if two is None or (end is not None and not two < end):
+        D, Bm, n, B = env.max_devices, env.max_blocks, env.inst.n, env.inst.B
+        cm = env._mask[:D * Bm].reshape(D, Bm)[:n, :B - 1]
+        out[:n, :B - 1] = np.where(cm, CLIP, out[:n, :B - 1])
 
 
 def promised(env, d: int, j: int) -> int | None:
@@ -118,15 +133,13 @@ def promised(env, d: int, j: int) -> int | None:
     not always the promised stage (validation small s2 78: another device, on which the
     first device's battery, checked at the duty the promised partner gave it, missed its
     target; docs/learning.md, "Session 34")."""
-    B, Bm, D = env.inst.B, env.max_blocks, env.max_devices
-    ends = env._mask[:D * Bm].reshape(D, Bm)[:, B - 1] > 0
-    if j >= B - 1:
+    if j >= env.inst.B - 1:
         return None
     two = two_stage(env, env._bound())
     partner = env._two[2]
     if partner[d, j] < 0:
         return None
-    bar = min(two[ends, B - 1].min() if ends.any() else CLIP, CLIP)
+    bar = min(rule_choices(env, two, partner)[2], CLIP)
     return int(partner[d, j]) if two[d, j] < bar - 1e-6 else None
 
 

@@ -174,6 +174,20 @@ def _closes(allowed, xd, xb):
     return allowed[..., :D * Bm].reshape(allowed.shape[:-1] + (D, Bm)) > 0
 
 
+def _take(x, i, lib):
+    """x[..., i] per leading index: `i` (...,) indexes x's last axis (numpy or torch)."""
+    return (np.take_along_axis(x, i[..., None], -1) if lib is np else x.gather(-1, i[..., None]))[..., 0]
+
+
+def _put(x, i, v, lib):
+    """A copy of x with x[..., i] = v per leading index (`i`, `v`: (...,))."""
+    if lib is np:
+        out = x.copy()
+        np.put_along_axis(out, i[..., None], v[..., None], -1)
+        return out
+    return x.scatter(-1, i[..., None], v[..., None].to(x.dtype))
+
+
 def with_objective_term(close, xd, xb, xg, w, lib=np, allowed=None, risky=None, col=None):
     """The close logits `close` (..., D, Bm) with the objective term: the close that ends the
     plan on d gets `-w_obj * end_objective(d)`, `w` = (latency weight, energy weight), the
@@ -202,24 +216,19 @@ def with_objective_term(close, xd, xb, xg, w, lib=np, allowed=None, risky=None, 
         return close
     dominated = (col > bar[..., None] + 1e-6) & ~is_end[..., None, :]
     if risky is not None:       # an ending close at battery risk, when the bar is not
-        safe = ~(np.take_along_axis(risky, dbar[..., None], -1) if lib is np else risky.gather(-1, dbar[..., None]))
+        safe = ~_take(risky, dbar, lib)[..., None]
         dominated = dominated | (risky[..., :, None] & is_end[..., None, :] & safe[..., None])
     if allowed is not None:
         dominated = dominated & _closes(allowed, xd, xb)
     shape, Bm = close.shape, close.shape[-1]
     flat = close.reshape(shape[:-2] + (-1,))
     top = lib.amax(lib.where(dominated.reshape(flat.shape), flat, -1e30), -1)
-    k = (dbar * Bm + lib.argmax(_end_row(xb), -1))[..., None]
-    cur = (np.take_along_axis(flat, k, -1) if lib is np else flat.gather(-1, k))[..., 0]
+    k = dbar * Bm + lib.argmax(_end_row(xb), -1)
+    cur = _take(flat, k, lib)
     on = (bar[..., 0] < 1e29) & (w_obj > 0) & (top >= cur)
     if allowed is not None:     # only a bar that can be chosen (an allowed ending close)
-        on = on & ((np.take_along_axis(allowed, k, -1) if lib is np else allowed.gather(-1, k))[..., 0] > 0)
-    new = lib.where(on, top + 1e-3, cur)[..., None]
-    if lib is np:
-        flat = flat.copy()
-        np.put_along_axis(flat, k, new, -1)
-        return flat.reshape(shape)
-    return flat.scatter(-1, k, new).reshape(shape)
+        on = on & (_take(allowed, k, lib) > 0)
+    return _put(flat, k, lib.where(on, top + 1e-3, cur), lib).reshape(shape)
 
 
 SWITCH_MARGIN = 0.05     # the two-stage rule's switch between ending closes: 5 % in log objective
@@ -262,21 +271,14 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
     masked = logits if allowed is None else lib.where(allowed > 0, logits, -inf)
     top, pick = lib.amax(masked, -1), lib.argmax(masked, -1)
     closes = pick < D * Bm
-    pc = lib.where(closes, pick, 0)[..., None]
     on = live & (best < bar.clip(max=CLIP) - 1e-6) & ((bar < inf) | closes)        # (1)
-    pe = lib.where(closes, (np.take_along_axis(ends, pc, -1) if lib is np else ends.gather(-1, pc))[..., 0], inf)
+    pe = lib.where(closes, _take(ends, lib.where(closes, pick, 0), lib), inf)
     kept = live & ~on & (pe < inf) & (pe > bar + SWITCH_MARGIN)                   # (3)
     if promise is not None:                                                       # (2)
         due = (((promise > 0.5)[..., :, None] & cl & is_end).reshape(flat).sum(-1)) > 0
         kept = kept | (live & ~on & (bar < inf) & due & closes)
-    k = lib.where(kept, k_end, k)[..., None]
-    cur = (np.take_along_axis(logits, k, -1) if lib is np else logits.gather(-1, k))[..., 0]
-    new = lib.where(on | kept, top + 1e-3, cur)[..., None]
-    if lib is np:
-        out = logits.copy()
-        np.put_along_axis(out, k, new, -1)
-        return out
-    return logits.scatter(-1, k, new.to(logits.dtype))
+    k = lib.where(kept, k_end, k)
+    return _put(logits, k, lib.where(on | kept, top + 1e-3, _take(logits, k, lib)), lib)
 
 
 def with_group(logits, group, xb, xg, w, lib=np, allowed=None):
@@ -300,16 +302,9 @@ def with_group(logits, group, xb, xg, w, lib=np, allowed=None):
     adds = lib.where(marked, masked[..., D * Bm:], -inf)
     a_k, a_v = lib.argmax(adds, -1), lib.amax(adds, -1)
     c_k = lib.argmax(marked * 1.0, -1) * Bm + lib.argmax(_end_row(xb), -1)
-    take = (lambda x, i: np.take_along_axis(x, i[..., None], -1)[..., 0]) if lib is np else \
-        (lambda x, i: x.gather(-1, i[..., None])[..., 0])
     tgt = lib.where(k >= 2, D * Bm + a_k, c_k)
-    ok = live & (((k >= 2) & (a_v > -inf / 2)) | ((k == 1) & (take(masked, c_k) > -inf / 2)))
-    new = lib.where(ok, top + 1e-3, take(logits, tgt))[..., None]
-    if lib is np:
-        out = logits.copy()
-        np.put_along_axis(out, tgt[..., None], new, -1)
-        return out
-    return logits.scatter(-1, tgt[..., None], new.to(logits.dtype))
+    ok = live & (((k >= 2) & (a_v > -inf / 2)) | ((k == 1) & (_take(masked, c_k, lib) > -inf / 2)))
+    return _put(logits, tgt, lib.where(ok, top + 1e-3, _take(logits, tgt, lib)), lib)
 
 
 def add_lookahead(xd, xb, xg, lib=np):

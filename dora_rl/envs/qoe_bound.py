@@ -202,6 +202,18 @@ class QoEBound(RestTerms, AddLookahead):
             hours = bj / np.maximum(power, 1e-30) / 3600.0
             return ~np.isfinite(bj) | (hours >= margin * self.min_h * (1 - 1e-9) * (1 - SLACK))
 
+    def max_duty(self, ds) -> np.ndarray:
+        """Per device of `ds`: the largest compute-busy share of the period (0 .. 1) at which
+        its battery lasts the target (`battery_ok_at`'s power solved for frac); 1 off
+        battery or without a target, 0 where even idle drains it too soon."""
+        bj = self.bj[ds]
+        if self.min_h is None:
+            return np.ones(np.shape(bj))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            watts = bj / (3600.0 * self.min_h * (1 - 1e-9) * (1 - SLACK))
+            frac = (watts - self.idle[ds]) / self.dyn_w[ds]
+        return np.where(np.isfinite(bj), np.clip(np.nan_to_num(frac, nan=1.0, posinf=1.0, neginf=0.0), 0.0, 1.0), 1.0)
+
     def _ok(self, fill, T, A=0.0):
         return (fill + (self.M - 1) * T + A <= self.lat_cap) & (T <= self.T_cap)
 

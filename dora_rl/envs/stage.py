@@ -36,9 +36,10 @@ brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, 
 close, the log latency / T* or energy / P* T* of the plan that ends on one more device
 after it, `stage_two.two_stage`; read by the policy's rule only), `promise (D,)` (v6: 1 at
 the device the previous close's two-stage plan ends on, `stage_two.promised`; read by the
-rule only), `group (D,)` (v7: the members still to add of a data-parallel group whose plan
-beats the two-stage rule's choices on the cost model, `stage_group.group_key`; read by the
-group rule only). Column
+rule only), `group (D,)` (v7: the members still to add of the next stage of a data-parallel
+group or balanced pipeline whose plan beats the two-stage rule's choices on the cost
+model, marked 0.5 + 0.5 r / Bm with r the stage's end, `stage_group.group_key`; read by
+the group rule only). Column
 `DEV_LOG_RATE_JOIN` of a device and `BLK_LOG_WORK` of a block are raw logs whose
 difference is the log of the stage's compute time over T* on the group plus that device;
 with the other `DEV_LOOKAHEAD` / `BLK_LOOKAHEAD` columns and the global extras
@@ -317,13 +318,15 @@ class StageEnv(BuildEnv):
         if a >= D * Bm:
             d = a - D * Bm
             plan = current_group(self)
-            self._gplan = plan if plan and d in plan else None
+            self._gplan = plan if plan and d in plan[0][2] else None
             self.group.append(d)
         else:
             d, r = divmod(a, Bm)
             r += 1
             promise = promised(self, d, r - 1) if not self.group else None
             devs = self.group + [d]
+            plan = current_group(self)
+            follow = plan[1:] if plan and plan[0][1] == r and set(plan[0][2]) == set(devs) and len(plan) > 1 else None
             rate = sum(inst.rate[x] for x in devs)
             self.t_max_stage = max(self.t_max_stage, inst.back * inst.batch * (inst.fp[r] - inst.fp[self.p]) / rate)
             if self.stages:
@@ -335,7 +338,7 @@ class StageEnv(BuildEnv):
             self.relays = self.relays.union(*(route_relays(inst, g, x, nb) for g in self.prev for x in devs))
             self.stages.append((self.p, r, tuple(devs)))
             self.used.update(devs)
-            self.prev, self.group, self.p, self._promise, self._gplan = devs, [], r, promise, None
+            self.prev, self.group, self.p, self._promise, self._gplan = devs, [], r, promise, follow
             if r >= inst.B:
                 return self._end(substituted)
         self._compute_mask()

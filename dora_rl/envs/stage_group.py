@@ -1,5 +1,5 @@
-"""StageEnv's "group" key (observation v7): a data-parallel group that ends the plan, scored
-on the cost model against the two-stage rule's own choices.
+"""StageEnv's "group" key (observation v7): a data-parallel group or a balanced pipeline that
+ends the plan, scored on the cost model against the two-stage rule's own choices.
 
 Why: the one-step add lookahead (dora_rl/learning/stage_lookahead.py:add_lookahead) prices
 an add by a bound, and the two-stage key (dora_rl/envs/stage_two.py) compares only plans
@@ -13,58 +13,68 @@ evaluated exactly (`Instance.finish`, a fraction of a millisecond each), not est
 
 What the key says, and what the policy's rule does with it
 (dora_rl/learning/stage_lookahead.py:with_group): at a state with no pending group, the
-plan that puts the rest [p, B) on the k fastest free devices (k = 2 .. GROUP_MAX; under an
-energy objective also the k with the least power per FLOP/s), compliant ones only, is
-compared, by the planners' order (`cost.qoe.preference`: compliant first, then the
-objective), with the two plans the two-stage rule would take - the best allowed ending
-close and the best two-stage entry with its partner, both evaluated exactly - and when the
-best group beats both, its members are marked 1. No group is evaluated where the sound QoE
-bound says no compliant plan exists, nor, under latency, one whose batch compute alone
-exceeds a compliant alternative's latency. StageEnv keeps the group once its first
-member is added (`_gplan`), and the key then marks the members still to add; the rule adds
-them and closes the stage on the last."""
+plans that put the rest [p, B) on the k fastest free devices (k = 2 .. GROUP_MAX; under an
+energy objective also the k with the least power per FLOP/s) and the balanced pipelines of
+dora_rl/envs/stage_chain.py (session 36: the two-stage estimate never sees three or more
+stages as a whole), compliant ones only, are compared, by the planners' order
+(`cost.qoe.preference`: compliant first, then the objective), with the two plans the
+two-stage rule would take - the best allowed ending close and the best two-stage entry
+with its partner, both evaluated exactly - and when the best of them beats both, the
+members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark > 0.5; the value
+carries the stage's end). No candidate is evaluated where the sound QoE bound says no
+compliant plan exists, nor, under latency, one whose compute alone (a lower bound of its
+latency) exceeds a compliant alternative's latency. StageEnv follows the plan once a
+member of its first stage is added or that stage closed (`_gplan`, the stages still to
+place), and the key then marks the members still to add of the stage being formed or of
+the next; the rule adds them and closes the stage on the last at its end."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from dora_rl.envs.stage_chain import chains
 from dora_rl.envs.stage_two import plan_preference, rule_choices, two_stage
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
 
 
-def group_plan(env) -> tuple[int, ...] | None:
-    """The group of free devices the plan should end on from this state (no pending group),
-    or None: the best of the k fastest (k = 2 .. GROUP_MAX) when its plan is better than
-    both of the two-stage rule's choices (module docstring) and its fastest member's add is
-    allowed; cached per state on the env (`env._grp`)."""
+def group_plan(env) -> list | None:
+    """The rest plan [(l, r, devs)] to end on from this state (no pending group), or None:
+    the best compliant data-parallel group of the k fastest (k = 2 .. GROUP_MAX) or chain
+    (`stage_chain.chains`) when its plan is better than both of the two-stage rule's
+    choices (module docstring) and its first step (the group's fastest member's add, the
+    chain's first close) is allowed; cached per state on the env (`env._grp`)."""
     key = (id(env.inst), env.p, len(env.stages))
     if env._grp is None or env._grp[0] != key:
         env._grp = (key, _group_plan(env))
     return env._grp[1]
 
 
-def current_group(env) -> tuple[int, ...] | None:
-    """The group the plan should end on: `group_plan` at a state with no pending group, the
-    one being formed (StageEnv's `_gplan`) once a member is added."""
-    return env._gplan if env.group else group_plan(env)
+def current_group(env) -> list | None:
+    """The rest plan being followed (StageEnv's `_gplan`, set once its first stage's member
+    is added or its first stage closed), else `group_plan` at a state with no pending group."""
+    if env._gplan is not None:
+        return env._gplan
+    return None if env.group else group_plan(env)
 
 
 def group_key(env) -> np.ndarray:
-    """The "group" key, (D,): 1 at the members of `current_group` that are not in the
-    pending group yet, else 0."""
+    """The "group" key, (D,): at the members of `current_group`'s first stage [l, r) that
+    are not in the pending group yet 0.5 + 0.5 r / Bm (the stage's end, for the rule's
+    close: `stage_lookahead.with_group`), else 0."""
     out = np.zeros(env.max_devices, np.float32)
     if env.done:
         return out
     plan = current_group(env)
     if plan:
-        out[[d for d in plan if d not in env.group]] = 1.0
+        l, r, devs = plan[0]
+        out[[d for d in devs if d not in env.group]] = 0.5 + 0.5 * r / env.max_blocks
     return out
 
 
-def _group_plan(env) -> tuple[int, ...] | None:
+def _group_plan(env) -> list | None:
     inst, D, Bm, n, B, p = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
-    if env.group or p >= B or inst.objective not in ("latency", "energy") or not env._mask[D * Bm:].any():
+    if env.group or p >= B or inst.objective not in ("latency", "energy"):
         return None
     if env.qoe_masks and env._bound().on and not env.qoe_masked:
         return None         # the QoE bound (sound) says no compliant plan exists from here: nor a group
@@ -92,7 +102,16 @@ def _group_plan(env) -> tuple[int, ...] | None:
                 continue
             pk = plan_preference(env, [(p, B, g)])
             if pk is not None and not pk[0] and (best is None or pk < best[0]):     # compliant groups only
-                best = (pk, g)
-    if best is None or not best[0] < min(bar) or not env._mask[D * Bm + best[1][0]]:
-        return None
-    return best[1]
+                best = (pk, [(p, B, g)])
+    M, m = inst.M, inst.batch / inst.M
+    for rest in chains(env, free, qb):
+        (_, r0, (d0,)) = rest[0]
+        if not env._mask[d0 * Bm + r0 - 1]:
+            continue
+        u = [qb.back * m * (inst.fp[r] - inst.fp[lo]) / inst.rate[ds[0]] for lo, r, ds in rest]
+        if 1e3 * (sum(u) + (M - 1) * max(u)) >= cap:      # one micro-batch through all, then M - 1 periods
+            continue
+        pk = plan_preference(env, rest)
+        if pk is not None and not pk[0] and (best is None or pk < best[0]):
+            best = (pk, rest)
+    return best[1] if best is not None and best[0] < min(bar) else None

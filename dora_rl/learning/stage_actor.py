@@ -158,5 +158,5 @@ class StageNumpyActor:
         if self.obj_w is not None and "two_stage" in obs:
             out = with_two_stage(out, obs["two_stage"].astype(dt), cb, cg, self.obj_w, np, mask, obs.get("promise"))
             if "group" in obs:
-                out = with_group(out, obs["group"], cb, cg, self.obj_w, np, mask)
+                out = with_group(out, obs["group"], cg, self.obj_w, np, mask)
         return np.where(mask, out.astype(np.float64), -np.inf)      # float64 for the searches' softmax sums

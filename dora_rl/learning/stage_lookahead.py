@@ -281,16 +281,18 @@ def with_two_stage(logits, two, xb, xg, w, lib=np, allowed=None, promise=None):
     return _put(logits, k, lib.where(on | kept, top + 1e-3, _take(logits, k, lib)), lib)
 
 
-def with_group(logits, group, xb, xg, w, lib=np, allowed=None):
+def with_group(logits, group, xg, w, lib=np, allowed=None):
     """The logits (..., D * Bm + D) with the group rule, where the objective's weight in `w`
     is > 0 (as `with_two_stage`, after which it applies). `group` (..., D) is the
     observation's "group" key (dora_rl/envs/stage_group.py): the members, still to add, of
-    a data-parallel group that ends the plan better, on the cost model, than both plans the
-    two-stage rule would take. With two or more marked, the allowed marked add the network
-    ranks highest is raised just above (+1e-3) every allowed action's; with one marked, its
-    close that ends the plan (the stage: the pending group and it). Nothing is raised where
-    that action is masked. Why: the trained network ends large plans on one device where a
-    group of the fastest devices is up to 2.2 x faster (docs/learning.md, "Session 35")."""
+    the next stage of a data-parallel group or balanced pipeline that ends the plan better,
+    on the cost model, than both plans the two-stage rule would take, marked 0.5 + 0.5 r / Bm
+    (r: the stage's end). With two or more marked, the allowed marked add the network ranks
+    highest is raised just above (+1e-3) every allowed action's; with one marked, its close
+    at r (the stage: the pending group and it). Nothing is raised where that action is
+    masked. Why: the trained network ends large plans on one device where a group of the
+    fastest devices is up to 2.2 x faster, and cuts pipelines unevenly where balanced ones
+    are up to 1.3 x faster (docs/learning.md, "Session 35", "Session 36")."""
     e = xg[..., NGL + 1]
     live = (1.0 - e) * w[0] + e * w[1] > 0
     D, inf = group.shape[-1], 1e30
@@ -301,7 +303,9 @@ def with_group(logits, group, xb, xg, w, lib=np, allowed=None):
     k = marked.sum(-1)
     adds = lib.where(marked, masked[..., D * Bm:], -inf)
     a_k, a_v = lib.argmax(adds, -1), lib.amax(adds, -1)
-    c_k = lib.argmax(marked * 1.0, -1) * Bm + lib.argmax(_end_row(xb), -1)
+    row = ((lib.amax(group, -1) - 0.5) * (2 * Bm)).round() - 1          # the stage's last block
+    row = row.astype(int) if lib is np else row.long()
+    c_k = lib.argmax(marked * 1.0, -1) * Bm + row.clip(0, Bm - 1)
     tgt = lib.where(k >= 2, D * Bm + a_k, c_k)
     ok = live & (((k >= 2) & (a_v > -inf / 2)) | ((k == 1) & (_take(masked, c_k, lib) > -inf / 2)))
     return _put(logits, tgt, lib.where(ok, top + 1e-3, _take(logits, tgt, lib)), lib)

@@ -212,7 +212,7 @@ class StagePointerHead(nn.Module):
         if self.obj_term and two is not None:
             out = with_two_stage(out, two, xb, xg, self.obj_w, torch, mask, promise)
             if group is not None:
-                out = with_group(out, group, xb, xg, self.obj_w, torch, mask)
+                out = with_group(out, group, xg, self.obj_w, torch, mask)
         return out
 
 

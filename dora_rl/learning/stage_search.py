@@ -73,7 +73,7 @@ class LookaheadActor:
         if "two_stage" in obs:
             out = with_two_stage(out, obs["two_stage"], xb, xg, (1.0, 1.0), np, mask, obs.get("promise"))
             if "group" in obs:
-                out = with_group(out, obs["group"], xb, xg, (1.0, 1.0), np, mask)
+                out = with_group(out, obs["group"], xg, (1.0, 1.0), np, mask)
         return np.where(mask, out, -np.inf)
 
 

@@ -375,11 +375,11 @@ def test_group_key_marks_the_group_whose_plan_beats_the_two_stage_rules_choices(
 
     env = StageEnv(scenario=scenario(HUB), max_devices=3, max_blocks=4, qoe_masks=False)
     obs, _ = env.reset(seed=0)
-    assert group_plan(env) == (1, 2) and obs["group"].tolist() == [0.0, 1.0, 1.0]
+    assert group_plan(env) == [(0, 4, (1, 2))] and obs["group"].tolist() == [0.0, 1.0, 1.0]    # ends at 4 = Bm
     assert env.inst.finish([(0, 4, (1, 2))])[2].latency_ms == pytest.approx(68.64)
     assert env.inst.finish([(0, 4, (1,))])[2].latency_ms == pytest.approx(118.64)
     obs, *_ = env.step(3 * 4 + 1)                   # add boardA
-    assert env._gplan == (1, 2) and obs["group"].tolist() == [0.0, 0.0, 1.0]
+    assert env._gplan == [(0, 4, (1, 2))] and obs["group"].tolist() == [0.0, 0.0, 1.0]
     _, _, done, _, info = env.step(2 * 4 + 3)       # close [0, 4) on the group + boardB
     assert done and info["objective"] == pytest.approx(68.64)
     env.reset(seed=0)
@@ -420,3 +420,41 @@ def test_a_two_stage_entry_below_every_ending_close_is_a_plan_better_on_the_cost
                 allowed = np.flatnonzero(env.action_masks())
                 obs, *_ = env.step(int(rng.choice(allowed)))
     assert seen >= 3
+
+
+def test_a_marked_plan_is_compliant_better_than_both_rule_choices_and_followed():
+    """Along random rollouts on random latency instances (8-16 devices, 40-60 blocks), wherever
+    the group key marks a plan at a state with no pending group (`stage_group.group_plan`: a
+    data-parallel group or a balanced chain), that plan is compliant on the cost model and
+    better, by the planners' order, than both plans the two-stage rule would take; the key
+    marks its first stage's members with its end (0.5 + 0.5 r / Bm); and taking that stage's
+    steps leaves the env following the rest of it (`_gplan`). Some marked plan is a chain of
+    two or more stages."""
+    from dora_rl.envs.stage_group import group_plan
+    from dora_rl.envs.stage_two import plan_preference, rule_choices
+
+    rng, seen, chains = np.random.default_rng(7), 0, 0
+    for n, B in ((8, 40), (12, 50), (16, 60)):
+        for sc in _scenarios(n, B, 20, 36, objective="latency"):
+            env = StageEnv(scenario=sc, max_devices=16, max_blocks=64)
+            obs, _ = env.reset(seed=0)
+            while not env.done:
+                plan = None if env.group or env._gplan else group_plan(env)
+                if plan:
+                    seen, chains = seen + 1, chains + (len(plan) > 1)
+                    got = plan_preference(env, plan)
+                    alts = [plan_preference(env, a) for a in rule_choices(env, obs["two_stage"].astype(float),
+                                                                           env._two[2])[:2] if a is not None]
+                    assert got is not None and not got[0] and all(k is None or got < k for k in alts)
+                    l, r, devs = plan[0]
+                    want = np.zeros(16, np.float32)
+                    want[list(devs)] = 0.5 + 0.5 * r / 64
+                    assert obs["group"].tolist() == want.tolist()
+                    for d in devs[:-1]:
+                        obs, *_ = env.step(16 * 64 + d)
+                    obs, *_ = env.step(devs[-1] * 64 + r - 1)
+                    assert env.done or env._gplan == plan[1:]
+                    continue
+                allowed = np.flatnonzero(env.action_masks())
+                obs, *_ = env.step(int(rng.choice(allowed)))
+    assert seen >= 3 and chains >= 1

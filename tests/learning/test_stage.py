@@ -667,8 +667,9 @@ def test_the_group_rule_adds_the_marked_members_then_closes_on_the_last():
     """`with_group` by hand on 3 devices x 2 blocks (block 1 ends the plan; actions 0-5 the
     closes d * 2 + j, 6-8 the adds): with devices 1 and 2 marked, the marked add the network
     ranks higher (device 2's, action 8, logit 1 against 0.5) is raised to the best allowed
-    logit (5, action 0) + 1e-3; with only device 2 marked, its ending close (action 5); with
-    that close masked, nothing; with no mark or a weight of 0, nothing. numpy and torch
+    logit (5, action 0) + 1e-3; with only device 2 marked, its ending close (action 5), or,
+    marked 0.75 (a stage that ends at r = 1: 0.5 + 0.5 r / Bm), its close after block 0
+    (action 4); with the ending close masked, nothing; with no mark or a weight of 0, nothing. numpy and torch
     agree. Then greedy on docs/cost-model.md's worked example 4 with a random policy (the
     objective term on): the plan ends on the group the key marks, 68.64 ms."""
     import torch
@@ -677,20 +678,18 @@ def test_the_group_rule_adds_the_marked_members_then_closes_on_the_last():
     from dora_rl.envs.stage import StageEnv
     from dora_rl.learning.search import greedy_complete
     from dora_rl.learning.stage_actor import StageNumpyActor
-    from dora_rl.learning.stage_lookahead import _IS_END, NBL, NBX, NGX, with_group
+    from dora_rl.learning.stage_lookahead import NGX, with_group
     from dora_rl.learning.stage_policy import StagePolicy
     from tests.toy import HUB, scenario
 
-    xb = np.zeros((2, NBX))
-    xb[1, _IS_END], xb[:, NBL] = 1.0, 1.0
     xg = np.zeros(NGX)
     logits = np.array([5.0, 1.0, 2.0, 0.0, -1.0, -2.0, 3.0, 0.5, 1.0])
     allowed = np.ones(9, dtype=bool)
 
     def rule(group, allowed=allowed, w=(32.0, 32.0)):
-        got = with_group(logits, np.array(group), xb, xg, w, np, allowed)
-        t = with_group(torch.tensor(logits)[None], torch.tensor(group)[None], torch.tensor(xb)[None],
-                       torch.tensor(xg)[None], w, torch, torch.tensor(allowed)[None])[0].numpy()
+        got = with_group(logits, np.array(group), xg, w, np, allowed)
+        t = with_group(torch.tensor(logits)[None], torch.tensor(group)[None], torch.tensor(xg)[None], w, torch,
+                       torch.tensor(allowed)[None])[0].numpy()
         assert np.allclose(got, t)
         return got
 
@@ -701,6 +700,7 @@ def test_the_group_rule_adds_the_marked_members_then_closes_on_the_last():
 
     assert np.allclose(rule([0.0, 1.0, 1.0]), raised(8))
     assert np.allclose(rule([0.0, 0.0, 1.0]), raised(5))
+    assert np.allclose(rule([0.0, 0.0, 0.75]), raised(4))       # 0.5 + 0.5 r / Bm: the stage ends at r = 1
     no5 = allowed.copy()
     no5[5] = False
     assert np.allclose(rule([0.0, 0.0, 1.0], no5), logits)
@@ -835,8 +835,8 @@ def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     device and keeps the better plan. With the session-8 masks the network + polish missed
     QoE there; with the session-10 masks it polishes to a compliant 687 ms plan, and the
     fastest device's polish to a compliant 602 ms one, which must be returned. Stood in for
-    the network's side: its greedy plan without the two-stage rule (which misses QoE; with
-    the rule, since session 33, the network alone complies there)."""
+    the network's side: its greedy plan without the two-stage and group rules (which misses
+    QoE; with the rules, since session 33, the network alone complies there)."""
     import dora_rl.learning.stage_actor as stage_actor
     from dora_rl.learning.agents import load_agent
     from dora_rl.scenario import load_scenario
@@ -845,6 +845,7 @@ def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     sc = load_scenario("edge_cluster")
     with monkeypatch.context() as mp:
         mp.setattr(stage_actor, "with_two_stage", lambda logits, *a, **k: logits)
+        mp.setattr(stage_actor, "with_group", lambda logits, *a, **k: logits)
         greedy = agent.rollouts(sc, search="greedy")
     assert not greedy[0][1].qoe_ok and agent.rollouts(sc, search="greedy")[0][1].qoe_ok
     monkeypatch.setattr(type(agent), "rollouts", lambda self, *a, **k: list(greedy))

@@ -313,6 +313,7 @@ def test_lookahead_rule_ranks_by_the_objective_column_and_whole_model_closes_by_
         for energy, col in ((0.0, 1), (1.0, 4)):
             o = {k: v.astype("float64") for k, v in obs.items()}
             o["global"][_G_OBJ_ENERGY] = energy
+            o["group"][:] = 0.0             # the group rule on its own: test_stage.py
             xd, xb, xg = head_columns(o)
             want = np.concatenate([-lookahead(xd, xb, xg)[..., col].reshape(-1), -add_lookahead(xd, xb, xg)[..., col]])
             got = LookaheadActor().logits(o, mask)

@@ -1,0 +1,63 @@
+"""The balanced chains the group key weighs (dora_rl/envs/stage_chain.py), by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from dora_rl.envs.qoe_bound import QoEBound
+from dora_rl.envs.stage_chain import _link_order, balanced_chain
+
+
+def _inst(rate, reach=None, bnd=None, bw=None):
+    """Six blocks of 1 FLOP per sample, one sample per micro-batch (inference), devices of
+    `rate` FLOP/s, no link latency; `bnd[r]` bytes cross a boundary after block r - 1."""
+    n = len(rate)
+    return SimpleNamespace(
+        fp=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], B=6, batch=1, M=1, back=1.0, training=False,
+        rate=np.array(rate, dtype=float), src=n - 1,
+        reach=np.array(reach if reach is not None else [[6] * 7] * n),
+        bnd_l=np.array(bnd if bnd is not None else [0.0] * 7),
+        lat=np.zeros((n, n)), bw=np.array(bw) if bw is not None else np.full((n, n), np.inf))
+
+
+def test_balanced_chain_cuts_where_the_period_is_least():
+    """Devices of 1 and 2 FLOP/s: 2 blocks (2 s) and 4 blocks (2 s) balance at T = 2 s. A
+    3-byte boundary after block 1 on a 1 B/s link (3 s) rules that cut out: cutting after
+    block 0 gives T = max(1, 5 / 2) = 2.5 s, after block 2 max(3, 3 / 2) = 3 s, so the cut
+    moves to 1. The fast device at a duty of 0.5 computes as the slow one: 3 and 3 blocks.
+    The slow device holding block 0 only: the cut at 1."""
+    assert balanced_chain(_inst([1, 2]), [0, 1], 0) == [(0, 2, (0,)), (2, 6, (1,))]
+    bw = [[np.inf, 1.0], [1.0, np.inf]]
+    assert balanced_chain(_inst([1, 2], bnd=[0, 0, 3, 0, 0, 0, 0], bw=bw), [0, 1], 0) == [(0, 1, (0,)), (1, 6, (1,))]
+    assert balanced_chain(_inst([1, 2]), [0, 1], 0, np.array([1.0, 0.5])) == [(0, 3, (0,)), (3, 6, (1,))]
+    reach = [[1, 2, 3, 4, 5, 6, 6], [6] * 7]
+    assert balanced_chain(_inst([1, 2], reach=reach), [0, 1], 0) == [(0, 1, (0,)), (1, 6, (1,))]
+    # from block 2 on, three devices of 1, 1 and 2 FLOP/s: 1 + 1 + 2 blocks at T = 1 s
+    assert balanced_chain(_inst([1, 1, 2]), [0, 1, 2], 2) == [(2, 3, (0,)), (3, 4, (1,)), (4, 6, (2,))]
+    # a device that holds nothing breaks the chain
+    assert balanced_chain(_inst([1, 2], reach=[[0, 1, 2, 3, 4, 5, 6], [6] * 7]), [0, 1], 0) is None
+
+
+def test_link_order_crosses_the_best_links():
+    """Source 3; the 100 B/s links run 3 -> 2 -> 0 -> 1 -> 3 (one way), every other is 1 B/s:
+    of the 6 orders of {0, 1, 2} that path has the least summed inverse bandwidth."""
+    bw = np.ones((4, 4))
+    for a, b in ((3, 2), (2, 0), (0, 1), (1, 3)):
+        bw[a, b] = 100.0
+    assert _link_order(SimpleNamespace(bw=bw, src=3), [0, 1, 2]) == [2, 0, 1]
+
+
+def test_max_duty_solves_the_battery_target_for_the_busy_share():
+    """A 43.2 kJ battery (12 Wh), 0.5 W idle, 5 W active, a 5 h target: it may draw 2.4 W, so
+    busy (2.4 - 0.5) / 4.5 = 0.4222 of the time; a device off battery 1; one whose idle
+    power alone (3 W) drains it too soon 0."""
+    class Bound:
+        bj, idle, dyn_w, min_h = np.array([43200.0, np.nan, 43200.0]), np.array([0.5, 1.0, 3.0]), \
+            np.array([4.5, 9.0, 1.0]), 5.0
+    duty = QoEBound.max_duty(Bound, np.arange(3))
+    assert duty == pytest.approx([1.9 / 4.5, 1.0, 0.0], abs=1e-6)
+    assert QoEBound.battery_ok_at(Bound, np.array([0]), duty[0] - 1e-4)[0]
+    assert not QoEBound.battery_ok_at(Bound, np.array([0]), duty[0] + 1e-3)[0]

@@ -10,20 +10,28 @@ docs/learning.md, "Session 36"). A pipeline's latency is `sum_s c_s + sum_k x_k 
 T` (docs/cost-model.md, "Pipelining"): its period T is the slowest stage, so the cuts that
 matter are the ones that balance the stages' compute.
 
-What a chain is: the rest [p, B) on the k fastest free devices (k = 2 .. CHAIN_MAX; also
-the k fastest whose battery lasts the target busy all the time), one stage each, ordered
-so that the path from the source through them and back crosses the best links
-(`_link_order`), cut where the period is least (`balanced_chain`): with a period T fixed,
-each device in turn takes the most blocks it computes within T (a battery device within
-its `QoEBound.max_duty` share of T) and holds in memory (`Instance.reach`), ending where the
-boundary's transfer to the next device also fits T; the least T at which the chain covers
-the rest is the balance (the farthest take is monotone in T, and taking farthest is never
-worse for the devices after). Contention, relays and the exact energy are left to the
-exact evaluation that follows (`stage_group`): the CHAIN_EVALS chains that rank best by
-`estimate` are evaluated there, and a chain is only a candidate.
+What a chain is: the rest [p, B) on a device order, one stage each, cut where the period is
+least (`balanced_chain`): with a period T fixed, each device in turn takes the most blocks
+it computes within T (a battery device within its `QoEBound.max_duty` share of T) and
+holds in memory (`Instance.reach`), ending where the boundary's transfer to the next
+device also fits T; the least T at which the chain covers the rest is the balance (the
+farthest take is monotone in T, and taking farthest is never worse for the devices
+after). The orders (`chains`):
+- the k fastest free devices (k = 2 .. CHAIN_MAX), and the k fastest whose battery lasts
+  the target busy all the time, ordered so that the path from the source through them and
+  back crosses the best links (`_link_order`);
+- the prefixes of a path grown from the fastest device, each next the fast device on a
+  good link from the last (`_linked_path`: where the fastest devices' links are poor);
+- under energy, the devices ordered most efficient first instead (least active power per
+  FLOP/s; also the k most efficient of the fastest), each also ending on the source (no
+  return transfer), and cut at 1, 1.5, 2.5 and 4 times the least period (the efficient
+  first devices then take more).
+Contention, relays and the exact energy are left to the exact evaluation that follows
+(`stage_group`): the CHAIN_EVALS chains that rank best by `estimate` (its QoE miss first,
+then its objective) are evaluated there; a chain is only a candidate.
 
-The devices were first taken in order of falling and of rising speed as well: on the card's
-large sets neither order won a plan the link order did not (session 36)."""
+Tried and not kept (session 36, card large sets): devices in order of falling and of rising
+speed (no plan the link order did not find); 0.9 of each battery's duty (worse on 4 sizes)."""
 
 from __future__ import annotations
 
@@ -33,8 +41,10 @@ import itertools
 import numpy as np
 
 CHAIN_MAX = 6       # the chains tried: the 2 .. 6 fastest free devices
-CHAIN_EVALS = 3     # the chains evaluated exactly: the best by `estimate`
-_GRID = 16          # periods tried per refinement round (three rounds: ~0.03 % of the period)
+PATH_FROM = 16      # the linked path's candidates: the fastest free devices
+CHAIN_EVALS = 4     # the chains evaluated exactly: the best by `estimate`
+ENERGY_STRETCH = (1.0, 1.5, 2.5, 4.0)   # under energy, periods tried (x the least)
+_GRID, _ROUNDS = 16, 2      # periods tried per round; rounds (the period to 1/256 of hi - lo)
 
 
 def chains(env, free: list[int], qb) -> list[list[tuple[int, int, tuple[int, ...]]]]:
@@ -48,38 +58,74 @@ def chains(env, free: list[int], qb) -> list[list[tuple[int, int, tuple[int, ...
     duty = dict(zip(by_rate, qb.max_duty(np.asarray(by_rate, dtype=int)).tolist()))
     by_rate = [d for d in by_rate if duty[d] > 0.05]
     lasting = [d for d in by_rate if duty[d] >= 1.0]
-    pools = [by_rate[:CHAIN_MAX]] + ([lasting[:CHAIN_MAX]] if lasting[:CHAIN_MAX] != by_rate[:CHAIN_MAX] else [])
+    pools, stretch = [by_rate[:CHAIN_MAX], lasting[:CHAIN_MAX]], (1.0,)
+    order = lambda devs: _link_order(inst, devs)        # noqa: E731
+    if inst.objective == "energy":      # the most efficient, first in the chain and given more of the period
+        order = lambda devs: sorted(devs, key=lambda d: (qb.dyn_w[d] + qb.idle[d]) / inst.rate[d])     # noqa: E731
+        pools, stretch = pools + [order(by_rate)[:CHAIN_MAX]], ENERGY_STRETCH
+    seqs = {tuple(path[:k]): None for path in [_linked_path(env, by_rate[:PATH_FROM])] for k in range(2, len(path) + 1)}
+    for pool in dict.fromkeys(tuple(x) for x in pools if x):
+        for k in range(1, len(pool) + 1):
+            if k > 1:
+                seqs[tuple(order(list(pool[:k])))] = None
+            if inst.objective == "energy" and inst.src in by_rate and inst.src not in pool[:k]:
+                seqs[tuple(order(list(pool[:k])) + [inst.src])] = None     # ending on the source: no return
     scored, seen = [], set()
-    for fast in pools:
-        for k in range(2, len(fast) + 1):
-            seq = _link_order(inst, fast[:k])
-            plan = balanced_chain(inst, seq, p, np.array([duty[d] for d in seq]))
-            if plan is not None and len(plan) >= 2 and tuple(plan) not in seen:
-                seen.add(tuple(plan))
-                scored.append((estimate(env, qb, plan), plan))
-    scored.sort(key=lambda x: x[0])         # stable: equal estimates keep the pools' order
+    found = balanced_chains(inst, [list(q) for q in seqs], p, [[duty[d] for d in q] for q in seqs], stretch)
+    for plan in (plan for plans in found for plan in plans):
+        if plan is not None and len(plan) >= 2 and tuple(plan) not in seen:
+            seen.add(tuple(plan))
+            scored.append((estimate(env, qb, plan, duty), plan))
+    scored.sort(key=lambda x: x[0])         # stable
     return [plan for _, plan in scored[:CHAIN_EVALS]]
 
 
-def estimate(env, qb, plan) -> float:
-    """The chain's objective as the cost model would have it on its direct links without
-    contention (seconds of latency, or joules per period), leaving out what every chain
-    from this state shares (the stages already closed): for ranking chains only."""
-    inst, m, M = env.inst, env.inst.batch / env.inst.M, env.inst.M
-    bnd = inst.bnd_l
+def estimate(env, qb, plan, duty: dict) -> tuple:
+    """The chain's (estimated QoE miss, objective) as the cost model would have it on its
+    direct links without contention (seconds of latency, or joules per period), leaving out
+    what every chain from this state shares (the stages already closed): for ranking chains
+    only. The miss: latency over the QoE bound's cap, period over its cap or a battery
+    device's busy share over its `duty` (`QoEBound.max_duty`), 0 if none. Plain floats: it
+    runs for every candidate, and numpy's per-call cost dominated it."""
+    inst, M = env.inst, env.inst.M
+    m, bnd, fp, rate, lat, bw = inst.batch / M, inst.bnd_l, inst.fp, inst.rate, inst.lat, inst.bw
     devs = [ds[0] for _, _, ds in plan]
-    u = np.array([inst.back * m * (inst.fp[r] - inst.fp[lo]) / inst.rate[d] for (lo, r, _), d in zip(plan, devs)])
+    u = [inst.back * m * (fp[r] - fp[lo]) / rate[d] for (lo, r, _), d in zip(plan, devs)]
     into = env.prev[0] if env.prev else inst.src
     hops = [(into, devs[0], plan[0][0])] + [(a, b, r) for a, b, (_, r, _) in zip(devs, devs[1:], plan)]
-    x = np.array([inst.lat[a, b] + m * bnd[r] / inst.bw[a, b] for a, b, r in hops if a != b])
-    x_out = inst.lat[devs[-1], inst.src] + m * bnd[inst.B] / inst.bw[devs[-1], inst.src]
-    T = max(u.max(), x.max(initial=0.0))
-    if inst.objective == "latency":
-        return float(u.sum() + x.sum() + x_out + (M - 1) * T)
+    x = [lat[a, b] + m * bnd[r] / bw[a, b] for a, b, r in hops if a != b]
+    x_out = lat[devs[-1], inst.src] + m * bnd[inst.B] / bw[devs[-1], inst.src]
+    T = max(max(u), max(x, default=0.0))
+    latency = float(sum(u) + sum(x) + x_out + (M - 1) * T)
     rr = inst.scenario.workload.request_rate
     period = max(M * T, 1.0 / rr if rr else 0.0)
-    idle = qb.idle[devs].sum() + qb.idle[sorted(env.used)].sum()
-    return float((qb.dyn_w[devs] * M * u).sum() + idle * period)
+    drain = max(M * b / period / duty[d] - 1.0 for b, d in zip(u, devs))      # busy beyond the battery's share
+    miss = max(latency / qb.lat_cap - 1.0, T / qb.T_cap - 1.0, drain, 0.0)
+    if inst.objective == "latency":
+        return miss, latency
+    idle = sum(qb.idle[d] for d in devs) + sum(qb.idle[d] for d in env.used)
+    return miss, float(sum(qb.dyn_w[d] * M * b for b, d in zip(u, devs)) + idle * period)
+
+
+def _linked_path(env, cands: list[int]) -> list[int]:
+    """Up to CHAIN_MAX of `cands`, from the fastest on, each next the one whose share of the
+    rest (a third of its work, over its speed) and boundary from the last (the model's
+    median boundary over their link) take least: fast devices on good links, where the
+    fastest devices' links are poor (card large 32 x 50 instance 8: two edge servers on a
+    117 MB/s link, every laptop on 31-58 MB/s)."""
+    inst = env.inst
+    if not cands:
+        return []
+    m = inst.batch / inst.M
+    work = inst.back * m * (inst.fp[inst.B] - inst.fp[env.p]) / 3.0
+    hop = (2.0 if inst.training else 1.0) * m * float(np.median(inst.bnd_l))
+    path, rest = [cands[0]], list(cands[1:])
+    while rest and len(path) < CHAIN_MAX:
+        t = path[-1]
+        nxt = min(rest, key=lambda d: work / inst.rate[d] + inst.lat[t, d] + hop / inst.bw[t, d])
+        path.append(nxt)
+        rest.remove(nxt)
+    return path
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,55 +143,87 @@ def _link_order(inst, devs: list[int]) -> list[int]:
     return P[int(np.argmin(cost))].tolist()
 
 
-def balanced_chain(inst, seq: list[int], p: int, duty=None) -> list | None:
-    """The stages [(l, r, (d,))] of blocks [p, B) on the devices `seq` in this order (one
-    stage each, in a prefix of `seq`: the last ones may take none) whose period - the
-    slowest stage's compute (over its `duty` share, default 1) or boundary transfer per
-    micro-batch - is least, or None where no period lets them hold the rest in memory."""
+def balanced_chain(inst, seq: list[int], p: int, duty=None, stretch=(1.0,)) -> list:
+    """Per factor of `stretch`, the stages [(l, r, (d,))] of blocks [p, B) on the devices
+    `seq` in this order (one stage each, in a prefix of `seq`: the last ones may take none)
+    cut at that factor times the least period - the slowest stage's compute (over its
+    `duty` share, default 1) or boundary transfer per micro-batch - at which they cover it
+    (at a factor above 1 the first devices take more), or None where no period lets them
+    hold the rest in memory."""
+    return balanced_chains(inst, [seq], p, [np.ones(len(seq)) if duty is None else duty], stretch)[0]
+
+
+def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(1.0,)) -> list[list]:
+    """`balanced_chain` of every device order of `seqs` (with its `duties`), the orders of
+    one length searched together (one array per device position: the search's cost is
+    numpy's per-call overhead, not its arithmetic)."""
     fp, B, m = np.asarray(inst.fp, dtype=float), inst.B, inst.batch / inst.M
     span = inst.back * m * (fp[B] - fp[p])
-    duty = np.ones(len(seq)) if duty is None else np.asarray(duty, dtype=float)
-    x = _xfer(inst, seq, m)
-    hi = span / min(inst.rate[d] * u for d, u in zip(seq, duty)) + x.max(initial=0.0)
-    lo = 0.0
-    for _ in range(3):      # a grid over (lo, hi], then twice over the cell where the chain first covers the rest
-        T = np.linspace(lo, hi, _GRID + 1)[1:]
-        ends = _take(inst, fp, seq, m, p, T, duty, x)
-        ok = ends[-1] >= B
-        if not ok.any():
-            return None
-        i = int(np.argmax(ok))
-        lo, hi = (T[i - 1] if i else lo), T[i]
-    ends = _take(inst, fp, seq, m, p, np.array([hi]), duty, x)[:, 0].tolist()
-    return [(lo_, r, (d,)) for d, lo_, r in zip(seq, [p] + ends[:-1], ends) if r > lo_]
+    dk, top = (2.0 if inst.training else 1.0), max(inst.bnd_l)
+    grid, st = np.arange(1, _GRID + 1) / _GRID, np.asarray(stretch, dtype=float)
+    out: list = [None] * len(seqs)
+    by_len: dict[int, list[int]] = {}
+    for i, q in enumerate(seqs):
+        by_len.setdefault(len(q), []).append(i)
+    for idx in by_len.values():
+        S = np.array([seqs[i] for i in idx])                               # (n, k)
+        U = np.array([np.asarray(duties[i], dtype=float) for i in idx])
+        speed = inst.rate[S] * U
+        x = dk * (inst.lat[S[:, :-1], S[:, 1:]] + m * top / inst.bw[S[:, :-1], S[:, 1:]])   # largest boundaries
+        hi = span / speed.min(1) + x.max(1, initial=0.0)   # enough: the first device may take it all
+        lo = span / speed.sum(1)                            # not enough unless compute alone balances perfectly
+        dead, rows = np.zeros(len(idx), dtype=bool), np.arange(len(idx))
+        for _ in range(_ROUNDS):    # a grid over (lo, hi], then over the cell where the chain first covers the rest
+            T = lo[:, None] + (hi - lo)[:, None] * grid[None, :]
+            ok = _take(inst, fp, S, U, m, p, T)[-1] >= B
+            dead |= ~ok.any(1)
+            j = ok.argmax(1)
+            lo, hi = np.where(j > 0, T[rows, j - 1], lo), np.where(dead, hi, T[rows, j])
+        ends = _take(inst, fp, S, U, m, p, hi[:, None] * st[None, :]).transpose(1, 2, 0).tolist()   # (n, stretch, k)
+        for row, i in enumerate(idx):
+            out[i] = [None if dead[row] else
+                      [(lo_, r, (d,)) for d, lo_, r in zip(seqs[i], [p] + e[:-1], e) if r > lo_] for e in ends[row]]
+    return out
 
 
-def _xfer(inst, seq: list[int], m: float) -> np.ndarray:
-    """(k - 1, B + 1): the seconds of a boundary after block r - 1 from seq[i] to seq[i + 1]
-    (the link's latency plus the micro-batch's activations over its bandwidth; twice in
-    training, activation and gradient)."""
-    rows = [inst.lat[a, b] + m * np.asarray(inst.bnd_l, dtype=float) / inst.bw[a, b] for a, b in zip(seq, seq[1:])]
-    return (2.0 if inst.training else 1.0) * np.asarray(rows).reshape(len(rows), -1)
+def _cut_table(inst) -> tuple[np.ndarray, np.ndarray]:
+    """(v, last), memoised on the Instance: v the distinct boundary sizes in rising order,
+    last[q + 1, c] the largest r <= c whose boundary is at most v[q] (-1 if none; row 0: no
+    size allowed). Why: a boundary's transfer fits a period T where its bytes are at most a
+    threshold set by T and the link, so "the last cut up to c whose transfer fits" is one
+    lookup per device and period instead of a scan of every block."""
+    memo = inst.__dict__.get("_cut_table")
+    if memo is None:
+        bnd = np.asarray(inst.bnd_l, dtype=float)
+        v, rank = np.unique(bnd, return_inverse=True)
+        cols = np.arange(len(bnd))
+        ok = rank[None, :] <= np.arange(-1, len(v))[:, None]
+        memo = inst.__dict__["_cut_table"] = (v, np.maximum.accumulate(np.where(ok, cols, -1), axis=1))
+    return memo
 
 
-def _take(inst, fp, seq, m, p, T: np.ndarray, duty: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """(k, len(T)): where each device's stage ends when each in turn takes the most blocks it
-    computes within its `duty` share of the period T and holds in memory, ending where the
-    boundary's transfer `x` to the next device also fits T (anywhere at the model's end); a
-    device that can take none where blocks remain breaks the chain (-1 at the last row)."""
-    B = inst.B
-    cols = np.arange(B + 1)
+def _take(inst, fp, S: np.ndarray, U: np.ndarray, m, p, T: np.ndarray) -> np.ndarray:
+    """(k, n, len(T[0])): for each device order (row of S, with duties U) and period (row of
+    T), where each device's stage ends when each in turn takes the most blocks it computes
+    within its duty share of T and holds in memory, ending where the boundary's transfer to
+    the next device (its latency plus the bytes over its bandwidth, twice in training) also
+    fits T (anywhere at the model's end); a device that can take none where blocks remain
+    breaks the chain (-1 at the last row)."""
+    B, dk = inst.B, 2.0 if inst.training else 1.0
+    v, last = _cut_table(inst)
     l = np.full(T.shape, p, dtype=int)
     broken = np.zeros(T.shape, dtype=bool)
-    rows = np.arange(len(T))
     out = []
-    for i, d in enumerate(seq):
-        rmax = np.searchsorted(fp, fp[l] + duty[i] * T * inst.rate[d] / (inst.back * m) * (1 + 1e-12), side="right") - 1
-        r = np.minimum(np.minimum(rmax, inst.reach[d][l]), B)
-        if i < len(seq) - 1:        # the last end <= r whose transfer fits T (the model's end always does)
-            fits = (x[i][None, :] <= T[:, None]) | (cols == B)[None, :]
-            last = np.maximum.accumulate(np.where(fits, cols[None, :], -1), axis=1)
-            r = last[rows, r]
+    for i in range(S.shape[1]):
+        d = S[:, i:i + 1]
+        rmax = np.searchsorted(fp, fp[l] + U[:, i:i + 1] * T * inst.rate[d] / (inst.back * m) * (1 + 1e-12),
+                               side="right") - 1
+        r = np.minimum(np.minimum(rmax, inst.reach[d, l]), B)
+        if i < S.shape[1] - 1:      # the last end <= r whose transfer fits T (the model's end always does)
+            a, b = S[:, i], S[:, i + 1]
+            cap = (T / dk - inst.lat[a, b][:, None]) * (inst.bw[a, b] / m)[:, None]    # bytes it may carry (a != b)
+            q = np.searchsorted(v, cap * (1 + 1e-12), side="right")
+            r = np.where(r >= B, B, last[q, r])
         broken |= (r <= l) & (l < B)
         l = np.where(broken | (r <= l), l, r)
         out.append(l.copy())

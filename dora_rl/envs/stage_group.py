@@ -18,9 +18,12 @@ energy objective also the k with the least power per FLOP/s) and the balanced pi
 dora_rl/envs/stage_chain.py (session 36: the two-stage estimate never sees three or more
 stages as a whole), compliant ones only, are compared, by the planners' order
 (`cost.qoe.preference`: compliant first, then the objective), with the two plans the
-two-stage rule would take - the best allowed ending close and the best two-stage entry
-with its partner, both evaluated exactly - and when the best of them beats both, the
-members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark > 0.5; the value
+two-stage rule would take (the best allowed ending close and the best two-stage entry
+with its partner, both evaluated exactly; at the first state, where neither exists, any
+compliant candidate beats them - without that, card large 32 x 200 instance 0 ended
+three stages at 1.43 x the best - but not at a later state, where the network's own
+continuation was the better on three card large instances) - and when the best of them
+beats both, the members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark > 0.5; the value
 carries the stage's end). No candidate is evaluated where the sound QoE bound says no
 compliant plan exists, nor, under latency, one whose compute alone (a lower bound of its
 latency) exceeds a compliant alternative's latency. StageEnv follows the plan once a
@@ -81,8 +84,9 @@ def _group_plan(env) -> list | None:
     two = two_stage(env, env._bound()).astype(float)
     alts = rule_choices(env, two, env._two[2])[:2]
     bar = [k for k in (plan_preference(env, a) for a in alts if a is not None) if k is not None]
-    if not bar:
+    if not bar and env.stages:
         return None
+    bar = bar or [(True, True, np.inf)]     # at the first state with neither a plan: any compliant candidate beats them
     free, qb = [d for d in range(n) if d not in env.used], env._bound()
     orders = [sorted(free, key=lambda d: -inst.rate[d])[:GROUP_MAX]]
     if inst.objective == "energy":      # the most efficient too: the least active power per FLOP/s

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dora_rl.envs.qoe_bound import QoEBound
-from dora_rl.envs.stage_chain import _link_order, balanced_chain
+from dora_rl.envs.stage_chain import _link_order, balanced_chain, balanced_chains
 
 
 def _inst(rate, reach=None, bnd=None, bw=None):
@@ -29,16 +29,16 @@ def test_balanced_chain_cuts_where_the_period_is_least():
     block 0 gives T = max(1, 5 / 2) = 2.5 s, after block 2 max(3, 3 / 2) = 3 s, so the cut
     moves to 1. The fast device at a duty of 0.5 computes as the slow one: 3 and 3 blocks.
     The slow device holding block 0 only: the cut at 1."""
-    assert balanced_chain(_inst([1, 2]), [0, 1], 0) == [(0, 2, (0,)), (2, 6, (1,))]
+    assert balanced_chain(_inst([1, 2]), [0, 1], 0)[0] == [(0, 2, (0,)), (2, 6, (1,))]
     bw = [[np.inf, 1.0], [1.0, np.inf]]
-    assert balanced_chain(_inst([1, 2], bnd=[0, 0, 3, 0, 0, 0, 0], bw=bw), [0, 1], 0) == [(0, 1, (0,)), (1, 6, (1,))]
-    assert balanced_chain(_inst([1, 2]), [0, 1], 0, np.array([1.0, 0.5])) == [(0, 3, (0,)), (3, 6, (1,))]
+    assert balanced_chain(_inst([1, 2], bnd=[0, 0, 3, 0, 0, 0, 0], bw=bw), [0, 1], 0)[0] == [(0, 1, (0,)), (1, 6, (1,))]
+    assert balanced_chain(_inst([1, 2]), [0, 1], 0, np.array([1.0, 0.5]))[0] == [(0, 3, (0,)), (3, 6, (1,))]
     reach = [[1, 2, 3, 4, 5, 6, 6], [6] * 7]
-    assert balanced_chain(_inst([1, 2], reach=reach), [0, 1], 0) == [(0, 1, (0,)), (1, 6, (1,))]
+    assert balanced_chain(_inst([1, 2], reach=reach), [0, 1], 0)[0] == [(0, 1, (0,)), (1, 6, (1,))]
     # from block 2 on, three devices of 1, 1 and 2 FLOP/s: 1 + 1 + 2 blocks at T = 1 s
-    assert balanced_chain(_inst([1, 1, 2]), [0, 1, 2], 2) == [(2, 3, (0,)), (3, 4, (1,)), (4, 6, (2,))]
+    assert balanced_chain(_inst([1, 1, 2]), [0, 1, 2], 2)[0] == [(2, 3, (0,)), (3, 4, (1,)), (4, 6, (2,))]
     # a device that holds nothing breaks the chain
-    assert balanced_chain(_inst([1, 2], reach=[[0, 1, 2, 3, 4, 5, 6], [6] * 7]), [0, 1], 0) is None
+    assert balanced_chain(_inst([1, 2], reach=[[0, 1, 2, 3, 4, 5, 6], [6] * 7]), [0, 1], 0) == [None]
 
 
 def test_link_order_crosses_the_best_links():
@@ -61,3 +61,28 @@ def test_max_duty_solves_the_battery_target_for_the_busy_share():
     assert duty == pytest.approx([1.9 / 4.5, 1.0, 0.0], abs=1e-6)
     assert QoEBound.battery_ok_at(Bound, np.array([0]), duty[0] - 1e-4)[0]
     assert not QoEBound.battery_ok_at(Bound, np.array([0]), duty[0] + 1e-3)[0]
+
+
+def test_stretched_periods_give_the_first_devices_more_and_orders_search_together():
+    """At twice the least period (T = 4 s) the 1 FLOP/s device takes 4 blocks and the 2 FLOP/s
+    one the other 2; at 4x the first takes all 6 (one stage). Orders of different lengths
+    searched together give each its own search's answer."""
+    inst = _inst([1, 2, 1])
+    assert balanced_chain(inst, [0, 1], 0, stretch=(1.0, 2.0, 4.0)) == [
+        [(0, 2, (0,)), (2, 6, (1,))], [(0, 4, (0,)), (4, 6, (1,))], [(0, 6, (0,))]]
+    seqs = [[0, 1], [1, 0], [0, 1, 2], [2, 0]]
+    got = balanced_chains(inst, seqs, 1, [np.ones(len(q)) for q in seqs])
+    assert got == [balanced_chain(inst, q, 1) for q in seqs]
+    assert got[2] == [[(1, 2, (0,)), (2, 5, (1,)), (5, 6, (2,))]]      # 5 blocks: T = 1.5 s, 1 + 3 + 1
+
+
+def test_linked_path_takes_the_fast_device_on_the_good_link():
+    """Devices of 10, 9 and 5 FLOP/s; device 0's link to 1 carries 1 B/s, to 2 100 B/s; 1-byte
+    boundaries (the median), 6 FLOP of rest: from device 0, device 1 costs 2 / 9 + 1 / 1 =
+    1.22 s and device 2 2 / 5 + 1 / 100 = 0.41 s, so 2 comes next, then 1 (100 B/s from 2)."""
+    from dora_rl.envs.stage_chain import _linked_path
+
+    bw = np.full((3, 3), 100.0)
+    bw[0, 1] = bw[1, 0] = 1.0
+    inst = _inst([10, 9, 5], bnd=[1.0] * 7, bw=bw)
+    assert _linked_path(SimpleNamespace(inst=inst, p=0), [0, 1, 2]) == [0, 2, 1]

@@ -26,7 +26,9 @@ continuation was the better on three card large instances) - and when the best o
 beats both, the members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark > 0.5; the value
 carries the stage's end). No candidate is evaluated where the sound QoE bound says no
 compliant plan exists, nor, under latency, one whose compute alone (a lower bound of its
-latency) exceeds a compliant alternative's latency. StageEnv follows the plan once a
+latency) exceeds a compliant alternative's latency; the first chain that misses QoE but
+fits is cut again with its batteries' duties scaled down (`stage_chain.tightened`), and
+its first compliant re-cut stands for it. StageEnv follows the plan once a
 member of its first stage is added or that stage closed (`_gplan`, the stages still to
 place), and the key then marks the members still to add of the stage being formed or of
 the next; the rule adds them and closes the stage on the last at its end."""
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.stage_chain import chains
+from dora_rl.envs.stage_chain import chains, tightened
 from dora_rl.envs.stage_two import plan_preference, rule_choices, two_stage
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
@@ -108,6 +110,7 @@ def _group_plan(env) -> list | None:
             if pk is not None and not pk[0] and (best is None or pk < best[0]):     # compliant groups only
                 best = (pk, [(p, B, g)])
     M, m = inst.M, inst.batch / inst.M
+    retried = False
     for rest in chains(env, free, qb):
         (_, r0, (d0,)) = rest[0]
         if not env._mask[d0 * Bm + r0 - 1]:
@@ -116,6 +119,13 @@ def _group_plan(env) -> list | None:
         if 1e3 * (sum(u) + (M - 1) * max(u)) >= cap:      # one micro-batch through all, then M - 1 periods
             continue
         pk = plan_preference(env, rest)
+        if pk is not None and pk[0] and not pk[1] and not retried:     # the first feasible miss: its batteries' duty
+            retried = True
+            for again in tightened(inst, qb, rest, p):
+                pa = plan_preference(env, again) if env._mask[again[0][2][0] * Bm + again[0][1] - 1] else None
+                if pa is not None and not pa[0]:
+                    pk, rest = pa, again
+                    break
         if pk is not None and not pk[0] and (best is None or pk < best[0]):
             best = (pk, rest)
     return best[1] if best is not None and best[0] < min(bar) else None

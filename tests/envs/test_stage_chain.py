@@ -86,3 +86,27 @@ def test_linked_path_takes_the_fast_device_on_the_good_link():
     bw[0, 1] = bw[1, 0] = 1.0
     inst = _inst([10, 9, 5], bnd=[1.0] * 7, bw=bw)
     assert _linked_path(SimpleNamespace(inst=inst, p=0), [0, 1, 2]) == [0, 2, 1]
+
+
+def test_tightened_recuts_only_chains_with_a_battery_device():
+    """No device below a full duty: nothing to re-cut. The 2 FLOP/s device on battery at a
+    duty of 0.5 (as fast as the other): cut again at 0.97, 0.93 and 0.88 of that share it
+    never takes more blocks than at its full share, and at 0.88 (T = 3.41 s: 3 + 3 blocks
+    need 0.88 x 3.41 >= 3) still 3 of the 6."""
+    from dora_rl.envs.stage_chain import tightened
+
+    class Full:
+        @staticmethod
+        def max_duty(ds):
+            return np.ones(len(ds))
+
+    class Half:
+        @staticmethod
+        def max_duty(ds):
+            return np.where(np.asarray(ds) == 1, 0.5, 1.0)
+
+    inst, plan = _inst([1, 2]), [(0, 3, (0,)), (3, 6, (1,))]
+    assert tightened(inst, Full, plan, 0) == []
+    got = tightened(inst, Half, plan, 0)
+    assert len(got) == 3 and all([ds for _, _, ds in c] == [(0,), (1,)] for c in got)
+    assert all(c[1][1] - c[1][0] <= 3 for c in got) and got[-1] == plan

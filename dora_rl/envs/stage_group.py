@@ -23,15 +23,16 @@ with its partner, both evaluated exactly; at the first state, where neither exis
 compliant candidate beats them - without that, card large 32 x 200 instance 0 ended
 three stages at 1.43 x the best - but not at a later state, where the network's own
 continuation was the better on three card large instances) - and when the best of them
-beats both, the members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark > 0.5; the value
-carries the stage's end). No candidate is evaluated where the sound QoE bound says no
-compliant plan exists, nor, under latency, one whose compute alone (a lower bound of its
-latency) exceeds a compliant alternative's latency; the first chain that misses QoE but
-fits is cut again with its batteries' duties scaled down (`stage_chain.tightened`), and
-its first compliant re-cut stands for it. StageEnv follows the plan once a
-member of its first stage is added or that stage closed (`_gplan`, the stages still to
-place), and the key then marks the members still to add of the stage being formed or of
-the next; the rule adds them and closes the stage on the last at its end."""
+beats both, the members of its first stage [l, r) are marked 0.5 + 0.5 r / Bm (any mark >
+0.5; the value carries the stage's end). No candidate is evaluated where the sound QoE
+bound says no compliant plan exists, nor, under latency, one whose compute alone (a lower
+bound of its latency) exceeds a compliant alternative's latency; the first chain that
+misses QoE but fits is cut again with its batteries' duties scaled down
+(`stage_chain.tightened`), and its first compliant re-cut stands for it. StageEnv follows
+the plan once a member of its first stage is added or that stage closed (`_gplan`, the
+stages still to place), and the key then marks the members still to add of the stage
+being formed or of the next; the rule adds them and closes the stage on the last at its
+end."""
 
 from __future__ import annotations
 

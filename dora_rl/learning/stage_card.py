@@ -129,8 +129,9 @@ def card(config: dict, ab: dict | None, env_id: str, note: str | None = None, pl
                  "term, its dominance and battery rules, the two-stage rule, which takes a close whose plan with "
                  "one more device is better than every allowed ending close (observation keys `two_stage`, "
                  "`promise`), and the group rule, which ends the plan on a data-parallel group of the fastest "
-                 "devices when its plan, evaluated on the cost model, is better still (observation key `group`); "
-                 "part of its figure is theirs (docs/learning.md, \"Sessions 30-35\").", ""]
+                 "devices or a balanced pipeline when its plan, evaluated on the cost model, is better still "
+                 "(observation key `group`); part of its figure is theirs (docs/learning.md, \"Sessions 30-36\").",
+                 ""]
         body += _table(h["summary"], "oracle") + [""]
         if note:
             body += ["### Provenance", "", note.strip(), ""]

@@ -11,7 +11,7 @@ T` (docs/cost-model.md, "Pipelining"): its period T is the slowest stage, so the
 matter are the ones that balance the stages' compute.
 
 What a chain is: the rest [p, B) on a device order, one stage each, cut where the period is
-least (`balanced_chain`): with a period T fixed, each device in turn takes the most blocks
+least (`balanced_chains`): with a period T fixed, each device in turn takes the most blocks
 it computes within T (a battery device within its `QoEBound.max_duty` share of T) and
 holds in memory (`Instance.reach`), ending where the boundary's transfer to the next
 device also fits T; the least T at which the chain covers the rest is the balance (the
@@ -95,6 +95,13 @@ def tightened(inst, qb, plan: list, p: int) -> list:
     return [c[0] for c in balanced_chains(inst, [seq] * len(scaled), p, scaled) if c[0] is not None]
 
 
+def stage_times(inst, plan) -> list[float]:
+    """Seconds each single-device stage of `plan` computes per micro-batch (forward, and
+    backward in training): the chains' estimate and the group key's latency bound."""
+    m = inst.batch / inst.M
+    return [inst.back * m * (inst.fp[r] - inst.fp[lo]) / inst.rate[ds[0]] for lo, r, ds in plan]
+
+
 def estimate(env, qb, plan, duty: dict) -> tuple:
     """The chain's (estimated QoE miss, objective) as the cost model would have it on its
     direct links without contention (seconds of latency, or joules per period), leaving out
@@ -103,9 +110,9 @@ def estimate(env, qb, plan, duty: dict) -> tuple:
     device's busy share over its `duty` (`QoEBound.max_duty`), 0 if none. Plain floats: it
     runs for every candidate, and numpy's per-call cost dominated it."""
     inst, M = env.inst, env.inst.M
-    m, bnd, fp, rate, lat, bw = inst.batch / M, inst.bnd_l, inst.fp, inst.rate, inst.lat, inst.bw
+    m, bnd, lat, bw = inst.batch / M, inst.bnd_l, inst.lat, inst.bw
     devs = [ds[0] for _, _, ds in plan]
-    u = [inst.back * m * (fp[r] - fp[lo]) / rate[d] for (lo, r, _), d in zip(plan, devs)]
+    u = stage_times(inst, plan)
     into = env.prev[0] if env.prev else inst.src
     hops = [(into, devs[0], plan[0][0])] + [(a, b, r) for a, b, (_, r, _) in zip(devs, devs[1:], plan)]
     x = [lat[a, b] + m * bnd[r] / bw[a, b] for a, b, r in hops if a != b]
@@ -158,20 +165,15 @@ def _link_order(inst, devs: list[int]) -> list[int]:
     return P[int(np.argmin(cost))].tolist()
 
 
-def balanced_chain(inst, seq: list[int], p: int, duty=None, stretch=(1.0,)) -> list:
-    """Per factor of `stretch`, the stages [(l, r, (d,))] of blocks [p, B) on the devices
-    `seq` in this order (one stage each, in a prefix of `seq`: the last ones may take none)
-    cut at that factor times the least period - the slowest stage's compute (over its
-    `duty` share, default 1) or boundary transfer per micro-batch - at which they cover it
-    (at a factor above 1 the first devices take more), or None where no period lets them
-    hold the rest in memory."""
-    return balanced_chains(inst, [seq], p, [np.ones(len(seq)) if duty is None else duty], stretch)[0]
-
-
 def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(1.0,)) -> list[list]:
-    """`balanced_chain` of every device order of `seqs` (with its `duties`), the orders of
-    one length searched together (one array per device position: the search's cost is
-    numpy's per-call overhead, not its arithmetic)."""
+    """Per device order of `seqs` (with its `duties`, the share of the period each device
+    may compute) and per factor of `stretch`: the stages [(l, r, (d,))] of blocks [p, B) on
+    those devices in that order (one stage each, in a prefix of the order: the last ones may
+    take none) cut at that factor times the least period - the slowest stage's compute (over
+    its duty share) or boundary transfer per micro-batch - at which they cover it (at a
+    factor above 1 the first devices take more), or None where no period lets them hold
+    the rest in memory. The orders of one length are searched together (one array per
+    device position: the search's cost is numpy's per-call overhead, not its arithmetic)."""
     fp, B, m = np.asarray(inst.fp, dtype=float), inst.B, inst.batch / inst.M
     span = inst.back * m * (fp[B] - fp[p])
     dk, top = (2.0 if inst.training else 1.0), max(inst.bnd_l)

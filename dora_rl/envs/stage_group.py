@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.stage_chain import chains, tightened
+from dora_rl.envs.stage_chain import chains, stage_times, tightened
 from dora_rl.envs.stage_two import plan_preference, rule_choices, two_stage
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
@@ -110,14 +110,13 @@ def _group_plan(env) -> list | None:
             pk = plan_preference(env, [(p, B, g)])
             if pk is not None and not pk[0] and (best is None or pk < best[0]):     # compliant groups only
                 best = (pk, [(p, B, g)])
-    M, m = inst.M, inst.batch / inst.M
     retried = False
     for rest in chains(env, free, qb):
         (_, r0, (d0,)) = rest[0]
         if not env._mask[d0 * Bm + r0 - 1]:
             continue
-        u = [qb.back * m * (inst.fp[r] - inst.fp[lo]) / inst.rate[ds[0]] for lo, r, ds in rest]
-        if 1e3 * (sum(u) + (M - 1) * max(u)) >= cap:      # one micro-batch through all, then M - 1 periods
+        u = stage_times(inst, rest)
+        if 1e3 * (sum(u) + (inst.M - 1) * max(u)) >= cap:      # one micro-batch through all, then M - 1 periods
             continue
         pk = plan_preference(env, rest)
         if pk is not None and pk[0] and not pk[1] and not retried:     # the first feasible miss: its batteries' duty

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dora_rl.envs.qoe_bound import QoEBound
-from dora_rl.envs.stage_chain import _link_order, balanced_chain, balanced_chains
+from dora_rl.envs.stage_chain import _link_order, balanced_chains
 
 
 def _inst(rate, reach=None, bnd=None, bw=None):
@@ -21,6 +21,11 @@ def _inst(rate, reach=None, bnd=None, bw=None):
         reach=np.array(reach if reach is not None else [[6] * 7] * n),
         bnd_l=np.array(bnd if bnd is not None else [0.0] * 7),
         lat=np.zeros((n, n)), bw=np.array(bw) if bw is not None else np.full((n, n), np.inf))
+
+
+def balanced_chain(inst, seq, p, duty=None, stretch=(1.0,)):
+    """One device order's `balanced_chains` (duty 1 unless given)."""
+    return balanced_chains(inst, [seq], p, [np.ones(len(seq)) if duty is None else duty], stretch)[0]
 
 
 def test_balanced_chain_cuts_where_the_period_is_least():

@@ -58,6 +58,7 @@ from dora_rl.cost.qoe import REWARDS, utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import Instance, InstanceSource
 from dora_rl.envs.qoe_bound import QoEBound
+from dora_rl.envs.stage_energy import route_relays
 from dora_rl.envs.stage_group import current_group
 from dora_rl.envs.stage_obs import (
     BLK_LOG_WORK,
@@ -73,7 +74,7 @@ from dora_rl.envs.stage_obs import (
     STAGE_OBS_VERSION,
     observation,
 )
-from dora_rl.envs.stage_two import promised, route_relays
+from dora_rl.envs.stage_two import promised
 from dora_rl.errors import DoraError, NoFeasiblePlan
 from dora_rl.features import CLIP
 from dora_rl.plan import Plan
@@ -323,10 +324,11 @@ class StageEnv(BuildEnv):
         else:
             d, r = divmod(a, Bm)
             r += 1
-            promise = promised(self, d, r - 1) if not self.group else None
             devs = self.group + [d]
             plan = current_group(self)
             follow = plan[1:] if plan and plan[0][1] == r and set(plan[0][2]) == set(devs) and len(plan) > 1 else None
+            # a followed plan's rule sets the next stages (`stage_lookahead.with_group`): no promise
+            promise = promised(self, d, r - 1) if not self.group and follow is None else None
             rate = sum(inst.rate[x] for x in devs)
             self.t_max_stage = max(self.t_max_stage, inst.back * inst.batch * (inst.fp[r] - inst.fp[self.p]) / rate)
             if self.stages:

@@ -172,35 +172,35 @@ def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(
     take none) cut at that factor times the least period - the slowest stage's compute (over
     its duty share) or boundary transfer per micro-batch - at which they cover it (at a
     factor above 1 the first devices take more), or None where no period lets them hold
-    the rest in memory. The orders of one length are searched together (one array per
-    device position: the search's cost is numpy's per-call overhead, not its arithmetic)."""
+    the rest in memory. Every order is searched at once, the shorter ones padded (a pad
+    position takes nothing and breaks nothing): the search's cost is numpy's per-call
+    overhead, not its arithmetic."""
     fp, B, m = np.asarray(inst.fp, dtype=float), inst.B, inst.batch / inst.M
     span = inst.back * m * (fp[B] - fp[p])
     dk, top = (2.0 if inst.training else 1.0), max(inst.bnd_l)
     grid, st = np.arange(1, _GRID + 1) / _GRID, np.asarray(stretch, dtype=float)
-    out: list = [None] * len(seqs)
-    by_len: dict[int, list[int]] = {}
-    for i, q in enumerate(seqs):
-        by_len.setdefault(len(q), []).append(i)
-    for idx in by_len.values():
-        S = np.array([seqs[i] for i in idx])                               # (n, k)
-        U = np.array([np.asarray(duties[i], dtype=float) for i in idx])
-        speed = inst.rate[S] * U
-        x = dk * (inst.lat[S[:, :-1], S[:, 1:]] + m * top / inst.bw[S[:, :-1], S[:, 1:]])   # largest boundaries
-        hi = span / speed.min(1) + x.max(1, initial=0.0)   # enough: the first device may take it all
-        lo = span / speed.sum(1)                            # not enough unless compute alone balances perfectly
-        dead, rows = np.zeros(len(idx), dtype=bool), np.arange(len(idx))
-        for _ in range(_ROUNDS):    # a grid over (lo, hi], then over the cell where the chain first covers the rest
-            T = lo[:, None] + (hi - lo)[:, None] * grid[None, :]
-            ok = _take(inst, fp, S, U, m, p, T)[-1] >= B
-            dead |= ~ok.any(1)
-            j = ok.argmax(1)
-            lo, hi = np.where(j > 0, T[rows, j - 1], lo), np.where(dead, hi, T[rows, j])
-        ends = _take(inst, fp, S, U, m, p, hi[:, None] * st[None, :]).transpose(1, 2, 0).tolist()   # (n, stretch, k)
-        for row, i in enumerate(idx):
-            out[i] = [None if dead[row] else
-                      [(lo_, r, (d,)) for d, lo_, r in zip(seqs[i], [p] + e[:-1], e) if r > lo_] for e in ends[row]]
-    return out
+    if not seqs:
+        return []
+    n, K = len(seqs), max(len(q) for q in seqs)
+    valid = np.arange(K)[None, :] < np.array([len(q) for q in seqs])[:, None]        # (n, K)
+    S, U = np.zeros((n, K), dtype=int), np.zeros((n, K))
+    for i, (q, u) in enumerate(zip(seqs, duties)):
+        S[i, :len(q)], U[i, :len(q)] = q, u
+    speed = inst.rate[S] * U
+    hop = valid[:, 1:] & valid[:, :-1]
+    x = np.where(hop, dk * (inst.lat[S[:, :-1], S[:, 1:]] + m * top / inst.bw[S[:, :-1], S[:, 1:]]), 0.0)
+    hi = span / np.where(valid, speed, np.inf).min(1) + x.max(1, initial=0.0)   # enough: the first may take it all
+    lo = span / speed.sum(1)                            # not enough unless compute alone balances perfectly
+    dead, rows = np.zeros(n, dtype=bool), np.arange(n)
+    for _ in range(_ROUNDS):    # a grid over (lo, hi], then over the cell where the chain first covers the rest
+        T = lo[:, None] + (hi - lo)[:, None] * grid[None, :]
+        ok = _take(inst, fp, S, U, valid, hop, m, p, T)[-1] >= B
+        dead |= ~ok.any(1)
+        j = ok.argmax(1)
+        lo, hi = np.where(j > 0, T[rows, j - 1], lo), np.where(dead, hi, T[rows, j])
+    ends = _take(inst, fp, S, U, valid, hop, m, p, hi[:, None] * st[None, :]).transpose(1, 2, 0).tolist()  # (n, st, K)
+    return [[None if dead[i] else [(lo_, r, (d,)) for d, lo_, r in zip(q, [p] + e[:-1], e) if r > lo_]
+             for e in ends[i]] for i, q in enumerate(seqs)]
 
 
 def _cut_table(inst) -> tuple[np.ndarray, np.ndarray]:
@@ -219,20 +219,21 @@ def _cut_table(inst) -> tuple[np.ndarray, np.ndarray]:
     return memo
 
 
-def _take(inst, fp, S: np.ndarray, U: np.ndarray, m, p, T: np.ndarray) -> np.ndarray:
-    """(k, n, len(T[0])): for each device order (row of S, with duties U) and period (row of
-    T), where each device's stage ends when each in turn takes the most blocks it computes
-    within its duty share of T and holds in memory, ending where the boundary's transfer to
-    the next device (its latency plus the bytes over its bandwidth, twice in training) also
-    fits T (anywhere at the model's end); a device that can take none where blocks remain
-    breaks the chain (-1 at the last row)."""
+def _take(inst, fp, S, U, valid, hop, m, p, T: np.ndarray) -> np.ndarray:
+    """(K, n, len(T[0])): for each device order (row of S, with duties U, `valid` where a
+    device stands and `hop` where the next one does too) and period (row of T), where each
+    device's stage ends when each in turn takes the most blocks it computes within its duty
+    share of T and holds in memory, ending where the boundary's transfer to the next device
+    (its latency plus the bytes over its bandwidth, twice in training) also fits T (anywhere
+    before a pad or at the model's end); a device that can take none where blocks remain
+    breaks the chain (-1 at the last row), a pad takes none."""
     B, dk = inst.B, 2.0 if inst.training else 1.0
     v, last = _cut_table(inst)
     l = np.full(T.shape, p, dtype=int)
     broken = np.zeros(T.shape, dtype=bool)
     out = []
     for i in range(S.shape[1]):
-        d = S[:, i:i + 1]
+        d, on = S[:, i:i + 1], valid[:, i:i + 1]
         rmax = np.searchsorted(fp, fp[l] + U[:, i:i + 1] * T * inst.rate[d] / (inst.back * m) * (1 + 1e-12),
                                side="right") - 1
         r = np.minimum(np.minimum(rmax, inst.reach[d, l]), B)
@@ -240,8 +241,9 @@ def _take(inst, fp, S: np.ndarray, U: np.ndarray, m, p, T: np.ndarray) -> np.nda
             a, b = S[:, i], S[:, i + 1]
             cap = (T / dk - inst.lat[a, b][:, None]) * (inst.bw[a, b] / m)[:, None]    # bytes it may carry (a != b)
             q = np.searchsorted(v, cap * (1 + 1e-12), side="right")
-            r = np.where(r >= B, B, last[q, r])
-        broken |= (r <= l) & (l < B)
+            r = np.where((r >= B) | ~hop[:, i:i + 1], r, last[q, r])
+        r = np.where(on, np.minimum(r, B), l)
+        broken |= on & (r <= l) & (l < B)
         l = np.where(broken | (r <= l), l, r)
         out.append(l.copy())
     out[-1] = np.where(broken, -1, out[-1])

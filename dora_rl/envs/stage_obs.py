@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from dora_rl.envs.instance import NG
+from dora_rl.envs.stage_energy import entry_relays, pstar_of
 from dora_rl.envs.stage_group import group_key
-from dora_rl.envs.stage_two import entry_relays, promise, pstar_of, two_stage
+from dora_rl.envs.stage_two import promise, two_stage
 from dora_rl.features import CLIP, clip_log
 
 STAGE_OBS_VERSION = 7      # 4 (session 32): "relay_w"; 5 (33): "two_stage"; 6 (34): "promise"; 7 (35): "group"

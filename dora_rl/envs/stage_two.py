@@ -10,27 +10,15 @@ docs/learning.md, "Sessions 33-34"."""
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 
 from dora_rl.cost.qoe import preference
+from dora_rl.envs.stage_energy import TWO_STAGE_MARGIN, Energy, window
 from dora_rl.errors import NoFeasiblePlan
 from dora_rl.features import CLIP
 
 TWO_STAGE_PARTNERS = 16    # the second stage's device is one of the 16 fastest free devices
-TWO_STAGE_MARGIN = 0.2     # a two-stage plan's latency, period (energy) and battery life must meet the targets by 20 %
-
-
-def pstar_of(inst) -> float:
-    """P*, the unit of power of the observation's energies (the mean active power)."""
-    return max(float(inst.act_w.mean()), 1e-9)
-
-
-def route_relays(inst, a: int, b: int, nbytes: float) -> tuple[int, ...]:
-    """The devices the route a -> b of a flow of `nbytes` relays through (`routes.Network.route`:
-    a lone flow's route; the plan's routing may pick another under contention)."""
-    return inst.cost.net.route(a, b, nbytes).relays if a != b else ()
+_CHUNK = 2048              # closes per chunk of `_two_stage`'s candidate table (E x _CHUNK floats)
 
 
 def two_stage(env, qb) -> np.ndarray:
@@ -49,10 +37,10 @@ def two_stage(env, qb) -> np.ndarray:
     bound; the return to the source exact). Energy (over P* T*) by the cost model's window
     formula (docs/cost-model.md, "Energy and battery") for the plan's part from here: the
     idle power of every participant (the closed stages' devices, the source, d, e) over the
-    window P (`_window`), d's and e's dynamic power over their busy time M u, the radio
+    window P (`stage_energy.window`), d's and e's dynamic power over their busy time M u, the radio
     energy of the entry, the boundary d -> e and the return at both ends, and the idle
     power of the devices those flows relay through that are not participants yet
-    (`_relays`; session 34: a relayed edge server made large 32 x 50 instance 4's
+    (`stage_energy.relays`; session 34: a relayed edge server made large 32 x 50 instance 4's
     three-stage plan 1.54 x the two-Orin plan it replaced); the closed stages' own dynamic
     and radio energy, the same for every entry, and the relays' radio are left out. An
     entry is CLIP where a battery target is missed by TWO_STAGE_MARGIN (d and e at their
@@ -152,11 +140,31 @@ def promise(env) -> np.ndarray:
     return out
 
 
-def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
-    """`two_stage`'s entries and, per close, its partner e (-1 where none)."""
+class Partners:
+    """Per close (d, j), the partner e its `two_stage` entry ends on, -1 where none:
+    `partners[d, j]`. Found when asked (the least of that close's column of the candidates,
+    first on ties), as the rules read it at one or two closes per state (`rule_choices`,
+    `promised`); finding it for every close was a tenth of a 64-device x 200-block entry's
+    time."""
+
+    def __init__(self, D: int, Bm: int):
+        self.at = np.full((D, Bm), -1, dtype=np.int64)      # the close's column in `cand`
+        self.cand, self.part = None, None
+
+    def __getitem__(self, dj) -> int:
+        k = int(self.at[dj])
+        if k < 0:
+            return -1
+        col = self.cand[:, k]
+        e = int(col.argmin())
+        return int(self.part[e]) if np.isfinite(col[e]) else -1
+
+
+def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
+    """`two_stage`'s entries and, per close, its partner e (`Partners`)."""
     inst, D, Bm, n, B, p = env.inst, env.max_devices, env.max_blocks, env.inst.n, env.inst.B, env.p
     out = np.full((D, Bm), CLIP)
-    partner = np.full((D, Bm), -1, dtype=np.int64)
+    partner = Partners(D, Bm)
     cm = env._mask[:D * Bm].reshape(D, Bm)
     if inst.objective not in ("latency", "energy") or env.group or p >= B:
         return out, partner
@@ -174,8 +182,8 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     T_end = np.maximum.reduce([td[:, 0], ud[:, -1], oo[free]])
     fill_end = fd[:, 0] + ud[:, -1] + of[free]
     end = fill_end + M1 * T_end
-    E = _Energy(env, qb, free)
-    P_end = _window(inst, end, T_end)
+    E = Energy(env, qb, free)
+    P_end = window(inst, end, T_end)
     batt = E.battery_end(M * ud[:, -1], P_end)
     if energy:
         end = np.where(qb._ok(fill_end, T_end), E.of(end, T_end, E.dyn[free] * M * ud[:, -1]
@@ -189,7 +197,7 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     live = cm[free, p:B - 1].any(axis=1)                      # the devices with a close that leaves a rest
     if not live.all():
         free, ud, fd, td = free[live], ud[live], fd[live], td[live]
-        E = _Energy(env, qb, free)
+        E = Energy(env, qb, free)
     cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
     if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
         return out, partner
@@ -199,193 +207,45 @@ def _two_stage(env, qb) -> tuple[np.ndarray, np.ndarray]:
     fits = np.asarray(inst.reach)[part][:, r2] >= B                          # e holds [r, B)
     L, K = inst.cost.net.least
     nb = qb.m * np.asarray(qb.bnd, dtype=float)[r2]                          # (R - 1,)
-    Lde, Kde = L[np.ix_(free, part)], K[np.ix_(free, part)]                 # (F, E)
-    with np.errstate(invalid="ignore"):
-        occ = qb.dirs * Kde[:, :, None] * nb[None, None, :]
-        lat = qb.dirs * np.where(nb[None, None, :] > 0, Lde[:, :, None], 0.0)
-    u1 = ud[:, None, c0:c1]
-    fill = fd[:, :, None] + u1 + occ + lat + ue[None] + of[part][None, :, None]
-    T = np.maximum(np.maximum(np.maximum(td[:, :, None], u1), occ), np.maximum(ue[None], oo[part][None, :, None]))
-    tot = fill + M1 * T
-    P = _window(inst, tot, T)
-    ok = (fits[None] & (free[:, None] != part[None, :])[:, :, None] & np.isfinite(tot)
-          & E.battery_pairs(part, M * u1, M * ue[None], qb.dirs * M * nb[None, None, :], P))
-    if energy:
-        work = (E.dyn[free][:, None, None] * M * u1 + E.dyn[part][None, :, None] * M * ue[None] + E.rin[:, None, None]
-                + qb.dirs * M * (E.radio[free][:, None, None] + E.radio[part][None, :, None]) * nb[None, None, :]
-                + E.ret[part][None, :, None])
-        tot = E.of(tot, T, work, part)
-        ok &= qb._ok(fill * (1 + TWO_STAGE_MARGIN), T * (1 + TWO_STAGE_MARGIN))
-    cand = np.where(ok, tot, np.inf)
-    best, arg = cand.min(axis=1), cand.argmin(axis=1)                        # (F, R - 1)
-    allowed = cm[free, p + c0:p + c1]
-    rows = out[free]
-    rows[:, p + c0:p + c1] = np.where(allowed, _logs(best, unit), CLIP)
-    out[free] = rows
-    prow = partner[free]
-    prow[:, p + c0:p + c1] = np.where(np.isfinite(best) & allowed, part[arg], -1)
-    partner[free] = prow
+    # a column per allowed close (d, j) and a row per partner e: the closes the mask forbids
+    # (two thirds of them on the card's 64 x 200 set) are never computed, and the least over
+    # the partners is a reduction along the long axis (numpy's along a short one cost more
+    # than the arithmetic)
+    i, j = np.nonzero(cm[free, p + c0:p + c1])                               # (A,): d's row, the end's column
+    Lfe, Kfe = L[np.ix_(free, part)].T.copy(), K[np.ix_(free, part)].T.copy()   # (E, F)
+
+    def cands(i, j):        # (E, a): the closes (free[i], j) by partner, inf where no plan
+        di = free[i]
+        nbj = nb[j][None, :]
+        with np.errstate(invalid="ignore"):
+            occ = qb.dirs * Kfe[:, i] * nbj
+            lat = qb.dirs * np.where(nbj > 0, Lfe[:, i], 0.0)
+        u1, uej = ud[i, c0 + j][None, :], ue[:, j]
+        fill = fd[i, 0][None, :] + u1 + occ + lat + uej + of[part][:, None]
+        T = np.maximum(np.maximum(np.maximum(td[i, 0][None, :], u1), occ), np.maximum(uej, oo[part][:, None]))
+        tot = fill + M1 * T
+        P = window(inst, tot, T)
+        ok = (fits[:, j] & (di[None, :] != part[:, None]) & np.isfinite(tot)
+              & E.battery_pairs(part, i, M * u1, M * uej, qb.dirs * M * nbj, P))
+        if energy:
+            work = (E.dyn[di][None, :] * M * u1 + E.dyn[part][:, None] * M * uej + E.rin[i][None, :]
+                    + qb.dirs * M * (E.radio[di][None, :] + E.radio[part][:, None]) * nbj
+                    + E.ret[part][:, None])
+            tot = E.of(tot, T, work, part, i)
+            ok &= qb._ok(fill * (1 + TWO_STAGE_MARGIN), T * (1 + TWO_STAGE_MARGIN))
+        return np.where(ok, tot, np.inf)
+
+    cand = np.empty((len(part), len(i)))
+    for k in range(0, len(i), _CHUNK):      # in chunks: whole-size temporaries cost more in page faults
+        cand[:, k:k + _CHUNK] = cands(i[k:k + _CHUNK], j[k:k + _CHUNK])     # than in arithmetic
+    di = free[i]
+    out[di, p + c0 + j] = _logs(cand.min(axis=0), unit)
+    partner.at[di, p + c0 + j] = np.arange(len(i))
+    partner.cand, partner.part = cand, part
     return out, partner
-
-
-def entry_relays(inst, prev, ds, nb: float) -> np.ndarray:
-    """(len(ds), n) bool: x relays a route from one of `prev` (the previous stage's devices)
-    to d, a lone flow of `nb` bytes (the entry at the current cut; `route_relays`), kept on
-    the Instance per (a, d, bytes): the "relay_w" key and `two_stage` ask for the same."""
-    memo = inst.__dict__.setdefault("_entry_relays", {})
-    rel = np.zeros((len(ds), inst.n), dtype=bool)
-    for i, d in enumerate(ds):
-        for a in prev:
-            k = (int(a), int(d), nb)
-            if k not in memo:
-                memo[k] = list(route_relays(inst, int(a), int(d), nb))
-            rel[i, memo[k]] = True
-    return rel
-
-
-def _relays(inst, s, t, kind: str = "boundary") -> np.ndarray:
-    """(len(s), len(t), n) bool: x relays the route s -> t (`route_relays`, a lone flow's).
-    `kind` "boundary": a flow of the model's median boundary bytes; "return": of its output;
-    both filled pair by pair as asked for and kept on the Instance (its routes never
-    change)."""
-    n = inst.n
-    s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
-    cache = inst.__dict__.setdefault("_relay_masks", {})
-    if kind not in cache:
-        nb = inst.batch * float(np.median(inst.bnd_l[1:inst.B]) if kind == "boundary" else inst.bnd_l[inst.B])
-        cache[kind] = (np.zeros((n, n, n), dtype=bool), np.zeros((n, n), dtype=bool), nb)
-    rel, done, nb = cache[kind]
-    for a, b in np.argwhere(~done[np.ix_(s, t)]):
-        x, y = int(s[a]), int(t[b])
-        rel[x, y, list(route_relays(inst, x, y, nb))] = True
-        done[x, y] = True
-    return rel[np.ix_(s, t)]
-
-
-def _window(inst, latency, T):
-    """The energy window of a plan of this latency and period T per micro-batch
-    (docs/cost-model.md, "Energy and battery"): training the latency, inference max(1 /
-    request rate, M T)."""
-    if inst.training:
-        return latency
-    rr = inst.cost.workload.request_rate
-    return np.maximum(1.0 / rr if rr else 0.0, inst.M * T)
 
 
 def _logs(x: np.ndarray, unit: float) -> np.ndarray:
     """log(x / unit) clipped to +-CLIP, CLIP where x is not finite (no such plan)."""
     got = np.isfinite(x)
     return np.where(got, np.clip(np.log(np.maximum(np.where(got, x, 1.0) / unit, 1e-30)), -CLIP, CLIP), CLIP)
-
-
-class _Energy:
-    """`two_stage`'s energy and battery terms for the free devices `free` (docs/cost-model.md,
-    "Energy and battery"): the participants' idle power over the window, the radio of the
-    entry (both ends) and of the return to the source (both ends; inference), the idle power
-    of the new relays, and the battery checks at each device's duty."""
-
-    def __init__(self, env, qb, free):
-        inst, cost = env.inst, env.inst.cost
-        self.pstar = pstar_of(inst)
-        self.idle, self.dyn = np.asarray(qb.idle, dtype=float), np.asarray(qb.dyn_w, dtype=float)
-        self.radio = np.asarray(cost.cluster.radio_j_per_byte, dtype=float)
-        self.part = set(env.used) | {inst.src}
-        self.idle_part = float(sum(self.idle[x] for x in self.part))
-        self.free, self.inst = free, inst
-        p, src = env.p, inst.src
-        nin = qb.m * float(qb.bnd[p]) * (qb.dirs if p > 0 else 1.0)              # the entry's bytes
-        r_prev = float(np.mean([self.radio[x] for x in env.prev]))
-        self.rin_own = qb.M * nin * self.radio[free] * ~np.isin(free, env.prev)    # (F,): d's end of the entry
-        self.rin = self.rin_own + qb.M * nin * r_prev * ~np.isin(free, env.prev)
-        nret = 0.0 if inst.training else qb.m * float(qb.bnd[inst.B])              # the return's
-        self.ret_own = qb.M * nret * self.radio * (np.arange(inst.n) != src)      # (n,): e's end of it
-        self.ret = self.ret_own + qb.M * nret * self.radio[src] * (np.arange(inst.n) != src)
-        # the source's own radio for the input it sends (when the first stage is not on it),
-        # for its battery when it is d or e: sends[x] as d, sende[x] as e
-        send = qb.M * qb.m * float(qb.bnd[0]) * self.radio[src]
-        first_off = p > 0 and src not in env.stages[0][2]
-        self.send_d = np.where(free == src, send if first_off else 0.0, 0.0)           # (F,)
-        self.send_e = np.where(np.arange(inst.n) == src, send if (p == 0 or first_off) else 0.0, 0.0)   # (n,)
-        # relays: the idle power of the devices the entry (prev -> d), the boundary (d -> e) and
-        # the return (e -> source) relay through that are not participants already
-        n = inst.n
-        self.qb, self.env = qb, env
-        self.targets = qb.min_h is not None and bool(np.isfinite(qb.bj).any())       # any battery target
-        self.avail = np.where(np.isin(np.arange(n), list(self.part | set(env.relays))), 0.0, self.idle)
-        self.relay_ok = qb.battery_ok_at(np.arange(n), 0.0, 0.0, 1 + TWO_STAGE_MARGIN)  # a relay's idle alone
-        self._pairs = None
-
-    @cached_property
-    def r_in(self) -> np.ndarray:
-        """(F, n): the devices the entry (prev -> d, its bytes) relays through."""
-        env, inst = self.env, self.inst
-        return entry_relays(inst, env.prev, self.free, inst.batch * inst.bnd_l[env.p])
-
-    @cached_property
-    def r_ret(self) -> np.ndarray:
-        """(n, n): the devices the return (e -> source) relays through (none in training)."""
-        n = self.inst.n
-        if self.inst.training:
-            return np.zeros((n, n), dtype=bool)
-        return _relays(self.inst, np.arange(n), [self.inst.src], "return")[:, 0]
-
-    def new_idle(self, ds) -> np.ndarray:
-        return np.where(np.isin(ds, list(self.part)), 0.0, self.idle[ds])
-
-    def of(self, latency, T, work, part=None) -> np.ndarray:
-        """The energy: the window's idle power of the participants (the closed ones, d, and e
-        when `part` names the rest's devices: arrays (F, E, R), else (F,)) plus `work` (the
-        dynamic and radio energy)."""
-        P = _window(self.inst, latency, T)
-        idle = self.idle_part + self.new_idle(self.free)
-        free = self.free
-        if part is None:
-            idle = idle + self.rel_end() @ self.avail
-        else:
-            other = np.where(free[:, None] == part[None, :], 0.0, self.new_idle(part)[None, :])
-            idle = (idle[:, None] + other + self.rel_pairs(part) @ self.avail)[:, :, None]
-        return idle * P + work
-
-    def battery_end(self, busy, P):
-        """(F,) bool: d lasts its battery target with the plan ending on it (`two_stage`)."""
-        if not self.targets:
-            return True
-        ok = self.qb.battery_ok_at(self.free, busy / P, (self.rin_own + self.ret_own[self.free] + self.send_d) / P)
-        return ok if self.relay_ok.all() else ok & ~(self.rel_end() & ~self.relay_ok).any(-1)
-
-    def battery_pairs(self, part, busy_d, busy_e, nbd, P):
-        """(F, E, R) bool: d and e at their duty (busy / P) and radio (the entry, the boundary
-        of `nbd` bytes, the return, the source's input) and the new relays at their idle power
-        last their battery targets by TWO_STAGE_MARGIN."""
-        if not self.targets:
-            return True
-        mg, free, qb = 1 + TWO_STAGE_MARGIN, self.free, self.qb
-        ok = np.ones(P.shape, dtype=bool)
-        f = np.isfinite(qb.bj[free])                         # only devices on battery can miss
-        if f.any():
-            radio = (self.rin_own + self.send_d)[f][:, None, None] + nbd * self.radio[free[f]][:, None, None]
-            ok[f] &= qb.battery_ok_at(free[f][:, None, None], busy_d[f] / P[f], radio / P[f], mg)
-        e = np.isfinite(qb.bj[part])
-        if e.any():
-            radio = nbd * self.radio[part[e]][None, :, None] + (self.ret_own + self.send_e)[part[e]][None, :, None]
-            ok[:, e] &= qb.battery_ok_at(part[e][None, :, None], busy_e[:, e] / P[:, e], radio / P[:, e], mg)
-        if not self.relay_ok.all():                           # a relay whose idle power alone misses its target
-            ok &= ~(self.rel_pairs(part) & ~self.relay_ok).any(-1)[:, :, None]
-        return ok
-
-    def rel_end(self) -> np.ndarray:
-        """(F, n): the devices the entry to d and d's return relay through."""
-        return self.r_in | self.r_ret[self.free]
-
-    def rel_pairs(self, part) -> np.ndarray:
-        """(F, E, n): the devices the entry to d, the boundary d -> e and e's return relay
-        through, d and e themselves aside (counted as stage devices)."""
-        if self._pairs is None:
-            free, F = self.free, len(self.free)
-            rel = self.r_in[:, None, :] | _relays(self.inst, free, part) | self.r_ret[part][None, :, :]
-            rel[np.arange(F), :, free] = False
-            rel[:, np.arange(len(part)), part] = False
-            self._pairs = rel
-        return self._pairs
-
-

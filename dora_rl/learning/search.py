@@ -46,14 +46,17 @@ def search_key(result, objective: str) -> tuple:
 
 def greedy_complete(actor, envs: list[PartitionEnv]) -> list:
     """Finish every episode in `envs` greedily, in lockstep (one batched network call
-    per step for the envs that face a real choice); returns their `result`s."""
+    per step for the envs that face a real choice: neither forced by the mask nor taken by
+    the actor's rules whatever the network says, `ruled`); returns their `result`s."""
     live = [e for e in envs if not e.done]
+    ruled = getattr(actor, "ruled", None)       # a move the policy's rules take whatever the network says
     while live:
         ask = []
         for e in live:
             allowed = np.flatnonzero(e._mask)
-            if len(allowed) == 1:          # a forced move: no need to ask the network
-                e.advance(int(allowed[0]))
+            a = int(allowed[0]) if len(allowed) == 1 else (ruled(e) if ruled is not None else None)
+            if a is not None:          # a forced or ruled move: no need to ask the network
+                e.advance(a)
             else:
                 ask.append(e)
         if ask:

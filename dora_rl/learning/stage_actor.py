@@ -15,6 +15,7 @@ import sys
 import numpy as np
 from torch import nn
 
+from dora_rl.envs.stage_group import ruled_close
 from dora_rl.learning.stage_lookahead import (
     add_lookahead,
     battery_risk,
@@ -104,6 +105,14 @@ class StageNumpyActor:
         x = x + o @ a["out"][0] + a["out"][1]
         f = np.tanh(self._ln(x, a["ln2"]) @ a["ff1"][0] + a["ff1"][1])
         return x + f @ a["ff2"][0] + a["ff2"][1]
+
+    def ruled(self, env) -> int | None:
+        """The action this policy takes at StageEnv `env`'s state whatever its network says
+        (the group rule's close, `stage_group.ruled_close`, where the rule is live for the
+        instance's objective), else None: greedy decoding takes it without an observation."""
+        if self.obj_w is None or self.obj_w[1 if env.inst.objective == "energy" else 0] <= 0:
+            return None
+        return ruled_close(env)
 
     def logits(self, obs: dict, mask) -> np.ndarray:
         dt = self.dtype

@@ -458,3 +458,31 @@ def test_a_marked_plan_is_compliant_better_than_both_rule_choices_and_followed()
                 allowed = np.flatnonzero(env.action_masks())
                 obs, *_ = env.step(int(rng.choice(allowed)))
     assert seen >= 3 and chains >= 1
+
+
+def test_two_stage_entries_and_partners_do_not_depend_on_the_chunking(monkeypatch):
+    """`stage_two._two_stage` computes the allowed closes' candidates in chunks of _CHUNK
+    closes: along random rollouts on random instances (10-16 devices, 40-60 blocks, both
+    objectives) the "two_stage" key and every allowed close's partner are the same with
+    chunks of 3 closes as with one chunk for the state, and some state has finite entries
+    and partners."""
+    from dora_rl.envs import stage_two
+
+    rng, finite = np.random.default_rng(9), 0
+    for n, B in ((10, 40), (16, 60)):
+        for objective in ("latency", "energy"):
+            for sc in _scenarios(n, B, 2, 38, objective=objective):
+                env = StageEnv(scenario=sc, max_devices=16, max_blocks=64)
+                env.reset(seed=0)
+                while not env.done:
+                    got = {}
+                    for chunk in (3, 10**9):
+                        monkeypatch.setattr(stage_two, "_CHUNK", chunk)
+                        env._two = None
+                        two = two_stage(env, env._bound()).copy()
+                        allowed = zip(*np.nonzero(env._mask[:16 * 64].reshape(16, 64)))
+                        got[chunk] = (two.tolist(), [env._two[2][d, j] for d, j in allowed])
+                    assert got[3] == got[10**9]
+                    finite += sum(e >= 0 for e in got[3][1])
+                    env.advance(int(rng.choice(np.flatnonzero(env._mask))))
+    assert finite > 0

@@ -846,6 +846,7 @@ def test_polish_also_starts_from_the_fastest_device(monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr(stage_actor, "with_two_stage", lambda logits, *a, **k: logits)
         mp.setattr(stage_actor, "with_group", lambda logits, *a, **k: logits)
+        mp.setattr(stage_actor.StageNumpyActor, "ruled", lambda self, env: None)     # the group rule's closes
         greedy = agent.rollouts(sc, search="greedy")
     assert not greedy[0][1].qoe_ok and agent.rollouts(sc, search="greedy")[0][1].qoe_ok
     monkeypatch.setattr(type(agent), "rollouts", lambda self, *a, **k: list(greedy))

@@ -546,3 +546,43 @@ def test_a_close_whose_two_stage_plan_beats_every_ending_close_promises_its_part
             break
     assert promises >= 1
 
+
+
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+def test_a_ruled_move_is_the_networks_greedy_choice_and_skipping_the_network_keeps_the_plans(policy, objective):
+    """Wherever `StageNumpyActor.ruled` names a move (the group rule's close,
+    `stage_group.ruled_close`), the actor's masked argmax on that state's observation is
+    that move; greedy decoding that takes ruled moves without the network ends on the same
+    plans as decoding that asks it at every choice. With the objective term off (or its
+    weight 0 for the objective) no move is ruled; with it on, some move is."""
+    from dora_rl.learning.search import greedy_complete
+    from dora_rl.learning.stage_actor import StageNumpyActor
+
+    actor = StageNumpyActor(policy)
+
+    class Asking:        # the same actor without `ruled`: every real choice goes to the network
+        def logits(self, obs, mask):
+            return actor.logits(obs, mask)
+
+    ruled = 0
+    for i in range(6):
+        n, B = (8, 40) if i % 2 else (16, 60)
+        sc = random_scenario(np.random.default_rng([77, i]), max_devices=n, min_devices=n, n_blocks=B,
+                             objective=objective)
+        if not Instance(sc, n).completable:
+            continue
+        env = StageEnv.planning(Instance(sc, n))
+        while not env.done:
+            a = actor.ruled(env)
+            if a is not None:
+                ruled += 1
+                obs = env.observe()
+                assert int(np.argmax(actor.logits({k: v[None] for k, v in obs.items() if k != "action_mask"},
+                                                  env._mask[None]))) == a
+            allowed = np.flatnonzero(env._mask)
+            env.advance(a if a is not None else int(allowed[len(allowed) // 2]))
+        fast = greedy_complete(actor, [StageEnv.planning(Instance(sc, n))])[0]
+        ref = greedy_complete(Asking(), [StageEnv.planning(Instance(sc, n))])[0]
+        assert json.dumps(fast[0].to_dict()) == json.dumps(ref[0].to_dict()) and fast[2] == ref[2]
+    live = actor.obj_w is not None and actor.obj_w[1 if objective == "energy" else 0] > 0
+    assert (ruled > 0) == live

@@ -242,7 +242,7 @@ def _take(inst, fp, S, U, valid, hop, m, p, T: np.ndarray) -> np.ndarray:
             cap = (T / dk - inst.lat[a, b][:, None]) * (inst.bw[a, b] / m)[:, None]    # bytes it may carry (a != b)
             q = np.searchsorted(v, cap * (1 + 1e-12), side="right")
             r = np.where((r >= B) | ~hop[:, i:i + 1], r, last[q, r])
-        r = np.where(on, np.minimum(r, B), l)
+        r = np.where(on, r, l)                            # a pad takes none
         broken |= on & (r <= l) & (l < B)
         l = np.where(broken | (r <= l), l, r)
         out.append(l.copy())

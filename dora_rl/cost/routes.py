@@ -177,6 +177,8 @@ class Network:
         # (never better, under any contention); least latency first
         self.routes: list[list[tuple[Route, ...]]] = [[() for _ in range(n)] for _ in range(n)]
         lat, kap = np.full((n, n), np.inf), np.zeros((n, n))
+        alts: list = []        # (pair, its candidate's index, lat, kappa) per kept route, for `lone_relays`
+        rel: list[tuple[int, ...]] = []
         for s in range(n):
             for t in range(n):
                 rs = sorted(cands[s][t].values(), key=lambda r: (r.lat, r.kappa, len(r.hops)))
@@ -188,12 +190,15 @@ class Network:
                 self.routes[s][t] = tuple(keep)
                 if keep and s != t:     # least latency first: the first route's is the least
                     lat[s, t], kap[s, t] = keep[0].lat, min(r.kappa for r in keep)
+                    alts.extend((s * n + t, c, r.lat, r.kappa) for c, r in enumerate(keep))
+                    rel.extend(r.relays for r in keep)
         self.least: tuple[np.ndarray, np.ndarray] = (lat, kap)
         """(lat, kappa), each (n, n): per pair s -> t the least latency and the least seconds
         per byte of any candidate route, each on its own (so together a lower bound of any
         flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal and where no route
         exists. What the learned planner's QoE masks bound with; filled as the routes are
         (every plan of the cluster shares them)."""
+        self._alts = _Alternatives(n, alts, rel)
 
     def _simple_paths(self, adj, s: int) -> dict:
         """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
@@ -286,3 +291,40 @@ class Network:
                 if t < tb:
                     best, tb = r, t
         return best
+
+    def lone_relays(self, s, t, nbytes: float) -> np.ndarray:
+        """(len(s), n) bool: row k marks the relays of the route a lone flow of `nbytes` takes
+        from s[k] to t[k] (`route`'s choice: the least lat + nbytes x kappa, the first on
+        ties), none where s[k] == t[k]. Why: the learned planner's energy terms ask for the
+        relays of a thousand pairs per state at 64 devices (dora_rl/envs/stage_energy.py),
+        where `route` pair by pair was a tenth of a decision's time."""
+        return self._alts.relays(np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64), nbytes)
+
+
+class _Alternatives:
+    """Every pair's candidate routes as arrays (the pair's (C,) latencies and kappas, inf-padded,
+    and each route's relays as a slice of one flat array): `Network.lone_relays` chooses among
+    them for many pairs at once."""
+
+    def __init__(self, n: int, alts: list, rel: list):
+        self.n = n
+        C = 1 + max((c for _, c, _, _ in alts), default=0)
+        self.lat, self.kap = np.full((n * n, C), np.inf), np.zeros((n * n, C))
+        self.rid = np.full((n * n, C), -1, dtype=np.int64)
+        if alts:
+            pair, c, lt, kp = (np.array(x) for x in zip(*alts))
+            pair, c = pair.astype(np.int64), c.astype(np.int64)
+            self.lat[pair, c], self.kap[pair, c], self.rid[pair, c] = lt, kp, np.arange(len(alts))
+        counts = np.array([len(r) for r in rel], dtype=np.int64)
+        self.off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.flat = np.array([x for r in rel for x in r], dtype=np.int64)
+
+    def relays(self, s: np.ndarray, t: np.ndarray, nbytes: float) -> np.ndarray:
+        out = np.zeros((len(s), self.n), dtype=bool)
+        pair = s * self.n + t
+        rid = self.rid[pair, np.argmin(self.lat[pair] + nbytes * self.kap[pair], axis=1)]
+        rows = np.flatnonzero(rid >= 0)
+        start, cnt = self.off[rid[rows]], self.off[rid[rows] + 1] - self.off[rid[rows]]
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)            # each relay's position within its route
+        out[np.repeat(rows, cnt), self.flat[np.repeat(start, cnt) + np.arange(int(cnt.sum())) - first]] = True
+        return out

@@ -28,36 +28,21 @@ def route_relays(inst, a: int, b: int, nbytes: float) -> tuple[int, ...]:
 
 def entry_relays(inst, prev, ds, nb: float) -> np.ndarray:
     """(len(ds), n) bool: x relays a route from one of `prev` (the previous stage's devices)
-    to d, a lone flow of `nb` bytes (the entry at the current cut; `route_relays`), kept on
-    the Instance per (a, d, bytes): the "relay_w" key and `two_stage` ask for the same."""
-    memo = inst.__dict__.setdefault("_entry_relays", {})
-    rel = np.zeros((len(ds), inst.n), dtype=bool)
-    for i, d in enumerate(ds):
-        for a in prev:
-            k = (int(a), int(d), nb)
-            if k not in memo:
-                memo[k] = list(route_relays(inst, int(a), int(d), nb))
-            rel[i, memo[k]] = True
-    return rel
+    to d, a lone flow of `nb` bytes (the entry at the current cut; `routes.Network.lone_relays`,
+    the routes `route_relays` names, for every pair at once)."""
+    prev, ds = np.asarray(list(prev), dtype=np.int64), np.asarray(ds, dtype=np.int64)
+    rel = inst.cost.net.lone_relays(np.tile(prev, len(ds)), np.repeat(ds, len(prev)), nb)
+    return rel.reshape(len(ds), len(prev), inst.n).any(axis=1)
 
 
 def relays(inst, s, t, kind: str = "boundary") -> np.ndarray:
-    """(len(s), len(t), n) bool: x relays the route s -> t (`route_relays`, a lone flow's).
-    `kind` "boundary": a flow of the model's median boundary bytes; "return": of its output;
-    both filled pair by pair as asked for and kept on the Instance (its routes never
-    change)."""
-    n = inst.n
+    """(len(s), len(t), n) bool: x relays the route s -> t (a lone flow's,
+    `routes.Network.lone_relays`). `kind` "boundary": a flow of the model's median boundary
+    bytes; "return": of its output."""
     s, t = np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64)
-    cache = inst.__dict__.setdefault("_relay_masks", {})
-    if kind not in cache:
-        nb = inst.batch * float(np.median(inst.bnd_l[1:inst.B]) if kind == "boundary" else inst.bnd_l[inst.B])
-        cache[kind] = (np.zeros((n, n, n), dtype=bool), np.zeros((n, n), dtype=bool), nb)
-    rel, done, nb = cache[kind]
-    for a, b in np.argwhere(~done[np.ix_(s, t)]):
-        x, y = int(s[a]), int(t[b])
-        rel[x, y, list(route_relays(inst, x, y, nb))] = True
-        done[x, y] = True
-    return rel[np.ix_(s, t)]
+    nb = inst.batch * float(np.median(inst.bnd_l[1:inst.B]) if kind == "boundary" else inst.bnd_l[inst.B])
+    rel = inst.cost.net.lone_relays(np.repeat(s, len(t)), np.tile(t, len(s)), nb)
+    return rel.reshape(len(s), len(t), inst.n)
 
 
 def window(inst, latency, T):

@@ -69,3 +69,24 @@ def test_a_zero_latency_link_is_a_route_of_zero_latency(monkeypatch):
     assert not net.exact                  # 12 devices: the pair's candidates come from the searches
     assert net.routes[a][b][0].lat == 0.0 and net.routes[a][b][0].hops == ((a, b),)
     assert net.least[0][a, b] == 0.0
+
+
+def test_lone_relays_marks_the_relays_of_the_route_route_chooses_for_every_pair():
+    """`Network.lone_relays` chooses among a pair's candidates in arrays; it must name the
+    relays of the route `Network.route` takes, pair by pair, at every flow size (small
+    flows take short paths, large ones fast paths: different relays)."""
+    sc = random_scenario(np.random.default_rng([11, 21]), max_devices=24, min_devices=24, n_blocks=10)
+    net = routes.Network(sc.cluster)
+    n = sc.cluster.n
+    s, t = np.divmod(np.arange(n * n), n)
+    picks = set()
+    for nb in (0.0, 1e3, 1e5, 1e7, 1e9):
+        got = net.lone_relays(s, t, nb)
+        want = np.zeros((n * n, n), dtype=bool)
+        for k, (a, b) in enumerate(zip(s.tolist(), t.tolist())):
+            if a != b:
+                want[k, list(net.route(a, b, nb).relays)] = True
+                picks.add((a, b, net.route(a, b, nb).hops))
+        assert np.array_equal(got, want), nb
+        assert not got[s == t].any()
+    assert want.any() and len(picks) > n * (n - 1)      # relayed routes, and flows of some pairs changed route

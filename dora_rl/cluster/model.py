@@ -199,6 +199,11 @@ class Cluster:
         self.idle_w = np.array([d.idle_w for d in self.devices])
         self.active_w = np.array([d.active_w for d in self.devices])
         self.radio_j_per_byte = np.array([d.radio_j_per_mb / MB for d in self.devices])
+        # per link (as `links`): its ends' indices (L, 2), latency (s) and medium index (-1: none)
+        ends = [(self.index[ln.a], self.index[ln.b]) for ln in self.links]
+        self.link_ends = np.array(ends, dtype=np.int64).reshape(-1, 2)
+        self.link_lat = np.array([ln.latency_ms for ln in self.links], dtype=float) / 1e3
+        self.link_medium = np.array([-1 if ln.medium is None else midx[ln.medium] for ln in self.links], dtype=np.int64)
         self.bw = np.full((n, n), math.inf)       # bottleneck bytes/s of the route i -> j
         self.lat = np.zeros((n, n))               # summed latency (s) of the route
         # hops[i][j]: tuple of (medium index, count) for media the route crosses

@@ -191,14 +191,14 @@ class Network:
                 if keep and s != t:     # least latency first: the first route's is the least
                     lat[s, t], kap[s, t] = keep[0].lat, min(r.kappa for r in keep)
                     alts.extend((s * n + t, c, r.lat, r.kappa) for c, r in enumerate(keep))
-                    rel.extend(r.relays for r in keep)
+                    rel.extend(keep)
         self.least: tuple[np.ndarray, np.ndarray] = (lat, kap)
         """(lat, kappa), each (n, n): per pair s -> t the least latency and the least seconds
         per byte of any candidate route, each on its own (so together a lower bound of any
         flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal and where no route
         exists. What the learned planner's QoE masks bound with; filled as the routes are
         (every plan of the cluster shares them)."""
-        self._alts = _Alternatives(n, alts, rel)
+        self._alts = _Alternatives(n, alts, rel, cap)
 
     def _simple_paths(self, adj, s: int) -> dict:
         """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
@@ -298,15 +298,23 @@ class Network:
         ties), none where s[k] == t[k]. Why: the learned planner's energy terms ask for the
         relays of a thousand pairs per state at 64 devices (dora_rl/envs/stage_energy.py),
         where `route` pair by pair was a tenth of a decision's time."""
-        return self._alts.relays(np.asarray(s, dtype=np.int64), np.asarray(t, dtype=np.int64), nbytes)
+        return self._alts.relays(*self._alts.chosen(s, t, nbytes))
+
+    def lone_times(self, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:
+        """(occupancy, latency), each (len(s),), of a lone flow of `nbytes` from s[k] to t[k]
+        on the route `route` chooses: max over its resources of nbytes x uses / capacity, and
+        its summed latency (0, 0 where s[k] == t[k]); `routing.lone`'s heuristic case for many
+        pairs in one numpy call (the QoE bound asks for one per device per decision)."""
+        rid, rows = self._alts.chosen(s, t, nbytes)
+        return self._alts.times(rid, rows, nbytes, len(rid))
 
 
 class _Alternatives:
     """Every pair's candidate routes as arrays (the pair's (C,) latencies and kappas, inf-padded,
-    and each route's relays as a slice of one flat array): `Network.lone_relays` chooses among
-    them for many pairs at once."""
+    each route's relays as a slice of one flat array): `Network.lone_relays` and `lone_times`
+    choose among them for many pairs at once."""
 
-    def __init__(self, n: int, alts: list, rel: list):
+    def __init__(self, n: int, alts: list, rel: list, cap: list):
         self.n = n
         C = 1 + max((c for _, c, _, _ in alts), default=0)
         self.lat, self.kap = np.full((n * n, C), np.inf), np.zeros((n * n, C))
@@ -315,16 +323,29 @@ class _Alternatives:
             pair, c, lt, kp = (np.array(x) for x in zip(*alts))
             pair, c = pair.astype(np.int64), c.astype(np.int64)
             self.lat[pair, c], self.kap[pair, c], self.rid[pair, c] = lt, kp, np.arange(len(alts))
-        counts = np.array([len(r) for r in rel], dtype=np.int64)
+        counts = np.array([len(r.relays) for r in rel], dtype=np.int64)
         self.off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.flat = np.array([x for r in rel for x in r], dtype=np.int64)
+        self.flat = np.array([x for r in rel for x in r.relays], dtype=np.int64)
+        self.routes = rel             # the Route objects, by route id
+        self.cap = cap
 
-    def relays(self, s: np.ndarray, t: np.ndarray, nbytes: float) -> np.ndarray:
-        out = np.zeros((len(s), self.n), dtype=bool)
-        pair = s * self.n + t
+    def chosen(self, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per pair the route id a lone flow of `nbytes` takes (-1: none) and the rows that have one."""
+        pair = np.asarray(s, dtype=np.int64) * self.n + np.asarray(t, dtype=np.int64)
         rid = self.rid[pair, np.argmin(self.lat[pair] + nbytes * self.kap[pair], axis=1)]
-        rows = np.flatnonzero(rid >= 0)
+        return rid, np.flatnonzero(rid >= 0)
+
+    def relays(self, rid: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(rid), self.n), dtype=bool)
         start, cnt = self.off[rid[rows]], self.off[rid[rows] + 1] - self.off[rid[rows]]
         first = np.repeat(np.cumsum(cnt) - cnt, cnt)            # each relay's position within its route
         out[np.repeat(rows, cnt), self.flat[np.repeat(start, cnt) + np.arange(int(cnt.sum())) - first]] = True
         return out
+
+    def times(self, rid: np.ndarray, rows: np.ndarray, nbytes: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+        occ, lat = np.zeros(k), np.zeros(k)
+        cap, routes = self.cap, self.routes
+        for i, r in zip(rows.tolist(), rid[rows].tolist()):     # as `routing.lone`: the same floats
+            res = routes[r].res
+            occ[i], lat[i] = (max(nbytes * c / cap[x] for x, c in res) if res else 0.0), routes[r].lat
+        return occ, lat

@@ -27,6 +27,8 @@ import itertools
 import logging
 from typing import NamedTuple
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 MAX_LABELS = 4096   # partial assignments (per transfer) or plan labels kept before the fallback
@@ -140,6 +142,18 @@ def lone(net, i: int, j: int, nbytes: float) -> tuple[float, float]:
     # `_time` + `_vector` of one flow (a route's resources are distinct: its loads are nbytes x uses)
     r, cap = net.route(i, j, nbytes), net.cap
     return (max(nbytes * c / cap[x] for x, c in r.res) if r.res else 0.0), r.lat
+
+
+def lones(net, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """`lone` of every pair (s[k], t[k]) as two arrays (occupancy, latency), 0 where s[k] ==
+    t[k]: on heuristic candidates (`net.exact` False) in one call (`Network.lone_times`)."""
+    if not net.exact:
+        return net.lone_times(s, t, nbytes)
+    occ, lat = np.zeros(len(s)), np.zeros(len(s))
+    for k, (i, j) in enumerate(zip(s, t)):
+        if i != j:
+            occ[k], lat[k] = lone(net, int(i), int(j), nbytes)
+    return occ, lat
 
 
 def _vector(net, lat: float, ld: dict) -> tuple[float, float, tuple[float, ...]]:

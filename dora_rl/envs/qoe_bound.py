@@ -99,30 +99,26 @@ class QoEBound(RestTerms, AddLookahead):
         self.pp = np.asarray(cost.pp, dtype=float)
         # the exit of a single-device stage: every byte leaves through its send interface, every
         # route starts with one of its links
-        net, idx = cost.net, cost.cluster.index
-        self.send_cap = np.array([net.cap[net.iface0 + 2 * d] for d in range(inst.n)], dtype=float)
+        net, cl = cost.net, cost.cluster
+        self.send_cap = np.asarray(net.cap[net.iface0:net.iface0 + 2 * inst.n:2], dtype=float)
         self.exit_lat = np.full(inst.n, np.inf)
-        links = cost.cluster.links
-        if links:
-            lat = np.array([ln.latency_ms for ln in links], dtype=float) / 1e3
-            np.minimum.at(self.exit_lat, [idx[ln.a] for ln in links], lat)
-            np.minimum.at(self.exit_lat, [idx[ln.b] for ln in links], lat)
+        if len(cl.link_lat):
+            np.minimum.at(self.exit_lat, cl.link_ends[:, 0], cl.link_lat)
+            np.minimum.at(self.exit_lat, cl.link_ends[:, 1], cl.link_lat)
         self.bnd = np.asarray(cost.bnd, dtype=float)
         # media: forced[d, mu] = 1 when every link of d is on the shared medium mu (every flow
         # from or to d then crosses mu: its first or last hop)
         self.mcap = np.asarray(net.cap[:net.n_media], dtype=float)
         self.forced = np.zeros((inst.n, net.n_media))
-        if net.n_media and links:
-            midx = {mname: i for i, mname in enumerate(cost.cluster.media_names)}
-            ends = np.array([(idx[ln.a], idx[ln.b]) for ln in links], dtype=np.int64).T.ravel()
-            mus = np.tile([net.n_media if ln.medium is None else midx[ln.medium] for ln in links], 2)
+        if net.n_media and len(cl.link_lat):
+            ends = cl.link_ends.T.ravel()
+            mus = np.tile(np.where(cl.link_medium < 0, net.n_media, cl.link_medium), 2)
             cnt = np.zeros((inst.n, net.n_media + 1))          # links per device and medium (last: none)
             np.add.at(cnt, (ends, mus), 1.0)
             deg = cnt.sum(axis=1, keepdims=True)
             self.forced = ((cnt[:, :-1] == deg) & (deg > 0)).astype(float)
         # last stage -> source (inference only): exact for a single device (`_xfer` reads the above)
-        self.out = [(0.0, 0.0)] * inst.n if self.training else [self._xfer([d], [self.src], self.B)
-                                                                for d in range(inst.n)]
+        self.out = [(0.0, 0.0)] * inst.n if self.training else self._lones(np.arange(inst.n), self.src, self.B, True)
         self._rest: dict = {}        # rest_rates per pool (a decision asks for the same pool several times)
         self._restb: dict = {}       # rest_bound per pool of serving devices
         self.mi = max(1, int(inst.m_int))
@@ -168,6 +164,16 @@ class QoEBound(RestTerms, AddLookahead):
         lat = min(float(L[one, j] if len(a) == 1 else L[j, one]) for j in many)   # (a member may get no sample)
         return float(nbytes / self.send_cap[one]), (lat if math.isfinite(lat) else 0.0)
 
+    def _lones(self, ds: np.ndarray, other: int, k: int, to_other: bool) -> list[tuple[float, float]]:
+        """`_xfer` of boundary k between each single device of `ds` and the device `other`
+        (from ds to it if `to_other`, else from it), for all of them at once (`routing.lones`)."""
+        nbytes = self.m * self.cost.bnd[k]
+        if nbytes <= 0:
+            return [(0.0, 0.0)] * len(ds)
+        ends = np.full(len(ds), other)
+        occ, lat = routing.lones(self.cost.net, *((ds, ends) if to_other else (ends, ds)), nbytes)
+        return list(zip(occ.tolist(), lat.tolist()))
+
     def _in(self, prev: list, devs: list, p: int) -> tuple[float, float]:
         """(fill, T) lower bounds of the boundary into a stage starting at block p."""
         occ, lat = self._xfer(prev, devs, p)
@@ -178,7 +184,12 @@ class QoEBound(RestTerms, AddLookahead):
         """Per device d (others 0): (fill, T) lower bounds of the boundary into the stage
         [p, .) on group + [d] (non-zero only from a single device, `_xfer`)."""
         f, t = np.zeros(self.inst.n), np.zeros(self.inst.n)
-        if len(prev) == 1:
+        if len(prev) == 1 and not group:        # single devices: every lone flow at once
+            ds = np.asarray(list(devices), dtype=np.int64)
+            dirs = self.dirs if p > 0 else 1.0
+            for d, (occ, lat) in zip(ds.tolist(), self._lones(ds, prev[0], p, False)):
+                f[d], t[d] = dirs * (occ + lat), dirs * occ
+        elif len(prev) == 1:
             for d in devices:
                 f[d], t[d] = self._in(prev, list(group) + [int(d)], p)
         return f, t

@@ -71,10 +71,13 @@ def test_a_zero_latency_link_is_a_route_of_zero_latency(monkeypatch):
     assert net.least[0][a, b] == 0.0
 
 
-def test_lone_relays_marks_the_relays_of_the_route_route_chooses_for_every_pair():
-    """`Network.lone_relays` chooses among a pair's candidates in arrays; it must name the
-    relays of the route `Network.route` takes, pair by pair, at every flow size (small
-    flows take short paths, large ones fast paths: different relays)."""
+def test_lone_relays_and_times_are_those_of_the_route_route_chooses_for_every_pair():
+    """`Network.lone_relays` and `lone_times` choose among a pair's candidates in arrays;
+    they must name the relays, and give `routing.lone`'s very floats, of the route
+    `Network.route` takes, pair by pair, at every flow size (small flows take short paths,
+    large ones fast paths: different relays)."""
+    from dora_rl.cost import routing
+
     sc = random_scenario(np.random.default_rng([11, 21]), max_devices=24, min_devices=24, n_blocks=10)
     net = routes.Network(sc.cluster)
     n = sc.cluster.n
@@ -82,11 +85,13 @@ def test_lone_relays_marks_the_relays_of_the_route_route_chooses_for_every_pair(
     picks = set()
     for nb in (0.0, 1e3, 1e5, 1e7, 1e9):
         got = net.lone_relays(s, t, nb)
+        occ, lat = routing.lones(net, s, t, nb)
         want = np.zeros((n * n, n), dtype=bool)
         for k, (a, b) in enumerate(zip(s.tolist(), t.tolist())):
             if a != b:
                 want[k, list(net.route(a, b, nb).relays)] = True
                 picks.add((a, b, net.route(a, b, nb).hops))
+                assert (occ[k], lat[k]) == routing.lone(net, a, b, nb), (a, b, nb)
         assert np.array_equal(got, want), nb
-        assert not got[s == t].any()
+        assert not got[s == t].any() and not occ[s == t].any() and not lat[s == t].any()
     assert want.any() and len(picks) > n * (n - 1)      # relayed routes, and flows of some pairs changed route

@@ -61,12 +61,12 @@ def relay_power(env, part: set, pstar: float, idle) -> np.ndarray:
     done = env.relays - part
     base = sum(idle[x] for x in done)
     taken = part | done | set(env.group)
-    ds = [d for d in range(inst.n) if d not in taken]
-    for d, rel in zip(ds, entry_relays(inst, env.prev, ds, nb)):
-        new = set(np.flatnonzero(rel).tolist()) - taken - {d}
-        w = base + sum(idle[x] for x in new)
-        if w > 0:
-            out[d] = np.clip(np.log(w / pstar), -CLIP, CLIP)
+    ds = np.array([d for d in range(inst.n) if d not in taken], dtype=np.int64)
+    new = entry_relays(inst, env.prev, ds, nb)          # (F, n): the relays the entry to d adds
+    new[:, sorted(taken)] = False
+    new[np.arange(len(ds)), ds] = False
+    w = base + (new * np.asarray(idle, dtype=float)).sum(axis=1)
+    out[ds] = np.where(w > 0, np.clip(np.log(np.where(w > 0, w, 1.0) / pstar), -CLIP, CLIP), -CLIP)
     return out
 
 

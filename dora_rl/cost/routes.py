@@ -177,8 +177,8 @@ class Network:
         # (never better, under any contention); least latency first
         self.routes: list[list[tuple[Route, ...]]] = [[() for _ in range(n)] for _ in range(n)]
         lat, kap = np.full((n, n), np.inf), np.zeros((n, n))
-        alts: list = []        # (pair, its candidate's index, lat, kappa) per kept route, for `lone_relays`
-        rel: list[tuple[int, ...]] = []
+        alts: list = []        # (pair, its candidate's index, lat, kappa) per kept route, and the route:
+        kept: list[Route] = []     # for `lone_relays` and `lone_times`
         for s in range(n):
             for t in range(n):
                 rs = sorted(cands[s][t].values(), key=lambda r: (r.lat, r.kappa, len(r.hops)))
@@ -191,14 +191,14 @@ class Network:
                 if keep and s != t:     # least latency first: the first route's is the least
                     lat[s, t], kap[s, t] = keep[0].lat, min(r.kappa for r in keep)
                     alts.extend((s * n + t, c, r.lat, r.kappa) for c, r in enumerate(keep))
-                    rel.extend(keep)
+                    kept.extend(keep)
         self.least: tuple[np.ndarray, np.ndarray] = (lat, kap)
         """(lat, kappa), each (n, n): per pair s -> t the least latency and the least seconds
         per byte of any candidate route, each on its own (so together a lower bound of any
         flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal and where no route
         exists. What the learned planner's QoE masks bound with; filled as the routes are
         (every plan of the cluster shares them)."""
-        self._alts = _Alternatives(n, alts, rel, cap)
+        self._alts = _Alternatives(n, alts, kept, cap)
 
     def _simple_paths(self, adj, s: int) -> dict:
         """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
@@ -297,24 +297,25 @@ class Network:
         from s[k] to t[k] (`route`'s choice: the least lat + nbytes x kappa, the first on
         ties), none where s[k] == t[k]. Why: the learned planner's energy terms ask for the
         relays of a thousand pairs per state at 64 devices (dora_rl/envs/stage_energy.py),
-        where `route` pair by pair was a tenth of a decision's time."""
+        where `route` pair by pair was a quarter of a decision's time."""
         return self._alts.relays(*self._alts.chosen(s, t, nbytes))
 
     def lone_times(self, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:
         """(occupancy, latency), each (len(s),), of a lone flow of `nbytes` from s[k] to t[k]
         on the route `route` chooses: max over its resources of nbytes x uses / capacity, and
         its summed latency (0, 0 where s[k] == t[k]); `routing.lone`'s heuristic case for many
-        pairs in one numpy call (the QoE bound asks for one per device per decision)."""
+        pairs, the routes chosen in one numpy call (the QoE bound asks for one per device per
+        decision)."""
         rid, rows = self._alts.chosen(s, t, nbytes)
         return self._alts.times(rid, rows, nbytes, len(rid))
 
 
 class _Alternatives:
     """Every pair's candidate routes as arrays (the pair's (C,) latencies and kappas, inf-padded,
-    each route's relays as a slice of one flat array): `Network.lone_relays` and `lone_times`
-    choose among them for many pairs at once."""
+    each route's relays as a slice of one flat array; the Route objects by route id):
+    `Network.lone_relays` and `lone_times` choose among them for many pairs at once."""
 
-    def __init__(self, n: int, alts: list, rel: list, cap: list):
+    def __init__(self, n: int, alts: list, kept: list, cap: list):
         self.n = n
         C = 1 + max((c for _, c, _, _ in alts), default=0)
         self.lat, self.kap = np.full((n * n, C), np.inf), np.zeros((n * n, C))
@@ -323,10 +324,10 @@ class _Alternatives:
             pair, c, lt, kp = (np.array(x) for x in zip(*alts))
             pair, c = pair.astype(np.int64), c.astype(np.int64)
             self.lat[pair, c], self.kap[pair, c], self.rid[pair, c] = lt, kp, np.arange(len(alts))
-        counts = np.array([len(r.relays) for r in rel], dtype=np.int64)
+        counts = np.array([len(r.relays) for r in kept], dtype=np.int64)
         self.off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.flat = np.array([x for r in rel for x in r.relays], dtype=np.int64)
-        self.routes = rel             # the Route objects, by route id
+        self.flat = np.array([x for r in kept for x in r.relays], dtype=np.int64)
+        self.routes = kept
         self.cap = cap
 
     def chosen(self, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:

@@ -135,6 +135,11 @@ class Route(NamedTuple):
     hops: tuple[tuple[int, int], ...]        # (u, v) device pairs, in order
     relays: tuple[int, ...]                  # intermediate devices
 
+    def lone(self, nbytes: float, cap) -> tuple[float, float]:
+        """(occupancy, latency) of a lone flow of `nbytes` on this route (`cap`: the network's
+        capacities): its resources are distinct, so each one's load is nbytes x uses."""
+        return (max(nbytes * c / cap[x] for x, c in self.res) if self.res else 0.0), self.lat
+
 
 class Network:
     """Resources and candidate routes of a cluster (indices as `Cluster.devices`)."""
@@ -177,8 +182,8 @@ class Network:
         # (never better, under any contention); least latency first
         self.routes: list[list[tuple[Route, ...]]] = [[() for _ in range(n)] for _ in range(n)]
         lat, kap = np.full((n, n), np.inf), np.zeros((n, n))
-        alts: list = []        # (pair, its candidate's index, lat, kappa) per kept route, and the route:
-        kept: list[Route] = []     # for `lone_relays` and `lone_times`
+        slots: list[tuple[int, int]] = []      # per kept route (s != t): its pair and candidate index,
+        kept: list[Route] = []                 # and the route (`lone_relays`, `lone_times`)
         for s in range(n):
             for t in range(n):
                 rs = sorted(cands[s][t].values(), key=lambda r: (r.lat, r.kappa, len(r.hops)))
@@ -190,7 +195,7 @@ class Network:
                 self.routes[s][t] = tuple(keep)
                 if keep and s != t:     # least latency first: the first route's is the least
                     lat[s, t], kap[s, t] = keep[0].lat, min(r.kappa for r in keep)
-                    alts.extend((s * n + t, c, r.lat, r.kappa) for c, r in enumerate(keep))
+                    slots.extend((s * n + t, c) for c in range(len(keep)))
                     kept.extend(keep)
         self.least: tuple[np.ndarray, np.ndarray] = (lat, kap)
         """(lat, kappa), each (n, n): per pair s -> t the least latency and the least seconds
@@ -198,7 +203,7 @@ class Network:
         flow's lone time: lat + bytes x kappa); inf and 0 on the diagonal and where no route
         exists. What the learned planner's QoE masks bound with; filled as the routes are
         (every plan of the cluster shares them)."""
-        self._alts = _Alternatives(n, alts, kept, cap)
+        self._alts = _Alternatives(n, slots, kept, cap)
 
     def _simple_paths(self, adj, s: int) -> dict:
         """Every simple path from s of at most MAX_HOPS hops: {t: {path: Route}}."""
@@ -315,15 +320,16 @@ class _Alternatives:
     each route's relays as a slice of one flat array; the Route objects by route id):
     `Network.lone_relays` and `lone_times` choose among them for many pairs at once."""
 
-    def __init__(self, n: int, alts: list, kept: list, cap: list):
+    def __init__(self, n: int, slots: list, kept: list, cap: list):
         self.n = n
-        C = 1 + max((c for _, c, _, _ in alts), default=0)
+        C = 1 + max((c for _, c in slots), default=0)
         self.lat, self.kap = np.full((n * n, C), np.inf), np.zeros((n * n, C))
         self.rid = np.full((n * n, C), -1, dtype=np.int64)
-        if alts:
-            pair, c, lt, kp = (np.array(x) for x in zip(*alts))
-            pair, c = pair.astype(np.int64), c.astype(np.int64)
-            self.lat[pair, c], self.kap[pair, c], self.rid[pair, c] = lt, kp, np.arange(len(alts))
+        if slots:
+            pair, c = np.array(slots, dtype=np.int64).T
+            self.lat[pair, c] = [r.lat for r in kept]
+            self.kap[pair, c] = [r.kappa for r in kept]
+            self.rid[pair, c] = np.arange(len(kept))
         counts = np.array([len(r.relays) for r in kept], dtype=np.int64)
         self.off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.flat = np.array([x for r in kept for x in r.relays], dtype=np.int64)
@@ -345,8 +351,6 @@ class _Alternatives:
 
     def times(self, rid: np.ndarray, rows: np.ndarray, nbytes: float, k: int) -> tuple[np.ndarray, np.ndarray]:
         occ, lat = np.zeros(k), np.zeros(k)
-        cap, routes = self.cap, self.routes
-        for i, r in zip(rows.tolist(), rid[rows].tolist()):     # as `routing.lone`: the same floats
-            res = routes[r].res
-            occ[i], lat[i] = (max(nbytes * c / cap[x] for x, c in res) if res else 0.0), routes[r].lat
+        for i, r in zip(rows.tolist(), rid[rows].tolist()):
+            occ[i], lat[i] = self.routes[r].lone(nbytes, self.cap)
         return occ, lat

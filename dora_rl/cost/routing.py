@@ -139,9 +139,7 @@ def lone(net, i: int, j: int, nbytes: float) -> tuple[float, float]:
     if net.exact:
         o = options(net, [(i, j, nbytes)])[0]
         return o.occ, o.lat
-    # `_time` + `_vector` of one flow (a route's resources are distinct: its loads are nbytes x uses)
-    r, cap = net.route(i, j, nbytes), net.cap
-    return (max(nbytes * c / cap[x] for x, c in r.res) if r.res else 0.0), r.lat
+    return net.route(i, j, nbytes).lone(nbytes, net.cap)      # `_time` + `_vector` of one flow
 
 
 def lones(net, s, t, nbytes: float) -> tuple[np.ndarray, np.ndarray]:

@@ -194,11 +194,19 @@ def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(
     dead, rows = np.zeros(n, dtype=bool), np.arange(n)
     for _ in range(_ROUNDS):    # a grid over (lo, hi], then over the cell where the chain first covers the rest
         T = lo[:, None] + (hi - lo)[:, None] * grid[None, :]
-        ok = _take(inst, fp, S, U, valid, hop, m, p, T)[-1] >= B
+        got = _take(inst, fp, S, U, valid, hop, m, p, T)
+        ok = got[-1] >= B
         dead |= ~ok.any(1)
         j = ok.argmax(1)
         lo, hi = np.where(j > 0, T[rows, j - 1], lo), np.where(dead, hi, T[rows, j])
-    ends = _take(inst, fp, S, U, valid, hop, m, p, hi[:, None] * st[None, :]).transpose(1, 2, 0).tolist()  # (n, st, K)
+    # the ends at hi itself are the last round's at column j (hi is that T, and each period's
+    # ends are its own): only the other factors of `stretch` take another pass
+    ends = np.empty((S.shape[1], n, len(st)), dtype=int)
+    one, more = st == 1.0, st != 1.0
+    ends[:, :, one] = got[:, rows, j][:, :, None]
+    if more.any():
+        ends[:, :, more] = _take(inst, fp, S, U, valid, hop, m, p, hi[:, None] * st[None, more])
+    ends = ends.transpose(1, 2, 0).tolist()      # (n, st, K)
     return [[None if dead[i] else [(lo_, r, (d,)) for d, lo_, r in zip(q, [p] + e[:-1], e) if r > lo_]
              for e in ends[i]] for i, q in enumerate(seqs)]
 

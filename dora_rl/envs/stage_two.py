@@ -197,7 +197,7 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
     live = cm[free, p:B - 1].any(axis=1)                      # the devices with a close that leaves a rest
     if not live.all():
         free, ud, fd, td = free[live], ud[live], fd[live], td[live]
-        E = Energy(env, qb, free)
+        E = E.subset(live)
     cols = np.flatnonzero(cm[free, p:B - 1].any(axis=0))       # the allowed closes that leave a rest (the rule
     if len(part) == 0 or len(cols) == 0:                        # reads no other entry)
         return out, partner

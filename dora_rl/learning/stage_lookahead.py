@@ -41,8 +41,8 @@ def lookahead(xd, xb, xg, lib=np):
     energy estimate (stage + rest at the most efficient free device + idle power over the
     period) over P* T* (P* = the mean active power). `lib` is
     numpy or torch (same formula for the actor in numpy and the policy in torch)."""
-    def ex(x):
-        return lib.exp(lib.clip(x, -3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
+    def ex(x):      # ndarray.clip: np.clip's wrapper cost more, at ~30 calls per decision
+        return lib.exp(x.clip(-3 * CLIP, 3 * CLIP) if lib is np else x.clamp(-3 * CLIP, 3 * CLIP))
 
     lrj, lrr, lfin, ltin, lout, ldyn, lidle, lrm = (xd[..., i][..., :, None] for i in range(NDL))
     lw, lwa, is_end = (xb[..., i][..., None, :] for i in range(NBL))

@@ -23,9 +23,10 @@ large sets) are timed TIMED_RUNS times per instance, each run on a fresh Instanc
 CostModel for `dora`, set up as for its first run), the network's and polish's runs
 interleaved; a row's `ms` is the median of its runs (`ms_runs`), and its first run, the one
 timing the bench took until session 39, is kept as `ms_first` (summaries: `median_ms_first`;
-checks: the targets on those single timings beside the ones on the medians). Why: single
-timings of a few milliseconds moved a size's median by up to 40 % between runs of the same
-code (card 16 x 50, session 38: one instance timed at 8.3 ms, 4.9-5.1 in every other run).
+checks: the targets on those single timings beside the ones on the medians). `dora`'s
+median is also the budget of `net_restart_at_dora_time`. Why: single timings of a few
+milliseconds moved a size's median from 5.8 to 7.2 ms between two runs of the same code
+(card 16 x 50, session 38: one instance timed at 8.3 ms, 4.9-5.1 in every other run).
 
     PYTHONPATH=. python bench/bench_ablation.py --agent runs/dora_rl__PartitionStage-v0 --n 200 --per-size 10"""
 

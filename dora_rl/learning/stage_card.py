@@ -218,7 +218,8 @@ def main(argv=None) -> int:
         entries["ablation"] = {"heldout": ab["heldout"]["summary"], "heldout_duels": ab["heldout"]["duels"],
                                "large": {k: {"summary": v["summary"], "duels": v["duels"]}
                                          for k, v in ab["large"].items()},
-                               "checks": ab["checks"], "budget_ms": ab["budget_ms"]}
+                               "checks": ab["checks"], "budget_ms": ab["budget_ms"],
+                               "timed_runs": ab.get("timed_runs", 1)}
         entries["plan_ms"] = bench.get("plan")
     update_results(folder, entries)
     note = Path(argv[2]).read_text() if len(argv) > 2 else None

@@ -486,3 +486,31 @@ def test_two_stage_entries_and_partners_do_not_depend_on_the_chunking(monkeypatc
                     finite += sum(e >= 0 for e in got[3][1])
                     env.advance(int(rng.choice(np.flatnonzero(env._mask))))
     assert finite > 0
+
+
+def test_energy_terms_of_a_subset_equal_terms_built_for_it():
+    """`Energy.subset` (the live devices' slice `_two_stage` takes) equals the terms built
+    for those devices anew, at the first state and after a close, relays included."""
+    from dora_rl.envs.stage_energy import Energy
+
+    checked = 0
+    for sc in _scenarios(12, 30, 4, 41):
+        env = StageEnv.planning(Instance(sc, 12))
+        for step in range(2):
+            qb = env._bound()
+            free = np.array([d for d in range(env.inst.n) if d not in env.used], dtype=np.int64)
+            keep = np.arange(len(free)) % 2 == 0
+            whole = Energy(env, qb, free)
+            _ = whole.r_in                       # cached before the slice, as `_two_stage` has it
+            part, fresh = whole.subset(keep), Energy(env, qb, free[keep])
+            for k in ("free", "rin_own", "rin", "send_d", "r_in"):
+                np.testing.assert_array_equal(getattr(part, k), getattr(fresh, k))
+            e = free[:3]
+            np.testing.assert_array_equal(part.rel_pairs(e), fresh.rel_pairs(e))
+            checked += 1
+            closes = np.flatnonzero(env._mask[:env.max_devices * env.max_blocks])
+            if step == 0 and len(closes):
+                env.advance(int(closes[len(closes) // 2]))
+                if env.done:
+                    break
+    assert checked >= 6

@@ -86,8 +86,22 @@ def learned_rows(agent, scenario, budget_ms: float, runs: int = 1) -> dict:
     from dora_rl.learning.stage_search import LookaheadActor, UniformActor, decode
     from dora_rl.learning.stage_training import fastest_plan
 
-    def fresh():
-        return Instance(scenario, scenario.cluster.n)
+    def timed(actor, mode, **kw):       # (result, seconds) of a search on a fresh Instance, env included
+        inst = Instance(scenario, scenario.cluster.n)
+        t0 = time.perf_counter()
+        r = decode(actor, agent.env_for(inst), mode, **kw)
+        return r, time.perf_counter() - t0
+
+    def from_fastest():     # (start, its seconds, polished, seconds of both) on a fresh Instance, or None
+        inst = Instance(scenario, scenario.cluster.n)
+        env = agent.env_for(inst)
+        t0 = time.perf_counter()
+        f = fastest_plan(inst)
+        t_f = time.perf_counter() - t0
+        if f is None:
+            return None
+        r = decode(actors["net"], env, "polish", start=f)
+        return f, t_f, r, time.perf_counter() - t0
 
     obj = scenario.qoe.objective
     out = {}
@@ -96,49 +110,30 @@ def learned_rows(agent, scenario, budget_ms: float, runs: int = 1) -> dict:
              "uniform": ("greedy", "polish", "rollout", "restart"), "lookahead": ("greedy",)}
     for who, actor in actors.items():
         for mode in modes[who]:
-            inst = fresh()
-            t0 = time.perf_counter()
-            env = agent.env_for(inst)
-            r = decode(actor, env, mode, budget_ms=budget_ms if mode in BUDGETED else None)
-            out[f"{who}_{mode}"] = _res(r, obj, time.perf_counter() - t0)
-    inst = fresh()
-    env = agent.env_for(inst)
-    t0 = time.perf_counter()
-    f = fastest_plan(inst)
-    t_f = time.perf_counter() - t0
-    if f is None:        # no single device holds the model: the fastest-device control has no start
+            r, sec = timed(actor, mode, budget_ms=budget_ms if mode in BUDGETED else None)
+            out[f"{who}_{mode}"] = _res(r, obj, sec)
+    got = from_fastest()
+    f = got and got[0]
+    if got is None:        # no single device holds the model: the fastest-device control has no start
         for k in ("fastest", "fastest_polish", "fastest_polish_at_budget"):
             out[k] = {"error": "no single device holds the model"}
     else:
-        out["fastest"] = _res(f, obj, t_f)
-        t0 = time.perf_counter()
-        out["fastest_polish"] = _res(decode(actors["net"], env, "polish", start=f), obj, t_f + time.perf_counter() - t0)
-    # the TIMED rows again, interleaved, each on a fresh Instance (module docstring)
-    net_ms, pol_ms = [out["net_greedy"]["ms"]], [out["fastest_polish"]["ms"]] if f is not None else []
-    for _ in range(runs - 1):
-        inst = fresh()
-        t0 = time.perf_counter()
-        decode(actors["net"], agent.env_for(inst), "greedy")
-        net_ms.append((time.perf_counter() - t0) * 1e3)
-        if f is not None:
-            inst = fresh()
-            env = agent.env_for(inst)
-            t0 = time.perf_counter()
-            decode(actors["net"], env, "polish", start=fastest_plan(inst))
-            pol_ms.append((time.perf_counter() - t0) * 1e3)
-    if runs > 1:
+        out["fastest"], out["fastest_polish"] = _res(f, obj, got[1]), _res(got[2], obj, got[3])
+    if runs > 1:        # the TIMED rows again, interleaved, each on a fresh Instance (module docstring)
+        net_ms, pol_ms = [out["net_greedy"]["ms"]], [out["fastest_polish"]["ms"]] if got else []
+        for _ in range(runs - 1):
+            net_ms.append(timed(actors["net"], "greedy")[1] * 1e3)
+            if got:
+                pol_ms.append(from_fastest()[3] * 1e3)
         _runs(out["net_greedy"], net_ms)
-        if f is not None:
+        if got:
             _runs(out["fastest_polish"], pol_ms)
     # equal budgets: network + polish and fastest + polish, each given the same time
     for who, start in (("net", None), ("fastest", f)):
-        if who == "fastest" and f is None:
+        if who == "fastest" and got is None:
             continue
-        inst = fresh()
-        t0 = time.perf_counter()
-        env = agent.env_for(inst)
-        r = decode(actors["net"], env, "polish", budget_ms=budget_ms, start=start)
-        out[f"{who}_polish_at_budget"] = _res(r, obj, time.perf_counter() - t0)
+        r, sec = timed(actors["net"], "polish", budget_ms=budget_ms, start=start)
+        out[f"{who}_polish_at_budget"] = _res(r, obj, sec)
     return out
 
 

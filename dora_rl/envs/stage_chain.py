@@ -12,11 +12,12 @@ matter are the ones that balance the stages' compute.
 
 What a chain is: the rest [p, B) on a device order, one stage each, cut where the period is
 least (`balanced_chains`): with a period T fixed, each device in turn takes the most blocks
-it computes within T (a battery device within its `QoEBound.max_duty` share of T) and
-holds in memory (`Instance.reach`), ending where the boundary's transfer to the next
-device also fits T; the least T at which the chain covers the rest is the balance (the
-farthest take is monotone in T, and taking farthest is never worse for the devices
-after). The orders (`chains`):
+it computes within T (a battery device within its `QoEBound.max_duty` share of the energy
+window per micro-batch, `_busy`) and holds in memory (`Instance.reach`), ending where the
+boundary's transfer to the next device also fits T, on its link and within an even share
+of what each shared medium it crosses has left (`_take`); the least T at which the chain
+covers the rest is the balance (the farthest take is monotone in T, and taking farthest is
+never worse for the devices after). The orders (`chains`):
 - the k fastest free devices (k = 2 .. CHAIN_MAX), and the k fastest whose battery lasts
   the target busy all the time, ordered so that the path from the source through them and
   back crosses the best links (`_link_order`);
@@ -26,10 +27,24 @@ after). The orders (`chains`):
   FLOP/s; also the k most efficient of the fastest), each also ending on the source (no
   return transfer), and cut at 1, 1.5, 2.5 and 4 times the least period (the efficient
   first devices then take more).
-Contention, relays and the exact energy are left to the exact evaluation that follows
+Relays, routes and the exact energy are left to the exact evaluation that follows
 (`stage_group`): the CHAIN_EVALS chains that rank best by `estimate` (its QoE miss first,
 then its objective) are evaluated there; a chain is only a candidate. The first one that
 misses QoE but fits is cut again with its batteries' duties scaled down (`tightened`).
+
+Session 41: the window and the media. Until then a battery device took its duty share of T
+itself, as if the energy window were always M T, where in training it is the whole
+iteration (fill + (M - 1) T; docs/cost-model.md, "Energy and battery") and with a request
+stream at least 1 / request_rate; and the cuts ignored the shared media, whose term
+`max_mu L_mu / C_mu` of the period sums every boundary on the medium. On the card's
+64 x 200 instance 1 the chain's period was the WiFi medium's (112 ms against 97 ms of
+compute) and its laptops took 0.53 of T; polish moved every cut to a 1.2-2.3x smaller
+boundary and gave the laptops 0.75 (1405 -> 1167 ms). With both (`_busy`, `_take`'s media
+share, `estimate`'s media term and training window), against the code before on the
+validation sets (greedy, the shipped network): large seed 1 (60 instances) 5 plans better,
+1 worse, geo-mean 0.9986; large seed 2 (150) 10 better, 4 worse, 0.9984; small seed 2
+(400) 2 better, 3 worse, 0.9997; compliance unchanged on all three (the window alone lost
+one compliant plan on large seed 2 to its radio energy; docs/learning.md, "Session 41").
 
 Tried and not kept (session 36, card large sets): devices in order of falling and of rising
 speed (no plan the link order did not find); 0.9 of each battery's duty (worse on 4 sizes)."""
@@ -38,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,17 +88,49 @@ def chains(env, free: list[int], qb) -> list[list[tuple[int, int, tuple[int, ...
                 seqs[tuple(order(list(pool[:k])))] = None
             if inst.objective == "energy" and inst.src in by_rate and inst.src not in pool[:k]:
                 seqs[tuple(order(list(pool[:k])) + [inst.src])] = None     # ending on the source: no return
-    scored, seen = [], set()
-    found = balanced_chains(inst, [list(q) for q in seqs], p, [[duty[d] for d in q] for q in seqs], stretch)
+    scored, seen, media = [], set(), media_context(env, qb)
+    found = balanced_chains(inst, [list(q) for q in seqs], p, [[duty[d] for d in q] for q in seqs], stretch, media)
     for plan in (plan for plans in found for plan in plans):
         if plan is not None and len(plan) >= 2 and tuple(plan) not in seen:
             seen.add(tuple(plan))
-            scored.append((estimate(env, qb, plan, duty), plan))
+            scored.append((estimate(env, qb, plan, duty, media), plan))
     scored.sort(key=lambda x: x[0])         # stable
     return [plan for _, plan in scored[:CHAIN_EVALS]]
 
 
-def tightened(inst, qb, plan: list, p: int) -> list:
+class Media(NamedTuple):
+    """What a chain of the rest shares the shared media with (`media_context`)."""
+    forced: np.ndarray      # (devices, media): 1 where every link of the device crosses the medium
+    cap: np.ndarray         # (media,): bytes/s
+    committed: np.ndarray   # (media,): bytes per micro-batch the closed stages' boundaries put on each
+    into: int               # the device the rest's input comes from
+    lists: tuple            # (forced, cap, committed) as lists, for `estimate`'s plain floats
+
+
+def media_context(env, qb) -> Media | None:
+    """env's state's `Media` (`QoEBound.forced`, `.mcap`, `StageEnv._qM`), None without
+    shared media."""
+    if not qb.forced.shape[1]:
+        return None
+    return Media(qb.forced, qb.mcap, env._qM, env.prev[0] if env.prev else env.inst.src,
+                 (qb.forced.tolist(), qb.mcap.tolist(), env._qM.tolist()))
+
+
+def _fixed_load(inst, media: Media, first: np.ndarray, last: np.ndarray, p: int) -> np.ndarray:
+    """(rows, media): the bytes per micro-batch on each shared medium that do not depend on
+    a chain's cuts, per chain from device `first` to `last`: the closed stages', the rest's
+    input from `media.into` and, in inference, the output back to the source. A transfer
+    crosses a medium where every link of one of its ends does (`QoEBound.forced`)."""
+    f, m = media.forced, inst.batch / inst.M
+    f_in = np.where((first != media.into)[:, None], np.maximum(f[media.into][None, :], f[first]), 0.0)
+    out = media.committed[None, :] + m * inst.bnd_l[p] * (2.0 if inst.training and p > 0 else 1.0) * f_in
+    if not inst.training:
+        f_out = np.where((last != inst.src)[:, None], np.maximum(f[inst.src][None, :], f[last]), 0.0)
+        out = out + m * inst.bnd_l[inst.B] * f_out
+    return out
+
+
+def tightened(inst, qb, plan: list, p: int, media: Media | None = None) -> list:
     """The chain's device order cut again with each battery device's duty (`max_duty` < 1)
     scaled by DUTY_RETRY's factors in turn (an empty list where it has none): the duty
     leaves the radio and relays out, so a balanced chain can miss a battery target by a
@@ -92,7 +140,7 @@ def tightened(inst, qb, plan: list, p: int) -> list:
     if (duty >= 1.0).all():
         return []
     scaled = [np.where(duty < 1.0, duty * f, duty) for f in DUTY_RETRY]
-    return [c[0] for c in balanced_chains(inst, [seq] * len(scaled), p, scaled) if c[0] is not None]
+    return [c[0] for c in balanced_chains(inst, [seq] * len(scaled), p, scaled, media=media) if c[0] is not None]
 
 
 def stage_times(inst, plan) -> list[float]:
@@ -102,7 +150,7 @@ def stage_times(inst, plan) -> list[float]:
     return [inst.back * m * (inst.fp[r] - inst.fp[lo]) / inst.rate[ds[0]] for lo, r, ds in plan]
 
 
-def estimate(env, qb, plan, duty: dict) -> tuple:
+def estimate(env, qb, plan, duty: dict, media: Media | None = None) -> tuple:
     """The chain's (estimated QoE miss, objective) as the cost model would have it on its
     direct links without contention (seconds of latency, or joules per period), leaving out
     what every chain from this state shares (the stages already closed): for ranking chains
@@ -118,15 +166,35 @@ def estimate(env, qb, plan, duty: dict) -> tuple:
     x = [lat[a, b] + m * bnd[r] / bw[a, b] for a, b, r in hops if a != b]
     x_out = lat[devs[-1], inst.src] + m * bnd[inst.B] / bw[devs[-1], inst.src]
     T = max(max(u), max(x, default=0.0))
+    if media is not None:       # the shared media's term of the period (docs/cost-model.md, "Pipelining")
+        T = max(T, _media_period(inst, media, plan, m))
     latency = float(sum(u) + sum(x) + x_out + (M - 1) * T)
     rr = inst.scenario.workload.request_rate
-    period = max(M * T, 1.0 / rr if rr else 0.0)
+    period = latency if inst.training else max(M * T, 1.0 / rr if rr else 0.0)     # the energy window
     drain = max(M * b / period / duty[d] - 1.0 for b, d in zip(u, devs))      # busy beyond the battery's share
     miss = max(latency / qb.lat_cap - 1.0, T / qb.T_cap - 1.0, drain, 0.0)
     if inst.objective == "latency":
         return miss, latency
     idle = sum(qb.idle[d] for d in devs) + sum(qb.idle[d] for d in env.used)
     return miss, float(sum(qb.dyn_w[d] * M * b for b, d in zip(u, devs)) + idle * period)
+
+
+def _media_period(inst, media: Media, plan: list, m: float) -> float:
+    """The chain's shared-media term of the period (its bytes per micro-batch on each medium
+    over its capacity, the most loaded; as `_fixed_load` for its input and output)."""
+    forced, cap, load = media.lists
+    load, dk, bnd = list(load), (2.0 if inst.training else 1.0), inst.bnd_l
+    devs, p = [ds[0] for _, _, ds in plan], plan[0][0]
+    hops = [(media.into, devs[0], m * bnd[p] * (dk if p > 0 else 1.0))]
+    hops += [(a, b, dk * m * bnd[r]) for a, b, (_, r, _) in zip(devs, devs[1:], plan)]
+    if not inst.training:
+        hops.append((devs[-1], inst.src, m * bnd[inst.B]))
+    for a, b, nb in hops:
+        if a != b:
+            for k, (x, y) in enumerate(zip(forced[a], forced[b])):
+                if x or y:
+                    load[k] += nb
+    return max(x / c for x, c in zip(load, cap))
 
 
 def _linked_path(env, cands: list[int]) -> list[int]:
@@ -165,7 +233,8 @@ def _link_order(inst, devs: list[int]) -> list[int]:
     return P[int(np.argmin(cost))].tolist()
 
 
-def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(1.0,)) -> list[list]:
+def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(1.0,),
+                    media: Media | None = None) -> list[list]:
     """Per device order of `seqs` (with its `duties`, the share of the period each device
     may compute) and per factor of `stretch`: the stages [(l, r, (d,))] of blocks [p, B) on
     those devices in that order (one stage each, in a prefix of the order: the last ones may
@@ -186,15 +255,23 @@ def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(
     S, U = np.zeros((n, K), dtype=int), np.zeros((n, K))
     for i, (q, u) in enumerate(zip(seqs, duties)):
         S[i, :len(q)], U[i, :len(q)] = q, u
-    speed = inst.rate[S] * U
+    speed, rate = inst.rate[S] * U, np.where(valid, inst.rate[S], 0.0)
     hop = valid[:, 1:] & valid[:, :-1]
     x = np.where(hop, dk * (inst.lat[S[:, :-1], S[:, 1:]] + m * top / inst.bw[S[:, :-1], S[:, 1:]]), 0.0)
     hi = span / np.where(valid, speed, np.inf).min(1) + x.max(1, initial=0.0)   # enough: the first may take it all
-    lo = span / speed.sum(1)                            # not enough unless compute alone balances perfectly
+    lo = span / rate.sum(1)     # not enough unless compute alone balances perfectly, every device at full speed
+    limits = [U, span / rate.max(1), None]     # duties, a lower bound of the fill (the rest on the fastest), media
+    if media is not None:
+        F = np.maximum(media.forced[S[:, :-1]], media.forced[S[:, 1:]]) * hop[..., None]     # (n, K - 1, media)
+        if F.any():         # each boundary gets an even share of what a shared medium it crosses has left
+            cnt = F.sum(1)
+            per = np.where(cnt > 0, 1.0 / (np.maximum(cnt, 1.0) * m * dk), 0.0)
+            fixed = _fixed_load(inst, media, S[:, 0], S[np.arange(n), valid.sum(1) - 1], p)
+            limits[2] = (F > 0, fixed, per, media.cap)
     dead, rows = np.zeros(n, dtype=bool), np.arange(n)
     for _ in range(_ROUNDS):    # a grid over (lo, hi], then over the cell where the chain first covers the rest
         T = lo[:, None] + (hi - lo)[:, None] * grid[None, :]
-        got = _take(inst, fp, S, U, valid, hop, m, p, T)
+        got = _take(inst, fp, S, valid, hop, m, p, T, limits)
         ok = got[-1] >= B
         dead |= ~ok.any(1)
         j = ok.argmax(1)
@@ -205,7 +282,7 @@ def balanced_chains(inst, seqs: list[list[int]], p: int, duties: list, stretch=(
     one, more = st == 1.0, st != 1.0
     ends[:, :, one] = got[:, rows, j][:, :, None]
     if more.any():
-        ends[:, :, more] = _take(inst, fp, S, U, valid, hop, m, p, hi[:, None] * st[None, more])
+        ends[:, :, more] = _take(inst, fp, S, valid, hop, m, p, hi[:, None] * st[None, more], limits)
     ends = ends.transpose(1, 2, 0).tolist()      # (n, st, K)
     return [[None if dead[i] else [(lo_, r, (d,)) for d, lo_, r in zip(q, [p] + e[:-1], e) if r > lo_]
              for e in ends[i]] for i, q in enumerate(seqs)]
@@ -227,27 +304,50 @@ def _cut_table(inst) -> tuple[np.ndarray, np.ndarray]:
     return memo
 
 
-def _take(inst, fp, S, U, valid, hop, m, p, T: np.ndarray) -> np.ndarray:
-    """(K, n, len(T[0])): for each device order (row of S, with duties U, `valid` where a
-    device stands and `hop` where the next one does too) and period (row of T), where each
-    device's stage ends when each in turn takes the most blocks it computes within its duty
-    share of T and holds in memory, ending where the boundary's transfer to the next device
-    (its latency plus the bytes over its bandwidth, twice in training) also fits T (anywhere
-    before a pad or at the model's end); a device that can take none where blocks remain
-    breaks the chain (-1 at the last row), a pad takes none."""
+def _busy(inst, T: np.ndarray, U: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """(n, K, len(T[0])): the compute per micro-batch each device of each order (duties U,
+    (n, K)) may take at each period T (n, len(T[0])): T, or a battery device's `max_duty`
+    share of the energy window (docs/cost-model.md, "Energy and battery") per micro-batch
+    if less: the window is M T in inference (at least 1 / request_rate with a request
+    stream) and the iteration in training, at least `fill` (n,) + (M - 1) T."""
+    M, rr = inst.M, inst.scenario.workload.request_rate
+    if inst.training:
+        W = np.maximum(T, (fill[:, None] + (M - 1) * T) / M)
+    else:
+        W = np.maximum(T, 1.0 / (rr * M)) if rr else T
+    return np.minimum(T[:, None, :], U[:, :, None] * W[:, None, :])
+
+
+def _take(inst, fp, S, valid, hop, m, p, T: np.ndarray, limits: list) -> np.ndarray:
+    """(K, n, len(T[0])): for each device order (row of S, `valid` where a device stands
+    and `hop` where the next one does too) and period (row of T), where each device's stage
+    ends when each in turn takes the most blocks it computes within T and its duty's share
+    of the window (`_busy`; `limits` = [duties U, fill bound, media share or None]) and
+    holds in memory, ending where the boundary's transfer to the next device (its latency
+    plus the bytes over its bandwidth, twice in training) also fits T and its bytes fit the
+    even share of each shared medium it crosses (anywhere before a pad or at the model's
+    end); a device that can take none where blocks remain breaks the chain (-1 at the last
+    row), a pad takes none."""
     B, dk = inst.B, 2.0 if inst.training else 1.0
     v, last = _cut_table(inst)
     l = np.full(T.shape, p, dtype=int)
     broken = np.zeros(T.shape, dtype=bool)
+    busy = _busy(inst, T, *limits[:2])
+    if limits[2] is not None:       # (n, len(T[0]), hops): the bytes per sample a boundary's media shares carry
+        crosses, fixed, per, cap = limits[2]
+        left = (cap[None, None, :] * T[:, :, None] - fixed[:, None, :]) * per[:, None, :]
+        media_cap = np.where(crosses[:, None, :, :], left[:, :, None, :], np.inf).min(3)
     out = []
     for i in range(S.shape[1]):
         d, on = S[:, i:i + 1], valid[:, i:i + 1]
-        rmax = np.searchsorted(fp, fp[l] + U[:, i:i + 1] * T * inst.rate[d] / (inst.back * m) * (1 + 1e-12),
+        rmax = np.searchsorted(fp, fp[l] + busy[:, i] * inst.rate[d] / (inst.back * m) * (1 + 1e-12),
                                side="right") - 1
         r = np.minimum(np.minimum(rmax, inst.reach[d, l]), B)
         if i < S.shape[1] - 1:      # the last end <= r whose transfer fits T (the model's end always does)
             a, b = S[:, i], S[:, i + 1]
             cap = (T / dk - inst.lat[a, b][:, None]) * (inst.bw[a, b] / m)[:, None]    # bytes it may carry (a != b)
+            if limits[2] is not None:
+                cap = np.minimum(cap, media_cap[:, :, i])
             q = np.searchsorted(v, cap * (1 + 1e-12), side="right")
             r = np.where((r >= B) | ~hop[:, i:i + 1], r, last[q, r])
         r = np.where(on, r, l)                            # a pad takes none

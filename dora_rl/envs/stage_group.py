@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_rl.envs.stage_chain import chains, stage_times, tightened
+from dora_rl.envs.stage_chain import chains, media_context, stage_times, tightened
 from dora_rl.envs.stage_two import plan_preference, rule_choices, two_stage
 
 GROUP_MAX = 6       # the groups tried: the 2 .. 6 fastest free devices
@@ -141,7 +141,7 @@ def _group_plan(env) -> list | None:
         pk = plan_preference(env, rest)
         if pk is not None and pk[0] and not pk[1] and not retried:     # the first feasible miss: its batteries' duty
             retried = True
-            for again in tightened(inst, qb, rest, p):
+            for again in tightened(inst, qb, rest, p, media_context(env, qb)):
                 pa = plan_preference(env, again) if env._mask[again[0][2][0] * Bm + again[0][1] - 1] else None
                 if pa is not None and not pa[0]:
                     pk, rest = pa, again

@@ -17,6 +17,7 @@ def _inst(rate, reach=None, bnd=None, bw=None):
     n = len(rate)
     return SimpleNamespace(
         fp=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], B=6, batch=1, M=1, back=1.0, training=False,
+        scenario=SimpleNamespace(workload=SimpleNamespace(request_rate=None)),
         rate=np.array(rate, dtype=float), src=n - 1,
         reach=np.array(reach if reach is not None else [[6] * 7] * n),
         bnd_l=np.array(bnd if bnd is not None else [0.0] * 7),
@@ -115,3 +116,43 @@ def test_tightened_recuts_only_chains_with_a_battery_device():
     got = tightened(inst, Half, plan, 0)
     assert len(got) == 3 and all([ds for _, _, ds in c] == [(0,), (1,)] for c in got)
     assert all(c[1][1] - c[1][0] <= 3 for c in got) and got[-1] == plan
+
+
+def test_a_battery_device_may_fill_its_share_of_the_energy_window():
+    """Period T = 2 s, a device at full duty and one at 0.5, 8 micro-batches. Inference
+    without a request rate: the window is M T, so the second computes 0.5 x 2 = 1 s per
+    micro-batch. Training with a fill of at least 6 s: the window is the iteration, at
+    least 6 + 7 x 2 = 20 s = 2.5 s per micro-batch, so 0.5 x 2.5 = 1.25 s; inference with
+    one request every 20 s: 20 / 8 = 2.5 s per micro-batch, the same. Never above T."""
+    from dora_rl.envs.stage_chain import _busy
+
+    T, U, fill = np.array([[2.0]]), np.array([[1.0, 0.5]]), np.array([6.0])
+    inst = _inst([1, 1])
+    inst.M = 8
+    assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.0])
+    inst.training = True
+    assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.25])
+    inst.training, inst.scenario.workload.request_rate = False, 0.05
+    assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.25])
+    assert _busy(inst, T, np.array([[1.0, 1.0]]), fill)[0, :, 0] == pytest.approx([2.0, 2.0])
+
+
+def test_boundaries_on_a_shared_medium_share_its_capacity():
+    """Devices 0, 1, 2 of 1 FLOP/s, every link of each on one 2 B/s medium; the source,
+    device 3, is wired. 3-byte boundaries after blocks 1 and 3, 1-byte ones elsewhere.
+    Without the medium the three take 2 blocks each (T = 2 s). With it each of the chain's
+    2 boundaries may carry half of 2 T bytes: below T = 3 s a 3-byte cut does not fit, and
+    the cuts at 1 and 3 leave device 2 three blocks (3 s); at T = 3 s device 0 takes 3
+    blocks and device 1 the rest. The media term of the period (`_media_period`): 1 byte
+    over 2 B/s = 0.5 s for that chain, (3 + 3) / 2 = 3 s for the even one."""
+    from dora_rl.envs.stage_chain import Media, _media_period
+
+    inst = _inst([1, 1, 1, 1], bnd=[0.0, 1.0, 3.0, 1.0, 3.0, 1.0, 0.0])
+    forced, cap, committed = np.array([[1.0], [1.0], [1.0], [0.0]]), np.array([2.0]), np.zeros(1)
+    media = Media(forced, cap, committed, 3, (forced.tolist(), cap.tolist(), committed.tolist()))
+    even = [(0, 2, (0,)), (2, 4, (1,)), (4, 6, (2,))]
+    assert balanced_chain(inst, [0, 1, 2], 0)[0] == even
+    got = balanced_chains(inst, [[0, 1, 2]], 0, [np.ones(3)], media=media)[0][0]
+    assert got == [(0, 3, (0,)), (3, 6, (1,))]
+    assert _media_period(inst, media, got, 1.0) == pytest.approx(0.5)
+    assert _media_period(inst, media, even, 1.0) == pytest.approx(3.0)

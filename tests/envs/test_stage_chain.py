@@ -119,11 +119,11 @@ def test_tightened_recuts_only_chains_with_a_battery_device():
 
 
 def test_a_battery_device_may_fill_its_share_of_the_energy_window():
-    """Period T = 2 s, a device at full duty and one at 0.5, 8 micro-batches. Inference
-    without a request rate: the window is M T, so the second computes 0.5 x 2 = 1 s per
-    micro-batch. Training with a fill of at least 6 s: the window is the iteration, at
-    least 6 + 7 x 2 = 20 s = 2.5 s per micro-batch, so 0.5 x 2.5 = 1.25 s; inference with
-    one request every 20 s: 20 / 8 = 2.5 s per micro-batch, the same. Never above T."""
+    """Period T = 2 s, a device at full duty and one at 0.5, 8 micro-batches. Inference: the
+    window is taken as M T, so the second computes 0.5 x 2 = 1 s per micro-batch. Training
+    with a fill of at least 6 s: the window is the iteration, at least 6 + 7 x 2 = 20 s =
+    2.5 s per micro-batch, so 0.5 x 2.5 = 1.25 s; with a 2 s fill the iteration's 16 s is 2
+    s per micro-batch, 1 s. Never above T."""
     from dora_rl.envs.stage_chain import _busy
 
     T, U, fill = np.array([[2.0]]), np.array([[1.0, 0.5]]), np.array([6.0])
@@ -132,13 +132,12 @@ def test_a_battery_device_may_fill_its_share_of_the_energy_window():
     assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.0])
     inst.training = True
     assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.25])
-    inst.training, inst.scenario.workload.request_rate = False, 0.05
-    assert _busy(inst, T, U, fill)[0, :, 0] == pytest.approx([2.0, 1.25])
+    assert _busy(inst, T, U, np.array([2.0]))[0, :, 0] == pytest.approx([2.0, 1.0])
     assert _busy(inst, T, np.array([[1.0, 1.0]]), fill)[0, :, 0] == pytest.approx([2.0, 2.0])
 
 
 def test_boundaries_on_a_shared_medium_share_its_capacity():
-    """Devices 0, 1, 2 of 1 FLOP/s, every link of each on one 2 B/s medium; the source,
+    """Under latency: devices 0, 1, 2 of 1 FLOP/s, every link of each on one 2 B/s medium; the source,
     device 3, is wired. 3-byte boundaries after blocks 1 and 3, 1-byte ones elsewhere.
     Without the medium the three take 2 blocks each (T = 2 s). With it each of the chain's
     2 boundaries may carry half of 2 T bytes: below T = 3 s a 3-byte cut does not fit, and
@@ -148,6 +147,7 @@ def test_boundaries_on_a_shared_medium_share_its_capacity():
     from dora_rl.envs.stage_chain import Media, _media_period
 
     inst = _inst([1, 1, 1, 1], bnd=[0.0, 1.0, 3.0, 1.0, 3.0, 1.0, 0.0])
+    inst.objective = "latency"
     forced, cap, committed = np.array([[1.0], [1.0], [1.0], [0.0]]), np.array([2.0]), np.zeros(1)
     media = Media(forced, cap, committed, 3, (forced.tolist(), cap.tolist(), committed.tolist()))
     even = [(0, 2, (0,)), (2, 4, (1,)), (4, 6, (2,))]

@@ -15,9 +15,9 @@ least (`balanced_chains`): with a period T fixed, each device in turn takes the 
 it computes within T (a battery device within its `QoEBound.max_duty` share of the energy
 window per micro-batch, `_busy`) and holds in memory (`Instance.reach`), ending where the
 boundary's transfer to the next device also fits T, on its link and, under latency, within
-an even share of what each shared medium it crosses has left (`_take`); the least T at which the chain
-covers the rest is the balance (the farthest take is monotone in T, and taking farthest is
-never worse for the devices after). The orders (`chains`):
+an even share of what each shared medium it crosses has left (`_take`); the least T at
+which the chain covers the rest is the balance (the farthest take is monotone in T, and
+taking farthest is never worse for the devices after). The orders (`chains`):
 - the k fastest free devices (k = 2 .. CHAIN_MAX), and the k fastest whose battery lasts
   the target busy all the time, ordered so that the path from the source through them and
   back crosses the best links (`_link_order`);

@@ -314,9 +314,7 @@ def _busy(inst, T: np.ndarray, U: np.ndarray, fill: np.ndarray) -> np.ndarray:
     if less: the window is taken as M T in inference and in training as the iteration, at
     least `fill` (n,) + (M - 1) T. (With a request stream the inference window is at least
     1 / request_rate; counting it was measured and left out, module docstring.)"""
-    if not inst.training:
-        return np.minimum(T[:, None, :], U[:, :, None] * T[:, None, :])
-    W = np.maximum(T, (fill[:, None] + (inst.M - 1) * T) / inst.M)
+    W = np.maximum(T, (fill[:, None] + (inst.M - 1) * T) / inst.M) if inst.training else T
     return np.minimum(T[:, None, :], U[:, :, None] * W[:, None, :])
 
 

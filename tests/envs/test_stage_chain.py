@@ -17,7 +17,6 @@ def _inst(rate, reach=None, bnd=None, bw=None):
     n = len(rate)
     return SimpleNamespace(
         fp=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], B=6, batch=1, M=1, back=1.0, training=False,
-        scenario=SimpleNamespace(workload=SimpleNamespace(request_rate=None)),
         rate=np.array(rate, dtype=float), src=n - 1,
         reach=np.array(reach if reach is not None else [[6] * 7] * n),
         bnd_l=np.array(bnd if bnd is not None else [0.0] * 7),

@@ -25,6 +25,10 @@ class BuildEnv(gym.Env):
         reward, terminated, info = self.advance(action)
         return self._obs(), reward, terminated, False, info
 
+    def allows(self, a: int) -> bool:
+        """Whether action `a` (in range) is allowed now."""
+        return bool(self._mask[a])
+
     def observe(self) -> dict:
         """The current observation (planning skips it on forced moves)."""
         return self._obs()
@@ -35,6 +39,6 @@ class BuildEnv(gym.Env):
         a = int(action)
         if self.done:
             raise DoraError(f"{type(self).__name__}.step called after the episode ended; call reset()")
-        if not (0 <= a < self.n_actions) or not self._mask[a]:
+        if not (0 <= a < self.n_actions) or not self.allows(a):
             return int(np.flatnonzero(self._mask)[0]), True
         return a, False

@@ -36,6 +36,7 @@ GLOBAL_FEATURES = (
     "free_rate_frac", "log_t_rest_free", "log_req_period", "at_end",
 )
 NF, NG = len(DEVICE_FEATURES), len(GLOBAL_FEATURES)
+FINISHED = 256      # plans `Instance.finish_once` keeps
 
 
 def shares_for(cost: CostModel, devs: list[int], l: int, r: int, m: float, inflight: int = 1) -> list[float] | None:
@@ -125,6 +126,7 @@ class Instance:
         self.bw = bw
         self.lat = np.array(cost.lat)
         self.Ms = [self.M]
+        self._finished: dict = {}
         self.completable = self.greedy(0, set()) >= B
         self._static_features(scenario)
         self.ref_obj = self._reference()
@@ -300,6 +302,26 @@ class Instance:
         if best is None:
             raise NoFeasiblePlan("partition: the plan fits no micro-batch count", constraint="memory")
         return best[1], best[2], best[3]
+
+    def finish_once(self, stages):
+        """`finish`, remembered per Instance by the stages (read the result, do not modify
+        it): a StageEnv episode scores some plans more than once - the group key's candidates
+        and the two-stage rule's choices at a state (`stage_two.plan_preference`), and at the
+        end the plan it followed (`StageEnv._end`): 13 of 95 evaluations of a 64 x 200
+        greedy decision on validation. Searches call `finish`. At most FINISHED plans are
+        kept (then the memo starts again)."""
+        key = tuple((l, r, tuple(d)) for l, r, d in stages)
+        if key not in self._finished:
+            if len(self._finished) >= FINISHED:
+                self._finished.clear()
+            try:
+                self._finished[key] = self.finish(stages)
+            except NoFeasiblePlan:
+                self._finished[key] = None
+        got = self._finished[key]
+        if got is None:
+            raise NoFeasiblePlan("partition: the plan fits no micro-batch count", constraint="memory")
+        return got
 
     def _reference(self) -> float:
         """Objective of the best single-device plan (the normaliser of `utility`). For latency

@@ -25,7 +25,9 @@ Masks: a close (d, r) is allowed when the group holds [p, r) in memory and the r
 (sound: if it finishes, a plan exists); an add when some other free device can close a
 stage with the enlarged group. QoE masks (`qoe_masks=True`, dora_rl/envs/qoe_bound.py)
 then keep only the closes after which a QoE-compliant completion may still exist by a
-sound lower bound, falling back to the memory masks when none does. Reward: `utility` on
+sound lower bound, falling back to the memory masks when none does (dora_rl/envs/stage_mask.py;
+after a step the mask is computed when first read, and a single close can be checked
+alone, `StageMasks.allows`). Reward: `utility` on
 the last step (as PartitionEnv), or with `reward="log_utility"` its log-ratio form
 (dora_rl/cost/qoe.py:log_utility; info["utility"] is `utility` either way).
 
@@ -34,7 +36,8 @@ NFB)` (row j = "a stage that ends after block j"), `block_mask (Bm,)` (candidate
 `global (SNG,)`, `relay_w (D,)` (v4: the relays' idle power a close on each device
 brings in, `stage_obs.relay_power`; read by the lookahead only), `two_stage (D, Bm)` (v5: per
 close, the log latency / T* or energy / P* T* of the plan that ends on one more device
-after it, `stage_two.two_stage`; read by the policy's rule only), `promise (D,)` (v6: 1 at
+after it, `stage_two.two_stage`, at the closes that can be the least; read by the policy's
+rule only), `promise (D,)` (v6: 1 at
 the device the previous close's two-stage plan ends on, `stage_two.promised`; read by the
 rule only), `group (D,)` (v7: the members still to add of the next stage of a data-parallel
 group or balanced pipeline whose plan beats the two-stage rule's choices on the cost
@@ -57,9 +60,9 @@ from gymnasium import spaces
 from dora_rl.cost.qoe import REWARDS, utility
 from dora_rl.envs.build import BuildEnv
 from dora_rl.envs.instance import Instance, InstanceSource
-from dora_rl.envs.qoe_bound import QoEBound
 from dora_rl.envs.stage_energy import route_relays
 from dora_rl.envs.stage_group import current_group
+from dora_rl.envs.stage_mask import ADD_CANDIDATES, StageMasks
 from dora_rl.envs.stage_obs import (
     BLK_LOG_WORK,
     BLK_LOOKAHEAD,
@@ -85,10 +88,9 @@ __all__ = ["ADD_CANDIDATES", "BLK_LOG_WORK", "BLK_LOOKAHEAD", "BLOCK_FEATURES", 
            "DEVICE_FEATURES", "HARD_MAX_DEVICES", "NFB", "NFD", "SNG", "STAGE_GLOBAL_EXTRA", "STAGE_OBS_VERSION",
            "StageEnv", "stage_actions_for_plan"]
 HARD_MAX_DEVICES = 256          # the documented hard limit of the set policy (>= 128)
-ADD_CANDIDATES = 16             # data-parallel members are drawn from the 16 fastest free devices
 
 
-class StageEnv(BuildEnv):
+class StageEnv(StageMasks, BuildEnv):
     """One episode = one plan, one stage per step (see the module docstring). Arguments as
     `PartitionEnv`, plus `max_blocks` (the padding of the block axis)."""
 
@@ -182,6 +184,7 @@ class StageEnv(BuildEnv):
         self._two = None                    # the current state's two_stage entries (stage_two.two_stage)
         self._grp = None                    # the current state's group plan (stage_group.group_plan)
         self._gplan: tuple[int, ...] | None = None      # the group being formed (stage_group.group_key)
+        self._pending, self._alone = False, None
         self._compute_mask()
         if not self._mask.any():
             raise NoFeasiblePlan(f"scenario {inst.scenario.name!r}: no plan fits in memory", constraint="memory")
@@ -193,7 +196,9 @@ class StageEnv(BuildEnv):
         if (dst.max_devices, dst.max_blocks) != (self.max_devices, self.max_blocks):
             raise DoraError("fork: environments of different shapes")
         dst.qoe_masks = self.qoe_masks
-        dst.inst, dst._dmask, dst._mask = self.inst, self._dmask, self._mask.copy()
+        mask = self._mask.copy()                # (brings a pending mask up to date)
+        dst._pending, dst._alone = False, None
+        dst.inst, dst._dmask, dst._mask = self.inst, self._dmask, mask
         dst._rmin, dst._rmax, dst._qin = self._rmin, self._rmax, self._qin
         dst.p, dst.done, dst.result = self.p, self.done, self.result
         dst.group, dst.used, dst.stages, dst.prev = list(self.group), set(self.used), list(self.stages), self.prev
@@ -206,115 +211,12 @@ class StageEnv(BuildEnv):
         dst._grp, dst._gplan = self._grp, self._gplan
         return dst
 
-    # --- masks -------------------------------------------------------------------
-    def _close_range(self, group: list[int], taken: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Per device d: the allowed ends r of a stage [p, r) on group + [d] as [rmin_d, rmax_d]
-        (empty when rmin > rmax). `taken` = devices already used or in the group."""
-        inst, p, B, n = self.inst, self.p, self.inst.B, self.inst.n
-        rmin = np.full(n, B + 1, dtype=np.int64)
-        rmax = np.zeros(n, dtype=np.int64)
-        free = [d for d in range(n) if d not in taken]
-        self._reach = np.full(n, p, dtype=np.int64)       # group + [d]'s memory reach per free d
-        if not free or p >= B:
-            return rmin, rmax
-        G = inst.completion_table(taken, free)
-        R = inst.group_reach_rows([group + [d] for d in free], p)
-        self._reach[free] = R
-        # first end r in (p, R_d] from which the rest still completes (G >= B), per device
-        ok = (G[:, p + 1:] >= B) & (np.arange(p + 1, B + 1)[None, :] <= R[:, None])
-        has = ok.any(axis=1)
-        fr = np.asarray(free)[has]
-        rmin[fr], rmax[fr] = p + 1 + ok[has].argmax(axis=1), R[has]
-        return rmin, rmax
-
-    def _bound(self) -> QoEBound:
-        """The instance's QoE bound (built once per Instance, shared by every episode on it)."""
-        qb = getattr(self.inst, "_qoe_bound", None)
-        if qb is None:
-            qb = self.inst._qoe_bound = QoEBound(self.inst)
-        return qb
-
-    def _compute_mask(self) -> None:
-        D, Bm, n = self.max_devices, self.max_blocks, self.inst.n
-        taken = self.used | set(self.group)
-        rmin, rmax = self._close_range(self.group, taken)
-        mask = np.zeros(self.n_actions, dtype=bool)
-        cm = mask[:D * Bm].reshape(D, Bm)
-        j = np.arange(1, Bm + 1)[None, :]
-        cm[:n] = (j >= rmin[:, None]) & (j <= rmax[:, None])
-        # add d: some other free device must close a stage with the enlarged group (a
-        # witness among the fastest free devices; candidates: the ADD_CANDIDATES fastest)
-        inst, p, B = self.inst, self.p, self.inst.B
-        free = sorted((d for d in range(n) if d not in taken), key=lambda d: -inst.rate[d])[:ADD_CANDIDATES]
-        if len(free) >= 2 and inst.m_int >= len(self.group) + 2:
-            # _close_range already has group + [d]'s memory reach for every free d
-            R2 = self._reach[free]
-            todo = [d for d, r2 in zip(free, R2) if r2 > p]
-            for k in range(2):       # the first witness of every candidate at once, then the second
-                wit = [(d, e) for d in todo for e in [x for x in free if x != d][k:k + 1]]
-                R3 = inst.group_reach_rows([self.group + [d, e] for d, e in wit], p) if wit else []
-                for (d, e), r3 in zip(wit, R3):
-                    if r3 > p and (r3 >= B or inst.greedy(int(r3), taken | {d, e}) >= B):
-                        mask[D * Bm + d] = True
-                todo = [d for d in todo if not mask[D * Bm + d]]
-        self.qoe_masked = False
-        self._adds_mem = mask[D * Bm:].copy()       # the adds before the QoE narrowing (tests compare them)
-        self._qin = self._bound().inputs(self.prev, self.group, p, [d for d in range(n) if d not in taken])
-        if self.qoe_masks and self._bound().on:
-            self._qoe_mask(cm, mask[D * Bm:], rmin, rmax)
-        self._mask, self._rmin, self._rmax = mask, rmin, rmax
-
-    def _qoe_mask(self, cm: np.ndarray, adds: np.ndarray, rmin: np.ndarray, rmax: np.ndarray) -> None:
-        """Narrow the memory masks (in place) to steps after which a QoE-compliant plan may
-        still exist (dora_rl/envs/qoe_bound.py); when no step passes, keep the memory masks
-        (no compliant plan exists: the episode still ends in a valid plan). rmin/rmax become
-        the first/last allowed end per device (the observation's reach features)."""
-        qb, inst, p = self._bound(), self.inst, self.p
-        pool = [d for d in range(inst.n) if d not in self.used and d not in self.group]
-        q = self._qoe_closes(cm, rmin, rmax, *qb.rest_bound(pool, p + 1)[:3])
-        qa = self._qoe_adds(adds, pool)
-        if q.any():
-            cm[:] = q
-            adds[:] = qa
-        elif qa.any() and qb.global_ok(self._qF, self._qT, p, *qb.rest_bound(pool + self.group, p)[3:], A=self._qA,
-                                             Mq=self._qM):
-            cm[:] = False
-            adds[:] = qa
-        else:
-            return
-        self.qoe_masked = True
-        c = cm[:inst.n]
-        has = c.any(axis=1)
-        rmin[:] = np.where(has, c.argmax(axis=1) + 1, inst.B + 1)
-        rmax[:] = np.where(has, c.shape[1] - c[:, ::-1].argmax(axis=1), 0)
-
-    def _qoe_adds(self, adds: np.ndarray, pool: list) -> np.ndarray:
-        """The adds (adds' shape) that pass `QoEBound.add_ok` (a lookahead over the stage's ends)."""
-        cand = np.flatnonzero(adds[:self.inst.n])
-        qa = np.zeros_like(adds)
-        qa[cand] = self._bound().add_ok(self._qF, self._qT, self._qA, self.group, pool, self.p, cand, self.prev,
-                                                        self._qM)
-        return qa
-
-    def _qoe_closes(self, cm, rmin, rmax, R_T, t_m, ret) -> np.ndarray:
-        """The closes (cm's shape) within [rmin_d, rmax_d] that pass `QoEBound.close_ok`."""
-        qb, p = self._bound(), self.p
-        q = np.zeros_like(cm)
-        f_in, t_in = self._qin
-        ds = np.flatnonzero(rmin <= rmax)
-        if len(ds):       # the ends any device may take (close_ok is elementwise in r)
-            lo, hi = int(rmin[ds].min()), int(rmax[ds].max())
-            r = np.arange(lo, hi + 1)
-            inside = (r[None, :] >= rmin[ds][:, None]) & (r[None, :] <= rmax[ds][:, None])
-            q[ds, lo - 1:hi] = inside & qb.close_ok(self._qF, self._qT, f_in[ds], t_in[ds], self.group, ds, p, r,
-                                                    R_T[ds], t_m[ds], ret[ds], A=self._qA, prev=self.prev,
-                                                    Mq=self._qM)
-        return q
-
     # --- transition --------------------------------------------------------------
     def advance(self, action) -> tuple[float, bool, dict]:
-        """`step` without building the observation: (reward, terminated, info)."""
+        """`step` without building the observation: (reward, terminated, info). The next
+        state's mask is left pending (`_Masked`): computed when first read."""
         a, substituted = self._allowed(action)
+        self._pending, self._alone = False, None
         inst, D, Bm = self.inst, self.max_devices, self.max_blocks
         if a >= D * Bm:
             d = a - D * Bm
@@ -343,13 +245,13 @@ class StageEnv(BuildEnv):
             self.prev, self.group, self.p, self._promise, self._gplan = devs, [], r, promise, follow
             if r >= inst.B:
                 return self._end(substituted)
-        self._compute_mask()
+        self._pending = True
         return 0.0, False, {"masked_action": substituted}
 
     def _end(self, substituted: bool):
         self.done = True
         inst = self.inst
-        M, st, m = inst.finish(self.stages)
+        M, st, m = inst.finish_once(self.stages)
         u = utility(inst.cost, m, inst.ref_obj)
         r = u if self.reward == "utility" else REWARDS[self.reward](inst.cost, m, inst.ref_obj)
         plan = inst.to_plan(st, M)

@@ -57,6 +57,13 @@ def window(inst, latency, T):
 
 
 
+def _marks(n: int, devs) -> np.ndarray:
+    """(n,) bool: True at the devices `devs`."""
+    out = np.zeros(n, dtype=bool)
+    out[list(devs)] = True
+    return out
+
+
 class Energy:
     """`two_stage`'s energy and battery terms for the free devices `free` (docs/cost-model.md,
     "Energy and battery"): the participants' idle power over the window, the radio of the
@@ -70,12 +77,14 @@ class Energy:
         self.radio = np.asarray(cost.cluster.radio_j_per_byte, dtype=float)
         self.part = set(env.used) | {inst.src}
         self.idle_part = float(sum(self.idle[x] for x in self.part))
+        self.in_part = _marks(inst.n, self.part)          # (n,) bool (np.isin's sort cost more)
         self.free, self.inst = free, inst
         p, src = env.p, inst.src
         nin = qb.m * float(qb.bnd[p]) * (qb.dirs if p > 0 else 1.0)              # the entry's bytes
         r_prev = float(np.mean([self.radio[x] for x in env.prev]))
-        self.rin_own = qb.M * nin * self.radio[free] * ~np.isin(free, env.prev)    # (F,): d's end of the entry
-        self.rin = self.rin_own + qb.M * nin * r_prev * ~np.isin(free, env.prev)
+        away = ~_marks(inst.n, env.prev)[free]
+        self.rin_own = qb.M * nin * self.radio[free] * away    # (F,): d's end of the entry
+        self.rin = self.rin_own + qb.M * nin * r_prev * away
         nret = 0.0 if inst.training else qb.m * float(qb.bnd[inst.B])              # the return's
         self.ret_own = qb.M * nret * self.radio * (np.arange(inst.n) != src)      # (n,): e's end of it
         self.ret = self.ret_own + qb.M * nret * self.radio[src] * (np.arange(inst.n) != src)
@@ -90,7 +99,7 @@ class Energy:
         n = inst.n
         self.qb, self.env = qb, env
         self.targets = qb.min_h is not None and bool(np.isfinite(qb.bj).any())       # any battery target
-        self.avail = np.where(np.isin(np.arange(n), list(self.part | set(env.relays))), 0.0, self.idle)
+        self.avail = np.where(self.in_part | _marks(n, env.relays), 0.0, self.idle)
         self.relay_ok = qb.battery_ok_at(np.arange(n), 0.0, 0.0, 1 + TWO_STAGE_MARGIN)  # a relay's idle alone
         self._pairs = None
 
@@ -121,7 +130,7 @@ class Energy:
         return relays(self.inst, np.arange(n), [self.inst.src], "return")[:, 0]
 
     def new_idle(self, ds) -> np.ndarray:
-        return np.where(np.isin(ds, list(self.part)), 0.0, self.idle[ds])
+        return np.where(self.in_part[ds], 0.0, self.idle[ds])
 
     def of(self, latency, T, work, part=None, i=None) -> np.ndarray:
         """The energy: the window's idle power of the participants (the closed ones, d, and e

@@ -81,7 +81,7 @@ def ruled_close(env) -> int | None:
     if len(left) != 1:
         return None
     a = left[0] * env.max_blocks + r - 1
-    return a if env._mask[a] else None
+    return a if env.allows(a) else None
 
 
 def group_key(env) -> np.ndarray:

@@ -19,6 +19,8 @@ from dora_rl.features import CLIP
 
 TWO_STAGE_PARTNERS = 16    # the second stage's device is one of the 16 fastest free devices
 _CHUNK = 2048              # closes per chunk of `_two_stage`'s candidate table (E x _CHUNK floats)
+_FIRST = 64                # closes computed first (the least lower bounds), then those within _SLACK
+_SLACK = 1e-3              # of the least entry they found (float32 ties in the observation stay in)
 
 
 def two_stage(env, qb) -> np.ndarray:
@@ -54,7 +56,18 @@ def two_stage(env, qb) -> np.ndarray:
     source camera, 1.49 x the oracle's two-camera pipeline (docs/learning.md, "Session 33").
     A two-stage completion is a plan, not a bound: the policy's rule
     (`stage_lookahead.with_two_stage`) takes it when it is better than every allowed ending
-    close."""
+    close.
+
+    Which closes get their entry (session 42): the rule reads only the least entry of the
+    closes that leave a rest (and the first close at it), the ending closes' and, after a
+    close, that close's own (`promised`). So the candidates are computed in rising order of
+    a lower bound - per close the terms that do not depend on the partner, per end the least
+    over the partners of the terms that depend only on it (the boundary d -> e, the
+    partner's idle power and the relays left out; under energy a close whose latency or
+    period bound misses its cap by the margin has none) - until the bound passes the least
+    entry found by _SLACK (0.1 %: the observation's float32 ties stay in); every other close
+    is CLIP in the key, its entry computed when asked (`Partners.entry`). At 64 devices x
+    200 blocks on validation 15 % of the closes are computed."""
     key = (id(env.inst), env.p, len(env.stages), tuple(env.group))
     if env._two is None or env._two[0] != key:
         out, partner = _two_stage(env, qb)
@@ -68,7 +81,7 @@ def plan_preference(env, rest: list) -> tuple | None:
     of the plan of env's closed stages and then `rest` (stage tuples), evaluated exactly on
     the cost model (`Instance.finish`); None where no micro-batch count fits it in memory."""
     try:
-        _, _, m = env.inst.finish(list(env.stages) + rest)
+        _, _, m = env.inst.finish_once(list(env.stages) + rest)
     except NoFeasiblePlan:
         return None
     return preference(m, env.inst.objective)
@@ -108,6 +121,7 @@ def _verify(env, out: np.ndarray, partner: np.ndarray) -> None:
         D, Bm, n, B = env.max_devices, env.max_blocks, env.inst.n, env.inst.B
         cm = env._mask[:D * Bm].reshape(D, Bm)[:n, :B - 1]
         out[:n, :B - 1] = np.where(cm, CLIP, out[:n, :B - 1])
+        partner.dropped = True
 
 
 def promised(env, d: int, j: int) -> int | None:
@@ -128,7 +142,7 @@ def promised(env, d: int, j: int) -> int | None:
     if partner[d, j] < 0:
         return None
     bar = min(rule_choices(env, two, partner)[2], CLIP)
-    return int(partner[d, j]) if two[d, j] < bar - 1e-6 else None
+    return int(partner[d, j]) if partner.entry((d, j)) < bar - 1e-6 else None
 
 
 def promise(env) -> np.ndarray:
@@ -142,22 +156,35 @@ def promise(env) -> np.ndarray:
 
 class Partners:
     """Per close (d, j), the partner e its `two_stage` entry ends on, -1 where none:
-    `partners[d, j]`. Found when asked (the least of that close's column of the candidates,
-    first on ties), as the rules read it at one or two closes per state (`rule_choices`,
-    `promised`); finding it for every close was a tenth of a 64-device x 200-block entry's
-    time."""
+    `partners[d, j]`; and the entry itself, `entry(d, j)`. Found when asked (the least of
+    that close's column of the candidates, first on ties), as the rules read it at one or
+    two closes per state (`rule_choices`, `promised`); finding it for every close was a
+    tenth of a 64-device x 200-block entry's time. A close whose column was not computed
+    (its bound was above the least entry's) gets it computed then (`more`)."""
 
     def __init__(self, D: int, Bm: int):
         self.at = np.full((D, Bm), -1, dtype=np.int64)      # the close's column in `cand`
-        self.cand, self.part = None, None
+        self.cand, self.part, self.more, self.unit = None, None, None, 1.0
+        self.dropped = False        # `_verify` made every close that leaves a rest CLIP
+
+    def column(self, dj) -> np.ndarray | None:
+        k = int(self.at[dj])
+        if k >= 0:
+            return self.cand[:, k]
+        return self.more(*dj) if self.more is not None else None
 
     def __getitem__(self, dj) -> int:
-        k = int(self.at[dj])
-        if k < 0:
+        col = self.column(dj)
+        if col is None:
             return -1
-        col = self.cand[:, k]
         e = int(col.argmin())
         return int(self.part[e]) if np.isfinite(col[e]) else -1
+
+    def entry(self, dj) -> float:
+        """The close's entry (`two_stage`'s value, CLIP where there is no plan), computed if
+        the key left it out."""
+        col = None if self.dropped else self.column(dj)
+        return CLIP if col is None else float(_logs(col.min(keepdims=True), self.unit)[0])
 
 
 def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
@@ -214,16 +241,26 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
     i, j = np.nonzero(cm[free, p + c0:p + c1])                               # (A,): d's row, the end's column
     Lfe, Kfe = L[np.ix_(free, part)].T.copy(), K[np.ix_(free, part)].T.copy()   # (E, F)
 
+    of_e, oo_e = of[part][:, None], oo[part][:, None]
+
     def cands(i, j):        # (E, a): the closes (free[i], j) by partner, inf where no plan
-        di = free[i]
-        nbj = nb[j][None, :]
+        di = free[i]        # (the sums and maxima in place, in the order of the formula: page faults
+        nbj = nb[j][None, :]        # of fresh (E, a) temporaries cost more than the arithmetic)
         with np.errstate(invalid="ignore"):
-            occ = qb.dirs * Kfe[:, i] * nbj
-            lat = qb.dirs * np.where(nbj > 0, Lfe[:, i], 0.0)
-        u1, uej = ud[i, c0 + j][None, :], ue[:, j]
-        fill = fd[i, 0][None, :] + u1 + occ + lat + uej + of[part][:, None]
-        T = np.maximum(np.maximum(np.maximum(td[i, 0][None, :], u1), occ), np.maximum(uej, oo[part][:, None]))
-        tot = fill + M1 * T
+            occ = qb.dirs * Kfe[:, i]
+            occ *= nbj
+            lat = np.where(nbj > 0, Lfe[:, i], 0.0)
+            lat *= qb.dirs
+        u1, uej = ud[i, c0 + j], ue[:, j]
+        fill = (fd[i, 0] + u1)[None, :] + occ
+        fill += lat
+        fill += uej
+        fill += of_e
+        T = np.maximum(np.maximum(td[i, 0], u1)[None, :], occ)
+        np.maximum(T, np.maximum(uej, oo_e, out=lat), out=T)
+        u1 = u1[None, :]
+        tot = T * M1
+        tot += fill
         P = window(inst, tot, T)
         ok = (fits[:, j] & (di[None, :] != part[:, None]) & np.isfinite(tot)
               & E.battery_pairs(part, i, M * u1, M * uej, qb.dirs * M * nbj, P))
@@ -235,13 +272,45 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
             ok &= qb._ok(fill * (1 + TWO_STAGE_MARGIN), T * (1 + TWO_STAGE_MARGIN))
         return np.where(ok, tot, np.inf)
 
-    cand = np.empty((len(part), len(i)))
-    for k in range(0, len(i), _CHUNK):      # in chunks: whole-size temporaries cost more in page faults
-        cand[:, k:k + _CHUNK] = cands(i[k:k + _CHUNK], j[k:k + _CHUNK])     # than in arithmetic
-    di = free[i]
-    out[di, p + c0 + j] = _logs(cand.min(axis=0), unit)
-    partner.at[di, p + c0 + j] = np.arange(len(i))
+    # the least entry by a lower bound: each close's terms that do not depend on its partner,
+    # and per end the least over the partners of the terms that depend only on the partner
+    # (the boundary d -> e and the relays, >= 0, left out); exact candidates only for the
+    # closes whose bound is within SLACK of the least entry found (`Partners.column` computes
+    # any other close's when asked)
+    u1, di = ud[i, c0 + j], free[i]
+    big = np.where(fits, 0.0, np.inf)                                        # (E, R - 1)
+    with np.errstate(invalid="ignore"):             # inf where no partner holds the rest
+        lat_lb = fd[i, 0] + u1 + (ue + of_e + big).min(axis=0)[j]
+        T_lb = np.maximum(np.maximum(td[i, 0], u1), (np.maximum(ue, oo_e) + big).min(axis=0)[j])
+        lb = lat_lb + M1 * T_lb
+        if energy:
+            w_e = (E.dyn[part][:, None] * M * ue + E.ret[part][:, None] + qb.dirs * M * E.radio[part][:, None] * nb
+                   + big).min(axis=0)[j]
+            lb = ((E.idle_part + E.new_idle(E.free)[i]) * window(inst, lb, T_lb)
+                  + E.dyn[di] * M * u1 + E.rin[i] + qb.dirs * M * E.radio[di] * nb[j] + w_e)
+            ok = qb._ok(lat_lb * ((1 + TWO_STAGE_MARGIN) * (1 - 1e-9)), T_lb * ((1 + TWO_STAGE_MARGIN) * (1 - 1e-9)))
+            lb = np.where(ok, lb, np.inf)     # (the caps by the margin, as `cands` checks them; a rounding's slack)
+    lb = np.where(np.isnan(lb), np.inf, lb)
+    order = np.argsort(lb, kind="stable")
+    order = order[np.isfinite(lb[order])]
+    cols, least, k, step = [], np.inf, 0, _FIRST
+    while k < len(order) and lb[order[k]] <= least * (1 + _SLACK):     # in rising bound, chunks of growing size
+        stop = min(len(order), k + step)
+        if np.isfinite(least):          # (whole-size temporaries cost more in page faults than in arithmetic)
+            stop = min(stop, k + int(np.searchsorted(lb[order[k:stop]], least * (1 + _SLACK), side="right")))
+        cols.append(cands(i[order[k:stop]], j[order[k:stop]]))
+        least = min(least, float(cols[-1].min(initial=np.inf)))
+        k, step = stop, min(2 * step, _CHUNK)
+    take = order[:k]
+    cand = np.concatenate(cols, axis=1) if cols else np.empty((len(part), 0))
+    out[di[take], p + c0 + j[take]] = _logs(cand.min(axis=0), unit)
+    partner.at[di[take], p + c0 + j[take]] = np.arange(len(take))
     partner.cand, partner.part = cand, part
+    at = np.full((D, Bm), -1, dtype=np.int64)
+    at[di, p + c0 + j] = np.arange(len(i))
+    partner.more = lambda d, jj: cands(i[at[d, jj]:at[d, jj] + 1], j[at[d, jj]:at[d, jj] + 1])[:, 0] \
+        if at[d, jj] >= 0 else None
+    partner.unit = unit
     return out, partner
 
 

@@ -47,14 +47,19 @@ def search_key(result, objective: str) -> tuple:
 def greedy_complete(actor, envs: list[PartitionEnv]) -> list:
     """Finish every episode in `envs` greedily, in lockstep (one batched network call
     per step for the envs that face a real choice: neither forced by the mask nor taken by
-    the actor's rules whatever the network says, `ruled`); returns their `result`s."""
+    the actor's rules whatever the network says, `ruled`); returns their `result`s. While
+    an env follows a group plan (`_gplan`) the rule is asked first: its close is checked
+    alone, without the whole mask (`StageMasks.allows`), and a ruled move is allowed, so
+    it is the forced one wherever only one is: the order changes no result."""
     live = [e for e in envs if not e.done]
     ruled = getattr(actor, "ruled", None)       # a move the policy's rules take whatever the network says
     while live:
         ask = []
         for e in live:
-            allowed = np.flatnonzero(e._mask)
-            a = int(allowed[0]) if len(allowed) == 1 else (ruled(e) if ruled is not None else None)
+            a = ruled(e) if ruled is not None and getattr(e, "_gplan", None) is not None else None
+            if a is None:
+                allowed = np.flatnonzero(e._mask)
+                a = int(allowed[0]) if len(allowed) == 1 else (ruled(e) if ruled is not None else None)
             if a is not None:          # a forced or ruled move: no need to ask the network
                 e.advance(a)
             else:

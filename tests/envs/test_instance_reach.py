@@ -48,3 +48,33 @@ def test_reference_is_the_best_single_device_plan():
         seen.add((sc.workload.training, inst.objective))
         assert inst.ref_obj == _every_device(inst), i
     assert len(seen) == 4
+
+
+def test_finish_once_is_finish_remembered_failures_included(monkeypatch):
+    """`Instance.finish_once` gives `finish`'s plan and metrics, the same objects on a
+    second call; a plan that fits no micro-batch count (the whole model on a device that
+    does not hold it) raises NoFeasiblePlan both times; with FINISHED plans kept the memo
+    starts again (a third plan evicts the first two at FINISHED = 2)."""
+    import pytest
+
+    from dora_rl.envs import instance as instance_mod
+    from dora_rl.errors import NoFeasiblePlan
+
+    for i in range(20):
+        sc = random_scenario(np.random.default_rng([37, i]), max_devices=8, min_devices=6, n_blocks=20)
+        inst = Instance(sc, 8)
+        small = [d for d in range(inst.n) if inst.reach[d, 0] < inst.B]
+        whole = [d for d in range(inst.n) if inst.reach[d, 0] >= inst.B]
+        if small and len(whole) >= 2:
+            break
+    plan = [(0, inst.B, (whole[0],))]
+    M, st, m = inst.finish(plan)
+    got = inst.finish_once(plan)
+    assert got[0] == M and got[1] == st and got[2].objective(inst.objective) == m.objective(inst.objective)
+    assert inst.finish_once(plan) is got
+    for _ in range(2):
+        with pytest.raises(NoFeasiblePlan):
+            inst.finish_once([(0, inst.B, (small[0],))])
+    monkeypatch.setattr(instance_mod, "FINISHED", 2)
+    inst.finish_once([(0, inst.B, (whole[1],))])
+    assert inst.finish_once(plan) is not got and len(inst._finished) == 2      # the third plan and it

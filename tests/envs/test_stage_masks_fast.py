@@ -318,3 +318,37 @@ def test_vectorised_masks_equal_the_reference(n, B, k):
             assert new.result[2] == ref.result[2]
     # the episodes exercised groups and the QoE narrowing too
     assert closes > 0 and (n < 4 or adds_seen > 0) and narrowed > 0
+
+
+def test_a_close_checked_alone_at_a_pending_mask_is_the_whole_masks_entry():
+    """`StageEnv.advance` leaves the next state's mask pending and `allows` first checks a
+    close alone (`_close_alone`: its memory range and the QoE bound's `close_ok`). Along
+    random episodes (8 and 16 devices, both objectives, with and without QoE masks), at
+    every pending state the check reads no mask, and wherever it allows some close (the
+    QoE narrowing then keeps exactly the closes that pass) it gives every close's entry of
+    the whole mask; without QoE masks, always. Some state has closes it allows and
+    closes it refuses."""
+    rng, seen = np.random.default_rng(17), {True: 0, False: 0}
+    for n, B in ((8, 30), (16, 50)):
+        for objective in ("latency", "energy"):
+            for qoe in (True, False):
+                for i in range(3):
+                    sc = random_scenario(np.random.default_rng([23, n, B, i]), max_devices=n, min_devices=n,
+                                         n_blocks=B, objective=objective)
+                    if not Instance(sc, n).completable:
+                        continue
+                    env = StageEnv(scenario=sc, max_devices=n, max_blocks=B, qoe_masks=qoe)
+                    env.reset(seed=0)
+                    env.advance(int(rng.choice(np.flatnonzero(env._mask))))
+                    while not env.done:
+                        assert env._pending
+                        alone = np.array([[env._close_alone(d, j) for j in range(B)] for d in range(n)])
+                        assert env._pending                     # the check computed no mask
+                        whole = env._mask[:n * B].reshape(n, B)
+                        assert not (alone & ~whole).any()
+                        if alone.any() or not qoe:
+                            assert (alone == whole).all()
+                        for v in (True, False):
+                            seen[v] += int((alone == v).sum())
+                        env.advance(int(rng.choice(np.flatnonzero(env._mask))))
+    assert seen[True] > 0 and seen[False] > 0

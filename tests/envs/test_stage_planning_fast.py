@@ -460,15 +460,19 @@ def test_a_marked_plan_is_compliant_better_than_both_rule_choices_and_followed()
     assert seen >= 3 and chains >= 1
 
 
-def test_two_stage_entries_and_partners_do_not_depend_on_the_chunking(monkeypatch):
-    """`stage_two._two_stage` computes the allowed closes' candidates in chunks of _CHUNK
-    closes: along random rollouts on random instances (10-16 devices, 40-60 blocks, both
-    objectives) the "two_stage" key and every allowed close's partner are the same with
-    chunks of 3 closes as with one chunk for the state, and some state has finite entries
-    and partners."""
+def test_two_stage_key_computes_the_closes_that_can_be_least_and_any_other_on_demand(monkeypatch):
+    """`stage_two._two_stage` computes exact candidates only for the closes whose lower bound
+    is within _SLACK of the least entry found (in rising bound, in chunks). Along random
+    rollouts on random instances (10-16 devices, 40-60 blocks, both objectives), against the
+    whole table (_SLACK infinite: every close computed), with the defaults and with chunks
+    of 3 closes (_FIRST = _CHUNK = 3): every entry of the key is the whole table's or CLIP,
+    the same wherever the whole table's is within _SLACK of its least (so the least and the
+    first close at it, which the rules take, are the same), and every allowed close's
+    partner and `Partners.entry` are the whole table's. Some state leaves closes out, and
+    some has finite entries."""
     from dora_rl.envs import stage_two
 
-    rng, finite = np.random.default_rng(9), 0
+    rng, finite, pruned, SLACK = np.random.default_rng(9), 0, 0, stage_two._SLACK
     for n, B in ((10, 40), (16, 60)):
         for objective in ("latency", "energy"):
             for sc in _scenarios(n, B, 2, 38, objective=objective):
@@ -476,16 +480,27 @@ def test_two_stage_entries_and_partners_do_not_depend_on_the_chunking(monkeypatc
                 env.reset(seed=0)
                 while not env.done:
                     got = {}
-                    for chunk in (3, 10**9):
-                        monkeypatch.setattr(stage_two, "_CHUNK", chunk)
+                    for first, chunk, slack in ((3, 3, SLACK), (64, 2048, SLACK), (64, 2048, np.inf)):
+                        for k, v in (("_FIRST", first), ("_CHUNK", chunk), ("_SLACK", slack)):
+                            monkeypatch.setattr(stage_two, k, v)
                         env._two = None
                         two = two_stage(env, env._bound()).copy()
-                        allowed = zip(*np.nonzero(env._mask[:16 * 64].reshape(16, 64)))
-                        got[chunk] = (two.tolist(), [env._two[2][d, j] for d, j in allowed])
-                    assert got[3] == got[10**9]
-                    finite += sum(e >= 0 for e in got[3][1])
+                        part = env._two[2]
+                        allowed = list(zip(*np.nonzero(env._mask[:16 * 64].reshape(16, 64))))
+                        got[chunk, slack] = (two, [part[d, j] for d, j in allowed], [part.entry((d, j))
+                                                                                      for d, j in allowed])
+                    full = got[2048, np.inf]
+                    rest = full[0][:, :env.inst.B - 1]
+                    near = rest <= rest.min() + np.log1p(SLACK) - 1e-9
+                    for key in ((3, SLACK), (2048, SLACK)):
+                        two, partners, entries = got[key]
+                        assert partners == full[1] and entries == full[2]
+                        assert ((two == full[0]) | (two == CLIP)).all()
+                        assert (two[:, :env.inst.B - 1][near] == rest[near]).all()
+                        pruned += int((two != full[0]).sum())
+                    finite += sum(e >= 0 for e in full[1])
                     env.advance(int(rng.choice(np.flatnonzero(env._mask))))
-    assert finite > 0
+    assert finite > 0 and pruned > 0
 
 
 def test_energy_terms_of_a_subset_equal_terms_built_for_it():

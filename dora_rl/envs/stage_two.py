@@ -272,11 +272,10 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
             ok &= qb._ok(fill * (1 + TWO_STAGE_MARGIN), T * (1 + TWO_STAGE_MARGIN))
         return np.where(ok, tot, np.inf)
 
-    # the least entry by a lower bound: each close's terms that do not depend on its partner,
-    # and per end the least over the partners of the terms that depend only on the partner
-    # (the boundary d -> e and the relays, >= 0, left out); exact candidates only for the
-    # closes whose bound is within SLACK of the least entry found (`Partners.column` computes
-    # any other close's when asked)
+    # the least entry by a lower bound (`two_stage`, "Which closes get their entry"): per close
+    # the terms that do not depend on the partner, plus per end the least over the partners
+    # of the terms that depend only on the partner (the boundary d -> e, the partner's idle
+    # power and the relays, all >= 0, left out)
     u1, di = ud[i, c0 + j], free[i]
     big = np.where(fits, 0.0, np.inf)                                        # (E, R - 1)
     with np.errstate(invalid="ignore"):             # inf where no partner holds the rest
@@ -293,10 +292,12 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
     lb = np.where(np.isnan(lb), np.inf, lb)
     order = np.argsort(lb, kind="stable")
     order = order[np.isfinite(lb[order])]
+    # in rising bound, in chunks of growing size (up to _CHUNK: whole-size temporaries cost
+    # more in page faults than in arithmetic), until the bound passes the least entry by _SLACK
     cols, least, k, step = [], np.inf, 0, _FIRST
-    while k < len(order) and lb[order[k]] <= least * (1 + _SLACK):     # in rising bound, chunks of growing size
+    while k < len(order) and lb[order[k]] <= least * (1 + _SLACK):
         stop = min(len(order), k + step)
-        if np.isfinite(least):          # (whole-size temporaries cost more in page faults than in arithmetic)
+        if np.isfinite(least):
             stop = min(stop, k + int(np.searchsorted(lb[order[k:stop]], least * (1 + _SLACK), side="right")))
         cols.append(cands(i[order[k:stop]], j[order[k:stop]]))
         least = min(least, float(cols[-1].min(initial=np.inf)))
@@ -306,11 +307,14 @@ def _two_stage(env, qb) -> tuple[np.ndarray, Partners]:
     out[di[take], p + c0 + j[take]] = _logs(cand.min(axis=0), unit)
     partner.at[di[take], p + c0 + j[take]] = np.arange(len(take))
     partner.cand, partner.part = cand, part
-    at = np.full((D, Bm), -1, dtype=np.int64)
+    at = np.full((D, Bm), -1, dtype=np.int64)          # every allowed close's index in (i, j)
     at[di, p + c0 + j] = np.arange(len(i))
-    partner.more = lambda d, jj: cands(i[at[d, jj]:at[d, jj] + 1], j[at[d, jj]:at[d, jj] + 1])[:, 0] \
-        if at[d, jj] >= 0 else None
-    partner.unit = unit
+
+    def more(d, jj):        # a close left out of the key: its column, None where not allowed
+        k = at[d, jj]
+        return cands(i[k:k + 1], j[k:k + 1])[:, 0] if k >= 0 else None
+
+    partner.more, partner.unit = more, unit
     return out, partner
 
 

@@ -45,22 +45,31 @@ class StageMasks:
     def _close_range(self, group: list[int], taken: set[int]) -> tuple[np.ndarray, np.ndarray]:
         """Per device d: the allowed ends r of a stage [p, r) on group + [d] as [rmin_d, rmax_d]
         (empty when rmin > rmax). `taken` = devices already used or in the group."""
-        inst, p, B, n = self.inst, self.p, self.inst.B, self.inst.n
+        p, B, n = self.p, self.inst.B, self.inst.n
         rmin = np.full(n, B + 1, dtype=np.int64)
         rmax = np.zeros(n, dtype=np.int64)
         free = [d for d in range(n) if d not in taken]
         self._reach = np.full(n, p, dtype=np.int64)       # group + [d]'s memory reach per free d
         if not free or p >= B:
             return rmin, rmax
-        G = inst.completion_table(taken, free)
-        R = inst.group_reach_rows([group + [d] for d in free], p)
+        first, R = self._memory_ends(group, taken, free)
         self._reach[free] = R
-        # first end r in (p, R_d] from which the rest still completes (G >= B), per device
-        ok = (G[:, p + 1:] >= B) & (np.arange(p + 1, B + 1)[None, :] <= R[:, None])
-        has = ok.any(axis=1)
+        has = first <= B
         fr = np.asarray(free)[has]
-        rmin[fr], rmax[fr] = p + 1 + ok[has].argmax(axis=1), R[has]
+        rmin[fr], rmax[fr] = first[has], R[has]
         return rmin, rmax
+
+    def _memory_ends(self, group: list[int], taken: set[int], devs: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per device d of `devs` (free, p < B): the first end r in (p, R_d] from which the
+        rest still completes (the greedy completion without taken and d reaches B; B + 1
+        where none) and R_d, group + [d]'s memory reach. Each row is its own device's
+        (`Instance.completion_table`, `group_reach_rows`): `_close_range` asks for every free
+        device, `_close_alone` for one."""
+        inst, p, B = self.inst, self.p, self.inst.B
+        G = inst.completion_table(taken, devs)
+        R = inst.group_reach_rows([group + [d] for d in devs], p)
+        ok = (G[:, p + 1:] >= B) & (np.arange(p + 1, B + 1)[None, :] <= R[:, None])
+        return np.where(ok.any(axis=1), p + 1 + ok.argmax(axis=1), B + 1), R
 
     def _bound(self) -> QoEBound:
         """The instance's QoE bound (built once per Instance, shared by every episode on it)."""
@@ -160,18 +169,16 @@ class StageMasks:
 
     def _close_alone(self, d: int, j: int) -> bool:
         """Whether the whole mask would allow the close of [p, j + 1) on group + [d], from
-        that entry alone: its memory range (`_close_range`) and the QoE bound's `close_ok`,
+        that entry alone: its memory range (`_memory_ends`, as `_close_range`) and the QoE bound's `close_ok`,
         each computed per device and per end, so the entry is the one the whole mask
         computes; where it passes, the QoE narrowing keeps it (some close passes). False
         means "not known": the caller computes the whole mask."""
-        inst, p, B, n, r = self.inst, self.p, self.inst.B, self.inst.n, j + 1
+        p, B, n, r = self.p, self.inst.B, self.inst.n, j + 1
         taken = self.used | set(self.group)
         if d >= n or d in taken or not p < r <= B:
             return False
-        G = inst.completion_table(taken, [d])[0]
-        R = int(inst.group_reach_rows([self.group + [d]], p)[0])
-        ok = (G[p + 1:] >= B) & (np.arange(p + 1, B + 1) <= R)
-        if not ok.any() or not p + 1 + int(ok.argmax()) <= r <= R:
+        first, R = self._memory_ends(self.group, taken, [d])
+        if not int(first[0]) <= r <= int(R[0]):
             return False
         qb = self._bound()
         if not (self.qoe_masks and qb.on):
